@@ -1,0 +1,86 @@
+"""Optional OTLP export of metrics and logs, through the OpenTelemetry SDK's own exporters.
+
+Spans use obskit's byte pipeline (see :mod:`obskit.tracing.pipeline`); metrics and logs are
+periodic or batched already and do not sit on the request path, so the SDK's components serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from obskit.config import Config
+
+__all__ = ["build_logs", "build_metrics"]
+
+
+def _endpoint(config: Config, signal: str) -> str | None:
+    if not config.otlp_endpoint:
+        return None
+    if config.otlp_protocol == "grpc":
+        return config.otlp_endpoint
+    return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
+
+
+def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
+    """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    exporter: Any
+    kwargs = {
+        "endpoint": _endpoint(config, "metrics"),
+        "headers": dict(config.otlp_headers),
+        "timeout": config.otlp_timeout,
+    }
+    if config.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter(insecure=True, **kwargs)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        exporter = HttpMetricExporter(**kwargs)
+    reader = PeriodicExportingMetricReader(
+        exporter, export_interval_millis=config.metric_export_interval * 1000
+    )
+    provider = MeterProvider(
+        metric_readers=[reader],
+        resource=Resource.create(resource_attributes),
+        shutdown_on_exit=False,
+    )
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any, logging.Handler]:
+    """A LoggerProvider exporting stdlib log records over OTLP, and the handler feeding it."""
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    exporter: Any
+    kwargs = {
+        "endpoint": _endpoint(config, "logs"),
+        "headers": dict(config.otlp_headers),
+        "timeout": config.otlp_timeout,
+    }
+    if config.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        exporter = OTLPLogExporter(insecure=True, **kwargs)
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+            OTLPLogExporter as HttpLogExporter,
+        )
+
+        exporter = HttpLogExporter(**kwargs)
+    provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    handler = LoggingHandler(logger_provider=provider)
+    logging.getLogger().addHandler(handler)
+    return provider, handler

@@ -1,0 +1,347 @@
+"""configure() and shutdown(): build the providers from a :class:`~obskit.config.Config`.
+
+OpenTelemetry's global TracerProvider can be set only once per process, so obskit sets one SDK
+``TracerProvider`` the first time it is configured and, on every later ``configure()``, swaps the
+sampler and the span pipeline behind it (both are obskit delegates). A second ``configure()`` with
+other options therefore really reconfigures -- spans started afterwards use the new settings --
+and ``obskit.testing.reset()`` can return the process to its unconfigured state.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import StatusCode
+
+from obskit import _selfmetrics, _state
+from obskit._version import __version__
+from obskit.config import Config, load_config
+from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
+from obskit.tracing.sampling import SwitchableSampler, build_sampler
+
+__all__ = ["Runtime", "configure", "get_config", "shutdown"]
+
+logger = logging.getLogger("obskit")
+
+
+class _SwitchableProcessor(SpanProcessor):
+    """Forwards to the current runtime's span pipeline (or nowhere)."""
+
+    def __init__(self) -> None:
+        self.delegate: CompactSpanProcessor | None = None
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        delegate = self.delegate
+        if delegate is not None:
+            delegate.on_end(span)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        delegate = self.delegate
+        return True if delegate is None else delegate.force_flush(timeout_millis)
+
+
+@dataclass
+class _Global:
+    """The process-wide SDK provider obskit installed, and its swappable parts."""
+
+    provider: TracerProvider
+    sampler: SwitchableSampler
+    processor: _SwitchableProcessor
+
+
+_global: _Global | None = None
+_atexit_registered = False
+
+
+def resource_attributes(config: Config) -> dict[str, Any]:
+    """The Resource sent with every batch: service, deployment, host, process, telemetry.sdk."""
+    attrs: dict[str, Any] = {
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": _otel_sdk_version(),
+        "telemetry.distro.name": "obskit",
+        "telemetry.distro.version": __version__,
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine(),
+        "os.type": sys.platform,
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "process.executable.path": sys.executable,
+    }
+    attrs.update(config.resource_attributes)
+    attrs["service.name"] = config.service_name
+    attrs["service.version"] = config.service_version
+    # Both the deprecated and the current semantic-convention key, so old and new queries work.
+    attrs["deployment.environment"] = config.environment
+    attrs["deployment.environment.name"] = config.environment
+    return attrs
+
+
+def _otel_sdk_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("opentelemetry-sdk")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def make_sink(config: Config) -> SpanSink | None:
+    """The span destination the configuration names."""
+    if config.traces_exporter == "none":
+        return None
+    if config.traces_exporter == "jsonl":
+        from obskit.exporters.jsonl import JsonLinesSpanSink
+
+        return JsonLinesSpanSink(config.traces_file, max_bytes=config.traces_file_max_bytes)
+    url = config.traces_endpoint
+    assert url is not None  # load_config fills the default endpoint
+    from obskit.exporters.otlp import GrpcSpanSink, HttpSpanSink
+
+    if config.otlp_protocol == "grpc":
+        return GrpcSpanSink(url, headers=config.otlp_headers, compression=config.otlp_compression)
+    return HttpSpanSink(url, headers=config.otlp_headers, compression=config.otlp_compression)
+
+
+def keep_policy(config: Config) -> Any:
+    """The keep-errors/slow decision for head-dropped traces, or None when off."""
+    if not config.keep_errors and config.slow_threshold is None:
+        return None
+    keep_errors = config.keep_errors
+    slow_ns = None if config.slow_threshold is None else int(config.slow_threshold * 1e9)
+
+    def keep(span: ReadableSpan) -> bool:
+        if keep_errors and span.status.status_code is StatusCode.ERROR:
+            return True
+        if slow_ns is not None and span.end_time and span.start_time:
+            return span.end_time - span.start_time >= slow_ns
+        return False
+
+    return keep
+
+
+@dataclass
+class Runtime:
+    """What one ``configure()`` built. Reach it through :func:`obskit.get_config` and friends."""
+
+    config: Config
+    processor: CompactSpanProcessor | None = None
+    meter_provider: Any = None
+    logger_provider: Any = None
+    log_handler: logging.Handler | None = None
+    closed: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Flush and stop everything, within ``timeout`` seconds overall."""
+        if self.closed:
+            return True
+        self.closed = True
+        deadline = time.monotonic() + max(timeout, 0.0)
+        ok = True
+        if self.processor is not None:
+            ok = self.processor.shutdown(timeout=max(deadline - time.monotonic(), 0.0)) and ok
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+        for provider in (self.meter_provider, self.logger_provider):
+            if provider is not None:
+                ok = _bounded(provider.shutdown, deadline - time.monotonic()) and ok
+        return ok
+
+
+def _bounded(fn: Any, timeout: float) -> bool:
+    """Run a shutdown that may hang (an SDK exporter on a dead collector) within ``timeout``."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            _selfmetrics.internal_error("shutdown", exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="obskit-shutdown", daemon=True).start()
+    return done.wait(max(timeout, 0.0))
+
+
+def _install_global() -> _Global:
+    global _global
+    if _global is None:
+        sampler = SwitchableSampler(ALWAYS_OFF)
+        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        processor = _SwitchableProcessor()
+        provider.add_span_processor(processor)
+        _global = _Global(provider, sampler, processor)
+        current = trace.get_tracer_provider()
+        if type(current).__name__ != "ProxyTracerProvider":
+            _selfmetrics.warn_once(
+                "foreign_provider",
+                "obskit: a global TracerProvider (%s) was already set; obskit's spans go through "
+                "its own provider, pass obskit.tracer_provider() to other instrumentation",
+                type(current).__name__,
+            )
+        else:
+            trace.set_tracer_provider(provider)
+    return _global
+
+
+def tracer_provider() -> TracerProvider:
+    """obskit's TracerProvider (installed as the global one unless another was set first)."""
+    return _install_global().provider
+
+
+def configure(**options: Any) -> Config:
+    """Configure obskit from ``options``, then ``OTEL_*``/``OBSKIT_*`` variables, then defaults.
+
+    Idempotent: calling again with the same options changes nothing; with other options, the
+    previous pipeline is flushed and replaced.
+
+    Raises:
+        ConfigError: an option has an unusable value (named with what is allowed).
+    """
+    return _configure(load_config(**options))
+
+
+def _configure(config: Config, sink: SpanSink | None = None) -> Config:
+    with _state.lock:
+        old = _state.runtime
+        if old is not None and not old.closed and old.config == config and sink is None:
+            return old.config
+        if old is not None:
+            old.shutdown(timeout=config.shutdown_timeout)
+        _state.runtime = _build(config, sink)
+        _register_atexit()
+    _summary(config)
+    return config
+
+
+def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
+    runtime = Runtime(config)
+    glob = _install_global()
+    if config.disabled:
+        glob.sampler.delegate = ALWAYS_OFF
+        glob.processor.delegate = None
+        return runtime
+    if config.multiproc_dir:
+        _enable_multiprocess(config.multiproc_dir)
+    if sink is None:
+        sink = make_sink(config)
+    if sink is not None:
+        runtime.processor = CompactSpanProcessor(
+            sink,
+            resource_attributes=resource_attributes(config),
+            max_queue_size=config.bsp_max_queue_size,
+            max_queue_bytes=config.bsp_max_queue_bytes,
+            max_export_batch_size=config.bsp_max_export_batch_size,
+            schedule_delay=config.bsp_schedule_delay,
+            export_timeout=min(config.otlp_timeout, config.bsp_export_timeout),
+            keep=keep_policy(config),
+        )
+    glob.processor.delegate = runtime.processor
+    glob.sampler.delegate = build_sampler(config) if sink is not None else ALWAYS_OFF
+    if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
+        from obskit._otlp_signals import build_logs, build_metrics
+
+        if "otlp" in config.metrics_exporter:
+            runtime.meter_provider = build_metrics(config, resource_attributes(config))
+        if config.logs_exporter == "otlp":
+            runtime.logger_provider, runtime.log_handler = build_logs(
+                config, resource_attributes(config)
+            )
+    return runtime
+
+
+def _enable_multiprocess(directory: str) -> None:
+    # prometheus_client picks its value class from the environment at import time; metrics
+    # created after this point write to the shared directory (gunicorn workers).
+    from prometheus_client import values
+
+    os.makedirs(directory, exist_ok=True)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        values.ValueClass = values.get_value_class()
+
+
+def _summary(config: Config) -> None:
+    if config.disabled:
+        logger.info("obskit: disabled by OTEL_SDK_DISABLED; no spans are recorded")
+        return
+    where = {
+        "jsonl": f"file {config.traces_file}",
+        "otlp": f"OTLP {config.otlp_protocol} {config.traces_endpoint}",
+        "none": "nowhere (traces off)",
+    }[config.traces_exporter]
+    logger.info(
+        "obskit %s: service=%s traces -> %s, sampler=%s%s, metrics=%s at %s",
+        __version__,
+        config.service_name,
+        where,
+        config.sampler,
+        "" if config.sampler_arg is None else f"({config.sampler_arg})",
+        config.metrics_exporter,
+        config.metrics_path,
+    )
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_at_exit)
+        _atexit_registered = True
+
+
+def _at_exit() -> None:
+    runtime = _state.runtime
+    if runtime is not None:
+        shutdown(timeout=runtime.config.shutdown_timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush every signal and stop obskit's threads; returns False if ``timeout`` ran out.
+
+    Never blocks longer than ``timeout`` seconds (default: the ``shutdown_timeout`` option), even
+    when the collector hangs.
+    """
+    with _state.lock:
+        runtime = _state.runtime
+        if runtime is None:
+            return True
+        if _global is not None:
+            _global.processor.delegate = None
+            _global.sampler.delegate = ALWAYS_OFF
+        limit = runtime.config.shutdown_timeout if timeout is None else timeout
+        return runtime.shutdown(limit)
+
+
+def force_flush(timeout: float = 5.0) -> bool:
+    """Export the spans queued so far; False if that did not finish within ``timeout``."""
+    runtime = _state.runtime
+    if runtime is None or runtime.processor is None:
+        return True
+    return runtime.processor.force_flush(int(timeout * 1000))
+
+
+def get_config() -> Config | None:
+    """The configuration in effect, or None before :func:`configure`."""
+    runtime = _state.runtime
+    return None if runtime is None or runtime.closed else runtime.config

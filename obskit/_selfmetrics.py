@@ -1,0 +1,156 @@
+"""obskit's own metrics (``obskit_*``), one-time warnings and the fail-open guard.
+
+Instrumentation must never break the host app: whatever goes wrong inside obskit is counted here,
+warned about once, and swallowed -- unless a test asked for internal errors to be raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from obskit import _state
+
+__all__ = [
+    "SelfMetrics",
+    "export_failed",
+    "internal_error",
+    "spans_dropped",
+    "spans_exported",
+    "warn_once",
+]
+
+logger = logging.getLogger("obskit")
+
+
+class SelfMetrics:
+    """The ``obskit_*`` instruments, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.spans_exported = Counter(
+            "obskit_spans_exported",
+            "Spans successfully exported.",
+            ["exporter"],
+            registry=registry,
+        )
+        self.spans_dropped = Counter(
+            "obskit_spans_dropped",
+            "Spans dropped before export (queue full, keep-buffer bounds, export failure).",
+            ["reason"],
+            registry=registry,
+        )
+        self.export_failures = Counter(
+            "obskit_export_failures",
+            "Export requests that failed (timeout, refused, non-2xx).",
+            ["signal", "exporter"],
+            registry=registry,
+        )
+        self.traces_kept = Counter(
+            "obskit_traces_kept",
+            "Head-dropped traces exported anyway because they failed or were slow.",
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "obskit_internal_errors",
+            "Errors inside obskit that were swallowed to protect the application.",
+            ["component"],
+            registry=registry,
+        )
+        self.cardinality_overflow = Counter(
+            "obskit_cardinality_overflow",
+            "Observations folded into the overflow series because a metric hit its series limit.",
+            ["metric"],
+            registry=registry,
+        )
+        self.cardinality_series = Gauge(
+            "obskit_cardinality_series",
+            "Distinct label sets per obskit metric.",
+            ["metric"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.cardinality_limit = Gauge(
+            "obskit_cardinality_limit",
+            "Series limit per obskit metric.",
+            ["metric"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.dropped_logs = Counter(
+            "obskit_log_records_dropped",
+            "Log records obskit could not format or export.",
+            ["reason"],
+            registry=registry,
+        )
+
+
+def current() -> SelfMetrics:
+    """The self-metrics of the current registry, created on first use."""
+    metrics = _state.self_metrics
+    if metrics is None:
+        with _state.lock:
+            if _state.self_metrics is None:
+                _state.self_metrics = SelfMetrics(_state.registry)
+            metrics = _state.self_metrics
+    return metrics
+
+
+def warn_once(key: str, message: str, *args: Any) -> None:
+    """Log ``message`` at WARNING the first time ``key`` is seen in this process."""
+    if key in _state.warned:
+        return
+    _state.warned.add(key)
+    logger.warning(message, *args)
+
+
+def internal_error(component: str, exc: BaseException) -> None:
+    """Count and warn once about an error inside obskit; re-raise only when tests asked for it."""
+    if _state.raise_internal_errors:
+        raise exc
+    try:
+        current().internal_errors.labels(component).inc()
+        warn_once(
+            f"internal:{component}",
+            "obskit: %s failed (%s: %s); the application is unaffected, further errors are "
+            "counted in obskit_internal_errors_total",
+            component,
+            type(exc).__name__,
+            exc,
+        )
+    except Exception:  # pragma: no cover - the counter itself cannot fail in practice
+        pass
+
+
+def spans_dropped(reason: str, count: int = 1) -> None:
+    """Count dropped spans and warn once per reason."""
+    current().spans_dropped.labels(reason).inc(count)
+    warn_once(
+        f"spans_dropped:{reason}",
+        "obskit: dropping spans (%s); counted in obskit_spans_dropped_total",
+        reason,
+    )
+
+
+def spans_exported(exporter: str, count: int) -> None:
+    """Count spans an exporter accepted."""
+    current().spans_exported.labels(exporter).inc(count)
+
+
+def export_failed(signal: str, exporter: str, count: int) -> None:
+    """Count a failed export request and the spans it lost."""
+    metrics = current()
+    metrics.export_failures.labels(signal, exporter).inc()
+    metrics.spans_dropped.labels("export_failed").inc(count)
+    warn_once(
+        f"export_failed:{signal}:{exporter}",
+        "obskit: exporting %s to %s failed; dropped data is counted in obskit_spans_dropped_total",
+        signal,
+        exporter,
+    )
+
+
+def traces_kept() -> None:
+    """Count a head-dropped trace exported by the keep-errors/slow policy."""
+    current().traces_kept.inc()

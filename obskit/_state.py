@@ -1,0 +1,25 @@
+"""The one module holding obskit's process state; :func:`obskit.testing.reset` starts it afresh.
+
+Nothing else in obskit keeps module-level mutable state (structlog's ``_CONFIG`` idea): the
+Prometheus registry obskit's metrics live in, the self-metrics, the configured runtime and the
+set of warnings already given.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from obskit._runtime import Runtime
+    from obskit._selfmetrics import SelfMetrics
+
+lock = threading.RLock()
+registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
+self_metrics: SelfMetrics | None = None
+runtime: Runtime | None = None
+warned: set[str] = set()
+#: Tests set this so internal errors surface instead of being swallowed (fail loud in tests).
+raise_internal_errors = False

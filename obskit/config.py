@@ -1,0 +1,445 @@
+"""obskit's configuration: one frozen :class:`Config`, built from a declared table of options.
+
+Every option has a name (the keyword of :func:`obskit.configure`), the environment variables it
+reads (the standard ``OTEL_*`` one first where OpenTelemetry defines it, ``OBSKIT_*`` otherwise), a
+default and a parser. Precedence is **explicit argument > environment > default**; the source of
+every value is kept so ``obskit doctor`` can say where it came from.
+
+A bad value fails in :func:`obskit.configure` with a :class:`ConfigError` naming the option, the
+value and what is allowed -- never at the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["SAMPLERS", "Config", "ConfigError", "OptionSpec", "describe", "load_config"]
+
+
+class ConfigError(ValueError):
+    """An option has a value obskit cannot use. The message names option, value and what is allowed."""
+
+    def __init__(self, option: str, value: object, allowed: str, source: str = "argument") -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+        super().__init__(f"obskit: invalid {option}={value!r} (from {source}); allowed: {allowed}")
+
+
+#: Samplers accepted by ``sampler=`` / ``OTEL_TRACES_SAMPLER``: the spec's names plus obskit's
+#: rate-limited ones (argument: new traces per second).
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "ratelimited",
+    "parentbased_ratelimited",
+)
+
+Protocol = Literal["grpc", "http/protobuf"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective obskit configuration. Build it with :func:`obskit.configure` (or :func:`load_config`).
+
+    Attributes are documented in ``docs/configuration.md`` with their environment variables.
+    """
+
+    service_name: str = "unknown_service"
+    service_version: str = "0.0.0"
+    environment: str = "development"
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+    disabled: bool = False
+    # tracing
+    traces_exporter: Literal["otlp", "jsonl", "none"] = "jsonl"
+    otlp_endpoint: str | None = None
+    otlp_traces_endpoint: str | None = None
+    otlp_protocol: Protocol = "http/protobuf"
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+    otlp_timeout: float = 10.0
+    otlp_compression: Literal["gzip", "none"] = "none"
+    traces_file: str = "obskit-traces.jsonl"
+    traces_file_max_bytes: int = 64 * 1024 * 1024
+    sampler: str = "parentbased_always_on"
+    sampler_arg: float | None = None
+    keep_errors: bool = True
+    slow_threshold: float | None = None
+    bsp_schedule_delay: float = 1.0
+    bsp_max_queue_size: int = 2048
+    bsp_max_queue_bytes: int = 8 * 1024 * 1024
+    bsp_max_export_batch_size: int = 512
+    bsp_export_timeout: float = 30.0
+    # metrics
+    metrics_exporter: Literal["prometheus", "otlp", "prometheus+otlp", "none"] = "prometheus"
+    metrics_path: str = "/metrics"
+    metrics_port: int | None = None
+    metric_export_interval: float = 60.0
+    multiproc_dir: str | None = None
+    include_default_registry: bool = True
+    cardinality_limit: int = 1000
+    # logs
+    logs_exporter: Literal["otlp", "none"] = "none"
+    # lifecycle
+    shutdown_timeout: float = 5.0
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def source_of(self, option: str) -> str:
+        """Where ``option``'s value came from: ``argument``, ``env:NAME`` or ``default``."""
+        return self.sources.get(option, "default")
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """The URL spans are sent to over OTLP (signal path appended for http/protobuf)."""
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if not self.otlp_endpoint:
+            return None
+        if self.otlp_protocol == "http/protobuf":
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return self.otlp_endpoint
+
+
+# -- parsers: each takes the raw value (str from the environment or any object from an argument) ---
+
+
+class _Invalid(Exception):
+    def __init__(self, allowed: str) -> None:
+        self.allowed = allowed
+
+
+def _str(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Invalid("a non-empty string")
+    return raw.strip()
+
+
+def _opt_str(raw: object) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return _str(raw)
+
+
+def _bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off", ""):
+        return False
+    raise _Invalid("true or false")
+
+
+def _number(raw: object, *, scale: float = 1.0, minimum: float = 0.0, positive: bool = False) -> float:
+    try:
+        value = float(raw) / scale if isinstance(raw, str) else float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _Invalid("a number" + (f" >= {minimum}" if minimum == 0 else "")) from None
+    if math.isnan(value) or math.isinf(value) or value < minimum or (positive and value == 0):
+        raise _Invalid(f"a finite number {'> 0' if positive else f'>= {minimum}'}")
+    return value
+
+
+def _seconds_from_ms(raw: object) -> float:
+    # OTEL_* durations are milliseconds in the environment; arguments are seconds.
+    return _number(raw, scale=1000.0, positive=True)
+
+
+def _seconds(raw: object) -> float:
+    return _number(raw, positive=True)
+
+
+def _positive_int(raw: object) -> int:
+    if isinstance(raw, bool):
+        raise _Invalid("a positive integer")
+    try:
+        value = int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise _Invalid("a positive integer") from None
+    if value <= 0 or (isinstance(raw, float) and raw != value):
+        raise _Invalid("a positive integer")
+    return value
+
+
+def _opt_port(raw: object) -> int | None:
+    if raw is None or raw == "":
+        return None
+    value = _positive_int(raw)
+    if value > 65535:
+        raise _Invalid("a TCP port 1-65535")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        value = raw.strip().lower() if isinstance(raw, str) else raw
+        if value not in allowed:
+            raise _Invalid("one of " + ", ".join(allowed))
+        return value  # type: ignore[return-value]
+
+    return parse
+
+
+def _endpoint(raw: object) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise _Invalid("an http:// or https:// URL such as http://localhost:4318")
+    url = raw.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise _Invalid("an http:// or https:// URL with a valid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid("an http:// or https:// URL such as http://localhost:4318")
+    del port
+    return url
+
+
+def _key_values(raw: object) -> dict[str, str]:
+    """W3C-baggage-style ``k=v,k2=v2`` (values percent-decoded), as OTEL_*_HEADERS and
+    OTEL_RESOURCE_ATTRIBUTES are defined; a mapping is accepted as an argument."""
+    if isinstance(raw, Mapping):
+        return {str(k): str(v) for k, v in raw.items()}
+    if not isinstance(raw, str):
+        raise _Invalid("a mapping or 'key=value,key2=value2'")
+    result: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _Invalid("'key=value' pairs separated by commas")
+        result[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return result
+
+
+def _sampler_arg(raw: object) -> float | None:
+    if raw is None or raw == "":
+        return None
+    return _number(raw)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One row of the option table."""
+
+    name: str
+    env: tuple[str, ...]
+    parse: Callable[[object], Any]
+    doc: str
+
+
+_O = OptionSpec
+OPTIONS: tuple[OptionSpec, ...] = (
+    _O("service_name", ("OTEL_SERVICE_NAME",), _str, "service.name resource attribute"),
+    _O("service_version", ("OBSKIT_SERVICE_VERSION",), _str, "service.version"),
+    _O("environment", ("OBSKIT_ENVIRONMENT",), _str, "deployment.environment(.name)"),
+    _O("resource_attributes", ("OTEL_RESOURCE_ATTRIBUTES",), _key_values, "extra resource attributes"),
+    _O("disabled", ("OTEL_SDK_DISABLED",), _bool, "turn every signal off (no-op SDK)"),
+    _O(
+        "traces_exporter",
+        ("OTEL_TRACES_EXPORTER",),
+        _choice("otlp", "jsonl", "none"),
+        "where spans go; default: otlp when an endpoint is set, else the local JSON-lines file",
+    ),
+    _O("otlp_endpoint", ("OTEL_EXPORTER_OTLP_ENDPOINT",), _endpoint, "OTLP collector base URL"),
+    _O(
+        "otlp_traces_endpoint",
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",),
+        _endpoint,
+        "full URL for spans (overrides the base endpoint)",
+    ),
+    _O(
+        "otlp_protocol",
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        _choice("grpc", "http/protobuf"),
+        "OTLP transport",
+    ),
+    _O(
+        "otlp_headers",
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+        _key_values,
+        "headers sent with every export",
+    ),
+    _O(
+        "otlp_timeout",
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        _seconds_from_ms,
+        "export timeout (env: milliseconds; argument: seconds)",
+    ),
+    _O(
+        "otlp_compression",
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        _choice("gzip", "none"),
+        "compression of export requests",
+    ),
+    _O("traces_file", ("OBSKIT_TRACES_FILE",), _str, "JSON-lines file used when no endpoint is set"),
+    _O(
+        "traces_file_max_bytes",
+        ("OBSKIT_TRACES_FILE_MAX_BYTES",),
+        _positive_int,
+        "size at which the traces file is rotated to FILE.1",
+    ),
+    _O("sampler", ("OTEL_TRACES_SAMPLER",), _choice(*SAMPLERS), "head sampler"),
+    _O(
+        "sampler_arg",
+        ("OTEL_TRACES_SAMPLER_ARG",),
+        _sampler_arg,
+        "ratio in [0, 1] for *traceidratio; traces per second for *ratelimited",
+    ),
+    _O("keep_errors", ("OBSKIT_KEEP_ERRORS",), _bool, "export traces whose local root failed"),
+    _O(
+        "slow_threshold",
+        ("OBSKIT_SLOW_THRESHOLD",),
+        lambda raw: None if raw in (None, "") else _seconds(raw),
+        "export traces whose local root lasts longer (seconds)",
+    ),
+    _O("bsp_schedule_delay", ("OTEL_BSP_SCHEDULE_DELAY",), _seconds_from_ms, "export interval"),
+    _O("bsp_max_queue_size", ("OTEL_BSP_MAX_QUEUE_SIZE",), _positive_int, "spans waiting, at most"),
+    _O(
+        "bsp_max_queue_bytes",
+        ("OBSKIT_BSP_MAX_QUEUE_BYTES",),
+        _positive_int,
+        "encoded bytes waiting, at most",
+    ),
+    _O(
+        "bsp_max_export_batch_size",
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",),
+        _positive_int,
+        "spans per export request",
+    ),
+    _O("bsp_export_timeout", ("OTEL_BSP_EXPORT_TIMEOUT",), _seconds_from_ms, "batch export timeout"),
+    _O(
+        "metrics_exporter",
+        ("OTEL_METRICS_EXPORTER",),
+        _choice("prometheus", "otlp", "prometheus+otlp", "none"),
+        "prometheus: /metrics; otlp: push over OTLP; both with prometheus+otlp",
+    ),
+    _O("metrics_path", ("OBSKIT_METRICS_PATH",), _str, "path serving Prometheus metrics"),
+    _O("metrics_port", ("OBSKIT_METRICS_PORT",), _opt_port, "serve /metrics on a separate port"),
+    _O(
+        "metric_export_interval",
+        ("OTEL_METRIC_EXPORT_INTERVAL",),
+        _seconds_from_ms,
+        "OTLP metric push interval",
+    ),
+    _O(
+        "multiproc_dir",
+        ("PROMETHEUS_MULTIPROC_DIR",),
+        _opt_str,
+        "prometheus_client multi-process directory (gunicorn workers)",
+    ),
+    _O(
+        "include_default_registry",
+        ("OBSKIT_INCLUDE_DEFAULT_REGISTRY",),
+        _bool,
+        "also expose prometheus_client's default registry on /metrics",
+    ),
+    _O(
+        "cardinality_limit",
+        ("OBSKIT_CARDINALITY_LIMIT",),
+        _positive_int,
+        "default distinct label sets per metric",
+    ),
+    _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _choice("otlp", "none"), "OTLP log export"),
+    _O(
+        "shutdown_timeout",
+        ("OBSKIT_SHUTDOWN_TIMEOUT",),
+        _seconds,
+        "longest flush at exit (seconds)",
+    ),
+)
+OPTION_NAMES = frozenset(o.name for o in OPTIONS)
+
+# OTEL_RESOURCE_ATTRIBUTES may carry these; they fill the matching options when no explicit
+# argument or dedicated variable set them (the spec gives OTEL_SERVICE_NAME precedence).
+_RESOURCE_ALIASES = {
+    "service.name": "service_name",
+    "service.version": "service_version",
+    "deployment.environment": "environment",
+    "deployment.environment.name": "environment",
+}
+
+
+def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Config:
+    """Build a :class:`Config` from ``options`` (explicit), the environment, then defaults.
+
+    Raises:
+        ConfigError: an option is unknown or has a value that cannot be used.
+    """
+    env = os.environ if environ is None else environ
+    unknown = set(options) - OPTION_NAMES
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(name, options[name], "one of " + ", ".join(sorted(OPTION_NAMES)))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in OPTIONS:
+        if spec.name in options and options[spec.name] is not None:
+            raw, source = options[spec.name], "argument"
+        else:
+            found = next((name for name in spec.env if env.get(name, "").strip() != ""), None)
+            if found is None:
+                continue
+            raw, source = env[found], f"env:{found}"
+        try:
+            values[spec.name] = spec.parse(raw)
+        except _Invalid as exc:
+            raise ConfigError(spec.name, raw, exc.allowed, source) from None
+        sources[spec.name] = source
+
+    resource = dict(values.get("resource_attributes", {}))
+    for attr, option in _RESOURCE_ALIASES.items():
+        if attr in resource and option not in values:
+            values[option] = resource[attr]
+            sources[option] = "env:OTEL_RESOURCE_ATTRIBUTES"
+
+    if "traces_exporter" not in values:
+        has_endpoint = values.get("otlp_endpoint") or values.get("otlp_traces_endpoint")
+        values["traces_exporter"] = "otlp" if has_endpoint else "jsonl"
+        sources["traces_exporter"] = "derived"
+    elif values["traces_exporter"] == "otlp" and not (
+        values.get("otlp_endpoint") or values.get("otlp_traces_endpoint")
+    ):
+        # The spec's default collector address, as the OTel exporters use it.
+        grpc = values.get("otlp_protocol") == "grpc"
+        values["otlp_endpoint"] = "http://localhost:4317" if grpc else "http://localhost:4318"
+        sources["otlp_endpoint"] = "default"
+
+    _check_sampler(values, sources)
+    config = Config(**values, sources=sources)
+    return config
+
+
+def _check_sampler(values: dict[str, Any], sources: dict[str, str]) -> None:
+    sampler = values.get("sampler", Config.sampler)
+    arg = values.get("sampler_arg")
+    if arg is None:
+        return
+    source = sources.get("sampler_arg", "argument")
+    if sampler.endswith("traceidratio") and not 0.0 <= arg <= 1.0:
+        raise ConfigError("sampler_arg", arg, f"a ratio between 0 and 1 for {sampler}", source)
+    if sampler.endswith("ratelimited") and arg <= 0:
+        raise ConfigError("sampler_arg", arg, f"traces per second > 0 for {sampler}", source)
+
+
+def describe(config: Config) -> list[tuple[str, object, str]]:
+    """(option, value, source) rows for every option, for ``obskit doctor``."""
+    return [
+        (f.name, getattr(config, f.name), config.source_of(f.name))
+        for f in dataclasses.fields(config)
+        if f.name != "sources"
+    ]

@@ -1,0 +1,171 @@
+"""OTLP span sinks: HTTP/protobuf (stdlib ``http.client``) and gRPC (raw bytes over grpcio).
+
+Both send the ``ExportTraceServiceRequest`` bytes the pipeline already built, so exporting costs no
+re-encoding. The HTTP sink uses ``http.client`` rather than ``requests`` so the export itself is
+never seen by obskit's outbound instrumentation. Retries follow the OTLP spec's retryable statuses
+(429, 502, 503, 504; gRPC UNAVAILABLE and friends) with backoff, within the export timeout.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import ssl
+import time
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from obskit._version import __version__
+
+__all__ = ["GrpcSpanSink", "HttpSpanSink"]
+
+_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_USER_AGENT = f"obskit/{__version__}"
+
+
+class HttpSpanSink:
+    """POST ``application/x-protobuf`` to an OTLP/HTTP endpoint (``.../v1/traces``)."""
+
+    name = "otlp_http"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        compression: str = "none",
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path or "/v1/traces"
+        if parts.query:
+            self._path += "?" + parts.query
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": _USER_AGENT,
+            **(headers or {}),
+        }
+        self._gzip = compression == "gzip"
+        if self._gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn = self._conn
+        if conn is None:
+            if self._https:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            self._conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def export(self, request: bytes, count: int, timeout: float) -> bool:
+        """Send one request, retrying retryable failures until ``timeout`` runs out."""
+        body = gzip.compress(request, compresslevel=5) if self._gzip else request
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                conn = self._connection(left)
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                self._close()
+                status = None
+            if status is not None and 200 <= status < 300:
+                return True
+            if status is not None and status not in _RETRYABLE_HTTP:
+                return False
+            if deadline - time.monotonic() <= delay:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def shutdown(self) -> None:
+        """Close the connection."""
+        self._close()
+
+
+class GrpcSpanSink:
+    """Call ``TraceService/Export`` on an OTLP/gRPC endpoint with the pre-encoded request."""
+
+    name = "otlp_grpc"
+    _METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        compression: str = "none",
+        insecure: bool | None = None,
+    ) -> None:
+        import grpc
+
+        parts = urllib.parse.urlsplit(url)
+        target = f"{parts.hostname}:{parts.port or 4317}"
+        secure = parts.scheme == "https" if insecure is None else not insecure
+        options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _USER_AGENT)]
+        comp = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+        if secure:
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(), options=options, compression=comp
+            )
+        else:
+            self._channel = grpc.insecure_channel(target, options=options, compression=comp)
+        # No (de)serializers: grpcio passes bytes through as they are.
+        self._call = self._channel.unary_unary(self._METHOD)
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        self._retryable = {
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        }
+        self.url = url
+
+    def export(self, request: bytes, count: int, timeout: float) -> bool:
+        """Send one request, retrying retryable status codes until ``timeout`` runs out."""
+        import grpc
+
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self._call(request, timeout=left, metadata=self._metadata)
+                return True
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code not in self._retryable or deadline - time.monotonic() <= delay:
+                    return False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def shutdown(self) -> None:
+        """Close the channel."""
+        self._channel.close()

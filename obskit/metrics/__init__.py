@@ -1,0 +1,1 @@
+"""Prometheus metrics: obskit's registry and its exposition."""

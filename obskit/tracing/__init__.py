@@ -1,0 +1,1 @@
+"""Tracing: the span pipeline, samplers and propagation."""

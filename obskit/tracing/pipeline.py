@@ -1,0 +1,291 @@
+"""The span pipeline: encode at span end, queue bytes, export in batches from one thread.
+
+The OpenTelemetry SDK's ``BatchSpanProcessor`` keeps up to 2048 finished ``ReadableSpan`` object
+graphs in its queue. They outlive the request that made them, get promoted to older GC
+generations and make the cyclic collector run full collections that pause the process for tens of
+milliseconds -- that is where the usual stack's p99 comes from (issue #11). Here a finished span is
+encoded to OTLP protobuf bytes on the request thread (a few microseconds) and only that ``bytes``
+object -- invisible to the cyclic GC -- waits in the queue. Everything else the foundation asks for
+stays: batching, a bound on spans *and* bytes, drop counting, request threads that never wait on
+export, and a shutdown that never blocks longer than its timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from obskit import _selfmetrics
+from obskit.tracing._encode import encode_request, encode_scope, encode_span
+
+__all__ = ["CompactSpanProcessor", "SpanSink"]
+
+
+class SpanSink(Protocol):
+    """Where batches of encoded spans go (OTLP over HTTP or gRPC, a JSON-lines file, memory)."""
+
+    name: str
+
+    def export(self, request: bytes, count: int, timeout: float) -> bool:
+        """Send one ``ExportTraceServiceRequest``; return False on failure. Must not raise."""
+
+    def shutdown(self) -> None:
+        """Release resources."""
+
+
+Keep = Callable[[ReadableSpan], bool]
+
+
+class CompactSpanProcessor(SpanProcessor):
+    """A batching span processor whose queue holds encoded bytes, bounded in count and size.
+
+    Args:
+        sink: destination of the batches.
+        resource_attributes: attributes of the Resource sent with every batch.
+        max_queue_size: spans waiting at most; past it new spans are dropped and counted.
+        max_queue_bytes: encoded bytes waiting at most.
+        max_export_batch_size: spans per export request.
+        schedule_delay: seconds between exports when the queue is not full.
+        export_timeout: seconds one export may take.
+        keep: decides, at the end of a local root span whose trace was not head-sampled, whether
+            the trace is exported anyway (errors, slow requests). ``None`` drops such traces at once.
+        max_spans_per_trace, max_pending_traces, max_pending_bytes: hard bounds on spans buffered
+            for not-yet-decided traces.
+    """
+
+    def __init__(
+        self,
+        sink: SpanSink,
+        *,
+        resource_attributes: dict[str, Any],
+        max_queue_size: int = 2048,
+        max_queue_bytes: int = 8 * 1024 * 1024,
+        max_export_batch_size: int = 512,
+        schedule_delay: float = 1.0,
+        export_timeout: float = 30.0,
+        keep: Keep | None = None,
+        max_spans_per_trace: int = 256,
+        max_pending_traces: int = 512,
+        max_pending_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        from obskit.tracing._encode import encode_resource
+
+        self.sink = sink
+        self._resource = encode_resource(resource_attributes)
+        self._max_queue = max_queue_size
+        self._max_bytes = max_queue_bytes
+        self._batch = max_export_batch_size
+        self._delay = schedule_delay
+        self._export_timeout = export_timeout
+        self.keep = keep
+        self._max_spans_per_trace = max_spans_per_trace
+        self._max_pending_traces = max_pending_traces
+        self._max_pending_bytes = max_pending_bytes
+        self._scope_index: dict[int, int] = {}
+        self._scope_objects: list[object] = []  # keeps id()s stable
+        self._scope_bytes: list[bytes] = []
+        self._init_state()
+        weak = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: (m := weak()) and m())
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._flushed = threading.Condition(self._lock)
+        # Two parallel lists instead of a list of tuples: appending ints and bytes allocates no
+        # object the cyclic GC tracks.
+        self._q_scope: list[int] = []
+        self._q_data: list[bytes] = []
+        self._q_bytes = 0
+        self._pending: dict[int, list[bytes]] = {}
+        self._pending_scope: dict[int, list[int]] = {}
+        self._pending_bytes = 0
+        self._enqueued = 0  # sequence numbers for force_flush
+        self._exported = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="obskit-span-export", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        # A forked worker (gunicorn --preload) inherits no running thread and maybe a held lock.
+        self._init_state()
+
+    # -- request thread ----------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing to do at start."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Encode the span and queue it; never blocks on export, never raises."""
+        ctx = span.context
+        if ctx is None:
+            return
+        sampled = ctx.trace_flags & 1
+        if not sampled and self.keep is None:
+            return
+        try:
+            data = encode_span(span)
+            scope = self._scope_of(span)
+        except Exception as exc:  # pragma: no cover - defensive: a span we cannot encode
+            _selfmetrics.internal_error("span_encode", exc)
+            return
+        if sampled:
+            self._enqueue(scope, data)
+        else:
+            self._hold(span, scope, data)
+
+    def _scope_of(self, span: ReadableSpan) -> int:
+        scope = span.instrumentation_scope
+        index = self._scope_index.get(id(scope))
+        if index is None:
+            with self._lock:
+                index = len(self._scope_bytes)
+                name = scope.name if scope is not None else "obskit"
+                version = scope.version if scope is not None else None
+                self._scope_bytes.append(encode_scope(name, version))
+                self._scope_objects.append(scope)
+                self._scope_index[id(scope)] = index
+        return index
+
+    def _enqueue(self, scope: int, data: bytes) -> None:
+        size = len(data)
+        with self._lock:
+            if len(self._q_data) >= self._max_queue or self._q_bytes + size > self._max_bytes:
+                dropped = True
+            else:
+                dropped = False
+                self._q_scope.append(scope)
+                self._q_data.append(data)
+                self._q_bytes += size
+                self._enqueued += 1
+                if len(self._q_data) == self._batch:
+                    self._wake.notify()
+        if dropped:
+            _selfmetrics.spans_dropped("queue_full")
+
+    def _hold(self, span: ReadableSpan, scope: int, data: bytes) -> None:
+        """Buffer a span of an undecided (head-dropped) trace until its local root ends."""
+        trace_id = span.context.trace_id  # type: ignore[union-attr]
+        parent = span.parent
+        is_local_root = parent is None or parent.is_remote
+        drop_reason = None
+        with self._lock:
+            spans = self._pending.get(trace_id)
+            if spans is None:
+                if len(self._pending) >= self._max_pending_traces:
+                    drop_reason = "pending_traces"
+                else:
+                    spans = self._pending[trace_id] = []
+                    self._pending_scope[trace_id] = []
+            if spans is not None:
+                if len(spans) >= self._max_spans_per_trace:
+                    drop_reason = "pending_spans_per_trace"
+                elif self._pending_bytes + len(data) > self._max_pending_bytes:
+                    drop_reason = "pending_bytes"
+                else:
+                    spans.append(data)
+                    self._pending_scope[trace_id].append(scope)
+                    self._pending_bytes += len(data)
+            if is_local_root:
+                held = self._pending.pop(trace_id, [])
+                scopes = self._pending_scope.pop(trace_id, [])
+                self._pending_bytes -= sum(len(d) for d in held)
+            else:
+                held = []
+                scopes = []
+        if drop_reason is not None:
+            _selfmetrics.spans_dropped(drop_reason)
+        if not is_local_root:
+            return
+        keep = self.keep
+        try:
+            kept = keep is not None and keep(span)
+        except Exception as exc:
+            _selfmetrics.internal_error("keep_decision", exc)
+            kept = False
+        if kept:
+            _selfmetrics.traces_kept()
+            for s, d in zip(scopes, held):
+                self._enqueue(s, d)
+
+    # -- export thread -----------------------------------------------------------------------
+
+    def _take_batch(self) -> tuple[list[int], list[bytes]]:
+        n = min(len(self._q_data), self._batch)
+        scopes, data = self._q_scope[:n], self._q_data[:n]
+        del self._q_scope[:n], self._q_data[:n]
+        self._q_bytes -= sum(len(d) for d in data)
+        return scopes, data
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._stopping and len(self._q_data) < self._batch:
+                    self._wake.wait(self._delay)
+                stopping = self._stopping
+                scopes, data = self._take_batch()
+            if data:
+                self._export(scopes, data)
+                with self._lock:
+                    self._exported += len(data)
+                    self._flushed.notify_all()
+            elif stopping:
+                return
+
+    def _export(self, scopes: list[int], data: list[bytes]) -> None:
+        grouped: dict[int, list[bytes]] = {}
+        for s, d in zip(scopes, data):
+            grouped.setdefault(s, []).append(d)
+        try:
+            request = encode_request(
+                self._resource, ((self._scope_bytes[s], spans) for s, spans in grouped.items())
+            )
+            ok = self.sink.export(request, len(data), self._export_timeout)
+        except Exception as exc:
+            _selfmetrics.internal_error("span_export", exc)
+            ok = False
+        if ok:
+            _selfmetrics.spans_exported(self.sink.name, len(data))
+        else:
+            _selfmetrics.export_failed("traces", self.sink.name, len(data))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export everything queued so far; False if that did not finish within the timeout."""
+        deadline = time.monotonic() + timeout_millis / 1000.0
+        with self._lock:
+            target = self._enqueued
+            self._wake.notify()
+            while self._exported < target and self._thread.is_alive():
+                # Keep the export thread busy until it has drained up to ``target``.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.notify()
+                self._flushed.wait(min(left, 0.05))
+            return self._exported >= target
+
+    def shutdown(self, timeout: float = 5.0) -> bool:  # type: ignore[override]
+        """Flush and stop the export thread, waiting at most ``timeout`` seconds."""
+        with self._lock:
+            self._stopping = True
+            # An export already under way keeps its own timeout; later ones fit in what is left.
+            self._export_timeout = min(self._export_timeout, max(timeout, 0.001))
+            self._wake.notify()
+        self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if finished:
+            self.sink.shutdown()
+        return finished
+
+    def queued(self) -> int:
+        """Spans waiting for export."""
+        return len(self._q_data)

@@ -1,0 +1,160 @@
+"""Configuration: precedence, OTEL_* variables, and configure-time errors for bad values."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import obskit
+from obskit.config import Config, ConfigError, describe, load_config
+
+
+def test_defaults_without_environment() -> None:
+    """With nothing set, spans go to the local JSON-lines file with a parent-based sampler."""
+    config = load_config({})
+    assert ("jsonl", "parentbased_always_on", None) == (
+        config.traces_exporter,
+        config.sampler,
+        config.traces_endpoint,
+    )
+    assert "default" == config.source_of("service_name")
+
+
+def test_argument_beats_environment_beats_default() -> None:
+    """An explicit argument wins over OTEL_SERVICE_NAME, which wins over the default."""
+    env = {"OTEL_SERVICE_NAME": "from-env", "OBSKIT_ENVIRONMENT": "prod"}
+    config = load_config(env, service_name="from-arg")
+    assert ("from-arg", "argument") == (config.service_name, config.source_of("service_name"))
+    assert ("prod", "env:OBSKIT_ENVIRONMENT") == (
+        config.environment,
+        config.source_of("environment"),
+    )
+    assert "default" == config.source_of("service_version")
+
+
+def test_otel_variables_are_read() -> None:
+    """The standard OTEL_* variables configure exporter, sampler and resource."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D,x-tenant=t1",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.version=1.2.3,team=payments",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+    }
+    config = load_config(env)
+    assert "otlp" == config.traces_exporter
+    assert "http://collector:4318/v1/traces" == config.traces_endpoint
+    assert {"api-key": "abc=", "x-tenant": "t1"} == dict(config.otlp_headers)
+    assert 2.5 == config.otlp_timeout
+    assert ("parentbased_traceidratio", 0.25) == (config.sampler, config.sampler_arg)
+    assert "1.2.3" == config.service_version
+    assert "payments" == config.resource_attributes["team"]
+    assert 100 == config.bsp_max_queue_size
+
+
+def test_signal_specific_variable_wins_and_grpc_endpoint_is_used_as_is() -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_* beats the generic variable; gRPC takes the base URL."""
+    env = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+    }
+    config = load_config(env)
+    assert ("grpc", "http://collector:4317") == (config.otlp_protocol, config.traces_endpoint)
+
+
+def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
+    """OTEL_TRACES_EXPORTER=otlp alone sends to the spec's default localhost endpoint."""
+    config = load_config({"OTEL_TRACES_EXPORTER": "otlp"})
+    assert "http://localhost:4318/v1/traces" == config.traces_endpoint
+
+
+@pytest.mark.parametrize(
+    ("env", "option", "allowed"),
+    [
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "sampler", "one of always_on"),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "-0.5"},
+            "sampler_arg",
+            "a finite number >= 0",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+            "sampler_arg",
+            "between 0 and 1",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "ratelimited", "OTEL_TRACES_SAMPLER_ARG": "0"},
+            "sampler_arg",
+            "traces per second > 0",
+        ),
+        ({"OTEL_TRACES_SAMPLER_ARG": "half"}, "sampler_arg", "a number"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "otlp_endpoint", "http://"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector"}, "otlp_endpoint", "http://"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:99999"}, "otlp_endpoint", "valid port"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "otlp_protocol", "grpc, http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "otlp_timeout", "> 0"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "otlp_headers", "key=value"),
+        ({"OTEL_SDK_DISABLED": "maybe"}, "disabled", "true or false"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "bsp_max_queue_size", "positive integer"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "bsp_max_queue_size", "positive integer"),
+        ({"OBSKIT_METRICS_PORT": "70000"}, "metrics_port", "1-65535"),
+        ({"OTEL_METRICS_EXPORTER": "statsd"}, "metrics_exporter", "prometheus"),
+        ({"OBSKIT_SLOW_THRESHOLD": "nan"}, "slow_threshold", "finite"),
+    ],
+)
+def test_bad_environment_value_fails_at_configure_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], option: str, allowed: str
+) -> None:
+    """Each kind of bad value raises ConfigError naming the option, the value and what is allowed."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        obskit.configure()
+    message = str(info.value)
+    assert option == info.value.option
+    assert allowed in message
+    assert repr(info.value.value) in message
+    assert "env:" in message
+
+
+def test_bad_argument_names_the_argument() -> None:
+    """A bad keyword argument is reported as coming from the argument."""
+    with pytest.raises(ConfigError, match=r"sampler_arg=2.0 \(from argument\)"):
+        load_config({}, sampler="traceidratio", sampler_arg=2.0)
+
+
+def test_unknown_option_is_refused() -> None:
+    """A misspelt option fails loudly instead of being ignored."""
+    with pytest.raises(ConfigError, match="service_nam"):
+        load_config({}, service_nam="x")
+
+
+def test_configure_is_idempotent_and_reconfigures() -> None:
+    """The same options keep the runtime; other options replace it and take effect."""
+    first = obskit.configure(service_name="a", traces_exporter="none")
+    assert first is obskit.configure(service_name="a", traces_exporter="none")
+    second = obskit.configure(service_name="b", traces_exporter="none")
+    assert ("b", second) == (second.service_name, obskit.get_config())
+
+
+def test_describe_lists_every_option_with_its_source() -> None:
+    """describe() gives doctor one row per option."""
+    rows = {name: source for name, _, source in describe(load_config({}, service_name="x"))}
+    assert "argument" == rows["service_name"]
+    assert len(rows) == len(Config.__dataclass_fields__) - 1
+
+
+def test_import_obskit_imports_no_framework() -> None:
+    """`import obskit` leaves every web framework unimported."""
+    import subprocess
+
+    code = (
+        "import sys, obskit; "
+        "print(sorted(m for m in ('flask','django','fastapi','starlette') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "[]" == out.stdout.strip()
