@@ -39,9 +39,12 @@ def app(environ, start_response):  # type: ignore[no-untyped-def]
         start_response("200 OK", [("Content-Type", content_type)])
         return [body]
     route = "/items/{id}" if path.startswith("/items/") else "/unmatched"
-    with DURATION.labels("GET", route).time(), tracer.start_as_current_span(
-        f"GET {route}", kind=trace.SpanKind.SERVER, attributes={"http.route": route}
-    ) as span:
+    with (
+        DURATION.labels("GET", route).time(),
+        tracer.start_as_current_span(
+            f"GET {route}", kind=trace.SpanKind.SERVER, attributes={"http.route": route}
+        ) as span,
+    ):
         with tracer.start_as_current_span("load item"):
             item = path.rsplit("/", 1)[-1]
         status = "404 Not Found" if item == "missing" else "200 OK"

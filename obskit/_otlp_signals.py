@@ -30,7 +30,7 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     from opentelemetry.sdk.resources import Resource
 
     exporter: Any
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "endpoint": _endpoint(config, "metrics"),
         "headers": dict(config.otlp_headers),
         "timeout": config.otlp_timeout,
@@ -64,7 +64,7 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     from opentelemetry.sdk.resources import Resource
 
     exporter: Any
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "endpoint": _endpoint(config, "logs"),
         "headers": dict(config.otlp_headers),
         "timeout": config.otlp_timeout,

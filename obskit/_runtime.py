@@ -159,7 +159,7 @@ class Runtime:
         deadline = time.monotonic() + max(timeout, 0.0)
         ok = True
         if self.processor is not None:
-            ok = self.processor.shutdown(timeout=max(deadline - time.monotonic(), 0.0)) and ok
+            ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
         if self.log_handler is not None:
             logging.getLogger().removeHandler(self.log_handler)
         for provider in (self.meter_provider, self.logger_provider):
@@ -279,7 +279,7 @@ def _enable_multiprocess(directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != directory:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def _summary(config: Config) -> None:

@@ -23,7 +23,7 @@ __all__ = ["SAMPLERS", "Config", "ConfigError", "OptionSpec", "describe", "load_
 
 
 class ConfigError(ValueError):
-    """An option has a value obskit cannot use. The message names option, value and what is allowed."""
+    """An option has a value obskit cannot use; the message names option, value and allowed."""
 
     def __init__(self, option: str, value: object, allowed: str, source: str = "argument") -> None:
         self.option = option
@@ -51,7 +51,7 @@ Protocol = Literal["grpc", "http/protobuf"]
 
 @dataclass(frozen=True)
 class Config:
-    """Effective obskit configuration. Build it with :func:`obskit.configure` (or :func:`load_config`).
+    """Effective obskit configuration, built by :func:`obskit.configure` or :func:`load_config`.
 
     Attributes are documented in ``docs/configuration.md`` with their environment variables.
     """
@@ -140,7 +140,9 @@ def _bool(raw: object) -> bool:
     raise _Invalid("true or false")
 
 
-def _number(raw: object, *, scale: float = 1.0, minimum: float = 0.0, positive: bool = False) -> float:
+def _number(
+    raw: object, *, scale: float = 1.0, minimum: float = 0.0, positive: bool = False
+) -> float:
     try:
         value = float(raw) / scale if isinstance(raw, str) else float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -163,7 +165,7 @@ def _positive_int(raw: object) -> int:
     if isinstance(raw, bool):
         raise _Invalid("a positive integer")
     try:
-        value = int(raw)  # type: ignore[call-overload]
+        value: int = int(raw)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise _Invalid("a positive integer") from None
     if value <= 0 or (isinstance(raw, float) and raw != value):
@@ -185,7 +187,7 @@ def _choice(*allowed: str) -> Callable[[object], str]:
         value = raw.strip().lower() if isinstance(raw, str) else raw
         if value not in allowed:
             raise _Invalid("one of " + ", ".join(allowed))
-        return value  # type: ignore[return-value]
+        return value
 
     return parse
 
@@ -246,7 +248,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _O("service_name", ("OTEL_SERVICE_NAME",), _str, "service.name resource attribute"),
     _O("service_version", ("OBSKIT_SERVICE_VERSION",), _str, "service.version"),
     _O("environment", ("OBSKIT_ENVIRONMENT",), _str, "deployment.environment(.name)"),
-    _O("resource_attributes", ("OTEL_RESOURCE_ATTRIBUTES",), _key_values, "extra resource attributes"),
+    _O(
+        "resource_attributes",
+        ("OTEL_RESOURCE_ATTRIBUTES",),
+        _key_values,
+        "extra resource attributes",
+    ),
     _O("disabled", ("OTEL_SDK_DISABLED",), _bool, "turn every signal off (no-op SDK)"),
     _O(
         "traces_exporter",
@@ -285,7 +292,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _choice("gzip", "none"),
         "compression of export requests",
     ),
-    _O("traces_file", ("OBSKIT_TRACES_FILE",), _str, "JSON-lines file used when no endpoint is set"),
+    _O(
+        "traces_file", ("OBSKIT_TRACES_FILE",), _str, "JSON-lines file used when no endpoint is set"
+    ),
     _O(
         "traces_file_max_bytes",
         ("OBSKIT_TRACES_FILE_MAX_BYTES",),
@@ -320,7 +329,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _positive_int,
         "spans per export request",
     ),
-    _O("bsp_export_timeout", ("OTEL_BSP_EXPORT_TIMEOUT",), _seconds_from_ms, "batch export timeout"),
+    _O(
+        "bsp_export_timeout", ("OTEL_BSP_EXPORT_TIMEOUT",), _seconds_from_ms, "batch export timeout"
+    ),
     _O(
         "metrics_exporter",
         ("OTEL_METRICS_EXPORTER",),
@@ -420,8 +431,7 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
         sources["otlp_endpoint"] = "default"
 
     _check_sampler(values, sources)
-    config = Config(**values, sources=sources)
-    return config
+    return Config(**values, sources=sources)
 
 
 def _check_sampler(values: dict[str, Any], sources: dict[str, str]) -> None:

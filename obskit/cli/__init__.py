@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "traces":
         from obskit.cli.traces import run as run_traces
 
-        return run_traces(args, sys.stdout)
+        return int(run_traces(args, sys.stdout))
     from obskit.cli.doctor import run as run_doctor
 
-    return run_doctor(args, sys.stdout)
+    return int(run_doctor(args, sys.stdout))

@@ -40,7 +40,7 @@ def _collector() -> CollectorRegistry | _Union:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return registry
     runtime = _state.runtime
     include_default = runtime is None or runtime.config.include_default_registry
@@ -52,4 +52,4 @@ def _collector() -> CollectorRegistry | _Union:
 def render(accept: str | None) -> tuple[bytes, str]:
     """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``."""
     encoder, content_type = choose_encoder(accept or "")
-    return encoder(_collector()), content_type  # type: ignore[arg-type]
+    return encoder(_collector()), content_type

@@ -84,7 +84,9 @@ def any_value(value: Any) -> bytes:
     if isinstance(value, Sequence):
         return _len(b"\x2a", b"".join(_len(b"\x0a", any_value(v)) for v in value))
     if isinstance(value, Mapping):
-        return _len(b"\x32", b"".join(_len(b"\x0a", key_value(str(k), v)) for k, v in value.items()))
+        return _len(
+            b"\x32", b"".join(_len(b"\x0a", key_value(str(k), v)) for k, v in value.items())
+        )
     return _str(b"\x0a", str(value))
 
 

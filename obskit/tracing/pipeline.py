@@ -54,8 +54,9 @@ class CompactSpanProcessor(SpanProcessor):
         max_export_batch_size: spans per export request.
         schedule_delay: seconds between exports when the queue is not full.
         export_timeout: seconds one export may take.
-        keep: decides, at the end of a local root span whose trace was not head-sampled, whether
-            the trace is exported anyway (errors, slow requests). ``None`` drops such traces at once.
+        keep: decides, at the end of a local root span whose trace was not head-sampled,
+            whether the trace is exported anyway (errors, slow requests). ``None`` drops such
+            traces at once.
         max_spans_per_trace, max_pending_traces, max_pending_bytes: hard bounds on spans buffered
             for not-yet-decided traces.
     """
@@ -172,7 +173,7 @@ class CompactSpanProcessor(SpanProcessor):
 
     def _hold(self, span: ReadableSpan, scope: int, data: bytes) -> None:
         """Buffer a span of an undecided (head-dropped) trace until its local root ends."""
-        trace_id = span.context.trace_id  # type: ignore[union-attr]
+        trace_id = span.context.trace_id
         parent = span.parent
         is_local_root = parent is None or parent.is_remote
         drop_reason = None
@@ -212,7 +213,7 @@ class CompactSpanProcessor(SpanProcessor):
             kept = False
         if kept:
             _selfmetrics.traces_kept()
-            for s, d in zip(scopes, held):
+            for s, d in zip(scopes, held, strict=True):
                 self._enqueue(s, d)
 
     # -- export thread -----------------------------------------------------------------------
@@ -241,7 +242,7 @@ class CompactSpanProcessor(SpanProcessor):
 
     def _export(self, scopes: list[int], data: list[bytes]) -> None:
         grouped: dict[int, list[bytes]] = {}
-        for s, d in zip(scopes, data):
+        for s, d in zip(scopes, data, strict=True):
             grouped.setdefault(s, []).append(d)
         try:
             request = encode_request(
@@ -273,7 +274,11 @@ class CompactSpanProcessor(SpanProcessor):
                 self._flushed.wait(min(left, 0.05))
             return self._exported >= target
 
-    def shutdown(self, timeout: float = 5.0) -> bool:  # type: ignore[override]
+    def shutdown(self) -> None:
+        """SpanProcessor API: :meth:`close` with the export timeout."""
+        self.close(self._export_timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
         """Flush and stop the export thread, waiting at most ``timeout`` seconds."""
         with self._lock:
             self._stopping = True

@@ -134,7 +134,9 @@ def build_sampler(config: Config) -> sampling.Sampler:
         root = sampling.TraceIdRatioBased(1.0 if arg is None else arg)
     else:  # ratelimited
         root = RateLimitedSampler(100.0 if arg is None else arg)
-    sampler = sampling.ParentBased(root) if name.startswith("parentbased_") else root
+    sampler: sampling.Sampler = (
+        sampling.ParentBased(root) if name.startswith("parentbased_") else root
+    )
     if config.keep_errors or config.slow_threshold is not None:
         sampler = RecordDropped(sampler)
     return sampler

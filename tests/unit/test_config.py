@@ -109,7 +109,7 @@ def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
 def test_bad_environment_value_fails_at_configure_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], option: str, allowed: str
 ) -> None:
-    """Each kind of bad value raises ConfigError naming the option, the value and what is allowed."""
+    """Each kind of bad value raises ConfigError naming option, value and what is allowed."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError) as info:

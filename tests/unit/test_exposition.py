@@ -1,0 +1,59 @@
+"""Metrics exposition: content negotiation and gunicorn-style multi-process aggregation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import Counter
+
+import obskit
+from obskit import _state
+from obskit.metrics.exposition import render
+
+
+def test_text_format_by_default_and_openmetrics_when_asked() -> None:
+    """Prometheus text unless the scraper accepts OpenMetrics, which ends with # EOF."""
+    obskit.configure(traces_exporter="none")
+    Counter("demo_events", "Events.", registry=_state.registry).inc()
+    body, content_type = render(None)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert b"demo_events_total 1.0" in body
+    body, content_type = render("application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_default_registry_can_be_left_out() -> None:
+    """include_default_registry=False exposes only obskit's registry."""
+    obskit.configure(traces_exporter="none", include_default_registry=False)
+    body, _ = render(None)
+    assert b"python_info" not in body
+    obskit.configure(traces_exporter="none", include_default_registry=True)
+    body, _ = render(None)
+    assert b"python_info" in body
+
+
+_WORKER = """
+import sys, obskit
+from prometheus_client import Counter
+from obskit import _state
+obskit.configure(traces_exporter="none", multiproc_dir=sys.argv[1])
+c = Counter("worker_requests", "Requests.", ["route"], registry=_state.registry)
+for _ in range(int(sys.argv[2])):
+    c.labels("/items/{id}").inc()
+"""
+
+
+def test_multiprocess_mode_sums_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, one scrape reports the sum over all worker processes."""
+    directory = tmp_path / "prom"
+    for count in ("3", "4"):
+        subprocess.run([sys.executable, "-c", _WORKER, str(directory), count], check=True)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    body, _ = render(None)
+    assert b'worker_requests_total{route="/items/{id}"} 7.0' in body
