@@ -15,19 +15,36 @@ from __future__ import annotations
 from obskit._runtime import configure, force_flush, get_config, shutdown, tracer_provider
 from obskit._version import __version__
 from obskit.config import Config, ConfigError
+from obskit.metrics.cardinality import CardinalityError, LabelRule
+from obskit.metrics.instruments import counter, gauge, histogram
 
 __all__ = [
+    "CardinalityError",
     "Config",
     "ConfigError",
+    "LabelRule",
     "__version__",
     "configure",
+    "counter",
     "force_flush",
+    "gauge",
     "get_config",
+    "histogram",
     "shutdown",
     "tracer_provider",
 ]
 
-for _name in ("configure", "force_flush", "get_config", "shutdown", "tracer_provider"):
+for _name in (
+    "configure",
+    "counter",
+    "force_flush",
+    "gauge",
+    "get_config",
+    "histogram",
+    "shutdown",
+    "tracer_provider",
+):
     globals()[_name].__module__ = "obskit"
-Config.__module__ = ConfigError.__module__ = "obskit"
-del _name
+for _cls in (Config, ConfigError, CardinalityError, LabelRule):
+    _cls.__module__ = "obskit"
+del _name, _cls

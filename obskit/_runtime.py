@@ -29,7 +29,7 @@ from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
-from obskit.tracing.sampling import SwitchableSampler, build_sampler
+from obskit.tracing.sampling import SwitchableSampler, build_sampler, find_adaptive
 
 __all__ = ["Runtime", "configure", "get_config", "shutdown"]
 
@@ -257,8 +257,14 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
             export_timeout=min(config.otlp_timeout, config.bsp_export_timeout),
             keep=keep_policy(config),
         )
+    sampler = build_sampler(config) if sink is not None else ALWAYS_OFF
+    adaptive = find_adaptive(sampler)
+    if adaptive is not None and runtime.processor is not None:
+        record = adaptive.record
+        error = StatusCode.ERROR
+        runtime.processor.on_root = lambda span: record(span.status.status_code is error)
     glob.processor.delegate = runtime.processor
-    glob.sampler.delegate = build_sampler(config) if sink is not None else ALWAYS_OFF
+    glob.sampler.delegate = sampler
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics
 

@@ -8,18 +8,21 @@ set of warnings already given.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
     from obskit._runtime import Runtime
     from obskit._selfmetrics import SelfMetrics
+    from obskit.metrics.instruments import Instrument
 
 lock = threading.RLock()
 registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
 self_metrics: SelfMetrics | None = None
 runtime: Runtime | None = None
+#: Every metric declared through obskit, by name (re-bound to a fresh registry on reset).
+instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()
 #: Tests set this so internal errors surface instead of being swallowed (fail loud in tests).
 raise_internal_errors = False

@@ -44,6 +44,8 @@ SAMPLERS = (
     "parentbased_traceidratio",
     "ratelimited",
     "parentbased_ratelimited",
+    "adaptive",
+    "parentbased_adaptive",
 )
 
 Protocol = Literal["grpc", "http/protobuf"]
@@ -73,6 +75,9 @@ class Config:
     traces_file_max_bytes: int = 64 * 1024 * 1024
     sampler: str = "parentbased_always_on"
     sampler_arg: float | None = None
+    adaptive_max_ratio: float = 0.1
+    adaptive_error_threshold: float = 0.01
+    adaptive_interval: float = 10.0
     keep_errors: bool = True
     slow_threshold: float | None = None
     bsp_schedule_delay: float = 1.0
@@ -227,6 +232,13 @@ def _key_values(raw: object) -> dict[str, str]:
     return result
 
 
+def _ratio(raw: object) -> float:
+    value = _number(raw)
+    if value > 1.0:
+        raise _Invalid("a ratio between 0 and 1")
+    return value
+
+
 def _sampler_arg(raw: object) -> float | None:
     if raw is None or raw == "":
         return None
@@ -306,7 +318,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "sampler_arg",
         ("OTEL_TRACES_SAMPLER_ARG",),
         _sampler_arg,
-        "ratio in [0, 1] for *traceidratio; traces per second for *ratelimited",
+        "ratio in [0, 1] for *traceidratio, base ratio for *adaptive, traces/s for *ratelimited",
+    ),
+    _O(
+        "adaptive_max_ratio",
+        ("OBSKIT_ADAPTIVE_MAX_RATIO",),
+        lambda raw: _ratio(raw),
+        "highest ratio the adaptive sampler rises to",
+    ),
+    _O(
+        "adaptive_error_threshold",
+        ("OBSKIT_ADAPTIVE_ERROR_THRESHOLD",),
+        lambda raw: _ratio(raw),
+        "error rate above which the adaptive sampler doubles its ratio",
+    ),
+    _O(
+        "adaptive_interval",
+        ("OBSKIT_ADAPTIVE_INTERVAL",),
+        _seconds,
+        "seconds between adaptive ratio adjustments",
     ),
     _O("keep_errors", ("OBSKIT_KEEP_ERRORS",), _bool, "export traces whose local root failed"),
     _O(
@@ -440,10 +470,16 @@ def _check_sampler(values: dict[str, Any], sources: dict[str, str]) -> None:
     if arg is None:
         return
     source = sources.get("sampler_arg", "argument")
-    if sampler.endswith("traceidratio") and not 0.0 <= arg <= 1.0:
+    if sampler.endswith(("traceidratio", "adaptive")) and not 0.0 <= arg <= 1.0:
         raise ConfigError("sampler_arg", arg, f"a ratio between 0 and 1 for {sampler}", source)
     if sampler.endswith("ratelimited") and arg <= 0:
         raise ConfigError("sampler_arg", arg, f"traces per second > 0 for {sampler}", source)
+    if sampler.endswith("adaptive"):
+        top = values.get("adaptive_max_ratio", Config.adaptive_max_ratio)
+        if arg > top:
+            raise ConfigError(
+                "sampler_arg", arg, f"a base ratio <= adaptive_max_ratio ({top})", source
+            )
 
 
 def describe(config: Config) -> list[tuple[str, object, str]]:

@@ -31,6 +31,11 @@ def reset() -> None:
         _state.registry = CollectorRegistry(auto_describe=True)
         _state.self_metrics = None
         _state.warned.clear()
+        from obskit.metrics.instruments import rebind_all
+
+        # Metrics declared at import time (module-level business metrics, decorators) keep
+        # working, with zeroed values, in the fresh registry.
+        rebind_all()
 
 
 def get_sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -86,6 +86,8 @@ class CompactSpanProcessor(SpanProcessor):
         self._delay = schedule_delay
         self._export_timeout = export_timeout
         self.keep = keep
+        #: Called with every local root span that ends (feeds the adaptive sampler).
+        self.on_root: Callable[[ReadableSpan], None] | None = None
         self._max_spans_per_trace = max_spans_per_trace
         self._max_pending_traces = max_pending_traces
         self._max_pending_bytes = max_pending_bytes
@@ -128,6 +130,12 @@ class CompactSpanProcessor(SpanProcessor):
         ctx = span.context
         if ctx is None:
             return
+        on_root = self.on_root
+        if on_root is not None and (span.parent is None or span.parent.is_remote):
+            try:
+                on_root(span)
+            except Exception as exc:
+                _selfmetrics.internal_error("root_hook", exc)
         sampled = ctx.trace_flags & 1
         if not sampled and self.keep is None:
             return

@@ -22,7 +22,13 @@ from opentelemetry.util.types import Attributes
 
 from obskit.config import Config
 
-__all__ = ["RateLimitedSampler", "RecordDropped", "SwitchableSampler", "build_sampler"]
+__all__ = [
+    "AdaptiveSampler",
+    "RateLimitedSampler",
+    "RecordDropped",
+    "SwitchableSampler",
+    "build_sampler",
+]
 
 
 class RateLimitedSampler(sampling.Sampler):
@@ -58,6 +64,89 @@ class RateLimitedSampler(sampling.Sampler):
 
     def get_description(self) -> str:
         return f"RateLimitedSampler{{{self.rate}/s}}"
+
+
+class AdaptiveSampler(sampling.Sampler):
+    """Trace-id ratio sampling whose ratio follows the error rate, as the seeds' SRE teams do.
+
+    Every ``interval`` seconds the error rate of the local root spans seen in that interval is
+    compared with ``error_threshold``: above it the ratio doubles (up to ``max_ratio``), otherwise
+    it halves (down to ``base``). The decision is still a function of the trace id, so services
+    running the same ratio keep or drop the same traces. Outcomes are fed by the span pipeline
+    (:meth:`record`).
+    """
+
+    def __init__(
+        self,
+        base: float,
+        *,
+        max_ratio: float = 0.1,
+        error_threshold: float = 0.01,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= base <= max_ratio <= 1.0:
+            raise ValueError(f"need 0 <= base ({base}) <= max_ratio ({max_ratio}) <= 1")
+        self.base = base
+        self.max_ratio = max_ratio
+        self.error_threshold = error_threshold
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window_start = clock()
+        self._total = 0
+        self._errors = 0
+        self._set_ratio(base)
+
+    def _set_ratio(self, ratio: float) -> None:
+        self.ratio = ratio
+        self._bound = sampling.TraceIdRatioBased.get_bound_for_rate(ratio)
+
+    def record(self, error: bool) -> None:
+        """Count one finished local root; adjust the ratio when the interval is over."""
+        with self._lock:
+            self._total += 1
+            self._errors += error
+            now = self._clock()
+            if now - self._window_start < self.interval:
+                return
+            rate = self._errors / self._total
+            if rate > self.error_threshold:
+                self._set_ratio(min(self.max_ratio, max(self.ratio, 1e-6) * 2))
+            else:
+                self._set_ratio(max(self.base, self.ratio / 2))
+            self._window_start, self._total, self._errors = now, 0, 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        # Same rule as TraceIdRatioBased: the low 64 bits of the trace id against a bound.
+        if trace_id & sampling.TraceIdRatioBased.TRACE_ID_LIMIT < self._bound:
+            decision = sampling.Decision.RECORD_AND_SAMPLE
+        else:
+            decision = sampling.Decision.DROP
+        return sampling.SamplingResult(decision, None, _parent_state(parent_context))
+
+    def get_description(self) -> str:
+        return f"AdaptiveSampler{{{self.base}..{self.max_ratio}, now {self.ratio}}}"
+
+
+def find_adaptive(sampler: sampling.Sampler) -> AdaptiveSampler | None:
+    """The adaptive sampler inside a composition, if any."""
+    while True:
+        if isinstance(sampler, AdaptiveSampler):
+            return sampler
+        inner = getattr(sampler, "delegate", None) or getattr(sampler, "_root", None)
+        if inner is None:
+            return None
+        sampler = inner
 
 
 def _parent_state(parent_context: Context | None) -> TraceState | None:
@@ -132,6 +221,13 @@ def build_sampler(config: Config) -> sampling.Sampler:
         root = sampling.ALWAYS_OFF
     elif base == "traceidratio":
         root = sampling.TraceIdRatioBased(1.0 if arg is None else arg)
+    elif base == "adaptive":
+        root = AdaptiveSampler(
+            0.001 if arg is None else arg,
+            max_ratio=config.adaptive_max_ratio,
+            error_threshold=config.adaptive_error_threshold,
+            interval=config.adaptive_interval,
+        )
     else:  # ratelimited
         root = RateLimitedSampler(100.0 if arg is None else arg)
     sampler: sampling.Sampler = (

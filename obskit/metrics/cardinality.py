@@ -1,0 +1,245 @@
+"""The cardinality guard every obskit metric goes through.
+
+prometheus_client keeps one child per distinct label set, forever: one unbounded label (a raw path,
+a user id) grows the process and the Prometheus server without limit. obskit puts a hard cap on
+each metric, as the OpenTelemetry metrics SDK specifies for its cardinality limit: past
+``limit`` distinct label sets, new combinations fold into a single overflow series whose label
+values are all ``__overflow__``, so totals stay right while the series count stays bounded. Each
+folded observation is counted in ``obskit_cardinality_overflow_total{metric}`` and the first one
+per metric is logged.
+
+Per label, values can be closed further: an allow-list (a set of values or a regular expression;
+anything else becomes ``__other__``) and a maximum length. Label *names* that are unbounded by
+nature (``user_id``, ``request_id``, ``email``, ``ip``, ``trace_id``...) are refused when the metric
+is declared.
+
+The hot path -- a label set already seen -- is one tuple build and one dict lookup; everything
+else (normalising odd values, allow-lists, the cap) runs only for label sets not yet cached.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from obskit import _selfmetrics
+
+__all__ = [
+    "DENIED_LABELS",
+    "OTHER",
+    "OVERFLOW",
+    "CardinalityError",
+    "Guard",
+    "LabelRule",
+]
+
+OVERFLOW = "__overflow__"
+OTHER = "__other__"
+
+#: Label names refused at declaration: their values are unbounded by nature.
+DENIED_LABELS = frozenset(
+    {
+        "user_id",
+        "userid",
+        "user",
+        "customer_id",
+        "account_id",
+        "request_id",
+        "session_id",
+        "correlation_id",
+        "transaction_id",
+        "order_id",
+        "trace_id",
+        "span_id",
+        "email",
+        "ip",
+        "client_ip",
+        "ip_address",
+        "remote_addr",
+        "uuid",
+        "id",
+        "token",
+        "url",
+        "path",
+        "query",
+        "timestamp",
+    }
+)
+
+_DEFAULT_MAX_LENGTH = 128
+
+
+class CardinalityError(ValueError):
+    """A metric was declared with a label that would make its cardinality unbounded."""
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """Constraints on one label's values.
+
+    Args:
+        allow: the values allowed (a collection) or a regular expression they must fully match;
+            anything else is recorded as ``__other__``.
+        max_length: longer values are truncated.
+    """
+
+    allow: frozenset[str] | re.Pattern[str] | None = None
+    max_length: int = _DEFAULT_MAX_LENGTH
+
+    @classmethod
+    def of(cls, spec: LabelRule | Iterable[str] | str | re.Pattern[str] | None) -> LabelRule:
+        """Accept a rule, a collection of allowed values or a pattern."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, LabelRule):
+            return spec
+        if isinstance(spec, re.Pattern):
+            return cls(allow=spec)
+        if isinstance(spec, str):
+            return cls(allow=re.compile(spec))
+        return cls(allow=frozenset(str(v) for v in spec))
+
+
+def _text(value: object, max_length: int) -> str:
+    """Any value as a bounded label string; never raises."""
+    if value.__class__ is str:
+        text: str = value
+    elif value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+    else:
+        try:
+            text = str(value)
+        except Exception:
+            text = f"<unprintable {type(value).__name__}>"
+    if len(text) > max_length:
+        text = text[:max_length]
+    return text
+
+
+C = TypeVar("C")
+
+
+@dataclass
+class Guard(Generic[C]):
+    """Bounded label sets for one metric.
+
+    ``labels(*values)`` returns the metric's child for those values, creating it through
+    ``make_child(normalised_values)`` only while the metric has fewer than ``limit`` series.
+    """
+
+    metric: str
+    label_names: tuple[str, ...]
+    make_child: Any  # Callable[[tuple[str, ...]], C]
+    limit: int = 1000
+    rules: Mapping[str, LabelRule] = field(default_factory=dict)
+    _cache: dict[tuple[Any, ...], C] = field(default_factory=dict, init=False, repr=False)
+    _series: dict[tuple[str, ...], C] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _overflow: C | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rules = tuple(self.rules.get(n, LabelRule()) for n in self.label_names)
+        metrics = _selfmetrics.current()
+        self._overflow_count = metrics.cardinality_overflow.labels(self.metric)
+        metrics.cardinality_limit.labels(self.metric).set(self.limit)
+        metrics.cardinality_series.labels(self.metric).set(0)
+
+    def labels(self, *values: Any) -> C:
+        """The child for ``values``; folded into the overflow series past the limit."""
+        try:
+            child = self._cache.get(values)
+        except TypeError:  # an unhashable label value
+            child = None
+        if child is not None:
+            return child
+        return self._admit(values)
+
+    def _normalise(self, values: tuple[Any, ...]) -> tuple[str, ...]:
+        out = []
+        for value, rule in zip(values, self._rules, strict=True):
+            text = _text(value, rule.max_length)
+            allow = rule.allow
+            if allow is not None:
+                if isinstance(allow, frozenset):
+                    if text not in allow:
+                        text = OTHER
+                elif allow.fullmatch(text) is None:
+                    text = OTHER
+            out.append(text)
+        return tuple(out)
+
+    def _admit(self, values: tuple[Any, ...]) -> C:
+        if len(values) != len(self.label_names):
+            raise ValueError(
+                f"{self.metric} takes {len(self.label_names)} label values "
+                f"{self.label_names}, got {len(values)}"
+            )
+        key = self._normalise(values)
+        with self._lock:
+            child = self._series.get(key)
+            if child is None:
+                if len(self._series) >= self.limit:
+                    return self._fold()
+                child = self.make_child(key)
+                self._series[key] = child
+                _selfmetrics.current().cardinality_series.labels(self.metric).set(len(self._series))
+            # Cache the caller's raw values too, but only a bounded number of aliases: raw values
+            # that normalise to an admitted series must not grow the cache without bound.
+            if len(self._cache) < 2 * self.limit:
+                try:
+                    self._cache[values] = child
+                except TypeError:
+                    pass
+        return child
+
+    def _fold(self) -> C:
+        # Called with the lock held.
+        overflow = self._overflow
+        if overflow is None:
+            overflow = self._overflow = self.make_child((OVERFLOW,) * len(self.label_names))
+            _selfmetrics.warn_once(
+                f"cardinality:{self.metric}",
+                "obskit: metric %s reached its limit of %d label sets; new combinations are "
+                "recorded with every label set to %s (counted in "
+                "obskit_cardinality_overflow_total). Remove the unbounded label or raise the "
+                "limit.",
+                self.metric,
+                self.limit,
+                OVERFLOW,
+            )
+        self._overflow_count.inc()
+        return overflow
+
+    def series_count(self) -> int:
+        """Distinct label sets admitted so far (the overflow series not included)."""
+        return len(self._series)
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether any observation has been folded."""
+        return self._overflow is not None
+
+
+def check_label_names(
+    metric: str, label_names: Iterable[str], allow_unbounded: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """Refuse label names that are unbounded by nature, with what to do instead."""
+    names = tuple(label_names)
+    allowed = set(allow_unbounded)
+    for name in names:
+        if name.lower() in DENIED_LABELS and name not in allowed:
+            raise CardinalityError(
+                f"obskit: metric {metric!r} declares label {name!r}, whose values are unbounded "
+                f"by nature (one series per {name}); it would exhaust Prometheus memory. Record "
+                f"it as a span attribute or a log field instead, or replace it with a bounded "
+                f"category (e.g. a tier or a route template). If its values really are bounded, "
+                f"pass allow_unbounded=[{name!r}] and an allow-list for it."
+            )
+    return names

@@ -1,0 +1,235 @@
+"""Declaring metrics: every obskit metric -- HTTP, decorators, USE, business -- is made here.
+
+Each instrument wraps a prometheus_client metric in obskit's registry behind a
+:class:`~obskit.metrics.cardinality.Guard`, so no label can explode the metrics store::
+
+    orders = obskit.counter("orders_completed", "Orders completed.", ["payment_method"])
+    orders.labels("card").inc()
+
+Declaring the same name again with the same kind and labels returns the same instrument, so
+decorators and modules can declare what they use without coordinating.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from obskit import _state
+from obskit.metrics.cardinality import Guard, LabelRule, check_label_names
+
+__all__ = ["Instrument", "counter", "gauge", "histogram", "instruments"]
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+RuleSpec = LabelRule | Iterable[str] | str | re.Pattern[str] | None
+
+
+class Instrument(Generic[M]):
+    """A guarded metric. ``labels(*values)`` gives the child to ``inc``/``set``/``observe``."""
+
+    __slots__ = (
+        "_cache",
+        "_guard",
+        "_kwargs",
+        "_metric",
+        "kind",
+        "label_names",
+        "limit",
+        "name",
+        "rules",
+    )
+
+    def __init__(
+        self,
+        kind: type[M],
+        name: str,
+        documentation: str,
+        label_names: Sequence[str],
+        limit: int,
+        rules: Mapping[str, LabelRule],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.label_names = tuple(label_names)
+        self.limit = limit
+        self.rules = dict(rules)
+        self._kwargs = dict(kwargs, documentation=documentation)
+        self._bind()
+
+    def _bind(self) -> None:
+        """(Re)create the prometheus metric in obskit's current registry."""
+        self._metric: M = self.kind(
+            self.name, labelnames=self.label_names, registry=_state.registry, **self._kwargs
+        )
+        metric = self._metric
+        if self.label_names:
+            self._guard: Guard[Any] | None = Guard(
+                self.name,
+                self.label_names,
+                lambda values: metric.labels(*values),
+                limit=self.limit,
+                rules=self.rules,
+            )
+            self._cache: dict[tuple[Any, ...], Any] = self._guard._cache
+        else:
+            self._guard = None
+            self._cache = {}
+
+    def labels(self, *values: Any) -> Any:
+        """The child for these label values (positional, in declaration order)."""
+        # The guard's cache is read here directly: one dict lookup is the whole hot path.
+        try:
+            child = self._cache.get(values)
+        except TypeError:  # an unhashable value; the guard normalises it
+            child = None
+        if child is None:
+            guard = self._guard
+            if guard is None:
+                raise ValueError(f"metric {self.name} has no labels")
+            return guard.labels(*values)
+        return child
+
+    @property
+    def metric(self) -> M:
+        """The underlying prometheus_client metric (for label-less use and introspection)."""
+        return self._metric
+
+    def series_count(self) -> int:
+        """Distinct label sets recorded so far."""
+        return 0 if self._guard is None else self._guard.series_count()
+
+    # Label-less shortcuts.
+    def inc(self, amount: float = 1.0) -> None:
+        """Increment a label-less counter or gauge."""
+        self._metric.inc(amount)  # type: ignore[attr-defined]
+
+    def dec(self, amount: float = 1.0) -> None:
+        """Decrement a label-less gauge."""
+        self._metric.dec(amount)  # type: ignore[attr-defined]
+
+    def set(self, value: float) -> None:
+        """Set a label-less gauge."""
+        self._metric.set(value)  # type: ignore[attr-defined]
+
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
+        """Observe into a label-less histogram."""
+        self._metric.observe(value, exemplar)  # type: ignore[attr-defined]
+
+
+def _declare(
+    kind: type[M],
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    limit: int | None,
+    rules: Mapping[str, RuleSpec] | None,
+    allow_unbounded: Iterable[str],
+    kwargs: dict[str, Any],
+) -> Instrument[M]:
+    label_names = check_label_names(name, labels, allow_unbounded)
+    with _state.lock:
+        existing = _state.instruments.get(name)
+        if existing is not None:
+            if existing.kind is not kind or existing.label_names != label_names:
+                raise ValueError(
+                    f"metric {name!r} is already declared as {existing.kind.__name__}"
+                    f"{list(existing.label_names)}; cannot redeclare it as "
+                    f"{kind.__name__}{list(label_names)}"
+                )
+            return existing
+        if limit is None:
+            runtime = _state.runtime
+            limit = runtime.config.cardinality_limit if runtime is not None else 1000
+        if limit <= 0:
+            raise ValueError(f"limit for metric {name!r} must be a positive integer, got {limit}")
+        parsed = {k: LabelRule.of(v) for k, v in (rules or {}).items()}
+        unknown = set(parsed) - set(label_names)
+        if unknown:
+            raise ValueError(f"rules name labels {sorted(unknown)} that {name!r} does not declare")
+        instrument = Instrument(kind, name, documentation, label_names, limit, parsed, kwargs)
+        _state.instruments[name] = instrument
+        return instrument
+
+
+def counter(
+    name: str,
+    documentation: str,
+    labels: Sequence[str] = (),
+    *,
+    limit: int | None = None,
+    rules: Mapping[str, RuleSpec] | None = None,
+    allow_unbounded: Iterable[str] = (),
+) -> Instrument[Counter]:
+    """Declare a counter (exposed as ``NAME_total``).
+
+    Args:
+        name: Prometheus metric name (``_total`` is added on exposition).
+        documentation: the HELP text.
+        labels: label names; each value later passes the cardinality guard.
+        limit: distinct label sets at most (default: the ``cardinality_limit`` option).
+        rules: per-label :class:`LabelRule`, allowed values or a pattern.
+        allow_unbounded: label names from the deny-list you vouch are bounded.
+
+    Raises:
+        CardinalityError: a label name is unbounded by nature.
+    """
+    return _declare(Counter, name, documentation, labels, limit, rules, allow_unbounded, {})
+
+
+def gauge(
+    name: str,
+    documentation: str,
+    labels: Sequence[str] = (),
+    *,
+    limit: int | None = None,
+    rules: Mapping[str, RuleSpec] | None = None,
+    allow_unbounded: Iterable[str] = (),
+    multiprocess_mode: Literal[
+        "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent"
+    ] = "livesum",
+) -> Instrument[Gauge]:
+    """Declare a gauge; see :func:`counter`. ``multiprocess_mode`` applies under gunicorn."""
+    return _declare(
+        Gauge,
+        name,
+        documentation,
+        labels,
+        limit,
+        rules,
+        allow_unbounded,
+        {"multiprocess_mode": multiprocess_mode},
+    )
+
+
+def histogram(
+    name: str,
+    documentation: str,
+    labels: Sequence[str] = (),
+    *,
+    buckets: Sequence[float] | None = None,
+    limit: int | None = None,
+    rules: Mapping[str, RuleSpec] | None = None,
+    allow_unbounded: Iterable[str] = (),
+) -> Instrument[Histogram]:
+    """Declare a histogram; see :func:`counter`. ``buckets`` are upper bounds in seconds."""
+    kwargs: dict[str, Any] = {}
+    if buckets is not None:
+        kwargs["buckets"] = tuple(buckets)
+    return _declare(Histogram, name, documentation, labels, limit, rules, allow_unbounded, kwargs)
+
+
+def instruments() -> list[Instrument[Any]]:
+    """Every metric declared through obskit, for reporting (``obskit cardinality``)."""
+    return list(_state.instruments.values())
+
+
+def rebind_all() -> None:
+    """Re-create every declared metric in the current registry (after a reset)."""
+    for instrument in list(_state.instruments.values()):
+        instrument._bind()

@@ -1,0 +1,204 @@
+"""Cardinality guard: per-metric series cap with an overflow series, label rules, deny-list."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import threading
+import tracemalloc
+
+import pytest
+
+import obskit
+from obskit.metrics.cardinality import OTHER, OVERFLOW, CardinalityError, LabelRule
+from obskit.metrics.exposition import render
+from obskit.testing import get_sample_value
+
+
+def test_past_the_limit_new_label_sets_fold_into_one_overflow_series(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Totals stay right, series stay at limit + 1, overflow is counted and warned about once."""
+    orders = obskit.counter("orders", "Orders.", ["method", "region"], limit=5)
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        for i in range(50):
+            orders.labels(f"m{i}", "eu").inc()
+    assert 5 == orders.series_count()
+    assert 45.0 == get_sample_value("orders_total", {"method": OVERFLOW, "region": OVERFLOW})
+    assert 45.0 == get_sample_value("obskit_cardinality_overflow_total", {"metric": "orders"})
+    assert 1 == sum("reached its limit" in r.getMessage() for r in caplog.records)
+    body = render(None)[0].decode()
+    assert 6 == sum(line.startswith("orders_total{") for line in body.splitlines())
+
+
+def test_known_label_sets_keep_recording_after_overflow() -> None:
+    """A label set admitted before the limit was reached is never folded."""
+    hits = obskit.counter("hits", "Hits.", ["route"], limit=2)
+    hits.labels("/a").inc()
+    hits.labels("/b").inc()
+    hits.labels("/c").inc()
+    hits.labels("/a").inc()
+    assert 2.0 == get_sample_value("hits_total", {"route": "/a"})
+    assert 1.0 == get_sample_value("hits_total", {"route": OVERFLOW})
+
+
+def test_series_count_and_limit_are_self_metrics() -> None:
+    """obskit_cardinality_series and _limit report each metric's series against its limit."""
+    jobs = obskit.gauge("jobs", "Jobs.", ["queue"], limit=10)
+    for q in ("a", "b", "c"):
+        jobs.labels(q).set(1)
+    assert 3.0 == get_sample_value("obskit_cardinality_series", {"metric": "jobs"})
+    assert 10.0 == get_sample_value("obskit_cardinality_limit", {"metric": "jobs"})
+
+
+def test_default_limit_comes_from_configuration() -> None:
+    """cardinality_limit sets the default cap of metrics declared afterwards."""
+    obskit.configure(traces_exporter="none", cardinality_limit=3)
+    m = obskit.counter("capped", "Capped.", ["k"])
+    for i in range(10):
+        m.labels(i).inc()
+    assert 3 == m.series_count()
+
+
+def test_allow_list_of_values_and_pattern() -> None:
+    """Values outside an allow-list or pattern are recorded as __other__."""
+    payments = obskit.counter(
+        "payments",
+        "Payments.",
+        ["method", "code"],
+        rules={"method": ["card", "paypal"], "code": re.compile(r"[0-9]{3}")},
+    )
+    payments.labels("card", "200").inc()
+    payments.labels("bitcoin", "2000").inc()
+    payments.labels("paypal", "abc").inc()
+    assert 1.0 == get_sample_value("payments_total", {"method": "card", "code": "200"})
+    assert 1.0 == get_sample_value("payments_total", {"method": OTHER, "code": OTHER})
+    assert 1.0 == get_sample_value("payments_total", {"method": "paypal", "code": OTHER})
+
+
+def test_long_values_are_truncated() -> None:
+    """A label value longer than max_length is cut, so one value cannot be megabytes."""
+    m = obskit.counter("tags", "Tags.", ["tag"], rules={"tag": LabelRule(max_length=8)})
+    m.labels("x" * 100_000).inc()
+    assert 1.0 == get_sample_value("tags_total", {"tag": "x" * 8})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ""),
+        (True, "true"),
+        (42, "42"),
+        (b"bytes\xff", "bytes\ufffd"),
+        (object, "<class 'object'>"),
+    ],
+)
+def test_odd_label_values_never_raise(value: object, expected: str) -> None:
+    """None, bools, bytes, arbitrary objects become strings; nothing raises."""
+    m = obskit.counter("odd", "Odd.", ["v"])
+    m.labels(value).inc()
+    assert 1.0 == get_sample_value("odd_total", {"v": expected})
+
+
+def test_unprintable_and_unhashable_values_never_raise() -> None:
+    """An object whose __str__ raises, and an unhashable dict, still record."""
+
+    class Bad:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    m = obskit.counter("odd2", "Odd.", ["v"])
+    m.labels(Bad()).inc()
+    m.labels({"a": 1}).inc()
+    assert 1.0 == get_sample_value("odd2_total", {"v": "<unprintable Bad>"})
+    assert 1.0 == get_sample_value("odd2_total", {"v": "{'a': 1}"})
+
+
+@pytest.mark.parametrize(
+    "label", ["user_id", "request_id", "session_id", "email", "ip", "trace_id"]
+)
+def test_unbounded_label_names_are_refused_at_declaration(label: str) -> None:
+    """Declaring a label that is unbounded by nature fails with why and what to do."""
+    with pytest.raises(CardinalityError, match="unbounded by nature") as info:
+        obskit.counter(f"bad_{label}", "Bad.", [label])
+    assert "span attribute or a log field" in str(info.value)
+
+
+def test_unbounded_label_can_be_vouched_for() -> None:
+    """allow_unbounded lets a deliberately bounded label through."""
+    m = obskit.counter("tenants", "Per tenant.", ["user"], allow_unbounded=["user"], limit=3)
+    m.labels("acme").inc()
+    assert 1.0 == get_sample_value("tenants_total", {"user": "acme"})
+
+
+def test_redeclaring_returns_the_same_instrument_or_fails_clearly() -> None:
+    """Same name, kind and labels give the same object; a conflicting one is refused."""
+    a = obskit.counter("same", "Same.", ["k"])
+    assert a is obskit.counter("same", "Same.", ["k"])
+    with pytest.raises(ValueError, match="already declared"):
+        obskit.gauge("same", "Same.", ["k"])
+
+
+def test_wrong_number_of_label_values_is_a_programming_error() -> None:
+    """Passing too few values is the caller's bug and is reported as such."""
+    m = obskit.counter("arity", "Arity.", ["a", "b"])
+    with pytest.raises(ValueError, match="takes 2 label values"):
+        m.labels("only-one")
+
+
+def test_a_million_distinct_values_keep_series_bounded_and_memory_flat() -> None:
+    """1,000,000 distinct values (paths, user ids): series stay at the limit, memory stays flat."""
+    import psutil
+
+    paths = obskit.counter("raw_paths", "Raw paths.", ["path_template"], limit=100)
+    users = obskit.histogram("per_user", "Per user.", ["tier"], limit=50)
+    for i in range(20_000):  # warm up: fill the limits and the overflow series
+        paths.labels(f"/items/{i}").inc()
+        users.labels(f"user-{i}").observe(0.1)
+    gc.collect()
+    # tracemalloc over a slice (it slows every allocation), RSS over the whole million.
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000, 120_000):
+        paths.labels(f"/items/{i}").inc()
+        users.labels(f"user-{i}").observe(0.1)
+    gc.collect()
+    growth = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    rss_before = psutil.Process().memory_info().rss
+    for i in range(120_000, 1_000_000):
+        paths.labels(f"/items/{i}").inc()
+        if i % 10 == 0:
+            users.labels(f"user-{i}").observe(0.1)
+    rss_growth = psutil.Process().memory_info().rss - rss_before
+    assert (100, 50) == (paths.series_count(), users.series_count())
+    assert growth < 64 * 1024, f"traced memory grew by {growth} bytes"
+    assert rss_growth < 8 * 1024 * 1024, f"RSS grew by {rss_growth} bytes"
+    assert 1_000_000.0 == sum(
+        get_sample_value("raw_paths_total", {"path_template": v}) or 0.0
+        for v in [f"/items/{i}" for i in range(100)] + [OVERFLOW]
+    )
+
+
+def test_concurrent_new_label_sets_respect_the_limit() -> None:
+    """Threads racing to add label sets never exceed the cap or lose increments."""
+    m = obskit.counter("raced", "Raced.", ["k"], limit=64)
+
+    def work(offset: int) -> None:
+        for i in range(2_000):
+            m.labels(f"{offset}-{i % 200}").inc()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    body = render(None)[0].decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("raced_total{")
+    )
+    assert 64 == m.series_count()
+    assert 16_000.0 == total

@@ -1,0 +1,248 @@
+"""Head samplers, keep-errors/slow tail decisions with bounded buffers, adaptive ratio."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import obskit
+from obskit.config import load_config
+from obskit.exporters.jsonl import MemorySpanSink
+from obskit.testing import capture, get_sample_value
+from obskit.tracing.pipeline import CompactSpanProcessor
+from obskit.tracing.sampling import (
+    AdaptiveSampler,
+    RateLimitedSampler,
+    RecordDropped,
+    build_sampler,
+)
+
+IDS = [random.Random(i).getrandbits(128) | 1 for i in range(10_000)]
+
+
+def _decisions(sampler_name: str, arg: float) -> list[bool]:
+    sampler = build_sampler(
+        load_config({}, sampler=sampler_name, sampler_arg=arg, keep_errors=False)
+    )
+    return [
+        sampler.should_sample(None, tid, "GET /").decision is Decision.RECORD_AND_SAMPLE
+        for tid in IDS
+    ]
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.1, 0.25, 0.5])
+def test_ratio_sampler_keeps_the_ratio_over_10000_traces(ratio: float) -> None:
+    """traceidratio keeps ratio +- 3 standard deviations of 10,000 fixed trace ids."""
+    kept = sum(_decisions("traceidratio", ratio)) / len(IDS)
+    sigma = (ratio * (1 - ratio) / len(IDS)) ** 0.5
+    assert abs(kept - ratio) < 3 * sigma + 1e-9
+
+
+def test_ratio_decision_is_the_same_in_every_service() -> None:
+    """Two independently built samplers (two services) decide alike for each trace id."""
+    assert _decisions("traceidratio", 0.3) == _decisions("traceidratio", 0.3)
+
+
+def _parent(sampled: bool, remote: bool) -> context.Context:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    ctx = SpanContext(0xABC, 0xDEF, is_remote=remote, trace_flags=flags)
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+@pytest.mark.parametrize("root_ratio", [0.0, 1.0])
+@pytest.mark.parametrize("remote", [True, False])
+@pytest.mark.parametrize("parent_sampled", [True, False])
+def test_parent_based_follows_the_parent_flag(
+    root_ratio: float, remote: bool, parent_sampled: bool
+) -> None:
+    """parentbased_* honours the parent's sampled flag, remote or local, whatever the ratio."""
+    sampler = build_sampler(
+        load_config(
+            {}, sampler="parentbased_traceidratio", sampler_arg=root_ratio, keep_errors=False
+        )
+    )
+    result = sampler.should_sample(_parent(parent_sampled, remote), 0xABC, "child")
+    expected = Decision.RECORD_AND_SAMPLE if parent_sampled else Decision.DROP
+    assert expected == result.decision
+
+
+@pytest.mark.parametrize("root_ratio", [0.0, 1.0])
+def test_parent_based_root_uses_the_ratio(root_ratio: float) -> None:
+    """Without a parent, parentbased_traceidratio falls back to the ratio."""
+    sampler = build_sampler(
+        load_config(
+            {}, sampler="parentbased_traceidratio", sampler_arg=root_ratio, keep_errors=False
+        )
+    )
+    decision = sampler.should_sample(None, 0xABC, "root").decision
+    assert (Decision.RECORD_AND_SAMPLE if root_ratio else Decision.DROP) == decision
+
+
+def test_keep_errors_turns_drop_into_record_only() -> None:
+    """With keep-errors on, a head drop is recorded (not sampled) so the tail can still keep it."""
+    sampler = build_sampler(load_config({}, sampler="traceidratio", sampler_arg=0.0))
+    assert Decision.RECORD_ONLY == sampler.should_sample(None, 0xABC, "root").decision
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limited_sampler_under_a_controlled_clock() -> None:
+    """At most N new traces per second, refilled continuously, burst capped at N."""
+    clock = FakeClock()
+    sampler = RateLimitedSampler(5, clock=clock)
+
+    def take(n: int) -> int:
+        return sum(
+            sampler.should_sample(None, i, "x").decision is Decision.RECORD_AND_SAMPLE
+            for i in range(n)
+        )
+
+    assert 5 == take(100)
+    clock.now += 0.2
+    assert 1 == take(100)
+    clock.now += 10.0
+    assert 5 == take(100)
+
+
+def test_adaptive_ratio_rises_with_errors_and_falls_back_when_calm() -> None:
+    """Above the error threshold the ratio doubles up to max; when calm it halves to base."""
+    clock = FakeClock()
+    sampler = AdaptiveSampler(0.01, max_ratio=0.08, error_threshold=0.05, interval=1.0, clock=clock)
+    ratios = []
+    for _ in range(5):  # five stormy intervals: half the requests fail
+        for i in range(100):
+            sampler.record(error=i % 2 == 0)
+        clock.now += 1.0
+        sampler.record(error=True)
+        ratios.append(sampler.ratio)
+    for _ in range(5):  # five calm intervals
+        for _ in range(100):
+            sampler.record(error=False)
+        clock.now += 1.0
+        sampler.record(error=False)
+        ratios.append(sampler.ratio)
+    assert [0.02, 0.04, 0.08, 0.08, 0.08, 0.04, 0.02, 0.01, 0.01, 0.01] == ratios
+
+
+def test_adaptive_sampler_is_fed_by_finished_requests() -> None:
+    """Configured as sampler=adaptive, failing local roots raise the ratio."""
+    with capture(sampler="adaptive", sampler_arg=0.01, adaptive_interval=0.01):
+        tracer = trace.get_tracer("t")
+        for _ in range(3):
+            for _ in range(20):
+                with tracer.start_as_current_span("GET /") as span:
+                    span.set_status(trace.StatusCode.ERROR)
+            time.sleep(0.02)
+        from obskit import _runtime
+        from obskit.tracing.sampling import find_adaptive
+
+        adaptive = find_adaptive(_runtime._install_global().sampler.delegate)
+        assert adaptive is not None
+        assert adaptive.ratio > 0.01
+
+
+def test_errors_are_kept_at_ratio_zero_with_their_children() -> None:
+    """A failing trace is exported with all its spans even though the head said drop."""
+    with capture(sampler="traceidratio", sampler_arg=0.0) as cap:
+        tracer = trace.get_tracer("t")
+        with tracer.start_as_current_span("GET /ok"), tracer.start_as_current_span("db"):
+            pass
+        with tracer.start_as_current_span("GET /fail") as root:
+            with tracer.start_as_current_span("db"):
+                pass
+            root.set_status(trace.StatusCode.ERROR, "boom")
+        names = sorted(s.name for s in cap.spans())
+    assert ["GET /fail", "db"] == names
+    assert 1.0 == get_sample_value("obskit_traces_kept_total")
+
+
+def test_slow_traces_are_kept() -> None:
+    """A trace slower than slow_threshold is exported though the head said drop."""
+    with capture(sampler="traceidratio", sampler_arg=0.0, slow_threshold=0.05) as cap:
+        tracer = trace.get_tracer("t")
+        with tracer.start_as_current_span("fast"):
+            pass
+        with tracer.start_as_current_span("slow"):
+            time.sleep(0.06)
+        names = [s.name for s in cap.spans()]
+    assert ["slow"] == names
+
+
+def test_downstream_traceparent_matches_the_head_decision() -> None:
+    """An unsampled (record-only) trace propagates flags 00; a sampled one 01."""
+    with capture(sampler="traceidratio", sampler_arg=0.0):
+        tracer = trace.get_tracer("t")
+        with tracer.start_as_current_span("root"):
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+        assert 0 == int(headers["traceparent"][-2:], 16) & 1
+    with capture(sampler="always_on"):
+        with trace.get_tracer("t").start_as_current_span("root"):
+            headers = {}
+            propagate.inject(headers)
+        assert 1 == int(headers["traceparent"][-2:], 16) & 1
+
+
+def _flood_processor(**bounds: int) -> tuple[CompactSpanProcessor, TracerProvider]:
+    processor = CompactSpanProcessor(
+        MemorySpanSink(), resource_attributes={}, keep=lambda span: True, **bounds
+    )
+    provider = TracerProvider(sampler=RecordDropped(ALWAYS_OFF))
+    provider.add_span_processor(processor)
+    return processor, provider
+
+
+def test_keep_buffer_bounds_traces_in_flight() -> None:
+    """Thousands of undecided traces in flight: at most max_pending_traces are buffered."""
+    processor, provider = _flood_processor(max_pending_traces=10)
+    tracer = provider.get_tracer("t")
+    roots = [tracer.start_span("root") for _ in range(1000)]
+    for root in roots:
+        ctx = trace.set_span_in_context(root)
+        tracer.start_span("child", context=ctx).end()
+    assert 10 == len(processor._pending)
+    assert 990.0 == get_sample_value("obskit_spans_dropped_total", {"reason": "pending_traces"})
+    for root in roots:
+        root.end()
+    assert 0 == len(processor._pending)
+    processor.close(1.0)
+
+
+def test_keep_buffer_bounds_spans_per_trace_and_bytes() -> None:
+    """One huge trace cannot buffer more than max_spans_per_trace spans or max_pending_bytes."""
+    processor, provider = _flood_processor(max_spans_per_trace=50, max_pending_bytes=4096)
+    tracer = provider.get_tracer("t")
+    root = tracer.start_span("root")
+    ctx = trace.set_span_in_context(root)
+    for _ in range(10_000):
+        tracer.start_span("child", context=ctx, attributes={"k": "v" * 20}).end()
+    assert processor._pending_bytes <= 4096
+    assert len(processor._pending[root.get_span_context().trace_id]) <= 50
+    dropped = sum(
+        get_sample_value("obskit_spans_dropped_total", {"reason": r}) or 0.0
+        for r in ("pending_spans_per_trace", "pending_bytes")
+    )
+    assert dropped >= 10_000 - 50
+    root.end()
+    assert 0 == processor._pending_bytes
+    processor.close(1.0)
+
+
+def test_bad_sampler_arguments_fail_at_configure() -> None:
+    """Out-of-range sampler arguments are configure-time errors."""
+    with pytest.raises(obskit.ConfigError, match="sampler_arg"):
+        obskit.configure(sampler="adaptive", sampler_arg=0.5, adaptive_max_ratio=0.1)
+    with pytest.raises(obskit.ConfigError, match="adaptive_max_ratio"):
+        obskit.configure(sampler="adaptive", adaptive_max_ratio=2)
