@@ -78,6 +78,12 @@ class SelfMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.propagation_invalid = Counter(
+            "obskit_propagation_invalid",
+            "Inbound trace-context headers that were invalid (a new trace was started).",
+            ["header", "reason"],
+            registry=registry,
+        )
         self.dropped_logs = Counter(
             "obskit_log_records_dropped",
             "Log records obskit could not format or export.",
@@ -90,7 +96,7 @@ def current() -> SelfMetrics:
     """The self-metrics of the current registry, created on first use."""
     metrics = _state.self_metrics
     if metrics is None:
-        with _state.lock:
+        with _state.self_metrics_lock:
             if _state.self_metrics is None:
                 _state.self_metrics = SelfMetrics(_state.registry)
             metrics = _state.self_metrics

@@ -18,11 +18,16 @@ if TYPE_CHECKING:
     from obskit.metrics.instruments import Instrument
 
 lock = threading.RLock()
+#: Guards only the lazy creation of self-metrics; separate from ``lock`` because the export
+#: thread creates them while ``shutdown()`` holds ``lock`` and waits for that thread.
+self_metrics_lock = threading.Lock()
 registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
 self_metrics: SelfMetrics | None = None
 runtime: Runtime | None = None
 #: Every metric declared through obskit, by name (re-bound to a fresh registry on reset).
 instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()
+#: (global propagator, whether it is the default tracecontext+baggage) -- cached per propagator.
+default_propagators: tuple[object, bool] | None = None
 #: Tests set this so internal errors surface instead of being swallowed (fail loud in tests).
 raise_internal_errors = False

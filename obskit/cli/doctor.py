@@ -1,0 +1,291 @@
+"""``obskit doctor``: the effective configuration, where each value came from, and checks.
+
+Each check is a function ``(config, timeout) -> CheckResult | None`` (None: not applicable) in
+:data:`CHECKS`; add new checks there. A check that raises is reported as FAIL, never a crash, and
+every network check is bounded by ``--timeout`` even when the peer accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TextIO
+
+from obskit.config import Config, ConfigError, describe, load_config
+
+__all__ = ["CHECKS", "CheckResult", "run"]
+
+Level = Literal["OK", "WARN", "FAIL"]
+MASK = "***"
+_TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: OK, WARN or FAIL, what was checked and why."""
+
+    level: Level
+    name: str
+    reason: str
+
+
+Check = Callable[[Config, float], CheckResult | None]
+
+
+# -- configuration table ------------------------------------------------------------------------
+
+
+def _mask_url(url: str) -> str:
+    """``url`` with any password in its user info replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}"))
+
+
+def format_value(option: str, value: object) -> str:
+    """A config value as shown by doctor; header values and URL passwords masked."""
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping):
+        masked = option.endswith("headers")
+        return ",".join(f"{k}={MASK if masked else v}" for k, v in value.items()) or "-"
+    if isinstance(value, str) and "://" in value:
+        return _mask_url(value)
+    return str(value)
+
+
+def config_rows(config: Config) -> list[tuple[str, str, str]]:
+    """(option, shown value, source) for every option."""
+    return [(name, format_value(name, value), source) for name, value, source in describe(config)]
+
+
+def _table(rows: list[tuple[str, str, str]], out: TextIO) -> None:
+    header = ("option", "value", "source")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _within(timeout: float, name: str, probe: Callable[[], CheckResult]) -> CheckResult:
+    """Run ``probe`` in a daemon thread; FAIL if it has not finished after ``timeout`` (+ slack).
+
+    Socket timeouts bound each operation, this bounds the whole check, name resolution included.
+    """
+    box: list[CheckResult] = []
+
+    def target() -> None:
+        try:
+            box.append(probe())
+        except Exception as exc:  # a check must report, not crash doctor
+            box.append(CheckResult("FAIL", name, f"{type(exc).__name__}: {exc}"))
+
+    thread = threading.Thread(target=target, name=f"obskit-doctor-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.25)
+    if box:
+        return box[0]
+    return CheckResult("FAIL", name, f"no answer within {timeout:g}s")
+
+
+def _error_reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the collector running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _probe_dir(directory: str) -> str | None:
+    """None if a file can be created in ``directory``, else why not."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".obskit-doctor-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def check_traces(config: Config, timeout: float) -> CheckResult | None:
+    """Can spans reach their destination (the local file or the OTLP endpoint)?"""
+    if config.disabled:
+        return CheckResult("WARN", "traces", "the SDK is disabled (OTEL_SDK_DISABLED): no spans")
+    if config.traces_exporter == "none":
+        return CheckResult("WARN", "traces", "traces_exporter=none: spans are not exported")
+    if config.traces_exporter == "jsonl":
+        return check_traces_file(config.traces_file)
+    url = config.traces_endpoint
+    if not url:
+        return CheckResult("FAIL", "traces", "traces_exporter=otlp but no endpoint is set")
+    if config.otlp_protocol == "grpc":
+        return _within(timeout, "traces", lambda: check_grpc(url, config.otlp_headers, timeout))
+    return _within(timeout, "traces", lambda: check_http(url, config.otlp_headers, timeout))
+
+
+def check_traces_file(path: str) -> CheckResult:
+    """Is the JSON-lines traces file (and its directory, for rotation) writable?"""
+    full = os.path.abspath(path)
+    directory = os.path.dirname(full)
+    if os.path.isdir(full):
+        return CheckResult("FAIL", "traces", f"{full} is a directory, not a file")
+    if not os.path.isdir(directory):
+        ancestor = _existing_ancestor(directory)
+        problem = _probe_dir(ancestor) if os.path.isdir(ancestor) else "not a directory"
+        if problem:
+            return CheckResult(
+                "FAIL", "traces", f"cannot create {directory}: {ancestor}: {problem}"
+            )
+        return CheckResult("OK", "traces", f"file {full} (its directory will be created)")
+    problem = _probe_dir(directory)
+    if problem:
+        return CheckResult("FAIL", "traces", f"directory {directory} is not writable: {problem}")
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        return CheckResult("FAIL", "traces", f"file {full} is not writable")
+    return CheckResult("OK", "traces", f"file {full} is writable")
+
+
+def check_http(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
+    """POST an empty ExportTraceServiceRequest to the OTLP/HTTP traces URL; OK on 2xx."""
+    shown = _mask_url(url)
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    sent = {"Content-Type": "application/x-protobuf", **headers}
+    try:
+        conn.request("POST", path, body=b"", headers=sent)
+        response = conn.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return CheckResult("FAIL", "traces", f"{shown}: {_error_reason(exc, timeout)}")
+    finally:
+        conn.close()
+    if 200 <= response.status < 300:
+        return CheckResult("OK", "traces", f"{shown} answered {response.status}")
+    why = f"HTTP {response.status} {response.reason}".rstrip()
+    return CheckResult("FAIL", "traces", f"{shown} answered {why}")
+
+
+def check_grpc(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
+    """Connect to the OTLP/gRPC endpoint; with grpcio, also call Export with an empty request."""
+    shown = _mask_url(url)
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 4317
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return CheckResult("FAIL", "traces", f"{shown}: {_error_reason(exc, timeout)}")
+    try:
+        import grpc
+    except ImportError:
+        return CheckResult("OK", "traces", f"{shown} accepts connections (grpcio not installed)")
+    target = f"{host}:{port}"
+    if parts.scheme == "https":
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+    else:
+        channel = grpc.insecure_channel(target)
+    try:
+        metadata = tuple((k.lower(), v) for k, v in headers.items())
+        channel.unary_unary(_TRACE_EXPORT)(b"", timeout=timeout, metadata=metadata)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "error"
+        return CheckResult("FAIL", "traces", f"{shown}: Export failed: {name} {detail}".rstrip())
+    finally:
+        channel.close()
+    return CheckResult("OK", "traces", f"{shown} accepted an empty Export")
+
+
+def check_multiproc_dir(config: Config, timeout: float) -> CheckResult | None:
+    """Does PROMETHEUS_MULTIPROC_DIR exist and is it writable (when set)?"""
+    directory = config.multiproc_dir
+    if not directory:
+        return None
+    if not os.path.isdir(directory):
+        return CheckResult("FAIL", "multiproc_dir", f"{directory} does not exist")
+    problem = _probe_dir(directory)
+    if problem:
+        return CheckResult("FAIL", "multiproc_dir", f"{directory} is not writable: {problem}")
+    return CheckResult("OK", "multiproc_dir", f"{directory} is writable")
+
+
+#: Checks run in order; cardinality and health checks go here.
+CHECKS: list[Check] = [check_traces, check_multiproc_dir]
+
+
+def run_checks(
+    config: Config, timeout: float, checks: list[Check] | None = None
+) -> list[CheckResult]:
+    """Results of the applicable checks; a check that raises gives FAIL."""
+    results: list[CheckResult] = []
+    for check in CHECKS if checks is None else checks:
+        name = check.__name__.removeprefix("check_")
+        try:
+            result = check(config, timeout)
+        except Exception as exc:  # report, do not crash
+            result = CheckResult("FAIL", name, f"check crashed: {type(exc).__name__}: {exc}")
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """``obskit doctor [--timeout S]``: 0 when no check fails, 1 otherwise, 2 on bad config."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(str(exc), file=out)
+        return 2
+    timeout = float(getattr(args, "timeout", 2.0))
+    print("Effective configuration", file=out)
+    _table(config_rows(config), out)
+    if config.traces_exporter == "otlp" and config.traces_endpoint:
+        where = f"{_mask_url(config.traces_endpoint)} ({config.otlp_protocol})"
+    else:
+        where = os.path.abspath(config.traces_file)
+    print(f"\nSpans go to: {where if config.traces_exporter != 'none' else 'nowhere'}", file=out)
+    print("\nChecks", file=out)
+    results = run_checks(config, timeout)
+    for r in results:
+        print(f"  {r.level:<4}  {r.name}: {r.reason}", file=out)
+    failed = sum(1 for r in results if r.level == "FAIL")
+    print(f"\n{failed} check(s) failed" if failed else "\nNo problems found", file=out)
+    return 1 if failed else 0
