@@ -90,6 +90,23 @@ class Config:
     metrics_path: str = "/metrics"
     metrics_port: int | None = None
     metric_export_interval: float = 60.0
+    excluded_paths: tuple[str, ...] = ("/metrics", "/livez", "/readyz", "/startupz", "/healthz")
+    http_buckets: tuple[float, ...] = (
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        2.5,
+        5.0,
+        7.5,
+        10.0,
+    )
     multiproc_dir: str | None = None
     include_default_registry: bool = True
     cardinality_limit: int = 1000
@@ -239,6 +256,33 @@ def _ratio(raw: object) -> float:
     return value
 
 
+def _paths(raw: object) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise _Invalid("a list of paths or 'path1,path2'")
+    paths = tuple(str(p).strip() for p in items if str(p).strip())
+    if any(not p.startswith("/") for p in paths):
+        raise _Invalid("paths starting with '/'")
+    return paths
+
+
+def _buckets(raw: object) -> tuple[float, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid("increasing bucket bounds in seconds, e.g. '0.01,0.1,1'")
+    try:
+        bounds = tuple(float(b) for b in items)
+    except (TypeError, ValueError):
+        raise _Invalid("increasing bucket bounds in seconds, e.g. '0.01,0.1,1'") from None
+    if (
+        not bounds
+        or any(b <= 0 or math.isnan(b) for b in bounds)
+        or list(bounds) != sorted(set(bounds))
+    ):
+        raise _Invalid("strictly increasing positive bucket bounds in seconds")
+    return bounds
+
+
 def _sampler_arg(raw: object) -> float | None:
     if raw is None or raw == "":
         return None
@@ -375,6 +419,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OTEL_METRIC_EXPORT_INTERVAL",),
         _seconds_from_ms,
         "OTLP metric push interval",
+    ),
+    _O(
+        "excluded_paths",
+        ("OBSKIT_EXCLUDED_PATHS",),
+        _paths,
+        "paths left out of traces and RED metrics (metrics and health endpoints)",
+    ),
+    _O(
+        "http_buckets",
+        ("OBSKIT_HTTP_BUCKETS",),
+        _buckets,
+        "http_request_duration_seconds bucket bounds",
     ),
     _O(
         "multiproc_dir",

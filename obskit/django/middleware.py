@@ -1,0 +1,167 @@
+"""The Django middleware: sync- and async-capable, driving the shared request pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings
+    from django.http import HttpRequest, HttpResponseBase
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("obskit.django needs Django: pip install 'obskit[django]'") from exc
+
+from obskit.http import _semconv as sc
+from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+
+__all__ = ["ObskitMiddleware", "route_of"]
+
+_ATTR = "_obskit_request"
+
+
+def route_of(request: HttpRequest) -> str | None:
+    """The matched URL pattern (``/items/<int:item_id>``), or None when nothing matched."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    if not isinstance(route, str) or not route:
+        return None
+    return route if route.startswith("/") else "/" + route
+
+
+def _getter(meta: dict[str, Any]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        value = meta.get("HTTP_" + name.upper().replace("-", "_"))
+        return None if value is None else str(value)
+
+    return get
+
+
+class ObskitMiddleware:
+    """Server span, W3C propagation and RED metrics for every Django request."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        ensure_configured(dict(getattr(settings, "OBSKIT", {}) or {}))
+        self.telemetry = HttpTelemetry()
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def _start(self, request: HttpRequest) -> Request | None:
+        meta = request.META
+        return self.telemetry.start(
+            request.method or "GET",
+            request.path,
+            _getter(meta),
+            scheme=request.scheme or "http",
+            server_address=meta.get("SERVER_NAME"),
+            server_port=_port(meta.get("SERVER_PORT")),
+            client_address=meta.get("REMOTE_ADDR"),
+            protocol=_protocol(meta.get("SERVER_PROTOCOL")),
+        )
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        obs = self._start(request)
+        if obs is None:
+            return self.get_response(request)
+        setattr(request, _ATTR, obs)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            obs.finish(None, exc)
+            raise
+        return self._done(request, obs, response)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        obs = self._start(request)
+        get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
+        if obs is None:
+            return await get_response(request)
+        setattr(request, _ATTR, obs)
+        try:
+            response = await get_response(request)
+        except BaseException as exc:
+            obs.finish(None, exc, detach=False)
+            obs.detach()
+            raise
+        return self._done(request, obs, response, detach=False)
+
+    def _done(
+        self, request: HttpRequest, obs: Request, response: HttpResponseBase, detach: bool = True
+    ) -> HttpResponseBase:
+        if obs.route is None:
+            route = route_of(request)
+            if route:
+                obs.set_route(route, in_flight=False)
+        status = response.status_code
+        if getattr(response, "streaming", False):
+            # Time the stream to its last chunk.
+            obs.status = status
+            content = response.streaming_content
+            if hasattr(content, "__aiter__"):
+                response.streaming_content = _afinish(content, obs)
+            else:
+                response.streaming_content = _finish(content, obs)
+            if not detach:
+                obs.detach()
+            return response
+        obs.finish(status, detach=detach)
+        if not detach:
+            obs.detach()
+        return response
+
+    def process_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        """Route template known before the view runs: span name and in-flight gauge."""
+        obs: Request | None = getattr(request, _ATTR, None)
+        if obs is not None:
+            route = route_of(request)
+            if route:
+                obs.set_route(route)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """Django turns view exceptions into 500 responses; keep the exception on the span."""
+        obs: Request | None = getattr(request, _ATTR, None)
+        if obs is not None and obs.span.is_recording():
+            obs.span.record_exception(exception)
+            obs.span.set_attribute(sc.ERROR_TYPE, type(exception).__qualname__)
+
+
+def _finish(content: Iterator[bytes], obs: Request) -> Iterator[bytes]:
+    try:
+        yield from content
+    except GeneratorExit:  # the client went away; the response still ended here
+        obs.finish(detach=False)
+        raise
+    except BaseException as exc:
+        obs.finish(None, exc, detach=False)
+        raise
+    obs.finish(detach=False)
+
+
+async def _afinish(content: AsyncIterator[bytes], obs: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in content:
+            yield chunk
+    except BaseException as exc:
+        obs.finish(None, exc, detach=False)
+        raise
+    obs.finish(detach=False)
+
+
+def _port(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _protocol(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith("HTTP/"):
+        return value[5:]
+    return None

@@ -1,0 +1,25 @@
+"""``path("", include("obskit.django.urls"))`` serves obskit's metrics endpoint.
+
+The path is the ``metrics_path`` option (default ``/metrics``); health endpoints join later.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
+
+from obskit._runtime import get_config
+from obskit.config import load_config
+from obskit.metrics.exposition import render
+
+__all__ = ["urlpatterns"]
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text or OpenMetrics, negotiated from ``Accept``."""
+    body, content_type = render(request.headers.get("Accept"))
+    return HttpResponse(body, content_type=content_type)
+
+
+_path = (get_config() or load_config()).metrics_path.lstrip("/")
+urlpatterns = [path(_path, metrics, name="obskit-metrics")]

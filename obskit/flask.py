@@ -1,0 +1,70 @@
+"""Flask extension: ``Obskit(app)`` or ``Obskit().init_app(app)``.
+
+::
+
+    from flask import Flask
+    from obskit.flask import Obskit
+
+    app = Flask(__name__)
+    Obskit(app, service_name="checkout")
+
+It wraps ``app.wsgi_app`` with :class:`obskit.wsgi.ObskitMiddleware` (spans, propagation, RED
+metrics, ``/metrics``), reads the route template from ``request.url_rule`` before the view runs,
+and records unhandled exceptions on the span through Flask's ``got_request_exception`` signal.
+Options come from the keyword arguments, then ``app.config["OBSKIT"]``, then the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import flask
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("obskit.flask needs Flask: pip install 'obskit[flask]'") from exc
+
+from obskit.http import _semconv as sc
+from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
+
+__all__ = ["Obskit"]
+
+
+def _current() -> Request | None:
+    request: Request | None = flask.request.environ.get(ENVIRON_KEY)
+    return request
+
+
+def _set_route() -> None:
+    request = _current()
+    rule = flask.request.url_rule
+    if request is not None and rule is not None:
+        request.set_route(rule.rule)
+
+
+def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
+    request = _current()
+    if request is not None and request.span.is_recording():
+        request.span.record_exception(exception)
+        request.span.set_attribute(sc.ERROR_TYPE, type(exception).__qualname__)
+
+
+class Obskit:
+    """The Flask extension. State lives in ``app.extensions["obskit"]``."""
+
+    def __init__(self, app: flask.Flask | None = None, **options: Any) -> None:
+        self.options = options
+        self.telemetry: HttpTelemetry | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: flask.Flask) -> None:
+        """Instrument ``app``."""
+        options = {**app.config.get("OBSKIT", {}), **self.options}
+        ensure_configured(options)
+        self.telemetry = HttpTelemetry()
+        app.wsgi_app = ObskitMiddleware(app.wsgi_app, telemetry=self.telemetry)  # type: ignore[method-assign]
+        # First in line, so a before_request hook that answers early still has its route.
+        app.before_request_funcs.setdefault(None, []).insert(0, _set_route)
+        flask.got_request_exception.connect(_record_exception, app, weak=False)
+        app.extensions["obskit"] = self

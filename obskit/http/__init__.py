@@ -1,0 +1,1 @@
+"""HTTP request pipeline shared by every framework adapter."""

@@ -1,0 +1,277 @@
+"""The framework-neutral request pipeline every adapter drives.
+
+An adapter translates its protocol into three calls: :meth:`HttpTelemetry.start` when a request
+arrives, :meth:`Request.set_route` once the framework has matched a route template, and
+:meth:`Request.finish` after the last byte (or the exception). Everything else -- the SERVER span
+and its semantic-convention attributes, W3C extraction, exclusions, RED metrics with exemplars,
+the in-flight gauge, OTLP duration metrics -- lives here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from obskit import _runtime, _selfmetrics, _state
+from obskit._version import __version__
+from obskit.config import Config, load_config
+from obskit.http import _semconv as sc
+from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.tracing.propagation import Getter, extract
+
+__all__ = ["HttpTelemetry", "Request"]
+
+_perf = time.perf_counter
+_SERVER = SpanKind.SERVER
+_ERROR = StatusCode.ERROR
+
+
+def ensure_configured(options: dict[str, Any] | None = None) -> Config:
+    """The running configuration; configure obskit (with ``options``) if nobody has yet."""
+    config = _runtime.get_config()
+    if config is None or options:
+        config = _runtime.configure(**(options or {}))
+    return config
+
+
+class HttpTelemetry:
+    """Per-application request telemetry, built once when the adapter is installed.
+
+    Args:
+        excluded_paths: paths with no span and no RED metrics (default: the ``excluded_paths``
+            option, which holds the metrics and health endpoints).
+        tracer_provider: a provider other than obskit's global one.
+        buckets: duration histogram bounds (default: the ``http_buckets`` option).
+    """
+
+    def __init__(
+        self,
+        *,
+        excluded_paths: Sequence[str] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        buckets: Sequence[float] | None = None,
+    ) -> None:
+        config = _runtime.get_config() or load_config()
+        self.config = config
+        provider = tracer_provider or _runtime.tracer_provider()
+        self.tracer = provider.get_tracer("obskit.http", __version__)
+        self.excluded = frozenset(
+            config.excluded_paths if excluded_paths is None else excluded_paths
+        )
+        self.metrics_path = config.metrics_path
+        self.requests = counter(
+            "http_requests",
+            "HTTP requests handled, by method, route template and status code.",
+            ["method", "route", "status"],
+        )
+        self.duration = histogram(
+            "http_request_duration_seconds",
+            "Time from request arrival to the last response byte, in seconds.",
+            ["method", "route"],
+            buckets=buckets or config.http_buckets,
+        )
+        self.in_flight = gauge(
+            "http_requests_in_flight",
+            "HTTP requests being handled, by method and route template.",
+            ["method", "route"],
+        )
+        self.exemplars = not config.multiproc_dir
+        self._otlp_duration: Any = None
+        runtime = _state.runtime
+        if runtime is not None and runtime.meter_provider is not None:
+            meter = runtime.meter_provider.get_meter("obskit.http", __version__)
+            self._otlp_duration = meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=list(buckets or config.http_buckets),
+            )
+
+    def start(
+        self,
+        method: str,
+        path: str,
+        get_header: Getter,
+        *,
+        scheme: str = "http",
+        server_address: str | None = None,
+        server_port: int | None = None,
+        client_address: str | None = None,
+        protocol: str | None = None,
+        route: str | None = None,
+    ) -> Request | None:
+        """Begin a request; None when its path is excluded. Never raises."""
+        if path in self.excluded:
+            return None
+        try:
+            return self._start(
+                method, path, get_header, scheme, server_address, server_port, client_address,
+                protocol, route,
+            )  # fmt: skip
+        except Exception as exc:
+            _selfmetrics.internal_error("http_start", exc)
+            return None
+
+    def _start(
+        self,
+        method: str,
+        path: str,
+        get_header: Getter,
+        scheme: str,
+        server_address: str | None,
+        server_port: int | None,
+        client_address: str | None,
+        protocol: str | None,
+        route: str | None,
+    ) -> Request:
+        parent = extract(get_header)
+        label = method if method in sc.METHODS else sc.OTHER_METHOD
+        span = self.tracer.start_span(
+            label if label != sc.OTHER_METHOD else "HTTP", context=parent, kind=_SERVER
+        )
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                sc.HTTP_REQUEST_METHOD: label,
+                sc.URL_PATH: path,
+                sc.URL_SCHEME: scheme,
+            }
+            if label == sc.OTHER_METHOD:
+                attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
+            if server_address:
+                attrs[sc.SERVER_ADDRESS] = server_address
+            if server_port:
+                attrs[sc.SERVER_PORT] = server_port
+            if client_address:
+                attrs[sc.CLIENT_ADDRESS] = client_address
+            if protocol:
+                attrs[sc.NETWORK_PROTOCOL_VERSION] = protocol
+            agent = get_header("user-agent")
+            if agent:
+                attrs[sc.USER_AGENT] = agent[:512]
+            span.set_attributes(attrs)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        request = Request(self, label, span, token)
+        if route is not None:
+            request.set_route(route)
+        return request
+
+
+class Request:
+    """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
+
+    __slots__ = ("_in_flight", "_token", "method", "route", "span", "start", "status", "telemetry")
+
+    def __init__(self, telemetry: HttpTelemetry, method: str, span: Any, token: object) -> None:
+        self.telemetry = telemetry
+        self.method = method
+        self.span = span
+        self._token = token
+        self.route: str | None = None
+        self.status: int | None = None
+        self._in_flight: Any = None
+        self.start = _perf()
+
+    def set_route(self, route: str, *, in_flight: bool = True) -> None:
+        """Record the matched route template: span name, ``http.route`` and the in-flight gauge.
+
+        ``in_flight=False`` when the route is only known after the handler ran (nothing left
+        to count as in flight).
+        """
+        if self.route == route:
+            return
+        try:
+            if self._in_flight is not None:
+                self._in_flight.dec()
+                self._in_flight = None
+            self.route = route
+            if in_flight:
+                self._in_flight = self.telemetry.in_flight.labels(self.method, route)
+                self._in_flight.inc()
+            span = self.span
+            if span.is_recording():
+                name = "HTTP" if self.method == sc.OTHER_METHOD else self.method
+                span.update_name(f"{name} {route}")
+                span.set_attribute(sc.HTTP_ROUTE, route)
+        except Exception as exc:
+            _selfmetrics.internal_error("http_route", exc)
+
+    def finish(
+        self, status: int | None = None, exc: BaseException | None = None, *, detach: bool = True
+    ) -> None:
+        """End the request: RED metrics, span status and end. Never raises.
+
+        ``detach=False`` leaves the request's context attached; the caller then calls
+        :meth:`detach` from the frame that started the request (ASGI ``send`` may run in
+        another task, where the context token is not valid).
+        """
+        duration = _perf() - self.start
+        if status is None:
+            status = self.status
+        try:
+            self._record(duration, status, exc)
+        except Exception as error:
+            _selfmetrics.internal_error("http_finish", error)
+        if detach:
+            self.detach()
+
+    def detach(self) -> None:
+        """Restore the context that was current before the request started."""
+        token = self._token
+        if token is not None:
+            self._token = None
+            try:
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                pass
+
+    def _record(self, duration: float, status: int | None, exc: BaseException | None) -> None:
+        telemetry = self.telemetry
+        route = self.route or sc.UNMATCHED
+        method = self.method
+        code = 500 if status is None and exc is not None else status
+        telemetry.requests.labels(method, route, sc.status_label(code)).inc()
+        span = self.span
+        ctx = span.get_span_context()
+        exemplar = None
+        if telemetry.exemplars and ctx.trace_flags & 1:
+            exemplar = {"trace_id": format(ctx.trace_id, "032x")}
+        telemetry.duration.labels(method, route).observe(duration, exemplar)
+        if self._in_flight is not None:
+            self._in_flight.dec()
+        if telemetry._otlp_duration is not None:
+            attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
+            if code is not None:
+                attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
+            telemetry._otlp_duration.record(duration, attributes)
+        if span.is_recording():
+            if code is not None:
+                span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
+            elif code is not None and code >= 500:
+                span.set_attribute(sc.ERROR_TYPE, str(code))
+                span.set_status(_ERROR)
+        span.end()
+
+
+def header_getter_from_pairs(headers: Sequence[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
+    """A Getter over ASGI ``[(name, value)]`` header pairs; repeated headers are comma-joined."""
+    cache: dict[str, str | None] = {}
+
+    def get(name: str) -> str | None:
+        if name in cache:
+            return cache[name]
+        key = name.encode("latin-1")
+        values = [v.decode("latin-1") for k, v in headers if k == key]
+        value = ",".join(values) if values else None
+        cache[name] = value
+        return value
+
+    return get

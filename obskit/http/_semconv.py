@@ -1,0 +1,42 @@
+"""HTTP semantic-convention names and the closed vocabularies that keep labels bounded."""
+
+from __future__ import annotations
+
+__all__ = ["METHODS", "OTHER_METHOD", "UNMATCHED", "sanitize_method", "status_label"]
+
+# OpenTelemetry HTTP semantic conventions (stable).
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_REQUEST_METHOD_ORIGINAL = "http.request.method_original"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_PATH = "url.path"
+URL_QUERY = "url.query"
+URL_SCHEME = "url.scheme"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+CLIENT_ADDRESS = "client.address"
+USER_AGENT = "user_agent.original"
+NETWORK_PROTOCOL_VERSION = "network.protocol.version"
+ERROR_TYPE = "error.type"
+
+#: The methods of RFC 9110 and RFC 5789; anything else is recorded as ``_OTHER`` (semconv rule).
+METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+OTHER_METHOD = "_OTHER"
+#: The ``route`` label and span name suffix of a request no route matched.
+UNMATCHED = "__unmatched__"
+
+_STATUS = {code: str(code) for code in range(100, 600)}
+
+
+def sanitize_method(method: str) -> str:
+    """The method if it is a standard one, else ``_OTHER``."""
+    return method if method in METHODS else OTHER_METHOD
+
+
+def status_label(status: int | None) -> str:
+    """The ``status`` label: the code as text; ``500`` for a request that raised unanswered."""
+    if status is None:
+        return "500"
+    return _STATUS.get(status) or "invalid"

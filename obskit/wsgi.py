@@ -1,0 +1,164 @@
+"""WSGI middleware: any WSGI app gets server spans, W3C propagation, RED metrics and /metrics.
+
+::
+
+    from obskit.wsgi import ObskitMiddleware
+    app = ObskitMiddleware(app, route_resolver=lambda environ: ...)
+
+Frameworks that know their route templates (Flask, via :mod:`obskit.flask`) set the route on the
+request object the middleware puts in ``environ["obskit.request"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+from obskit.metrics.exposition import render
+
+__all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
+
+ENVIRON_KEY = "obskit.request"
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def _getter(environ: dict[str, Any]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        if value is None:
+            return None
+        # PEP 3333 hands header bytes over as latin-1 str; non-ASCII bytes stay as they are and
+        # simply fail W3C validation later.
+        return str(value)
+
+    return get
+
+
+class _Finishing:
+    """Wraps a streaming response so the request ends at the last byte (or at ``close()``)."""
+
+    __slots__ = ("_done", "_iterable", "_request")
+
+    def __init__(self, iterable: Iterable[bytes], request: Request) -> None:
+        self._iterable = iterable
+        self._request = request
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._iterable
+        except GeneratorExit:
+            # The server stopped iterating (client gone, or done): close() ends the request.
+            raise
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self._finish()  # the last byte has been handed to the server
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._request.finish(None, exc)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+
+class ObskitMiddleware:
+    """Wrap a WSGI application.
+
+    Args:
+        app: the WSGI application.
+        route_resolver: ``environ -> route template or None``, called after the app returns
+            when the framework adapter has not set a route.
+        serve_metrics: answer ``metrics_path`` (the option, default ``/metrics``) here.
+        telemetry: a prepared :class:`HttpTelemetry` (adapters share one per app).
+        **options: passed to :func:`obskit.configure` if given (or if obskit is not configured).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        route_resolver: Callable[[dict[str, Any]], str | None] | None = None,
+        serve_metrics: bool = True,
+        telemetry: HttpTelemetry | None = None,
+        **options: Any,
+    ) -> None:
+        ensure_configured(options)
+        self.app = app
+        self.route_resolver = route_resolver
+        self.telemetry = telemetry or HttpTelemetry()
+        self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == self.metrics_path:
+            body, content_type = render(environ.get("HTTP_ACCEPT"))
+            start_response(
+                "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        request = self.telemetry.start(
+            environ.get("REQUEST_METHOD") or "GET",
+            path,
+            _getter(environ),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            server_address=environ.get("SERVER_NAME"),
+            server_port=_port(environ.get("SERVER_PORT")),
+            client_address=environ.get("REMOTE_ADDR"),
+            protocol=_protocol(environ.get("SERVER_PROTOCOL")),
+        )
+        if request is None:
+            return self.app(environ, start_response)
+        environ[ENVIRON_KEY] = request
+
+        def _start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            try:
+                request.status = int(status[:3])
+            except ValueError:
+                request.status = None
+            return start_response(status, headers, exc_info)
+
+        try:
+            iterable = self.app(environ, _start_response)
+        except BaseException as exc:
+            self._resolve(environ, request)
+            request.finish(None, exc)
+            raise
+        self._resolve(environ, request)
+        if isinstance(iterable, (list, tuple)):
+            # The body is already in memory: nothing is left to time.
+            request.finish()
+            return iterable
+        return _Finishing(iterable, request)
+
+    def _resolve(self, environ: dict[str, Any], request: Request) -> None:
+        if request.route is None and self.route_resolver is not None:
+            try:
+                route = self.route_resolver(environ)
+            except Exception:
+                route = None
+            if route:
+                request.set_route(route, in_flight=False)
+
+
+def _port(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _protocol(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith("HTTP/"):
+        return value[5:]
+    return None
