@@ -17,11 +17,14 @@ from obskit._version import __version__
 from obskit.config import Config, ConfigError
 from obskit.metrics.cardinality import CardinalityError, LabelRule
 from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.tracing.context import ContextExecutor, run_in_executor, wrap
+from obskit.tracing.propagation import inject
 
 __all__ = [
     "CardinalityError",
     "Config",
     "ConfigError",
+    "ContextExecutor",
     "LabelRule",
     "__version__",
     "configure",
@@ -30,8 +33,11 @@ __all__ = [
     "gauge",
     "get_config",
     "histogram",
+    "inject",
+    "run_in_executor",
     "shutdown",
     "tracer_provider",
+    "wrap",
 ]
 
 for _name in (
@@ -41,10 +47,13 @@ for _name in (
     "gauge",
     "get_config",
     "histogram",
+    "inject",
+    "run_in_executor",
     "shutdown",
     "tracer_provider",
+    "wrap",
 ):
     globals()[_name].__module__ = "obskit"
-for _cls in (Config, ConfigError, CardinalityError, LabelRule):
+for _cls in (Config, ConfigError, CardinalityError, LabelRule, ContextExecutor):
     _cls.__module__ = "obskit"
 del _name, _cls

@@ -265,6 +265,9 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
         runtime.processor.on_root = lambda span: record(span.status.status_code is error)
     glob.processor.delegate = runtime.processor
     glob.sampler.delegate = sampler
+    from obskit.tracing.outbound import install as install_outbound
+
+    install_outbound()
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics
 

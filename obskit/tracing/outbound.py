@@ -1,0 +1,155 @@
+"""Outbound HTTP: CLIENT spans and injected trace headers for ``requests`` and ``httpx``.
+
+Installed by :func:`obskit.configure` with ``wrapt``'s post-import hooks, so the order of imports
+does not matter and nothing is imported that the application does not use. The wrappers patch
+``requests.Session.send``, ``httpx.Client.send`` and ``httpx.AsyncClient.send``: every request of
+those libraries, whatever API it went through, passes there once. obskit's own exporters use
+``http.client`` and grpcio, so exports are never traced.
+
+The client's exception reaches the caller unchanged; obskit's own failures are counted, never
+raised.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from obskit import _selfmetrics
+from obskit._version import __version__
+from obskit.http import _semconv as sc
+
+__all__ = ["install"]
+
+_installed = False
+_SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the key contrib instrumentations honour
+_CLIENT_DONE = otel_context.create_key("obskit-client-span")
+
+
+def _tracer() -> trace.Tracer:
+    from obskit._runtime import tracer_provider
+
+    return tracer_provider().get_tracer("obskit.client", __version__)
+
+
+def _start(method: str, url: str) -> tuple[Any, object] | None:
+    """Start a CLIENT span for ``method url``; None when suppressed or nested."""
+    if otel_context.get_value(_SUPPRESS) or otel_context.get_value(_CLIENT_DONE):
+        return None
+    method = method.upper()
+    label = method if method in sc.METHODS else sc.OTHER_METHOD
+    parts = urllib.parse.urlsplit(url)
+    attributes: dict[str, Any] = {
+        sc.HTTP_REQUEST_METHOD: label,
+        # url.full without credentials (semantic conventions: never record them).
+        "url.full": urllib.parse.urlunsplit(
+            (parts.scheme, parts.hostname or "", parts.path, parts.query, "")
+        )
+        if not parts.port
+        else urllib.parse.urlunsplit(
+            (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, parts.query, "")
+        ),
+    }
+    if parts.hostname:
+        attributes[sc.SERVER_ADDRESS] = parts.hostname
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    if port:
+        attributes[sc.SERVER_PORT] = port
+    span = _tracer().start_span(
+        "HTTP" if label == sc.OTHER_METHOD else label, kind=SpanKind.CLIENT, attributes=attributes
+    )
+    ctx = trace.set_span_in_context(span)
+    token = otel_context.attach(otel_context.set_value(_CLIENT_DONE, True, ctx))
+    return span, token
+
+
+def _inject(headers: Any) -> None:
+    # Inject from the context that holds the CLIENT span, so the server's parent is this span.
+    propagate.inject(headers)
+
+
+def _end(state: tuple[Any, object], status: int | None, exc: BaseException | None) -> None:
+    span, token = state
+    try:
+        if status is not None:
+            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
+            if status >= 400:  # client spans: 4xx and 5xx are errors (HTTP semconv)
+                span.set_attribute(sc.ERROR_TYPE, str(status))
+                span.set_status(StatusCode.ERROR)
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256])
+        span.end()
+    finally:
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        except Exception:
+            pass
+
+
+def _safe_start(method: Any, url: Any, headers: Any) -> tuple[Any, object] | None:
+    try:
+        state = _start(str(method), str(url))
+        if state is not None:
+            _inject(headers)
+        return state
+    except Exception as exc:
+        _selfmetrics.internal_error("outbound_start", exc)
+        return None
+
+
+def _safe_end(state: tuple[Any, object] | None, status: Any, exc: BaseException | None) -> None:
+    if state is None:
+        return
+    try:
+        _end(state, int(status) if status is not None else None, exc)
+    except Exception as error:
+        _selfmetrics.internal_error("outbound_end", error)
+
+
+def _sync_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``requests.Session.send`` and ``httpx.Client.send``: both take the prepared request."""
+    request = args[0] if args else kwargs.get("request")
+    state = _safe_start(request.method, request.url, request.headers) if request else None
+    try:
+        response = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _safe_end(state, None, exc)
+        raise
+    _safe_end(state, getattr(response, "status_code", None), None)
+    return response
+
+
+async def _async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    request = args[0] if args else kwargs.get("request")
+    state = _safe_start(request.method, request.url, request.headers) if request else None
+    try:
+        response = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _safe_end(state, None, exc)
+        raise
+    _safe_end(state, getattr(response, "status_code", None), None)
+    return response
+
+
+def install() -> None:
+    """Hook ``requests`` and ``httpx`` when (or if already) imported. Idempotent."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+
+    @wrapt.when_imported("requests")
+    def _hook_requests(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "Session.send", _sync_send)
+
+    @wrapt.when_imported("httpx")
+    def _hook_httpx(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "Client.send", _sync_send)
+        wrapt.wrap_function_wrapper(module, "AsyncClient.send", _async_send)
