@@ -124,7 +124,7 @@ def make_sink(config: Config) -> SpanSink | None:
 
 def keep_policy(config: Config) -> Any:
     """The keep-errors/slow decision for head-dropped traces, or None when off."""
-    if not config.keep_errors and config.slow_threshold is None:
+    if not config.keep_whole_trace or (not config.keep_errors and config.slow_threshold is None):
         return None
     keep_errors = config.keep_errors
     slow_ns = None if config.slow_threshold is None else int(config.slow_threshold * 1e9)
@@ -149,6 +149,9 @@ class Runtime:
     logger_provider: Any = None
     log_handler: logging.Handler | None = None
     closed: bool = False
+    #: Fed with every finished request's outcome (error or not) by the request pipeline; the
+    #: adaptive sampler sets it.
+    record_outcome: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def shutdown(self, timeout: float) -> bool:
@@ -259,10 +262,8 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
         )
     sampler = build_sampler(config) if sink is not None else ALWAYS_OFF
     adaptive = find_adaptive(sampler)
-    if adaptive is not None and runtime.processor is not None:
-        record = adaptive.record
-        error = StatusCode.ERROR
-        runtime.processor.on_root = lambda span: record(span.status.status_code is error)
+    if adaptive is not None:
+        runtime.record_outcome = adaptive.record
     glob.processor.delegate = runtime.processor
     glob.sampler.delegate = sampler
     from obskit.tracing.outbound import install as install_outbound

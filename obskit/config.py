@@ -79,6 +79,7 @@ class Config:
     adaptive_error_threshold: float = 0.01
     adaptive_interval: float = 10.0
     keep_errors: bool = True
+    keep_whole_trace: bool = False
     slow_threshold: float | None = None
     bsp_schedule_delay: float = 1.0
     bsp_max_queue_size: int = 2048
@@ -383,6 +384,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "seconds between adaptive ratio adjustments",
     ),
     _O("keep_errors", ("OBSKIT_KEEP_ERRORS",), _bool, "export traces whose local root failed"),
+    _O(
+        "keep_whole_trace",
+        ("OBSKIT_KEEP_WHOLE_TRACE",),
+        _bool,
+        "record head-dropped traces and buffer their spans, so kept traces keep child spans "
+        "(costs as much as sampling them); off: only the request's SERVER span is kept",
+    ),
     _O(
         "slow_threshold",
         ("OBSKIT_SLOW_THRESHOLD",),

@@ -15,13 +15,15 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
 from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.tracing.pipeline import KeptSpan
 from obskit.tracing.propagation import Getter, extract
 
 __all__ = ["HttpTelemetry", "Request"]
@@ -60,6 +62,7 @@ class HttpTelemetry:
         self.config = config
         provider = tracer_provider or _runtime.tracer_provider()
         self.tracer = provider.get_tracer("obskit.http", __version__)
+        self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self.excluded = frozenset(
             config.excluded_paths if excluded_paths is None else excluded_paths
         )
@@ -81,6 +84,14 @@ class HttpTelemetry:
             ["method", "route"],
         )
         self.exemplars = not config.multiproc_dir
+        # Head-dropped requests that fail or are slow get their SERVER span rebuilt and kept
+        # (unless keep_whole_trace already records everything).
+        self.keep_errors = config.keep_errors and not config.keep_whole_trace
+        self.keep_slow = (
+            None
+            if config.slow_threshold is None or config.keep_whole_trace
+            else config.slow_threshold
+        )
         self._otlp_duration: Any = None
         runtime = _state.runtime
         if runtime is not None and runtime.meter_provider is not None:
@@ -154,8 +165,12 @@ class HttpTelemetry:
             if agent:
                 attrs[sc.USER_AGENT] = agent[:512]
             span.set_attributes(attrs)
+            info = None
+        else:
+            info = (parent, method, path, scheme, server_address, server_port, client_address)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         request = Request(self, label, span, token)
+        request._unsampled = info
         if route is not None:
             request.set_route(route)
         return request
@@ -164,7 +179,17 @@ class HttpTelemetry:
 class Request:
     """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
 
-    __slots__ = ("_in_flight", "_token", "method", "route", "span", "start", "status", "telemetry")
+    __slots__ = (
+        "_in_flight",
+        "_token",
+        "_unsampled",
+        "method",
+        "route",
+        "span",
+        "start",
+        "status",
+        "telemetry",
+    )
 
     def __init__(self, telemetry: HttpTelemetry, method: str, span: Any, token: object) -> None:
         self.telemetry = telemetry
@@ -174,6 +199,7 @@ class Request:
         self.route: str | None = None
         self.status: int | None = None
         self._in_flight: Any = None
+        self._unsampled: tuple[Any, ...] | None = None
         self.start = _perf()
 
     def set_route(self, route: str, *, in_flight: bool = True) -> None:
@@ -258,7 +284,66 @@ class Request:
             elif code is not None and code >= 500:
                 span.set_attribute(sc.ERROR_TYPE, str(code))
                 span.set_status(_ERROR)
+        failed = exc is not None or (code is not None and code >= 500)
+        runtime = _state.runtime
+        if runtime is not None and runtime.record_outcome is not None:
+            runtime.record_outcome(failed)
+        if self._unsampled is not None and not span.is_recording():
+            slow = telemetry.keep_slow
+            if (failed and telemetry.keep_errors) or (slow is not None and duration >= slow):
+                self._keep(duration, code, exc, route)
         span.end()
+
+    def _keep(
+        self, duration: float, code: int | None, exc: BaseException | None, route: str
+    ) -> None:
+        """Rebuild and export the SERVER span of a head-dropped request that failed or was slow."""
+        runtime = _state.runtime
+        processor = runtime.processor if runtime is not None else None
+        if processor is None or self._unsampled is None:
+            return
+        parent, method, path, scheme, address, port, client = self._unsampled
+        attrs: dict[str, Any] = {
+            sc.HTTP_REQUEST_METHOD: self.method,
+            sc.URL_PATH: path,
+            sc.URL_SCHEME: scheme,
+        }
+        if self.method == sc.OTHER_METHOD:
+            attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
+        if self.route is not None:
+            attrs[sc.HTTP_ROUTE] = route
+        for key, value in ((sc.SERVER_ADDRESS, address), (sc.SERVER_PORT, port)):
+            if value:
+                attrs[key] = value
+        if client:
+            attrs[sc.CLIENT_ADDRESS] = client
+        if code is not None:
+            attrs[sc.HTTP_RESPONSE_STATUS_CODE] = code
+        status = Status(StatusCode.UNSET)
+        if exc is not None:
+            attrs[sc.ERROR_TYPE] = type(exc).__qualname__
+            status = Status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
+        elif code is not None and code >= 500:
+            attrs[sc.ERROR_TYPE] = str(code)
+            status = Status(_ERROR)
+        end = time.time_ns()
+        parent_ctx = trace.get_current_span(parent).get_span_context() if parent else None
+        name = "HTTP" if self.method == sc.OTHER_METHOD else self.method
+        kept = KeptSpan(
+            context=self.span.get_span_context(),
+            parent=parent_ctx if parent_ctx is not None and parent_ctx.is_valid else None,
+            name=f"{name} {self.route}" if self.route else name,
+            kind=_SERVER,
+            start_time=end - int(duration * 1e9),
+            end_time=end,
+            attributes=attrs,
+            status=status,
+            scope=self.telemetry.tracer_scope,
+        )
+        if exc is not None:
+            kept.add_exception(exc, end)
+        processor.submit(kept)
+        _selfmetrics.traces_kept()
 
 
 def header_getter_from_pairs(headers: Sequence[tuple[bytes, bytes]]) -> Callable[[str], str | None]:

@@ -95,9 +95,46 @@ def key_value(key: str, value: Any) -> bytes:
     return _str(b"\x0a", key) + _len(b"\x12", any_value(value))
 
 
+# Encoded span attributes, cached by key and (for strings) by value: most attributes repeat from
+# span to span (method, route, scheme, host, user agent), so a hit replaces five calls and three
+# allocations with two dict lookups. Both levels are capped, so unbounded values (url.path) cannot
+# grow the cache; past the cap they are simply encoded each time.
+_KEY_CACHE_MAX = 1024
+_VALUE_CACHE_MAX = 256
+_kv_cache: dict[str, dict[str, bytes]] = {}
+_key_prefix: dict[str, bytes] = {}
+
+
+def _span_attribute(key: str, value: Any) -> bytes:
+    if value.__class__ is str:
+        by_value = _kv_cache.get(key)
+        if by_value is not None:
+            encoded = by_value.get(value)
+            if encoded is not None:
+                return encoded
+        encoded = _len(_T_SPAN_ATTR, key_value(key, value))
+        if by_value is None:
+            if len(_kv_cache) < _KEY_CACHE_MAX:
+                _kv_cache[key] = {value: encoded}
+        elif len(by_value) < _VALUE_CACHE_MAX:
+            by_value[value] = encoded
+        return encoded
+    if value.__class__ is int:
+        prefix = _key_prefix.get(key)
+        if prefix is None:
+            prefix = _str(b"\x0a", key)
+            if len(_key_prefix) < _KEY_CACHE_MAX:
+                _key_prefix[key] = prefix
+        body = b"\x18" + varint(value) if -(1 << 63) <= value < (1 << 63) else any_value(value)
+        return _len(_T_SPAN_ATTR, prefix + _len(b"\x12", body))
+    return _len(_T_SPAN_ATTR, key_value(key, value))
+
+
 def attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     if not attrs:
         return b""
+    if tag is _T_SPAN_ATTR:
+        return b"".join([_span_attribute(k, v) for k, v in attrs.items()])
     return b"".join([_len(tag, key_value(k, v)) for k, v in attrs.items()])
 
 
@@ -122,17 +159,29 @@ def encode_span(span: Any) -> bytes:
     parts.append(_T_SPAN_KIND + _VARINT_CACHE[span.kind.value + 1])
     parts.append(_T_SPAN_START + _pack_q(span.start_time or 0))
     parts.append(_T_SPAN_END + _pack_q(span.end_time or 0))
-    attrs = span.attributes
+    # The SDK's public properties copy on every read (a MappingProxy over BoundedAttributes, whose
+    # items() goes through collections.abc; tuples of events and links). Read the underlying
+    # containers when they are there; fall back to the public API otherwise.
+    bounded = getattr(span, "_attributes", None)
+    attrs = getattr(bounded, "_dict", None)
+    if attrs is None:
+        attrs = span.attributes
     if attrs:
         parts.append(attributes(_T_SPAN_ATTR, attrs))
-        dropped = getattr(attrs, "dropped", 0)
+        dropped = getattr(bounded, "dropped", 0)
         if dropped:
             parts.append(_T_SPAN_DROPPED_ATTRS + varint(dropped))
-    for event in span.events:
+    events = getattr(span, "_events", None)
+    if events is None:
+        events = span.events
+    links = getattr(span, "_links", None)
+    if links is None:
+        links = span.links
+    for event in events:
         body = b"\x09" + _pack_q(event.timestamp) + _str(b"\x12", event.name)
         body += attributes(b"\x1a", event.attributes)
         parts.append(_len(_T_SPAN_EVENT, body))
-    for link in span.links:
+    for link in links:
         lctx = link.context
         body = (
             b"\x0a\x10"

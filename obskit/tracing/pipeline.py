@@ -25,7 +25,80 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from obskit import _selfmetrics
 from obskit.tracing._encode import encode_request, encode_scope, encode_span
 
-__all__ = ["CompactSpanProcessor", "SpanSink"]
+__all__ = ["CompactSpanProcessor", "KeptSpan", "SpanSink"]
+
+
+class _Event:
+    __slots__ = ("attributes", "name", "timestamp")
+
+    def __init__(self, name: str, timestamp: int, attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.timestamp = timestamp
+        self.attributes = attributes
+
+
+class KeptSpan:
+    """A finished span rebuilt from a request the head sampler dropped but the tail keeps.
+
+    Head-dropped requests get a non-recording span, which costs a fraction of a recorded one.
+    When such a request fails or is slow, the request pipeline rebuilds its SERVER span here --
+    with the ids that were already propagated downstream and logged -- and submits it.
+    """
+
+    __slots__ = (
+        "_events",
+        "_links",
+        "attributes",
+        "context",
+        "end_time",
+        "instrumentation_scope",
+        "kind",
+        "name",
+        "parent",
+        "start_time",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        context: Any,
+        parent: Any,
+        name: str,
+        kind: Any,
+        start_time: int,
+        end_time: int,
+        attributes: dict[str, Any],
+        status: Any,
+        scope: Any,
+    ) -> None:
+        self.context = context
+        self.parent = parent
+        self.name = name
+        self.kind = kind
+        self.start_time = start_time
+        self.end_time = end_time
+        self.attributes = attributes
+        self.status = status
+        self.instrumentation_scope = scope
+        self._events: list[_Event] = []
+        self._links: list[Any] = []
+
+    def add_exception(self, exc: BaseException, timestamp: int) -> None:
+        """Record ``exc`` the way ``Span.record_exception`` does."""
+        import traceback
+
+        self._events.append(
+            _Event(
+                "exception",
+                timestamp,
+                {
+                    "exception.type": type(exc).__qualname__,
+                    "exception.message": str(exc),
+                    "exception.stacktrace": "".join(traceback.format_exception(exc)),
+                },
+            )
+        )
 
 
 class SpanSink(Protocol):
@@ -86,8 +159,6 @@ class CompactSpanProcessor(SpanProcessor):
         self._delay = schedule_delay
         self._export_timeout = export_timeout
         self.keep = keep
-        #: Called with every local root span that ends (feeds the adaptive sampler).
-        self.on_root: Callable[[ReadableSpan], None] | None = None
         self._max_spans_per_trace = max_spans_per_trace
         self._max_pending_traces = max_pending_traces
         self._max_pending_bytes = max_pending_bytes
@@ -130,12 +201,6 @@ class CompactSpanProcessor(SpanProcessor):
         ctx = span.context
         if ctx is None:
             return
-        on_root = self.on_root
-        if on_root is not None and (span.parent is None or span.parent.is_remote):
-            try:
-                on_root(span)
-            except Exception as exc:
-                _selfmetrics.internal_error("root_hook", exc)
         sampled = ctx.trace_flags & 1
         if not sampled and self.keep is None:
             return
@@ -149,6 +214,16 @@ class CompactSpanProcessor(SpanProcessor):
             self._enqueue(scope, data)
         else:
             self._hold(span, scope, data)
+
+    def submit(self, span: Any) -> None:
+        """Queue a span-like object (see :class:`KeptSpan`) whatever its sampled flag."""
+        try:
+            data = encode_span(span)
+            scope = self._scope_of(span)
+        except Exception as exc:
+            _selfmetrics.internal_error("span_encode", exc)
+            return
+        self._enqueue(scope, data)
 
     def _scope_of(self, span: ReadableSpan) -> int:
         scope = span.instrumentation_scope

@@ -4,9 +4,13 @@ Standard names (``always_on``, ``traceidratio``, ``parentbased_*``...) map to th
 the same trace id gets the same decision in every service that uses the same ratio. obskit adds
 ``ratelimited`` (at most N new traces per second, token bucket) and ``parentbased_ratelimited``.
 
-When the keep-errors/slow policy is on, a head "drop" becomes ``RECORD_ONLY``: the spans are
-recorded but not marked sampled (so ``traceparent`` downstream and ``trace_flags`` in logs say
-01 only for head-sampled traces), and the span pipeline buffers them until the local root ends.
+Keep-errors/slow works in two ways. By default a head-dropped request gets a cheap
+non-recording span, and the request pipeline rebuilds its SERVER span only if the request fails
+or is slow (child spans of such a request are not kept). With ``keep_whole_trace`` a head "drop"
+becomes ``RECORD_ONLY``: every span is recorded but not marked sampled (so ``traceparent``
+downstream and ``trace_flags`` in logs say 01 only for head-sampled traces), and the span
+pipeline buffers the local trace until its root ends -- complete traces, at the cost of recording
+them all.
 """
 
 from __future__ import annotations
@@ -233,6 +237,6 @@ def build_sampler(config: Config) -> sampling.Sampler:
     sampler: sampling.Sampler = (
         sampling.ParentBased(root) if name.startswith("parentbased_") else root
     )
-    if config.keep_errors or config.slow_threshold is not None:
+    if config.keep_whole_trace and (config.keep_errors or config.slow_threshold is not None):
         sampler = RecordDropped(sampler)
     return sampler

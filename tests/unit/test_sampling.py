@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import pytest
 from opentelemetry import context, propagate, trace
@@ -86,7 +87,9 @@ def test_parent_based_root_uses_the_ratio(root_ratio: float) -> None:
 
 def test_keep_errors_turns_drop_into_record_only() -> None:
     """With keep-errors on, a head drop is recorded (not sampled) so the tail can still keep it."""
-    sampler = build_sampler(load_config({}, sampler="traceidratio", sampler_arg=0.0))
+    sampler = build_sampler(
+        load_config({}, sampler="traceidratio", sampler_arg=0.0, keep_whole_trace=True)
+    )
     assert Decision.RECORD_ONLY == sampler.should_sample(None, 0xABC, "root").decision
 
 
@@ -137,25 +140,25 @@ def test_adaptive_ratio_rises_with_errors_and_falls_back_when_calm() -> None:
 
 
 def test_adaptive_sampler_is_fed_by_finished_requests() -> None:
-    """Configured as sampler=adaptive, failing local roots raise the ratio."""
+    """Configured as sampler=adaptive, failing requests raise the ratio."""
+    from obskit import _runtime
+    from obskit.tracing.sampling import find_adaptive
+    from obskit.wsgi import ObskitMiddleware
+
     with capture(sampler="adaptive", sampler_arg=0.01, adaptive_interval=0.01):
-        tracer = trace.get_tracer("t")
+        app = ObskitMiddleware(_wsgi_app)
         for _ in range(3):
             for _ in range(20):
-                with tracer.start_as_current_span("GET /") as span:
-                    span.set_status(trace.StatusCode.ERROR)
+                _call(app, "/fail")
             time.sleep(0.02)
-        from obskit import _runtime
-        from obskit.tracing.sampling import find_adaptive
-
         adaptive = find_adaptive(_runtime._install_global().sampler.delegate)
         assert adaptive is not None
         assert adaptive.ratio > 0.01
 
 
 def test_errors_are_kept_at_ratio_zero_with_their_children() -> None:
-    """A failing trace is exported with all its spans even though the head said drop."""
-    with capture(sampler="traceidratio", sampler_arg=0.0) as cap:
+    """keep_whole_trace: a failing trace is exported with all its spans despite the head drop."""
+    with capture(sampler="traceidratio", sampler_arg=0.0, keep_whole_trace=True) as cap:
         tracer = trace.get_tracer("t")
         with tracer.start_as_current_span("GET /ok"), tracer.start_as_current_span("db"):
             pass
@@ -169,8 +172,10 @@ def test_errors_are_kept_at_ratio_zero_with_their_children() -> None:
 
 
 def test_slow_traces_are_kept() -> None:
-    """A trace slower than slow_threshold is exported though the head said drop."""
-    with capture(sampler="traceidratio", sampler_arg=0.0, slow_threshold=0.05) as cap:
+    """keep_whole_trace: a trace slower than slow_threshold is exported despite the head drop."""
+    with capture(
+        sampler="traceidratio", sampler_arg=0.0, slow_threshold=0.05, keep_whole_trace=True
+    ) as cap:
         tracer = trace.get_tracer("t")
         with tracer.start_as_current_span("fast"):
             pass
@@ -182,7 +187,7 @@ def test_slow_traces_are_kept() -> None:
 
 def test_downstream_traceparent_matches_the_head_decision() -> None:
     """An unsampled (record-only) trace propagates flags 00; a sampled one 01."""
-    with capture(sampler="traceidratio", sampler_arg=0.0):
+    with capture(sampler="traceidratio", sampler_arg=0.0, keep_whole_trace=True):
         tracer = trace.get_tracer("t")
         with tracer.start_as_current_span("root"):
             headers: dict[str, str] = {}
@@ -246,3 +251,61 @@ def test_bad_sampler_arguments_fail_at_configure() -> None:
         obskit.configure(sampler="adaptive", sampler_arg=0.5, adaptive_max_ratio=0.1)
     with pytest.raises(obskit.ConfigError, match="adaptive_max_ratio"):
         obskit.configure(sampler="adaptive", adaptive_max_ratio=2)
+
+
+def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/slow":
+        time.sleep(0.06)
+    if path == "/raise":
+        raise KeyError("missing")
+    status = "503 Service Unavailable" if path == "/fail" else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def _call(app: Any, path: str, traceparent: str | None = None) -> None:
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http"}
+    if traceparent:
+        environ["HTTP_TRACEPARENT"] = traceparent
+    try:
+        list(app(environ, lambda *args: None))
+    except KeyError:
+        pass
+
+
+def test_head_dropped_requests_that_fail_or_are_slow_keep_their_server_span() -> None:
+    """At ratio 0, a 5xx, an exception and a slow request still export their SERVER span."""
+    from obskit.wsgi import ObskitMiddleware
+
+    with capture(sampler="traceidratio", sampler_arg=0.0, slow_threshold=0.05) as cap:
+        app = ObskitMiddleware(_wsgi_app, route_resolver=lambda environ: environ["PATH_INFO"])
+        for path in ("/ok", "/fail", "/raise", "/slow", "/ok"):
+            _call(app, path)
+        spans = {s.name: s for s in cap.spans()}
+    assert {"GET /fail", "GET /raise", "GET /slow"} == set(spans)
+    assert 2 == spans["GET /fail"].status.code
+    assert ["exception"] == [e.name for e in spans["GET /raise"].events]
+    assert 3.0 == get_sample_value("obskit_traces_kept_total")
+
+
+def test_kept_span_keeps_the_ids_already_propagated() -> None:
+    """The rebuilt span has the trace id of the incoming header and its parent id."""
+    from obskit.wsgi import ObskitMiddleware
+
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    with capture(sampler="parentbased_traceidratio", sampler_arg=0.0) as cap:
+        app = ObskitMiddleware(_wsgi_app)
+        _call(app, "/fail", parent)
+        (span,) = cap.spans()
+    assert "4bf92f3577b34da6a3ce929d0e0e4736" == span.trace_id.hex()
+    assert "00f067aa0ba902b7" == span.parent_span_id.hex()
+
+
+def test_keep_errors_off_drops_failing_unsampled_requests() -> None:
+    """keep_errors=False: a head-dropped failing request exports nothing."""
+    from obskit.wsgi import ObskitMiddleware
+
+    with capture(sampler="traceidratio", sampler_arg=0.0, keep_errors=False) as cap:
+        _call(ObskitMiddleware(_wsgi_app), "/fail")
+        assert [] == cap.spans()
