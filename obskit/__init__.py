@@ -17,6 +17,7 @@ from obskit._version import __version__
 from obskit.config import Config, ConfigError
 from obskit.metrics.cardinality import CardinalityError, LabelRule
 from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.metrics.red import red
 from obskit.tracing.context import ContextExecutor, run_in_executor, wrap
 from obskit.tracing.propagation import inject
 
@@ -34,6 +35,7 @@ __all__ = [
     "get_config",
     "histogram",
     "inject",
+    "red",
     "run_in_executor",
     "shutdown",
     "tracer_provider",
@@ -48,6 +50,7 @@ for _name in (
     "get_config",
     "histogram",
     "inject",
+    "red",
     "run_in_executor",
     "shutdown",
     "tracer_provider",

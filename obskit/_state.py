@@ -24,6 +24,8 @@ self_metrics_lock = threading.Lock()
 registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
 self_metrics: SelfMetrics | None = None
 runtime: Runtime | None = None
+#: Bumped by every reset: caches of metric children compare it to know they are stale.
+generation = 0
 #: Every metric declared through obskit, by name (re-bound to a fresh registry on reset).
 instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()

@@ -31,6 +31,7 @@ def reset() -> None:
         _state.registry = CollectorRegistry(auto_describe=True)
         _state.self_metrics = None
         _state.warned.clear()
+        _state.generation += 1
         from obskit.metrics.instruments import rebind_all
 
         # Metrics declared at import time (module-level business metrics, decorators) keep

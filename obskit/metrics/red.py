@@ -1,0 +1,306 @@
+"""``@obskit.red``: Rate, Errors and Duration of any function.
+
+::
+
+    @obskit.red
+    def charge(card): ...
+
+    @obskit.red(name="lookup", trace=True, errors=(TimeoutError, ConnectionError))
+    async def lookup(key): ...
+
+Records ``function_calls_total{function,module,result}`` (``result`` is ``ok`` or ``error``) and
+``function_duration_seconds{function,module}``; with ``trace=True`` an INTERNAL span wraps the
+call. Written with ``wrapt`` and shaped at decoration time for plain functions, coroutines,
+generators and async generators (timed to exhaustion), methods, classmethods and staticmethods;
+``inspect.signature``, ``__name__``, ``__doc__`` and ``inspect.iscoroutinefunction`` are
+preserved, so FastAPI dependency injection and Django views keep working.
+
+The wrapped function's exception reaches the caller unchanged (same object, same traceback);
+obskit's own failures are swallowed and counted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import wrapt
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from obskit import _selfmetrics, _state
+from obskit._version import __version__
+
+__all__ = ["red"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Errors = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+_perf = time.perf_counter
+
+
+class _Recorder:
+    """Per-decorated-function state: label values and the cached metric children."""
+
+    __slots__ = ("_children", "function", "is_error", "module", "span_name", "trace")
+
+    def __init__(self, function: str, module: str, errors: Errors, trace: bool) -> None:
+        self.function = function
+        self.module = module
+        self.trace = trace
+        self.span_name = f"{module}.{function}" if module else function
+        self._children: tuple[int, Any, Any, Any] | None = None
+        self.is_error: Callable[[BaseException], bool]
+        if isinstance(errors, (type, tuple)):
+            error_types = errors
+
+            def is_error(exc: BaseException) -> bool:
+                return isinstance(exc, error_types)
+
+            self.is_error = is_error
+        else:
+            self.is_error = errors
+
+    def children(self) -> tuple[int, Any, Any, Any]:
+        children = self._children
+        if children is None or children[0] != _state.generation:
+            from obskit.metrics.instruments import counter, histogram
+
+            calls = counter(
+                "function_calls",
+                "Calls of functions decorated with @obskit.red, by result (ok or error).",
+                ["function", "module", "result"],
+            )
+            duration = histogram(
+                "function_duration_seconds",
+                "Duration of functions decorated with @obskit.red, in seconds.",
+                ["function", "module"],
+            )
+            children = (
+                _state.generation,
+                calls.labels(self.function, self.module, "ok"),
+                calls.labels(self.function, self.module, "error"),
+                duration.labels(self.function, self.module),
+            )
+            self._children = children
+        return children
+
+    def record(self, started: float, exc: BaseException | None) -> None:
+        elapsed = _perf() - started
+        try:
+            _, ok, error, duration = self.children()
+            failed = False
+            if exc is not None:
+                try:
+                    failed = bool(self.is_error(exc))
+                except Exception:
+                    failed = True
+            (error if failed else ok).inc()
+            duration.observe(elapsed)
+        except Exception as internal:
+            _selfmetrics.internal_error("red", internal)
+
+    def start_span(self) -> Any:
+        """An INTERNAL span, or None when the current trace is not recorded.
+
+        A child of a span that is not recording would be dropped by every parent-based or
+        trace-id-ratio sampler, so it is not created at all: with ``trace=True`` an unsampled
+        call costs one context lookup.
+        """
+        try:
+            current = otel_trace.get_current_span()
+            if not current.is_recording() and current.get_span_context().is_valid:
+                return None
+            from obskit._runtime import tracer_provider
+
+            tracer = tracer_provider().get_tracer("obskit.red", __version__)
+            span = tracer.start_span(self.span_name, kind=SpanKind.INTERNAL)
+            if span.is_recording():
+                span.set_attribute("code.function.name", self.span_name)
+            token = otel_trace.use_span(span, end_on_exit=False)
+            token.__enter__()
+            return span, token
+        except Exception as internal:
+            _selfmetrics.internal_error("red_span", internal)
+            return None
+
+    def end_span(self, state: Any, exc: BaseException | None) -> None:
+        if state is None:
+            return
+        span, token = state
+        try:
+            if exc is not None and span.is_recording():
+                try:
+                    failed = bool(self.is_error(exc))
+                except Exception:
+                    failed = True
+                if failed:
+                    span.record_exception(exc)
+                    span.set_attribute("error.type", type(exc).__qualname__)
+                    span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256])
+            token.__exit__(None, None, None)
+            span.end()
+        except Exception as internal:
+            _selfmetrics.internal_error("red_span", internal)
+
+
+def _sync(rec: _Recorder) -> Any:
+    @wrapt.decorator
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = rec.start_span() if rec.trace else None
+        started = _perf()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            rec.record(started, exc)
+            rec.end_span(span, exc)
+            raise
+        rec.record(started, None)
+        if span is not None:
+            rec.end_span(span, None)
+        return result
+
+    return wrapper
+
+
+def _async(rec: _Recorder) -> Any:
+    @wrapt.decorator
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = rec.start_span() if rec.trace else None
+        started = _perf()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            rec.record(started, exc)
+            rec.end_span(span, exc)
+            raise
+        rec.record(started, None)
+        if span is not None:
+            rec.end_span(span, None)
+        return result
+
+    return wrapper
+
+
+def _generator(rec: _Recorder) -> Any:
+    @wrapt.decorator
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = rec.start_span() if rec.trace else None
+        started = _perf()
+        try:
+            result = yield from wrapped(*args, **kwargs)
+        except GeneratorExit:
+            # Closed early by the consumer: not an error of the function.
+            rec.record(started, None)
+            rec.end_span(span, None)
+            raise
+        except BaseException as exc:
+            rec.record(started, exc)
+            rec.end_span(span, exc)
+            raise
+        rec.record(started, None)
+        rec.end_span(span, None)
+        return result
+
+    return wrapper
+
+
+def _async_generator(rec: _Recorder) -> Any:
+    @wrapt.decorator
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = rec.start_span() if rec.trace else None
+        started = _perf()
+        agen = wrapped(*args, **kwargs)
+        try:
+            # An async generator cannot ``yield from``; forward sends and throws by hand.
+            value: Any = None
+            throw: BaseException | None = None
+            while True:
+                try:
+                    if throw is not None:
+                        item = await agen.athrow(throw)
+                        throw = None
+                    else:
+                        item = await agen.asend(value)
+                except StopAsyncIteration:
+                    break
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as thrown:
+                    throw = thrown
+        except GeneratorExit:
+            rec.record(started, None)
+            rec.end_span(span, None)
+            raise
+        except BaseException as exc:
+            rec.record(started, exc)
+            rec.end_span(span, exc)
+            raise
+        rec.record(started, None)
+        rec.end_span(span, None)
+
+    return wrapper
+
+
+def _underlying(func: Any) -> Any:
+    return getattr(func, "__func__", func)
+
+
+def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
+    target = _underlying(func)
+    qualname = str(
+        name or getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+    )
+    module = getattr(target, "__module__", None) or ""
+    rec = _Recorder(qualname, module, errors, trace)
+    if inspect.isasyncgenfunction(target):
+        decorator = _async_generator(rec)
+    elif inspect.iscoroutinefunction(target):
+        decorator = _async(rec)
+    elif inspect.isgeneratorfunction(target):
+        decorator = _generator(rec)
+    else:
+        decorator = _sync(rec)
+    wrapped: F = decorator(func)
+    return wrapped
+
+
+@overload
+def red(func: F, /) -> F: ...
+
+
+@overload
+def red(
+    *, name: str | None = None, trace: bool = False, errors: Errors = Exception
+) -> Callable[[F], F]: ...
+
+
+def red(
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    trace: bool = False,
+    errors: Errors = Exception,
+) -> F | Callable[[F], F]:
+    """Record Rate, Errors and Duration of the decorated function.
+
+    Args:
+        name: the ``function`` label (default: the function's ``__qualname__``).
+        trace: also wrap each call in an INTERNAL span (skipped inside unsampled traces).
+        errors: which exceptions make ``result="error"``: exception types, or a predicate.
+            Anything else that escapes (a 404 exception you raise on purpose, cancellation)
+            is recorded as ``result="ok"`` and re-raised unchanged.
+    """
+    if func is not None:
+        return _make(func, name, trace, errors)
+
+    def decorate(f: F) -> F:
+        return _make(f, name, trace, errors)
+
+    return decorate
