@@ -15,6 +15,7 @@ from __future__ import annotations
 from obskit._runtime import configure, force_flush, get_config, shutdown, tracer_provider
 from obskit._version import __version__
 from obskit.config import Config, ConfigError
+from obskit.logging import setup_logging
 from obskit.metrics.cardinality import CardinalityError, LabelRule
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.metrics.red import red
@@ -37,6 +38,7 @@ __all__ = [
     "inject",
     "red",
     "run_in_executor",
+    "setup_logging",
     "shutdown",
     "tracer_provider",
     "wrap",
@@ -52,6 +54,7 @@ for _name in (
     "inject",
     "red",
     "run_in_executor",
+    "setup_logging",
     "shutdown",
     "tracer_provider",
     "wrap",

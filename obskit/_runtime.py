@@ -148,6 +148,7 @@ class Runtime:
     meter_provider: Any = None
     logger_provider: Any = None
     log_handler: logging.Handler | None = None
+    json_handler: logging.Handler | None = None
     closed: bool = False
     #: Fed with every finished request's outcome (error or not) by the request pipeline; the
     #: adaptive sampler sets it.
@@ -163,8 +164,9 @@ class Runtime:
         ok = True
         if self.processor is not None:
             ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
-        if self.log_handler is not None:
-            logging.getLogger().removeHandler(self.log_handler)
+        for handler in (self.log_handler, self.json_handler):
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
         for provider in (self.meter_provider, self.logger_provider):
             if provider is not None:
                 ok = _bounded(provider.shutdown, deadline - time.monotonic()) and ok
@@ -269,6 +271,25 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     from obskit.tracing.outbound import install as install_outbound
 
     install_outbound()
+    if config.logging:
+        from obskit.logging import setup_logging
+
+        runtime.json_handler = setup_logging(
+            level=config.log_level,
+            levels=config.log_levels,
+            field_style=config.log_format,
+            static_fields={
+                "service.name": config.service_name,
+                "service.version": config.service_version,
+                "deployment.environment": config.environment,
+            },
+            sample_rate=config.log_sample_rate,
+            sample_rates=config.log_sample_rates,
+            follow_trace=config.log_follow_trace,
+            sensitive_keys=config.log_redact_keys,
+            redact_emails=config.log_redact_emails,
+            max_message_bytes=config.log_max_message_bytes,
+        )
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics
 

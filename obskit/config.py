@@ -112,6 +112,16 @@ class Config:
     include_default_registry: bool = True
     cardinality_limit: int = 1000
     # logs
+    logging: bool = False
+    log_level: str = "INFO"
+    log_levels: Mapping[str, str] = field(default_factory=dict)
+    log_format: Literal["otel", "ecs"] = "otel"
+    log_sample_rate: float = 1.0
+    log_sample_rates: Mapping[str, float] = field(default_factory=dict)
+    log_follow_trace: bool = False
+    log_redact_keys: tuple[str, ...] = ()
+    log_redact_emails: bool = False
+    log_max_message_bytes: int = 16 * 1024
     logs_exporter: Literal["otlp", "none"] = "none"
     # lifecycle
     shutdown_timeout: float = 5.0
@@ -282,6 +292,39 @@ def _buckets(raw: object) -> tuple[float, ...]:
     ):
         raise _Invalid("strictly increasing positive bucket bounds in seconds")
     return bounds
+
+
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
+
+
+def _level(raw: object) -> str:
+    value = raw.strip().upper() if isinstance(raw, str) else raw
+    if value not in _LEVELS:
+        raise _Invalid("one of " + ", ".join(_LEVELS))
+    return str(value)
+
+
+def _levels(raw: object) -> dict[str, str]:
+    pairs = _key_values(raw)
+    try:
+        return {k: _level(v) for k, v in pairs.items()}
+    except _Invalid:
+        raise _Invalid("'logger=LEVEL' pairs with levels " + ", ".join(_LEVELS)) from None
+
+
+def _rates(raw: object) -> dict[str, float]:
+    pairs = _key_values(raw)
+    try:
+        return {k: _ratio(v) for k, v in pairs.items()}
+    except _Invalid:
+        raise _Invalid("'logger=rate' pairs with rates between 0 and 1") from None
+
+
+def _names(raw: object) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise _Invalid("a list of names or 'name1,name2'")
+    return tuple(str(i).strip().lower() for i in items if str(i).strip())
 
 
 def _sampler_arg(raw: object) -> float | None:
@@ -457,6 +500,33 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OBSKIT_CARDINALITY_LIMIT",),
         _positive_int,
         "default distinct label sets per metric",
+    ),
+    _O("logging", ("OBSKIT_LOGGING",), _bool, "install the JSON log handler on the root logger"),
+    _O("log_level", ("OBSKIT_LOG_LEVEL",), _level, "root log level"),
+    _O(
+        "log_levels", ("OBSKIT_LOG_LEVELS",), _levels, "per-logger levels: 'uvicorn.access=WARNING'"
+    ),
+    _O("log_format", ("OBSKIT_LOG_FORMAT",), _choice("otel", "ecs"), "field names"),
+    _O(
+        "log_sample_rate",
+        ("OBSKIT_LOG_SAMPLE_RATE",),
+        lambda raw: _ratio(raw),
+        "share of traces whose DEBUG/INFO lines are kept (consistent by trace id)",
+    ),
+    _O("log_sample_rates", ("OBSKIT_LOG_SAMPLE_RATES",), _rates, "per-logger sample rates"),
+    _O(
+        "log_follow_trace",
+        ("OBSKIT_LOG_FOLLOW_TRACE",),
+        _bool,
+        "keep DEBUG/INFO lines exactly when their trace is sampled",
+    ),
+    _O("log_redact_keys", ("OBSKIT_LOG_REDACT_KEYS",), _names, "extra sensitive key names"),
+    _O("log_redact_emails", ("OBSKIT_LOG_REDACT_EMAILS",), _bool, "mask e-mail addresses"),
+    _O(
+        "log_max_message_bytes",
+        ("OBSKIT_LOG_MAX_MESSAGE_BYTES",),
+        _positive_int,
+        "longer messages are truncated and marked",
     ),
     _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _choice("otlp", "none"), "OTLP log export"),
     _O(

@@ -22,6 +22,7 @@ from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
+from obskit.logging import _request as _current_request
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing.pipeline import KeptSpan
 from obskit.tracing.propagation import Getter, extract
@@ -171,6 +172,8 @@ class HttpTelemetry:
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         request = Request(self, label, span, token)
         request._unsampled = info
+        request._request_id = get_header("x-request-id")
+        request._log_token = _current_request.set(request)
         if route is not None:
             request.set_route(route)
         return request
@@ -181,6 +184,8 @@ class Request:
 
     __slots__ = (
         "_in_flight",
+        "_log_token",
+        "_request_id",
         "_token",
         "_unsampled",
         "method",
@@ -200,7 +205,17 @@ class Request:
         self.status: int | None = None
         self._in_flight: Any = None
         self._unsampled: tuple[Any, ...] | None = None
+        self._request_id: str | None = None
+        self._log_token: Any = None
         self.start = _perf()
+
+    @property
+    def request_id(self) -> str:
+        """The ``X-Request-ID`` the client sent (bounded), else the server span's id."""
+        given = self._request_id
+        if given:
+            return given[:128]
+        return format(self.span.get_span_context().span_id, "016x")
 
     def set_route(self, route: str, *, in_flight: bool = True) -> None:
         """Record the matched route template: span name, ``http.route`` and the in-flight gauge.
@@ -252,6 +267,13 @@ class Request:
             self._token = None
             try:
                 otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                pass
+        log_token = self._log_token
+        if log_token is not None:
+            self._log_token = None
+            try:
+                _current_request.reset(log_token)
             except Exception:
                 pass
 

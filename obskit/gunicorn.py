@@ -1,0 +1,70 @@
+"""gunicorn integration: JSON access lines that carry the trace id of the request they log.
+
+gunicorn writes its access line *after* the WSGI application returned, when obskit has already
+ended the request's span and restored the context -- a plain JSON formatter would log it without
+a trace id. This logger class re-enters the request's context for the access line and adds the
+request's fields as structured ``extra``::
+
+    gunicorn --logger-class obskit.gunicorn.Logger --access-logfile - app:app
+
+(or ``logger_class = "obskit.gunicorn.Logger"`` in ``gunicorn.conf.py``). With
+``obskit.configure(logging=True)`` in the app, gunicorn's error and access loggers go through
+obskit's JSON handler.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+try:
+    from gunicorn import glogging
+except ImportError as exc:  # pragma: no cover - exercised without gunicorn
+    raise ImportError("obskit.gunicorn needs gunicorn: pip install gunicorn") from exc
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from obskit.logging import _request
+from obskit.wsgi import ENVIRON_KEY
+
+__all__ = ["Logger"]
+
+
+class Logger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, with access lines correlated to the request's trace."""
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """Write the access line inside the logged request's trace context."""
+        if not self.access_log_enabled:
+            return
+        request = environ.get(ENVIRON_KEY)
+        atoms = self.atoms(resp, req, environ, request_time)
+        extra = {
+            "http.response.status_code": _int(atoms.get("s")),
+            "url.path": atoms.get("U"),
+            "client.address": atoms.get("h"),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+        }
+        token = log_token = None
+        if request is not None:
+            token = otel_context.attach(trace.set_span_in_context(request.span))
+            log_token = _request.set(request)
+        try:
+            self.access_log.info(
+                self.cfg.access_log_format, self.atoms_wrapper_class(atoms), extra=extra
+            )
+        except Exception:
+            self.error(traceback.format_exc())
+        finally:
+            if log_token is not None:
+                _request.reset(log_token)
+            if token is not None:
+                otel_context.detach(token)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,512 @@
+"""Structured JSON logs that lead to their trace: correlation, redaction, consistent sampling.
+
+::
+
+    obskit.configure(service_name="checkout", logging=True)   # or obskit.setup_logging(...)
+    logging.getLogger("app").info("charged", extra={"order": 42, "card": "4111 1111 1111 1111"})
+
+One JSON object per line: ``timestamp`` (RFC 3339, UTC), ``level``, ``logger``, ``message``,
+``service.*``, ``trace_id``/``span_id``/``trace_flags``, inside a request ``request_id``,
+``http.method``, ``http.route``; ``extra`` fields at top level; exceptions as ``exception.*``.
+``log_format="ecs"`` renames the fields to Elastic Common Schema names.
+
+Three pieces, each usable alone:
+
+- :class:`CorrelationFilter` stamps trace ids and request fields on the record *in the thread
+  that logs* (so a ``QueueHandler`` still carries them) and applies sampling: below WARNING, a
+  record inside a trace is kept when the trace id falls under the rate -- the same rule in every
+  service, so a kept trace keeps all its lines -- or, with ``follow_trace``, when the trace is
+  sampled. WARNING and above are never dropped.
+- :class:`JsonFormatter` (a python-json-logger ``JsonFormatter``) renders the record with a
+  single-pass, allocation-light path, redacts sensitive keys and values, and never raises on
+  odd extras (bytes, sets, datetimes, Decimals, objects, recursive structures).
+- :func:`setup_logging` installs both on the root logger and routes uvicorn's, gunicorn's,
+  Django's and Flask's loggers through it, with levels per logger.
+
+Nothing here swaps the process-wide ``LogRecordFactory`` or calls ``basicConfig``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import decimal
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+from itertools import islice
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TextIO
+
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter as _PJLJsonFormatter
+
+from obskit import _selfmetrics
+
+__all__ = [
+    "CorrelationFilter",
+    "JsonFormatter",
+    "current_request",
+    "redact_text",
+    "setup",
+    "setup_logging",
+]
+
+#: The request being handled in this context (set by the request pipeline).
+_request: contextvars.ContextVar[Any] = contextvars.ContextVar("obskit_request", default=None)
+
+
+def current_request() -> Any:
+    """The obskit request object of the current context, or None."""
+    return _request.get()
+
+
+# -- redaction -------------------------------------------------------------------------------
+
+DEFAULT_SENSITIVE_KEYS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "api_key",
+    "apikey",
+    "card",
+    "cvv",
+    "ssn",
+    "private_key",
+)
+MASK = "[REDACTED]"
+_CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# Quick pre-checks: most messages have no long digit run and no "earer"/"asic", so the regexes
+# above never run for them.
+_DIGITS = re.compile(r"[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9]")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = "".join(c for c in match.group(0) if c.isdigit())
+    if 13 <= len(digits) <= 19 and _luhn(digits):
+        # Keep the last four, as PCI DSS allows and the seeds advise.
+        return "*" * (len(digits) - 4) + digits[-4:]
+    return match.group(0)
+
+
+def redact_text(text: str, *, emails: bool = False) -> str:
+    """Mask card numbers (Luhn-valid, last 4 kept), bearer/basic credentials and optionally
+    e-mail addresses in free text."""
+    if _DIGITS.search(text) is not None:
+        text = _CARD.sub(_mask_card, text)
+    if "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if emails and "@" in text:
+        text = _EMAIL.sub(MASK, text)
+    return text
+
+
+# -- safe serialisation ----------------------------------------------------------------------
+
+_MAX_REPR = 1024
+
+
+def _safe_default(value: Any) -> Any:
+    """json.dumps fallback: never raises, every value becomes something JSON can hold."""
+    try:
+        if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+            return value.isoformat()
+        if isinstance(value, decimal.Decimal):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value[:_MAX_REPR]).decode("utf-8", "replace")
+        if isinstance(value, (set, frozenset)):
+            return sorted((repr(v) if not isinstance(v, str) else v) for v in value)
+        if isinstance(value, BaseException):
+            return f"{type(value).__name__}: {value}"
+        text = repr(value)
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return text[:_MAX_REPR]
+
+
+_PLAIN = frozenset({int, float, bool})
+_CONTAINERS = frozenset({dict, list, tuple})
+
+# json.dumps builds a new encoder whenever it gets options; one shared encoder saves that.
+_encode = json.JSONEncoder(default=_safe_default, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    try:
+        text = _encode(data)
+    except (ValueError, TypeError, RecursionError):
+        # A recursive structure or a key json cannot take: fall back field by field.
+        safe: dict[str, Any] = {}
+        for key, value in data.items():
+            try:
+                json.dumps(value, default=_safe_default)
+                safe[str(key)] = value
+            except (ValueError, TypeError, RecursionError):
+                safe[str(key)] = _safe_default(value)
+        text = _encode(safe)
+    # json escapes every control character; these two are line breaks to some log shippers.
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text
+
+
+# -- field names -----------------------------------------------------------------------------
+
+_OTEL_FIELDS = {
+    "timestamp": "timestamp",
+    "level": "level",
+    "logger": "logger",
+    "message": "message",
+    "trace_id": "trace_id",
+    "span_id": "span_id",
+    "trace_flags": "trace_flags",
+    "request_id": "request_id",
+    "http.method": "http.method",
+    "http.route": "http.route",
+    "exception.type": "exception.type",
+    "exception.message": "exception.message",
+    "exception.stacktrace": "exception.stacktrace",
+    "service.name": "service.name",
+    "service.version": "service.version",
+    "deployment.environment": "deployment.environment",
+    "message_truncated": "message_truncated",
+}
+_ECS_FIELDS = {
+    "timestamp": "@timestamp",
+    "level": "log.level",
+    "logger": "log.logger",
+    "message": "message",
+    "trace_id": "trace.id",
+    "span_id": "span.id",
+    "trace_flags": "trace.flags",
+    "request_id": "http.request.id",
+    "http.method": "http.request.method",
+    "http.route": "url.path_template",
+    "exception.type": "error.type",
+    "exception.message": "error.message",
+    "exception.stacktrace": "error.stack_trace",
+    "service.name": "service.name",
+    "service.version": "service.version",
+    "deployment.environment": "service.environment",
+    "message_truncated": "event.truncated",
+}
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_BASE_ATTRIBUTES = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_RESERVED = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "taskName", "otelSpanID", "otelTraceID", "otelTraceSampled"}
+    | {"otelServiceName", "obskit_trace_id", "obskit_span_id", "obskit_flags", "obskit_request"}
+)
+
+
+class CorrelationFilter(logging.Filter):
+    """Stamp trace and request fields on each record; drop sampled-out records below WARNING.
+
+    Args:
+        rate: fraction of traces whose DEBUG/INFO lines are kept (1.0 keeps all).
+        rates: per-logger rates (the longest matching dotted prefix wins).
+        follow_trace: keep DEBUG/INFO lines exactly when their trace is sampled.
+    """
+
+    def __init__(
+        self,
+        rate: float = 1.0,
+        *,
+        rates: Mapping[str, float] | None = None,
+        follow_trace: bool = False,
+    ) -> None:
+        super().__init__()
+        self.rate = rate
+        self.rates = dict(rates or {})
+        self.follow_trace = follow_trace
+        self._bounds: dict[str, int] = {}
+        self._sampling = rate < 1.0 or bool(self.rates) or follow_trace
+
+    def _bound(self, name: str) -> int:
+        bound = self._bounds.get(name)
+        if bound is None:
+            rate = self.rate
+            best = -1
+            for prefix, value in self.rates.items():
+                if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                    rate, best = value, len(prefix)
+            # Same arithmetic as TraceIdRatioBased: compare the low 64 bits of the trace id.
+            bound = round(rate * (1 << 64))
+            if len(self._bounds) < 4096:
+                self._bounds[name] = bound
+        return bound
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.obskit_trace_id = ctx.trace_id
+            record.obskit_span_id = ctx.span_id
+            record.obskit_flags = ctx.trace_flags
+        else:
+            record.obskit_trace_id = 0
+        record.obskit_request = _request.get()
+        if not self._sampling or record.levelno >= logging.WARNING:
+            return True
+        if not ctx.is_valid:
+            if self.follow_trace:
+                return True
+            return (time.perf_counter_ns() & 0xFFFFFFFFFFFFFFFF) < self._bound(record.name)
+        if self.follow_trace:
+            return bool(ctx.trace_flags & 1)
+        return (ctx.trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound(record.name)
+
+
+class JsonFormatter(_PJLJsonFormatter):
+    """python-json-logger's formatter with obskit's fields, redaction and a fast path.
+
+    Args:
+        static_fields: added to every line (service name, version, environment).
+        field_style: ``"otel"`` or ``"ecs"`` names.
+        sensitive_keys: substrings of keys whose values are masked (case-insensitive).
+        redact_emails: also mask e-mail addresses in messages and string extras.
+        max_message_bytes: longer messages are cut and marked ``message_truncated``.
+    """
+
+    def __init__(
+        self,
+        *,
+        static_fields: Mapping[str, Any] | None = None,
+        field_style: Literal["otel", "ecs"] = "otel",
+        sensitive_keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
+        redact_emails: bool = False,
+        max_message_bytes: int = 16 * 1024,
+    ) -> None:
+        super().__init__()
+        names = _ECS_FIELDS if field_style == "ecs" else _OTEL_FIELDS
+        self.names = names
+        self.static = {names.get(k, k): v for k, v in (static_fields or {}).items()}
+        self.sensitive = tuple(k.lower() for k in sensitive_keys)
+        self.redact_emails = redact_emails
+        self.max_message = max_message_bytes
+        self._key_sensitive: dict[str, bool] = {}
+        self._second = -1
+        self._second_text = ""
+        n = names
+        self._k_ts, self._k_level, self._k_logger = n["timestamp"], n["level"], n["logger"]
+        self._k_msg, self._k_trace, self._k_span = n["message"], n["trace_id"], n["span_id"]
+        self._k_flags, self._k_req = n["trace_flags"], n["request_id"]
+        self._k_method, self._k_route = n["http.method"], n["http.route"]
+
+    def _is_sensitive(self, key: str) -> bool:
+        hit = self._key_sensitive.get(key)
+        if hit is None:
+            lowered = key.lower()
+            hit = any(s in lowered for s in self.sensitive)
+            if len(self._key_sensitive) < 4096:
+                self._key_sensitive[key] = hit
+        return hit
+
+    def _redact(self, value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return redact_text(value, emails=self.redact_emails)
+        if depth > 8:
+            return value
+        if isinstance(value, Mapping):
+            return {
+                k: (
+                    MASK
+                    if isinstance(k, str) and self._is_sensitive(k)
+                    else self._redact(v, depth + 1)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self._redact(v, depth + 1) for v in value]
+        return value
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record as one JSON line; never raises."""
+        try:
+            return self._format(record)
+        except Exception as exc:
+            _selfmetrics.current().dropped_logs.labels("format_error").inc()
+            _selfmetrics.warn_once(
+                "log_format", "obskit: a log record could not be formatted (%r)", exc
+            )
+            return _dumps({"level": record.levelname, "logger": record.name, "message": "?"})
+
+    def _format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = f"{record.msg!r} % {record.args!r}"
+        if len(message) > self.max_message:
+            message = message[: self.max_message]
+            truncated = True
+        else:
+            truncated = False
+        data: dict[str, Any] = {
+            self._k_ts: self._timestamp(record.created),
+            self._k_level: record.levelname,
+            self._k_logger: record.name,
+            self._k_msg: redact_text(message, emails=self.redact_emails),
+        }
+        data.update(self.static)
+        trace_id = getattr(record, "obskit_trace_id", None)
+        if trace_id is None:  # no CorrelationFilter on the way: read the context here
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                trace_id = ctx.trace_id
+                record.obskit_span_id = ctx.span_id
+                record.obskit_flags = ctx.trace_flags
+            request = _request.get()
+        else:
+            request = getattr(record, "obskit_request", None)
+        if trace_id:
+            data[self._k_trace] = format(trace_id, "032x")
+            data[self._k_span] = format(record.__dict__["obskit_span_id"], "016x")
+            data[self._k_flags] = format(record.__dict__["obskit_flags"], "02x")
+        if request is not None:
+            data[self._k_req] = request.request_id
+            data[self._k_method] = request.method
+            if request.route is not None:
+                data[self._k_route] = request.route
+        # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
+        # after them, so the scan starts past the standard ones (skipped in C by islice).
+        for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
+            if key in _RESERVED or key[:1] == "_":
+                continue
+            cls = value.__class__
+            if self._is_sensitive(key):
+                data[key] = MASK
+            elif cls is str:
+                data[key] = redact_text(value, emails=self.redact_emails)
+            elif cls in _PLAIN or value is None:
+                data[key] = value
+            elif cls in _CONTAINERS or isinstance(value, Mapping):
+                data[key] = self._redact(value)
+            else:
+                data[key] = value
+        if truncated:
+            data[self.names["message_truncated"]] = True
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            data[self.names["exception.type"]] = type(exc).__qualname__
+            data[self.names["exception.message"]] = redact_text(str(exc))
+            data[self.names["exception.stacktrace"]] = "".join(
+                traceback.format_exception(*record.exc_info)
+            )
+        elif record.exc_text:
+            data[self.names["exception.stacktrace"]] = record.exc_text
+        if record.stack_info:
+            data["stack_info"] = record.stack_info
+        return _dumps(data)
+
+
+# -- installation ----------------------------------------------------------------------------
+
+# Loggers that frameworks and servers configure with their own handlers; obskit hands them to the
+# root handler so every line is JSON.
+FRAMEWORK_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn",
+    "gunicorn.error",
+    "gunicorn.access",
+    "django",
+    "django.server",
+    "django.request",
+    "flask.app",
+    "werkzeug",
+)
+
+_HANDLER_NAME = "obskit-json"
+
+
+def setup_logging(
+    *,
+    level: str | int = "INFO",
+    levels: Mapping[str, str | int] | None = None,
+    stream: TextIO | None = None,
+    field_style: Literal["otel", "ecs"] = "otel",
+    static_fields: Mapping[str, Any] | None = None,
+    sample_rate: float = 1.0,
+    sample_rates: Mapping[str, float] | None = None,
+    follow_trace: bool = False,
+    sensitive_keys: Iterable[str] = (),
+    redact_emails: bool = False,
+    max_message_bytes: int = 16 * 1024,
+) -> logging.Handler:
+    """Install obskit's JSON handler on the root logger (replacing a previous obskit handler).
+
+    Framework and server loggers lose their own handlers and propagate to the root, so uvicorn,
+    gunicorn, Django and Flask lines come out as JSON too. Returns the handler.
+    """
+    if static_fields is None:
+        from obskit._runtime import get_config
+
+        config = get_config()
+        static_fields = (
+            {
+                "service.name": config.service_name,
+                "service.version": config.service_version,
+                "deployment.environment": config.environment,
+            }
+            if config is not None
+            else {}
+        )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        JsonFormatter(
+            static_fields=static_fields,
+            field_style=field_style,
+            sensitive_keys=(*DEFAULT_SENSITIVE_KEYS, *sensitive_keys),
+            redact_emails=redact_emails,
+            max_message_bytes=max_message_bytes,
+        )
+    )
+    handler.addFilter(CorrelationFilter(sample_rate, rates=sample_rates, follow_trace=follow_trace))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME:
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    for name in FRAMEWORK_LOGGERS:
+        framework = logging.getLogger(name)
+        for existing in list(framework.handlers):
+            framework.removeHandler(existing)
+        framework.propagate = True
+    for name, value in (levels or {}).items():
+        logging.getLogger(name).setLevel(value if isinstance(value, int) else value.upper())
+    return handler
+
+
+#: ``obskit.logging.setup(...)`` -- the same as :func:`setup_logging`.
+setup = setup_logging
