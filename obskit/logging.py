@@ -37,8 +37,8 @@ import re
 import sys
 import time
 import traceback
-from itertools import islice
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import Any, Literal, TextIO
 
 from opentelemetry import trace
