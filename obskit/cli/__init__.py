@@ -24,7 +24,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_doctor = sub.add_parser("doctor", help="effective configuration and connectivity checks")
     p_doctor.add_argument("--timeout", type=float, default=2.0, help="endpoint check timeout (s)")
 
+    p_card = sub.add_parser(
+        "cardinality", help="series per metric against its limit, read from a /metrics URL"
+    )
+    p_card.add_argument("url", help="the service's metrics URL, e.g. http://localhost:8000/metrics")
+    p_card.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    p_card.add_argument("--top", type=int, default=20, help="unguarded families to list")
+
     args = parser.parse_args(argv)
+    if args.command == "cardinality":
+        from obskit.cli.cardinality import run as run_cardinality
+
+        return int(run_cardinality(args, sys.stdout))
     if args.command == "traces":
         from obskit.cli.traces import run as run_traces
 

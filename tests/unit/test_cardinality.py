@@ -202,3 +202,38 @@ def test_concurrent_new_label_sets_respect_the_limit() -> None:
     )
     assert 64 == m.series_count()
     assert 16_000.0 == total
+
+
+def test_obskit_cardinality_reports_series_against_limits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`obskit cardinality URL` reads /metrics and shows series, limit and folded counts."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from obskit.cli import main
+    from obskit.wsgi import ObskitMiddleware
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    m = obskit.counter("paths_seen", "Paths.", ["p"], limit=4)
+    for i in range(10):
+        m.labels(f"/x/{i}").inc()
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        return [b""]
+
+    server = make_server("127.0.0.1", 0, ObskitMiddleware(app), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = main(["cardinality", f"http://127.0.0.1:{server.server_port}/metrics"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert 0 == code
+    row = next(line for line in out.splitlines() if line.startswith("paths_seen"))
+    assert ["paths_seen", "4", "4", "100%", "6"] == row.split()[:5]

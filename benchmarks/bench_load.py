@@ -1,0 +1,220 @@
+"""End-to-end load benchmark: each framework's app under its real server, bare vs obskit.
+
+FastAPI runs under uvicorn, Flask and Django under gunicorn (sync worker), one worker each, on
+loopback. ``wrk`` (Debian's package; ``make bench`` installs it) drives them at 1 and 16
+connections. Variants are alternated in rounds. For each run the driver reports requests per
+second, p50 and p99 latency, and the server's garbage-collector runs per 10,000 requests
+(counted in the server with ``gc.callbacks``). obskit's spans are really exported, over
+OTLP/HTTP, to a small receiver in this driver process.
+
+Run: ``.venv/bin/python benchmarks/bench_load.py [--duration S] [--rounds R]``. Everything is
+bounded: each wrk run lasts ``--duration`` seconds and every server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("fastapi", "flask", "django")
+VARIANTS = ("bare", "obskit", "obskit_1pct")
+
+
+class _Sink(BaseHTTPRequestHandler):
+    spans_bytes = 0
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        _Sink.spans_bytes += len(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_command(framework: str, port: int) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if framework == "fastapi":
+        return [
+            str(bin_dir / "uvicorn"),
+            "benchmarks.load_apps:fastapi_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    return [
+        str(bin_dir / "gunicorn"),
+        f"benchmarks.load_apps:{framework}_app",
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+
+
+def _wait(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                response.read()
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not answer within {timeout}s")
+
+
+def _gc(base: str) -> list[int]:
+    with urllib.request.urlopen(base + "/__bench/gc", timeout=5) as response:
+        return list(json.loads(response.read())["collections"])
+
+
+_LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_TOTAL = re.compile(r"(\d+) requests in")
+
+
+def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=True,
+    ).stdout
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    lat = {p: float(v) * scale[u] for p, v, u in _LAT.findall(out)}
+    rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]
+    total = int(_TOTAL.search(out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": lat.get("50", float("nan")), "p99": lat.get("99", float("nan")), "n": total}
+
+
+def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str, Any]:
+    """Start one server, measure at 1 and 16 connections, stop it."""
+    port = _free_port()
+    env = dict(os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(ROOT))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        _server_command(framework, port),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {}
+    try:
+        _wait(base + "/items/1")
+        _wrk(base + "/items/1", 4, 2)  # warm up
+        for connections in (1, 16):
+            before = _gc(base)
+            stats = _wrk(base + "/items/1", connections, duration)
+            after = _gc(base)
+            per_10k = [(a - b) * 10_000 / max(stats["n"], 1) for a, b in zip(after, before)]
+            stats["gc"] = per_10k
+            result[f"c{connections}"] = stats
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    otlp = f"http://127.0.0.1:{sink.server_port}"
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    try:
+        for _ in range(args.rounds):
+            for framework in args.frameworks:
+                for variant in args.variants:
+                    runs.setdefault((framework, variant), []).append(
+                        run_one(framework, variant, args.duration, otlp)
+                    )
+    finally:
+        sink.shutdown()
+    print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds\n")
+    print(
+        "| framework | variant | conns | req/s | vs bare | p50 ms | p99 ms | p99 vs bare "
+        "| GC gen0/gen1/gen2 per 10k req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for framework in args.frameworks:
+        for connections in ("c1", "c16"):
+            bare = runs.get((framework, "bare"))
+            for variant in args.variants:
+                values = [r[connections] for r in runs[(framework, variant)]]
+                rps = statistics.median(v["rps"] for v in values)
+                p50 = statistics.median(v["p50"] for v in values)
+                p99 = statistics.median(v["p99"] for v in values)
+                gcs = [statistics.median(v["gc"][g] for v in values) for g in range(3)]
+                if bare:
+                    bare_rps = statistics.median(v[connections]["rps"] for v in bare)
+                    bare_p99 = statistics.median(v[connections]["p99"] for v in bare)
+                    ratio, p99_ratio = f"{rps / bare_rps:.2f}x", f"{p99 / bare_p99:.2f}x"
+                else:
+                    ratio = p99_ratio = "-"
+                print(
+                    f"| {framework} | {variant} | {connections[1:]} | {rps:,.0f} | {ratio} "
+                    f"| {p50:.2f} | {p99:.2f} | {p99_ratio} "
+                    f"| {gcs[0]:.1f} / {gcs[1]:.1f} / {gcs[2]:.2f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()

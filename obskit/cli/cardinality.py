@@ -1,0 +1,59 @@
+"""``obskit cardinality URL``: each metric's series count against its limit, from ``/metrics``.
+
+The guard lives inside the running service, so the report reads what the service exposes: the
+``obskit_cardinality_series`` and ``obskit_cardinality_limit`` self-metrics, the overflow
+counter, and the number of series of every metric family on the page (obskit's or not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import urllib.request
+from typing import TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the cardinality report; 1 if the page cannot be read, 0 otherwise."""
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        out.write(f"cannot read {args.url}: {exc}\n")
+        return 1
+    series: dict[str, int] = {}
+    limits: dict[str, float] = {}
+    guarded: dict[str, float] = {}
+    overflow: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        series[family.name] = len(
+            {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+        )
+        for sample in family.samples:
+            metric = sample.labels.get("metric")
+            if metric is None:
+                continue
+            if sample.name == "obskit_cardinality_limit":
+                limits[metric] = sample.value
+            elif sample.name == "obskit_cardinality_series":
+                guarded[metric] = sample.value
+            elif sample.name == "obskit_cardinality_overflow_total":
+                overflow[metric] = sample.value
+    out.write(f"{'metric':48} {'series':>8} {'limit':>8} {'use':>6} {'folded':>8}\n")
+    for metric in sorted(guarded, key=lambda m: -guarded[m] / max(limits.get(m, 1), 1)):
+        limit = limits.get(metric, 0)
+        use = f"{guarded[metric] / limit:.0%}" if limit else "-"
+        folded = int(overflow.get(metric, 0))
+        flag = "  <- over limit, folding" if folded else ""
+        out.write(
+            f"{metric:48} {int(guarded[metric]):>8} {int(limit):>8} {use:>6} {folded:>8}{flag}\n"
+        )
+    others = {k: v for k, v in series.items() if k not in guarded and not k.startswith("obskit_")}
+    if others:
+        out.write("\nunguarded families on the page (series incl. buckets):\n")
+        for name, count in sorted(others.items(), key=lambda kv: -kv[1])[: args.top]:
+            out.write(f"  {name:46} {count:>8}\n")
+    return 0
