@@ -12,7 +12,14 @@ Importing obskit imports no web framework; the adapters (``obskit.flask``, ``obs
 
 from __future__ import annotations
 
-from obskit._runtime import configure, force_flush, get_config, shutdown, tracer_provider
+from obskit._runtime import (
+    configure,
+    force_flush,
+    get_config,
+    meter_provider,
+    shutdown,
+    tracer_provider,
+)
 from obskit._version import __version__
 from obskit.config import Config, ConfigError
 from obskit.logging import setup_logging
@@ -36,6 +43,7 @@ __all__ = [
     "get_config",
     "histogram",
     "inject",
+    "meter_provider",
     "red",
     "run_in_executor",
     "setup_logging",
@@ -52,6 +60,7 @@ for _name in (
     "get_config",
     "histogram",
     "inject",
+    "meter_provider",
     "red",
     "run_in_executor",
     "setup_logging",

@@ -24,7 +24,6 @@ def _endpoint(config: Config, signal: str) -> str | None:
 
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
-    from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -48,13 +47,14 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     reader = PeriodicExportingMetricReader(
         exporter, export_interval_millis=config.metric_export_interval * 1000
     )
-    provider = MeterProvider(
+    # Not installed as the global MeterProvider: OpenTelemetry lets that be set once per process,
+    # and obskit must be able to reconfigure. obskit's instruments use this provider directly;
+    # ``obskit.meter_provider()`` hands it to other libraries.
+    return MeterProvider(
         metric_readers=[reader],
         resource=Resource.create(resource_attributes),
         shutdown_on_exit=False,
     )
-    metrics.set_meter_provider(provider)
-    return provider
 
 
 def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any, logging.Handler]:

@@ -372,6 +372,12 @@ def force_flush(timeout: float = 5.0) -> bool:
     return runtime.processor.force_flush(int(timeout * 1000))
 
 
+def meter_provider() -> Any:
+    """The OpenTelemetry MeterProvider obskit pushes OTLP metrics with, or None when off."""
+    runtime = _state.runtime
+    return None if runtime is None else runtime.meter_provider
+
+
 def get_config() -> Config | None:
     """The configuration in effect, or None before :func:`configure`."""
     runtime = _state.runtime

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import socket
 import ssl
 import time
 import urllib.parse
@@ -53,6 +54,7 @@ class HttpSpanSink:
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
+        self._closed = False
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = self._conn
@@ -83,7 +85,7 @@ class HttpSpanSink:
         delay = 0.1
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._closed:
                 return False
             try:
                 conn = self._connection(left)
@@ -104,7 +106,15 @@ class HttpSpanSink:
             delay = min(delay * 2, 2.0)
 
     def shutdown(self) -> None:
-        """Close the connection."""
+        """Close the connection, interrupting an export blocked on a hanging collector."""
+        self._closed = True
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._close()
 
 
@@ -145,6 +155,7 @@ class GrpcSpanSink:
             grpc.StatusCode.DEADLINE_EXCEEDED,
         }
         self.url = url
+        self._closed = False
 
     def export(self, request: bytes, count: int, timeout: float) -> bool:
         """Send one request, retrying retryable status codes until ``timeout`` runs out."""
@@ -154,7 +165,7 @@ class GrpcSpanSink:
         delay = 0.1
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._closed:
                 return False
             try:
                 self._call(request, timeout=left, metadata=self._metadata)
@@ -167,5 +178,6 @@ class GrpcSpanSink:
             delay = min(delay * 2, 2.0)
 
     def shutdown(self) -> None:
-        """Close the channel."""
+        """Close the channel; an RPC under way is cancelled."""
+        self._closed = True
         self._channel.close()

@@ -184,6 +184,8 @@ class CompactSpanProcessor(SpanProcessor):
         self._enqueued = 0  # sequence numbers for force_flush
         self._exported = 0
         self._stopping = False
+        self._aborted = False
+        self._inflight = 0
         self._thread = threading.Thread(target=self._run, name="obskit-span-export", daemon=True)
         self._thread.start()
 
@@ -316,7 +318,9 @@ class CompactSpanProcessor(SpanProcessor):
                 stopping = self._stopping
                 scopes, data = self._take_batch()
             if data:
+                self._inflight = len(data)
                 self._export(scopes, data)
+                self._inflight = 0
                 with self._lock:
                     self._exported += len(data)
                     self._flushed.notify_all()
@@ -335,6 +339,8 @@ class CompactSpanProcessor(SpanProcessor):
         except Exception as exc:
             _selfmetrics.internal_error("span_export", exc)
             ok = False
+        if self._aborted:
+            return  # shut down while this export was under way; obskit may be reset already
         if ok:
             _selfmetrics.spans_exported(self.sink.name, len(data))
         else:
@@ -370,8 +376,21 @@ class CompactSpanProcessor(SpanProcessor):
             self._wake.notify()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
-        if finished:
+        if not finished:
+            # The collector hangs: abandon what is left. Closing the sink interrupts the export
+            # under way, and the thread stops touching the self-metrics (obskit may be reset).
+            with self._lock:
+                self._aborted = True
+                dropped = len(self._q_data) + self._inflight
+                self._q_scope.clear()
+                self._q_data.clear()
+                self._q_bytes = 0
+            if dropped:
+                _selfmetrics.spans_dropped("shutdown_timeout", dropped)
+        try:
             self.sink.shutdown()
+        except Exception as exc:
+            _selfmetrics.internal_error("sink_shutdown", exc)
         return finished
 
     def queued(self) -> int:
