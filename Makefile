@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint typecheck pytest clean
+.PHONY: demo test install lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Benchmarks (not part of the tests): the alternative stack and wrk are installed here only.
+bench: install
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(BIN)/python benchmarks/bench_http.py
+	$(BIN)/python benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache obskit-traces.jsonl*
