@@ -335,7 +335,9 @@ def main() -> None:
                 cells.append(f"{value:.1f}")
                 continue
             added = value - bare
-            share = f"; {added / (alt - bare):.0%}" if variant != "alternative" and alt > bare else ""
+            share = (
+                f"; {added / (alt - bare):.0%}" if variant != "alternative" and alt > bare else ""
+            )
             cells.append(f"{value:.1f} (+{added:.1f}{share})")
         print(f"| {framework} | " + " | ".join(cells) + " |")
     print("\nGC collections (gen0, gen1, gen2) during the last round's timed loop:")

@@ -128,7 +128,12 @@ def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     lat = {p: float(v) * scale[u] for p, v, u in _LAT.findall(out)}
     rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]
     total = int(_TOTAL.search(out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50": lat.get("50", float("nan")), "p99": lat.get("99", float("nan")), "n": total}
+    return {
+        "rps": rps,
+        "p50": lat.get("50", float("nan")),
+        "p99": lat.get("99", float("nan")),
+        "n": total,
+    }
 
 
 def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str, Any]:
