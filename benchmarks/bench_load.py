@@ -158,7 +158,9 @@ def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str,
             before = _gc(base)
             stats = _wrk(base + "/items/1", connections, duration)
             after = _gc(base)
-            per_10k = [(a - b) * 10_000 / max(stats["n"], 1) for a, b in zip(after, before)]
+            per_10k = [
+                (a - b) * 10_000 / max(stats["n"], 1) for a, b in zip(after, before, strict=True)
+            ]
             stats["gc"] = per_10k
             result[f"c{connections}"] = stats
     finally:
