@@ -52,23 +52,12 @@ __all__ = [
     "wrap",
 ]
 
-for _name in (
-    "configure",
-    "counter",
-    "force_flush",
-    "gauge",
-    "get_config",
-    "histogram",
-    "inject",
-    "meter_provider",
-    "red",
-    "run_in_executor",
-    "setup_logging",
-    "shutdown",
-    "tracer_provider",
-    "wrap",
-):
-    globals()[_name].__module__ = "obskit"
-for _cls in (Config, ConfigError, CardinalityError, LabelRule, ContextExecutor):
-    _cls.__module__ = "obskit"
-del _name, _cls
+# Reprs and docs show the public path (obskit.configure, not obskit._runtime.configure).
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        try:
+            _obj.__module__ = "obskit"
+        except (AttributeError, TypeError):  # wrapt proxies and builtins may refuse
+            pass
+del _name, _obj

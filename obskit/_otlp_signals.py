@@ -22,30 +22,43 @@ def _endpoint(config: Config, signal: str) -> str | None:
     return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
 
 
+def _exporter(config: Config, signal: str) -> Any:
+    """The SDK's OTLP exporter for ``signal`` ("metrics" or "logs") over the configured protocol."""
+    kwargs: dict[str, Any] = {
+        "endpoint": _endpoint(config, signal),
+        "headers": dict(config.otlp_headers),
+        "timeout": config.otlp_timeout,
+    }
+    grpc = config.otlp_protocol == "grpc"
+    if signal == "metrics" and grpc:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(insecure=True, **kwargs)
+    if signal == "metrics":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter(**kwargs)
+    if grpc:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter(insecure=True, **kwargs)
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+        OTLPLogExporter as HttpLogExporter,
+    )
+
+    return HttpLogExporter(**kwargs)
+
+
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
-    exporter: Any
-    kwargs: dict[str, Any] = {
-        "endpoint": _endpoint(config, "metrics"),
-        "headers": dict(config.otlp_headers),
-        "timeout": config.otlp_timeout,
-    }
-    if config.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        exporter = OTLPMetricExporter(insecure=True, **kwargs)
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
-        )
-
-        exporter = HttpMetricExporter(**kwargs)
     reader = PeriodicExportingMetricReader(
-        exporter, export_interval_millis=config.metric_export_interval * 1000
+        _exporter(config, "metrics"), export_interval_millis=config.metric_export_interval * 1000
     )
     # Not installed as the global MeterProvider: OpenTelemetry lets that be set once per process,
     # and obskit must be able to reconfigure. obskit's instruments use this provider directly;
@@ -63,24 +76,8 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
-    exporter: Any
-    kwargs: dict[str, Any] = {
-        "endpoint": _endpoint(config, "logs"),
-        "headers": dict(config.otlp_headers),
-        "timeout": config.otlp_timeout,
-    }
-    if config.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        exporter = OTLPLogExporter(insecure=True, **kwargs)
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-            OTLPLogExporter as HttpLogExporter,
-        )
-
-        exporter = HttpLogExporter(**kwargs)
     provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    provider.add_log_record_processor(BatchLogRecordProcessor(_exporter(config, "logs")))
     handler = LoggingHandler(logger_provider=provider)
     logging.getLogger().addHandler(handler)
     return provider, handler

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from obskit.http import _semconv as sc
 from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
 from obskit.metrics.exposition import render
 
@@ -113,9 +114,9 @@ class ObskitMiddleware:
             _getter(environ),
             scheme=environ.get("wsgi.url_scheme", "http"),
             server_address=environ.get("SERVER_NAME"),
-            server_port=_port(environ.get("SERVER_PORT")),
+            server_port=sc.port(environ.get("SERVER_PORT")),
             client_address=environ.get("REMOTE_ADDR"),
-            protocol=_protocol(environ.get("SERVER_PROTOCOL")),
+            protocol=sc.protocol_version(environ.get("SERVER_PROTOCOL")),
         )
         if request is None:
             return self.app(environ, start_response)
@@ -149,16 +150,3 @@ class ObskitMiddleware:
                 route = None
             if route:
                 request.set_route(route, in_flight=False)
-
-
-def _port(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _protocol(value: Any) -> str | None:
-    if isinstance(value, str) and value.startswith("HTTP/"):
-        return value[5:]
-    return None

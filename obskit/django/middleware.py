@@ -59,9 +59,9 @@ class ObskitMiddleware:
             _getter(meta),
             scheme=request.scheme or "http",
             server_address=meta.get("SERVER_NAME"),
-            server_port=_port(meta.get("SERVER_PORT")),
+            server_port=sc.port(meta.get("SERVER_PORT")),
             client_address=meta.get("REMOTE_ADDR"),
-            protocol=_protocol(meta.get("SERVER_PROTOCOL")),
+            protocol=sc.protocol_version(meta.get("SERVER_PROTOCOL")),
         )
 
     def __call__(self, request: HttpRequest) -> Any:
@@ -152,16 +152,3 @@ async def _afinish(content: AsyncIterator[bytes], obs: Request) -> AsyncIterator
         obs.finish(None, exc, detach=False)
         raise
     obs.finish(detach=False)
-
-
-def _port(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _protocol(value: Any) -> str | None:
-    if isinstance(value, str) and value.startswith("HTTP/"):
-        return value[5:]
-    return None

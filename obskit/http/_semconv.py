@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "OTHER_METHOD", "UNMATCHED", "sanitize_method", "status_label"]
+__all__ = [
+    "METHODS",
+    "OTHER_METHOD",
+    "UNMATCHED",
+    "port",
+    "protocol_version",
+    "sanitize_method",
+    "status_label",
+]
 
 # OpenTelemetry HTTP semantic conventions (stable).
 HTTP_REQUEST_METHOD = "http.request.method"
@@ -40,3 +48,18 @@ def status_label(status: int | None) -> str:
     if status is None:
         return "500"
     return _STATUS.get(status) or "invalid"
+
+
+def port(value: object) -> int | None:
+    """A server port from a CGI/WSGI ``SERVER_PORT`` value, or None."""
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def protocol_version(value: object) -> str | None:
+    """``1.1`` from ``HTTP/1.1`` (``network.protocol.version``), or None."""
+    if isinstance(value, str) and value.startswith("HTTP/"):
+        return value[5:]
+    return None

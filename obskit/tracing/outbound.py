@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from obskit import _selfmetrics
+from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.http import _semconv as sc
 
@@ -37,23 +37,37 @@ def _tracer() -> trace.Tracer:
     return tracer_provider().get_tracer("obskit.client", __version__)
 
 
+def _tracing() -> bool:
+    """Whether obskit records spans: configured, not shut down, with a span pipeline."""
+    runtime = _state.runtime
+    return runtime is not None and not runtime.closed and runtime.processor is not None
+
+
+def _full_url(parts: urllib.parse.SplitResult) -> str:
+    """``url.full`` without credentials (semantic conventions: never record them)."""
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None else f"{host}:{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
 def _start(method: str, url: str) -> tuple[Any, object] | None:
-    """Start a CLIENT span for ``method url``; None when suppressed or nested."""
+    """Start a CLIENT span for ``method url``; None when suppressed, nested or not tracing."""
     if otel_context.get_value(_SUPPRESS) or otel_context.get_value(_CLIENT_DONE):
+        return None
+    if not _tracing():
+        # Not configured, shut down, disabled or traces off: the hooks stay installed but
+        # leave the request untouched -- no span, and no traceparent of an unsampled span that
+        # would turn tracing off downstream or overwrite one the caller set.
         return None
     method = method.upper()
     label = method if method in sc.METHODS else sc.OTHER_METHOD
     parts = urllib.parse.urlsplit(url)
     attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
-        # url.full without credentials (semantic conventions: never record them).
-        "url.full": urllib.parse.urlunsplit(
-            (parts.scheme, parts.hostname or "", parts.path, parts.query, "")
-        )
-        if not parts.port
-        else urllib.parse.urlunsplit(
-            (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, parts.query, "")
-        ),
+        "url.full": _full_url(parts),
     }
     if parts.hostname:
         attributes[sc.SERVER_ADDRESS] = parts.hostname
