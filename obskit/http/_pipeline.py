@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
@@ -143,9 +143,15 @@ class HttpTelemetry:
     ) -> Request:
         parent = extract(get_header)
         label = method if method in sc.METHODS else sc.OTHER_METHOD
-        span = self.tracer.start_span(
-            label if label != sc.OTHER_METHOD else "HTTP", context=parent, kind=_SERVER
-        )
+        runtime = _state.runtime
+        if runtime is None or runtime.processor is None:
+            # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
+            # current so logs carry its ids and outbound calls forward it unchanged.
+            span = trace.get_current_span(parent) if parent is not None else INVALID_SPAN
+        else:
+            span = self.tracer.start_span(
+                label if label != sc.OTHER_METHOD else "HTTP", context=parent, kind=_SERVER
+            )
         if span.is_recording():
             attrs: dict[str, Any] = {
                 sc.HTTP_REQUEST_METHOD: label,

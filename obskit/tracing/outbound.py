@@ -112,6 +112,11 @@ def _safe_start(method: Any, url: Any, headers: Any) -> tuple[Any, object] | Non
         state = _start(str(method), str(url))
         if state is not None:
             _inject(headers)
+        elif not _tracing() and trace.get_current_span().get_span_context().is_valid:
+            # Traces off, inside a request that carried a trace context: the request pipeline
+            # made that remote context current; forward it unchanged so the trace (and its
+            # sampling decision) continues downstream.
+            _inject(headers)
         return state
     except Exception as exc:
         _selfmetrics.internal_error("outbound_start", exc)
