@@ -43,13 +43,23 @@ def route_template(route: Any, prefix: str = "") -> str | None:
     return prefix + path
 
 
+def _find_mount(app: Any, endpoint: Any) -> Any:
+    """The Mount of ``app``'s router that hands requests to ``endpoint``, or None."""
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", None) or ():
+        if getattr(route, "app", None) is endpoint and hasattr(route, "routes"):
+            return route
+    return None
+
+
 class _RouteScope(dict):  # type: ignore[type-arg]
     """The scope handed to the app: reports ``scope["route"]`` as soon as the router sets it.
 
     Mounts set it once per level; their paths are joined into one template.
     """
 
-    __slots__ = ("_obskit_prefix", "_obskit_request")
+    __slots__ = ("_obskit_pending", "_obskit_prefix", "_obskit_request")
+    _obskit_pending: Any
     _obskit_prefix: str
     _obskit_request: Request
 
@@ -62,17 +72,58 @@ class _RouteScope(dict):  # type: ignore[type-arg]
         dict.update(self, *args, **kwargs)
         if "route" in self and ((args and "route" in args[0]) or "route" in kwargs):
             self._route(dict.__getitem__(self, "route"))
+        elif args and isinstance(args[0], dict) and {"root_path", "endpoint"} <= args[0].keys():
+            # A Mount's child scope. Starlette's router has set scope["route"] to the Mount
+            # already; FastAPI's (0.165+) does not, so find the Mount by the app it hands on.
+            endpoint = args[0]["endpoint"]
+            mount = _find_mount(dict.get(self, "app"), endpoint)
+            if mount is None:
+                # A Mount of an included router: FastAPI records it (with the include
+                # prefixes) in the effective route context only after this update.
+                self._obskit_pending = endpoint
+            elif dict.get(self, "route") is not mount:
+                self._route(mount)
 
     def _route(self, route: Any) -> None:
+        pending = self._obskit_pending
+        if pending is not None:
+            self._obskit_pending = None
+            mount = getattr(self._context(), "starlette_route", None)
+            if getattr(mount, "app", None) is pending and mount is not route:
+                self._route(mount)
         request: Request = self._obskit_request
-        template = route_template(route, self._obskit_prefix)
+        template = route_template(self._effective(route), self._obskit_prefix)
         if template is None:
             return
         if hasattr(route, "routes") and not hasattr(route, "endpoint"):
             # A Mount: its path prefixes whatever the inner router matches.
-            self._obskit_prefix = template.rstrip("/")
+            # Its path_format ends in "/{path}": the part the inner router matches.
+            self._obskit_prefix = template.removesuffix("/{path}").rstrip("/")
             template = self._obskit_prefix + "/{path}"
         request.set_route(template)
+
+    def _effective(self, route: Any) -> Any:
+        """What carries ``route``'s full template.
+
+        FastAPI (0.165+) includes routers lazily: the route it sets in the scope has the path
+        of its own router, without the ``include_router(prefix=...)`` prefixes, and the full
+        path is on the "effective route context" FastAPI records just before.
+        """
+        context = self._context()
+        if context is not None and getattr(context, "original_route", None) is route:
+            starlette_route = getattr(context, "starlette_route", None)
+            if isinstance(getattr(starlette_route, "path_format", None), str):
+                return starlette_route
+            if isinstance(getattr(context, "path_format", None), str):
+                return context
+        return route
+
+    def _context(self) -> Any:
+        """FastAPI's effective route context of the latest match, or None."""
+        fastapi_scope = dict.get(self, "fastapi")
+        if isinstance(fastapi_scope, dict):
+            return fastapi_scope.get("effective_route_context")
+        return None
 
     def copy(self) -> dict[str, Any]:
         return dict(self)
@@ -128,7 +179,11 @@ class ObskitMiddleware:
         inner = _RouteScope(scope)
         inner._obskit_request = request
         inner._obskit_prefix = ""
+        inner._obskit_pending = None
         inner[SCOPE_KEY] = request
+        # FastAPI apps below this middleware (mounted sub-applications) skip their native
+        # telemetry when this key is present: obskit's span is the one SERVER span.
+        inner["fastapi.telemetry"] = None
         finished = False
 
         async def send_wrapper(message: Message) -> None:

@@ -33,6 +33,7 @@ import datetime
 import decimal
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -103,7 +104,9 @@ def _luhn(digits: str) -> bool:
 
 def _mask_card(match: re.Match[str]) -> str:
     digits = "".join(c for c in match.group(0) if c.isdigit())
-    if 13 <= len(digits) <= 19 and _luhn(digits):
+    # No payment card number starts with 0 (ISO/IEC 7812 major industry identifier), while
+    # zero-padded ids and all-zero ids ("0000000000000000" passes the Luhn check) are common.
+    if 13 <= len(digits) <= 19 and digits[0] != "0" and _luhn(digits):
         # Keep the last four, as PCI DSS allows and the seeds advise.
         return "*" * (len(digits) - 4) + digits[-4:]
     return match.group(0)
@@ -165,9 +168,16 @@ def _dumps(data: dict[str, Any]) -> str:
             except (ValueError, TypeError, RecursionError):
                 safe[str(key)] = _safe_default(value)
         text = _encode(safe)
-    # json escapes every control character; these two are line breaks to some log shippers.
-    if "\u2028" in text or "\u2029" in text:
-        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    if not text.isascii():  # O(1) for ASCII text in CPython
+        # json escapes every control character; these two are line breaks to some log shippers.
+        if "\u2028" in text or "\u2029" in text:
+            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        # Lone surrogates (str decoded with "surrogateescape") cannot be written as UTF-8: the
+        # handler would fail and lose the line. Inside a JSON string "\udcff" is a valid escape.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
@@ -218,14 +228,20 @@ _RESERVED = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     | {"message", "asctime", "taskName", "otelSpanID", "otelTraceID", "otelTraceSampled"}
     | {"otelServiceName", "obskit_trace_id", "obskit_span_id", "obskit_flags", "obskit_request"}
+    # uvicorn's copy of the message with ANSI colour codes, for its own console formatter.
+    | {"color_message"}
 )
+
+
+_random_bits = random.Random().getrandbits
 
 
 class CorrelationFilter(logging.Filter):
     """Stamp trace and request fields on each record; drop sampled-out records below WARNING.
 
     Args:
-        rate: fraction of traces whose DEBUG/INFO lines are kept (1.0 keeps all).
+        rate: fraction of traces whose DEBUG/INFO lines are kept (1.0 keeps all); a line
+            outside any trace is kept with this probability.
         rates: per-logger rates (the longest matching dotted prefix wins).
         follow_trace: keep DEBUG/INFO lines exactly when their trace is sampled.
     """
@@ -272,7 +288,8 @@ class CorrelationFilter(logging.Filter):
         if not ctx.is_valid:
             if self.follow_trace:
                 return True
-            return (time.perf_counter_ns() & 0xFFFFFFFFFFFFFFFF) < self._bound(record.name)
+            # No trace id to decide on: keep the line with probability ``rate``.
+            return _random_bits(64) < self._bound(record.name)
         if self.follow_trace:
             return bool(ctx.trace_flags & 1)
         return (ctx.trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound(record.name)
@@ -286,7 +303,8 @@ class JsonFormatter(_PJLJsonFormatter):
         field_style: ``"otel"`` or ``"ecs"`` names.
         sensitive_keys: substrings of keys whose values are masked (case-insensitive).
         redact_emails: also mask e-mail addresses in messages and string extras.
-        max_message_bytes: longer messages are cut and marked ``message_truncated``.
+        max_message_bytes: messages longer in UTF-8 bytes are cut (after redaction, at a
+            character boundary) and marked ``message_truncated``.
     """
 
     def __init__(
@@ -306,8 +324,7 @@ class JsonFormatter(_PJLJsonFormatter):
         self.redact_emails = redact_emails
         self.max_message = max_message_bytes
         self._key_sensitive: dict[str, bool] = {}
-        self._second = -1
-        self._second_text = ""
+        self._second: tuple[int, str] = (-1, "")
         n = names
         self._k_ts, self._k_level, self._k_logger = n["timestamp"], n["level"], n["logger"]
         self._k_msg, self._k_trace, self._k_span = n["message"], n["trace_id"], n["span_id"]
@@ -343,10 +360,11 @@ class JsonFormatter(_PJLJsonFormatter):
 
     def _timestamp(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        cached = self._second  # one tuple: another thread never sees a half-updated cache
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         """Render one record as one JSON line; never raises."""
@@ -364,16 +382,26 @@ class JsonFormatter(_PJLJsonFormatter):
             message = record.getMessage()
         except Exception:
             message = f"{record.msg!r} % {record.args!r}"
-        if len(message) > self.max_message:
-            message = message[: self.max_message]
-            truncated = True
+        limit = self.max_message
+        truncated = False
+        if len(message) * 4 > limit:  # may be over the limit in UTF-8 bytes
+            # Redact a window a little longer than the limit first, so a card number or token
+            # across the cut is masked before it is cut, then cut at a character boundary.
+            message = redact_text(message[: limit + 64], emails=self.redact_emails)
+            encoded = message.encode("utf-8", "surrogatepass")
+            if len(encoded) > limit:
+                cut = limit
+                while cut > 0 and encoded[cut] & 0xC0 == 0x80:  # not inside a character
+                    cut -= 1
+                message = encoded[:cut].decode("utf-8", "surrogatepass")
+                truncated = True
         else:
-            truncated = False
+            message = redact_text(message, emails=self.redact_emails)
         data: dict[str, Any] = {
             self._k_ts: self._timestamp(record.created),
             self._k_level: record.levelname,
             self._k_logger: record.name,
-            self._k_msg: redact_text(message, emails=self.redact_emails),
+            self._k_msg: message,
         }
         data.update(self.static)
         trace_id = getattr(record, "obskit_trace_id", None)
@@ -416,12 +444,19 @@ class JsonFormatter(_PJLJsonFormatter):
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             data[self.names["exception.type"]] = type(exc).__qualname__
-            data[self.names["exception.message"]] = redact_text(str(exc))
-            data[self.names["exception.stacktrace"]] = "".join(
-                traceback.format_exception(*record.exc_info)
+            try:
+                text = str(exc)
+            except Exception:
+                text = f"<unprintable {type(exc).__name__}>"
+            data[self.names["exception.message"]] = redact_text(text, emails=self.redact_emails)
+            # The stack trace ends with the exception's message: redacted alike.
+            data[self.names["exception.stacktrace"]] = redact_text(
+                "".join(traceback.format_exception(*record.exc_info)), emails=self.redact_emails
             )
         elif record.exc_text:
-            data[self.names["exception.stacktrace"]] = record.exc_text
+            data[self.names["exception.stacktrace"]] = redact_text(
+                record.exc_text, emails=self.redact_emails
+            )
         if record.stack_info:
             data["stack_info"] = record.stack_info
         return _dumps(data)

@@ -18,6 +18,7 @@ from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
 __all__ = ["ObskitMiddleware", "route_of"]
 
 _ATTR = "_obskit_request"
+_EXC = "_obskit_exception"
 
 
 def route_of(request: HttpRequest) -> str | None:
@@ -101,17 +102,19 @@ class ObskitMiddleware:
                 obs.set_route(route, in_flight=False)
         status = response.status_code
         if getattr(response, "streaming", False):
-            # Time the stream to its last chunk.
+            # Time the stream to its last chunk, which the server reads after this frame returned:
+            # restore the caller's context now (sync too, or the thread keeps the span current).
             obs.status = status
             content = response.streaming_content
             if hasattr(content, "__aiter__"):
                 response.streaming_content = _afinish(content, obs)
             else:
                 response.streaming_content = _finish(content, obs)
-            if not detach:
-                obs.detach()
+            obs.detach()
             return response
-        obs.finish(status, detach=detach)
+        # The view's exception that Django turned into this 5xx response (process_exception).
+        exc = getattr(request, _EXC, None) if status >= 500 else None
+        obs.finish(status, exc, detach=detach)
         if not detach:
             obs.detach()
         return response
@@ -125,11 +128,13 @@ class ObskitMiddleware:
                 obs.set_route(route)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
-        """Django turns view exceptions into 500 responses; keep the exception on the span."""
-        obs: Request | None = getattr(request, _ATTR, None)
-        if obs is not None and obs.span.is_recording():
-            obs.span.record_exception(exception)
-            obs.span.set_attribute(sc.ERROR_TYPE, type(exception).__qualname__)
+        """Django turns view exceptions into 500 responses; keep the exception for the span.
+
+        It is recorded when the request finishes with a 5xx status (``Http404`` and friends
+        become 4xx responses, which are not server errors).
+        """
+        if getattr(request, _ATTR, None) is not None:
+            setattr(request, _EXC, exception)
 
 
 def _finish(content: Iterator[bytes], obs: Request) -> Iterator[bytes]:

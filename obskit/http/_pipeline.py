@@ -9,6 +9,7 @@ the in-flight gauge, OTLP duration metrics -- lives here, once.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -221,7 +222,12 @@ class Request:
         given = self._request_id
         if given:
             return given[:128]
-        return format(self.span.get_span_context().span_id, "016x")
+        ctx = self.span.get_span_context()
+        if ctx.span_id and not ctx.is_remote:
+            return format(ctx.span_id, "016x")
+        # No span of this request (traces off): a random id, made once.
+        self._request_id = secrets.token_hex(8)
+        return self._request_id
 
     def set_route(self, route: str, *, in_flight: bool = True) -> None:
         """Record the matched route template: span name, ``http.route`` and the in-flight gauge.

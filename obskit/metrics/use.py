@@ -1,0 +1,616 @@
+"""USE metrics -- Utilization, Saturation, Errors -- for one resource: a pool, a queue, workers.
+
+::
+
+    db = obskit.use("db", capacity=10)
+
+    with db.waiting():              # saturation: callers waiting to acquire, and for how long
+        conn = pool.acquire()
+    with db:                        # utilization: units in use, against the capacity
+        run(conn)
+
+    @db                             # or decorate whatever holds one unit while it runs
+    async def query(sql): ...
+
+Metrics (label ``resource`` = the tracker's name), all declared through
+:mod:`obskit.metrics.instruments`, so they sit behind the cardinality guard and survive
+``obskit.testing.reset()``:
+
+====================================  =========  ==============================================
+``resource_in_use``                   gauge      units in use now
+``resource_capacity``                 gauge      units available in total (unset when unknown)
+``resource_utilization_ratio``        gauge      in use / capacity (unset when capacity unknown)
+``resource_waiters``                  gauge      callers waiting to acquire a unit (saturation)
+``resource_wait_seconds``             histogram  time spent waiting to acquire (every wait)
+``resource_errors_total{reason}``     counter    ``timeout`` (gave up waiting) or ``failure``
+====================================  =========  ==============================================
+
+Design choices, each for a reason:
+
+- **Exact gauges.** The tracker keeps its own counts under one lock and *sets* the gauges from them
+  inside that lock, so concurrent updates are serialised in count order: a scrape always reads a
+  value the count really had (never a torn ``in_use`` / ``utilization`` pair), and balanced
+  acquire/release calls bring the gauges back to exactly 0 whatever the interleaving of threads
+  and tasks. Values are pushed when they change (no polling thread, no scrape-time callback), which
+  is also what makes them work under gunicorn's multi-process mode, where only values written by
+  the metric objects reach ``/metrics``.
+- **Multi-process modes.** ``in_use``, ``capacity`` and ``waiters`` are summed over live workers
+  (each worker has its own pool); ``utilization_ratio`` takes the *maximum* over live workers --
+  a sum of ratios means nothing, and the saturated worker is the one to see. The fleet-wide ratio is
+  ``sum(resource_in_use) / sum(resource_capacity)``.
+- **What counts as an error.** Anything except cancellation that escapes :meth:`UseTracker.waiting`
+  is a resource error: a ``timeouts`` type counts ``reason="timeout"``, anything else (connection
+  refused, pool closed) ``reason="failure"``. An exception raised *while a unit is in use*
+  (``with tracker:`` or the decorator) is the caller's business -- a ``ValueError`` in a handler
+  that holds a connection says nothing about the pool -- so it is **not** counted unless it is an
+  instance of the ``errors`` types given to :func:`use` (RED metrics, ``@obskit.red``, already
+  count the caller's errors). Either way the exception reaches the caller unchanged.
+- **Nesting.** Each ``with tracker:`` (each call of a decorated function, recursive calls
+  included) is one unit of use; nesting and recursion raise and lower the count symmetrically.
+- **Fail open.** A failure inside obskit while recording is counted in
+  ``obskit_internal_errors_total{component="use"}`` and never reaches the caller.
+- **Declared lazily.** The metrics are created on first use (or at :func:`use` when obskit is
+  already configured), so ``obskit.use(...)`` at import time, before ``configure()``, is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+import wrapt
+
+from obskit import _selfmetrics, _state
+
+__all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "use"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+#: Exceptions that mean "gave up waiting" (distinct classes on Python 3.10, one class since 3.11).
+DEFAULT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
+    dict.fromkeys((TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError))
+)
+#: The ``reason`` values of ``resource_errors_total``; any other value is recorded as ``__other__``.
+REASONS = ("timeout", "failure")
+
+#: Upper bounds (seconds) of ``resource_wait_seconds``: from an uncontended pool (sub-ms) up to
+#: SQLAlchemy's default 30 s pool timeout.
+WAIT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+_perf = time.perf_counter
+
+# Trackers by name, so that ``use("db")`` twice gives one tracker (two trackers setting the same
+# gauge series would overwrite each other's counts). Weak: a tracker whose pool is gone goes too.
+# Trackers are declarations, like ``_state.instruments``: ``obskit.testing.reset()`` keeps them.
+_trackers: weakref.WeakValueDictionary[str, UseTracker] = weakref.WeakValueDictionary()
+
+
+class _Children(NamedTuple):
+    generation: int
+    in_use: Any
+    capacity: Any
+    utilization: Any
+    waiters: Any
+    wait: Any
+    timeout: Any
+    failure: Any
+    errors: Any  # the instrument itself, for reasons other than the two above
+
+
+def _declare(name: str) -> _Children:
+    from obskit.metrics.instruments import counter, gauge, histogram
+
+    label = ["resource"]
+    in_use = gauge("resource_in_use", "Units of the resource in use.", label)
+    capacity = gauge("resource_capacity", "Units of the resource available in total.", label)
+    utilization = gauge(
+        "resource_utilization_ratio",
+        "Units in use divided by capacity (0..1).",
+        label,
+        multiprocess_mode="livemax",
+    )
+    waiters = gauge(
+        "resource_waiters", "Callers waiting to acquire a unit of the resource (saturation).", label
+    )
+    wait = histogram(
+        "resource_wait_seconds",
+        "Time callers spent waiting to acquire a unit of the resource, in seconds.",
+        label,
+        buckets=WAIT_BUCKETS,
+    )
+    errors = counter(
+        "resource_errors",
+        "Errors of the resource, by reason: timeout (gave up waiting) or failure.",
+        ["resource", "reason"],
+        rules={"reason": REASONS},
+    )
+    return _Children(
+        _state.generation,
+        in_use.labels(name),
+        capacity.labels(name),
+        utilization.labels(name),
+        waiters.labels(name),
+        wait.labels(name),
+        errors.labels(name, "timeout"),
+        errors.labels(name, "failure"),
+        errors,
+    )
+
+
+def _types(spec: ExceptionTypes) -> tuple[type[BaseException], ...]:
+    return spec if isinstance(spec, tuple) else (spec,)
+
+
+class Wait:
+    """One caller waiting to acquire a unit: made by :meth:`UseTracker.waiting`.
+
+    Use it as a (sync or async) context manager around the blocking acquire, or -- when the wait
+    does not fit one block, as with an executor's queue -- call :meth:`begin` and later :meth:`end`
+    (or :meth:`abandon`). Ending twice is harmless: only the first end counts.
+    """
+
+    __slots__ = ("_open", "_started", "_tracker")
+
+    def __init__(self, tracker: UseTracker) -> None:
+        self._tracker = tracker
+        self._open = False
+        self._started = 0.0
+
+    def begin(self) -> Wait:
+        """Start waiting: ``resource_waiters`` +1 and the wait clock starts."""
+        self._tracker._wait_begin(self)
+        return self
+
+    def end(self, exc: BaseException | None = None) -> bool:
+        """Stop waiting: waiters -1, the wait time observed, ``exc`` (if any) counted as an error.
+
+        Returns:
+            Whether this call ended the wait (False when it had already ended).
+        """
+        return self._tracker._wait_end(self, exc, observe=True)
+
+    def abandon(self) -> bool:
+        """Stop waiting without observing the time or counting an error (the wait never was)."""
+        return self._tracker._wait_end(self, None, observe=False)
+
+    def __enter__(self) -> Wait:
+        return self.begin()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end(exc)
+
+    async def __aenter__(self) -> Wait:
+        return self.begin()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end(exc)
+
+
+class UseTracker:
+    """USE metrics of one resource; made by :func:`use`.
+
+    Works as a decorator (sync, async, generator and async-generator functions and methods: one
+    unit is in use while the call runs), as a context manager and an async context manager around
+    one unit of use, and offers the low-level calls integrations need: :meth:`waiting`,
+    :meth:`acquired`, :meth:`released`, :meth:`set_in_use`, :meth:`error` and
+    :meth:`set_capacity`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_capacity",
+        "_children",
+        "_errors",
+        "_in_use",
+        "_lock",
+        "_settings",
+        "_timeouts",
+        "_waiters",
+        "kind",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        capacity: float | None = None,
+        *,
+        kind: str = "resource",
+        timeouts: ExceptionTypes = DEFAULT_TIMEOUTS,
+        errors: ExceptionTypes = (),
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._timeouts = _types(timeouts)
+        self._errors = _types(errors)
+        self._capacity = _check_capacity(capacity)
+        self._settings = (self._capacity, kind, self._timeouts, self._errors)
+        self._in_use = 0
+        self._waiters = 0
+        # Re-entrant: a refresh of the metric children (after a reset) publishes every value
+        # while a caller that already holds the lock is updating one.
+        self._lock = threading.RLock()
+        self._children: _Children | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<UseTracker {self.name!r} kind={self.kind!r} in_use={self._in_use} "
+            f"capacity={self._capacity} waiters={self._waiters}>"
+        )
+
+    # -- introspection ------------------------------------------------------------------------
+    @property
+    def in_use(self) -> int:
+        """Units in use now (the tracker's own exact count)."""
+        return self._in_use
+
+    @property
+    def waiters(self) -> int:
+        """Callers waiting now (the tracker's own exact count)."""
+        return self._waiters
+
+    @property
+    def capacity(self) -> float | None:
+        """The current capacity, or None when unknown (unbounded)."""
+        return self._capacity
+
+    # -- metric plumbing ------------------------------------------------------------------------
+    def _kids(self) -> _Children:
+        children = self._children
+        if children is None or children.generation != _state.generation:
+            with self._lock:
+                children = self._children
+                if children is None or children.generation != _state.generation:
+                    # First use, or obskit was reset (fresh registry): declare and publish every
+                    # value the tracker holds, so the new series start from the true counts.
+                    children = _declare(self.name)
+                    self._children = children
+                    self._publish_all(children)
+        return children
+
+    def _publish_all(self, kids: _Children) -> None:
+        capacity = self._capacity
+        if capacity is not None:
+            kids.capacity.set(capacity)
+            kids.utilization.set(self._in_use / capacity if capacity else 0.0)
+        kids.in_use.set(self._in_use)
+        kids.waiters.set(self._waiters)
+
+    def _publish_in_use(self) -> None:
+        """Push ``in_use`` and the utilization; the caller holds ``_lock``."""
+        try:
+            kids = self._kids()
+            in_use = self._in_use
+            kids.in_use.set(in_use)
+            capacity = self._capacity
+            if capacity is not None:
+                kids.utilization.set(in_use / capacity if capacity else 0.0)
+        except Exception as internal:
+            _selfmetrics.internal_error("use", internal)
+
+    def publish(self) -> None:
+        """Declare the metrics now and publish the current values (capacity included)."""
+        try:
+            with self._lock:
+                kids = self._kids()
+                self._publish_all(kids)
+        except Exception as internal:
+            _selfmetrics.internal_error("use", internal)
+
+    # -- low-level API ------------------------------------------------------------------------
+    def acquired(self) -> None:
+        """One more unit in use."""
+        with self._lock:
+            self._in_use += 1
+            self._publish_in_use()
+
+    def released(self) -> None:
+        """One unit fewer in use."""
+        with self._lock:
+            self._in_use -= 1
+            self._publish_in_use()
+
+    def set_in_use(self, value: int) -> None:
+        """Set the units in use, for integrations that read the level off the resource itself."""
+        with self._lock:
+            self._in_use = value
+            self._publish_in_use()
+
+    def set_capacity(self, capacity: float | None) -> None:
+        """Change the capacity (a pool resized); None means unknown and hides the ratio."""
+        capacity = _check_capacity(capacity)
+        with self._lock:
+            self._capacity = capacity
+            try:
+                kids = self._kids()
+                if capacity is None:
+                    kids.capacity.set(0)
+                    kids.utilization.set(0)
+                else:
+                    kids.capacity.set(capacity)
+                    kids.utilization.set(self._in_use / capacity if capacity else 0.0)
+            except Exception as internal:
+                _selfmetrics.internal_error("use", internal)
+
+    def error(self, reason: str = "failure") -> None:
+        """Count one error of the resource: ``"timeout"`` or ``"failure"``."""
+        try:
+            kids = self._kids()
+            if reason == "timeout":
+                kids.timeout.inc()
+            elif reason == "failure":
+                kids.failure.inc()
+            else:
+                kids.errors.labels(self.name, reason).inc()
+        except Exception as internal:
+            _selfmetrics.internal_error("use", internal)
+
+    def classify(self, exc: BaseException) -> str | None:
+        """The ``reason`` an exception escaping a wait is counted under (None: not an error)."""
+        if isinstance(exc, self._timeouts):
+            return "timeout"
+        if isinstance(exc, Exception):
+            return "failure"
+        return None  # cancellation, KeyboardInterrupt, GeneratorExit: not the resource's fault
+
+    def waiting(self) -> Wait:
+        """A context manager (sync or async) around one wait to acquire a unit.
+
+        While inside, ``resource_waiters`` is one higher; on exit the time spent is observed in
+        ``resource_wait_seconds`` -- whether the wait succeeded or not -- and an escaping exception
+        is counted: ``timeout`` for the ``timeouts`` types, ``failure`` for other exceptions
+        (cancellation is not counted). The exception itself propagates unchanged.
+        """
+        return Wait(self)
+
+    def _wait_begin(self, wait: Wait) -> None:
+        with self._lock:
+            if wait._open:
+                return
+            wait._open = True
+            wait._started = _perf()
+            self._waiters += 1
+            try:
+                self._kids().waiters.set(self._waiters)
+            except Exception as internal:
+                _selfmetrics.internal_error("use", internal)
+
+    def _wait_end(self, wait: Wait, exc: BaseException | None, observe: bool) -> bool:
+        elapsed = _perf() - wait._started
+        with self._lock:
+            if not wait._open:
+                return False
+            wait._open = False
+            self._waiters -= 1
+            try:
+                self._kids().waiters.set(self._waiters)
+            except Exception as internal:
+                _selfmetrics.internal_error("use", internal)
+        if observe:
+            try:
+                kids = self._kids()
+                kids.wait.observe(elapsed)
+                reason = None if exc is None else self.classify(exc)
+                if reason is not None:
+                    (kids.timeout if reason == "timeout" else kids.failure).inc()
+            except Exception as internal:
+                _selfmetrics.internal_error("use", internal)
+        return True
+
+    # -- one unit of use ------------------------------------------------------------------------
+    def _failed(self, exc: BaseException) -> None:
+        """An exception escaped a unit of use: counted only if it is one of ``errors``."""
+        if self._errors and isinstance(exc, self._errors):
+            self.error("timeout" if isinstance(exc, self._timeouts) else "failure")
+
+    def __enter__(self) -> UseTracker:
+        self.acquired()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.released()
+        if exc is not None:
+            self._failed(exc)
+
+    async def __aenter__(self) -> UseTracker:
+        self.acquired()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.released()
+        if exc is not None:
+            self._failed(exc)
+
+    def __call__(self, func: F) -> F:
+        """Decorate ``func``: one unit is in use while each call runs (to exhaustion for
+        generators). The shape is chosen here, once; signature, name and
+        ``inspect.iscoroutinefunction`` are preserved (wrapt)."""
+        target = getattr(func, "__func__", func)
+        if inspect.isasyncgenfunction(target):
+            decorator = _async_generator(self)
+        elif inspect.iscoroutinefunction(target):
+            decorator = _async(self)
+        elif inspect.isgeneratorfunction(target):
+            decorator = _generator(self)
+        else:
+            decorator = _sync(self)
+        wrapped: F = decorator(func)
+        return wrapped
+
+
+def _check_capacity(capacity: float | None) -> float | None:
+    if capacity is None:
+        return None
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or capacity < 0:
+        raise ValueError(f"capacity must be a non-negative number or None, got {capacity!r}")
+    return capacity
+
+
+def _sync(tracker: UseTracker) -> Any:
+    @wrapt.decorator
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tracker.acquired()
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as exc:
+            tracker._failed(exc)
+            raise
+        finally:
+            tracker.released()
+
+    return wrapper
+
+
+def _async(tracker: UseTracker) -> Any:
+    @wrapt.decorator
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tracker.acquired()
+        try:
+            return await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            tracker._failed(exc)
+            raise
+        finally:
+            tracker.released()
+
+    return wrapper
+
+
+def _generator(tracker: UseTracker) -> Any:
+    @wrapt.decorator
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tracker.acquired()
+        try:
+            return (yield from wrapped(*args, **kwargs))
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            tracker._failed(exc)
+            raise
+        finally:
+            tracker.released()
+
+    return wrapper
+
+
+def _async_generator(tracker: UseTracker) -> Any:
+    @wrapt.decorator
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tracker.acquired()
+        agen = wrapped(*args, **kwargs)
+        try:
+            # An async generator cannot ``yield from``; forward sends and throws by hand.
+            value: Any = None
+            throw: BaseException | None = None
+            while True:
+                try:
+                    if throw is not None:
+                        item = await agen.athrow(throw)
+                        throw = None
+                    else:
+                        item = await agen.asend(value)
+                except StopAsyncIteration:
+                    break
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as thrown:
+                    throw = thrown
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            tracker._failed(exc)
+            raise
+        finally:
+            tracker.released()
+
+    return wrapper
+
+
+def use(
+    name: str,
+    capacity: float | None = None,
+    *,
+    kind: str = "resource",
+    timeouts: ExceptionTypes = DEFAULT_TIMEOUTS,
+    errors: ExceptionTypes = (),
+) -> UseTracker:
+    """The USE tracker of the resource ``name`` (the ``resource`` label).
+
+    Asking again for the same name with the same settings returns the same tracker, so modules can
+    share a resource without passing the tracker around.
+
+    Args:
+        name: the ``resource`` label value; a bounded, human-chosen name such as ``"db"``.
+        capacity: units available in total (pool size, workers, queue bound); None if unknown.
+        kind: what the resource is (``"sqlalchemy_pool"``, ``"executor"``...), for introspection.
+        timeouts: exception types that, escaping :meth:`UseTracker.waiting`, count as
+            ``reason="timeout"`` (default: the built-in ``TimeoutError`` family).
+        errors: exception types that, escaping a unit of use (``with tracker:`` or the decorator),
+            count as a resource error; default none -- see the module docs.
+
+    Raises:
+        ValueError: ``name`` is already tracked with other settings, or ``capacity`` is negative.
+    """
+    tracker = UseTracker(name, capacity, kind=kind, timeouts=timeouts, errors=errors)
+    with _state.lock:
+        existing = _trackers.get(name)
+        if existing is not None:
+            if existing._settings != tracker._settings:
+                raise ValueError(
+                    f"resource {name!r} is already tracked (capacity={existing._settings[0]}, "
+                    f"kind={existing.kind!r}); give this one another name"
+                )
+            return existing
+        _trackers[name] = tracker
+    if _state.runtime is not None:
+        # Configured already: show the capacity before the first use. Before configure(), wait
+        # for the first use, so metrics land in the registry configure() chose (multi-process).
+        tracker.publish()
+    return tracker
