@@ -8,10 +8,9 @@ Keep-errors/slow works in two ways. By default a head-dropped request gets a che
 non-recording span, and the request pipeline rebuilds its SERVER span only if the request fails
 or is slow (child spans of such a request are not kept). With ``keep_whole_trace`` a head "drop"
 becomes ``RECORD_ONLY``: every span is recorded but not marked sampled (so ``traceparent``
-downstream and ``trace_flags`` in logs have the sampled bit only for head-sampled traces), and the
-span
-pipeline buffers the local trace until its root ends -- complete traces, at the cost of recording
-them all.
+downstream and ``trace_flags`` in logs have the sampled bit only for head-sampled traces), and
+the span pipeline buffers the local trace until its root ends -- complete traces, at the cost of
+recording them all.
 """
 
 from __future__ import annotations
