@@ -25,7 +25,16 @@ from obskit.config import Config, ConfigError
 from obskit.logging import setup_logging
 from obskit.metrics.cardinality import CardinalityError, LabelRule
 from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.metrics.pools import (
+    instrument_asyncio_queue,
+    instrument_asyncio_semaphore,
+    instrument_executor,
+    instrument_psycopg_pool,
+    instrument_sqlalchemy_pool,
+)
 from obskit.metrics.red import red
+from obskit.metrics.runtime import instrument_runtime, start_loop_lag_monitor
+from obskit.metrics.use import UseTracker, use
 from obskit.tracing.context import ContextExecutor, run_in_executor, wrap
 from obskit.tracing.propagation import inject
 
@@ -35,6 +44,7 @@ __all__ = [
     "ConfigError",
     "ContextExecutor",
     "LabelRule",
+    "UseTracker",
     "__version__",
     "configure",
     "counter",
@@ -43,12 +53,20 @@ __all__ = [
     "get_config",
     "histogram",
     "inject",
+    "instrument_asyncio_queue",
+    "instrument_asyncio_semaphore",
+    "instrument_executor",
+    "instrument_psycopg_pool",
+    "instrument_runtime",
+    "instrument_sqlalchemy_pool",
     "meter_provider",
     "red",
     "run_in_executor",
     "setup_logging",
     "shutdown",
+    "start_loop_lag_monitor",
     "tracer_provider",
+    "use",
     "wrap",
 ]
 

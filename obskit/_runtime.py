@@ -249,6 +249,10 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
         return runtime
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
+    if config.runtime_metrics:
+        from obskit.metrics.runtime import instrument_runtime
+
+        instrument_runtime()
     if sink is None:
         sink = make_sink(config)
     if sink is not None:

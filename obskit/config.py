@@ -111,6 +111,7 @@ class Config:
     multiproc_dir: str | None = None
     include_default_registry: bool = True
     cardinality_limit: int = 1000
+    runtime_metrics: bool = True
     # logs
     logging: bool = False
     log_level: str = "INFO"
@@ -500,6 +501,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OBSKIT_CARDINALITY_LIMIT",),
         _positive_int,
         "default distinct label sets per metric",
+    ),
+    _O(
+        "runtime_metrics",
+        ("OBSKIT_RUNTIME_METRICS",),
+        _bool,
+        "process CPU, memory, fds, threads and GC pauses as obskit_runtime_* metrics",
     ),
     _O("logging", ("OBSKIT_LOGGING",), _bool, "install the JSON log handler on the root logger"),
     _O("log_level", ("OBSKIT_LOG_LEVEL",), _level, "root log level"),

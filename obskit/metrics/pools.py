@@ -4,8 +4,10 @@ Each function takes the object the application already made, wraps *that object*
 class, so nothing else in the process changes and ``from x import Pool`` cannot bypass it),
 imports its library lazily, and returns the :class:`~obskit.metrics.use.UseTracker`::
 
+    from obskit.metrics.pools import instrument_sqlalchemy_pool
+
     engine = sqlalchemy.create_engine(url, pool_size=5, max_overflow=0, pool_timeout=2)
-    obskit.instrument_sqlalchemy_pool(engine, name="orders-db")
+    instrument_sqlalchemy_pool(engine, name="orders-db")
 
 Instrumenting the same object twice returns the first tracker (nothing is counted twice).
 Unlike a bare :func:`~obskit.metrics.use.use` (which may run at import time and waits for the

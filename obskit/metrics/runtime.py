@@ -2,10 +2,12 @@
 
 ::
 
-    obskit.metrics.runtime.instrument_runtime()          # once, after configure()
+    from obskit.metrics.runtime import instrument_runtime, start_loop_lag_monitor
+
+    instrument_runtime()                  # once, after configure()
 
     async def main():
-        lag = obskit.metrics.runtime.start_loop_lag_monitor(interval=0.5)
+        lag = start_loop_lag_monitor(interval=0.5)
         ...
         lag.stop()
 
@@ -19,17 +21,18 @@ configuration. The runtime collector therefore uses its own prefix, ``obskit_run
 what the defaults lack (threads, GC *pause time*, works without ``/proc`` through psutil);
 dashboards built on the standard names keep working beside it.
 
-=======================================================  =========  =========================
-``obskit_runtime_cpu_seconds_total``                     counter    user + system CPU time
-``obskit_runtime_resident_memory_bytes``                 gauge      RSS (psutil or /proc)
-``obskit_runtime_open_fds`` / ``obskit_runtime_max_fds``   gauge      file descriptors, soft limit
-``obskit_runtime_threads``                               gauge      OS threads of the process
-``obskit_runtime_gc_collections_total{generation}``      counter    collections per generation
-``obskit_runtime_gc_collected_objects_total{generation}``counter    objects collected
-``obskit_runtime_gc_pause_seconds{generation}``          histogram  time each collection took
-``asyncio_event_loop_lag_seconds{loop}``                 gauge      latest lateness of the loop
-``asyncio_event_loop_lateness_seconds{loop}``            histogram  every lateness measurement
-=======================================================  =========  =========================
+=============================================  =========  ============================
+``obskit_runtime_cpu_seconds_total``           counter    user + system CPU time
+``obskit_runtime_resident_memory_bytes``       gauge      RSS (psutil or /proc)
+``obskit_runtime_open_fds``                    gauge      open file descriptors
+``obskit_runtime_max_fds``                     gauge      their soft limit
+``obskit_runtime_threads``                     gauge      OS threads of the process
+``obskit_runtime_gc_collections_total``        counter    collections, by generation
+``obskit_runtime_gc_collected_objects_total``  counter    objects freed, by generation
+``obskit_runtime_gc_pause_seconds``            histogram  each collection's duration
+``asyncio_event_loop_lag_seconds``             gauge      latest lateness, by loop
+``asyncio_event_loop_lateness_seconds``        histogram  every lateness, by loop
+=============================================  =========  ============================
 
 Everything except the loop lag is read when ``/metrics`` is scraped, by a collector registered in
 obskit's registry: no polling thread. GC pauses are timed by a ``gc.callbacks`` hook (two clock

@@ -2,7 +2,9 @@
 
 ::
 
-    db = obskit.use("db", capacity=10)
+    from obskit.metrics.use import use
+
+    db = use("db", capacity=10)
 
     with db.waiting():              # saturation: callers waiting to acquire, and for how long
         conn = pool.acquire()
@@ -50,7 +52,7 @@ Design choices, each for a reason:
 - **Fail open.** A failure inside obskit while recording is counted in
   ``obskit_internal_errors_total{component="use"}`` and never reaches the caller.
 - **Declared lazily.** The metrics are created on first use (or at :func:`use` when obskit is
-  already configured), so ``obskit.use(...)`` at import time, before ``configure()``, is fine.
+  already configured), so ``use(...)`` at import time, before ``configure()``, is fine.
 """
 
 from __future__ import annotations
@@ -351,7 +353,7 @@ class UseTracker:
             self._publish_in_use()
 
     def set_capacity(self, capacity: float | None) -> None:
-        """Change the capacity (a pool resized); None means unknown and hides the ratio."""
+        """Change the capacity (a pool resized); None (unknown) sets capacity and ratio to 0."""
         capacity = _check_capacity(capacity)
         with self._lock:
             self._capacity = capacity

@@ -172,7 +172,11 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
         return None
     ctx = context
     if traceparent is not None:
-        parsed = parse_traceparent(traceparent) if len(traceparent) < _MAX_HEADER else None
+        if len(traceparent) < _MAX_HEADER:
+            parsed = parse_traceparent(traceparent)
+        else:  # not worth parsing, but still an invalid header to count
+            parsed = None
+            _invalid("traceparent", "length")
         if parsed is not None:
             trace_id, span_id, flags = parsed
             raw_state = get("tracestate")
