@@ -254,7 +254,7 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
 
         instrument_runtime()
     if sink is None:
-        sink = make_sink(config)
+        sink = _state.pinned_sink or make_sink(config)  # type: ignore[assignment]
     if sink is not None:
         runtime.processor = CompactSpanProcessor(
             sink,

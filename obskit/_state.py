@@ -31,5 +31,8 @@ instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()
 #: (global propagator, whether it is the default tracecontext+baggage) -- cached per propagator.
 default_propagators: tuple[object, bool] | None = None
+#: The span sink of an active ``obskit.testing.capture()``: every (re)configure uses it, so an
+#: adapter configuring obskit with its own options still reports to the capture.
+pinned_sink: object | None = None
 #: Tests set this so internal errors surface instead of being swallowed (fail loud in tests).
 raise_internal_errors = False

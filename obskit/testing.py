@@ -32,6 +32,7 @@ def reset() -> None:
         _state.self_metrics = None
         _state.warned.clear()
         _state.generation += 1
+        _state.pinned_sink = None
         from obskit.metrics.instruments import rebind_all
 
         # Metrics declared at import time (module-level business metrics, decorators) keep
@@ -80,8 +81,10 @@ def capture(**options: Any) -> Iterator[Capture]:
     """Configure obskit with ``options`` and an in-memory span sink for the duration."""
     sink = MemorySpanSink()
     options.setdefault("bsp_schedule_delay", 0.05)
-    _runtime._configure(load_config(**options), sink=sink)
+    _state.pinned_sink = sink
     try:
+        _runtime._configure(load_config(**options), sink=sink)
         yield Capture(sink)
     finally:
+        _state.pinned_sink = None
         _runtime.shutdown(timeout=1.0)

@@ -313,7 +313,7 @@ class Request:
                 span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
             if exc is not None:
                 span.record_exception(exc)
-                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
                 span.set_status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
             elif code is not None and code >= 500:
                 span.set_attribute(sc.ERROR_TYPE, str(code))
@@ -355,7 +355,7 @@ class Request:
             attrs[sc.HTTP_RESPONSE_STATUS_CODE] = code
         status = Status(StatusCode.UNSET)
         if exc is not None:
-            attrs[sc.ERROR_TYPE] = type(exc).__qualname__
+            attrs[sc.ERROR_TYPE] = sc.error_type(exc)
             status = Status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
         elif code is not None and code >= 500:
             attrs[sc.ERROR_TYPE] = str(code)

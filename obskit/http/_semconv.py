@@ -6,6 +6,7 @@ __all__ = [
     "METHODS",
     "OTHER_METHOD",
     "UNMATCHED",
+    "error_type",
     "port",
     "protocol_version",
     "sanitize_method",
@@ -48,6 +49,16 @@ def status_label(status: int | None) -> str:
     if status is None:
         return "500"
     return _STATUS.get(status) or "invalid"
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type`` of an exception: its fully qualified name, as the SDK's ``exception.type``
+    (builtins unqualified)."""
+    cls = type(exc)
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 def port(value: object) -> int | None:

@@ -21,17 +21,20 @@ obskit's own failures are swallowed and counted.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar, overload
 
 import wrapt
+from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
+from obskit.http._semconv import error_type
 
 __all__ = ["red"]
 
@@ -102,8 +105,8 @@ class _Recorder:
         except Exception as internal:
             _selfmetrics.internal_error("red", internal)
 
-    def start_span(self) -> Any:
-        """An INTERNAL span, or None when the current trace is not recorded.
+    def new_span(self) -> Any:
+        """An INTERNAL span (not made current), or None when the current trace is not recorded.
 
         A child of a span that is not recording would be dropped by every parent-based or
         trace-id-ratio sampler, so it is not created at all: with ``trace=True`` an unsampled
@@ -119,18 +122,27 @@ class _Recorder:
             span = tracer.start_span(self.span_name, kind=SpanKind.INTERNAL)
             if span.is_recording():
                 span.set_attribute("code.function.name", self.span_name)
-            token = otel_trace.use_span(span, end_on_exit=False)
-            token.__enter__()
-            return span, token
+            return span
         except Exception as internal:
             _selfmetrics.internal_error("red_span", internal)
             return None
 
+    def start_span(self) -> Any:
+        """:meth:`new_span` made current for a whole call: ``(span, token)``, or None."""
+        span = self.new_span()
+        if span is None:
+            return None
+        return span, otel_context.attach(otel_trace.set_span_in_context(span))
+
     def end_span(self, state: Any, exc: BaseException | None) -> None:
+        """End a span from :meth:`start_span` or ``(span, None)``; mark it failed per ``errors``."""
         if state is None:
             return
         span, token = state
         try:
+            if token is not None:
+                # First, so the caller's context is restored whatever happens below.
+                otel_context.detach(token)
             if exc is not None and span.is_recording():
                 try:
                     failed = bool(self.is_error(exc))
@@ -138,9 +150,8 @@ class _Recorder:
                     failed = True
                 if failed:
                     span.record_exception(exc)
-                    span.set_attribute("error.type", type(exc).__qualname__)
+                    span.set_attribute("error.type", error_type(exc))
                     span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256])
-            token.__exit__(None, None, None)
             span.end()
         except Exception as internal:
             _selfmetrics.internal_error("red_span", internal)
@@ -184,24 +195,62 @@ def _async(rec: _Recorder) -> Any:
     return wrapper
 
 
+def _current_while_running(ctx: Any, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``yield from gen`` with ``ctx`` current only while ``gen`` runs.
+
+    A span made current across a ``yield`` would stay current in the consumer's code between
+    items: the consumer's spans would become its children, and closing the generator from
+    another context (another span, another task, the garbage collector) would reset the context
+    to a stale one. So the span is attached around each resume and detached before each item is
+    handed out.
+    """
+    value: Any = None
+    thrown: BaseException | None = None
+    while True:
+        token = otel_context.attach(ctx)
+        try:
+            item = gen.send(value) if thrown is None else gen.throw(thrown)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            thrown = None
+            otel_context.detach(token)
+        try:
+            value = yield item
+        except GeneratorExit:
+            token = otel_context.attach(ctx)
+            try:
+                gen.close()
+            finally:
+                otel_context.detach(token)
+            raise
+        except BaseException as exc:
+            thrown = exc
+
+
 def _generator(rec: _Recorder) -> Any:
     @wrapt.decorator
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = rec.start_span() if rec.trace else None
+        span = rec.new_span() if rec.trace else None
+        span_state = None if span is None else (span, None)
         started = _perf()
         try:
-            result = yield from wrapped(*args, **kwargs)
+            if span is None:
+                result = yield from wrapped(*args, **kwargs)
+            else:
+                ctx = otel_trace.set_span_in_context(span)
+                result = yield from _current_while_running(ctx, wrapped(*args, **kwargs))
         except GeneratorExit:
             # Closed early by the consumer: not an error of the function.
             rec.record(started, None)
-            rec.end_span(span, None)
+            rec.end_span(span_state, None)
             raise
         except BaseException as exc:
             rec.record(started, exc)
-            rec.end_span(span, exc)
+            rec.end_span(span_state, exc)
             raise
         rec.record(started, None)
-        rec.end_span(span, None)
+        rec.end_span(span_state, None)
         return result
 
     return wrapper
@@ -210,7 +259,11 @@ def _generator(rec: _Recorder) -> Any:
 def _async_generator(rec: _Recorder) -> Any:
     @wrapt.decorator
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = rec.start_span() if rec.trace else None
+        span = rec.new_span() if rec.trace else None
+        span_state = None if span is None else (span, None)
+        # As for generators, the span is current only while the generator runs, never in the
+        # consumer's code between items (see _current_while_running).
+        ctx = None if span is None else otel_trace.set_span_in_context(span)
         started = _perf()
         agen = wrapped(*args, **kwargs)
         try:
@@ -218,31 +271,40 @@ def _async_generator(rec: _Recorder) -> Any:
             value: Any = None
             throw: BaseException | None = None
             while True:
+                token = None if ctx is None else otel_context.attach(ctx)
                 try:
                     if throw is not None:
                         item = await agen.athrow(throw)
-                        throw = None
                     else:
                         item = await agen.asend(value)
                 except StopAsyncIteration:
                     break
+                finally:
+                    throw = None
+                    if token is not None:
+                        otel_context.detach(token)
                 try:
                     value = yield item
                 except GeneratorExit:
-                    await agen.aclose()
+                    token = None if ctx is None else otel_context.attach(ctx)
+                    try:
+                        await agen.aclose()
+                    finally:
+                        if token is not None:
+                            otel_context.detach(token)
                     raise
                 except BaseException as thrown:
                     throw = thrown
         except GeneratorExit:
             rec.record(started, None)
-            rec.end_span(span, None)
+            rec.end_span(span_state, None)
             raise
         except BaseException as exc:
             rec.record(started, exc)
-            rec.end_span(span, exc)
+            rec.end_span(span_state, exc)
             raise
         rec.record(started, None)
-        rec.end_span(span, None)
+        rec.end_span(span_state, None)
 
     return wrapper
 
@@ -251,12 +313,25 @@ def _underlying(func: Any) -> Any:
     return getattr(func, "__func__", func)
 
 
+def _describe(target: Any) -> tuple[str, str]:
+    """``(qualname, module)`` of what ``target`` runs: a partial's function, a callable's class.
+
+    Without this every ``functools.partial`` would be labelled ``?`` in module ``functools``, and
+    every callable object ``?``: unrelated functions merged into one series.
+    """
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not hasattr(target, "__qualname__") and not hasattr(target, "__name__"):
+        target = type(target)
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or "?"
+    return str(qualname), str(getattr(target, "__module__", None) or "")
+
+
 def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
     target = _underlying(func)
-    qualname = str(
-        name or getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
-    )
-    module = getattr(target, "__module__", None) or ""
+    qualname, module = _describe(target)
+    if name:
+        qualname = str(name)
     rec = _Recorder(qualname, module, errors, trace)
     if inspect.isasyncgenfunction(target):
         decorator = _async_generator(rec)

@@ -97,7 +97,7 @@ def _end(state: tuple[Any, object], status: int | None, exc: BaseException | Non
                 span.set_status(StatusCode.ERROR)
         if exc is not None:
             span.record_exception(exc)
-            span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+            span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
             span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256])
         span.end()
     finally:

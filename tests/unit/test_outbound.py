@@ -282,7 +282,8 @@ def test_connection_refused_reaches_caller_unchanged(
     assert caught.value is transport_errors[-1]
     span = client_span(cap)
     assert ERROR == span.status.code
-    assert type(caught.value).__qualname__ == attributes(span)["error.type"]
+    cls = type(caught.value)
+    assert f"{cls.__module__}.{cls.__qualname__}" == attributes(span)["error.type"]
     (event,) = [event for event in span.events if "exception" == event.name]
     cls = type(caught.value)
     assert f"{cls.__module__}.{cls.__qualname__}" == attributes(event)["exception.type"]
