@@ -168,7 +168,8 @@ def install() -> None:
     def _hook_requests(module: Any) -> None:
         wrapt.wrap_function_wrapper(module, "Session.send", _sync_send)
 
-    @wrapt.when_imported("httpx")
     def _hook_httpx(module: Any) -> None:
         wrapt.wrap_function_wrapper(module, "Client.send", _sync_send)
         wrapt.wrap_function_wrapper(module, "AsyncClient.send", _async_send)
+
+    wrapt.when_imported("httpx")(_hook_httpx)
