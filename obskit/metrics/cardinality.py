@@ -89,6 +89,17 @@ class LabelRule:
     allow: frozenset[str] | re.Pattern[str] | None = None
     max_length: int = _DEFAULT_MAX_LENGTH
 
+    def __post_init__(self) -> None:
+        # Accept what of() accepts, so LabelRule(allow=["a", "b"]) or allow=r"[0-9]+" cannot
+        # fail later inside the caller's labels() call.
+        allow: Any = self.allow
+        if isinstance(allow, str):
+            object.__setattr__(self, "allow", re.compile(allow))
+        elif allow is not None and not isinstance(allow, (frozenset, re.Pattern)):
+            object.__setattr__(self, "allow", frozenset(str(v) for v in allow))
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+
     @classmethod
     def of(cls, spec: LabelRule | Iterable[str] | str | re.Pattern[str] | None) -> LabelRule:
         """Accept a rule, a collection of allowed values or a pattern."""

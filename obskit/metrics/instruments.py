@@ -85,15 +85,12 @@ class Instrument(Generic[M]):
         """The child for these label values (positional, in declaration order)."""
         # The guard's cache is read here directly: one dict lookup is the whole hot path.
         try:
-            child = self._cache.get(values)
-        except TypeError:  # an unhashable value; the guard normalises it
-            child = None
-        if child is None:
+            return self._cache[values]
+        except (KeyError, TypeError):  # new label set, or an unhashable value to normalise
             guard = self._guard
             if guard is None:
-                raise ValueError(f"metric {self.name} has no labels")
+                raise ValueError(f"metric {self.name} has no labels") from None
             return guard.labels(*values)
-        return child
 
     @property
     def metric(self) -> M:
@@ -122,6 +119,19 @@ class Instrument(Generic[M]):
         self._metric.observe(value, exemplar)  # type: ignore[attr-defined]
 
 
+def _default_limit() -> int:
+    """The ``cardinality_limit`` option, also before ``configure()`` (from the environment)."""
+    runtime = _state.runtime
+    if runtime is not None:
+        return runtime.config.cardinality_limit
+    from obskit.config import ConfigError, load_config
+
+    try:
+        return load_config().cardinality_limit
+    except ConfigError:
+        return 1000  # configure() will report the bad value
+
+
 def _declare(
     kind: type[M],
     name: str,
@@ -144,8 +154,7 @@ def _declare(
                 )
             return existing
         if limit is None:
-            runtime = _state.runtime
-            limit = runtime.config.cardinality_limit if runtime is not None else 1000
+            limit = _default_limit()
         if limit <= 0:
             raise ValueError(f"limit for metric {name!r} must be a positive integer, got {limit}")
         parsed = {k: LabelRule.of(v) for k, v in (rules or {}).items()}

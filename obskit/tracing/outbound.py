@@ -31,10 +31,18 @@ _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the key contrib instru
 _CLIENT_DONE = otel_context.create_key("obskit-client-span")
 
 
-def _tracer() -> trace.Tracer:
-    from obskit._runtime import tracer_provider
+_cached_tracer: trace.Tracer | None = None
 
-    return tracer_provider().get_tracer("obskit.client", __version__)
+
+def _tracer() -> trace.Tracer:
+    # obskit's provider lives for the whole process (reconfiguring swaps what is behind it), so
+    # one tracer serves every call; get_tracer() itself costs microseconds.
+    global _cached_tracer
+    if _cached_tracer is None:
+        from obskit._runtime import tracer_provider
+
+        _cached_tracer = tracer_provider().get_tracer("obskit.client", __version__)
+    return _cached_tracer
 
 
 def _tracing() -> bool:

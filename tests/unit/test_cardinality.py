@@ -237,3 +237,25 @@ def test_obskit_cardinality_reports_series_against_limits(
     assert 0 == code
     row = next(line for line in out.splitlines() if line.startswith("paths_seen"))
     assert ["paths_seen", "4", "4", "100%", "6"] == row.split()[:5]
+
+
+def test_label_rule_accepts_lists_and_pattern_strings_directly() -> None:
+    """LabelRule(allow=[...]) and LabelRule(allow="regex") work like LabelRule.of()."""
+    m = obskit.counter(
+        "ruled",
+        "Ruled.",
+        ["a", "b"],
+        rules={"a": LabelRule(allow=["x", "y"]), "b": LabelRule(allow=r"[0-9]+")},
+    )
+    m.labels("x", "12").inc()
+    m.labels("z", "ab").inc()
+    assert 1.0 == get_sample_value("ruled_total", {"a": "x", "b": "12"})
+    assert 1.0 == get_sample_value("ruled_total", {"a": OTHER, "b": OTHER})
+
+
+def test_default_limit_before_configure_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A metric declared before configure() honours OBSKIT_CARDINALITY_LIMIT."""
+    monkeypatch.setenv("OBSKIT_CARDINALITY_LIMIT", "5")
+    assert 5 == obskit.counter("early_declared", "Early.", ["k"]).limit
