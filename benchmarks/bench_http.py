@@ -264,7 +264,9 @@ def worker(framework: str, variant: str, n: int) -> None:
     import gc
     import logging
 
-    logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO)  # noqa: SIM115
+    if not variant.startswith("obskit"):
+        # obskit variants log through obskit's JSON handler only (set up in _configure_obskit).
+        logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO)  # noqa: SIM115
     os.environ["BENCH_VARIANT"] = variant
     build = {"flask": _flask_app, "fastapi": _fastapi_app, "django": _django_app}[framework]
     app = build(variant)

@@ -12,6 +12,8 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 
+from typing import Any
+
 import grpc
 import pytest
 from opentelemetry import trace
@@ -437,3 +439,44 @@ def test_otel_environment_variables_configure_grpc_export(monkeypatch: pytest.Mo
         for k in ("service.name", "service.version", "deployment.environment", "team")
     }
     assert 1.0 == sample("obskit_spans_exported_total", exporter="otlp_grpc")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_otlp_metrics_carry_http_server_request_duration(protocol: str) -> None:
+    """With OTLP metrics on, requests are also pushed as http.server.request.duration."""
+    from obskit.wsgi import ObskitMiddleware
+
+    receiver_class = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
+    with receiver_class() as rx:
+        obskit.configure(
+            service_name="metrics-e2e",
+            otlp_endpoint=rx.endpoint,
+            otlp_protocol=protocol,
+            metrics_exporter="prometheus+otlp",
+            metric_export_interval=0.2,
+        )
+
+        def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        wrapped = ObskitMiddleware(app, route_resolver=lambda environ: "/items/{id}")
+        for _ in range(3):
+            list(wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/items/1"}, lambda *a: None))
+
+        def pushed() -> list[Any]:
+            return [
+                metric
+                for request in rx.requests("metrics")
+                for rm in request.resource_metrics
+                for sm in rm.scope_metrics
+                for metric in sm.metrics
+                if metric.name == "http.server.request.duration"
+            ]
+
+        assert rx.wait_for(lambda: bool(pushed()), timeout=10)
+        point = pushed()[-1].histogram.data_points[0]
+        attrs = {kv.key: kv.value for kv in point.attributes}
+    assert 3 == point.count
+    assert "/items/{id}" == attrs["http.route"].string_value
+    assert 200 == attrs["http.response.status_code"].int_value
