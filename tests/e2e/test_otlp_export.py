@@ -11,7 +11,6 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-
 from typing import Any
 
 import grpc
