@@ -27,6 +27,7 @@ from obskit.logging import _request as _current_request
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing.pipeline import KeptSpan
 from obskit.tracing.propagation import Getter, extract
+from obskit.tracing.server_span import start_server_span
 
 __all__ = ["HttpTelemetry", "Request"]
 
@@ -63,6 +64,8 @@ class HttpTelemetry:
         config = _runtime.get_config() or load_config()
         self.config = config
         provider = tracer_provider or _runtime.tracer_provider()
+        # obskit's own provider: SERVER spans take the lean path (obskit.tracing.server_span).
+        self._lean = tracer_provider is None
         self.tracer = provider.get_tracer("obskit.http", __version__)
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self.excluded = frozenset(
@@ -145,10 +148,19 @@ class HttpTelemetry:
         parent = extract(get_header)
         label = method if method in sc.METHODS else sc.OTHER_METHOD
         runtime = _state.runtime
-        if runtime is None or runtime.processor is None:
+        processor = runtime.processor if runtime is not None else None
+        if processor is None:
             # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
             # current so logs carry its ids and outbound calls forward it unchanged.
             span = trace.get_current_span(parent) if parent is not None else INVALID_SPAN
+        elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
+            span = start_server_span(
+                _runtime._install_global().sampler,
+                parent,
+                label if label != sc.OTHER_METHOD else "HTTP",
+                processor,
+                self.tracer_scope,
+            )
         else:
             span = self.tracer.start_span(
                 label if label != sc.OTHER_METHOD else "HTTP", context=parent, kind=_SERVER

@@ -1,0 +1,213 @@
+"""A lean SERVER span for the request pipeline.
+
+Every request pays for its SERVER span, and the SDK's ``_Span`` is built for generality:
+``BoundedAttributes`` that re-validate each value, a lock per span, limits objects, a
+``ReadableSpan`` copy at end. This class implements the OpenTelemetry ``Span`` API with
+``__slots__`` and a plain dict, makes the same sampling decision through the same sampler and id
+rules as the SDK's ``Tracer.start_span``, and at ``end()`` hands itself to obskit's span pipeline,
+which encodes it straight to OTLP bytes. Child spans started by any OpenTelemetry instrumentation
+see it as their parent through the context as usual.
+
+The request pipeline uses it only when spans go to obskit's own pipeline and
+``keep_whole_trace`` is off; otherwise the SDK tracer is used.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import Attributes
+
+from obskit.tracing.pipeline import CompactSpanProcessor, _Event
+
+__all__ = ["ServerSpan", "start_server_span"]
+
+_MAX_ATTRIBUTES = 128
+_MAX_EVENTS = 128
+_VALID = (str, bool, int, float)
+_getrandbits = random.getrandbits
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_time_ns = time.time_ns
+
+
+def _valid(value: Any) -> bool:
+    if isinstance(value, _VALID):
+        return True
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return all(isinstance(v, _VALID) for v in value)
+    return False
+
+
+class ServerSpan(trace_api.Span):
+    """A recording span that reports to obskit's span pipeline when it ends."""
+
+    __slots__ = (
+        "_events",
+        "_links",
+        "_processor",
+        "attributes",
+        "context",
+        "end_time",
+        "instrumentation_scope",
+        "kind",
+        "name",
+        "parent",
+        "start_time",
+        "status",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        processor: CompactSpanProcessor,
+        scope: Any,
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.kind = kind
+        self.attributes: dict[str, Any] = {}
+        self.status = Status(StatusCode.UNSET)
+        self.instrumentation_scope = scope
+        self.start_time = _time_ns()
+        self.end_time: int | None = None
+        self._processor = processor
+        self._events: list[_Event] = []
+        self._links: list[Link] = []
+
+    # -- the Span API ------------------------------------------------------------------------
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def is_recording(self) -> bool:
+        return self.end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self.end_time is not None:
+            return
+        own = self.attributes
+        for key, value in attributes.items():
+            if (value.__class__ in _VALID or _valid(value)) and (
+                key in own or len(own) < _MAX_ATTRIBUTES
+            ):
+                own[key] = value
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self.end_time is not None:
+            return
+        if value.__class__ in _VALID or _valid(value):
+            own = self.attributes
+            if key in own or len(own) < _MAX_ATTRIBUTES:
+                own[key] = value
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self.end_time is None and len(self._events) < _MAX_EVENTS:
+            clean = {k: v for k, v in (attributes or {}).items() if _valid(v)}
+            self._events.append(_Event(name, timestamp or _time_ns(), clean))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        if self.end_time is None and context.is_valid:
+            self._links.append(Link(context, attributes))
+
+    def update_name(self, name: str) -> None:
+        if self.end_time is None:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self.end_time is not None or self.status.status_code is StatusCode.OK:
+            return  # OK is final (API spec)
+        if isinstance(status, Status):
+            self.status = status
+        else:
+            self.status = Status(status, description if status is StatusCode.ERROR else None)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        cls = type(exception)
+        module = cls.__module__
+        try:
+            message = str(exception)
+        except Exception:
+            message = f"<unprintable {cls.__name__}>"
+        event: dict[str, Any] = {
+            "exception.type": cls.__qualname__
+            if module in ("builtins", "__main__")
+            else f"{module}.{cls.__qualname__}",
+            "exception.message": message,
+            "exception.stacktrace": "".join(
+                traceback.format_exception(cls, exception, exception.__traceback__)
+            ),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            event.update(attributes)
+        self.add_event("exception", event, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time is not None:
+            return
+        self.end_time = end_time or _time_ns()
+        self._processor.submit(self)
+
+
+def start_server_span(
+    sampler: Sampler,
+    parent: Context | None,
+    name: str,
+    processor: CompactSpanProcessor,
+    scope: Any,
+    kind: SpanKind = SpanKind.SERVER,
+) -> trace_api.Span:
+    """Decide and start a span exactly as the SDK's ``Tracer.start_span`` would.
+
+    Same sampler call, same id rules (random ids, the W3C random-trace-id flag), same trace
+    state; a drop gives a ``NonRecordingSpan`` with the new ids.
+    """
+    parent_ctx = trace_api.get_current_span(parent).get_span_context()
+    if parent_ctx.is_valid:
+        trace_id = parent_ctx.trace_id
+        random_id = parent_ctx.trace_flags & _RANDOM
+    else:
+        parent_ctx = None  # type: ignore[assignment]
+        trace_id = _getrandbits(128)
+        while not trace_id:
+            trace_id = _getrandbits(128)
+        random_id = _RANDOM
+    result = sampler.should_sample(parent, trace_id, name, kind)
+    sampled = result.decision is Decision.RECORD_AND_SAMPLE
+    span_id = _getrandbits(64)
+    while not span_id:
+        span_id = _getrandbits(64)
+    context = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=False,
+        trace_flags=TraceFlags((_SAMPLED if sampled else 0) | random_id),
+        trace_state=result.trace_state,
+    )
+    if not sampled:
+        return trace_api.NonRecordingSpan(context)
+    span = ServerSpan(name, context, parent_ctx, kind, processor, scope)
+    if result.attributes:
+        span.set_attributes(result.attributes)
+    return span
