@@ -149,6 +149,7 @@ class Runtime:
     logger_provider: Any = None
     log_handler: logging.Handler | None = None
     json_handler: logging.Handler | None = None
+    metrics_server: Any = None
     closed: bool = False
     #: Fed with every finished request's outcome (error or not) by the request pipeline; the
     #: adaptive sampler sets it.
@@ -164,6 +165,8 @@ class Runtime:
         ok = True
         if self.processor is not None:
             ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for handler in (self.log_handler, self.json_handler):
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
@@ -249,6 +252,10 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
         return runtime
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
+    if config.metrics_port is not None and "prometheus" in config.metrics_exporter:
+        from obskit.metrics.exposition import start_metrics_server
+
+        runtime.metrics_server = start_metrics_server(config.metrics_port, config.metrics_path)
     if config.runtime_metrics:
         from obskit.metrics.runtime import instrument_runtime
 

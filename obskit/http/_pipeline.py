@@ -71,7 +71,10 @@ class HttpTelemetry:
         self.excluded = frozenset(
             config.excluded_paths if excluded_paths is None else excluded_paths
         )
-        self.metrics_path = config.metrics_path
+        # With a separate metrics port, the app's own path is left to the app.
+        running = _state.runtime
+        separate = running is not None and running.metrics_server is not None
+        self.metrics_path: str | None = None if separate else config.metrics_path
         self.requests = counter(
             "http_requests",
             "HTTP requests handled, by method, route template and status code.",

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from obskit import _state
 
-__all__ = ["render"]
+__all__ = ["MetricsServer", "render", "start_metrics_server"]
 
 
 class _Union(Collector):
@@ -53,3 +53,56 @@ def render(accept: str | None) -> tuple[bytes, str]:
     """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``."""
     encoder, content_type = choose_encoder(accept or "")
     return encoder(_collector()), content_type
+
+
+class MetricsServer:
+    """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option)."""
+
+    def __init__(self, port: int, host: str = "0.0.0.0", path: str = "/metrics") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != path:
+                    self.send_error(404)
+                    return
+                body, content_type = render(self.headers.get("Accept"))
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="obskit-metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def start_metrics_server(port: int, path: str = "/metrics") -> MetricsServer | None:
+    """Serve metrics on ``port``; None (with one warning) when the port cannot be bound, as
+    when several gunicorn workers try -- use the app's path or the master's port then."""
+    from obskit import _selfmetrics
+
+    try:
+        return MetricsServer(port, path=path)
+    except OSError as exc:
+        _selfmetrics.warn_once(
+            f"metrics_port:{port}",
+            "obskit: cannot serve metrics on port %d (%s); they stay on the app's path",
+            port,
+            exc,
+        )
+        return None

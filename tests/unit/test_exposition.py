@@ -57,3 +57,28 @@ def test_multiprocess_mode_sums_every_worker(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
     body, _ = render(None)
     assert b'worker_requests_total{route="/items/{id}"} 7.0' in body
+
+
+def test_metrics_on_a_separate_port() -> None:
+    """metrics_port serves /metrics on its own port; the app's path is left to the app."""
+    import socket
+    import urllib.request
+
+    from obskit.wsgi import ObskitMiddleware
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    obskit.configure(traces_exporter="none", metrics_port=port)
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        start_response("200 OK", [])  # type: ignore[operator]
+        return [b"the app's own /metrics"]
+
+    wrapped = ObskitMiddleware(app)
+    body = b"".join(wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}, lambda *a: None))
+    assert b"the app's own /metrics" == body
+    list(wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: None))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'http_requests_total{method="GET",route="__unmatched__",status="200"} 1.0' in text
