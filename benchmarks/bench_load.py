@@ -32,7 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("fastapi", "flask", "django")
-VARIANTS = ("bare", "obskit", "obskit_1pct")
+VARIANTS = ("bare", "obskit", "obskit_1pct", "obskit_buf", "obskit_1pct_buf")
 
 
 class _Sink(BaseHTTPRequestHandler):

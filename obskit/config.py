@@ -123,6 +123,7 @@ class Config:
     log_redact_keys: tuple[str, ...] = ()
     log_redact_emails: bool = False
     log_max_message_bytes: int = 16 * 1024
+    log_flush_interval: float = 0.0
     logs_exporter: Literal["otlp", "none"] = "none"
     # lifecycle
     shutdown_timeout: float = 5.0
@@ -534,6 +535,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OBSKIT_LOG_MAX_MESSAGE_BYTES",),
         _positive_int,
         "longer messages are truncated and marked",
+    ),
+    _O(
+        "log_flush_interval",
+        ("OBSKIT_LOG_FLUSH_INTERVAL",),
+        lambda raw: _number(raw),
+        "seconds between flushes of DEBUG/INFO lines (0: every line; WARNING+ always at once)",
     ),
     _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _choice("otlp", "none"), "OTLP log export"),
     _O(

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import pathlib
 import random
 import re
 import subprocess
@@ -987,3 +988,37 @@ def test_uvicorn_color_message_is_not_a_field() -> None:
     """uvicorn's ``color_message`` extra (ANSI-coloured copy of the message) is left out."""
     out = format_one(JsonFormatter(), "Started", color_message="\x1b[36mStarted\x1b[0m")
     assert "color_message" not in json.loads(out)
+
+
+def test_buffered_handler_flushes_warnings_at_once_and_info_within_the_interval(
+    tmp_path: pathlib.Path,
+) -> None:
+    """log_flush_interval: INFO waits for the flusher; WARNING goes out at once with it."""
+    import time as _time
+
+    path = tmp_path / "log.jsonl"
+    stream = path.open("w", encoding="utf-8")
+    try:
+        obskit.setup_logging(stream=stream, flush_interval=0.3)
+        log = logging.getLogger("buffered.test")
+        log.info("first")
+        assert "" == path.read_text()
+        log.warning("second")
+        lines = path.read_text().splitlines()
+        assert ["first", "second"] == [json.loads(line)["message"] for line in lines]
+        log.info("third")
+        deadline = _time.monotonic() + 3
+        while "third" not in path.read_text() and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        assert "third" in path.read_text()
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if handler.get_name() == "obskit-json":
+                logging.getLogger().removeHandler(handler)
+        stream.close()
+
+
+def test_log_flush_interval_option_is_validated() -> None:
+    """A negative flush interval fails at configure time."""
+    with pytest.raises(obskit.ConfigError, match="log_flush_interval"):
+        obskit.configure(log_flush_interval=-1)
