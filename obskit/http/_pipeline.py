@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 
 from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
@@ -25,9 +25,8 @@ from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
 from obskit.logging import _request as _current_request
 from obskit.metrics.instruments import counter, gauge, histogram
-from obskit.tracing.pipeline import KeptSpan
 from obskit.tracing.propagation import Getter, extract
-from obskit.tracing.server_span import start_server_span
+from obskit.tracing.server_span import ServerSpan, start_server_span
 
 __all__ = ["HttpTelemetry", "Request"]
 
@@ -68,6 +67,7 @@ class HttpTelemetry:
         self._lean = tracer_provider is None
         self.tracer = provider.get_tracer("obskit.http", __version__)
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
+        self._sampler = _runtime._install_global().sampler
         self.excluded = frozenset(
             config.excluded_paths if excluded_paths is None else excluded_paths
         )
@@ -158,53 +158,81 @@ class HttpTelemetry:
             span = trace.get_current_span(parent) if parent is not None else INVALID_SPAN
         elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
             span = start_server_span(
-                _runtime._install_global().sampler,
-                parent,
-                label if label != sc.OTHER_METHOD else "HTTP",
-                processor,
-                self.tracer_scope,
+                self._sampler, parent, _span_name(label), processor, self.tracer_scope
             )
         else:
-            span = self.tracer.start_span(
-                label if label != sc.OTHER_METHOD else "HTTP", context=parent, kind=_SERVER
-            )
+            span = self.tracer.start_span(_span_name(label), context=parent, kind=_SERVER)
+        request = Request(self, label, span, get_header)
+        facts = (
+            parent,
+            method,
+            path,
+            scheme,
+            server_address,
+            server_port,
+            client_address,
+            protocol,
+        )
         if span.is_recording():
-            attrs: dict[str, Any] = {
-                sc.HTTP_REQUEST_METHOD: label,
-                sc.URL_PATH: path,
-                sc.URL_SCHEME: scheme,
-            }
-            if label == sc.OTHER_METHOD:
-                attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
-            if server_address:
-                attrs[sc.SERVER_ADDRESS] = server_address
-            if server_port:
-                attrs[sc.SERVER_PORT] = server_port
-            if client_address:
-                attrs[sc.CLIENT_ADDRESS] = client_address
-            if protocol:
-                attrs[sc.NETWORK_PROTOCOL_VERSION] = protocol
-            agent = get_header("user-agent")
-            if agent:
-                attrs[sc.USER_AGENT] = agent[:512]
-            span.set_attributes(attrs)
-            info = None
-        else:
-            info = (parent, method, path, scheme, server_address, server_port, client_address)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        request = Request(self, label, span, token)
-        request._unsampled = info
-        request._request_id = get_header("x-request-id")
+            span.set_attributes(_server_attributes(label, facts, get_header))
+        elif processor is not None and (self.keep_errors or self.keep_slow is not None):
+            # Kept only for a request the tail policy may still export (see Request._keep).
+            request._unsampled = facts
+        request._token = otel_context.attach(trace.set_span_in_context(span, parent))
         request._log_token = _current_request.set(request)
         if route is not None:
             request.set_route(route)
         return request
 
 
+def _span_name(method: str, route: str | None = None) -> str:
+    """``METHOD route``; ``HTTP`` stands for a non-standard method (semantic conventions)."""
+    name = "HTTP" if method == sc.OTHER_METHOD else method
+    return f"{name} {route}" if route else name
+
+
+def _server_attributes(label: str, facts: tuple[Any, ...], get_header: Getter) -> dict[str, Any]:
+    """The SERVER span's request attributes (stable HTTP semantic conventions)."""
+    _, method, path, scheme, address, port, client, protocol = facts
+    attrs: dict[str, Any] = {
+        sc.HTTP_REQUEST_METHOD: label,
+        sc.URL_PATH: path,
+        sc.URL_SCHEME: scheme,
+    }
+    if label == sc.OTHER_METHOD:
+        attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
+    if address:
+        attrs[sc.SERVER_ADDRESS] = address
+    if port:
+        attrs[sc.SERVER_PORT] = port
+    if client:
+        attrs[sc.CLIENT_ADDRESS] = client
+    if protocol:
+        attrs[sc.NETWORK_PROTOCOL_VERSION] = protocol
+    agent = get_header("user-agent")
+    if agent:
+        attrs[sc.USER_AGENT] = agent[:512]
+    return attrs
+
+
+def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> None:
+    """Status code, exception and error status on a recording SERVER span."""
+    if code is not None:
+        span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
+    if exc is not None:
+        span.record_exception(exc)
+        span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
+        span.set_status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
+    elif code is not None and code >= 500:
+        span.set_attribute(sc.ERROR_TYPE, str(code))
+        span.set_status(_ERROR)
+
+
 class Request:
     """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
 
     __slots__ = (
+        "_get_header",
         "_in_flight",
         "_log_token",
         "_request_id",
@@ -218,11 +246,14 @@ class Request:
         "telemetry",
     )
 
-    def __init__(self, telemetry: HttpTelemetry, method: str, span: Any, token: object) -> None:
+    def __init__(
+        self, telemetry: HttpTelemetry, method: str, span: Any, get_header: Getter
+    ) -> None:
         self.telemetry = telemetry
         self.method = method
         self.span = span
-        self._token = token
+        self._get_header = get_header
+        self._token: object = None
         self.route: str | None = None
         self.status: int | None = None
         self._in_flight: Any = None
@@ -233,8 +264,13 @@ class Request:
 
     @property
     def request_id(self) -> str:
-        """The ``X-Request-ID`` the client sent (bounded), else the server span's id."""
+        """The ``X-Request-ID`` the client sent (bounded), else the server span's id.
+
+        Resolved when first asked for (by a log line), not on every request.
+        """
         given = self._request_id
+        if given is None:
+            given = self._request_id = self._get_header("x-request-id") or ""
         if given:
             return given[:128]
         ctx = self.span.get_span_context()
@@ -262,8 +298,7 @@ class Request:
                 self._in_flight.inc()
             span = self.span
             if span.is_recording():
-                name = "HTTP" if self.method == sc.OTHER_METHOD else self.method
-                span.update_name(f"{name} {route}")
+                span.update_name(_span_name(self.method, route))
                 span.set_attribute(sc.HTTP_ROUTE, route)
         except Exception as exc:
             _selfmetrics.internal_error("http_route", exc)
@@ -324,20 +359,12 @@ class Request:
                 attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
             telemetry._otlp_duration.record(duration, attributes)
         if span.is_recording():
-            if code is not None:
-                span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
-            if exc is not None:
-                span.record_exception(exc)
-                span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-                span.set_status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
-            elif code is not None and code >= 500:
-                span.set_attribute(sc.ERROR_TYPE, str(code))
-                span.set_status(_ERROR)
+            _mark_outcome(span, code, exc)
         failed = exc is not None or (code is not None and code >= 500)
         runtime = _state.runtime
         if runtime is not None and runtime.record_outcome is not None:
             runtime.record_outcome(failed)
-        if self._unsampled is not None and not span.is_recording():
+        if self._unsampled is not None:
             slow = telemetry.keep_slow
             if (failed and telemetry.keep_errors) or (slow is not None and duration >= slow):
                 self._keep(duration, code, exc, route)
@@ -346,52 +373,33 @@ class Request:
     def _keep(
         self, duration: float, code: int | None, exc: BaseException | None, route: str
     ) -> None:
-        """Rebuild and export the SERVER span of a head-dropped request that failed or was slow."""
+        """Rebuild and export the SERVER span of a head-dropped request that failed or was slow.
+
+        Same ids as the non-recording span (already propagated downstream and logged), same
+        attributes and outcome as a sampled request's span.
+        """
         runtime = _state.runtime
         processor = runtime.processor if runtime is not None else None
-        if processor is None or self._unsampled is None:
+        facts = self._unsampled
+        if processor is None or facts is None:
             return
-        parent, method, path, scheme, address, port, client = self._unsampled
-        attrs: dict[str, Any] = {
-            sc.HTTP_REQUEST_METHOD: self.method,
-            sc.URL_PATH: path,
-            sc.URL_SCHEME: scheme,
-        }
-        if self.method == sc.OTHER_METHOD:
-            attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
-        if self.route is not None:
-            attrs[sc.HTTP_ROUTE] = route
-        for key, value in ((sc.SERVER_ADDRESS, address), (sc.SERVER_PORT, port)):
-            if value:
-                attrs[key] = value
-        if client:
-            attrs[sc.CLIENT_ADDRESS] = client
-        if code is not None:
-            attrs[sc.HTTP_RESPONSE_STATUS_CODE] = code
-        status = Status(StatusCode.UNSET)
-        if exc is not None:
-            attrs[sc.ERROR_TYPE] = sc.error_type(exc)
-            status = Status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
-        elif code is not None and code >= 500:
-            attrs[sc.ERROR_TYPE] = str(code)
-            status = Status(_ERROR)
-        end = time.time_ns()
+        parent = facts[0]
         parent_ctx = trace.get_current_span(parent).get_span_context() if parent else None
-        name = "HTTP" if self.method == sc.OTHER_METHOD else self.method
-        kept = KeptSpan(
-            context=self.span.get_span_context(),
-            parent=parent_ctx if parent_ctx is not None and parent_ctx.is_valid else None,
-            name=f"{name} {self.route}" if self.route else name,
-            kind=_SERVER,
-            start_time=end - int(duration * 1e9),
-            end_time=end,
-            attributes=attrs,
-            status=status,
-            scope=self.telemetry.tracer_scope,
+        span = ServerSpan(
+            _span_name(self.method, self.route),
+            self.span.get_span_context(),
+            parent_ctx if parent_ctx is not None and parent_ctx.is_valid else None,
+            _SERVER,
+            processor,
+            self.telemetry.tracer_scope,
         )
-        if exc is not None:
-            kept.add_exception(exc, end)
-        processor.submit(kept)
+        end = time.time_ns()
+        span.start_time = end - int(duration * 1e9)
+        span.set_attributes(_server_attributes(self.method, facts, self._get_header))
+        if self.route is not None:
+            span.set_attribute(sc.HTTP_ROUTE, route)
+        _mark_outcome(span, code, exc)
+        span.end(end)
         _selfmetrics.traces_kept()
 
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from obskit import _selfmetrics
 from obskit.tracing._encode import encode_request, encode_scope, encode_span
 
-__all__ = ["CompactSpanProcessor", "KeptSpan", "SpanSink"]
+__all__ = ["CompactSpanProcessor", "SpanSink"]
 
 
 class _Event:
@@ -35,70 +35,6 @@ class _Event:
         self.name = name
         self.timestamp = timestamp
         self.attributes = attributes
-
-
-class KeptSpan:
-    """A finished span rebuilt from a request the head sampler dropped but the tail keeps.
-
-    Head-dropped requests get a non-recording span, which costs a fraction of a recorded one.
-    When such a request fails or is slow, the request pipeline rebuilds its SERVER span here --
-    with the ids that were already propagated downstream and logged -- and submits it.
-    """
-
-    __slots__ = (
-        "_events",
-        "_links",
-        "attributes",
-        "context",
-        "end_time",
-        "instrumentation_scope",
-        "kind",
-        "name",
-        "parent",
-        "start_time",
-        "status",
-    )
-
-    def __init__(
-        self,
-        *,
-        context: Any,
-        parent: Any,
-        name: str,
-        kind: Any,
-        start_time: int,
-        end_time: int,
-        attributes: dict[str, Any],
-        status: Any,
-        scope: Any,
-    ) -> None:
-        self.context = context
-        self.parent = parent
-        self.name = name
-        self.kind = kind
-        self.start_time = start_time
-        self.end_time = end_time
-        self.attributes = attributes
-        self.status = status
-        self.instrumentation_scope = scope
-        self._events: list[_Event] = []
-        self._links: list[Any] = []
-
-    def add_exception(self, exc: BaseException, timestamp: int) -> None:
-        """Record ``exc`` the way ``Span.record_exception`` does."""
-        import traceback
-
-        self._events.append(
-            _Event(
-                "exception",
-                timestamp,
-                {
-                    "exception.type": type(exc).__qualname__,
-                    "exception.message": str(exc),
-                    "exception.stacktrace": "".join(traceback.format_exception(exc)),
-                },
-            )
-        )
 
 
 class SpanSink(Protocol):
@@ -218,7 +154,7 @@ class CompactSpanProcessor(SpanProcessor):
             self._hold(span, scope, data)
 
     def submit(self, span: Any) -> None:
-        """Queue a span-like object (see :class:`KeptSpan`) whatever its sampled flag."""
+        """Queue a finished span-like object (a ``ServerSpan``) whatever its sampled flag."""
         try:
             data = encode_span(span)
             scope = self._scope_of(span)
