@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.flask needs Flask: pip install 'obskit[flask]'") from exc
 
 from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
-from obskit.wsgi import ENVIRON_KEY, EXCEPTION_KEY, ObskitMiddleware
+from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
 
 __all__ = ["Obskit"]
 
@@ -44,8 +44,9 @@ def _set_route() -> None:
 def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
     # Flask then answers 500 (or re-raises it, PROPAGATE_EXCEPTIONS): the middleware records the
     # exception once when the request finishes, so error.type stays the exception's type.
-    if _current() is not None:
-        flask.request.environ[EXCEPTION_KEY] = exception
+    request = _current()
+    if request is not None:
+        request.handled = exception
 
 
 class Obskit:

@@ -7,7 +7,7 @@
 
 Frameworks that know their route templates (Flask, via :mod:`obskit.flask`) set the route on the
 request object the middleware puts in ``environ["obskit.request"]``; one that turns an unhandled
-exception into a 5xx response puts the exception in ``environ["obskit.exception"]`` so the span
+exception into a 5xx response sets it as that request's ``handled`` exception, so the span
 records it once, with its type as ``error.type``.
 """
 
@@ -20,11 +20,9 @@ from obskit.http import _semconv as sc
 from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
 from obskit.metrics.exposition import render
 
-__all__ = ["ENVIRON_KEY", "EXCEPTION_KEY", "ObskitMiddleware"]
+__all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
 
 ENVIRON_KEY = "obskit.request"
-#: The unhandled exception a framework answered with a 5xx response (set by the adapter).
-EXCEPTION_KEY = "obskit.exception"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -45,14 +43,11 @@ def _getter(environ: dict[str, Any]) -> Callable[[str], str | None]:
 class _Finishing:
     """Wraps a streaming response so the request ends at the last byte (or at ``close()``)."""
 
-    __slots__ = ("_done", "_handled", "_iterable", "_request")
+    __slots__ = ("_done", "_iterable", "_request")
 
-    def __init__(
-        self, iterable: Iterable[bytes], request: Request, handled: BaseException | None = None
-    ) -> None:
+    def __init__(self, iterable: Iterable[bytes], request: Request) -> None:
         self._iterable = iterable
         self._request = request
-        self._handled = handled
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -69,7 +64,7 @@ class _Finishing:
     def _finish(self, exc: BaseException | None = None) -> None:
         if not self._done:
             self._done = True
-            self._request.finish(None, exc or self._handled)
+            self._request.finish(None, exc)
 
     def close(self) -> None:
         try:
@@ -78,15 +73,6 @@ class _Finishing:
                 close()
         finally:
             self._finish()
-
-
-def _handled(environ: dict[str, Any], request: Request) -> BaseException | None:
-    """The exception the framework answered with a 5xx response, if the adapter reported one."""
-    exc = environ.get(EXCEPTION_KEY)
-    if not isinstance(exc, BaseException):
-        return None
-    status = request.status
-    return exc if status is None or status >= 500 else None
 
 
 class ObskitMiddleware:
@@ -152,12 +138,11 @@ class ObskitMiddleware:
             request.finish(None, exc)
             raise
         self._resolve(environ, request)
-        handled = _handled(environ, request)
         if isinstance(iterable, (list, tuple)):
             # The body is already in memory: nothing is left to time.
-            request.finish(None, handled)
+            request.finish()
             return iterable
-        return _Finishing(iterable, request, handled)
+        return _Finishing(iterable, request)
 
     def _resolve(self, environ: dict[str, Any], request: Request) -> None:
         if request.route is None and self.route_resolver is not None:

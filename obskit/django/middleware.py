@@ -18,7 +18,6 @@ from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
 __all__ = ["ObskitMiddleware", "route_of"]
 
 _ATTR = "_obskit_request"
-_EXC = "_obskit_exception"
 
 
 def route_of(request: HttpRequest) -> str | None:
@@ -88,13 +87,12 @@ class ObskitMiddleware:
         try:
             response = await get_response(request)
         except BaseException as exc:
-            obs.finish(None, exc, detach=False)
-            obs.detach()
+            obs.finish(None, exc)
             raise
-        return self._done(request, obs, response, detach=False)
+        return self._done(request, obs, response)
 
     def _done(
-        self, request: HttpRequest, obs: Request, response: HttpResponseBase, detach: bool = True
+        self, request: HttpRequest, obs: Request, response: HttpResponseBase
     ) -> HttpResponseBase:
         if obs.route is None:
             route = route_of(request)
@@ -112,11 +110,7 @@ class ObskitMiddleware:
                 response.streaming_content = _finish(content, obs)
             obs.detach()
             return response
-        # The view's exception that Django turned into this 5xx response (process_exception).
-        exc = getattr(request, _EXC, None) if status >= 500 else None
-        obs.finish(status, exc, detach=detach)
-        if not detach:
-            obs.detach()
+        obs.finish(status)
         return response
 
     def process_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
@@ -133,8 +127,9 @@ class ObskitMiddleware:
         It is recorded when the request finishes with a 5xx status (``Http404`` and friends
         become 4xx responses, which are not server errors).
         """
-        if getattr(request, _ATTR, None) is not None:
-            setattr(request, _EXC, exception)
+        obs: Request | None = getattr(request, _ATTR, None)
+        if obs is not None:
+            obs.handled = exception
 
 
 def _finish(content: Iterator[bytes], obs: Request) -> Iterator[bytes]:

@@ -238,6 +238,7 @@ class Request:
         "_request_id",
         "_token",
         "_unsampled",
+        "handled",
         "method",
         "route",
         "span",
@@ -254,6 +255,10 @@ class Request:
         self.span = span
         self._get_header = get_header
         self._token: object = None
+        #: An exception the framework caught and answered with an error response (Flask's
+        #: ``got_request_exception``, Django's ``process_exception``): recorded on the span if the
+        #: request ends with a 5xx status, ignored if the framework answered 4xx (``Http404``).
+        self.handled: BaseException | None = None
         self.route: str | None = None
         self.status: int | None = None
         self._in_flight: Any = None
@@ -315,6 +320,8 @@ class Request:
         duration = _perf() - self.start
         if status is None:
             status = self.status
+        if exc is None and self.handled is not None and (status is None or status >= 500):
+            exc = self.handled
         try:
             self._record(duration, status, exc)
         except Exception as error:
