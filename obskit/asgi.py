@@ -184,28 +184,22 @@ class ObskitMiddleware:
         # FastAPI apps below this middleware (mounted sub-applications) skip their native
         # telemetry when this key is present: obskit's span is the one SERVER span.
         inner["fastapi.telemetry"] = None
-        finished = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal finished
             kind = message["type"]
             if kind == "http.response.start":
                 request.status = message.get("status")
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                finished = True
                 request.finish(detach=False)
 
         try:
             await self.app(inner, receive, send_wrapper)
         except BaseException as exc:
-            if not finished:
-                finished = True
-                request.finish(None, exc, detach=False)
+            request.finish(None, exc, detach=False)
             raise
         finally:
-            if not finished:
-                request.finish(detach=False)
+            request.finish(detach=False)
             request.detach()
 
     async def _metrics(self, headers: Any, send: Send) -> None:

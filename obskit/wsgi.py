@@ -43,12 +43,11 @@ def _getter(environ: dict[str, Any]) -> Callable[[str], str | None]:
 class _Finishing:
     """Wraps a streaming response so the request ends at the last byte (or at ``close()``)."""
 
-    __slots__ = ("_done", "_iterable", "_request")
+    __slots__ = ("_iterable", "_request")
 
     def __init__(self, iterable: Iterable[bytes], request: Request) -> None:
         self._iterable = iterable
         self._request = request
-        self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -57,14 +56,9 @@ class _Finishing:
             # The server stopped iterating (client gone, or done): close() ends the request.
             raise
         except BaseException as exc:
-            self._finish(exc)
-            raise
-        self._finish()  # the last byte has been handed to the server
-
-    def _finish(self, exc: BaseException | None = None) -> None:
-        if not self._done:
-            self._done = True
             self._request.finish(None, exc)
+            raise
+        self._request.finish()  # the last byte has been handed to the server
 
     def close(self) -> None:
         try:
@@ -72,7 +66,7 @@ class _Finishing:
             if close is not None:
                 close()
         finally:
-            self._finish()
+            self._request.finish()
 
 
 class ObskitMiddleware:

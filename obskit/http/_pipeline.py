@@ -232,6 +232,7 @@ class Request:
     """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
 
     __slots__ = (
+        "_finished",
         "_get_header",
         "_in_flight",
         "_log_token",
@@ -255,6 +256,7 @@ class Request:
         self.span = span
         self._get_header = get_header
         self._token: object = None
+        self._finished = False
         #: An exception the framework caught and answered with an error response (Flask's
         #: ``got_request_exception``, Django's ``process_exception``): recorded on the span if the
         #: request ends with a 5xx status, ignored if the framework answered 4xx (``Http404``).
@@ -311,12 +313,18 @@ class Request:
     def finish(
         self, status: int | None = None, exc: BaseException | None = None, *, detach: bool = True
     ) -> None:
-        """End the request: RED metrics, span status and end. Never raises.
+        """End the request: RED metrics, span status and end. Never raises; only the first
+        call counts, so adapters may call it from every path that can end a request.
 
         ``detach=False`` leaves the request's context attached; the caller then calls
         :meth:`detach` from the frame that started the request (ASGI ``send`` may run in
         another task, where the context token is not valid).
         """
+        if self._finished:
+            if detach:
+                self.detach()
+            return
+        self._finished = True
         duration = _perf() - self.start
         if status is None:
             status = self.status
