@@ -33,11 +33,14 @@ import datetime
 import decimal
 import json
 import logging
+import os
 import random
 import re
 import sys
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any, Literal, TextIO
@@ -502,10 +505,6 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._start_flusher()
 
     def _start_flusher(self) -> None:
-        import os
-        import threading
-        import weakref
-
         self._pid = os.getpid()
         ref = weakref.ref(self)
         interval = self.interval
@@ -534,8 +533,6 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
             else:
                 self._dirty = True
-                import os
-
                 if os.getpid() != self._pid:  # forked (gunicorn): the flusher did not follow
                     self._start_flusher()
         except RecursionError:

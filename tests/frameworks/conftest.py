@@ -10,9 +10,7 @@ from django.conf import settings
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from obskit import _runtime
-from obskit.exporters.jsonl import MemorySpanSink
-from obskit.testing import Capture
+from obskit.testing import Capture, capture
 from tests.frameworks.django_app import settings as project_settings
 
 if not settings.configured:
@@ -67,16 +65,14 @@ def invalid_tracestate(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def any_config_capture(monkeypatch: pytest.MonkeyPatch) -> Capture:
+def any_config_capture() -> Iterator[Capture]:
     """Spans captured in memory whatever options the application configures obskit with.
 
-    ``obskit.testing.capture()`` owns the configuration; an adapter given other options
-    reconfigures obskit (and would drop that sink). Here the sink replaces the exporter any
-    configuration builds, so the application's own options are the ones in effect.
+    ``obskit.testing.capture()`` pins its sink, so an adapter that reconfigures obskit with its
+    own options still reports here, and those options are the ones in effect.
     """
-    sink = MemorySpanSink()
-    monkeypatch.setattr(_runtime, "make_sink", lambda config: sink)
-    return Capture(sink)
+    with capture() as cap:
+        yield cap
 
 
 @pytest.fixture(autouse=True)
