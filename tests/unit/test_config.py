@@ -158,3 +158,15 @@ def test_import_obskit_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "[]" == out.stdout.strip()
+
+
+def test_configuration_reference_lists_every_option_and_variable() -> None:
+    """docs/configuration.md names every option and every environment variable it reads."""
+    from pathlib import Path
+
+    from obskit.config import OPTIONS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [o.name for o in OPTIONS if f"`{o.name}`" not in doc]
+    missing += [env for o in OPTIONS for env in o.env if env not in doc]
+    assert [] == missing
