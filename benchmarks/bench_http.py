@@ -30,6 +30,16 @@ import time
 from typing import Any
 
 VARIANTS = ("bare", "obskit", "obskit_1pct", "alternative")
+#: More variants (``--variants``): ``bare_log`` is the bare app logging the same line through
+#: stdlib logging (plain text); ``obskit_nolog``/``obskit_nolog_1pct`` are obskit with no log line.
+EXTRA_VARIANTS = ("bare_log", "obskit_nolog", "obskit_nolog_1pct")
+
+
+def _logs(variant: str) -> bool:
+    """Whether the app writes one log line per request in this variant."""
+    return variant != "bare" and "nolog" not in variant
+
+
 FRAMEWORKS = ("flask", "fastapi", "django")
 
 
@@ -55,7 +65,7 @@ def _configure_obskit(variant: str) -> None:
     import obskit
 
     options: dict[str, Any] = {"service_name": "bench", "traces_exporter": "none"}
-    if variant == "obskit_1pct":
+    if variant.endswith("1pct"):
         options.update(sampler="parentbased_traceidratio", sampler_arg=0.01)
     from obskit import _runtime
     from obskit.config import load_config
@@ -85,7 +95,7 @@ def _flask_app(variant: str) -> Any:
     from flask import Flask
 
     app = Flask("bench")
-    log = variant != "bare"
+    log = _logs(variant)
 
     @app.get("/items/<int:item_id>")
     def item(item_id: int) -> Any:
@@ -145,7 +155,7 @@ def _django_app(variant: str) -> Any:
 def _django_view(request: Any, item_id: int) -> Any:
     from django.http import JsonResponse
 
-    if os.environ.get("BENCH_VARIANT") != "bare":
+    if _logs(os.environ.get("BENCH_VARIANT", "bare")):
         _log_line()
     return JsonResponse({"id": item_id})
 
@@ -162,7 +172,7 @@ def _fastapi_app(variant: str) -> Any:
     from fastapi import FastAPI
 
     app = FastAPI(telemetry={"tracing": False, "metrics": False} if variant == "bare" else None)
-    log = variant != "bare"
+    log = _logs(variant)
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> Any:

@@ -24,6 +24,7 @@ from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
 from obskit.logging import _request as _current_request
+from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing.propagation import Getter, extract
 from obskit.tracing.server_span import ServerSpan, start_server_span
@@ -31,6 +32,8 @@ from obskit.tracing.server_span import ServerSpan, start_server_span
 __all__ = ["HttpTelemetry", "Request"]
 
 _perf = time.perf_counter
+#: (method, route) pairs whose metric writers are cached; past it they are looked up per request.
+_MAX_ROUTES = 2048
 _SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
 
@@ -91,6 +94,7 @@ class HttpTelemetry:
             "HTTP requests being handled, by method and route template.",
             ["method", "route"],
         )
+        self._routes: dict[tuple[str, str], _RouteSeries] = {}
         self.exemplars = not config.multiproc_dir
         # Head-dropped requests that fail or are slow get their SERVER span rebuilt and kept
         # (unless keep_whole_trace already records everything).
@@ -110,6 +114,16 @@ class HttpTelemetry:
                 description="Duration of HTTP server requests.",
                 explicit_bucket_boundaries_advisory=list(buckets or config.http_buckets),
             )
+
+    def series(self, method: str, route: str) -> _RouteSeries:
+        """The metric writers of ``(method, route)``, cached while the registry is the same."""
+        key = (method, route)
+        series = self._routes.get(key)
+        if series is None or series.generation != _state.generation:
+            series = _RouteSeries(self, key)
+            if series.cacheable and len(self._routes) < _MAX_ROUTES:
+                self._routes[key] = series
+        return series
 
     def start(
         self,
@@ -185,6 +199,52 @@ class HttpTelemetry:
         return request
 
 
+class _RouteSeries:
+    """The RED metric writers of one (method, route), looked up through the guards once.
+
+    Per request the pipeline then pays one dict lookup and direct writes
+    (:mod:`obskit.metrics._direct`) instead of three guarded lookups and prometheus_client's
+    per-call checks.
+    """
+
+    __slots__ = (
+        "_statuses",
+        "_telemetry",
+        "cacheable",
+        "generation",
+        "in_flight",
+        "key",
+        "observe",
+    )
+
+    def __init__(self, telemetry: HttpTelemetry, key: tuple[str, str]) -> None:
+        self._telemetry = telemetry
+        self.key = key
+        self.generation = _state.generation
+        duration = telemetry.duration.labels(*key)
+        in_flight = telemetry.in_flight.labels(*key)
+        self.observe = Observer(duration)
+        self.in_flight = adder(in_flight)
+        # An overflow child is counted per observation by its guard: never cached.
+        self.cacheable = not (
+            telemetry.duration.folded(duration) or telemetry.in_flight.folded(in_flight)
+        )
+        self._statuses: dict[str, Callable[[float], None]] = {}
+
+    def count(self, status: str) -> None:
+        """One request answered with ``status`` (a status label)."""
+        add = self._statuses.get(status)
+        if add is None:
+            requests = self._telemetry.requests
+            child = requests.labels(*self.key, status)
+            add = adder(child)
+            if requests.folded(child) or len(self._statuses) >= 64:
+                add(1)
+                return
+            self._statuses[status] = add
+        add(1)
+
+
 def _span_name(method: str, route: str | None = None) -> str:
     """``METHOD route``; ``HTTP`` stands for a non-standard method (semantic conventions)."""
     name = "HTTP" if method == sc.OTHER_METHOD else method
@@ -237,6 +297,7 @@ class Request:
         "_in_flight",
         "_log_token",
         "_request_id",
+        "_series",
         "_token",
         "_unsampled",
         "handled",
@@ -263,7 +324,8 @@ class Request:
         self.handled: BaseException | None = None
         self.route: str | None = None
         self.status: int | None = None
-        self._in_flight: Any = None
+        self._in_flight: Callable[[float], None] | None = None
+        self._series: _RouteSeries | None = None
         self._unsampled: tuple[Any, ...] | None = None
         self._request_id: str | None = None
         self._log_token: Any = None
@@ -297,12 +359,13 @@ class Request:
             return
         try:
             if self._in_flight is not None:
-                self._in_flight.dec()
+                self._in_flight(-1)
                 self._in_flight = None
             self.route = route
+            series = self._series = self.telemetry.series(self.method, route)
             if in_flight:
-                self._in_flight = self.telemetry.in_flight.labels(self.method, route)
-                self._in_flight.inc()
+                self._in_flight = series.in_flight
+                series.in_flight(1)
             span = self.span
             if span.is_recording():
                 span.update_name(_span_name(self.method, route))
@@ -359,15 +422,18 @@ class Request:
         route = self.route or sc.UNMATCHED
         method = self.method
         code = 500 if status is None and exc is not None else status
-        telemetry.requests.labels(method, route, sc.status_label(code)).inc()
+        series = self._series
+        if series is None or series.generation != _state.generation:
+            series = telemetry.series(method, route)
+        series.count(sc.status_label(code))
         span = self.span
         ctx = span.get_span_context()
         exemplar = None
         if telemetry.exemplars and ctx.trace_flags & 1:
             exemplar = {"trace_id": format(ctx.trace_id, "032x")}
-        telemetry.duration.labels(method, route).observe(duration, exemplar)
+        series.observe(duration, exemplar)
         if self._in_flight is not None:
-            self._in_flight.dec()
+            self._in_flight(-1)
         if telemetry._otlp_duration is not None:
             attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
             if code is not None:

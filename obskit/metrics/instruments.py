@@ -92,6 +92,12 @@ class Instrument(Generic[M]):
                 raise ValueError(f"metric {self.name} has no labels") from None
             return guard.labels(*values)
 
+    def folded(self, child: Any) -> bool:
+        """Whether ``child`` is the overflow series. Each observation folded into it is counted
+        when it passes the guard, so callers that keep children must not keep this one."""
+        guard = self._guard
+        return guard is not None and child is guard._overflow
+
     @property
     def metric(self) -> M:
         """The underlying prometheus_client metric (for label-less use and introspection)."""

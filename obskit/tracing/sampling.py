@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import sampling
-from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
 from obskit.config import Config
@@ -32,6 +32,7 @@ __all__ = [
     "RecordDropped",
     "SwitchableSampler",
     "build_sampler",
+    "fast_decision",
 ]
 
 
@@ -189,11 +190,78 @@ class RecordDropped(sampling.Sampler):
         return f"RecordDropped{{{self.delegate.get_description()}}}"
 
 
+#: ``decide(parent, trace_id) -> sampled``: the decision of a stock sampler without building a
+#: ``SamplingResult``; ``parent`` is the valid parent span context or None.
+FastDecision = Callable[[SpanContext | None, int], bool]
+
+
+def fast_decision(sampler: sampling.Sampler) -> FastDecision | None:
+    """An equivalent decision function for the SDK's stock samplers (and the adaptive one).
+
+    These decide on the trace id and the parent's flags alone, add no attributes and pass the
+    parent's trace state on, so the request pipeline can skip the general ``should_sample`` call
+    and its result object on every request. None for anything else (rate-limited, custom
+    samplers, ``RecordDropped``): those are asked through ``should_sample`` as usual.
+    """
+    kind = type(sampler)
+    if kind is sampling.StaticSampler:
+        sampled = sampler._decision is sampling.Decision.RECORD_AND_SAMPLE  # type: ignore[attr-defined]
+        return (lambda parent, trace_id: True) if sampled else (lambda parent, trace_id: False)
+    limit = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
+    if kind is sampling.TraceIdRatioBased:
+        bound = sampler.bound  # type: ignore[attr-defined]
+        return lambda parent, trace_id: trace_id & limit < bound
+    if kind is AdaptiveSampler:
+        adaptive: AdaptiveSampler = sampler  # type: ignore[assignment]
+        return lambda parent, trace_id: trace_id & limit < adaptive._bound
+    if kind is not sampling.ParentBased:
+        return None
+    parts = [
+        fast_decision(getattr(sampler, name, None))  # type: ignore[arg-type]
+        for name in (
+            "_root",
+            "_remote_parent_sampled",
+            "_remote_parent_not_sampled",
+            "_local_parent_sampled",
+            "_local_parent_not_sampled",
+        )
+    ]
+    if any(part is None for part in parts):
+        return None
+    root, remote_sampled, remote_not, local_sampled, local_not = parts
+
+    def decide(parent: SpanContext | None, trace_id: int) -> bool:
+        if parent is None:
+            return root(parent, trace_id)  # type: ignore[misc]
+        if parent.is_remote:
+            chosen = remote_sampled if parent.trace_flags & 1 else remote_not
+        else:
+            chosen = local_sampled if parent.trace_flags & 1 else local_not
+        return chosen(parent, trace_id)  # type: ignore[misc]
+
+    return decide
+
+
 class SwitchableSampler(sampling.Sampler):
     """The process-wide provider's sampler; reconfiguring obskit swaps its delegate."""
 
     def __init__(self, delegate: sampling.Sampler) -> None:
         self.delegate = delegate
+
+    @property
+    def delegate(self) -> sampling.Sampler:
+        """The sampler that decides; ``fast`` follows it."""
+        return self._pair[0]
+
+    @delegate.setter
+    def delegate(self, sampler: sampling.Sampler) -> None:
+        # One tuple swap: a request thread never sees a sampler with another's fast path.
+        self._pair = (sampler, fast_decision(sampler))
+
+    @property
+    def fast(self) -> FastDecision | None:
+        """The delegate's :func:`fast_decision`, or None."""
+        return self._pair[1]
 
     def should_sample(
         self,

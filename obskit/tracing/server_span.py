@@ -23,10 +23,19 @@ from typing import Any
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util.types import Attributes
 
 from obskit.tracing.pipeline import CompactSpanProcessor, _Event
+from obskit.tracing.sampling import SwitchableSampler
 
 __all__ = ["ServerSpan", "start_server_span"]
 
@@ -193,21 +202,29 @@ def start_server_span(
         while not trace_id:
             trace_id = _getrandbits(128)
         random_id = _RANDOM
-    result = sampler.should_sample(parent, trace_id, name, kind)
-    sampled = result.decision is Decision.RECORD_AND_SAMPLE
+    fast = sampler.fast if isinstance(sampler, SwitchableSampler) else None
+    if fast is not None:
+        # A stock sampler: same decision, no SamplingResult (see sampling.fast_decision).
+        sampled = fast(parent_ctx, trace_id)
+        state: TraceState | None = parent_ctx.trace_state if parent_ctx is not None else None
+        attributes = None
+    else:
+        result = sampler.should_sample(parent, trace_id, name, kind)
+        sampled = result.decision is Decision.RECORD_AND_SAMPLE
+        state, attributes = result.trace_state, result.attributes
     span_id = _getrandbits(64)
     while not span_id:
         span_id = _getrandbits(64)
     context = SpanContext(
         trace_id,
         span_id,
-        is_remote=False,
-        trace_flags=TraceFlags((_SAMPLED if sampled else 0) | random_id),
-        trace_state=result.trace_state,
+        False,
+        TraceFlags((_SAMPLED if sampled else 0) | random_id),
+        state,
     )
     if not sampled:
         return trace_api.NonRecordingSpan(context)
     span = ServerSpan(name, context, parent_ctx, kind, processor, scope)
-    if result.attributes:
-        span.set_attributes(result.attributes)
+    if attributes:
+        span.set_attributes(attributes)
     return span

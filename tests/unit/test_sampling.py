@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -309,3 +309,70 @@ def test_keep_errors_off_drops_failing_unsampled_requests() -> None:
     with capture(sampler="traceidratio", sampler_arg=0.0, keep_errors=False) as cap:
         _call(ObskitMiddleware(_wsgi_app), "/fail")
         assert [] == cap.spans()
+
+
+# -- the request pipeline's fast decision path -------------------------------------------------
+
+
+def _stock_samplers() -> list[sampling.Sampler]:
+    from obskit.tracing.sampling import AdaptiveSampler
+
+    ratio = sampling.TraceIdRatioBased(0.3)
+    return [
+        sampling.ALWAYS_ON,
+        sampling.ALWAYS_OFF,
+        ratio,
+        AdaptiveSampler(0.2, max_ratio=0.5),
+        sampling.ParentBased(ratio),
+        sampling.ParentBased(sampling.ALWAYS_OFF),
+        sampling.ParentBased(
+            ratio,
+            remote_parent_sampled=sampling.ALWAYS_OFF,
+            remote_parent_not_sampled=sampling.ALWAYS_ON,
+            local_parent_not_sampled=ratio,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("sampler", _stock_samplers(), ids=lambda s: s.get_description())
+def test_fast_decision_agrees_with_should_sample(sampler: sampling.Sampler) -> None:
+    """Same decision as the sampler itself, for roots and for every kind of parent."""
+    from obskit.tracing.sampling import fast_decision
+
+    decide = fast_decision(sampler)
+    assert decide is not None
+    rng = random.Random(7)
+    parents: list[SpanContext | None] = [None]
+    for remote in (True, False):
+        for flags in (0, 1):
+            parents.append(SpanContext(rng.getrandbits(128), 1, remote, TraceFlags(flags)))
+    for parent in parents:
+        context = (
+            trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+        )
+        for _ in range(2000):
+            trace_id = parent.trace_id if parent is not None else rng.getrandbits(128)
+            trace_id ^= rng.getrandbits(64)  # vary the low bits the ratio samplers look at
+            expected = sampler.should_sample(context, trace_id, "span").decision.is_sampled()
+            assert decide(parent, trace_id) is expected
+
+
+def test_fast_decision_declines_other_samplers() -> None:
+    from obskit.tracing.sampling import RateLimitedSampler, RecordDropped, fast_decision
+
+    assert fast_decision(RateLimitedSampler(5)) is None
+    assert fast_decision(RecordDropped(sampling.ALWAYS_ON)) is None
+    assert fast_decision(sampling.ParentBased(RateLimitedSampler(5))) is None
+
+
+def test_switchable_sampler_fast_path_follows_its_delegate() -> None:
+    from obskit.tracing.sampling import RateLimitedSampler, SwitchableSampler
+
+    switch = SwitchableSampler(sampling.ALWAYS_OFF)
+    assert switch.fast is not None
+    assert switch.fast(None, 1) is False
+    switch.delegate = sampling.ALWAYS_ON
+    assert switch.fast is not None
+    assert switch.fast(None, 1) is True
+    switch.delegate = RateLimitedSampler(1)
+    assert switch.fast is None
