@@ -138,12 +138,28 @@ def attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     return b"".join([_len(tag, key_value(k, v)) for k, v in attrs.items()])
 
 
+_pack_times = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), both fixed64
+#: ``SpanKind`` value -> encoded kind field (the OTLP enum is the API's value + 1).
+_KIND_FIELD = [_T_SPAN_KIND + _VARINT_CACHE[value + 1] for value in range(5)]
+_NAME_CACHE_MAX = 1024
+_name_cache: dict[str, bytes] = {}
+
+
 def encode_span(span: Any) -> bytes:
-    """Encode an SDK ``ReadableSpan`` as an OTLP ``Span`` message."""
+    """Encode a finished span (obskit's ``ServerSpan`` or an SDK ``ReadableSpan``) as an OTLP
+    ``Span`` message.
+
+    Runs once per sampled span on the request thread, so it is written for CPython's speed:
+    encoded names and attributes are cached, enum values are read from ``_value_`` (an Enum's
+    ``value`` property is a Python-level descriptor call) and the common cache hit does not call
+    a helper.
+    """
     ctx = span.context
     parts = [
-        _T_SPAN_TRACE_ID + _ID_PREFIX_16 + ctx.trace_id.to_bytes(16, "big"),
-        _T_SPAN_SPAN_ID + _ID_PREFIX_8 + ctx.span_id.to_bytes(8, "big"),
+        b"\x0a\x10"
+        + ctx.trace_id.to_bytes(16, "big")
+        + b"\x12\x08"
+        + ctx.span_id.to_bytes(8, "big")
     ]
     state = ctx.trace_state
     if state:
@@ -152,35 +168,51 @@ def encode_span(span: Any) -> bytes:
     # Bits 8-9 of flags say whether the parent is known and remote (trace.proto SpanFlags).
     flags = (ctx.trace_flags & 0xFF) | 0x100
     if parent is not None:
-        parts.append(_T_SPAN_PARENT + _ID_PREFIX_8 + parent.span_id.to_bytes(8, "big"))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
         if parent.is_remote:
             flags |= 0x200
-    parts.append(_str(_T_SPAN_NAME, span.name))
-    parts.append(_T_SPAN_KIND + _VARINT_CACHE[span.kind.value + 1])
-    parts.append(_T_SPAN_START + _pack_q(span.start_time or 0))
-    parts.append(_T_SPAN_END + _pack_q(span.end_time or 0))
-    # The SDK's public properties copy on every read (a MappingProxy over BoundedAttributes, whose
-    # items() goes through collections.abc; tuples of events and links). Read the underlying
-    # containers when they are there; fall back to the public API otherwise.
-    bounded = getattr(span, "_attributes", None)
-    attrs = getattr(bounded, "_dict", None)
-    if attrs is None:
-        attrs = span.attributes
+    name = span.name
+    encoded_name = _name_cache.get(name)
+    if encoded_name is None:
+        encoded_name = _str(_T_SPAN_NAME, name)
+        if len(_name_cache) < _NAME_CACHE_MAX:
+            _name_cache[name] = encoded_name
+    parts.append(encoded_name)
+    parts.append(_KIND_FIELD[span.kind._value_])
+    parts.append(_pack_times(0x39, span.start_time or 0, 0x41, span.end_time or 0))
+    # obskit's spans keep a plain dict. The SDK's public properties copy on every read (a
+    # MappingProxy over BoundedAttributes; tuples of events and links): read the underlying
+    # containers when they are there, the public API otherwise.
+    attrs = span.attributes
+    dropped = 0
+    if attrs.__class__ is not dict:
+        bounded = getattr(span, "_attributes", None)
+        inner = getattr(bounded, "_dict", None)
+        if inner is not None:
+            attrs = inner
+            dropped = getattr(bounded, "dropped", 0)
     if attrs:
-        parts.append(attributes(_T_SPAN_ATTR, attrs))
-        dropped = getattr(bounded, "dropped", 0)
+        for key, value in attrs.items():
+            if value.__class__ is str:
+                by_value = _kv_cache.get(key)
+                if by_value is not None:
+                    cached = by_value.get(value)
+                    if cached is not None:
+                        parts.append(cached)
+                        continue
+            parts.append(_span_attribute(key, value))
         if dropped:
             parts.append(_T_SPAN_DROPPED_ATTRS + varint(dropped))
     events = getattr(span, "_events", None)
     if events is None:
         events = span.events
-    links = getattr(span, "_links", None)
-    if links is None:
-        links = span.links
     for event in events:
         body = b"\x09" + _pack_q(event.timestamp) + _str(b"\x12", event.name)
         body += attributes(b"\x1a", event.attributes)
         parts.append(_len(_T_SPAN_EVENT, body))
+    links = getattr(span, "_links", None)
+    if links is None:
+        links = span.links
     for link in links:
         lctx = link.context
         body = (
@@ -192,11 +224,10 @@ def encode_span(span: Any) -> bytes:
         body += attributes(b"\x22", link.attributes)
         parts.append(_len(_T_SPAN_LINK, body))
     status = span.status
-    code = status.status_code.value
-    if code or status.description:
-        body = b""
-        if status.description:
-            body += _str(b"\x12", status.description)
+    code = status.status_code._value_
+    description = status.description
+    if code or description:
+        body = _str(b"\x12", description) if description else b""
         if code:
             body += b"\x18" + _VARINT_CACHE[code]
         parts.append(_len(_T_SPAN_STATUS, body))
