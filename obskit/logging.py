@@ -41,14 +41,14 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any, Literal, TextIO
 
-from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter as _PJLJsonFormatter
 
 from obskit import _selfmetrics
+from obskit.tracing._fastctx import current_span
 
 __all__ = [
     "CorrelationFilter",
@@ -154,8 +154,31 @@ def _safe_default(value: Any) -> Any:
 _PLAIN = frozenset({int, float, bool})
 _CONTAINERS = frozenset({dict, list, tuple})
 
-# json.dumps builds a new encoder whenever it gets options; one shared encoder saves that.
-_encode = json.JSONEncoder(default=_safe_default, ensure_ascii=False, separators=(",", ":")).encode
+
+# json.dumps builds a new encoder whenever it gets options, and JSONEncoder.encode builds a C
+# encoder on every call; this one is built once. Without a markers dict (no circular check) a
+# recursive structure ends in RecursionError, which _dumps answers field by field.
+def _make_encode() -> Callable[[Any], str]:
+    slow = json.JSONEncoder(default=_safe_default, ensure_ascii=False, separators=(",", ":"))
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        fast = c_make_encoder(
+            None, _safe_default, encode_basestring, None, ":", ",", False, False, True
+        )
+
+        def encode(data: Any) -> str:
+            return "".join(fast(data, 0))
+
+        sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": float("inf")}}
+        if encode(sample) == slow.encode(sample):
+            return encode
+    except Exception:  # pragma: no cover - no C accelerator
+        pass
+    return slow.encode  # pragma: no cover
+
+
+_encode = _make_encode()
 
 
 def _dumps(data: dict[str, Any]) -> str:
@@ -278,7 +301,7 @@ class CorrelationFilter(logging.Filter):
         return bound
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = trace.get_current_span().get_span_context()
+        ctx = current_span().get_span_context()
         if ctx.is_valid:
             record.obskit_trace_id = ctx.trace_id
             record.obskit_span_id = ctx.span_id
@@ -409,7 +432,7 @@ class JsonFormatter(_PJLJsonFormatter):
         data.update(self.static)
         trace_id = getattr(record, "obskit_trace_id", None)
         if trace_id is None:  # no CorrelationFilter on the way: read the context here
-            ctx = trace.get_current_span().get_span_context()
+            ctx = current_span().get_span_context()
             if ctx.is_valid:
                 trace_id = ctx.trace_id
                 record.obskit_span_id = ctx.span_id

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
@@ -26,6 +25,7 @@ from obskit.http import _semconv as sc
 from obskit.logging import _request as _current_request
 from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
 from obskit.tracing.server_span import ServerSpan, start_server_span
 
@@ -169,7 +169,7 @@ class HttpTelemetry:
         if processor is None:
             # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
             # current so logs carry its ids and outbound calls forward it unchanged.
-            span = trace.get_current_span(parent) if parent is not None else INVALID_SPAN
+            span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
         elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
             span = start_server_span(
                 self._sampler, parent, _span_name(label), processor, self.tracer_scope
@@ -192,7 +192,7 @@ class HttpTelemetry:
         elif processor is not None and (self.keep_errors or self.keep_slow is not None):
             # Kept only for a request the tail policy may still export (see Request._keep).
             request._unsampled = facts
-        request._token = otel_context.attach(trace.set_span_in_context(span, parent))
+        request._token = _ctx.attach(trace.set_span_in_context(span, parent))
         request._log_token = _current_request.set(request)
         if route is not None:
             request.set_route(route)
@@ -406,7 +406,7 @@ class Request:
         if token is not None:
             self._token = None
             try:
-                otel_context.detach(token)  # type: ignore[arg-type]
+                _ctx.detach(token)
             except Exception:
                 pass
         log_token = self._log_token

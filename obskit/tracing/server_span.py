@@ -34,6 +34,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes
 
+from obskit.tracing._fastctx import current_span
 from obskit.tracing.pipeline import CompactSpanProcessor, _Event
 from obskit.tracing.sampling import SwitchableSampler
 
@@ -192,7 +193,7 @@ def start_server_span(
     Same sampler call, same id rules (random ids, the W3C random-trace-id flag), same trace
     state; a drop gives a ``NonRecordingSpan`` with the new ids.
     """
-    parent_ctx = trace_api.get_current_span(parent).get_span_context()
+    parent_ctx = current_span(parent).get_span_context()
     if parent_ctx.is_valid:
         trace_id = parent_ctx.trace_id
         random_id = parent_ctx.trace_flags & _RANDOM

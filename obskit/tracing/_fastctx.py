@@ -1,0 +1,54 @@
+"""Direct access to OpenTelemetry's current context, for obskit's per-request paths.
+
+The API's ``get_current``/``attach``/``detach`` and ``get_current_span`` are two or three
+Python-level calls deep over a single ``ContextVar``. With the default runtime context
+(``ContextVarsRuntimeContext``) obskit uses that ``ContextVar`` itself -- the same object, so
+what it attaches is what every other instrumentation sees. Any other runtime context
+(``OTEL_PYTHON_CONTEXT``) goes through the API unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as _api
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+from opentelemetry.trace import INVALID_SPAN, Span
+
+__all__ = ["attach", "current_span", "detach", "get_current"]
+
+try:
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover - an API without it: the slow path below
+    _SPAN_KEY = None  # type: ignore[assignment]
+
+_runtime = getattr(_api, "_RUNTIME_CONTEXT", None)
+_var: Any = (
+    _runtime._current_context
+    if type(_runtime) is ContextVarsRuntimeContext and _SPAN_KEY is not None
+    else None
+)
+
+get_current: Callable[[], Context]
+attach: Callable[[Context], Any]
+detach: Callable[[Any], None]
+if _var is not None:
+    get_current = _var.get
+    attach = _var.set
+    detach = _var.reset
+else:  # pragma: no cover - another runtime context
+    get_current = _api.get_current
+    attach = _api.attach
+    detach = _api.detach
+
+
+def current_span(context: Context | None = None) -> Span:
+    """The span in ``context`` (the current one by default), else ``INVALID_SPAN``."""
+    if _var is None:  # pragma: no cover - another runtime context
+        from opentelemetry.trace import get_current_span
+
+        return get_current_span(context)
+    span = (context if context is not None else _var.get()).get(_SPAN_KEY)
+    return INVALID_SPAN if span is None else span  # type: ignore[return-value]
