@@ -7,8 +7,14 @@ second, p50 and p99 latency, and the server's garbage-collector runs per 10,000 
 (counted in the server with ``gc.callbacks``). obskit's spans are really exported, over
 OTLP/HTTP, to a small receiver in this driver process.
 
-Run: ``.venv/bin/python benchmarks/bench_load.py [--duration S] [--rounds R]``. Everything is
-bounded: each wrk run lasts ``--duration`` seconds and every server is stopped at the end.
+Each obskit variant is also compared with a bare app doing the same work ("matched"): variants
+whose app logs a line per request (``obskit``, ``obskit_1pct``, ``*_buf``) with ``bare_log``
+(the same line through plain stdlib logging), ``*_nolog*`` with ``bare``; ``bare_log`` itself
+is shown against ``bare``. See ``load_apps.py`` for the variants.
+
+Run: ``.venv/bin/python benchmarks/bench_load.py [--duration S] [--rounds R]
+[--frameworks F ...] [--variants V ...]``. Everything is bounded: each wrk run lasts
+``--duration`` seconds (after a 2 s warm-up) and every server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +38,24 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("fastapi", "flask", "django")
-VARIANTS = ("bare", "obskit", "obskit_1pct", "obskit_buf", "obskit_1pct_buf")
+#: Run by default.
+VARIANTS = ("bare", "bare_log", "obskit", "obskit_1pct", "obskit_nolog", "obskit_nolog_1pct")
+#: Available with ``--variants`` (buffered log flushing, see ``load_apps.py``).
+EXTRA_VARIANTS = ("obskit_buf", "obskit_1pct_buf")
+
+
+def _logs(variant: str) -> bool:
+    """Whether the app writes one log line per request in this variant (as in load_apps)."""
+    return variant != "bare" and "nolog" not in variant
+
+
+def _matched_baseline(variant: str) -> str | None:
+    """The bare variant doing the same work as ``variant`` (``bare_log`` is matched to ``bare``)."""
+    if variant == "bare":
+        return None
+    if variant.startswith("bare") or not _logs(variant):
+        return "bare"
+    return "bare_log"
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -173,12 +196,47 @@ def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str,
     return result
 
 
+def _median(runs: list[dict[str, Any]], connections: str, key: str) -> float:
+    return statistics.median(r[connections][key] for r in runs)
+
+
+def _ratio(
+    runs: dict[tuple[str, str], list[dict[str, Any]]],
+    framework: str,
+    variant: str,
+    baseline: str | None,
+    connections: str,
+    key: str,
+) -> float | None:
+    """``variant``'s median ``key`` over ``baseline``'s, or None if the baseline was not run."""
+    if baseline is None or (framework, baseline) not in runs:
+        return None
+    return _median(runs[(framework, variant)], connections, key) / _median(
+        runs[(framework, baseline)], connections, key
+    )
+
+
+def _fmt(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS, metavar="FW"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS + EXTRA_VARIANTS,
+        metavar="VARIANT",
+        help=f"default: {' '.join(VARIANTS)}; also: {' '.join(EXTRA_VARIANTS)}",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
@@ -195,30 +253,36 @@ def main() -> None:
                     )
     finally:
         sink.shutdown()
-    print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds\n")
+    print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds")
     print(
-        "| framework | variant | conns | req/s | vs bare | p50 ms | p99 ms | p99 vs bare "
-        "| GC gen0/gen1/gen2 per 10k req |"
+        "matched bare: bare_log for variants that log a line per request, "
+        "bare for *_nolog* and for bare_log\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| framework | variant | conns | req/s | vs bare | vs matched bare | p50 ms | p99 ms "
+        "| p99 vs bare | p99 vs matched | GC gen0/gen1/gen2 per 10k req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for framework in args.frameworks:
         for connections in ("c1", "c16"):
-            bare = runs.get((framework, "bare"))
             for variant in args.variants:
-                values = [r[connections] for r in runs[(framework, variant)]]
-                rps = statistics.median(v["rps"] for v in values)
-                p50 = statistics.median(v["p50"] for v in values)
-                p99 = statistics.median(v["p99"] for v in values)
-                gcs = [statistics.median(v["gc"][g] for v in values) for g in range(3)]
-                if bare:
-                    bare_rps = statistics.median(v[connections]["rps"] for v in bare)
-                    bare_p99 = statistics.median(v[connections]["p99"] for v in bare)
-                    ratio, p99_ratio = f"{rps / bare_rps:.2f}x", f"{p99 / bare_p99:.2f}x"
-                else:
-                    ratio = p99_ratio = "-"
+                values = runs[(framework, variant)]
+                rps = _median(values, connections, "rps")
+                p50 = _median(values, connections, "p50")
+                p99 = _median(values, connections, "p99")
+                gcs = [statistics.median(v[connections]["gc"][g] for v in values) for g in range(3)]
+                unmatched = None if variant == "bare" else "bare"
+                matched = _matched_baseline(variant)
+                cell = {
+                    (base, key): _fmt(_ratio(runs, framework, variant, base, connections, key))
+                    for base in (unmatched, matched)
+                    for key in ("rps", "p99")
+                }
                 print(
-                    f"| {framework} | {variant} | {connections[1:]} | {rps:,.0f} | {ratio} "
-                    f"| {p50:.2f} | {p99:.2f} | {p99_ratio} "
+                    f"| {framework} | {variant} | {connections[1:]} | {rps:,.0f} "
+                    f"| {cell[unmatched, 'rps']} | {cell[matched, 'rps']} "
+                    f"| {p50:.2f} | {p99:.2f} "
+                    f"| {cell[unmatched, 'p99']} | {cell[matched, 'p99']} "
                     f"| {gcs[0]:.1f} / {gcs[1]:.1f} / {gcs[2]:.2f} |"
                 )
 

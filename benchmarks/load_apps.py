@@ -1,11 +1,22 @@
 """The apps ``bench_load.py`` runs under real servers; the variant comes from ``BENCH_VARIANT``.
 
+Bare variants (no obskit import at all):
+
 - ``bare``: the framework alone (no logging).
-- ``obskit``: obskit with RED metrics, spans at 100 % sampling exported to a local OTLP/HTTP sink
-  on loopback (a real export, not a no-op), and one JSON log line per request with trace ids.
+- ``bare_log``: the framework alone, writing the same line per request as the obskit variants
+  through plain stdlib logging (a ``StreamHandler`` on ``/dev/null``, plain-text
+  ``%(message)s`` formatter, level INFO, on the ``bench.app`` logger): the matched baseline of
+  the obskit variants that log.
+
+obskit variants (RED metrics, spans exported over OTLP/HTTP to a local sink on loopback, a real
+export and not a no-op; ``obskit.setup_logging`` always called, so log correlation is on):
+
+- ``obskit``: spans at 100 % sampling and one JSON log line per request with trace ids.
 - ``obskit_1pct``: the same at 1 % sampling.
 - ``obskit_buf`` / ``obskit_1pct_buf``: the same with ``log_flush_interval=0.2`` (INFO lines
   flushed every 0.2 s instead of after every line; WARNING and above at once).
+- ``obskit_nolog`` / ``obskit_nolog_1pct``: as ``obskit`` / ``obskit_1pct``, but the app writes
+  no log line: compared with ``bare``.
 
 Each app serves ``/items/{id}`` and ``/__bench/gc`` (garbage-collector counts of this process,
 excluded from telemetry) so the driver can count collections per 10,000 requests.
@@ -19,7 +30,33 @@ import logging
 import os
 from typing import Any
 
+VARIANTS = (
+    "bare",
+    "bare_log",
+    "obskit",
+    "obskit_1pct",
+    "obskit_buf",
+    "obskit_1pct_buf",
+    "obskit_nolog",
+    "obskit_nolog_1pct",
+)
 VARIANT = os.environ.get("BENCH_VARIANT", "bare")
+if VARIANT not in VARIANTS:
+    raise ValueError(f"unknown BENCH_VARIANT {VARIANT!r}; expected one of {VARIANTS}")
+
+
+def _is_bare(variant: str) -> bool:
+    """Whether the variant runs the framework alone (no obskit import)."""
+    return variant.startswith("bare")
+
+
+def _logs(variant: str) -> bool:
+    """Whether the app writes one log line per request in this variant."""
+    return variant != "bare" and "nolog" not in variant
+
+
+BARE = _is_bare(VARIANT)
+LOGS = _logs(VARIANT)
 _collections = [0, 0, 0]
 
 
@@ -38,7 +75,13 @@ def gc_counts() -> dict[str, Any]:
 
 def _configure() -> logging.Logger:
     log = logging.getLogger("bench.app")
-    if VARIANT == "bare":
+    if BARE:
+        if LOGS:
+            # Plain stdlib logging to /dev/null: the same line, no obskit.
+            handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
         return log
     import obskit
 
@@ -52,11 +95,12 @@ def _configure() -> logging.Logger:
         options["otlp_endpoint"] = endpoint
     else:
         options["traces_exporter"] = "none"
-    if VARIANT.startswith("obskit_1pct"):
+    if "1pct" in VARIANT:
         options.update(sampler="parentbased_traceidratio", sampler_arg=0.01)
     obskit.configure(**options)
     # JSON lines go to /dev/null: the cost of formatting is measured, not the terminal's.
     # "_buf" variants flush DEBUG/INFO lines every 0.2 s instead of after every line.
+    # Called in "_nolog" variants too: log correlation stays on though the app logs nothing.
     obskit.setup_logging(
         stream=open(os.devnull, "w"),  # noqa: SIM115
         flush_interval=0.2 if VARIANT.endswith("_buf") else 0.0,
@@ -70,9 +114,9 @@ LOG = _configure()
 def _make_fastapi() -> Any:
     from fastapi import FastAPI
 
-    telemetry = {"tracing": False, "metrics": False} if VARIANT == "bare" else None
+    telemetry = {"tracing": False, "metrics": False} if BARE else None
     app = FastAPI(telemetry=telemetry)
-    log = VARIANT != "bare"
+    log = LOGS
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
@@ -84,7 +128,7 @@ def _make_fastapi() -> Any:
     async def bench_gc() -> dict[str, Any]:
         return gc_counts()
 
-    if VARIANT != "bare":
+    if not BARE:
         from obskit.fastapi import instrument
 
         instrument(app)
@@ -95,7 +139,7 @@ def _make_flask() -> Any:
     from flask import Flask
 
     app = Flask("bench")
-    log = VARIANT != "bare"
+    log = LOGS
 
     @app.get("/items/<int:item_id>")
     def item(item_id: int) -> dict[str, int]:
@@ -107,7 +151,7 @@ def _make_flask() -> Any:
     def bench_gc() -> dict[str, Any]:
         return gc_counts()
 
-    if VARIANT != "bare":
+    if not BARE:
         from obskit.flask import Obskit
 
         Obskit(app)
@@ -118,7 +162,7 @@ def _make_django() -> Any:
     import django
     from django.conf import settings
 
-    middleware = ["obskit.django.ObskitMiddleware"] if VARIANT != "bare" else []
+    middleware = [] if BARE else ["obskit.django.ObskitMiddleware"]
     settings.configure(
         DEBUG=False,
         SECRET_KEY="bench",
@@ -138,7 +182,7 @@ def django_item(request: Any, item_id: int) -> Any:
     """The Django view of ``/items/<int:item_id>``."""
     from django.http import JsonResponse
 
-    if VARIANT != "bare":
+    if LOGS:
         LOG.info("item served", extra={"item": item_id})
     return JsonResponse({"id": item_id})
 

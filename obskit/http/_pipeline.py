@@ -142,61 +142,44 @@ class HttpTelemetry:
         if path in self.excluded:
             return None
         try:
-            return self._start(
-                method, path, get_header, scheme, server_address, server_port, client_address,
-                protocol, route,
-            )  # fmt: skip
+            parent = extract(get_header)
+            label = method if method in sc.METHODS else sc.OTHER_METHOD
+            runtime = _state.runtime
+            processor = runtime.processor if runtime is not None else None
+            if processor is None:
+                # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
+                # current so logs carry its ids and outbound calls forward it unchanged.
+                span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
+            elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
+                span = start_server_span(
+                    self._sampler, parent, _span_name(label), processor, self.tracer_scope
+                )
+            else:
+                span = self.tracer.start_span(_span_name(label), context=parent, kind=_SERVER)
+            request = Request(self, label, span, get_header)
+            facts = (
+                parent,
+                method,
+                path,
+                scheme,
+                server_address,
+                server_port,
+                client_address,
+                protocol,
+            )
+            if span.is_recording():
+                span.set_attributes(_server_attributes(label, facts, get_header))
+            elif processor is not None and (self.keep_errors or self.keep_slow is not None):
+                # Kept only for a request the tail policy may still export (see Request._keep).
+                request._unsampled = facts
+            request._token = _ctx.attach(trace.set_span_in_context(span, parent))
+            request._log_token = _current_request.set(request)
+            if route is not None:
+                request.set_route(route)
+            return request
         except Exception as exc:
             _selfmetrics.internal_error("http_start", exc)
             return None
-
-    def _start(
-        self,
-        method: str,
-        path: str,
-        get_header: Getter,
-        scheme: str,
-        server_address: str | None,
-        server_port: int | None,
-        client_address: str | None,
-        protocol: str | None,
-        route: str | None,
-    ) -> Request:
-        parent = extract(get_header)
-        label = method if method in sc.METHODS else sc.OTHER_METHOD
-        runtime = _state.runtime
-        processor = runtime.processor if runtime is not None else None
-        if processor is None:
-            # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
-            # current so logs carry its ids and outbound calls forward it unchanged.
-            span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
-        elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
-            span = start_server_span(
-                self._sampler, parent, _span_name(label), processor, self.tracer_scope
-            )
-        else:
-            span = self.tracer.start_span(_span_name(label), context=parent, kind=_SERVER)
-        request = Request(self, label, span, get_header)
-        facts = (
-            parent,
-            method,
-            path,
-            scheme,
-            server_address,
-            server_port,
-            client_address,
-            protocol,
-        )
-        if span.is_recording():
-            span.set_attributes(_server_attributes(label, facts, get_header))
-        elif processor is not None and (self.keep_errors or self.keep_slow is not None):
-            # Kept only for a request the tail policy may still export (see Request._keep).
-            request._unsampled = facts
-        request._token = _ctx.attach(trace.set_span_in_context(span, parent))
-        request._log_token = _current_request.set(request)
-        if route is not None:
-            request.set_route(route)
-        return request
 
 
 class _RouteSeries:
@@ -485,16 +468,20 @@ class Request:
 
 
 def header_getter_from_pairs(headers: Sequence[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
-    """A Getter over ASGI ``[(name, value)]`` header pairs; repeated headers are comma-joined."""
-    cache: dict[str, str | None] = {}
+    """A Getter over ASGI ``[(name, value)]`` header pairs; repeated headers are comma-joined.
+
+    The pairs are indexed once, at the first lookup (a request asks for two to five headers).
+    """
+    table: dict[bytes, bytes] | None = None
 
     def get(name: str) -> str | None:
-        if name in cache:
-            return cache[name]
-        key = name.encode("latin-1")
-        values = [v.decode("latin-1") for k, v in headers if k == key]
-        value = ",".join(values) if values else None
-        cache[name] = value
-        return value
+        nonlocal table
+        if table is None:
+            table = {}
+            for key, value in headers:
+                seen = table.get(key)
+                table[key] = value if seen is None else seen + b"," + value
+        found = table.get(name.encode("latin-1"))
+        return None if found is None else found.decode("latin-1")
 
     return get
