@@ -189,9 +189,16 @@ class ObskitMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 request.status = message.get("status")
-            await send(message)
-            if kind == "http.response.body" and not message.get("more_body", False):
-                request.finish(detach=False)
+            if kind != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            # The last chunk: sent outside the request's context (see Request.suspend).
+            suspended = request.suspend()
+            try:
+                await send(message)
+            finally:
+                request.resume(suspended)
+            request.finish(detach=False)
 
         try:
             await self.app(inner, receive, send_wrapper)

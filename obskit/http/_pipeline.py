@@ -182,6 +182,10 @@ class HttpTelemetry:
             return None
 
 
+def _no_header(name: str) -> str | None:
+    return None
+
+
 class _RouteSeries:
     """The RED metric writers of one (method, route), looked up through the guards once.
 
@@ -281,6 +285,7 @@ class Request:
         "_log_token",
         "_request_id",
         "_series",
+        "_suspended",
         "_token",
         "_unsampled",
         "handled",
@@ -309,6 +314,7 @@ class Request:
         self.status: int | None = None
         self._in_flight: Callable[[float], None] | None = None
         self._series: _RouteSeries | None = None
+        self._suspended: Any = None
         self._unsampled: tuple[Any, ...] | None = None
         self._request_id: str | None = None
         self._log_token: Any = None
@@ -383,8 +389,50 @@ class Request:
         if detach:
             self.detach()
 
+    def suspend(self) -> bool:
+        """Restore the context exactly as it was before the request (as :meth:`detach` does)
+        until :meth:`resume`; for a call into the server that may capture the current context.
+
+        uvicorn schedules its keep-alive timer while sending the last body chunk, and an asyncio
+        timer keeps a copy of the current context: the request's span and this object would stay
+        alive for up to the keep-alive timeout, long enough to reach the garbage collector's
+        older generations and trigger full collections -- the tail latency of issue #11.
+        """
+        if self._token is None:
+            return False
+        span_context = _ctx.get_current()
+        self._restore()
+        self._suspended = span_context
+        return True
+
+    def resume(self, suspended: bool) -> None:
+        """Undo :meth:`suspend`."""
+        if not suspended:
+            return
+        try:
+            self._token = _ctx.attach(self._suspended)
+            self._log_token = _current_request.set(self)
+        except Exception:
+            pass
+        self._suspended = None
+
     def detach(self) -> None:
         """Restore the context that was current before the request started."""
+        self._restore()
+        if self._finished:
+            # The header getter may hold the server's environ, which holds this request (WSGI
+            # adapters keep it there): a reference cycle per request that only the garbage
+            # collector would free. The one header still asked for later is kept.
+            get_header = self._get_header
+            if get_header is not _no_header:
+                if self._request_id is None:
+                    try:
+                        self._request_id = get_header("x-request-id") or ""
+                    except Exception:
+                        self._request_id = ""
+                self._get_header = _no_header
+
+    def _restore(self) -> None:
         token = self._token
         if token is not None:
             self._token = None
