@@ -7,6 +7,9 @@ in rounds (so machine noise hits all of them alike):
 - ``obskit``: RED metrics + SERVER spans at 100 % sampling (+ JSON log line with trace ids when
   obskit's logging is available);
 - ``obskit_1pct``: the same at 1 % sampling (traceidratio 0.01, keep-errors on);
+- ``bare_log`` (with ``--variants``): the bare app writing the same log line through plain
+  stdlib logging -- the matched baseline of the obskit variants that log;
+- ``obskit_nolog`` / ``obskit_nolog_1pct`` (with ``--variants``): obskit with no log line;
 - ``alternative``: OpenTelemetry contrib instrumentation for the framework with the SDK's
   BatchSpanProcessor (spans encoded to OTLP protobuf as an OTLP exporter would) + the popular
   Prometheus exporter (prometheus-flask-exporter, prometheus-fastapi-instrumentator,
