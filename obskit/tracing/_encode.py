@@ -248,14 +248,23 @@ def encode_scope(name: str, version: str | None) -> bytes:
     return body
 
 
+def frame_span(span: Any) -> bytes:
+    """A finished span encoded as one ``ScopeSpans.spans`` entry (field 2, length-prefixed).
+
+    The span pipeline queues spans in this form, so building an export request is a join of
+    bytes in C: the export thread spends next to no time holding the GIL per span, time that
+    would otherwise stall request threads.
+    """
+    return _len(b"\x12", encode_span(span))
+
+
 def encode_request(resource: bytes, scopes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     """An ``ExportTraceServiceRequest`` with one ResourceSpans holding each scope's spans.
 
-    Repeated message fields are concatenations on the wire, so spans encoded at span end are
-    spliced in without re-encoding.
+    ``scopes`` pairs an encoded scope with spans from :func:`frame_span`. Repeated message fields
+    are concatenations on the wire, so spans encoded at span end are spliced in as they are.
     """
     scope_spans = b"".join(
-        _len(b"\x12", _len(b"\x0a", scope) + b"".join([_len(b"\x12", s) for s in spans]))
-        for scope, spans in scopes
+        _len(b"\x12", _len(b"\x0a", scope) + b"".join(spans)) for scope, spans in scopes
     )
     return _len(b"\x0a", _len(b"\x0a", resource) + scope_spans)

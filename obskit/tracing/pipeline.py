@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from obskit import _selfmetrics
-from obskit.tracing._encode import encode_request, encode_scope, encode_span
+from obskit.tracing._encode import encode_request, encode_scope, frame_span
 
 __all__ = ["CompactSpanProcessor", "SpanSink"]
 
@@ -143,7 +143,7 @@ class CompactSpanProcessor(SpanProcessor):
         if not sampled and self.keep is None:
             return
         try:
-            data = encode_span(span)
+            data = frame_span(span)
             scope = self._scope_of(span)
         except Exception as exc:  # pragma: no cover - defensive: a span we cannot encode
             _selfmetrics.internal_error("span_encode", exc)
@@ -156,7 +156,7 @@ class CompactSpanProcessor(SpanProcessor):
     def submit(self, span: Any) -> None:
         """Queue a finished span-like object (a ``ServerSpan``) whatever its sampled flag."""
         try:
-            data = encode_span(span)
+            data = frame_span(span)
             scope = self._scope_of(span)
         except Exception as exc:
             _selfmetrics.internal_error("span_encode", exc)
@@ -218,7 +218,7 @@ class CompactSpanProcessor(SpanProcessor):
             if is_local_root:
                 held = self._pending.pop(trace_id, [])
                 scopes = self._pending_scope.pop(trace_id, [])
-                self._pending_bytes -= sum(len(d) for d in held)
+                self._pending_bytes -= sum(map(len, held))
             else:
                 held = []
                 scopes = []
@@ -243,7 +243,7 @@ class CompactSpanProcessor(SpanProcessor):
         n = min(len(self._q_data), self._batch)
         scopes, data = self._q_scope[:n], self._q_data[:n]
         del self._q_scope[:n], self._q_data[:n]
-        self._q_bytes -= sum(len(d) for d in data)
+        self._q_bytes -= sum(map(len, data))
         return scopes, data
 
     def _run(self) -> None:
@@ -265,8 +265,11 @@ class CompactSpanProcessor(SpanProcessor):
 
     def _export(self, scopes: list[int], data: list[bytes]) -> None:
         grouped: dict[int, list[bytes]] = {}
-        for s, d in zip(scopes, data, strict=True):
-            grouped.setdefault(s, []).append(d)
+        if scopes.count(scopes[0]) == len(scopes):  # one scope (the usual case): no loop
+            grouped[scopes[0]] = data
+        else:
+            for s, d in zip(scopes, data, strict=True):
+                grouped.setdefault(s, []).append(d)
         try:
             request = encode_request(
                 self._resource, ((self._scope_bytes[s], spans) for s, spans in grouped.items())
