@@ -37,6 +37,7 @@ from obskit import _selfmetrics, _state
 from obskit._runtime import tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import error_type
+from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, histogram
 
 #: The context key of the current span. Reading it directly skips get_current_span()'s
@@ -88,13 +89,14 @@ class _Recorder:
                 "Duration of functions decorated with @obskit.red, in seconds.",
                 ["function", "module"],
             )
-            children = (
-                _state.generation,
-                calls.labels(self.function, self.module, "ok"),
-                calls.labels(self.function, self.module, "error"),
-                duration.labels(self.function, self.module),
-            )
-            self._children = children
+            ok = calls.labels(self.function, self.module, "ok")
+            error = calls.labels(self.function, self.module, "error")
+            observed = duration.labels(self.function, self.module)
+            # Written directly (obskit.metrics._direct); an overflow series is not kept, so each
+            # observation folded into it passes the guard and is counted.
+            children = (_state.generation, adder(ok), adder(error), Observer(observed))
+            if not (calls.folded(ok) or calls.folded(error) or duration.folded(observed)):
+                self._children = children
         return children
 
     def record(self, started: float, exc: BaseException | None) -> None:
@@ -107,8 +109,8 @@ class _Recorder:
                     failed = bool(self.is_error(exc))
                 except Exception:
                     failed = True
-            (error if failed else ok).inc()
-            duration.observe(elapsed)
+            (error if failed else ok)(1)
+            duration(elapsed)
         except Exception as internal:
             _selfmetrics.internal_error("red", internal)
 

@@ -1204,17 +1204,17 @@ def test_a_failing_metric_never_reaches_the_caller(
     shape: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """observe() raising inside obskit: the call returns normally and the failure is counted."""
+    from obskit.metrics._direct import Observer
+
     work = make(shape)
     work.call(None)
-    child = obskit.histogram("function_duration_seconds", "", ["function", "module"]).labels(
-        work.label, MODULE
-    )
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("observe failed")
 
     monkeypatch.setattr(_state, "raise_internal_errors", False)
-    monkeypatch.setattr(child, "observe", broken)
+    # @obskit.red writes its histogram through obskit.metrics._direct.Observer.
+    monkeypatch.setattr(Observer, "__call__", broken)
     assert work.call(None) in ("done", ["a", "b"])
     raised = Boom("still the user's")
     with pytest.raises(Boom) as info:
@@ -1241,12 +1241,34 @@ def test_a_failing_tracer_never_reaches_the_caller(monkeypatch: pytest.MonkeyPat
 
 def test_internal_errors_are_raised_under_tests() -> None:
     """With raise_internal_errors (set by conftest) obskit's own failures surface in tests."""
+    from obskit.metrics._direct import Observer
+
     work = make("function")
     work.call(None)
-    child = obskit.histogram("function_duration_seconds", "", ["function", "module"]).labels(
-        work.label, MODULE
-    )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(child, "observe", lambda *a, **k: 1 / 0)
+        mp.setattr(Observer, "__call__", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             work.call(None)
+
+
+def test_calls_folded_into_the_overflow_series_are_counted_each_time() -> None:
+    """A decorated function past the metric's limit records into ``__overflow__``, and every
+    call is counted as folded (its writers are not cached)."""
+    obskit.configure(service_name="svc", cardinality_limit=2, traces_exporter="none")
+
+    @obskit.red
+    def first() -> None:
+        pass
+
+    @obskit.red
+    def second() -> None:
+        pass
+
+    first()  # its ok and error series fill the limit of function_calls
+    for _ in range(3):
+        second()
+    labels = {"function": "__overflow__", "module": "__overflow__", "result": "__overflow__"}
+    assert get_sample_value("function_calls_total", labels) == 3.0
+    assert (
+        get_sample_value("obskit_cardinality_overflow_total", {"metric": "function_calls"}) >= 3.0
+    )
