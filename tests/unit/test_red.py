@@ -1251,10 +1251,19 @@ def test_internal_errors_are_raised_under_tests() -> None:
             work.call(None)
 
 
-def test_calls_folded_into_the_overflow_series_are_counted_each_time() -> None:
+def test_calls_folded_into_the_overflow_series_are_counted_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A decorated function past the metric's limit records into ``__overflow__``, and every
     call is counted as folded (its writers are not cached)."""
-    obskit.configure(service_name="svc", cardinality_limit=2, traces_exporter="none")
+    obskit.configure(service_name="svc", traces_exporter="none")
+    calls = obskit.counter(
+        "function_calls",
+        "Calls of functions decorated with @obskit.red, by result (ok or error).",
+        ["function", "module", "result"],
+    )
+    # The instrument may have been declared by an earlier test with the default limit.
+    monkeypatch.setattr(calls._guard, "limit", 2)
 
     @obskit.red
     def first() -> None:
