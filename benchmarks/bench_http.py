@@ -272,17 +272,29 @@ def _run_asgi(app: Any, n: int) -> float:
     return asyncio.run(loop())
 
 
-def worker(framework: str, variant: str, n: int) -> None:
-    """Build one app variant and print microseconds per request as JSON."""
-    import gc
+def build(framework: str, variant: str) -> tuple[Any, Any]:
+    """One app variant and its runner (``runner(app, n)`` -> µs per request), built in this
+    process (``bench_instructions.py`` uses it too)."""
     import logging
 
     if not variant.startswith("obskit"):
         # obskit variants log through obskit's JSON handler only (set up in _configure_obskit).
         logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO)  # noqa: SIM115
     os.environ["BENCH_VARIANT"] = variant
-    build = {"flask": _flask_app, "fastapi": _fastapi_app, "django": _django_app}[framework]
-    app = build(variant)
+    make = {"flask": _flask_app, "fastapi": _fastapi_app, "django": _django_app}[framework]
+    return make(variant), (_run_asgi if framework == "fastapi" else _run_wsgi)
+
+
+def worker_command(script: str, framework: str, variant: str, requests: int) -> list[str]:
+    """The command line that runs ``script``'s worker for one variant in a fresh process."""
+    return [sys.executable, script, "--worker", framework, variant, "--requests", str(requests)]
+
+
+def worker(framework: str, variant: str, n: int) -> None:
+    """Build one app variant and print microseconds per request as JSON."""
+    import gc
+
+    app, runner = build(framework, variant)
     collections = [0, 0, 0]
 
     def count(phase: str, info: dict[str, int]) -> None:
@@ -290,7 +302,6 @@ def worker(framework: str, variant: str, n: int) -> None:
             collections[info["generation"]] += 1
 
     gc.callbacks.append(count)
-    runner = _run_asgi if framework == "fastapi" else _run_wsgi
     us = runner(app, n)
     print(json.dumps({"us": us, "gc": collections}))
 
@@ -315,15 +326,7 @@ def main() -> None:
         for framework in args.frameworks:
             for variant in args.variants:
                 out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        framework,
-                        variant,
-                        "--requests",
-                        str(args.requests),
-                    ],
+                    worker_command(__file__, framework, variant, args.requests),
                     capture_output=True,
                     text=True,
                     timeout=600,

@@ -24,6 +24,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_http  # noqa: E402  (a sibling script, not a package module)
+
 VARIANTS = (
     "bare",
     "bare_log",
@@ -36,21 +39,7 @@ VARIANTS = (
 
 def worker(framework: str, variant: str, requests: int) -> None:
     """Build the app, warm it up, and count instructions around ``requests`` requests."""
-    sys.path.insert(0, str(HERE))
-    import logging
-
-    import bench_http
-
-    os.environ["BENCH_VARIANT"] = variant
-    if not variant.startswith("obskit"):
-        logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO)  # noqa: SIM115
-    build = {
-        "flask": bench_http._flask_app,
-        "fastapi": bench_http._fastapi_app,
-        "django": bench_http._django_app,
-    }[framework]
-    app = build(variant)
-    run = bench_http._run_asgi if framework == "fastapi" else bench_http._run_wsgi
+    app, run = bench_http.build(framework, variant)
     run(app, 200)
     pid = str(os.getpid())
     subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=False)
@@ -68,13 +57,7 @@ def count(framework: str, variant: str, requests: int) -> float:
                 "--tool=callgrind",
                 "--instr-atstart=no",
                 f"--callgrind-out-file={out}",
-                sys.executable,
-                __file__,
-                "--worker",
-                framework,
-                variant,
-                "--requests",
-                str(requests),
+                *bench_http.worker_command(__file__, framework, variant, requests),
             ],
             capture_output=True,
             check=True,

@@ -193,11 +193,11 @@ class ObskitMiddleware:
                 await send(message)
                 return
             # The last chunk: sent outside the request's context (see Request.suspend).
-            suspended = request.suspend()
+            context = request.suspend()
             try:
                 await send(message)
             finally:
-                request.resume(suspended)
+                request.resume(context)
             request.finish(detach=False)
 
         try:

@@ -104,6 +104,8 @@ class HttpTelemetry:
             if config.slow_threshold is None or config.keep_whole_trace
             else config.slow_threshold
         )
+        # Whether a head-dropped request must keep what its SERVER span would be rebuilt from.
+        self._keeps = self.keep_errors or self.keep_slow is not None
         self._otlp_duration: Any = None
         runtime = _state.runtime
         if runtime is not None and runtime.meter_provider is not None:
@@ -157,21 +159,23 @@ class HttpTelemetry:
             else:
                 span = self.tracer.start_span(_span_name(label), context=parent, kind=_SERVER)
             request = Request(self, label, span, get_header)
-            facts = (
-                parent,
-                method,
-                path,
-                scheme,
-                server_address,
-                server_port,
-                client_address,
-                protocol,
-            )
-            if span.is_recording():
-                span.set_attributes(_server_attributes(label, facts, get_header))
-            elif processor is not None and (self.keep_errors or self.keep_slow is not None):
-                # Kept only for a request the tail policy may still export (see Request._keep).
-                request._unsampled = facts
+            recording = span.is_recording()
+            if recording or (processor is not None and self._keeps):
+                facts = (
+                    parent,
+                    method,
+                    path,
+                    scheme,
+                    server_address,
+                    server_port,
+                    client_address,
+                    protocol,
+                )
+                if recording:
+                    span.set_attributes(_server_attributes(label, facts, get_header))
+                else:
+                    # Kept only for a request the tail policy may still export (Request._keep).
+                    request._unsampled = facts
             request._token = _ctx.attach(trace.set_span_in_context(span, parent))
             request._log_token = _current_request.set(request)
             if route is not None:
@@ -285,7 +289,6 @@ class Request:
         "_log_token",
         "_request_id",
         "_series",
-        "_suspended",
         "_token",
         "_unsampled",
         "handled",
@@ -314,7 +317,6 @@ class Request:
         self.status: int | None = None
         self._in_flight: Callable[[float], None] | None = None
         self._series: _RouteSeries | None = None
-        self._suspended: Any = None
         self._unsampled: tuple[Any, ...] | None = None
         self._request_id: str | None = None
         self._log_token: Any = None
@@ -389,9 +391,10 @@ class Request:
         if detach:
             self.detach()
 
-    def suspend(self) -> bool:
+    def suspend(self) -> Any:
         """Restore the context exactly as it was before the request (as :meth:`detach` does)
         until :meth:`resume`; for a call into the server that may capture the current context.
+        Returns what :meth:`resume` needs.
 
         uvicorn schedules its keep-alive timer while sending the last body chunk, and an asyncio
         timer keeps a copy of the current context: the request's span and this object would stay
@@ -399,22 +402,20 @@ class Request:
         older generations and trigger full collections -- the tail latency of issue #11.
         """
         if self._token is None:
-            return False
-        span_context = _ctx.get_current()
+            return None
+        context = _ctx.get_current()
         self._restore()
-        self._suspended = span_context
-        return True
+        return context
 
-    def resume(self, suspended: bool) -> None:
-        """Undo :meth:`suspend`."""
-        if not suspended:
+    def resume(self, context: Any) -> None:
+        """Undo :meth:`suspend` (given what it returned)."""
+        if context is None:
             return
         try:
-            self._token = _ctx.attach(self._suspended)
+            self._token = _ctx.attach(context)
             self._log_token = _current_request.set(self)
         except Exception:
             pass
-        self._suspended = None
 
     def detach(self) -> None:
         """Restore the context that was current before the request started."""
@@ -496,7 +497,7 @@ class Request:
         if processor is None or facts is None:
             return
         parent = facts[0]
-        parent_ctx = trace.get_current_span(parent).get_span_context() if parent else None
+        parent_ctx = _ctx.current_span(parent).get_span_context() if parent else None
         span = ServerSpan(
             _span_name(self.method, self.route),
             self.span.get_span_context(),

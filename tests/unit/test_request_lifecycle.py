@@ -100,3 +100,63 @@ def test_asgi_last_chunk_is_sent_outside_the_request_context() -> None:
     # The request was finished after the last chunk, with its outcome.
     attributes = {kv.key: kv.value for kv in span.attributes}
     assert attributes["http.response.status_code"].int_value == 200
+
+
+def test_uvicorn_keep_alive_does_not_hold_finished_requests() -> None:
+    """A real uvicorn on loopback, one keep-alive connection: after the responses, no request
+    object stays reachable (before the fix the keep-alive timers held each one for 30 s)."""
+    import http.client
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from obskit.http._pipeline import Request
+
+    obskit.configure(service_name="svc", traces_exporter="none")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            AsgiMiddleware(app),
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            timeout_keep_alive=30,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    closing: list[http.client.HTTPConnection] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        closing.append(connection)
+        for _ in range(20):
+            connection.request("GET", "/items/7")
+            response = connection.getresponse()
+            assert response.read() == b"ok"
+        # The server thread may still be finishing the last request.
+        deadline = time.monotonic() + 3
+        while True:
+            alive = [o for o in gc.get_objects() if type(o) is Request]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert alive == []
+    finally:
+        for connection in closing:
+            connection.close()
+        server.should_exit = True
+        thread.join(10)
