@@ -6,14 +6,23 @@
     app = ObskitMiddleware(app)
 
 It wraps ``send`` only to see the status and the last body chunk, so streaming responses are
-timed to their last byte; WebSocket and lifespan scopes pass through untouched. Starlette and
-FastAPI record the matched route in ``scope["route"]``; the middleware hands the app a scope that
-notices that assignment, so the route template is known *before* the endpoint runs (span name,
-in-flight gauge) without matching the routing table a second time.
+timed to their last byte; WebSocket and lifespan scopes pass through untouched. The route
+template is learnt *before* the endpoint runs (span name, in-flight gauge) without matching the
+routing table a second time:
+
+- under FastAPI (0.165+), from FastAPI's own route-selection hook: its router reports the full
+  template (include prefixes, mounts) to the per-request telemetry record in
+  ``scope["fastapi.telemetry"]``; obskit puts a record there whose "span" forwards the route to
+  the request (see :func:`_fastapi_route_hook`);
+- elsewhere (Starlette, other routers that set ``scope["route"]``), the app gets a scope that
+  notices that assignment (:class:`_RouteScope`, a dict subclass: slower, as every scope access
+  then leaves CPython's exact-dict fast path).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -50,6 +59,83 @@ def _find_mount(app: Any, endpoint: Any) -> Any:
         if getattr(route, "app", None) is endpoint and hasattr(route, "routes"):
             return route
     return None
+
+
+class _RouteListener:
+    """Stands in for the span in FastAPI's per-request telemetry record: FastAPI's router
+    reports each route it selects as ``set_attribute("http.route", template)``."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if key == "http.route" and isinstance(value, str):
+            self.request.set_route(value)
+
+    def update_name(self, name: str) -> None:
+        pass
+
+
+def _reports_every_route(router: Any, fastapi_app: Any, depth: int = 0) -> bool:
+    """Whether every mount under ``router`` hands requests to a FastAPI app (whose router
+    reports its routes too); a plain Starlette app or router under a mount would only be seen
+    as ``/mount/{path}`` by FastAPI's hook."""
+    for route in getattr(router, "routes", None) or ():
+        if hasattr(route, "routes") and hasattr(route, "app"):  # a Mount
+            inner = route.app
+            if not isinstance(inner, fastapi_app) or depth > 8:
+                return False
+            if not _reports_every_route(inner.router, fastapi_app, depth + 1):
+                return False
+    return True
+
+
+def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
+    """For an app that routes with FastAPI: ``record(request)`` gives the value of
+    ``scope["fastapi.telemetry"]`` through which FastAPI's router reports the route; else None.
+
+    The record is FastAPI's private ``_RequestTelemetry`` (its router checks the type). With no
+    tracer and no logger in it, FastAPI starts no span and emits no log of its own; its presence
+    also tells FastAPI's native telemetry that this request is instrumented already. If a later
+    FastAPI changes that record, or a mount hands requests to a non-FastAPI app, this returns
+    None and the generic :class:`_RouteScope` is used.
+    """
+    routing = sys.modules.get("fastapi.routing")
+    applications = sys.modules.get("fastapi.applications")
+    if routing is None or applications is None:
+        return None  # FastAPI was never imported: the app is not a FastAPI app
+    kinds = (routing.APIRouter, applications.FastAPI)
+    level = app
+    for _ in range(64):  # down the middleware chain (each holds the next as ``.app``)
+        if level is None or isinstance(level, kinds):
+            break
+        level = getattr(level, "app", None)
+    if not isinstance(level, kinds) or not _reports_every_route(
+        getattr(level, "router", level), applications.FastAPI
+    ):
+        return None
+    try:
+        from fastapi.telemetry._api import _RequestTelemetry
+
+        fields = {field.name for field in dataclasses.fields(_RequestTelemetry)}
+        if not {"span", "span_method", "tracer", "logger", "data", "_mount_prefix"} <= fields:
+            return None
+        _RequestTelemetry(span=None, span_method="GET", tracer=None, logger=None, data=None)
+    except Exception:
+        return None
+
+    def record(request: Request) -> Any:
+        return _RequestTelemetry(
+            span=_RouteListener(request),  # type: ignore[arg-type]
+            span_method=request.method,
+            tracer=None,
+            logger=None,
+            data=None,
+        )
+
+    return record
 
 
 class _RouteScope(dict):  # type: ignore[type-arg]
@@ -151,6 +237,7 @@ class ObskitMiddleware:
         self.app = app
         self.telemetry = telemetry or HttpTelemetry()
         self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
+        self._fastapi_record = _fastapi_route_hook(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -176,14 +263,20 @@ class ObskitMiddleware:
         if request is None:
             await self.app(scope, receive, send)
             return
-        inner = _RouteScope(scope)
-        inner._obskit_request = request
-        inner._obskit_prefix = ""
-        inner._obskit_pending = None
+        fastapi_record = self._fastapi_record
+        inner: Scope
+        if fastapi_record is not None:
+            inner = dict(scope)
+            inner["fastapi.telemetry"] = fastapi_record(request)
+        else:
+            inner = route_scope = _RouteScope(scope)
+            route_scope._obskit_request = request
+            route_scope._obskit_prefix = ""
+            route_scope._obskit_pending = None
+            # FastAPI apps below this middleware (mounted sub-applications) skip their native
+            # telemetry when this key is present: obskit's span is the one SERVER span.
+            inner["fastapi.telemetry"] = None
         inner[SCOPE_KEY] = request
-        # FastAPI apps below this middleware (mounted sub-applications) skip their native
-        # telemetry when this key is present: obskit's span is the one SERVER span.
-        inner["fastapi.telemetry"] = None
 
         async def send_wrapper(message: Message) -> None:
             kind = message["type"]
