@@ -215,6 +215,13 @@ class _RouteScope(dict):  # type: ignore[type-arg]
         return dict(self)
 
 
+def _facts(scope: Scope) -> tuple[str, str | None, int | None, str | None, str | None]:
+    """The connection facts of a SERVER span (see :meth:`HttpTelemetry.begin`)."""
+    server = scope.get("server") or (None, None)
+    client = scope.get("client") or (None, None)
+    return (scope.get("scheme", "http"), server[0], server[1], client[0], scope.get("http_version"))
+
+
 class ObskitMiddleware:
     """Wrap an ASGI application (Starlette, FastAPI, or any other).
 
@@ -248,17 +255,8 @@ class ObskitMiddleware:
         if path == self.metrics_path:
             await self._metrics(headers, send)
             return
-        server = scope.get("server") or (None, None)
-        client = scope.get("client") or (None, None)
-        request = self.telemetry.start(
-            scope.get("method") or "GET",
-            path,
-            header_getter_from_pairs(headers),
-            scheme=scope.get("scheme", "http"),
-            server_address=server[0],
-            server_port=server[1],
-            client_address=client[0],
-            protocol=scope.get("http_version"),
+        request = self.telemetry.begin(
+            scope.get("method") or "GET", path, header_getter_from_pairs(headers), _facts, scope
         )
         if request is None:
             await self.app(scope, receive, send)

@@ -23,9 +23,8 @@ except ImportError as exc:  # pragma: no cover - exercised without gunicorn
     raise ImportError("obskit.gunicorn needs gunicorn: pip install gunicorn") from exc
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 
-from obskit.logging import _request
+from obskit.tracing._fastctx import with_span
 from obskit.wsgi import ENVIRON_KEY
 
 __all__ = ["Logger"]
@@ -46,10 +45,9 @@ class Logger(glogging.Logger):  # type: ignore[misc]
             "client.address": atoms.get("h"),
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
         }
-        token = log_token = None
+        token = None
         if request is not None:
-            token = otel_context.attach(trace.set_span_in_context(request.span))
-            log_token = _request.set(request)
+            token = otel_context.attach(with_span(request.span, None, request))
         try:
             self.access_log.info(
                 self.cfg.access_log_format, self.atoms_wrapper_class(atoms), extra=extra
@@ -57,8 +55,6 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         except Exception:
             self.error(traceback.format_exc())
         finally:
-            if log_token is not None:
-                _request.reset(log_token)
             if token is not None:
                 otel_context.detach(token)
 

@@ -28,7 +28,6 @@ Nothing here swaps the process-wide ``LogRecordFactory`` or calls ``basicConfig`
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import decimal
 import json
@@ -48,6 +47,7 @@ from typing import Any, Literal, TextIO
 from pythonjsonlogger.json import JsonFormatter as _PJLJsonFormatter
 
 from obskit import _selfmetrics
+from obskit.tracing import _fastctx as _ctx
 from obskit.tracing._fastctx import current_span
 
 __all__ = [
@@ -59,13 +59,10 @@ __all__ = [
     "setup_logging",
 ]
 
-#: The request being handled in this context (set by the request pipeline).
-_request: contextvars.ContextVar[Any] = contextvars.ContextVar("obskit_request", default=None)
-
 
 def current_request() -> Any:
     """The obskit request object of the current context, or None."""
-    return _request.get()
+    return _ctx.current_request()
 
 
 # -- redaction -------------------------------------------------------------------------------
@@ -301,14 +298,15 @@ class CorrelationFilter(logging.Filter):
         return bound
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = current_span().get_span_context()
+        context = _ctx.get_current()
+        ctx = current_span(context).get_span_context()
         if ctx.is_valid:
             record.obskit_trace_id = ctx.trace_id
             record.obskit_span_id = ctx.span_id
             record.obskit_flags = ctx.trace_flags
         else:
             record.obskit_trace_id = 0
-        record.obskit_request = _request.get()
+        record.obskit_request = _ctx.current_request(context)
         if not self._sampling or record.levelno >= logging.WARNING:
             return True
         if not ctx.is_valid:
@@ -437,7 +435,7 @@ class JsonFormatter(_PJLJsonFormatter):
                 trace_id = ctx.trace_id
                 record.obskit_span_id = ctx.span_id
                 record.obskit_flags = ctx.trace_flags
-            request = _request.get()
+            request = _ctx.current_request()
         else:
             request = getattr(record, "obskit_request", None)
         if trace_id:

@@ -16,8 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from obskit.http import _semconv as sc
-from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+from obskit.http._pipeline import (
+    HttpTelemetry,
+    Request,
+    ensure_configured,
+    environ_facts,
+    header_getter_from_environ,
+)
 from obskit.metrics.exposition import render
 
 __all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
@@ -26,18 +31,6 @@ ENVIRON_KEY = "obskit.request"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-def _getter(environ: dict[str, Any]) -> Callable[[str], str | None]:
-    def get(name: str) -> str | None:
-        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
-        if value is None:
-            return None
-        # PEP 3333 hands header bytes over as latin-1 str; non-ASCII bytes stay as they are and
-        # simply fail W3C validation later.
-        return str(value)
-
-    return get
 
 
 class _Finishing:
@@ -104,15 +97,12 @@ class ObskitMiddleware:
                 "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
             )
             return [body]
-        request = self.telemetry.start(
+        request = self.telemetry.begin(
             environ.get("REQUEST_METHOD") or "GET",
             path,
-            _getter(environ),
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            server_address=environ.get("SERVER_NAME"),
-            server_port=sc.port(environ.get("SERVER_PORT")),
-            client_address=environ.get("REMOTE_ADDR"),
-            protocol=sc.protocol_version(environ.get("SERVER_PROTOCOL")),
+            header_getter_from_environ(environ),
+            environ_facts,
+            environ,
         )
         if request is None:
             return self.app(environ, start_response)

@@ -12,8 +12,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.django needs Django: pip install 'obskit[django]'") from exc
 
-from obskit.http import _semconv as sc
-from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+from obskit.http._pipeline import (
+    HttpTelemetry,
+    Request,
+    ensure_configured,
+    environ_facts,
+    header_getter_from_environ,
+)
 
 __all__ = ["ObskitMiddleware", "route_of"]
 
@@ -29,12 +34,10 @@ def route_of(request: HttpRequest) -> str | None:
     return route if route.startswith("/") else "/" + route
 
 
-def _getter(meta: dict[str, Any]) -> Callable[[str], str | None]:
-    def get(name: str) -> str | None:
-        value = meta.get("HTTP_" + name.upper().replace("-", "_"))
-        return None if value is None else str(value)
-
-    return get
+def _facts(request: HttpRequest) -> tuple[str, str | None, int | None, str | None, str | None]:
+    """The connection facts of a SERVER span; the scheme as Django sees it (which honours
+    ``SECURE_PROXY_SSL_HEADER``)."""
+    return (request.scheme or "http", *environ_facts(request.META)[1:])
 
 
 class ObskitMiddleware:
@@ -52,16 +55,12 @@ class ObskitMiddleware:
             markcoroutinefunction(self)
 
     def _start(self, request: HttpRequest) -> Request | None:
-        meta = request.META
-        return self.telemetry.start(
+        return self.telemetry.begin(
             request.method or "GET",
             request.path,
-            _getter(meta),
-            scheme=request.scheme or "http",
-            server_address=meta.get("SERVER_NAME"),
-            server_port=sc.port(meta.get("SERVER_PORT")),
-            client_address=meta.get("REMOTE_ADDR"),
-            protocol=sc.protocol_version(meta.get("SERVER_PROTOCOL")),
+            header_getter_from_environ(request.META),
+            _facts,
+            request,
         )
 
     def __call__(self, request: HttpRequest) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -22,7 +22,6 @@ from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
-from obskit.logging import _request as _current_request
 from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing import _fastctx as _ctx
@@ -71,6 +70,7 @@ class HttpTelemetry:
         self.tracer = provider.get_tracer("obskit.http", __version__)
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self._sampler = _runtime._install_global().sampler
+        self._span_names = {label: _span_name(label) for label in (*sc.METHODS, sc.OTHER_METHOD)}
         self.excluded = frozenset(
             config.excluded_paths if excluded_paths is None else excluded_paths
         )
@@ -141,6 +141,23 @@ class HttpTelemetry:
         route: str | None = None,
     ) -> Request | None:
         """Begin a request; None when its path is excluded. Never raises."""
+        facts = (scheme, server_address, server_port, client_address, protocol)
+        return self.begin(method, path, get_header, _given, facts, route)
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        get_header: Getter,
+        describe: Describe,
+        source: Any,
+        route: str | None = None,
+    ) -> Request | None:
+        """:meth:`start`, with the connection facts given as ``describe(source)``: a tuple
+        ``(scheme, server_address, server_port, client_address, protocol)`` computed only for a
+        request whose span records them (or that the tail policy may keep), not for every
+        unsampled request. Never raises.
+        """
         if path in self.excluded:
             return None
         try:
@@ -154,36 +171,34 @@ class HttpTelemetry:
                 span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
             elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
                 span = start_server_span(
-                    self._sampler, parent, _span_name(label), processor, self.tracer_scope
+                    self._sampler, parent, self._span_names[label], processor, self.tracer_scope
                 )
             else:
-                span = self.tracer.start_span(_span_name(label), context=parent, kind=_SERVER)
+                span = self.tracer.start_span(self._span_names[label], context=parent, kind=_SERVER)
             request = Request(self, label, span, get_header)
-            recording = span.is_recording()
-            if recording or (processor is not None and self._keeps):
-                facts = (
-                    parent,
-                    method,
-                    path,
-                    scheme,
-                    server_address,
-                    server_port,
-                    client_address,
-                    protocol,
+            if span.is_recording():
+                request._recording = True
+                span.set_attributes(
+                    _server_attributes(label, method, path, describe(source), get_header)
                 )
-                if recording:
-                    span.set_attributes(_server_attributes(label, facts, get_header))
-                else:
-                    # Kept only for a request the tail policy may still export (Request._keep).
-                    request._unsampled = facts
-            request._token = _ctx.attach(trace.set_span_in_context(span, parent))
-            request._log_token = _current_request.set(request)
+            elif processor is not None and self._keeps:
+                # Kept only for a request the tail policy may still export (Request._keep).
+                request._unsampled = (parent, method, path, describe, source)
+            request._token = _ctx.attach(_ctx.with_span(span, parent, request))
             if route is not None:
                 request.set_route(route)
             return request
         except Exception as exc:
             _selfmetrics.internal_error("http_start", exc)
             return None
+
+
+#: ``describe`` of the connection facts :meth:`HttpTelemetry.start` was given as they are.
+Describe = Callable[[Any], tuple[str, str | None, int | None, str | None, str | None]]
+
+
+def _given(facts: Any) -> Any:
+    return facts
 
 
 def _no_header(name: str) -> str | None:
@@ -220,19 +235,19 @@ class _RouteSeries:
         self.cacheable = not (
             telemetry.duration.folded(duration) or telemetry.in_flight.folded(in_flight)
         )
-        self._statuses: dict[str, Callable[[float], None]] = {}
+        self._statuses: dict[int | None, Callable[[float], None]] = {}
 
-    def count(self, status: str) -> None:
-        """One request answered with ``status`` (a status label)."""
-        add = self._statuses.get(status)
+    def count(self, code: int | None) -> None:
+        """One request answered with status ``code`` (None: raised, unanswered)."""
+        add = self._statuses.get(code)
         if add is None:
             requests = self._telemetry.requests
-            child = requests.labels(*self.key, status)
+            child = requests.labels(*self.key, sc.status_label(code))
             add = adder(child)
             if requests.folded(child) or len(self._statuses) >= 64:
                 add(1)
                 return
-            self._statuses[status] = add
+            self._statuses[code] = add
         add(1)
 
 
@@ -242,9 +257,11 @@ def _span_name(method: str, route: str | None = None) -> str:
     return f"{name} {route}" if route else name
 
 
-def _server_attributes(label: str, facts: tuple[Any, ...], get_header: Getter) -> dict[str, Any]:
+def _server_attributes(
+    label: str, method: str, path: str, facts: tuple[Any, ...], get_header: Getter
+) -> dict[str, Any]:
     """The SERVER span's request attributes (stable HTTP semantic conventions)."""
-    _, method, path, scheme, address, port, client, protocol = facts
+    scheme, address, port, client, protocol = facts
     attrs: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
         sc.URL_PATH: path,
@@ -282,23 +299,23 @@ def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> Non
 class Request:
     """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
 
-    __slots__ = (
-        "_finished",
-        "_get_header",
-        "_in_flight",
-        "_log_token",
-        "_request_id",
-        "_series",
-        "_token",
-        "_unsampled",
-        "handled",
-        "method",
-        "route",
-        "span",
-        "start",
-        "status",
-        "telemetry",
-    )
+    # No __slots__: most attributes keep their class-level default for most requests, and an
+    # instance then pays for the five it sets, not for fifteen.
+    _token: object = None
+    _finished = False
+    _recording = False
+    #: An exception the framework caught and answered with an error response (Flask's
+    #: ``got_request_exception``, Django's ``process_exception``): recorded on the span if the
+    #: request ends with a 5xx status, ignored if the framework answered 4xx (``Http404``).
+    handled: BaseException | None = None
+    route: str | None = None
+    status: int | None = None
+    _in_flight: Callable[[float], None] | None = None
+    _series: _RouteSeries | None = None
+    #: What a head-dropped request's SERVER span would be rebuilt from, if the tail policy may
+    #: keep it: ``(parent, method, path, describe, source)``.
+    _unsampled: tuple[Any, ...] | None = None
+    _request_id: str | None = None
 
     def __init__(
         self, telemetry: HttpTelemetry, method: str, span: Any, get_header: Getter
@@ -307,19 +324,6 @@ class Request:
         self.method = method
         self.span = span
         self._get_header = get_header
-        self._token: object = None
-        self._finished = False
-        #: An exception the framework caught and answered with an error response (Flask's
-        #: ``got_request_exception``, Django's ``process_exception``): recorded on the span if the
-        #: request ends with a 5xx status, ignored if the framework answered 4xx (``Http404``).
-        self.handled: BaseException | None = None
-        self.route: str | None = None
-        self.status: int | None = None
-        self._in_flight: Callable[[float], None] | None = None
-        self._series: _RouteSeries | None = None
-        self._unsampled: tuple[Any, ...] | None = None
-        self._request_id: str | None = None
-        self._log_token: Any = None
         self.start = _perf()
 
     @property
@@ -357,8 +361,8 @@ class Request:
             if in_flight:
                 self._in_flight = series.in_flight
                 series.in_flight(1)
-            span = self.span
-            if span.is_recording():
+            if self._recording:
+                span = self.span
                 span.update_name(_span_name(self.method, route))
                 span.set_attribute(sc.HTTP_ROUTE, route)
         except Exception as exc:
@@ -413,7 +417,6 @@ class Request:
             return
         try:
             self._token = _ctx.attach(context)
-            self._log_token = _current_request.set(self)
         except Exception:
             pass
 
@@ -432,6 +435,8 @@ class Request:
                     except Exception:
                         self._request_id = ""
                 self._get_header = _no_header
+            # Likewise the connection facts' source (the environ, Django's request).
+            self._unsampled = None
 
     def _restore(self) -> None:
         token = self._token
@@ -439,13 +444,6 @@ class Request:
             self._token = None
             try:
                 _ctx.detach(token)
-            except Exception:
-                pass
-        log_token = self._log_token
-        if log_token is not None:
-            self._log_token = None
-            try:
-                _current_request.reset(log_token)
             except Exception:
                 pass
 
@@ -457,12 +455,12 @@ class Request:
         series = self._series
         if series is None or series.generation != _state.generation:
             series = telemetry.series(method, route)
-        series.count(sc.status_label(code))
+        series.count(code)
         span = self.span
-        ctx = span.get_span_context()
+        ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
         exemplar = None
-        if telemetry.exemplars and ctx.trace_flags & 1:
-            exemplar = {"trace_id": format(ctx.trace_id, "032x")}
+        if ctx[3] & 1 and telemetry.exemplars:
+            exemplar = {"trace_id": format(ctx[0], "032x")}
         series.observe(duration, exemplar)
         if self._in_flight is not None:
             self._in_flight(-1)
@@ -471,7 +469,7 @@ class Request:
             if code is not None:
                 attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
             telemetry._otlp_duration.record(duration, attributes)
-        if span.is_recording():
+        if self._recording:
             _mark_outcome(span, code, exc)
         failed = exc is not None or (code is not None and code >= 500)
         runtime = _state.runtime
@@ -481,7 +479,8 @@ class Request:
             slow = telemetry.keep_slow
             if (failed and telemetry.keep_errors) or (slow is not None and duration >= slow):
                 self._keep(duration, code, exc, route)
-        span.end()
+        if self._recording:
+            span.end()
 
     def _keep(
         self, duration: float, code: int | None, exc: BaseException | None, route: str
@@ -493,10 +492,10 @@ class Request:
         """
         runtime = _state.runtime
         processor = runtime.processor if runtime is not None else None
-        facts = self._unsampled
-        if processor is None or facts is None:
+        unsampled = self._unsampled
+        if processor is None or unsampled is None:
             return
-        parent = facts[0]
+        parent, method, path, describe, source = unsampled
         parent_ctx = _ctx.current_span(parent).get_span_context() if parent else None
         span = ServerSpan(
             _span_name(self.method, self.route),
@@ -508,7 +507,8 @@ class Request:
         )
         end = time.time_ns()
         span.start_time = end - int(duration * 1e9)
-        span.set_attributes(_server_attributes(self.method, facts, self._get_header))
+        facts = describe(source)
+        span.set_attributes(_server_attributes(self.method, method, path, facts, self._get_header))
         if self.route is not None:
             span.set_attribute(sc.HTTP_ROUTE, route)
         _mark_outcome(span, code, exc)
@@ -516,20 +516,57 @@ class Request:
         _selfmetrics.traces_kept()
 
 
+_environ_keys: dict[str, str] = {}
+
+
+def header_getter_from_environ(environ: Mapping[str, Any]) -> Callable[[str], str | None]:
+    """A Getter over a WSGI environ (or Django's ``request.META``): ``HTTP_*`` keys."""
+
+    def get(name: str) -> str | None:
+        key = _environ_keys.get(name)
+        if key is None:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if len(_environ_keys) < 256:
+                _environ_keys[name] = key
+        value = environ.get(key)
+        # PEP 3333 hands header bytes over as latin-1 str; non-ASCII bytes stay as they are and
+        # simply fail W3C validation later.
+        return None if value is None else str(value)
+
+    return get
+
+
+def environ_facts(
+    environ: Mapping[str, Any],
+) -> tuple[str, str | None, int | None, str | None, str | None]:
+    """The connection facts of a WSGI environ (see :meth:`HttpTelemetry.begin`)."""
+    return (
+        environ.get("wsgi.url_scheme", "http"),
+        environ.get("SERVER_NAME"),
+        sc.port(environ.get("SERVER_PORT")),
+        environ.get("REMOTE_ADDR"),
+        sc.protocol_version(environ.get("SERVER_PROTOCOL")),
+    )
+
+
 def header_getter_from_pairs(headers: Sequence[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
     """A Getter over ASGI ``[(name, value)]`` header pairs; repeated headers are comma-joined.
 
-    The pairs are indexed once, at the first lookup (a request asks for two to five headers).
+    The pairs are indexed once, at the first lookup (a request asks for two to five headers):
+    by ``dict()`` in C, and again with joins only if a name repeats.
     """
     table: dict[bytes, bytes] | None = None
 
     def get(name: str) -> str | None:
         nonlocal table
         if table is None:
-            table = {}
-            for key, value in headers:
-                seen = table.get(key)
-                table[key] = value if seen is None else seen + b"," + value
+            pairs = headers if isinstance(headers, (list, tuple)) else list(headers)
+            table = dict(pairs)
+            if len(table) != len(pairs):
+                table = {}
+                for key, value in pairs:
+                    seen = table.get(key)
+                    table[key] = value if seen is None else seen + b"," + value
         found = table.get(name.encode("latin-1"))
         return None if found is None else found.decode("latin-1")
 

@@ -15,14 +15,26 @@ from typing import Any
 from opentelemetry import context as _api
 from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.trace import INVALID_SPAN, Span, set_span_in_context
 
-__all__ = ["attach", "current_span", "detach", "get_current"]
+__all__ = [
+    "REQUEST_KEY",
+    "attach",
+    "current_request",
+    "current_span",
+    "detach",
+    "get_current",
+    "with_span",
+]
 
 try:
     from opentelemetry.trace.propagation import _SPAN_KEY
 except ImportError:  # pragma: no cover - an API without it: the slow path below
     _SPAN_KEY = None  # type: ignore[assignment]
+
+#: The obskit request being handled, kept in the same context as its span: one ``ContextVar``
+#: set per request, and what a log line reads in one lookup.
+REQUEST_KEY = _api.create_key("obskit.request")
 
 _runtime = getattr(_api, "_RUNTIME_CONTEXT", None)
 _var: Any = (
@@ -52,3 +64,26 @@ def current_span(context: Context | None = None) -> Span:
         return get_current_span(context)
     span = (context if context is not None else _var.get()).get(_SPAN_KEY)
     return INVALID_SPAN if span is None else span  # type: ignore[return-value]
+
+
+_set_item = dict.__setitem__
+
+
+def with_span(span: Span, context: Context | None = None, request: Any = None) -> Context:
+    """``trace.set_span_in_context(span, context)`` (the current context by default), and
+    ``request`` under :data:`REQUEST_KEY` if given, in one copy of the context (the API's
+    ``set_value`` makes two per key)."""
+    if _var is None:  # pragma: no cover - another runtime context
+        new = set_span_in_context(span, context)
+        return new if request is None else _api.set_value(REQUEST_KEY, request, new)
+    new = Context(context if context is not None else _var.get())
+    # Context forbids item assignment; this is a fresh copy no one else holds yet.
+    _set_item(new, _SPAN_KEY, span)
+    if request is not None:
+        _set_item(new, REQUEST_KEY, request)
+    return new
+
+
+def current_request(context: Context | None = None) -> Any:
+    """The obskit request in ``context`` (the current one by default), or None."""
+    return (context if context is not None else get_current()).get(REQUEST_KEY)

@@ -30,8 +30,8 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
-    TraceState,
 )
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes
 
 from obskit.tracing._fastctx import current_span
@@ -47,6 +47,10 @@ _getrandbits = random.getrandbits
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _time_ns = time.time_ns
+_new_tuple = tuple.__new__
+#: Every trace-flags value a new span can have (sampled bit, random-trace-id bit), made once.
+_FLAGS = {flags: TraceFlags(flags) for flags in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
+_DEFAULT_STATE = DEFAULT_TRACE_STATE
 
 
 def _valid(value: Any) -> bool:
@@ -193,35 +197,34 @@ def start_server_span(
     Same sampler call, same id rules (random ids, the W3C random-trace-id flag), same trace
     state; a drop gives a ``NonRecordingSpan`` with the new ids.
     """
-    parent_ctx = current_span(parent).get_span_context()
-    if parent_ctx.is_valid:
-        trace_id = parent_ctx.trace_id
-        random_id = parent_ctx.trace_flags & _RANDOM
+    # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
+    parent_ctx: SpanContext | None = current_span(parent).get_span_context()
+    if parent_ctx[5]:  # type: ignore[index]
+        trace_id = parent_ctx[0]  # type: ignore[index]
+        random_id = parent_ctx[3] & _RANDOM  # type: ignore[index]
     else:
-        parent_ctx = None  # type: ignore[assignment]
+        parent_ctx = None
         trace_id = _getrandbits(128)
         while not trace_id:
             trace_id = _getrandbits(128)
         random_id = _RANDOM
-    fast = sampler.fast if isinstance(sampler, SwitchableSampler) else None
+    fast = sampler._pair[1] if type(sampler) is SwitchableSampler else None
     if fast is not None:
         # A stock sampler: same decision, no SamplingResult (see sampling.fast_decision).
         sampled = fast(parent_ctx, trace_id)
-        state: TraceState | None = parent_ctx.trace_state if parent_ctx is not None else None
+        state = parent_ctx[4] if parent_ctx is not None else _DEFAULT_STATE
         attributes = None
     else:
         result = sampler.should_sample(parent, trace_id, name, kind)
         sampled = result.decision is Decision.RECORD_AND_SAMPLE
-        state, attributes = result.trace_state, result.attributes
+        state, attributes = result.trace_state or _DEFAULT_STATE, result.attributes
     span_id = _getrandbits(64)
     while not span_id:
         span_id = _getrandbits(64)
-    context = SpanContext(
-        trace_id,
-        span_id,
-        False,
-        TraceFlags((_SAMPLED if sampled else 0) | random_id),
-        state,
+    # Built as SpanContext.__new__ would build it, without re-checking ids made valid here.
+    context = _new_tuple(
+        SpanContext,
+        (trace_id, span_id, False, _FLAGS[(_SAMPLED if sampled else 0) | random_id], state, True),
     )
     if not sampled:
         return trace_api.NonRecordingSpan(context)
