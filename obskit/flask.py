@@ -35,10 +35,14 @@ def _current() -> Request | None:
 
 
 def _set_route() -> None:
-    request = _current()
-    rule = flask.request.url_rule
-    if request is not None and rule is not None:
-        request.set_route(rule.rule)
+    # One pass through the request proxy (each attribute read through it costs a lookup of the
+    # request context), then plain attribute reads.
+    current = flask.request._get_current_object()  # type: ignore[attr-defined]
+    rule = current.url_rule
+    if rule is not None:
+        request: Request | None = current.environ.get(ENVIRON_KEY)
+        if request is not None:
+            request.set_route(rule.rule)
 
 
 def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> None:

@@ -357,7 +357,11 @@ class Request:
                 self._in_flight(-1)
                 self._in_flight = None
             self.route = route
-            series = self._series = self.telemetry.series(self.method, route)
+            telemetry = self.telemetry
+            series = telemetry._routes.get((self.method, route))
+            if series is None or series.generation != _state.generation:
+                series = telemetry.series(self.method, route)
+            self._series = series
             if in_flight:
                 self._in_flight = series.in_flight
                 series.in_flight(1)
@@ -455,15 +459,20 @@ class Request:
         series = self._series
         if series is None or series.generation != _state.generation:
             series = telemetry.series(method, route)
-        series.count(code)
+        add = series._statuses.get(code)
+        if add is None:
+            series.count(code)
+        else:
+            add(1)
         span = self.span
         ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
-        exemplar = None
         if ctx[3] & 1 and telemetry.exemplars:
-            exemplar = {"trace_id": format(ctx[0], "032x")}
-        series.observe(duration, exemplar)
-        if self._in_flight is not None:
-            self._in_flight(-1)
+            series.observe(duration, {"trace_id": format(ctx[0], "032x")})
+        else:
+            series.observe(duration)
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight(-1)
         if telemetry._otlp_duration is not None:
             attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
             if code is not None:
