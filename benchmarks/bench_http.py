@@ -174,7 +174,10 @@ def __getattr__(name: str) -> Any:  # Django's ROOT_URLCONF=__name__ reads urlpa
 def _fastapi_app(variant: str) -> Any:
     from fastapi import FastAPI
 
-    app = FastAPI(telemetry={"tracing": False, "metrics": False} if variant == "bare" else None)
+    # Bare apps (with or without the log line) have FastAPI's own telemetry off, as obskit's
+    # instrument() does: its per-request "is a provider configured?" check is not obskit's cost.
+    bare = variant in ("bare", "bare_log")
+    app = FastAPI(telemetry={"tracing": False, "metrics": False} if bare else None)
     log = _logs(variant)
 
     @app.get("/items/{item_id}")

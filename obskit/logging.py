@@ -299,17 +299,20 @@ class CorrelationFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         context = _ctx.get_current()
+        # A SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags, trace_state,
+        # is_valid): indexing skips a property call per field, on every log line.
         ctx = current_span(context).get_span_context()
-        if ctx.is_valid:
-            record.obskit_trace_id = ctx.trace_id
-            record.obskit_span_id = ctx.span_id
-            record.obskit_flags = ctx.trace_flags
+        valid = ctx[5]
+        if valid:
+            record.obskit_trace_id = ctx[0]
+            record.obskit_span_id = ctx[1]
+            record.obskit_flags = ctx[3]
         else:
             record.obskit_trace_id = 0
-        record.obskit_request = _ctx.current_request(context)
+        record.obskit_request = context.get(_ctx.REQUEST_KEY)
         if not self._sampling or record.levelno >= logging.WARNING:
             return True
-        if not ctx.is_valid:
+        if not valid:
             if self.follow_trace:
                 return True
             # No trace id to decide on: keep the line with probability ``rate``.

@@ -337,9 +337,9 @@ class Request:
             given = self._request_id = self._get_header("x-request-id") or ""
         if given:
             return given[:128]
-        ctx = self.span.get_span_context()
-        if ctx.span_id and not ctx.is_remote:
-            return format(ctx.span_id, "016x")
+        ctx = self.span.get_span_context()  # (trace_id, span_id, is_remote, ...)
+        if ctx[1] and not ctx[2]:
+            return format(ctx[1], "016x")
         # No span of this request (traces off): a random id, made once.
         self._request_id = secrets.token_hex(8)
         return self._request_id
