@@ -129,6 +129,20 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _TOTAL = re.compile(r"(\d+) requests in")
 
 
+#: CPUs for the server and for the load side (wrk and the OTLP receiver in this process), when
+#: pinned (``--pin``): on a small VM the two otherwise take turns on the same cores and the
+#: scheduler's choices move the figures more than what is measured.
+_PIN: dict[str, set[int]] = {}
+
+
+def _pinned(role: str) -> Any:
+    """A ``preexec_fn`` that pins the child (and what it forks) to ``role``'s CPUs, or None."""
+    cpus = _PIN.get(role)
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     threads = min(connections, 2)
     out = subprocess.run(
@@ -146,6 +160,7 @@ def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
         text=True,
         timeout=duration + 30,
         check=True,
+        preexec_fn=_pinned("load"),
     ).stdout
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     lat = {p: float(v) * scale[u] for p, v, u in _LAT.findall(out)}
@@ -171,6 +186,7 @@ def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_pinned("server"),
     )
     base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {}
@@ -237,9 +253,20 @@ def main() -> None:
         metavar="VARIANT",
         help=f"default: {' '.join(VARIANTS)}; also: {' '.join(EXTRA_VARIANTS)}",
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the server to the last CPU and the load side to the others (default: on, "
+        "with 2 or more CPUs)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if args.pin and len(cpus) >= 2:
+        _PIN.update(server={cpus[-1]}, load=set(cpus[:-1]))
+        os.sched_setaffinity(0, _PIN["load"])  # this process runs the OTLP receiver
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     otlp = f"http://127.0.0.1:{sink.server_port}"
@@ -254,6 +281,8 @@ def main() -> None:
     finally:
         sink.shutdown()
     print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds")
+    if _PIN:
+        print(f"server pinned to CPU {sorted(_PIN['server'])}, load to CPU {sorted(_PIN['load'])}")
     print(
         "matched bare: bare_log for variants that log a line per request, "
         "bare for *_nolog* and for bare_log\n"

@@ -26,7 +26,7 @@ from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
-from obskit.tracing.server_span import ServerSpan, start_server_span
+from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server_span
 
 __all__ = ["HttpTelemetry", "Request"]
 
@@ -178,8 +178,8 @@ class HttpTelemetry:
             request = Request(self, label, span, get_header)
             if span.is_recording():
                 request._recording = True
-                span.set_attributes(
-                    _server_attributes(label, method, path, describe(source), get_header)
+                _set_attributes(
+                    span, _server_attributes(label, method, path, describe(source), get_header)
                 )
             elif processor is not None and self._keeps:
                 # Kept only for a request the tail policy may still export (Request._keep).
@@ -281,6 +281,16 @@ def _server_attributes(
     if agent:
         attrs[sc.USER_AGENT] = agent[:512]
     return attrs
+
+
+def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
+    """Set :func:`_server_attributes` on a span. Their values are str and int by construction
+    (adapters pass what PEP 3333 and the ASGI spec type as such), so obskit's own span takes
+    them in one dict update instead of checking each one as ``set_attributes`` must."""
+    if type(span) is ServerSpan and len(span.attributes) + len(attributes) <= _MAX_ATTRIBUTES:
+        span.attributes.update(attributes)
+    else:
+        span.set_attributes(attributes)
 
 
 def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> None:
@@ -517,7 +527,9 @@ class Request:
         end = time.time_ns()
         span.start_time = end - int(duration * 1e9)
         facts = describe(source)
-        span.set_attributes(_server_attributes(self.method, method, path, facts, self._get_header))
+        _set_attributes(
+            span, _server_attributes(self.method, method, path, facts, self._get_header)
+        )
         if self.route is not None:
             span.set_attribute(sc.HTTP_ROUTE, route)
         _mark_outcome(span, code, exc)
