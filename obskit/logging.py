@@ -176,9 +176,17 @@ def _make_encode() -> Callable[[Any], str]:
 
 
 _encode = _make_encode()
+try:
+    from json.encoder import encode_basestring as _escape
+except ImportError:  # pragma: no cover
+    _escape = json.dumps
 
 
 def _dumps(data: dict[str, Any]) -> str:
+    return _safe_text(_encode_safely(data))
+
+
+def _encode_safely(data: dict[str, Any]) -> str:
     try:
         text = _encode(data)
     except (ValueError, TypeError, RecursionError):
@@ -191,6 +199,11 @@ def _dumps(data: dict[str, Any]) -> str:
             except (ValueError, TypeError, RecursionError):
                 safe[str(key)] = _safe_default(value)
         text = _encode(safe)
+    return text
+
+
+def _safe_text(text: str) -> str:
+    """A JSON line made safe to ship: no Unicode line separators, no unencodable surrogates."""
     if not text.isascii():  # O(1) for ASCII text in CPython
         # json escapes every control character; these two are line breaks to some log shippers.
         if "\u2028" in text or "\u2029" in text:
@@ -357,6 +370,37 @@ class JsonFormatter(_PJLJsonFormatter):
         self._k_msg, self._k_trace, self._k_span = n["message"], n["trace_id"], n["span_id"]
         self._k_flags, self._k_req = n["trace_flags"], n["request_id"]
         self._k_method, self._k_route = n["http.method"], n["http.route"]
+        # The line is assembled from pre-encoded keys and the static fields encoded once: the C
+        # encoder would escape every key and static value again on every line.
+        key = _escape
+        self._j_level = '",' + key(self._k_level) + ":"
+        self._j_logger = "," + key(self._k_logger) + ":"
+        self._j_msg = "," + key(self._k_msg) + ":"
+        self._j_static = "," + _encode_safely(self.static)[1:-1] if self.static else ""
+        self._j_trace = "," + key(self._k_trace) + ':"'
+        self._j_span = '",' + key(self._k_span) + ':"'
+        self._j_flags = '",' + key(self._k_flags) + ':"'
+        self._j_req = "," + key(self._k_req) + ":"
+        self._j_method = "," + key(self._k_method) + ":"
+        self._j_route = "," + key(self._k_route) + ":"
+        self._j_ts = "{" + key(self._k_ts) + ':"'
+        # Extras named like one of these go through the dict path (a later key replaces an
+        # earlier one there; assembled text would repeat it).
+        self._fixed = frozenset(
+            {
+                self._k_ts,
+                self._k_level,
+                self._k_logger,
+                self._k_msg,
+                self._k_trace,
+                self._k_span,
+                self._k_flags,
+                self._k_req,
+                self._k_method,
+                self._k_route,
+                *self.static,
+            }
+        )
 
     def _is_sensitive(self, key: str) -> bool:
         hit = self._key_sensitive.get(key)
@@ -424,13 +468,6 @@ class JsonFormatter(_PJLJsonFormatter):
                 truncated = True
         else:
             message = redact_text(message, emails=self.redact_emails)
-        data: dict[str, Any] = {
-            self._k_ts: self._timestamp(record.created),
-            self._k_level: record.levelname,
-            self._k_logger: record.name,
-            self._k_msg: message,
-        }
-        data.update(self.static)
         trace_id = getattr(record, "obskit_trace_id", None)
         if trace_id is None:  # no CorrelationFilter on the way: read the context here
             ctx = current_span().get_span_context()
@@ -441,6 +478,104 @@ class JsonFormatter(_PJLJsonFormatter):
             request = _ctx.current_request()
         else:
             request = getattr(record, "obskit_request", None)
+        extras: dict[str, Any] = {}
+        # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
+        # after them, so the scan starts past the standard ones (skipped in C by islice).
+        for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
+            if key in _RESERVED or key[:1] == "_":
+                continue
+            cls = value.__class__
+            if self._is_sensitive(key):
+                extras[key] = MASK
+            elif cls is str:
+                extras[key] = redact_text(value, emails=self.redact_emails)
+            elif cls in _PLAIN or value is None:
+                extras[key] = value
+            elif cls in _CONTAINERS or isinstance(value, Mapping):
+                extras[key] = self._redact(value)
+            else:
+                extras[key] = value
+        if truncated:
+            extras[self.names["message_truncated"]] = True
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            extras[self.names["exception.type"]] = type(exc).__qualname__
+            try:
+                text = str(exc)
+            except Exception:
+                text = f"<unprintable {type(exc).__name__}>"
+            extras[self.names["exception.message"]] = redact_text(text, emails=self.redact_emails)
+            # The stack trace ends with the exception's message: redacted alike.
+            extras[self.names["exception.stacktrace"]] = redact_text(
+                "".join(traceback.format_exception(*record.exc_info)), emails=self.redact_emails
+            )
+        elif record.exc_text:
+            extras[self.names["exception.stacktrace"]] = redact_text(
+                record.exc_text, emails=self.redact_emails
+            )
+        if record.stack_info:
+            extras["stack_info"] = record.stack_info
+        if (
+            (extras and not self._fixed.isdisjoint(extras))
+            or record.name.__class__ is not str
+            or record.levelname.__class__ is not str
+        ):
+            return self._as_dict(record, message, trace_id, request, extras)
+        # The same keys, values and order as the dict path, assembled as text.
+        parts = [
+            self._j_ts,
+            self._timestamp(record.created),
+            self._j_level,
+            _escape(record.levelname),
+            self._j_logger,
+            _escape(record.name),
+            self._j_msg,
+            _escape(message),
+            self._j_static,
+        ]
+        if trace_id:
+            fields = record.__dict__
+            parts += (
+                self._j_trace,
+                format(trace_id, "032x"),
+                self._j_span,
+                format(fields["obskit_span_id"], "016x"),
+                self._j_flags,
+                format(fields["obskit_flags"], "02x"),
+                '"',
+            )
+        if request is not None:
+            parts += (
+                self._j_req,
+                _escape(request.request_id),
+                self._j_method,
+                _escape(request.method),
+            )
+            if request.route is not None:
+                parts += (self._j_route, _escape(request.route))
+        if extras:
+            parts += (",", _encode_safely(extras)[1:])
+        else:
+            parts.append("}")
+        return _safe_text("".join(parts))
+
+    def _as_dict(
+        self,
+        record: logging.LogRecord,
+        message: str,
+        trace_id: int | None,
+        request: Any,
+        extras: dict[str, Any],
+    ) -> str:
+        """The line as one dict: for extras that reuse a key of obskit's own fields, and for
+        records whose name or level name is not a string (``makeLogRecord`` allows it)."""
+        data: dict[str, Any] = {
+            self._k_ts: self._timestamp(record.created),
+            self._k_level: record.levelname,
+            self._k_logger: record.name,
+            self._k_msg: message,
+        }
+        data.update(self.static)
         if trace_id:
             data[self._k_trace] = format(trace_id, "032x")
             data[self._k_span] = format(record.__dict__["obskit_span_id"], "016x")
@@ -450,42 +585,7 @@ class JsonFormatter(_PJLJsonFormatter):
             data[self._k_method] = request.method
             if request.route is not None:
                 data[self._k_route] = request.route
-        # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
-        # after them, so the scan starts past the standard ones (skipped in C by islice).
-        for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
-            if key in _RESERVED or key[:1] == "_":
-                continue
-            cls = value.__class__
-            if self._is_sensitive(key):
-                data[key] = MASK
-            elif cls is str:
-                data[key] = redact_text(value, emails=self.redact_emails)
-            elif cls in _PLAIN or value is None:
-                data[key] = value
-            elif cls in _CONTAINERS or isinstance(value, Mapping):
-                data[key] = self._redact(value)
-            else:
-                data[key] = value
-        if truncated:
-            data[self.names["message_truncated"]] = True
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            data[self.names["exception.type"]] = type(exc).__qualname__
-            try:
-                text = str(exc)
-            except Exception:
-                text = f"<unprintable {type(exc).__name__}>"
-            data[self.names["exception.message"]] = redact_text(text, emails=self.redact_emails)
-            # The stack trace ends with the exception's message: redacted alike.
-            data[self.names["exception.stacktrace"]] = redact_text(
-                "".join(traceback.format_exception(*record.exc_info)), emails=self.redact_emails
-            )
-        elif record.exc_text:
-            data[self.names["exception.stacktrace"]] = redact_text(
-                record.exc_text, emails=self.redact_emails
-            )
-        if record.stack_info:
-            data["stack_info"] = record.stack_info
+        data.update(extras)
         return _dumps(data)
 
 

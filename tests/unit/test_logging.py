@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ import obskit
 from obskit.flask import Obskit
 from obskit.logging import FRAMEWORK_LOGGERS, CorrelationFilter, JsonFormatter, setup_logging
 from obskit.testing import capture
+from obskit.tracing._fastctx import with_span
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -1022,3 +1024,60 @@ def test_log_flush_interval_option_is_validated() -> None:
     """A negative flush interval fails at configure time."""
     with pytest.raises(obskit.ConfigError, match="log_flush_interval"):
         obskit.configure(log_flush_interval=-1)
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records of every shape a line is assembled from (extras, odd text, an exception)."""
+    made = []
+    extras: list[dict[str, Any]] = [
+        {"item": 7},
+        {"note": 'quote " backslash \\ tab \t', "n": None, "ok": True, "ratio": 0.5},
+        {"nested": {"password": "x", "list": [1, "two"]}, "user": "caf\u00e9 \u2028 sep"},
+        {"raw": "bad \udcff byte", "when": datetime.date(2026, 11, 23)},
+    ]
+    for index, extra in enumerate(extras):
+        record = logging.makeLogRecord({"name": "app", "levelname": "INFO", "levelno": 20})
+        record.msg, record.created = f"line {index} \u00e9 \u2029 \udc80", 1_700_000_000.5
+        record.__dict__.update(extra)
+        made.append(record)
+    try:
+        raise ValueError("boom 4111 1111 1111 1111")
+    except ValueError:
+        failing = logging.makeLogRecord({"name": "app", "levelname": "ERROR", "levelno": 40})
+        failing.exc_info, failing.created, failing.item = sys.exc_info(), 1_700_000_000.5, 1
+        made.append(failing)
+    return made
+
+
+def test_assembled_line_is_the_dict_encoding_byte_for_byte() -> None:
+    """The line assembled from pre-encoded keys equals the one-dict encoding of the same record,
+    inside a span and a request or not."""
+    static = {"service.name": "svc \u00e9", "deployment.environment": "test"}
+    fast = JsonFormatter(static_fields=static)
+    slow = JsonFormatter(static_fields=static)
+    slow._fixed = frozenset(["item", "note", "nested", "raw"])  # every record takes the dict path
+    with capture(service_name="svc"):
+        tracer = trace.get_tracer("test")
+        for record in _records():
+            assert slow.format(record) == fast.format(record)
+            json.loads(fast.format(record))
+        request = types.SimpleNamespace(request_id='id "1"', method="GET", route="/items/{id}")
+        with tracer.start_as_current_span("op") as span:
+            token = otel_context.attach(with_span(span, None, request))
+            try:
+                for record in _records():
+                    assert slow.format(record) == fast.format(record)
+                    line = json.loads(fast.format(record))
+                    assert HEX32.fullmatch(line["trace_id"])
+                    assert ('id "1"', "/items/{id}") == (line["request_id"], line["http.route"])
+            finally:
+                otel_context.detach(token)
+
+
+def test_an_extra_named_like_an_obskit_field_replaces_it_once() -> None:
+    """An extra that reuses a field name gives one key, the extra's value (no repeated key)."""
+    record = logging.makeLogRecord({"name": "app", "levelname": "INFO", "levelno": 20})
+    record.msg, record.__dict__["service.name"] = "x", "from-extra"
+    text = JsonFormatter(static_fields={"service.name": "svc"}).format(record)
+    assert 1 == text.count('"service.name"')
+    assert "from-extra" == json.loads(text)["service.name"]
