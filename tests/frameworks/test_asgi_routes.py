@@ -143,3 +143,13 @@ def test_fastapi_mounting_a_starlette_app_watches_the_scope(cap: Capture) -> Non
     with TestClient(app) as client:
         _check(client, cap, paths)
         assert _middleware(app)._fastapi_record is None
+
+
+def test_fastapi_slash_redirect_is_labelled_with_its_target_route(cap: Capture) -> None:
+    """FastAPI answers "/tenants/acme/api/v1/users/7/" with a redirect and reports the route it
+    redirects to, as its own telemetry does: a bounded label, not the raw path."""
+    app = instrument(_fastapi_app())
+    with TestClient(app, follow_redirects=False) as client:
+        response = client.get("/tenants/acme/api/v1/users/918273/")
+    assert 307 == response.status_code
+    assert {("/tenants/{tenant}/api/v1/users/{user_id}", "307"): 1.0} == _requests_total()
