@@ -153,3 +153,23 @@ def test_fastapi_slash_redirect_is_labelled_with_its_target_route(cap: Capture) 
         response = client.get("/tenants/acme/api/v1/users/918273/")
     assert 307 == response.status_code
     assert {("/tenants/{tenant}/api/v1/users/{user_id}", "307"): 1.0} == _requests_total()
+
+
+def test_an_unexpected_fastapi_record_falls_back_to_watching_the_scope(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If FastAPI's private per-request record is not what obskit expects (another release),
+    the middleware watches the scope instead, and routes are still learnt."""
+    import dataclasses
+
+    import fastapi.telemetry._api as fastapi_telemetry
+
+    @dataclasses.dataclass
+    class Other:
+        span: Any = None
+
+    monkeypatch.setattr(fastapi_telemetry, "_RequestTelemetry", Other)
+    app = instrument(_fastapi_app())
+    with TestClient(app) as client:
+        _check(client, cap, FASTAPI_PATHS)
+        assert _middleware(app)._fastapi_record is None
