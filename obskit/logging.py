@@ -42,6 +42,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
+from json.encoder import encode_basestring as _escape
 from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter as _PJLJsonFormatter
@@ -176,10 +177,6 @@ def _make_encode() -> Callable[[Any], str]:
 
 
 _encode = _make_encode()
-try:
-    from json.encoder import encode_basestring as _escape
-except ImportError:  # pragma: no cover
-    _escape = json.dumps
 
 
 def _dumps(data: dict[str, Any]) -> str:

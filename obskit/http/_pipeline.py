@@ -367,11 +367,7 @@ class Request:
                 self._in_flight(-1)
                 self._in_flight = None
             self.route = route
-            telemetry = self.telemetry
-            series = telemetry._routes.get((self.method, route))
-            if series is None or series.generation != _state.generation:
-                series = telemetry.series(self.method, route)
-            self._series = series
+            series = self._series = self.telemetry.series(self.method, route)
             if in_flight:
                 self._in_flight = series.in_flight
                 series.in_flight(1)
@@ -469,11 +465,7 @@ class Request:
         series = self._series
         if series is None or series.generation != _state.generation:
             series = telemetry.series(method, route)
-        add = series._statuses.get(code)
-        if add is None:
-            series.count(code)
-        else:
-            add(1)
+        series.count(code)
         span = self.span
         ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
         if ctx[3] & 1 and telemetry.exemplars:

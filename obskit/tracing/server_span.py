@@ -50,7 +50,6 @@ _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 #: Every trace-flags value a new span can have (sampled bit, random-trace-id bit), made once.
 _FLAGS = {flags: TraceFlags(flags) for flags in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
-_DEFAULT_STATE = DEFAULT_TRACE_STATE
 
 
 def _valid(value: Any) -> bool:
@@ -208,16 +207,16 @@ def start_server_span(
         while not trace_id:
             trace_id = _getrandbits(128)
         random_id = _RANDOM
-    fast = sampler._pair[1] if type(sampler) is SwitchableSampler else None
+    fast = sampler.fast if isinstance(sampler, SwitchableSampler) else None
     if fast is not None:
         # A stock sampler: same decision, no SamplingResult (see sampling.fast_decision).
         sampled = fast(parent_ctx, trace_id)
-        state = parent_ctx[4] if parent_ctx is not None else _DEFAULT_STATE
+        state = parent_ctx[4] if parent_ctx is not None else DEFAULT_TRACE_STATE
         attributes = None
     else:
         result = sampler.should_sample(parent, trace_id, name, kind)
         sampled = result.decision is Decision.RECORD_AND_SAMPLE
-        state, attributes = result.trace_state or _DEFAULT_STATE, result.attributes
+        state, attributes = result.trace_state or DEFAULT_TRACE_STATE, result.attributes
     span_id = _getrandbits(64)
     while not span_id:
         span_id = _getrandbits(64)
