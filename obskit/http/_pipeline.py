@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import secrets
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
+from prometheus_client.samples import Exemplar
 
 from obskit import _runtime, _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
-from obskit.metrics._direct import Observer, adder
+from obskit.metrics._direct import Cell, Cells, Observer, adder, taking
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
@@ -208,13 +210,21 @@ def _no_header(name: str) -> str | None:
 class _RouteSeries:
     """The RED metric writers of one (method, route), looked up through the guards once.
 
-    Per request the pipeline then pays one dict lookup and direct writes
-    (:mod:`obskit.metrics._direct`) instead of three guarded lookups and prometheus_client's
-    per-call checks.
+    Per request the pipeline then pays one dict lookup and one :meth:`record` instead of three
+    guarded lookups and prometheus_client's per-call checks. In-process (not in multi-process
+    mode), the series' values share one :class:`~obskit.metrics._direct.Cells`, so a request's
+    end is one locked update of its status count, duration sum and bucket, and in-flight gauge.
     """
 
     __slots__ = (
+        "_bounds",
+        "_bucket0",
+        "_buckets",
+        "_cells",
+        "_flight",
+        "_slots",
         "_statuses",
+        "_sum",
         "_telemetry",
         "cacheable",
         "generation",
@@ -229,13 +239,47 @@ class _RouteSeries:
         self.generation = _state.generation
         duration = telemetry.duration.labels(*key)
         in_flight = telemetry.in_flight.labels(*key)
-        self.observe = Observer(duration)
-        self.in_flight = adder(in_flight)
         # An overflow child is counted per observation by its guard: never cached.
         self.cacheable = not (
             telemetry.duration.folded(duration) or telemetry.in_flight.folded(in_flight)
         )
         self._statuses: dict[int | None, Callable[[float], None]] = {}
+        self._slots: dict[int | None, int] = {}
+        self._cells: Cells | None = None
+        if self.cacheable:
+            with taking:
+                self._share(duration, in_flight)
+        self.observe = Observer(duration)
+        self.in_flight = adder(in_flight)
+
+    def _share(self, duration: Any, in_flight: Any) -> None:
+        """Move the duration and in-flight values into one :class:`Cells` (shared with another
+        application's series of the same children, if one took them first)."""
+        try:
+            buckets = duration._buckets
+            bounds = tuple(float(b) for b in duration._upper_bounds)
+            first = getattr(duration, "_sum", None)
+            cells = first._cells if type(first) is Cell else Cells()
+            total = cells.take(duration, "_sum")
+            flight = cells.take(in_flight, "_value")
+            slots = [cells.take(buckets, i) for i in range(len(buckets))]
+        except Exception:
+            return
+        first_bucket = slots[0] if slots else None
+        if (
+            total is None
+            or flight is None
+            or first_bucket is None
+            or len(slots) != len(bounds)
+            or slots != list(range(first_bucket, first_bucket + len(slots)))
+        ):
+            return  # the values stay usable one by one (Cell.inc), just not merged
+        self._cells = cells
+        self._sum = total
+        self._flight = flight
+        self._bucket0 = first_bucket
+        self._bounds = bounds
+        self._buckets = buckets
 
     def count(self, code: int | None) -> None:
         """One request answered with status ``code`` (None: raised, unanswered)."""
@@ -243,12 +287,45 @@ class _RouteSeries:
         if add is None:
             requests = self._telemetry.requests
             child = requests.labels(*self.key, sc.status_label(code))
-            add = adder(child)
             if requests.folded(child) or len(self._statuses) >= 64:
-                add(1)
+                adder(child)(1)
                 return
-            self._statuses[code] = add
+            if self._cells is not None:
+                with taking:
+                    slot = self._cells.take(child, "_value")
+                if slot is not None:
+                    self._slots[code] = slot
+            add = self._statuses[code] = adder(child)
         add(1)
+
+    def record(
+        self, code: int | None, duration: float, exemplar: dict[str, str] | None, leave: bool
+    ) -> None:
+        """One request's end: its status, its duration and, if ``leave``, its leaving the
+        in-flight gauge."""
+        slot = self._slots.get(code)
+        cells = self._cells
+        if slot is None or cells is None:
+            self.count(code)
+            if exemplar is None:
+                self.observe(duration)
+            else:
+                self.observe(duration, exemplar)
+            if leave:
+                self.in_flight(-1)
+            return
+        bucket = self._bucket0 + bisect_left(self._bounds, duration)
+        values = cells.values
+        with cells.lock:
+            values[slot] += 1.0
+            values[self._sum] += duration
+            values[bucket] += 1.0
+            if leave:
+                values[self._flight] -= 1.0
+        if exemplar is not None:
+            self._buckets[bucket - self._bucket0].set_exemplar(
+                Exemplar(exemplar, duration, time.time())
+            )
 
 
 def _span_name(method: str, route: str | None = None) -> str:
@@ -465,15 +542,16 @@ class Request:
         series = self._series
         if series is None or series.generation != _state.generation:
             series = telemetry.series(method, route)
-        series.count(code)
         span = self.span
         ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
-        if ctx[3] & 1 and telemetry.exemplars:
-            series.observe(duration, {"trace_id": format(ctx[0], "032x")})
-        else:
-            series.observe(duration)
+        exemplar = (
+            {"trace_id": format(ctx[0], "032x")} if ctx[3] & 1 and telemetry.exemplars else None
+        )
         in_flight = self._in_flight
-        if in_flight is not None:
+        if in_flight is None or in_flight is series.in_flight:
+            series.record(code, duration, exemplar, in_flight is not None)
+        else:  # counted in flight under a route this request later left
+            series.record(code, duration, exemplar, False)
             in_flight(-1)
         if telemetry._otlp_duration is not None:
             attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}

@@ -5,7 +5,9 @@ a child (not the labelled parent), and ``observe`` walks the bucket bounds in Py
 obskit got through its guard is a child, so hot paths (the HTTP pipeline, per request) take its
 value objects once and write them directly: one locked add per counter, and for a histogram the
 sum, a bucket found by ``bisect`` in C, and the exemplar. The exposition is unchanged: these are
-the same value objects prometheus_client renders (single-process and multi-process alike).
+the same value objects prometheus_client renders (single-process and multi-process alike), or,
+for the HTTP pipeline's route series in-process, :class:`Cell` views that prometheus_client
+renders the same way.
 
 If prometheus_client's internals ever differ from what is expected, the public methods are used.
 """
@@ -13,14 +15,16 @@ If prometheus_client's internals ever differ from what is expected, the public m
 from __future__ import annotations
 
 import math
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.samples import Exemplar
+from prometheus_client.values import MutexValue
 
-__all__ = ["Observer", "adder"]
+__all__ = ["Cell", "Cells", "Observer", "adder", "taking"]
 
 
 def adder(child: Any) -> Callable[[float], None]:
@@ -66,3 +70,83 @@ class Observer:
         bucket.inc(1)
         if exemplar:
             bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
+
+
+class Cells:
+    """The values of several children in one list under one lock.
+
+    The HTTP pipeline ends each request with four writes to one route's series (the status
+    counter, the histogram's sum and bucket, the in-flight gauge). As prometheus_client values
+    they are four locked calls; as slots of one ``Cells`` they are one locked update. The
+    children's value objects are replaced by :class:`Cell` views of the slots (:meth:`take`), so
+    prometheus_client renders them unchanged and every other writer of those children lands in
+    the same slots. Only prometheus_client's in-process ``MutexValue`` is taken: multi-process
+    values (files shared between workers) are left as they are.
+    """
+
+    __slots__ = ("lock", "values")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: list[float] = []
+
+    def take(self, holder: Any, key: Any) -> int | None:
+        """The slot of the value ``holder.key`` (``holder[key]`` for a list): the slot it has
+        if it is a :class:`Cell` of these cells, a new one if it is a plain ``MutexValue``
+        (which is then replaced by a :class:`Cell`); None for anything else. Call with
+        :data:`taking` held."""
+        value = holder[key] if isinstance(holder, list) else getattr(holder, key, None)
+        if type(value) is Cell:
+            return value._index if value._cells is self else None
+        if type(value) is not MutexValue:
+            return None
+        index = len(self.values)
+        self.values.append(0.0)
+        cell = Cell(self, index, value)
+        if isinstance(holder, list):
+            holder[key] = cell
+        else:
+            setattr(holder, key, cell)
+        return index
+
+
+#: Held while values are moved into :class:`Cells`, so that two series never take the same
+#: child at once.
+taking = threading.Lock()
+
+
+class Cell:
+    """Stands in for a child's ``MutexValue``: a slot of a :class:`Cells`, plus the replaced
+    value, which a writer that fetched it before the swap may still add to; it is read back, not
+    copied, so no such addition is lost. Exemplars stay on the replaced value."""
+
+    __slots__ = ("_base", "_cells", "_index")
+
+    def __init__(self, cells: Cells, index: int, base: Any) -> None:
+        self._cells = cells
+        self._index = index
+        self._base = base
+
+    def inc(self, amount: float) -> None:
+        cells = self._cells
+        with cells.lock:
+            cells.values[self._index] += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        cells = self._cells
+        with cells.lock:
+            cells.values[self._index] = value
+            self._base.set(0.0)
+
+    def get(self) -> float:
+        cells = self._cells
+        with cells.lock:
+            value = cells.values[self._index]
+        return value + float(self._base.get())
+
+    def set_exemplar(self, exemplar: Exemplar) -> None:
+        self._base.set_exemplar(exemplar)
+
+    def get_exemplar(self) -> Exemplar | None:
+        exemplar: Exemplar | None = self._base.get_exemplar()
+        return exemplar

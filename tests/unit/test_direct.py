@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from obskit.metrics._direct import Observer, adder
+from obskit.metrics._direct import Cell, Cells, Observer, adder, taking
 
 VALUES = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 2.5, 7.0, 1e9, -1.0, math.inf, math.nan]
 
@@ -71,3 +71,57 @@ def test_unexpected_internals_fall_back_to_public_methods() -> None:
     Observer(Odd())(0.25)
     adder(Odd())(3)
     assert calls == [(0.25, None), (3, None)]
+
+
+def test_cells_render_what_the_values_they_replace_would() -> None:
+    ours, a, theirs, b = _pair(Histogram, buckets=(0.1, 1.0))
+    cells = Cells()
+    with taking:
+        assert cells.take(a, "_sum") == 0
+        assert [cells.take(a._buckets, i) for i in range(3)] == [1, 2, 3]  # type: ignore[attr-defined]
+        assert cells.take(a, "_sum") == 0  # taken already: the same slot
+        assert Cells().take(a, "_sum") is None  # another group's cell is not taken twice
+    observe = Observer(a)  # writes through the cells' slots, one lock each
+    for value in VALUES:
+        observe(value)
+        b.observe(value)  # type: ignore[attr-defined]
+    a.observe(0.5)  # type: ignore[attr-defined]
+    b.observe(0.5)  # type: ignore[attr-defined]
+    assert _exposed(ours) == _exposed(theirs)
+
+
+def test_a_writer_of_the_replaced_value_loses_nothing() -> None:
+    ours, a, theirs, b = _pair(Counter)
+    stale = a._value.inc  # type: ignore[attr-defined]  # fetched before the swap
+    cells = Cells()
+    with taking:
+        cells.take(a, "_value")
+    stale(2)
+    a.inc(3)  # type: ignore[attr-defined]
+    b.inc(5)  # type: ignore[attr-defined]
+    assert _exposed(ours) == _exposed(theirs)
+
+
+def test_a_gauge_set_through_a_cell_replaces_both_parts() -> None:
+    ours, a, theirs, b = _pair(Gauge)
+    a.inc(4)  # type: ignore[attr-defined]
+    with taking:
+        Cells().take(a, "_value")
+    a.inc(1)  # type: ignore[attr-defined]
+    a.set(7)  # type: ignore[attr-defined]
+    a.dec(2)  # type: ignore[attr-defined]
+    b.set(5)  # type: ignore[attr-defined]
+    assert _exposed(ours) == _exposed(theirs)
+
+
+def test_only_in_process_values_are_taken() -> None:
+    class Shared:  # stands for a multi-process (file-backed) value
+        def inc(self, amount: float) -> None:
+            pass
+
+    holder = type("Holder", (), {})()
+    holder._value = Shared()  # type: ignore[attr-defined]
+    with taking:
+        assert Cells().take(holder, "_value") is None
+    assert isinstance(holder._value, Shared)  # type: ignore[attr-defined]
+    assert not isinstance(holder._value, Cell)  # type: ignore[attr-defined]
