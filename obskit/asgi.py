@@ -61,18 +61,21 @@ def _find_mount(app: Any, endpoint: Any) -> Any:
     return None
 
 
-class _RouteListener:
-    """Stands in for the span in FastAPI's per-request telemetry record: FastAPI's router
-    reports each route it selects as ``set_attribute("http.route", template)``."""
+class _AsgiRequest(Request):
+    """A request served over ASGI.
 
-    __slots__ = ("request",)
+    Its header getter reads the scope's header list, which does not refer back to the request:
+    there is no reference cycle to break when it ends (see :meth:`Request.detach`), so the
+    headers are simply kept. FastAPI's router reports each route it selects to it, as it would
+    to the span of FastAPI's own telemetry record: ``set_attribute("http.route", template)``.
+    """
 
-    def __init__(self, request: Request) -> None:
-        self.request = request
+    def detach(self) -> None:
+        self._restore()
 
     def set_attribute(self, key: str, value: Any) -> None:
         if key == "http.route" and isinstance(value, str):
-            self.request.set_route(value)
+            self.set_route(value)
 
     def update_name(self, name: str) -> None:
         pass
@@ -144,7 +147,7 @@ def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
         made = new(_RequestTelemetry)
         fields = made.__dict__
         fields.update(template)
-        fields["span"] = _RouteListener(request)
+        fields["span"] = request  # stands in for the span (see _AsgiRequest)
         fields["span_method"] = request.method
         fields["_exceptions"] = []
         return made
@@ -270,7 +273,12 @@ class ObskitMiddleware:
             await self._metrics(headers, send)
             return
         request = self.telemetry.begin(
-            scope.get("method") or "GET", path, header_getter_from_pairs(headers), _facts, scope
+            scope.get("method") or "GET",
+            path,
+            header_getter_from_pairs(headers),
+            _facts,
+            scope,
+            request_type=_AsgiRequest,
         )
         if request is None:
             await self.app(scope, receive, send)

@@ -154,11 +154,14 @@ class HttpTelemetry:
         describe: Describe,
         source: Any,
         route: str | None = None,
+        *,
+        request_type: type[Request] | None = None,
     ) -> Request | None:
         """:meth:`start`, with the connection facts given as ``describe(source)``: a tuple
         ``(scheme, server_address, server_port, client_address, protocol)`` computed only for a
         request whose span records them (or that the tail policy may keep), not for every
-        unsampled request. Never raises.
+        unsampled request. ``request_type``: an adapter's subclass of :class:`Request`. Never
+        raises.
         """
         if path in self.excluded:
             return None
@@ -177,7 +180,7 @@ class HttpTelemetry:
                 )
             else:
                 span = self.tracer.start_span(self._span_names[label], context=parent, kind=_SERVER)
-            request = Request(self, label, span, get_header)
+            request = (request_type or Request)(self, label, span, get_header)
             if span.is_recording():
                 request._recording = True
                 _set_attributes(

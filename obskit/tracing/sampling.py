@@ -229,6 +229,20 @@ def fast_decision(sampler: sampling.Sampler) -> FastDecision | None:
     if any(part is None for part in parts):
         return None
     root, remote_sampled, remote_not, local_sampled, local_not = parts
+    if type(sampler._root) is sampling.TraceIdRatioBased:  # type: ignore[attr-defined]
+        # The usual production sampler: the root decision inline, no second call per request.
+        bound = sampler._root.bound  # type: ignore[attr-defined]
+
+        def decide_ratio(parent: SpanContext | None, trace_id: int) -> bool:
+            if parent is None:
+                return trace_id & limit < bound
+            if parent.is_remote:
+                chosen = remote_sampled if parent.trace_flags & 1 else remote_not
+            else:
+                chosen = local_sampled if parent.trace_flags & 1 else local_not
+            return chosen(parent, trace_id)  # type: ignore[misc]
+
+        return decide_ratio
 
     def decide(parent: SpanContext | None, trace_id: int) -> bool:
         if parent is None:
@@ -255,13 +269,11 @@ class SwitchableSampler(sampling.Sampler):
 
     @delegate.setter
     def delegate(self, sampler: sampling.Sampler) -> None:
-        # One tuple swap: a request thread never sees a sampler with another's fast path.
         self._pair = (sampler, fast_decision(sampler))
-
-    @property
-    def fast(self) -> FastDecision | None:
-        """The delegate's :func:`fast_decision`, or None."""
-        return self._pair[1]
+        # A plain attribute, read once per span: a decision uses either ``fast`` or the
+        # delegate, never both, so one read between the two assignments sees a consistent
+        # sampler (the old one or the new one).
+        self.fast: FastDecision | None = self._pair[1]
 
     def should_sample(
         self,
