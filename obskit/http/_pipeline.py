@@ -546,10 +546,11 @@ class Request:
         if series is None or series.generation != _state.generation:
             series = telemetry.series(method, route)
         span = self.span
-        ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
-        exemplar = (
-            {"trace_id": format(ctx[0], "032x")} if ctx[3] & 1 and telemetry.exemplars else None
-        )
+        exemplar = None
+        if self._recording and telemetry.exemplars:  # an unsampled span never records
+            ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
+            if ctx[3] & 1:
+                exemplar = {"trace_id": format(ctx[0], "032x")}
         in_flight = self._in_flight
         if in_flight is None or in_flight is series.in_flight:
             series.record(code, duration, exemplar, in_flight is not None)
