@@ -260,6 +260,7 @@ def main() -> None:
         help="pin the server to the last CPU and the load side to the others (default: on, "
         "with 2 or more CPUs)",
     )
+    parser.add_argument("--out", metavar="FILE", help="also write every run's figures as JSON")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
@@ -272,14 +273,21 @@ def main() -> None:
     otlp = f"http://127.0.0.1:{sink.server_port}"
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
-        for _ in range(args.rounds):
+        for index in range(args.rounds):
+            # Variants in a rotating order, so that a drift of the host over a round does not
+            # always favour the same variant.
+            shift = index % len(args.variants)
+            order = args.variants[shift:] + args.variants[:shift]
             for framework in args.frameworks:
-                for variant in args.variants:
+                for variant in order:
                     runs.setdefault((framework, variant), []).append(
                         run_one(framework, variant, args.duration, otlp)
                     )
     finally:
         sink.shutdown()
+    if args.out:
+        raw = {f"{fw}/{variant}": values for (fw, variant), values in runs.items()}
+        Path(args.out).write_text(json.dumps(raw, indent=1))
     print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds")
     if _PIN:
         print(f"server pinned to CPU {sorted(_PIN['server'])}, load to CPU {sorted(_PIN['load'])}")
@@ -314,6 +322,52 @@ def main() -> None:
                     f"| {cell[unmatched, 'p99']} | {cell[matched, 'p99']} "
                     f"| {gcs[0]:.1f} / {gcs[1]:.1f} / {gcs[2]:.2f} |"
                 )
+
+    _print_paired(runs, args.frameworks, args.variants, args.rounds)
+
+
+def _paired(
+    runs: dict[tuple[str, str], list[dict[str, Any]]],
+    framework: str,
+    variant: str,
+    baseline: str,
+    connections: str,
+) -> list[float]:
+    """p99 of ``variant`` over p99 of ``baseline`` in each round (runs of one round are minutes
+    apart at most, so they share the host's state better than medians over the whole run)."""
+    mine, theirs = runs[(framework, variant)], runs[(framework, baseline)]
+    return [
+        m[connections]["p99"] / t[connections]["p99"] for m, t in zip(mine, theirs, strict=True)
+    ]
+
+
+def _print_paired(
+    runs: dict[tuple[str, str], list[dict[str, Any]]],
+    frameworks: list[str],
+    variants: list[str],
+    rounds: int,
+) -> None:
+    """Issue #11's p99 target, round by round: the median of the per-round ratios and how many
+    rounds were within 1.5x."""
+    print(
+        "\np99 ratio per round (median, min-max, rounds within 1.5x)\n\n"
+        "| framework | variant | conns | vs bare | vs matched bare |\n|---|---|---|---|---|"
+    )
+    for framework in frameworks:
+        for connections in ("c1", "c16"):
+            for variant in variants:
+                cells = []
+                for base in ("bare", _matched_baseline(variant)):
+                    if variant == "bare" or base is None or base not in variants:
+                        cells.append("-")
+                        continue
+                    ratios = _paired(runs, framework, variant, base, connections)
+                    within = sum(r <= 1.5 for r in ratios)
+                    cells.append(
+                        f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}; "
+                        f"{within}/{rounds})"
+                    )
+                print(f"| {framework} | {variant} | {connections[1:]} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
