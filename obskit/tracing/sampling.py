@@ -229,23 +229,14 @@ def fast_decision(sampler: sampling.Sampler) -> FastDecision | None:
     if any(part is None for part in parts):
         return None
     root, remote_sampled, remote_not, local_sampled, local_not = parts
-    if type(sampler._root) is sampling.TraceIdRatioBased:  # type: ignore[attr-defined]
-        # The usual production sampler: the root decision inline, no second call per request.
-        bound = sampler._root.bound  # type: ignore[attr-defined]
-
-        def decide_ratio(parent: SpanContext | None, trace_id: int) -> bool:
-            if parent is None:
-                return trace_id & limit < bound
-            if parent.is_remote:
-                chosen = remote_sampled if parent.trace_flags & 1 else remote_not
-            else:
-                chosen = local_sampled if parent.trace_flags & 1 else local_not
-            return chosen(parent, trace_id)  # type: ignore[misc]
-
-        return decide_ratio
+    # The usual production root, a ratio, is decided inline: no second call per request.
+    root_ratio = type(sampler._root) is sampling.TraceIdRatioBased  # type: ignore[attr-defined]
+    bound = sampler._root.bound if root_ratio else 0  # type: ignore[attr-defined]
 
     def decide(parent: SpanContext | None, trace_id: int) -> bool:
         if parent is None:
+            if root_ratio:
+                return trace_id & limit < bound
             return root(parent, trace_id)  # type: ignore[misc]
         if parent.is_remote:
             chosen = remote_sampled if parent.trace_flags & 1 else remote_not
