@@ -466,15 +466,20 @@ class JsonFormatter(_PJLJsonFormatter):
         else:
             message = redact_text(message, emails=self.redact_emails)
         trace_id = getattr(record, "obskit_trace_id", None)
+        span_id = flags = 0
         if trace_id is None:  # no CorrelationFilter on the way: read the context here
-            ctx = current_span().get_span_context()
-            if ctx.is_valid:
-                trace_id = ctx.trace_id
-                record.obskit_span_id = ctx.span_id
-                record.obskit_flags = ctx.trace_flags
-            request = _ctx.current_request()
+            context = _ctx.get_current()
+            # A SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags, trace_state,
+            # is_valid), as in CorrelationFilter.filter. Kept in locals, not on the record: the
+            # scan for extras below would only walk past them again.
+            ctx = current_span(context).get_span_context()
+            if ctx[5]:
+                trace_id, span_id, flags = ctx[0], ctx[1], ctx[3]
+            request: Any = context.get(_ctx.REQUEST_KEY)
         else:
             request = getattr(record, "obskit_request", None)
+            if trace_id:
+                span_id, flags = record.obskit_span_id, record.obskit_flags  # type: ignore[attr-defined]
         extras: dict[str, Any] = {}
         # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
         # after them, so the scan starts past the standard ones (skipped in C by islice).
@@ -517,7 +522,7 @@ class JsonFormatter(_PJLJsonFormatter):
             or record.name.__class__ is not str
             or record.levelname.__class__ is not str
         ):
-            return self._as_dict(record, message, trace_id, request, extras)
+            return self._as_dict(record, message, (trace_id, span_id, flags), request, extras)
         # The same keys, values and order as the dict path, assembled as text.
         parts = [
             self._j_ts,
@@ -531,14 +536,13 @@ class JsonFormatter(_PJLJsonFormatter):
             self._j_static,
         ]
         if trace_id:
-            fields = record.__dict__
             parts += (
                 self._j_trace,
                 format(trace_id, "032x"),
                 self._j_span,
-                format(fields["obskit_span_id"], "016x"),
+                format(span_id, "016x"),
                 self._j_flags,
-                format(fields["obskit_flags"], "02x"),
+                format(flags, "02x"),
                 '"',
             )
         if request is not None:
@@ -560,7 +564,7 @@ class JsonFormatter(_PJLJsonFormatter):
         self,
         record: logging.LogRecord,
         message: str,
-        trace_id: int | None,
+        ids: tuple[int | None, int, int],
         request: Any,
         extras: dict[str, Any],
     ) -> str:
@@ -573,10 +577,11 @@ class JsonFormatter(_PJLJsonFormatter):
             self._k_msg: message,
         }
         data.update(self.static)
+        trace_id, span_id, flags = ids
         if trace_id:
             data[self._k_trace] = format(trace_id, "032x")
-            data[self._k_span] = format(record.__dict__["obskit_span_id"], "016x")
-            data[self._k_flags] = format(record.__dict__["obskit_flags"], "02x")
+            data[self._k_span] = format(span_id, "016x")
+            data[self._k_flags] = format(flags, "02x")
         if request is not None:
             data[self._k_req] = request.request_id
             data[self._k_method] = request.method
@@ -711,7 +716,12 @@ def setup_logging(
             max_message_bytes=max_message_bytes,
         )
     )
-    handler.addFilter(CorrelationFilter(sample_rate, rates=sample_rates, follow_trace=follow_trace))
+    if sample_rate < 1.0 or sample_rates or follow_trace:
+        handler.addFilter(
+            CorrelationFilter(sample_rate, rates=sample_rates, follow_trace=follow_trace)
+        )
+    # Without sampling the filter would only copy the ids the formatter reads itself (this
+    # handler formats in the thread that logs): one step less per line.
     root = logging.getLogger()
     for existing in list(root.handlers):
         if existing.get_name() == _HANDLER_NAME:
