@@ -24,15 +24,24 @@ from typing import Any
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
-__all__ = ["Cell", "Cells", "Observer", "adder", "taking"]
+__all__ = ["Cell", "Cells", "Observer", "adder", "setter", "taking"]
 
 
 def adder(child: Any) -> Callable[[float], None]:
     """``add(amount)`` for a counter or gauge child (negative amounts: gauges only)."""
     inc = getattr(getattr(child, "_value", None), "inc", None)
-    if callable(inc):
+    if callable(inc) and not getattr(child, "_is_most_recent", False):
         return inc  # type: ignore[no-any-return]
     return child.inc  # type: ignore[no-any-return]
+
+
+def setter(child: Any) -> Callable[[float], None]:
+    """``set(value)`` for a gauge child."""
+    value_set = getattr(getattr(child, "_value", None), "set", None)
+    # A "mostrecent" multi-process gauge stamps each value with the time: its own set() does.
+    if callable(value_set) and not getattr(child, "_is_most_recent", False):
+        return value_set  # type: ignore[no-any-return]
+    return child.set  # type: ignore[no-any-return]
 
 
 class Observer:

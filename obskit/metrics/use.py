@@ -70,6 +70,7 @@ from typing import Any, NamedTuple, TypeVar
 import wrapt
 
 from obskit import _selfmetrics, _state
+from obskit.metrics._direct import Observer, adder, setter
 
 __all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "use"]
 
@@ -112,14 +113,17 @@ _trackers: weakref.WeakValueDictionary[str, UseTracker] = weakref.WeakValueDicti
 
 
 class _Children(NamedTuple):
+    """Direct writers (:mod:`obskit.metrics._direct`) of one tracker's series. Gauges are given
+    floats, as ``Gauge.set`` would store them."""
+
     generation: int
-    in_use: Any
-    capacity: Any
-    utilization: Any
-    waiters: Any
-    wait: Any
-    timeout: Any
-    failure: Any
+    in_use: Callable[[float], None]
+    capacity: Callable[[float], None]
+    utilization: Callable[[float], None]
+    waiters: Callable[[float], None]
+    wait: Observer
+    timeout: Callable[[float], None]
+    failure: Callable[[float], None]
     errors: Any  # the instrument itself, for reasons other than the two above
 
 
@@ -152,13 +156,13 @@ def _declare(name: str) -> _Children:
     )
     return _Children(
         _state.generation,
-        in_use.labels(name),
-        capacity.labels(name),
-        utilization.labels(name),
-        waiters.labels(name),
-        wait.labels(name),
-        errors.labels(name, "timeout"),
-        errors.labels(name, "failure"),
+        setter(in_use.labels(name)),
+        setter(capacity.labels(name)),
+        setter(utilization.labels(name)),
+        setter(waiters.labels(name)),
+        Observer(wait.labels(name)),
+        adder(errors.labels(name, "timeout")),
+        adder(errors.labels(name, "failure")),
         errors,
     )
 
@@ -307,20 +311,20 @@ class UseTracker:
     def _publish_all(self, kids: _Children) -> None:
         capacity = self._capacity
         if capacity is not None:
-            kids.capacity.set(capacity)
-            kids.utilization.set(self._in_use / capacity if capacity else 0.0)
-        kids.in_use.set(self._in_use)
-        kids.waiters.set(self._waiters)
+            kids.capacity(float(capacity))
+            kids.utilization(self._in_use / capacity if capacity else 0.0)
+        kids.in_use(float(self._in_use))
+        kids.waiters(float(self._waiters))
 
     def _publish_in_use(self) -> None:
         """Push ``in_use`` and the utilization; the caller holds ``_lock``."""
         try:
             kids = self._kids()
             in_use = self._in_use
-            kids.in_use.set(in_use)
+            kids.in_use(float(in_use))
             capacity = self._capacity
             if capacity is not None:
-                kids.utilization.set(in_use / capacity if capacity else 0.0)
+                kids.utilization(in_use / capacity if capacity else 0.0)
         except Exception as internal:
             _selfmetrics.internal_error("use", internal)
 
@@ -360,11 +364,11 @@ class UseTracker:
             try:
                 kids = self._kids()
                 if capacity is None:
-                    kids.capacity.set(0)
-                    kids.utilization.set(0)
+                    kids.capacity(0.0)
+                    kids.utilization(0.0)
                 else:
-                    kids.capacity.set(capacity)
-                    kids.utilization.set(self._in_use / capacity if capacity else 0.0)
+                    kids.capacity(float(capacity))
+                    kids.utilization(self._in_use / capacity if capacity else 0.0)
             except Exception as internal:
                 _selfmetrics.internal_error("use", internal)
 
@@ -373,9 +377,9 @@ class UseTracker:
         try:
             kids = self._kids()
             if reason == "timeout":
-                kids.timeout.inc()
+                kids.timeout(1)
             elif reason == "failure":
-                kids.failure.inc()
+                kids.failure(1)
             else:
                 kids.errors.labels(self.name, reason).inc()
         except Exception as internal:
@@ -407,7 +411,7 @@ class UseTracker:
             wait._started = _perf()
             self._waiters += 1
             try:
-                self._kids().waiters.set(self._waiters)
+                self._kids().waiters(float(self._waiters))
             except Exception as internal:
                 _selfmetrics.internal_error("use", internal)
 
@@ -419,16 +423,16 @@ class UseTracker:
             wait._open = False
             self._waiters -= 1
             try:
-                self._kids().waiters.set(self._waiters)
+                self._kids().waiters(float(self._waiters))
             except Exception as internal:
                 _selfmetrics.internal_error("use", internal)
         if observe:
             try:
                 kids = self._kids()
-                kids.wait.observe(elapsed)
+                kids.wait(elapsed)
                 reason = None if exc is None else self.classify(exc)
                 if reason is not None:
-                    (kids.timeout if reason == "timeout" else kids.failure).inc()
+                    (kids.timeout if reason == "timeout" else kids.failure)(1)
             except Exception as internal:
                 _selfmetrics.internal_error("use", internal)
         return True

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from obskit.metrics._direct import Cell, Cells, Observer, adder, taking
+from obskit.metrics._direct import Cell, Cells, Observer, adder, setter, taking
 
 VALUES = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 2.5, 7.0, 1e9, -1.0, math.inf, math.nan]
 
@@ -125,3 +125,19 @@ def test_only_in_process_values_are_taken() -> None:
         assert Cells().take(holder, "_value") is None
     assert isinstance(holder._value, Shared)  # type: ignore[attr-defined]
     assert not isinstance(holder._value, Cell)  # type: ignore[attr-defined]
+
+
+def test_setter_matches_set() -> None:
+    ours, a, theirs, b = _pair(Gauge)
+    put = setter(a)
+    for value in (3, 2.5, -1, 0):
+        put(float(value))
+        b.set(value)  # type: ignore[attr-defined]
+    assert _exposed(ours) == _exposed(theirs)
+
+
+def test_most_recent_gauges_keep_their_own_methods() -> None:
+    _, a, _, _ = _pair(Gauge, multiprocess_mode="mostrecent")
+    assert setter(a) == a.set  # type: ignore[attr-defined]  # stamps each value with the time
+    with pytest.raises(RuntimeError):
+        adder(a)(1)  # Gauge.inc refuses this mode
