@@ -47,6 +47,8 @@ def varint(value: int) -> bytes:
     """Unsigned LEB128; negative int64 values use their two's complement as protobuf does."""
     if 0 <= value < 128:
         return _VARINT_CACHE[value]
+    if 0 < value < 16384:  # two bytes (ports, status codes, most lengths): no loop
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -95,18 +97,21 @@ def key_value(key: str, value: Any) -> bytes:
     return _str(b"\x0a", key) + _len(b"\x12", any_value(value))
 
 
-# Encoded span attributes, cached by key and (for strings) by value: most attributes repeat from
-# span to span (method, route, scheme, host, user agent), so a hit replaces five calls and three
+# Encoded span attributes, cached by key and (for strings and ints) by value: most attributes
+# repeat from span to span (method, route, scheme, host, port, status code, user agent), so a hit
+# replaces five calls and three
 # allocations with two dict lookups. Both levels are capped, so unbounded values (url.path) cannot
 # grow the cache; past the cap they are simply encoded each time.
 _KEY_CACHE_MAX = 1024
 _VALUE_CACHE_MAX = 256
-_kv_cache: dict[str, dict[str, bytes]] = {}
-_key_prefix: dict[str, bytes] = {}
+_kv_cache: dict[str, dict[str | int, bytes]] = {}
 
 
 def _span_attribute(key: str, value: Any) -> bytes:
-    if value.__class__ is str:
+    cls = value.__class__
+    # Strings and ints (ports, status codes) are cached by value; an int key never meets an
+    # equal str, and bools (an int subclass, equal to 0 and 1) are not cached.
+    if cls is str or cls is int:
         by_value = _kv_cache.get(key)
         if by_value is not None:
             encoded = by_value.get(value)
@@ -119,14 +124,6 @@ def _span_attribute(key: str, value: Any) -> bytes:
         elif len(by_value) < _VALUE_CACHE_MAX:
             by_value[value] = encoded
         return encoded
-    if value.__class__ is int:
-        prefix = _key_prefix.get(key)
-        if prefix is None:
-            prefix = _str(b"\x0a", key)
-            if len(_key_prefix) < _KEY_CACHE_MAX:
-                _key_prefix[key] = prefix
-        body = b"\x18" + varint(value) if -(1 << 63) <= value < (1 << 63) else any_value(value)
-        return _len(_T_SPAN_ATTR, prefix + _len(b"\x12", body))
     return _len(_T_SPAN_ATTR, key_value(key, value))
 
 
@@ -193,7 +190,8 @@ def encode_span(span: Any) -> bytes:
             dropped = getattr(bounded, "dropped", 0)
     if attrs:
         for key, value in attrs.items():
-            if value.__class__ is str:
+            cls = value.__class__
+            if cls is str or cls is int:
                 by_value = _kv_cache.get(key)
                 if by_value is not None:
                     cached = by_value.get(value)
