@@ -429,7 +429,7 @@ class Request:
             return given[:128]
         ctx = self.span.get_span_context()  # (trace_id, span_id, is_remote, ...)
         if ctx[1] and not ctx[2]:
-            return format(ctx[1], "016x")
+            return ctx[1].to_bytes(8, "big").hex()  # type: ignore[no-any-return]
         # No span of this request (traces off): a random id, made once.
         self._request_id = secrets.token_hex(8)
         return self._request_id
@@ -550,7 +550,7 @@ class Request:
         if self._recording and telemetry.exemplars:  # an unsampled span never records
             ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
             if ctx[3] & 1:
-                exemplar = {"trace_id": format(ctx[0], "032x")}
+                exemplar = {"trace_id": ctx[0].to_bytes(16, "big").hex()}
         in_flight = self._in_flight
         if in_flight is None or in_flight is series.in_flight:
             series.record(code, duration, exemplar, in_flight is not None)
