@@ -403,6 +403,30 @@ def test_setup_twice_replaces_the_handler() -> None:
     assert ("", ["once"]) == (first.getvalue(), [line["message"] for line in lines(second)])
 
 
+@pytest.mark.parametrize(
+    ("sampling", "filtered"),
+    [
+        ({}, False),
+        ({"sample_rate": 0.5}, True),
+        ({"sample_rates": {"app": 0.5}}, True),
+        ({"follow_trace": True}, True),
+    ],
+)
+def test_the_correlation_filter_is_installed_only_for_sampling(
+    sampling: dict[str, Any], filtered: bool
+) -> None:
+    """Without log sampling the formatter reads the trace ids itself; lines carry them anyway."""
+    buffer = io.StringIO()
+    handler = setup_logging(stream=buffer, **sampling)
+    assert filtered == any(isinstance(f, CorrelationFilter) for f in handler.filters)
+    token = in_trace(0xABC)
+    try:
+        logging.getLogger("app").warning("kept at any rate")
+    finally:
+        otel_context.detach(token)
+    assert [format(0xABC, "032x")] == [line["trace_id"] for line in lines(buffer)]
+
+
 def test_logging_setup_alias() -> None:
     """obskit.logging.setup is setup_logging."""
     assert obskit.logging.setup is setup_logging
