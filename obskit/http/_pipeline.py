@@ -552,10 +552,9 @@ class Request:
             if ctx[3] & 1:
                 exemplar = {"trace_id": ctx[0].to_bytes(16, "big").hex()}
         in_flight = self._in_flight
-        if in_flight is None or in_flight is series.in_flight:
-            series.record(code, duration, exemplar, in_flight is not None)
-        else:  # counted in flight under a route this request later left
-            series.record(code, duration, exemplar, False)
+        leave = in_flight is not None and in_flight is series.in_flight
+        series.record(code, duration, exemplar, leave)
+        if in_flight is not None and not leave:  # in flight under another series' gauge
             in_flight(-1)
         if telemetry._otlp_duration is not None:
             attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}

@@ -99,9 +99,9 @@ def key_value(key: str, value: Any) -> bytes:
 
 # Encoded span attributes, cached by key and (for strings and ints) by value: most attributes
 # repeat from span to span (method, route, scheme, host, port, status code, user agent), so a hit
-# replaces five calls and three
-# allocations with two dict lookups. Both levels are capped, so unbounded values (url.path) cannot
-# grow the cache; past the cap they are simply encoded each time.
+# replaces five calls and three allocations with two dict lookups. Both levels are capped, so
+# unbounded values (url.path) cannot grow the cache; past the cap they are simply encoded each
+# time.
 _KEY_CACHE_MAX = 1024
 _VALUE_CACHE_MAX = 256
 _kv_cache: dict[str, dict[str | int, bytes]] = {}

@@ -160,13 +160,7 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
         get: returns the (combined) value of a lowercase header name, or None.
         context: the context to add to (the current one by default).
     """
-    cached = _state.default_propagators  # _default_propagators(), inline: once per request
-    default = (
-        cached[1]
-        if cached is not None and cached[0] is propagate.get_global_textmap()
-        else _default_propagators()
-    )
-    if not default:
+    if not _default_propagators():
         carrier = {k: v for k in ("traceparent", "tracestate", "baggage") if (v := get(k))}
         for name in propagate.get_global_textmap().fields:
             if name not in carrier and (v := get(name)):

@@ -256,15 +256,15 @@ class SwitchableSampler(sampling.Sampler):
     @property
     def delegate(self) -> sampling.Sampler:
         """The sampler that decides; ``fast`` follows it."""
-        return self._pair[0]
+        return self._delegate
 
     @delegate.setter
     def delegate(self, sampler: sampling.Sampler) -> None:
-        self._pair = (sampler, fast_decision(sampler))
-        # A plain attribute, read once per span: a decision uses either ``fast`` or the
-        # delegate, never both, so one read between the two assignments sees a consistent
-        # sampler (the old one or the new one).
-        self.fast: FastDecision | None = self._pair[1]
+        # ``fast`` is a plain attribute, read once per span. A decision uses either ``fast`` or
+        # the delegate, never both, so a read between the two assignments still decides as one
+        # sampler would (the old one or the new one).
+        self.fast: FastDecision | None = fast_decision(sampler)
+        self._delegate = sampler
 
     def should_sample(
         self,
