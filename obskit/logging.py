@@ -150,6 +150,9 @@ def _safe_default(value: Any) -> Any:
 
 
 _PLAIN = frozenset({int, float, bool})
+# What json writes for an int or a finite float.
+_int_repr = int.__repr__
+_float_repr = float.__repr__
 _CONTAINERS = frozenset({dict, list, tuple})
 
 
@@ -366,6 +369,11 @@ class JsonFormatter(_PJLJsonFormatter):
         self.redact_emails = redact_emails
         self.max_message = max_message_bytes
         self._key_sensitive: dict[str, bool] = {}
+        # Bounded caches of encoded text: redacted strings (messages, string extras), names
+        # written as they are (logger, level, method, route), and extras' key fragments.
+        self._texts: dict[str, str] = {}
+        self._plain: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
         self._second: tuple[int, str] = (-1, "")
         n = names
         self._k_ts, self._k_level, self._k_logger = n["timestamp"], n["level"], n["logger"]
@@ -460,7 +468,7 @@ class JsonFormatter(_PJLJsonFormatter):
         except Exception:
             message = f"{record.msg!r} % {record.args!r}"
         limit = self.max_message
-        truncated = False
+        truncated = redacted = False
         if len(message) * 4 > limit:  # may be over the limit in UTF-8 bytes
             # Redact a window a little longer than the limit first, so a card number or token
             # across the cut is masked before it is cut, then cut at a character boundary.
@@ -472,8 +480,10 @@ class JsonFormatter(_PJLJsonFormatter):
                     cut -= 1
                 message = encoded[:cut].decode("utf-8", "surrogatepass")
                 truncated = True
+            redacted = True
+            message_text = _escape(message)
         else:
-            message = redact_text(message, emails=self.redact_emails)
+            message_text = self._texts.get(message) or self._text(message)
         trace_id = getattr(record, "obskit_trace_id", None)
         span_id = flags = 0
         if trace_id is None:  # no CorrelationFilter on the way: read the context here
@@ -489,9 +499,141 @@ class JsonFormatter(_PJLJsonFormatter):
             request = getattr(record, "obskit_request", None)
             if trace_id:
                 span_id, flags = record.obskit_span_id, record.obskit_flags  # type: ignore[attr-defined]
+        plain = self._plain
+        name, level = record.name, record.levelname
+        tail = None
+        if not (truncated or record.exc_info or record.exc_text or record.stack_info):
+            tail = self._scalar_extras(record)
+        if tail is None or name.__class__ is not str or level.__class__ is not str:
+            extras = self._extras(record, truncated)
+            if (
+                (extras and not self._fixed.isdisjoint(extras))
+                or name.__class__ is not str
+                or level.__class__ is not str
+            ):
+                if not redacted:
+                    message = redact_text(message, emails=self.redact_emails)
+                return self._as_dict(record, message, (trace_id, span_id, flags), request, extras)
+            tail = [",", _encode_safely(extras)[1:]] if extras else ["}"]
+        else:
+            tail.append("}")
+        # The same keys, values and order as the dict path, assembled as text.
+        (
+            j_ts,
+            j_level,
+            j_logger,
+            j_msg,
+            j_static,
+            j_trace,
+            j_span,
+            j_flags,
+            j_req,
+            j_method,
+            j_route,
+        ) = self._j
+        parts = [
+            j_ts,
+            self._timestamp(record.created),
+            j_level,
+            plain.get(level) or self._plain_text(level),
+            j_logger,
+            plain.get(name) or self._plain_text(name),
+            j_msg,
+            message_text,
+            j_static,
+        ]
+        if trace_id:
+            parts += (
+                j_trace,
+                trace_id.to_bytes(16, "big").hex(),
+                j_span,
+                span_id.to_bytes(8, "big").hex(),
+                j_flags,
+                _HEX_BYTE[flags & 0xFF],
+                '"',
+            )
+        if request is not None:
+            method, route = request.method, request.route
+            parts += (
+                j_req,
+                _escape(request.request_id),
+                j_method,
+                plain.get(method) or self._plain_text(method),
+            )
+            if route is not None:
+                parts += (j_route, plain.get(route) or self._plain_text(route))
+        parts += tail
+        return _safe_text("".join(parts))
+
+    def _text(self, value: str) -> str:
+        """``value`` redacted and JSON-encoded. Short ones are cached: a line's message is most
+        often its format string, and string extras repeat (a status, a queue name)."""
+        text = _escape(redact_text(value, emails=self.redact_emails))
+        if len(value) <= 256:
+            texts = self._texts
+            if len(texts) >= 2048:  # a flood of distinct values: start over, stay bounded
+                texts.clear()
+            texts[value] = text
+        return text
+
+    def _plain_text(self, value: str) -> str:
+        """``value`` JSON-encoded, not redacted (logger and level names, method, route)."""
+        text = _escape(value)
+        if len(value) <= 256:
+            plain = self._plain
+            if len(plain) >= 1024:
+                plain.clear()
+            plain[value] = text
+        return text
+
+    def _scalar_extras(self, record: logging.LogRecord) -> list[str] | None:
+        """The extras as ``,"key":value`` fragments when every one is a str, int, float, bool or
+        None under a plain key -- the usual line -- else None (the dict path encodes them)."""
+        fragments = self._keys
+        texts = self._texts
+        tail: list[str] = []
+        try:
+            # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
+            # after them, so the scan starts past the standard ones (skipped in C by islice).
+            for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
+                fragment = fragments.get(key)
+                if fragment is None:
+                    if key.__class__ is str and (key in _RESERVED or key[:1] == "_"):
+                        continue
+                    fragment = self._key_fragment(key)
+                    if fragment is None:
+                        return None
+                cls = value.__class__
+                if cls is str:
+                    text = texts.get(value) or self._text(value)
+                elif cls is int:
+                    text = _int_repr(value)  # ValueError past 4300 digits: the dict path
+                elif value is None:
+                    text = "null"
+                elif cls is bool:
+                    text = "true" if value else "false"
+                elif cls is float and value - value == 0.0:  # finite: written as repr()
+                    text = _float_repr(value)
+                else:
+                    return None
+                tail += (fragment, text)
+        except ValueError:
+            return None
+        return tail
+
+    def _key_fragment(self, key: Any) -> str | None:
+        """``,"key":`` for an extra written as it is; None for a key that is not a str, is
+        sensitive (masked on the dict path) or names one of obskit's own fields."""
+        if key.__class__ is not str or key in self._fixed or self._is_sensitive(key):
+            return None
+        fragment = "," + _escape(key) + ":"
+        if len(self._keys) < 4096:
+            self._keys[key] = fragment
+        return fragment
+
+    def _extras(self, record: logging.LogRecord, truncated: bool) -> dict[str, Any]:
+        """Every extra field of ``record``, redacted, with the exception and truncation fields."""
         extras: dict[str, Any] = {}
-        # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
-        # after them, so the scan starts past the standard ones (skipped in C by islice).
         for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
             if key in _RESERVED or key[:1] == "_":
                 continue
@@ -526,61 +668,7 @@ class JsonFormatter(_PJLJsonFormatter):
             )
         if record.stack_info:
             extras["stack_info"] = record.stack_info
-        if (
-            (extras and not self._fixed.isdisjoint(extras))
-            or record.name.__class__ is not str
-            or record.levelname.__class__ is not str
-        ):
-            return self._as_dict(record, message, (trace_id, span_id, flags), request, extras)
-        # The same keys, values and order as the dict path, assembled as text.
-        (
-            j_ts,
-            j_level,
-            j_logger,
-            j_msg,
-            j_static,
-            j_trace,
-            j_span,
-            j_flags,
-            j_req,
-            j_method,
-            j_route,
-        ) = self._j
-        parts = [
-            j_ts,
-            self._timestamp(record.created),
-            j_level,
-            _escape(record.levelname),
-            j_logger,
-            _escape(record.name),
-            j_msg,
-            _escape(message),
-            j_static,
-        ]
-        if trace_id:
-            parts += (
-                j_trace,
-                trace_id.to_bytes(16, "big").hex(),
-                j_span,
-                span_id.to_bytes(8, "big").hex(),
-                j_flags,
-                _HEX_BYTE[flags & 0xFF],
-                '"',
-            )
-        if request is not None:
-            parts += (
-                j_req,
-                _escape(request.request_id),
-                j_method,
-                _escape(request.method),
-            )
-            if request.route is not None:
-                parts += (j_route, _escape(request.route))
-        if extras:
-            parts += (",", _encode_safely(extras)[1:])
-        else:
-            parts.append("}")
-        return _safe_text("".join(parts))
+        return extras
 
     def _as_dict(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import http
 import io
 import json
 import logging
@@ -1058,6 +1059,13 @@ def _records() -> list[logging.LogRecord]:
         {"note": 'quote " backslash \\ tab \t', "n": None, "ok": True, "ratio": 0.5},
         {"nested": {"password": "x", "list": [1, "two"]}, "user": "caf\u00e9 \u2028 sep"},
         {"raw": "bad \udcff byte", "when": datetime.date(2026, 11, 23)},
+        # Scalars only: written as text fragments, not through the dict.
+        {"i": -12, "f": 1e300, "z": -0.0, "t": False, "s": "4111 1111 1111 1111", "e": ""},
+        # Falls back to the dict: a non-finite float, an int past str()'s digit limit, an int
+        # subclass, a str subclass.
+        {"i": 3, "nan": float("nan"), "inf": float("-inf")},
+        {"huge": 10**5000},
+        {"level_enum": http.HTTPStatus.OK, "tag": type("Tag", (str,), {})("t")},
     ]
     for index, extra in enumerate(extras):
         record = logging.makeLogRecord({"name": "app", "levelname": "INFO", "levelno": 20})
@@ -1079,12 +1087,14 @@ def test_assembled_line_is_the_dict_encoding_byte_for_byte() -> None:
     static = {"service.name": "svc \u00e9", "deployment.environment": "test"}
     fast = JsonFormatter(static_fields=static)
     slow = JsonFormatter(static_fields=static)
-    slow._fixed = frozenset(["item", "note", "nested", "raw"])  # every record takes the dict path
+    # Every record takes the dict path: each has an extra named like one of its fields.
+    slow._fixed = frozenset(["item", "note", "nested", "raw", "i", "huge", "level_enum"])
     with capture(service_name="svc"):
         tracer = trace.get_tracer("test")
-        for record in _records():
-            assert slow.format(record) == fast.format(record)
-            json.loads(fast.format(record))
+        for _ in range(2):  # the second time from the caches
+            for record in _records():
+                assert slow.format(record) == fast.format(record)
+                json.loads(fast.format(record))
         request = types.SimpleNamespace(request_id='id "1"', method="GET", route="/items/{id}")
         with tracer.start_as_current_span("op") as span:
             token = otel_context.attach(with_span(span, None, request))
@@ -1096,6 +1106,30 @@ def test_assembled_line_is_the_dict_encoding_byte_for_byte() -> None:
                     assert ('id "1"', "/items/{id}") == (line["request_id"], line["http.route"])
             finally:
                 otel_context.detach(token)
+
+
+def test_encoded_text_caches_stay_bounded_and_redact_every_time() -> None:
+    """Messages and string extras are cached encoded, and a flood of distinct ones (interpolated
+    ids, f-strings) keeps the caches bounded; a cached value is still redacted."""
+    formatter = JsonFormatter()
+    for index in range(20_000):
+        record = logging.makeLogRecord({"name": f"app.{index}", "levelname": "INFO"})
+        record.msg, record.tag, record.__dict__[f"k{index}"] = f"user {index}", f"t{index}", 1
+        line = json.loads(formatter.format(record))
+        assert (f"user {index}", f"t{index}", 1) == (
+            line["message"],
+            line["tag"],
+            line[f"k{index}"],
+        )
+    assert len(formatter._texts) <= 2048
+    assert len(formatter._plain) <= 1024
+    assert len(formatter._keys) <= 4096
+    for _ in range(3):
+        record = logging.makeLogRecord({"name": "app", "msg": "paid 4111 1111 1111 1111"})
+        record.note = "token Bearer abcdefgh12345678"
+        line = json.loads(formatter.format(record))
+        assert "paid ************1111" == line["message"]
+        assert "token Bearer [REDACTED]" == line["note"]
 
 
 def test_an_extra_named_like_an_obskit_field_replaces_it_once() -> None:
