@@ -30,7 +30,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import obskit
 from obskit.flask import Obskit
-from obskit.logging import FRAMEWORK_LOGGERS, CorrelationFilter, JsonFormatter, setup_logging
+from obskit.logging import (
+    FRAMEWORK_LOGGERS,
+    CorrelationFilter,
+    JsonFormatter,
+    JsonStreamHandler,
+    setup_logging,
+)
 from obskit.testing import capture
 from obskit.tracing._fastctx import with_span
 
@@ -426,6 +432,49 @@ def test_the_correlation_filter_is_installed_only_for_sampling(
     finally:
         otel_context.detach(token)
     assert [format(0xABC, "032x")] == [line["trace_id"] for line in lines(buffer)]
+
+
+class _NoFlush:
+    """A stream with ``write`` only, which StreamHandler accepts."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+
+def test_the_json_handler_keeps_stream_handler_semantics(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lean handler still applies filters (objects and callables), writes one line per
+    record, accepts a stream without flush, and hands a failing formatter to handleError
+    instead of raising into the caller."""
+    buffer = io.StringIO()
+    handler = setup_logging(stream=buffer)
+    assert isinstance(handler, JsonStreamHandler)
+    log = logging.getLogger("app.handler")
+    handler.addFilter(lambda record: record.getMessage() != "dropped by a callable")
+    quiet = logging.Filter("app.quiet")  # passes only that logger's records
+    log.info("kept")
+    log.info("dropped by a callable")
+    handler.addFilter(quiet)
+    log.info("dropped by a filter object")
+    logging.getLogger("app.quiet").info("kept too")
+    assert ["kept", "kept too"] == [line["message"] for line in lines(buffer)]
+    handler.removeFilter(quiet)
+
+    handler.setStream(_NoFlush())  # type: ignore[arg-type]
+    log.info("no flush")
+    assert "no flush" == json.loads(handler.stream.text)["message"]
+
+    class Broken(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            raise RuntimeError("formatter bug")
+
+    handler.setFormatter(Broken())
+    log.info("lost, not raised")  # logging.raiseExceptions: reported on stderr
+    assert "formatter bug" in capsys.readouterr().err
 
 
 def test_logging_setup_alias() -> None:
