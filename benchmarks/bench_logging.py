@@ -1,4 +1,4 @@
-"""Cost of one JSON log line: obskit's formatter + correlation filter vs python-json-logger alone.
+"""Cost of one JSON log line: obskit's handler and formatter vs python-json-logger alone.
 
 Each variant is a logger with its own ``StreamHandler`` writing to ``os.devnull``; the measured
 call is ``logger.info("order charged", extra={3 fields})``. Variants run interleaved in rounds (so
@@ -8,12 +8,18 @@ the rounds:
 - ``stdlib``: ``logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")`` (reference);
 - ``pjl``: python-json-logger's ``JsonFormatter`` with timestamp, level, logger and message -- the
   fields obskit writes outside a trace (the baseline of the ratio);
-- ``obskit``: obskit's ``JsonFormatter`` (with service fields and redaction) and
-  ``CorrelationFilter``, outside any span;
+- ``obskit``: what ``setup_logging`` installs -- obskit's ``JsonStreamHandler`` and
+  ``JsonFormatter`` (with service fields and redaction; the formatter reads the trace context
+  itself) -- outside any span;
 - ``obskit_span``: the same inside a recording span (adds trace_id, span_id, trace_flags).
 
-Run: ``python benchmarks/bench_logging.py [--rounds R] [--calls N]`` (about 10 s by default).
-The target is obskit <= 1.5x python-json-logger alone.
+``--lean-records`` first turns off what the standard library computes for every record and no
+JSON line of obskit's uses -- the caller's file, line and function (``logging._srcfile = None``),
+thread, process and process-name fields -- as the logging HOWTO's "Optimization" section
+describes, to show what those switches save (for every variant alike).
+
+Run: ``python benchmarks/bench_logging.py [--rounds R] [--calls N] [--lean-records]`` (about
+10 s by default). The target is obskit <= 1.5x python-json-logger alone.
 """
 
 from __future__ import annotations
@@ -32,18 +38,20 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from pythonjsonlogger.json import JsonFormatter as PJLJsonFormatter
 
-from obskit.logging import CorrelationFilter, JsonFormatter
+from obskit.logging import JsonFormatter, JsonStreamHandler
 
 TARGET = 1.5
 EXTRA = {"order_id": 4211, "customer": "c-1789", "amount": 12.5}
 MESSAGE = "order charged"
 
 
-def _logger(name: str, formatter: logging.Formatter, *filters: logging.Filter) -> logging.Logger:
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives for the run
+def _logger(
+    name: str,
+    formatter: logging.Formatter,
+    handler_type: type[logging.StreamHandler] = logging.StreamHandler,  # type: ignore[type-arg]
+) -> logging.Logger:
+    handler = handler_type(open(os.devnull, "w"))  # noqa: SIM115 - lives for the run
     handler.setFormatter(formatter)
-    for flt in filters:
-        handler.addFilter(flt)
     log = logging.getLogger(f"bench.{name}")
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -59,8 +67,8 @@ def variants() -> dict[str, Callable[[int], int]]:
         PJLJsonFormatter("%(levelname)s %(name)s %(message)s", timestamp=True),
     )
     static = {"service.name": "bench", "service.version": "1.0.0", "deployment.environment": "dev"}
-    obskit = _logger("obskit", JsonFormatter(static_fields=static), CorrelationFilter())
-    obskit_span = _logger("obskit_span", JsonFormatter(static_fields=static), CorrelationFilter())
+    obskit = _logger("obskit", JsonFormatter(static_fields=static), JsonStreamHandler)
+    obskit_span = _logger("obskit_span", JsonFormatter(static_fields=static), JsonStreamHandler)
     tracer = TracerProvider().get_tracer("bench")
 
     def plain(log: logging.Logger) -> Callable[[int], int]:
@@ -121,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument(
+        "--lean-records",
+        action="store_true",
+        help="turn off the stdlib's caller, thread and process fields first",
+    )
     args = parser.parse_args(argv)
+    if args.lean_records:
+        logging._srcfile = None
+        logging.logThreads = False
+        logging.logProcesses = False
+        logging.logMultiprocessing = False
     began = time.monotonic()
     results = measure(args.rounds, args.calls)
     print(
         f"logger.info(..., extra={{3 fields}}) to os.devnull; {args.rounds} rounds x "
         f"{args.calls:,} calls; Python {platform.python_version()} on {platform.machine()}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs" + ("; --lean-records" if args.lean_records else "")
     )
     print()
     print(table(results))
