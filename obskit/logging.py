@@ -568,9 +568,11 @@ class JsonFormatter(_PJLJsonFormatter):
 
     def _text(self, value: str) -> str:
         """``value`` redacted and JSON-encoded. Short ones are cached: a line's message is most
-        often its format string, and string extras repeat (a status, a queue name)."""
-        text = _escape(redact_text(value, emails=self.redact_emails))
-        if len(value) <= 256:
+        often its format string, and string extras repeat (a status, a queue name). Text that
+        redaction changed is not: the cache must not keep a card number or a token alive."""
+        redacted = redact_text(value, emails=self.redact_emails)
+        text = _escape(redacted)
+        if len(value) <= 256 and redacted == value:
             texts = self._texts
             if len(texts) >= 2048:  # a flood of distinct values: start over, stay bounded
                 texts.clear()

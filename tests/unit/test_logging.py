@@ -1159,7 +1159,8 @@ def test_assembled_line_is_the_dict_encoding_byte_for_byte() -> None:
 
 def test_encoded_text_caches_stay_bounded_and_redact_every_time() -> None:
     """Messages and string extras are cached encoded, and a flood of distinct ones (interpolated
-    ids, f-strings) keeps the caches bounded; a cached value is still redacted."""
+    ids, f-strings) keeps the caches bounded; text with a secret is redacted every time and
+    never kept in a cache."""
     formatter = JsonFormatter()
     for index in range(20_000):
         record = logging.makeLogRecord({"name": f"app.{index}", "levelname": "INFO"})
@@ -1173,12 +1174,14 @@ def test_encoded_text_caches_stay_bounded_and_redact_every_time() -> None:
     assert len(formatter._texts) <= 2048
     assert len(formatter._plain) <= 1024
     assert len(formatter._keys) <= 4096
+    formatter._texts.clear()
     for _ in range(3):
         record = logging.makeLogRecord({"name": "app", "msg": "paid 4111 1111 1111 1111"})
         record.note = "token Bearer abcdefgh12345678"
         line = json.loads(formatter.format(record))
         assert "paid ************1111" == line["message"]
         assert "token Bearer [REDACTED]" == line["note"]
+    assert not formatter._texts  # what redaction changed is never kept
 
 
 def test_an_extra_named_like_an_obskit_field_replaces_it_once() -> None:
