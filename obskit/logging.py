@@ -502,16 +502,14 @@ class JsonFormatter(_PJLJsonFormatter):
                 span_id, flags = record.obskit_span_id, record.obskit_flags  # type: ignore[attr-defined]
         plain = self._plain
         name, level = record.name, record.levelname
+        # makeLogRecord takes any type for these; the dict path encodes what they are.
+        odd_names = name.__class__ is not str or level.__class__ is not str
         tail = None
         if not (truncated or record.exc_info or record.exc_text or record.stack_info):
             tail = self._scalar_extras(record)
-        if tail is None or name.__class__ is not str or level.__class__ is not str:
+        if tail is None or odd_names:
             extras = self._extras(record, truncated)
-            if (
-                (extras and not self._fixed.isdisjoint(extras))
-                or name.__class__ is not str
-                or level.__class__ is not str
-            ):
+            if odd_names or (extras and not self._fixed.isdisjoint(extras)):
                 if not redacted:
                     message = redact_text(message, emails=self.redact_emails)
                 return self._as_dict(record, message, (trace_id, span_id, flags), request, extras)
@@ -723,6 +721,8 @@ FRAMEWORK_LOGGERS = (
 )
 
 _HANDLER_NAME = "obskit-json"
+#: What a handler without a formatter uses (the stdlib's ``logging._defaultFormatter``).
+_DEFAULT_FORMATTER = logging.Formatter()
 
 
 class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -759,9 +759,6 @@ class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             raise
         except Exception:
             self.handleError(record)
-
-
-_DEFAULT_FORMATTER = logging.Formatter()
 
 
 class BufferedStreamHandler(JsonStreamHandler):
