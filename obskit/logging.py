@@ -562,7 +562,8 @@ class JsonFormatter(_PJLJsonFormatter):
             if route is not None:
                 parts += (j_route, plain.get(route) or self._plain_text(route))
         parts += tail
-        return _safe_text("".join(parts))
+        line = "".join(parts)
+        return line if line.isascii() else _safe_text(line)
 
     def _text(self, value: str) -> str:
         """``value`` redacted and JSON-encoded. Short ones are cached: a line's message is most
