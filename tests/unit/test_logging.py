@@ -1157,6 +1157,65 @@ def test_assembled_line_is_the_dict_encoding_byte_for_byte() -> None:
                 otel_context.detach(token)
 
 
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_random_extras_give_the_dict_encoding_byte_for_byte() -> None:
+    """2,000 records with random extras of every kind (seeded): the text path and the dict path
+    write the same bytes, and the line is JSON."""
+    rng = random.Random(20261123)
+    texts = [
+        "",
+        "ok",
+        "caf\u00e9",
+        'tab\t quote" back\\',
+        "\u2028",
+        "4111 1111 1111 1111",
+        "Bearer abcdefgh12345678",
+        "x" * 300,
+        "\udcff",
+        "0000000000000000",
+    ]
+    values: list[Any] = [
+        *texts,
+        0,
+        -7,
+        2**70,
+        10**5000,
+        0.5,
+        -0.0,
+        1e-300,
+        1e300,
+        float("nan"),
+        float("inf"),
+        True,
+        False,
+        None,
+        [1, "a"],
+        {"k": "v", "password": "p"},
+        (1, 2),
+        b"raw",
+        http.HTTPStatus.OK,
+        type("Tag", (str,), {})("t"),
+        _Opaque(),
+        datetime.date(2026, 1, 2),
+    ]
+    keys = ["item", "note", "n", "secret_token", "http.route", "user", "_private", "ratio"]
+    fast = JsonFormatter(static_fields={"service.name": "svc"})
+    slow = JsonFormatter(static_fields={"service.name": "svc"})
+    slow._fixed = frozenset([*keys, "message_truncated", "stack_info"])  # always the dict path
+    for index in range(2_000):
+        record = logging.makeLogRecord({"name": "app", "levelname": "INFO", "levelno": 20})
+        record.msg, record.created = rng.choice(texts), 1_700_000_000.25
+        for key in rng.sample(keys, rng.randint(0, 4)):
+            record.__dict__[key] = rng.choice(values)
+        line = fast.format(record)
+        assert slow.format(record) == line, index
+        json.loads(line)
+
+
 def test_encoded_text_caches_stay_bounded_and_redact_every_time() -> None:
     """Messages and string extras are cached encoded, and a flood of distinct ones (interpolated
     ids, f-strings) keeps the caches bounded; text with a secret is redacted every time and
