@@ -30,15 +30,17 @@ from typing import Any, TypeVar, overload
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
-from obskit import _selfmetrics, _state
+from obskit import _runtime, _selfmetrics, _state
 from obskit._runtime import tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import error_type
 from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, histogram
 from obskit.tracing._fastctx import current_span
+from obskit.tracing.server_span import start_server_span
 
 __all__ = ["red"]
 
@@ -46,6 +48,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 Errors = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 _perf = time.perf_counter
+#: The instrumentation scope of the spans `trace=True` makes on obskit's own pipeline.
+_SCOPE = InstrumentationScope("obskit.red", __version__)
 
 
 class _Recorder:
@@ -121,11 +125,28 @@ class _Recorder:
             current = current_span()
             if not current.is_recording() and current.get_span_context().is_valid:
                 return None
-            provider = tracer_provider()
-            cached = self._tracer
-            if cached is None or cached[0] is not provider:
-                cached = self._tracer = (provider, provider.get_tracer("obskit.red", __version__))
-            span = cached[1].start_span(self.span_name, kind=SpanKind.INTERNAL)
+            runtime = _state.runtime
+            processor = runtime.processor if runtime is not None else None
+            if processor is not None and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
+                # Spans go to obskit's own pipeline: the lean span the HTTP pipeline uses for
+                # SERVER spans, with the same sampler (obskit.tracing.server_span).
+                span = start_server_span(
+                    _runtime._install_global().sampler,
+                    None,
+                    self.span_name,
+                    processor,
+                    _SCOPE,
+                    SpanKind.INTERNAL,
+                )
+            else:
+                provider = tracer_provider()
+                cached = self._tracer
+                if cached is None or cached[0] is not provider:
+                    cached = self._tracer = (
+                        provider,
+                        provider.get_tracer("obskit.red", __version__),
+                    )
+                span = cached[1].start_span(self.span_name, kind=SpanKind.INTERNAL)
             if span.is_recording():
                 span.set_attribute("code.function.name", self.span_name)
             return span

@@ -883,10 +883,11 @@ def test_an_exception_whose_str_fails_still_marks_and_ends_the_span() -> None:
 
 
 def test_the_tracer_is_looked_up_once_per_decorated_function() -> None:
-    """Sampled calls reuse one tracer: the SDK's get_tracer() costs microseconds per call."""
+    """On the SDK tracer's path (``keep_whole_trace``), sampled calls reuse one tracer: the SDK's
+    get_tracer() costs microseconds per call."""
     work = make("function", trace=True)
     looked_up: list[str] = []
-    with capture(sampler="always_on") as cap:
+    with capture(sampler="always_on", keep_whole_trace=True) as cap:
         provider = obskit.tracer_provider()
         original = provider.get_tracer
 
@@ -901,6 +902,65 @@ def test_the_tracer_is_looked_up_once_per_decorated_function() -> None:
         spans = cap.spans()
     assert ["obskit.red"] == looked_up
     assert 3 == len(spans)
+
+
+def _traced_calls(**options: Any) -> list[tuple[Any, ...]]:
+    """A traced function calling a traced function that raises, exported: the spans' fields."""
+
+    @obskit.red(trace=True)
+    def inner() -> None:
+        raise ValueError("bad card 4242")
+
+    @obskit.red(trace=True)
+    def outer() -> None:
+        try:
+            inner()
+        except ValueError:
+            pass
+
+    with capture(sampler="always_on", **options) as cap:
+        outer()
+        requests = cap.requests()
+    spans = [
+        (scope.scope.name, span)
+        for request in requests
+        for rs in request.resource_spans
+        for scope in rs.scope_spans
+        for span in scope.spans
+    ]
+    by_id = {span.span_id: name for _, span in spans for name in [span.name]}
+    return sorted(
+        (
+            scope,
+            span.name,
+            span.kind,
+            by_id.get(span.parent_span_id, "root"),
+            span.status.code,
+            span.status.message,
+            sorted((a.key, str(a.value)) for a in span.attributes if a.key != "code.function.name"),
+            [(e.name, sorted(a.key for a in e.attributes)) for e in span.events],
+            span.end_time_unix_nano >= span.start_time_unix_nano > 0,
+        )
+        for scope, span in spans
+    )
+
+
+def test_lean_spans_carry_what_sdk_spans_carry() -> None:
+    """On obskit's own pipeline ``trace=True`` makes the lean span the HTTP pipeline uses; it
+    exports the same name, kind, parent, status, attributes and events as the SDK tracer's span
+    (taken with ``keep_whole_trace``)."""
+    lean = _traced_calls()
+    assert lean == _traced_calls(keep_whole_trace=True)
+    outer, inner = sorted(lean, key=lambda row: row[1].endswith("inner"))
+    assert ("obskit.red", "root") == (outer[0], outer[3])
+    assert ("obskit.red", outer[1]) == (inner[0], inner[3])  # the inner span's parent
+    assert [
+        (
+            "exception",
+            ["exception.escaped", "exception.message", "exception.stacktrace", "exception.type"],
+        )
+    ] == inner[7]
+    assert inner[6] == [("error.type", 'string_value: "ValueError"\n')]
 
 
 def test_spans_started_inside_a_traced_function_are_its_children() -> None:
@@ -1224,16 +1284,22 @@ def test_a_failing_metric_never_reaches_the_caller(
     assert (2.0, 1.0, 1.0) == counts(work.label)
 
 
-def test_a_failing_tracer_never_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lean", [True, False], ids=["lean span", "sdk tracer"])
+def test_a_failing_tracer_never_reaches_the_caller(
+    lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Span creation raising inside obskit: the call still runs and is counted."""
     work = make("function", trace=True)
-    with capture(sampler="always_on"):
+    with capture(sampler="always_on", keep_whole_trace=not lean):
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("tracer failed")
 
         monkeypatch.setattr(_state, "raise_internal_errors", False)
-        monkeypatch.setattr(obskit.tracer_provider(), "get_tracer", broken)
+        if lean:
+            monkeypatch.setattr(obskit.metrics.red, "start_server_span", broken)
+        else:
+            monkeypatch.setattr(obskit.tracer_provider(), "get_tracer", broken)
         assert "done" == work.call(None)
     assert 1.0 == get_sample_value("obskit_internal_errors_total", {"component": "red_span"})
     assert (1.0, 0.0, 1.0) == counts(work.label)
