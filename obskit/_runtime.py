@@ -58,11 +58,31 @@ class _SwitchableProcessor(SpanProcessor):
         return True if delegate is None else delegate.force_flush(timeout_millis)
 
 
+class _Provider(TracerProvider):
+    """obskit's TracerProvider.
+
+    The request pipeline's SERVER spans and ``@obskit.red``'s spans skip the SDK's span objects
+    and reach obskit's span pipeline directly (:mod:`obskit.tracing.server_span`). A span
+    processor the application adds here must see every span, so adding one turns that shortcut
+    off for the rest of the process.
+    """
+
+    lean = True
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        if not isinstance(span_processor, _SwitchableProcessor):
+            self.lean = False
+            runtime = _state.runtime
+            if runtime is not None:
+                runtime.lean_spans = False
+
+
 @dataclass
 class _Global:
     """The process-wide SDK provider obskit installed, and its swappable parts."""
 
-    provider: TracerProvider
+    provider: _Provider
     sampler: SwitchableSampler
     processor: _SwitchableProcessor
 
@@ -154,6 +174,10 @@ class Runtime:
     #: Fed with every finished request's outcome (error or not) by the request pipeline; the
     #: adaptive sampler sets it.
     record_outcome: Any = None
+    #: Whether SERVER and ``@obskit.red`` spans may be made as lean spans that go straight to
+    #: ``processor``: there is one, ``keep_whole_trace`` is off (it needs the SDK's recorded but
+    #: unsampled spans) and no other span processor is on obskit's provider.
+    lean_spans: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     def shutdown(self, timeout: float) -> bool:
@@ -196,7 +220,7 @@ def _install_global() -> _Global:
     global _global
     if _global is None:
         sampler = SwitchableSampler(ALWAYS_OFF)
-        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        provider = _Provider(sampler=sampler, shutdown_on_exit=False)
         processor = _SwitchableProcessor()
         provider.add_span_processor(processor)
         _global = _Global(provider, sampler, processor)
@@ -279,6 +303,9 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
         runtime.record_outcome = adaptive.record
     glob.processor.delegate = runtime.processor
     glob.sampler.delegate = sampler
+    runtime.lean_spans = (
+        runtime.processor is not None and not config.keep_whole_trace and glob.provider.lean
+    )
     from obskit.tracing.outbound import install as install_outbound
 
     install_outbound()

@@ -174,7 +174,7 @@ class HttpTelemetry:
                 # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
                 # current so logs carry its ids and outbound calls forward it unchanged.
                 span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
-            elif self._lean and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
+            elif self._lean and runtime.lean_spans:  # type: ignore[union-attr]
                 span = start_server_span(
                     self._sampler, parent, self._span_names[label], processor, self.tracer_scope
                 )

@@ -127,7 +127,7 @@ class _Recorder:
                 return None
             runtime = _state.runtime
             processor = runtime.processor if runtime is not None else None
-            if processor is not None and not runtime.config.keep_whole_trace:  # type: ignore[union-attr]
+            if processor is not None and runtime.lean_spans:  # type: ignore[union-attr]
                 # Spans go to obskit's own pipeline: the lean span the HTTP pipeline uses for
                 # SERVER spans, with the same sampler (obskit.tracing.server_span).
                 span = start_server_span(

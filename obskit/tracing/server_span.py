@@ -1,4 +1,4 @@
-"""A lean SERVER span for the request pipeline.
+"""A lean span for the request pipeline's SERVER spans and ``@obskit.red``'s INTERNAL ones.
 
 Every request pays for its SERVER span, and the SDK's ``_Span`` is built for generality:
 ``BoundedAttributes`` that re-validate each value, a lock per span, limits objects, a
@@ -8,8 +8,9 @@ rules as the SDK's ``Tracer.start_span``, and at ``end()`` hands itself to obski
 which encodes it straight to OTLP bytes. Child spans started by any OpenTelemetry instrumentation
 see it as their parent through the context as usual.
 
-The request pipeline uses it only when spans go to obskit's own pipeline and
-``keep_whole_trace`` is off; otherwise the SDK tracer is used.
+Both use it only when spans go to obskit's own pipeline, ``keep_whole_trace`` is off and no
+other span processor was added to obskit's provider (``Runtime.lean_spans``); otherwise the SDK
+tracer is used, so every processor sees every span.
 """
 
 from __future__ import annotations

@@ -963,6 +963,51 @@ def test_lean_spans_carry_what_sdk_spans_carry() -> None:
     assert inner[6] == [("error.type", 'string_value: "ValueError"\n')]
 
 
+def test_a_span_processor_added_by_the_app_sees_every_span() -> None:
+    """A processor added to obskit's provider sees the SERVER and ``trace=True`` spans, which
+    then take the SDK tracer's path (the lean spans reach only obskit's own pipeline); obskit's
+    export still gets them."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from obskit.http._pipeline import HttpTelemetry
+
+    seen: list[str] = []
+
+    class Recording(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            seen.append(span.name)
+
+    provider = obskit.tracer_provider()
+    multi = provider._active_span_processor  # type: ignore[attr-defined]
+    before = multi._span_processors
+    try:
+        with capture(sampler="always_on") as cap:
+            runtime = _state.runtime
+            assert runtime is not None
+            assert runtime.lean_spans
+            provider.add_span_processor(Recording())
+            assert not runtime.lean_spans
+
+            @obskit.red(trace=True)
+            def work() -> None:
+                pass
+
+            request = HttpTelemetry().start(
+                "GET", "/items/1", lambda name: None, route="/items/{id}"
+            )
+            assert request is not None
+            work()
+            request.finish(200)
+            exported = sorted(span.name for span in cap.spans())
+        assert sorted(seen) == exported
+        assert ["GET /items/{id}", work.__wrapped__.__module__ + "." + work.__qualname__] == sorted(
+            seen
+        )
+    finally:
+        multi._span_processors = before
+        provider.lean = True  # type: ignore[attr-defined]
+
+
 def test_spans_started_inside_a_traced_function_are_its_children() -> None:
     """The INTERNAL span is the current span while the function runs."""
 
