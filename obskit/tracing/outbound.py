@@ -18,11 +18,13 @@ from typing import Any
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.http import _semconv as sc
+from obskit.tracing.server_span import start_server_span
 
 __all__ = ["install"]
 
@@ -32,6 +34,8 @@ _CLIENT_DONE = otel_context.create_key("obskit-client-span")
 
 
 _cached_tracer: trace.Tracer | None = None
+#: The instrumentation scope of CLIENT spans made as lean spans (the tracer's name otherwise).
+_SCOPE = InstrumentationScope("obskit.client", __version__)
 
 
 def _tracer() -> trace.Tracer:
@@ -82,9 +86,20 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     if port:
         attributes[sc.SERVER_PORT] = port
-    span = _tracer().start_span(
-        "HTTP" if label == sc.OTHER_METHOD else label, kind=SpanKind.CLIENT, attributes=attributes
-    )
+    name = "HTTP" if label == sc.OTHER_METHOD else label
+    runtime = _state.runtime
+    processor = runtime.processor if runtime is not None else None
+    if processor is not None and runtime.lean_spans:  # type: ignore[union-attr]
+        # Straight to obskit's pipeline, as the request pipeline's SERVER spans.
+        from obskit._runtime import _install_global
+
+        span = start_server_span(
+            _install_global().sampler, None, name, processor, _SCOPE, SpanKind.CLIENT
+        )
+        if span.is_recording():
+            span.set_attributes(attributes)
+    else:
+        span = _tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
     ctx = trace.set_span_in_context(span)
     token = otel_context.attach(otel_context.set_value(_CLIENT_DONE, True, ctx))
     return span, token

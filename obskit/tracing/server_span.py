@@ -1,4 +1,4 @@
-"""A lean span for the request pipeline's SERVER spans and ``@obskit.red``'s INTERNAL ones.
+"""A lean span for obskit's own SERVER, INTERNAL (``@obskit.red``) and outbound CLIENT spans.
 
 Every request pays for its SERVER span, and the SDK's ``_Span`` is built for generality:
 ``BoundedAttributes`` that re-validate each value, a lock per span, limits objects, a
@@ -8,7 +8,7 @@ rules as the SDK's ``Tracer.start_span``, and at ``end()`` hands itself to obski
 which encodes it straight to OTLP bytes. Child spans started by any OpenTelemetry instrumentation
 see it as their parent through the context as usual.
 
-Both use it only when spans go to obskit's own pipeline, ``keep_whole_trace`` is off and no
+They use it only when spans go to obskit's own pipeline, ``keep_whole_trace`` is off and no
 other span processor was added to obskit's provider (``Runtime.lean_spans``); otherwise the SDK
 tracer is used, so every processor sees every span.
 """

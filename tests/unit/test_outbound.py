@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 import obskit
+from obskit import _state
 from obskit.testing import Capture, capture
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
@@ -103,10 +104,14 @@ def server() -> Iterator[Server]:
         thread.join(timeout=TIMEOUT)
 
 
-@pytest.fixture
-def cap() -> Iterator[Capture]:
-    """obskit configured with an in-memory span sink."""
-    with capture(service_name="outbound-test") as captured:
+@pytest.fixture(params=["lean span", "sdk tracer"])
+def cap(request: pytest.FixtureRequest) -> Iterator[Capture]:
+    """obskit configured with an in-memory span sink. CLIENT spans are lean spans on obskit's own
+    pipeline, or the SDK tracer's with ``keep_whole_trace``: every test runs with both."""
+    sdk = request.param == "sdk tracer"
+    with capture(service_name="outbound-test", keep_whole_trace=sdk) as captured:
+        assert _state.runtime is not None
+        assert sdk != _state.runtime.lean_spans
         yield captured
 
 
