@@ -55,12 +55,11 @@ def _tracing() -> bool:
     return runtime is not None and not runtime.closed and runtime.processor is not None
 
 
-def _full_url(parts: urllib.parse.SplitResult) -> str:
+def _full_url(parts: urllib.parse.SplitResult, host: str | None, port: int | None) -> str:
     """``url.full`` without credentials (semantic conventions: never record them)."""
-    host = parts.hostname or ""
+    host = host or ""
     if ":" in host:  # an IPv6 literal keeps its brackets
         host = f"[{host}]"
-    port = parts.port
     netloc = host if port is None else f"{host}:{port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
@@ -77,13 +76,15 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
     method = method.upper()
     label = method if method in sc.METHODS else sc.OTHER_METHOD
     parts = urllib.parse.urlsplit(url)
+    # SplitResult parses the netloc again on every .hostname and .port: once each here.
+    host, given_port = parts.hostname, parts.port
     attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
-        "url.full": _full_url(parts),
+        "url.full": _full_url(parts, host, given_port),
     }
-    if parts.hostname:
-        attributes[sc.SERVER_ADDRESS] = parts.hostname
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    if host:
+        attributes[sc.SERVER_ADDRESS] = host
+    port = given_port or {"http": 80, "https": 443}.get(parts.scheme)
     if port:
         attributes[sc.SERVER_PORT] = port
     name = "HTTP" if label == sc.OTHER_METHOD else label
