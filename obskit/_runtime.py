@@ -61,8 +61,9 @@ class _SwitchableProcessor(SpanProcessor):
 class _Provider(TracerProvider):
     """obskit's TracerProvider.
 
-    The request pipeline's SERVER spans and ``@obskit.red``'s spans skip the SDK's span objects
-    and reach obskit's span pipeline directly (:mod:`obskit.tracing.server_span`). A span
+    The request pipeline's SERVER spans, ``@obskit.red``'s and the outbound CLIENT spans skip the
+    SDK's span objects and reach obskit's span pipeline directly
+    (:mod:`obskit.tracing.server_span`). A span
     processor the application adds here must see every span, so adding one turns that shortcut
     off for the rest of the process.
     """
@@ -174,7 +175,7 @@ class Runtime:
     #: Fed with every finished request's outcome (error or not) by the request pipeline; the
     #: adaptive sampler sets it.
     record_outcome: Any = None
-    #: Whether SERVER and ``@obskit.red`` spans may be made as lean spans that go straight to
+    #: Whether SERVER, ``@obskit.red`` and CLIENT spans may be made as lean spans that go to
     #: ``processor``: there is one, ``keep_whole_trace`` is off (it needs the SDK's recorded but
     #: unsampled spans) and no other span processor is on obskit's provider.
     lean_spans: bool = False
