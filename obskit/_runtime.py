@@ -63,9 +63,8 @@ class _Provider(TracerProvider):
 
     The request pipeline's SERVER spans, ``@obskit.red``'s and the outbound CLIENT spans skip the
     SDK's span objects and reach obskit's span pipeline directly
-    (:mod:`obskit.tracing.server_span`). A span
-    processor the application adds here must see every span, so adding one turns that shortcut
-    off for the rest of the process.
+    (:mod:`obskit.tracing.server_span`). A span processor the application adds here must see
+    every span, so adding one turns that shortcut off for the rest of the process.
     """
 
     lean = True
