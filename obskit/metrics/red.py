@@ -33,14 +33,14 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
-from obskit import _runtime, _selfmetrics, _state
+from obskit import _selfmetrics, _state
 from obskit._runtime import tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import error_type
 from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, histogram
 from obskit.tracing._fastctx import current_span
-from obskit.tracing.server_span import start_server_span
+from obskit.tracing.server_span import start_lean_span
 
 __all__ = ["red"]
 
@@ -125,20 +125,9 @@ class _Recorder:
             current = current_span()
             if not current.is_recording() and current.get_span_context().is_valid:
                 return None
-            runtime = _state.runtime
-            processor = runtime.processor if runtime is not None else None
-            if processor is not None and runtime.lean_spans:  # type: ignore[union-attr]
-                # Spans go to obskit's own pipeline: the lean span the HTTP pipeline uses for
-                # SERVER spans, with the same sampler (obskit.tracing.server_span).
-                span = start_server_span(
-                    _runtime._install_global().sampler,
-                    None,
-                    self.span_name,
-                    processor,
-                    _SCOPE,
-                    SpanKind.INTERNAL,
-                )
-            else:
+            # On obskit's own pipeline: the lean span the HTTP pipeline uses for SERVER spans.
+            span = start_lean_span(self.span_name, SpanKind.INTERNAL, _SCOPE)
+            if span is None:
                 provider = tracer_provider()
                 cached = self._tracer
                 if cached is None or cached[0] is not provider:

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.http import _semconv as sc
-from obskit.tracing.server_span import start_server_span
+from obskit.tracing.server_span import start_lean_span
 
 __all__ = ["install"]
 
@@ -88,19 +88,12 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
     if port:
         attributes[sc.SERVER_PORT] = port
     name = "HTTP" if label == sc.OTHER_METHOD else label
-    runtime = _state.runtime
-    processor = runtime.processor if runtime is not None else None
-    if processor is not None and runtime.lean_spans:  # type: ignore[union-attr]
-        # Straight to obskit's pipeline, as the request pipeline's SERVER spans.
-        from obskit._runtime import _install_global
-
-        span = start_server_span(
-            _install_global().sampler, None, name, processor, _SCOPE, SpanKind.CLIENT
-        )
-        if span.is_recording():
-            span.set_attributes(attributes)
-    else:
+    # Straight to obskit's pipeline, as the request pipeline's SERVER spans.
+    span = start_lean_span(name, SpanKind.CLIENT, _SCOPE)
+    if span is None:
         span = _tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    elif span.is_recording():
+        span.set_attributes(attributes)
     ctx = trace.set_span_in_context(span)
     token = otel_context.attach(otel_context.set_value(_CLIENT_DONE, True, ctx))
     return span, token

@@ -35,11 +35,12 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes
 
+from obskit import _runtime, _state
 from obskit.tracing._fastctx import current_span
 from obskit.tracing.pipeline import CompactSpanProcessor, _Event
 from obskit.tracing.sampling import SwitchableSampler
 
-__all__ = ["ServerSpan", "start_server_span"]
+__all__ = ["ServerSpan", "start_lean_span", "start_server_span"]
 
 _MAX_ATTRIBUTES = 128
 _MAX_EVENTS = 128
@@ -232,3 +233,16 @@ def start_server_span(
     if attributes:
         span.set_attributes(attributes)
     return span
+
+
+def start_lean_span(name: str, kind: SpanKind, scope: Any) -> trace_api.Span | None:
+    """A span of ``kind`` under the current context, made by :func:`start_server_span` with
+    obskit's sampler and pipeline; None when spans must go through the SDK tracer instead
+    (``Runtime.lean_spans`` is off: not configured, ``keep_whole_trace``, or another span
+    processor on obskit's provider)."""
+    runtime = _state.runtime
+    if runtime is None or not runtime.lean_spans or runtime.processor is None:
+        return None
+    return start_server_span(
+        _runtime._install_global().sampler, None, name, runtime.processor, scope, kind
+    )

@@ -919,6 +919,10 @@ def _traced_calls(**options: Any) -> list[tuple[Any, ...]]:
             pass
 
     with capture(sampler="always_on", **options) as cap:
+        runtime = _state.runtime
+        assert runtime is not None
+        # Each call of this helper takes the path it is meant to compare.
+        assert runtime.lean_spans is not options.get("keep_whole_trace", False)
         outer()
         requests = cap.requests()
     spans = [
@@ -1342,7 +1346,7 @@ def test_a_failing_tracer_never_reaches_the_caller(
 
         monkeypatch.setattr(_state, "raise_internal_errors", False)
         if lean:
-            monkeypatch.setattr(obskit.metrics.red, "start_server_span", broken)
+            monkeypatch.setattr(obskit.metrics.red, "start_lean_span", broken)
         else:
             monkeypatch.setattr(obskit.tracer_provider(), "get_tracer", broken)
         assert "done" == work.call(None)
