@@ -70,8 +70,8 @@ class _AsgiRequest(Request):
     to the span of FastAPI's own telemetry record: ``set_attribute("http.route", template)``.
     """
 
-    def detach(self) -> None:
-        self._restore()
+    # Only the context to restore: Request.suspend does exactly that.
+    detach = Request.suspend
 
     def set_attribute(self, key: str, value: Any) -> None:
         if key == "http.route" and isinstance(value, str):

@@ -447,7 +447,11 @@ class Request:
                 self._in_flight(-1)
                 self._in_flight = None
             self.route = route
-            series = self._series = self.telemetry.series(self.method, route)
+            telemetry = self.telemetry
+            series = telemetry._routes.get((self.method, route))  # telemetry.series(), inlined
+            if series is None or series.generation != _state.generation:
+                series = telemetry.series(self.method, route)
+            self._series = series
             if in_flight:
                 self._in_flight = series.in_flight
                 series.in_flight(1)
@@ -478,8 +482,43 @@ class Request:
             status = self.status
         if exc is None and self.handled is not None and (status is None or status >= 500):
             exc = self.handled
+        # The recording is inline rather than a method of its own: one call less per request.
         try:
-            self._record(duration, status, exc)
+            telemetry = self.telemetry
+            route = self.route or sc.UNMATCHED
+            method = self.method
+            code = 500 if status is None and exc is not None else status
+            series = self._series
+            if series is None or series.generation != _state.generation:
+                series = telemetry.series(method, route)
+            span = self.span
+            exemplar = None
+            if self._recording and telemetry.exemplars:  # an unsampled span never records
+                ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
+                if ctx[3] & 1:
+                    exemplar = {"trace_id": ctx[0].to_bytes(16, "big").hex()}
+            in_flight = self._in_flight
+            leave = in_flight is not None and in_flight is series.in_flight
+            series.record(code, duration, exemplar, leave)
+            if in_flight is not None and not leave:  # in flight under another series' gauge
+                in_flight(-1)
+            if telemetry._otlp_duration is not None:
+                attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
+                if code is not None:
+                    attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
+                telemetry._otlp_duration.record(duration, attributes)
+            if self._recording:
+                _mark_outcome(span, code, exc)
+            failed = exc is not None or (code is not None and code >= 500)
+            runtime = _state.runtime
+            if runtime is not None and runtime.record_outcome is not None:
+                runtime.record_outcome(failed)
+            if self._unsampled is not None:
+                slow = telemetry.keep_slow
+                if (failed and telemetry.keep_errors) or (slow is not None and duration >= slow):
+                    self._keep(duration, code, exc, route)
+            if self._recording:
+                span.end()
         except Exception as error:
             _selfmetrics.internal_error("http_finish", error)
         if detach:
@@ -495,10 +534,15 @@ class Request:
         alive for up to the keep-alive timeout, long enough to reach the garbage collector's
         older generations and trigger full collections -- the tail latency of issue #11.
         """
-        if self._token is None:
+        token = self._token
+        if token is None:
             return None
         context = _ctx.get_current()
-        self._restore()
+        self._token = None
+        try:
+            _ctx.detach(token)
+        except Exception:
+            pass
         return context
 
     def resume(self, context: Any) -> None:
@@ -512,7 +556,7 @@ class Request:
 
     def detach(self) -> None:
         """Restore the context that was current before the request started."""
-        self._restore()
+        self.suspend()
         if self._finished:
             # The header getter may hold the server's environ, which holds this request (WSGI
             # adapters keep it there): a reference cycle per request that only the garbage
@@ -527,52 +571,6 @@ class Request:
                 self._get_header = _no_header
             # Likewise the connection facts' source (the environ, Django's request).
             self._unsampled = None
-
-    def _restore(self) -> None:
-        token = self._token
-        if token is not None:
-            self._token = None
-            try:
-                _ctx.detach(token)
-            except Exception:
-                pass
-
-    def _record(self, duration: float, status: int | None, exc: BaseException | None) -> None:
-        telemetry = self.telemetry
-        route = self.route or sc.UNMATCHED
-        method = self.method
-        code = 500 if status is None and exc is not None else status
-        series = self._series
-        if series is None or series.generation != _state.generation:
-            series = telemetry.series(method, route)
-        span = self.span
-        exemplar = None
-        if self._recording and telemetry.exemplars:  # an unsampled span never records
-            ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
-            if ctx[3] & 1:
-                exemplar = {"trace_id": ctx[0].to_bytes(16, "big").hex()}
-        in_flight = self._in_flight
-        leave = in_flight is not None and in_flight is series.in_flight
-        series.record(code, duration, exemplar, leave)
-        if in_flight is not None and not leave:  # in flight under another series' gauge
-            in_flight(-1)
-        if telemetry._otlp_duration is not None:
-            attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
-            if code is not None:
-                attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
-            telemetry._otlp_duration.record(duration, attributes)
-        if self._recording:
-            _mark_outcome(span, code, exc)
-        failed = exc is not None or (code is not None and code >= 500)
-        runtime = _state.runtime
-        if runtime is not None and runtime.record_outcome is not None:
-            runtime.record_outcome(failed)
-        if self._unsampled is not None:
-            slow = telemetry.keep_slow
-            if (failed and telemetry.keep_errors) or (slow is not None and duration >= slow):
-                self._keep(duration, code, exc, route)
-        if self._recording:
-            span.end()
 
     def _keep(
         self, duration: float, code: int | None, exc: BaseException | None, route: str
@@ -661,7 +659,16 @@ def header_getter_from_pairs(headers: Sequence[tuple[bytes, bytes]]) -> Callable
                 for key, value in pairs:
                     seen = table.get(key)
                     table[key] = value if seen is None else seen + b"," + value
-        found = table.get(name.encode("latin-1"))
+        key = _pair_keys.get(name)
+        if key is None:
+            key = name.encode("latin-1")
+            if len(_pair_keys) < 256:
+                _pair_keys[name] = key
+        found = table.get(key)
         return None if found is None else found.decode("latin-1")
 
     return get
+
+
+#: Header names as ASGI spells them (bytes); the same few are asked for on every request.
+_pair_keys: dict[str, bytes] = {}

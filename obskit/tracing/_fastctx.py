@@ -18,7 +18,9 @@ from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import INVALID_SPAN, Span, set_span_in_context
 
 __all__ = [
+    "DIRECT",
     "REQUEST_KEY",
+    "SPAN_KEY",
     "attach",
     "current_request",
     "current_span",
@@ -42,6 +44,11 @@ _var: Any = (
     if type(_runtime) is ContextVarsRuntimeContext and _SPAN_KEY is not None
     else None
 )
+
+#: Whether the default runtime context is in use: then the current span is
+#: ``get_current().get(SPAN_KEY)``, as :func:`current_span` reads it.
+DIRECT = _var is not None
+SPAN_KEY: str = _SPAN_KEY
 
 get_current: Callable[[], Context]
 attach: Callable[[Context], Any]

@@ -138,12 +138,9 @@ def _truncate(members: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return kept
 
 
-def _default_propagators() -> bool:
-    """Whether the global propagator is OpenTelemetry's default tracecontext+baggage."""
-    cached = _state.default_propagators
-    if cached is not None and cached[0] is propagate.get_global_textmap():
-        return cached[1]
-    current = propagate.get_global_textmap()
+def _default_propagators(current: Any) -> bool:
+    """Whether ``current``, the global propagator, is OpenTelemetry's default
+    tracecontext+baggage."""
     fields = set(current.fields)
     result = fields == {"traceparent", "tracestate", "baggage"}
     _state.default_propagators = (current, result)
@@ -160,7 +157,12 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
         get: returns the (combined) value of a lowercase header name, or None.
         context: the context to add to (the current one by default).
     """
-    if not _default_propagators():
+    # The check is cached per global propagator (read inline: this runs on every request).
+    textmap = propagate.get_global_textmap()
+    cached = _state.default_propagators
+    if not (
+        cached[1] if cached is not None and cached[0] is textmap else _default_propagators(textmap)
+    ):
         carrier = {k: v for k in ("traceparent", "tracestate", "baggage") if (v := get(k))}
         for name in propagate.get_global_textmap().fields:
             if name not in carrier and (v := get(name)):

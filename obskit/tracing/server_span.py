@@ -36,6 +36,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes
 
 from obskit import _runtime, _state
+from obskit.tracing import _fastctx
 from obskit.tracing._fastctx import current_span
 from obskit.tracing.pipeline import CompactSpanProcessor, _Event
 from obskit.tracing.sampling import SwitchableSampler
@@ -50,6 +51,7 @@ _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
+_get_current = _fastctx.get_current
 #: Every trace-flags value a new span can have (sampled bit, random-trace-id bit), made once.
 _FLAGS = {flags: TraceFlags(flags) for flags in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
 
@@ -199,10 +201,15 @@ def start_server_span(
     state; a drop gives a ``NonRecordingSpan`` with the new ids.
     """
     # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
-    parent_ctx: SpanContext | None = current_span(parent).get_span_context()
-    if parent_ctx[5]:  # type: ignore[index]
-        trace_id = parent_ctx[0]  # type: ignore[index]
-        random_id = parent_ctx[3] & _RANDOM  # type: ignore[index]
+    parent_ctx: SpanContext | None
+    if _fastctx.DIRECT:  # current_span() inlined: most requests arrive with no parent span
+        holder: Any = (parent if parent is not None else _get_current()).get(_fastctx.SPAN_KEY)
+        parent_ctx = None if holder is None else holder.get_span_context()
+    else:  # pragma: no cover - another runtime context
+        parent_ctx = current_span(parent).get_span_context()
+    if parent_ctx is not None and parent_ctx[5]:
+        trace_id = parent_ctx[0]
+        random_id = parent_ctx[3] & _RANDOM
     else:
         parent_ctx = None
         trace_id = _getrandbits(128)
