@@ -1,0 +1,229 @@
+"""One-connection latency, bare and obskit interleaved block by block.
+
+``bench_load.py`` measures each variant in its own wrk run, one after the other. At one connection
+the p99 is the 1 % slowest requests, and on a shared VM the host's own hiccups (another tenant, a
+stolen CPU slice) land on whichever run happens to be going: per-round p99 ratios of the same
+code have ranged from 0.15x to 12.7x there. This benchmark takes most of that out: every
+variant's server runs at the same time (the same apps and servers as ``bench_load.py``: uvicorn
+for FastAPI, gunicorn's sync worker for Flask and Django, one worker each, all pinned to the same
+CPU) and one client sends one request at a time. It cycles over the servers in a fresh random
+order each cycle, sending each a short block of requests (by default 5 untimed ones, so that the
+server's caches are warm again after the other servers ran, then 50 timed ones: about 20 ms). A
+hiccup of the host longer than a cycle then falls on every variant alike, a shorter one on any
+variant with the same chance, and what is left in the p99 ratio is the servers' own difference.
+(Interleaving single requests instead left every request with caches the other servers had
+just evicted: p50 rose from about 0.3 to 0.6 ms, a regime no one-server deployment is in.)
+obskit's spans are exported, over OTLP/HTTP, to a receiver in this process.
+
+The client is ``latency_client.c``, compiled by this script with the system's C compiler (a
+client in Python added about 0.2 ms to every request, which would dilute the servers'
+difference), pinned to the other CPUs. It times each request from sending it to having read the
+whole response, as wrk does; the connect of a new connection (gunicorn's sync worker closes it
+after each response) is not timed, as in wrk.
+
+Reported per framework and variant: timed requests, p50, p99 and p99.9 in milliseconds, the p99
+ratio to ``bare`` and to the matched bare variant (see ``bench_load.py``), and the p99 ratio to
+``bare`` in each fifth of the run (min-max), to show how stable it is.
+
+Run: ``.venv/bin/python benchmarks/bench_latency.py [--cycles N] [--block N] [--frameworks F ...]
+[--variants V ...]`` (needs a C compiler). Bounded: ``--cycles`` blocks per variant (default 200
+of 50: 10,000 timed requests, about 30 s per framework), ``--max-seconds`` for the whole run,
+every server stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_load  # noqa: E402  (a sibling script, not a package module)
+
+DEFAULT_VARIANTS = ("bare", "bare_log", "obskit", "obskit_1pct", "obskit_nolog")
+#: Untimed requests that start each block: the server's caches warm again after the others ran.
+SETTLE = 5
+#: issue #11's bound on the p99 ratio.
+TARGET = 1.5
+
+
+def _start(framework: str, variant: str, otlp: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = bench_load._free_port()
+    env = dict(
+        os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(HERE.parent)
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        bench_load._server_command(framework, port),
+        cwd=HERE.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=bench_load._pinned("server"),
+    )
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def _quantile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def build_client(directory: str) -> str:
+    """Compile ``latency_client.c`` into ``directory``; the executable's path."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("a C compiler is needed for the latency client: apt-get install gcc")
+    out = os.path.join(directory, "latency_client")
+    subprocess.run(
+        [compiler, "-O2", "-o", out, str(HERE / "latency_client.c")], check=True, timeout=120
+    )
+    return out
+
+
+def measure(
+    client: str, framework: str, variants: list[str], cycles: int, block: int, otlp: str
+) -> dict[str, list[int]]:
+    """Latencies (ns) per variant, every variant's server running, requests interleaved."""
+    servers = {variant: _start(framework, variant, otlp) for variant in variants}
+    try:
+        for _, port in servers.values():
+            bench_load._wait(f"http://127.0.0.1:{port}/items/1")
+        done = subprocess.run(
+            [
+                client,
+                str(cycles),
+                str(block),
+                str(SETTLE),
+                "11",
+                *(str(port) for _, port in servers.values()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=cycles * (block + SETTLE) * len(variants) * 0.02 + 120,
+            preexec_fn=bench_load._pinned("load"),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{framework}: the latency client failed: {done.stderr.strip()}")
+        out = done.stdout
+    finally:
+        for proc, _ in servers.values():
+            _stop(proc)
+    lines = out.splitlines()
+    return {
+        variant: [int(v) for v in line.split()]
+        for variant, line in zip(variants, lines, strict=True)
+    }
+
+
+def report(framework: str, latencies: dict[str, list[int]]) -> None:
+    print(f"\n### {framework}\n")
+    print(
+        "| variant | requests | p50 ms | p99 ms | p99.9 ms | p99 vs bare | p99 vs matched bare "
+        "| p99 vs bare per fifth (min-max) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    p99 = {variant: _quantile(values, 0.99) for variant, values in latencies.items()}
+    for variant, values in latencies.items():
+        cells = []
+        for base in ("bare", bench_load._matched_baseline(variant)):
+            if variant == "bare" or base is None or base not in p99:
+                cells.append("-")
+            else:
+                ratio = p99[variant] / p99[base]
+                mark = "" if ratio <= TARGET else " (over 1.5x)"
+                cells.append(f"{ratio:.2f}x{mark}")
+        fifths = "-"
+        if variant != "bare" and "bare" in latencies:
+            size = len(values) // 5
+            bare = latencies["bare"]
+            ratios = [
+                _quantile(values[i * size : (i + 1) * size], 0.99)
+                / _quantile(bare[i * size : (i + 1) * size], 0.99)
+                for i in range(5)
+            ]
+            fifths = f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        print(
+            f"| {variant} | {len(values):,} | {_quantile(values, 0.5):.3f} | {p99[variant]:.3f} "
+            f"| {_quantile(values, 0.999):.3f} | {cells[0]} | {cells[1]} | {fifths} |",
+            flush=True,
+        )
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise TimeoutError("the run exceeded --max-seconds")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cycles", type=int, default=200, help="blocks per variant")
+    parser.add_argument("--block", type=int, default=50, help="timed requests per block")
+    parser.add_argument(
+        "--frameworks",
+        nargs="+",
+        default=list(bench_load.FRAMEWORKS),
+        choices=bench_load.FRAMEWORKS,
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_VARIANTS),
+        choices=bench_load.VARIANTS + bench_load.EXTRA_VARIANTS,
+    )
+    parser.add_argument("--max-seconds", type=int, default=900)
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) >= 2:
+        bench_load._PIN.update(server={cpus[-1]}, load=set(cpus[:-1]))
+        os.sched_setaffinity(0, bench_load._PIN["load"])  # the client and the OTLP receiver
+    bench_load._Sink.nice = 19
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), bench_load._Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    otlp = f"http://127.0.0.1:{sink.server_port}"
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(args.max_seconds)
+    started = time.monotonic()
+    print(
+        f"{args.cycles * args.block:,} timed requests per variant in {args.cycles} blocks of "
+        f"{args.block}, one connection; each cycle runs one block per variant in a random order; "
+        f"servers pinned to CPU {sorted(bench_load._PIN.get('server', []))}, "
+        f"client to CPU {sorted(bench_load._PIN.get('load', []))}; p99 target <= {TARGET}x bare"
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+            client = build_client(tmp)
+            for framework in args.frameworks:
+                latencies = measure(client, framework, args.variants, args.cycles, args.block, otlp)
+                report(framework, latencies)
+    finally:
+        signal.alarm(0)
+        sink.shutdown()
+    print(f"\ntotal time: {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
