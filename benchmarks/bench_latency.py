@@ -1,4 +1,4 @@
-"""One-connection latency, bare and obskit interleaved block by block.
+"""Latency and throughput of bare and obskit servers running side by side, interleaved.
 
 ``bench_load.py`` measures each variant in its own wrk run, one after the other. At one connection
 the p99 is the 1 % slowest requests, and on a shared VM the host's own hiccups (another tenant, a
@@ -7,36 +7,51 @@ code have ranged from 0.15x to 12.7x there. This benchmark takes most of that ou
 variant's server runs at the same time (the same apps and servers as ``bench_load.py``: uvicorn
 for FastAPI, gunicorn's sync worker for Flask and Django, one worker each, all pinned to the same
 CPU) and one client sends one request at a time. It cycles over the servers in a fresh random
-order each cycle, sending each a short block of requests (by default 5 untimed ones, so that the
-server's caches are warm again after the other servers ran, then 50 timed ones: about 20 ms). A
-hiccup of the host longer than a cycle then falls on every variant alike, a shorter one on any
+order each cycle, sending each a block of requests: by default 5 untimed ones, so that the
+server's caches are warm again after the other servers ran, then 600 timed ones (about 0.25 s).
+A hiccup of the host longer than a cycle then falls on every variant alike, a shorter one on any
 variant with the same chance, and what is left in the p99 ratio is the servers' own difference.
-(Interleaving single requests instead left every request with caches the other servers had
-just evicted: p50 rose from about 0.3 to 0.6 ms, a regime no one-server deployment is in.)
 obskit's spans are exported, over OTLP/HTTP, to a receiver in this process.
 
+Why blocks of 600: obskit's span pipeline exports a batch when 512 spans are queued (or every
+second). With 600 requests per block an obskit server fills and exports its batches during its
+own block, as it would serving alone, and pays for them in its own latencies. With short blocks
+most exports ran on the timer while the server was idle between its blocks, which flattered
+obskit: blocks of 50 read 1.18-1.33x for the p99 at 100 % sampling where blocks of 600 read
+1.30-1.35x. Single requests interleaved were worse still: every request found caches the other
+servers had just evicted (p50 0.6 ms instead of 0.3), a regime no one-server deployment is in.
+
 The client is ``latency_client.c``, compiled by this script with the system's C compiler (a
-client in Python added about 0.2 ms to every request, which would dilute the servers'
-difference), pinned to the other CPUs. It times each request from sending it to having read the
-whole response, as wrk does; the connect of a new connection (gunicorn's sync worker closes it
-after each response) is not timed, as in wrk.
+client in Python would add its own tens of microseconds to every request and so dilute the
+servers' difference), pinned to the other CPUs. It times each request from sending it to having
+read the whole response, as wrk does; the connect of a new connection (gunicorn's sync worker
+closes it after each response) is not timed, as in wrk.
 
 Reported per framework and variant: timed requests, p50, p99 and p99.9 in milliseconds, the p99
 ratio to ``bare`` and to the matched bare variant (see ``bench_load.py``), and the p99 ratio to
 ``bare`` in each fifth of the run (min-max), to show how stable it is.
 
-Run: ``.venv/bin/python benchmarks/bench_latency.py [--cycles N] [--block N] [--frameworks F ...]
-[--variants V ...]`` (needs a C compiler). Bounded: ``--cycles`` blocks per variant (default 200
-of 50: 10,000 timed requests, about 30 s per framework), ``--max-seconds`` for the whole run,
-every server stopped at the end.
+Then, with the same servers still running, ``--connections`` (default 16) connections: wrk runs
+of ``--seconds`` each, one per variant per round, in a fresh random order each round. Each
+variant's req/s and p99 are divided by bare's *of the same round* (runs seconds apart, not
+minutes as in ``bench_load.py``, whose rounds restart every server); the table gives the median,
+the range, and in how many rounds issue #11's target held.
+
+Run: ``.venv/bin/python benchmarks/bench_latency.py [--cycles N] [--block N] [--connections N]
+[--rounds N] [--seconds S] [--frameworks F ...] [--variants V ...]`` (needs a C compiler and
+wrk). Bounded: by default 17 blocks of 600 (10,200 timed requests per variant) and 8 rounds of
+2 s per variant, about 2 minutes per framework; ``--max-seconds`` for the whole run; every
+server is stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +70,9 @@ DEFAULT_VARIANTS = ("bare", "bare_log", "obskit", "obskit_1pct", "obskit_nolog")
 SETTLE = 5
 #: issue #11's bound on the p99 ratio.
 TARGET = 1.5
+#: issue #11's floors on the throughput ratio at 16 connections: 100 % and 1 % sampling.
+THROUGHPUT = 0.6
+THROUGHPUT_1PCT = 0.85
 
 
 def _start(framework: str, variant: str, otlp: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -103,39 +121,61 @@ def build_client(directory: str) -> str:
     return out
 
 
-def measure(
-    client: str, framework: str, variants: list[str], cycles: int, block: int, otlp: str
+def one_connection(
+    client: str, ports: dict[str, int], cycles: int, block: int
 ) -> dict[str, list[int]]:
-    """Latencies (ns) per variant, every variant's server running, requests interleaved."""
+    """Latencies (ns) per variant at one connection, blocks interleaved (``latency_client.c``)."""
+    done = subprocess.run(
+        [client, str(cycles), str(block), str(SETTLE), "11", *map(str, ports.values())],
+        capture_output=True,
+        text=True,
+        timeout=cycles * (block + SETTLE) * len(ports) * 0.02 + 120,
+        preexec_fn=bench_load._pinned("load"),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the latency client failed: {done.stderr.strip()}")
+    lines = done.stdout.splitlines()
+    return {
+        variant: [int(v) for v in line.split()] for variant, line in zip(ports, lines, strict=True)
+    }
+
+
+def many_connections(
+    ports: dict[str, int], connections: int, rounds: int, seconds: int
+) -> dict[str, list[dict[str, float]]]:
+    """wrk's figures per variant at ``connections`` connections: one ``seconds``-long wrk run per
+    variant per round, in a fresh random order each round, every server resident throughout."""
+    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in ports}
+    order = list(ports)
+    shuffle = random.Random(11).shuffle
+    for variant in order:  # warm-up
+        bench_load._wrk(f"http://127.0.0.1:{ports[variant]}/items/1", 4, 1)
+    for _ in range(rounds):
+        shuffle(order)
+        for variant in order:
+            url = f"http://127.0.0.1:{ports[variant]}/items/1"
+            runs[variant].append(bench_load._wrk(url, connections, seconds))
+    return runs
+
+
+def measure(
+    client: str, framework: str, variants: list[str], args: argparse.Namespace, otlp: str
+) -> tuple[dict[str, list[int]], dict[str, list[dict[str, float]]] | None]:
+    """Start every variant's server, measure at one connection (and at ``--connections``), stop
+    them."""
     servers = {variant: _start(framework, variant, otlp) for variant in variants}
     try:
-        for _, port in servers.values():
+        ports = {variant: port for variant, (_, port) in servers.items()}
+        for port in ports.values():
             bench_load._wait(f"http://127.0.0.1:{port}/items/1")
-        done = subprocess.run(
-            [
-                client,
-                str(cycles),
-                str(block),
-                str(SETTLE),
-                "11",
-                *(str(port) for _, port in servers.values()),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=cycles * (block + SETTLE) * len(variants) * 0.02 + 120,
-            preexec_fn=bench_load._pinned("load"),
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{framework}: the latency client failed: {done.stderr.strip()}")
-        out = done.stdout
+        single = one_connection(client, ports, args.cycles, args.block)
+        many = None
+        if args.connections > 1:
+            many = many_connections(ports, args.connections, args.rounds, args.seconds)
+        return single, many
     finally:
         for proc, _ in servers.values():
             _stop(proc)
-    lines = out.splitlines()
-    return {
-        variant: [int(v) for v in line.split()]
-        for variant, line in zip(variants, lines, strict=True)
-    }
 
 
 def report(framework: str, latencies: dict[str, list[int]]) -> None:
@@ -172,6 +212,47 @@ def report(framework: str, latencies: dict[str, list[int]]) -> None:
         )
 
 
+def _paired(
+    runs: dict[str, list[dict[str, float]]], variant: str, base: str | None, key: str
+) -> str:
+    """``variant``'s ``key`` over ``base``'s, round by round: median, min-max, and in how many
+    rounds issue #11's target held (p99 at most 1.5x; req/s at least 0.6x at 100 % sampling,
+    0.85x at 1 %)."""
+    theirs = runs.get(base) if base else None
+    if variant == "bare" or theirs is None:
+        return "-"
+    ratios = [m[key] / t[key] for m, t in zip(runs[variant], theirs, strict=True)]
+    if key == "p99":
+        ok = sum(r <= TARGET for r in ratios)
+    else:
+        ok = sum(r >= (THROUGHPUT_1PCT if "1pct" in variant else THROUGHPUT) for r in ratios)
+    return (
+        f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}; "
+        f"{ok}/{len(ratios)})"
+    )
+
+
+def report_many(connections: int, runs: dict[str, list[dict[str, float]]]) -> None:
+    """Medians over rounds, and the ratios to ``bare`` taken within each round."""
+    print(
+        f"\nAt {connections} connections (wrk; medians over rounds; ratios paired within each "
+        "round: median, min-max, rounds within issue #11's target):\n"
+    )
+    print(
+        "| variant | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | p99 vs matched bare |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for variant, values in runs.items():
+        print(
+            f"| {variant} | {statistics.median(v['rps'] for v in values):,.0f} "
+            f"| {statistics.median(v['p50'] for v in values):.2f} "
+            f"| {statistics.median(v['p99'] for v in values):.2f} "
+            f"| {_paired(runs, variant, 'bare', 'rps')} | {_paired(runs, variant, 'bare', 'p99')} "
+            f"| {_paired(runs, variant, bench_load._matched_baseline(variant), 'p99')} |",
+            flush=True,
+        )
+
+
 def _on_alarm(signum: int, frame: Any) -> None:
     raise TimeoutError("the run exceeded --max-seconds")
 
@@ -180,8 +261,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cycles", type=int, default=200, help="blocks per variant")
-    parser.add_argument("--block", type=int, default=50, help="timed requests per block")
+    parser.add_argument("--cycles", type=int, default=17, help="blocks per variant")
+    parser.add_argument("--block", type=int, default=600, help="timed requests per block")
     parser.add_argument(
         "--frameworks",
         nargs="+",
@@ -194,7 +275,15 @@ def main() -> None:
         default=list(DEFAULT_VARIANTS),
         choices=bench_load.VARIANTS + bench_load.EXTRA_VARIANTS,
     )
-    parser.add_argument("--max-seconds", type=int, default=900)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="also measure with wrk at this many connections (1: only the one-connection part)",
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="wrk rounds (many connections)")
+    parser.add_argument("--seconds", type=int, default=2, help="seconds per wrk run")
+    parser.add_argument("--max-seconds", type=int, default=1800)
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus) >= 2:
@@ -217,8 +306,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
             client = build_client(tmp)
             for framework in args.frameworks:
-                latencies = measure(client, framework, args.variants, args.cycles, args.block, otlp)
-                report(framework, latencies)
+                single, many = measure(client, framework, args.variants, args, otlp)
+                report(framework, single)
+                if many is not None:
+                    report_many(args.connections, many)
     finally:
         signal.alarm(0)
         sink.shutdown()
