@@ -55,9 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -73,35 +71,6 @@ TARGET = 1.5
 #: issue #11's floors on the throughput ratio at 16 connections: 100 % and 1 % sampling.
 THROUGHPUT = 0.6
 THROUGHPUT_1PCT = 0.85
-
-
-def _start(framework: str, variant: str, otlp: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = bench_load._free_port()
-    env = dict(
-        os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(HERE.parent)
-    )
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        bench_load._server_command(framework, port),
-        cwd=HERE.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=bench_load._pinned("server"),
-    )
-    return proc, port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
 
 
 def _quantile(values: list[int], q: float) -> float:
@@ -163,7 +132,7 @@ def measure(
 ) -> tuple[dict[str, list[int]], dict[str, list[dict[str, float]]] | None]:
     """Start every variant's server, measure at one connection (and at ``--connections``), stop
     them."""
-    servers = {variant: _start(framework, variant, otlp) for variant in variants}
+    servers = {variant: bench_load.start_server(framework, variant, otlp) for variant in variants}
     try:
         ports = {variant: port for variant, (_, port) in servers.items()}
         for port in ports.values():
@@ -175,7 +144,7 @@ def measure(
         return single, many
     finally:
         for proc, _ in servers.values():
-            _stop(proc)
+            bench_load.stop_server(proc)
 
 
 def report(framework: str, latencies: dict[str, list[int]]) -> None:
@@ -290,9 +259,7 @@ def main() -> None:
         bench_load._PIN.update(server={cpus[-1]}, load=set(cpus[:-1]))
         os.sched_setaffinity(0, bench_load._PIN["load"])  # the client and the OTLP receiver
     bench_load._Sink.nice = 19
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), bench_load._Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    otlp = f"http://127.0.0.1:{sink.server_port}"
+    sink, otlp = bench_load.start_sink()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(args.max_seconds)
     started = time.monotonic()

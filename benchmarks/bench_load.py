@@ -185,8 +185,9 @@ def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     }
 
 
-def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str, Any]:
-    """Start one server, measure at 1 and 16 connections, stop it."""
+def start_server(framework: str, variant: str, otlp: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``framework``'s app in ``variant`` under its server (pinned when ``--pin``); the
+    process and its port. Stop it with :func:`stop_server`."""
     port = _free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -199,6 +200,32 @@ def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str,
         start_new_session=True,
         preexec_fn=_pinned("server"),
     )
+    return proc, port
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server's process group (SIGTERM, then SIGKILL after 10 s)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def start_sink() -> tuple[ThreadingHTTPServer, str]:
+    """The OTLP/HTTP receiver (:class:`_Sink`) on a free loopback port, serving from a daemon
+    thread; the server and its base URL."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    return sink, f"http://127.0.0.1:{sink.server_port}"
+
+
+def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str, Any]:
+    """Start one server, measure at 1 and 16 connections, stop it."""
+    proc, port = start_server(framework, variant, otlp)
     base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {}
     try:
@@ -214,12 +241,7 @@ def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str,
             stats["gc"] = per_10k
             result[f"c{connections}"] = stats
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_server(proc)
     return result
 
 
@@ -287,9 +309,7 @@ def main() -> None:
         _PIN.update(server={cpus[-1]}, load=set(cpus[:-1]))
         os.sched_setaffinity(0, _PIN["load"])  # this process runs the OTLP receiver
     _Sink.nice = args.sink_nice
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    otlp = f"http://127.0.0.1:{sink.server_port}"
+    sink, otlp = start_sink()
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
         for index in range(args.rounds):

@@ -42,9 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
@@ -244,9 +242,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is needed: apt-get install valgrind")
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(args.max_seconds)
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), bench_load._Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    otlp = f"http://127.0.0.1:{sink.server_port}"
+    sink, otlp = bench_load.start_sink()
     started = time.monotonic()
     print(
         f"{args.requests} counted requests per variant after {WARMUP} warm-up requests; "
