@@ -95,7 +95,7 @@ def one_connection(
 ) -> dict[str, list[int]]:
     """Latencies (ns) per variant at one connection, blocks interleaved (``latency_client.c``)."""
     done = subprocess.run(
-        [client, str(cycles), str(block), str(SETTLE), "11", *map(str, ports.values())],
+        [client, str(cycles), str(block), str(SETTLE), "300", "11", *map(str, ports.values())],
         capture_output=True,
         text=True,
         timeout=cycles * (block + SETTLE) * len(ports) * 0.02 + 120,

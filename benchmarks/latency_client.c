@@ -1,11 +1,11 @@
 /* One-connection latency client for bench_latency.py.
  *
- * Usage: latency_client CYCLES BLOCK SETTLE SEED PORT...
+ * Usage: latency_client CYCLES BLOCK SETTLE WARMUP SEED PORT...
  *
  * Sends "GET /items/1" to the servers on 127.0.0.1:PORT, one request at a time. Each cycle visits
  * every server once, in a fresh random order, and sends it SETTLE untimed requests (its caches
  * warm again after the other servers ran) and then BLOCK timed ones. Before the first cycle every
- * server gets 300 untimed requests. Prints, per server, one line with its CYCLES * BLOCK latencies
+ * server gets WARMUP untimed requests. Prints, per server, one line with its CYCLES * BLOCK latencies
  * in nanoseconds: from writing the request to having read the whole response, as wrk times it. A server that answers "Connection: close" (gunicorn's sync worker) is
  * reconnected before its next request, outside the timing, as in wrk. Written in C so that the
  * client's own cost per request is a few microseconds and does not dilute the servers'
@@ -115,17 +115,18 @@ static long long one(server_t *s) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6) {
-        fprintf(stderr, "usage: %s CYCLES BLOCK SETTLE SEED PORT...\n", argv[0]);
+    if (argc < 7) {
+        fprintf(stderr, "usage: %s CYCLES BLOCK SETTLE WARMUP SEED PORT...\n", argv[0]);
         return 2;
     }
     long cycles = atol(argv[1]);
     long block = atol(argv[2]);
     long settle = atol(argv[3]);
-    srand48(atol(argv[4]));
-    int count = argc - 5;
+    long warmup = atol(argv[4]);
+    srand48(atol(argv[5]));
+    int count = argc - 6;
     long samples = cycles * block;
-    if (count > MAX_SERVERS || cycles <= 0 || block <= 0 || settle < 0) {
+    if (count > MAX_SERVERS || cycles <= 0 || block <= 0 || settle < 0 || warmup < 0) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
@@ -133,7 +134,7 @@ int main(int argc, char **argv) {
     int order[MAX_SERVERS];
     for (int i = 0; i < count; i++) {
         server_t *s = &servers[i];
-        s->port = atoi(argv[5 + i]);
+        s->port = atoi(argv[6 + i]);
         s->fd = -1;
         s->request_len = (size_t)snprintf(s->request, sizeof s->request,
                                           "GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n",
@@ -143,7 +144,7 @@ int main(int argc, char **argv) {
         order[i] = i;
     }
     for (int i = 0; i < count; i++)
-        for (int w = 0; w < 300; w++) one(&servers[i]);
+        for (long w = 0; w < warmup; w++) one(&servers[i]);
     for (long c = 0; c < cycles; c++) {
         for (int i = count - 1; i > 0; i--) { /* Fisher-Yates */
             int j = (int)(drand48() * (i + 1));

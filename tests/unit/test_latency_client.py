@@ -1,0 +1,144 @@
+"""The C client of ``benchmarks/bench_latency.py`` reads whole responses, whatever their framing.
+
+Its latencies are only right if it waits for the last byte of each response: a client that
+stopped at the headers, or read into the next response, would time something else. Three tiny
+servers answer as uvicorn (keep-alive, ``Content-Length``), gunicorn's sync worker
+(``Connection: close`` with a length) and Django without ``CommonMiddleware`` (``Connection:
+close``, no length: the body ends at EOF) do, each sending its response in pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[2] / "benchmarks" / "latency_client.c"
+BODY = b'{"id": 1}' * 50  # 450 bytes, sent in several writes
+
+
+def _response(style: str) -> list[bytes]:
+    """The pieces of one response, written with pauses between them."""
+    if style == "keep-alive":
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        return [head[:20], head[20:] % len(BODY), BODY[:100], BODY[100:]]
+    if style == "close":
+        head = b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: %d\r\n\r\n" % len(BODY)
+        return [head, BODY[:7], BODY[7:]]
+    head = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: close\r\n\r\n"  # no length: until EOF
+    return [head + BODY[:3], BODY[3:200], BODY[200:]]
+
+
+def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            while True:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                if not request:
+                    break
+                assert request.startswith(b"GET /items/1 HTTP/1.1\r\n")
+                for piece in _response(style):
+                    conn.sendall(piece)
+                    time.sleep(0.001)
+                served.append(1)
+                if style != "keep-alive":
+                    break
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no C compiler (cc or gcc) for benchmarks/latency_client.c")
+        pytest.skip("no C compiler")
+    out = tmp_path / "latency_client"
+    subprocess.run([compiler, "-O2", "-o", str(out), str(SOURCE)], check=True, timeout=120)
+    return str(out)
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[dict[str, str], dict[str, list[int]]]]:
+    ports: dict[str, str] = {}
+    served: dict[str, list[int]] = {}
+    listeners = []
+    for style in ("keep-alive", "close", "eof"):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+        ports[style] = str(listener.getsockname()[1])
+        served[style] = []
+        threading.Thread(target=_serve, args=(listener, style, served[style]), daemon=True).start()
+    yield ports, served
+    for listener in listeners:
+        listener.close()
+
+
+def test_every_response_is_read_to_its_last_byte(
+    client: str, servers: tuple[dict[str, str], dict[str, list[int]]]
+) -> None:
+    ports, served = servers
+    cycles, block, settle, warmup = 3, 4, 1, 2
+    done = subprocess.run(
+        [client, str(cycles), str(block), str(settle), str(warmup), "7", *ports.values()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        latencies = [int(v) for v in line.split()]
+        assert len(latencies) == cycles * block
+        # Each response is written in pieces 1 ms apart: a latency under that means the client
+        # stopped before the last piece.
+        assert min(latencies) >= 1_000_000 * (len(_response("close")) - 1)
+    # The warm-up requests, then per cycle the settling requests and the block: nothing more
+    # (a client that misread a response would desynchronise and fail, or send extra requests).
+    for style in ports:
+        assert len(served[style]) == warmup + cycles * (settle + block)
+
+
+def test_a_non_200_answer_fails_the_run(client: str) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        done = subprocess.run(
+            [client, "1", "1", "0", "0", "7", str(listener.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert done.returncode != 0
+    assert "unexpected response" in done.stderr
