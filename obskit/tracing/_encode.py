@@ -97,32 +97,32 @@ def key_value(key: str, value: Any) -> bytes:
     return _str(b"\x0a", key) + _len(b"\x12", any_value(value))
 
 
-# Encoded span attributes, cached by key and (for strings and ints) by value: most attributes
-# repeat from span to span (method, route, scheme, host, port, status code, user agent), so a hit
-# replaces five calls and three allocations with two dict lookups. Both levels are capped, so
-# unbounded values (url.path) cannot grow the cache; past the cap they are simply encoded each
-# time.
+# Encoded span attributes, cached by (key, value): most attributes repeat from span to span
+# (method, route, scheme, host, port, status code, user agent), and a (key, value) pair is the
+# tuple ``dict.items()`` yields, so a hit is one lookup instead of five calls and three
+# allocations. Only exact str and int values are cached or looked up: a bool or a float equal to
+# a cached int (True == 1, 200.0 == 200) must never hit its entry. Bounded in keys and in values
+# per key, so unbounded values (url.path) cannot grow the cache nor crowd the others out; past
+# the bounds they are simply encoded each time.
 _KEY_CACHE_MAX = 1024
 _VALUE_CACHE_MAX = 256
-_kv_cache: dict[str, dict[str | int, bytes]] = {}
+_kv_cache: dict[tuple[str, str | int], bytes] = {}
+#: Values cached per key.
+_kv_counts: dict[str, int] = {}
 
 
 def _span_attribute(key: str, value: Any) -> bytes:
     cls = value.__class__
-    # Strings and ints (ports, status codes) are cached by value; an int key never meets an
-    # equal str, and bools (an int subclass, equal to 0 and 1) are not cached.
     if cls is str or cls is int:
-        by_value = _kv_cache.get(key)
-        if by_value is not None:
-            encoded = by_value.get(value)
-            if encoded is not None:
-                return encoded
+        pair = (key, value)
+        encoded = _kv_cache.get(pair)
+        if encoded is not None:
+            return encoded
         encoded = _len(_T_SPAN_ATTR, key_value(key, value))
-        if by_value is None:
-            if len(_kv_cache) < _KEY_CACHE_MAX:
-                _kv_cache[key] = {value: encoded}
-        elif len(by_value) < _VALUE_CACHE_MAX:
-            by_value[value] = encoded
+        count = _kv_counts.get(key, 0)
+        if count < _VALUE_CACHE_MAX and (count or len(_kv_counts) < _KEY_CACHE_MAX):
+            _kv_counts[key] = count + 1
+            _kv_cache[pair] = encoded
         return encoded
     return _len(_T_SPAN_ATTR, key_value(key, value))
 
@@ -189,16 +189,15 @@ def encode_span(span: Any) -> bytes:
             attrs = inner
             dropped = getattr(bounded, "dropped", 0)
     if attrs:
-        for key, value in attrs.items():
-            cls = value.__class__
+        cache = _kv_cache
+        for pair in attrs.items():
+            cls = pair[1].__class__
             if cls is str or cls is int:
-                by_value = _kv_cache.get(key)
-                if by_value is not None:
-                    cached = by_value.get(value)
-                    if cached is not None:
-                        parts.append(cached)
-                        continue
-            parts.append(_span_attribute(key, value))
+                cached = cache.get(pair)
+                if cached is not None:
+                    parts.append(cached)
+                    continue
+            parts.append(_span_attribute(*pair))
         if dropped:
             parts.append(_T_SPAN_DROPPED_ATTRS + varint(dropped))
     events = getattr(span, "_events", None)

@@ -46,3 +46,26 @@ def test_int_and_str_attributes_survive_the_value_cache() -> None:
     span.end()
     assert {"count": True, "flag": 1} == _decoded_attributes(span)
     assert isinstance(_decoded_attributes(span)["count"], bool)
+
+
+def test_the_value_cache_stays_bounded_and_keeps_the_repeating_attributes() -> None:
+    from obskit.tracing import _encode
+
+    tracer = TracerProvider().get_tracer("t")
+    # 2,000 distinct paths (an unbounded attribute) next to attributes that repeat.
+    for n in range(2000):
+        span = tracer.start_span("s", attributes={"url.path": f"/u/{n}", "http.route": "/u/{n}"})
+        span.end()
+        assert {"url.path": f"/u/{n}", "http.route": "/u/{n}"} == _decoded_attributes(span)
+    paths = sum(1 for key, _ in _encode._kv_cache if key == "url.path")
+    assert paths == _encode._VALUE_CACHE_MAX
+    assert _encode._kv_counts["url.path"] == _encode._VALUE_CACHE_MAX
+    assert ("http.route", "/u/{n}") in _encode._kv_cache
+    # A float equal to a cached int is looked up as what it is.
+    span = tracer.start_span("s", attributes={"http.response.status_code": 200})
+    span.end()
+    span = tracer.start_span("s", attributes={"http.response.status_code": 200.0})
+    span.end()
+    decoded = _decoded_attributes(span)["http.response.status_code"]
+    assert decoded == 200.0
+    assert isinstance(decoded, float)
