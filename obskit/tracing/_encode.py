@@ -101,11 +101,14 @@ def key_value(key: str, value: Any) -> bytes:
 # (method, route, scheme, host, port, status code, user agent), and a (key, value) pair is the
 # tuple ``dict.items()`` yields, so a hit is one lookup instead of five calls and three
 # allocations. Only exact str and int values are cached or looked up: a bool or a float equal to
-# a cached int (True == 1, 200.0 == 200) must never hit its entry. Bounded in keys and in values
-# per key, so unbounded values (url.path) cannot grow the cache nor crowd the others out; past
-# the bounds they are simply encoded each time.
+# a cached int (True == 1, 200.0 == 200) must never hit its entry. Bounded in keys, in values per
+# key (so unbounded values such as url.path cannot crowd the others out), in entries overall and
+# in the length of what is cached (a few MB at most); past the bounds attributes are simply
+# encoded each time.
 _KEY_CACHE_MAX = 1024
 _VALUE_CACHE_MAX = 256
+_CACHE_MAX = 8192
+_TEXT_CACHE_MAX = 256
 _kv_cache: dict[tuple[str, str | int], bytes] = {}
 #: Values cached per key.
 _kv_counts: dict[str, int] = {}
@@ -120,7 +123,13 @@ def _span_attribute(key: str, value: Any) -> bytes:
             return encoded
         encoded = _len(_T_SPAN_ATTR, key_value(key, value))
         count = _kv_counts.get(key, 0)
-        if count < _VALUE_CACHE_MAX and (count or len(_kv_counts) < _KEY_CACHE_MAX):
+        if (
+            count < _VALUE_CACHE_MAX
+            and len(_kv_cache) < _CACHE_MAX
+            and len(key) <= _TEXT_CACHE_MAX
+            and (cls is int or len(value) <= _TEXT_CACHE_MAX)
+            and (count or len(_kv_counts) < _KEY_CACHE_MAX)
+        ):
             _kv_counts[key] = count + 1
             _kv_cache[pair] = encoded
         return encoded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
@@ -48,6 +50,24 @@ def test_int_and_str_attributes_survive_the_value_cache() -> None:
     assert isinstance(_decoded_attributes(span)["count"], bool)
 
 
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """An empty attribute cache for the test; the process' own is put back after it."""
+    from obskit.tracing import _encode
+
+    saved = dict(_encode._kv_cache), dict(_encode._kv_counts)
+    _encode._kv_cache.clear()
+    _encode._kv_counts.clear()
+    try:
+        yield
+    finally:
+        _encode._kv_cache.clear()
+        _encode._kv_counts.clear()
+        _encode._kv_cache.update(saved[0])
+        _encode._kv_counts.update(saved[1])
+
+
+@pytest.mark.usefixtures("fresh_cache")
 def test_the_value_cache_stays_bounded_and_keeps_the_repeating_attributes() -> None:
     from obskit.tracing import _encode
 
@@ -61,6 +81,17 @@ def test_the_value_cache_stays_bounded_and_keeps_the_repeating_attributes() -> N
     assert paths == _encode._VALUE_CACHE_MAX
     assert _encode._kv_counts["url.path"] == _encode._VALUE_CACHE_MAX
     assert ("http.route", "/u/{n}") in _encode._kv_cache
+    # Long values are encoded, not kept; the whole cache stays under its bound.
+    agent = "a" * (_encode._TEXT_CACHE_MAX + 1)
+    span = tracer.start_span("s", attributes={"user_agent.original": agent})
+    span.end()
+    assert {"user_agent.original": agent} == _decoded_attributes(span)
+    assert ("user_agent.original", agent) not in _encode._kv_cache
+    # 40 keys x 256 values each would be 10,240 entries, past the overall bound.
+    for key in range(40):
+        for n in range(_encode._VALUE_CACHE_MAX):
+            _encode._span_attribute(f"bound.k{key}", n)
+    assert len(_encode._kv_cache) == _encode._CACHE_MAX
     # A float equal to a cached int is looked up as what it is.
     span = tracer.start_span("s", attributes={"http.response.status_code": 200})
     span.end()
