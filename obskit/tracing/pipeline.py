@@ -51,6 +51,9 @@ class SpanSink(Protocol):
 
 Keep = Callable[[ReadableSpan], bool]
 
+#: Scope objects remembered by id() (see CompactSpanProcessor._scope_of).
+_MAX_SCOPE_OBJECTS = 256
+
 
 class CompactSpanProcessor(SpanProcessor):
     """A batching span processor whose queue holds encoded bytes, bounded in count and size.
@@ -98,8 +101,13 @@ class CompactSpanProcessor(SpanProcessor):
         self._max_spans_per_trace = max_spans_per_trace
         self._max_pending_traces = max_pending_traces
         self._max_pending_bytes = max_pending_bytes
+        # Encoded instrumentation scopes, one per (name, version). The SDK makes a new scope
+        # object on every get_tracer() call, and some code calls it per request: scopes are
+        # told apart by value, and only a bounded number of objects is remembered by id() (the
+        # one-lookup fast path; the list keeps those ids from being reused).
+        self._scope_values: dict[tuple[str, str | None], int] = {}
         self._scope_index: dict[int, int] = {}
-        self._scope_objects: list[object] = []  # keeps id()s stable
+        self._scope_objects: list[object] = []
         self._scope_bytes: list[bytes] = []
         self._init_state()
         weak = weakref.WeakMethod(self._after_fork)
@@ -167,11 +175,20 @@ class CompactSpanProcessor(SpanProcessor):
         scope = span.instrumentation_scope
         index = self._scope_index.get(id(scope))
         if index is None:
-            with self._lock:
+            index = self._scope_by_value(scope)
+        return index
+
+    def _scope_by_value(self, scope: Any) -> int:
+        name = scope.name if scope is not None else "obskit"
+        version = scope.version if scope is not None else None
+        key = (str(name), None if version is None else str(version))
+        with self._lock:
+            index = self._scope_values.get(key)
+            if index is None:
                 index = len(self._scope_bytes)
-                name = scope.name if scope is not None else "obskit"
-                version = scope.version if scope is not None else None
-                self._scope_bytes.append(encode_scope(name, version))
+                self._scope_bytes.append(encode_scope(*key))
+                self._scope_values[key] = index
+            if len(self._scope_objects) < _MAX_SCOPE_OBJECTS:
                 self._scope_objects.append(scope)
                 self._scope_index[id(scope)] = index
         return index
