@@ -181,7 +181,7 @@ def encode_span(span: Any) -> bytes:
     encoded_name = _name_cache.get(name)
     if encoded_name is None:
         encoded_name = _str(_T_SPAN_NAME, name)
-        if len(_name_cache) < _NAME_CACHE_MAX:
+        if len(_name_cache) < _NAME_CACHE_MAX and len(name) <= _TEXT_CACHE_MAX:
             _name_cache[name] = encoded_name
     parts.append(encoded_name)
     parts.append(_KIND_FIELD[span.kind._value_])

@@ -92,6 +92,12 @@ def test_the_value_cache_stays_bounded_and_keeps_the_repeating_attributes() -> N
         for n in range(_encode._VALUE_CACHE_MAX):
             _encode._span_attribute(f"bound.k{key}", n)
     assert len(_encode._kv_cache) == _encode._CACHE_MAX
+    # Nor are long span names kept.
+    long_name = "n" * (_encode._TEXT_CACHE_MAX + 1)
+    span = tracer.start_span(long_name)
+    span.end()
+    assert long_name == SpanProto.FromString(encode_span(span)).name
+    assert long_name not in _encode._name_cache
     # A float equal to a cached int is looked up as what it is.
     span = tracer.start_span("s", attributes={"http.response.status_code": 200})
     span.end()
