@@ -18,7 +18,7 @@ second). With 600 requests per block an obskit server fills and exports its batc
 own block, as it would serving alone, and pays for them in its own latencies. With short blocks
 most exports ran on the timer while the server was idle between its blocks, which flattered
 obskit: blocks of 50 read 1.18-1.33x for the p99 at 100 % sampling where blocks of 600 read
-1.30-1.35x. Single requests interleaved were worse still: every request found caches the other
+1.26-1.36x. Single requests interleaved were worse still: every request found caches the other
 servers had just evicted (p50 0.6 ms instead of 0.3), a regime no one-server deployment is in.
 
 The client is ``latency_client.c``, compiled by this script with the system's C compiler (a
