@@ -52,6 +52,9 @@ _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _time_ns = time.time_ns
 _new_tuple = tuple.__new__
 _get_current = _fastctx.get_current
+#: The status of a span no one set one on, shared: a Status is never changed in place
+#: (set_status replaces it).
+_UNSET = Status(StatusCode.UNSET)
 #: Every trace-flags value a new span can have (sampled bit, random-trace-id bit), made once.
 _FLAGS = {flags: TraceFlags(flags) for flags in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
 
@@ -96,13 +99,15 @@ class ServerSpan(trace_api.Span):
         self.parent = parent
         self.kind = kind
         self.attributes: dict[str, Any] = {}
-        self.status = Status(StatusCode.UNSET)
+        self.status = _UNSET
         self.instrumentation_scope = scope
         self.start_time = _time_ns()
         self.end_time: int | None = None
         self._processor = processor
-        self._events: list[_Event] = []
-        self._links: list[Link] = []
+        # Shared empty tuples until the first add_event/add_link: most spans have neither, and
+        # two lists per span are two more objects for the garbage collector to count.
+        self._events: list[_Event] | tuple[()] = ()
+        self._links: list[Link] | tuple[()] = ()
 
     # -- the Span API ------------------------------------------------------------------------
 
@@ -135,11 +140,17 @@ class ServerSpan(trace_api.Span):
     ) -> None:
         if self.end_time is None and len(self._events) < _MAX_EVENTS:
             clean = {k: v for k, v in (attributes or {}).items() if _valid(v)}
-            self._events.append(_Event(name, timestamp or _time_ns(), clean))
+            events = self._events
+            if not isinstance(events, list):
+                events = self._events = []
+            events.append(_Event(name, timestamp or _time_ns(), clean))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
-            self._links.append(Link(context, attributes))
+            links = self._links
+            if not isinstance(links, list):
+                links = self._links = []
+            links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:

@@ -48,3 +48,34 @@ def test_a_new_scope_object_per_span_does_not_grow_the_scope_table() -> None:
                 spans[key] = spans.get(key, 0) + len(scope_spans.spans)
     assert {("per.request", "1.0"): 3000, ("other", ""): 3000} == spans
     processor.close(1.0)
+
+
+def test_lean_spans_keep_their_own_events_and_links() -> None:
+    """A lean span starts with shared empty events and links; adding to one span leaves every
+    other span's empty, and both kinds survive encoding."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+    from opentelemetry.trace import SpanKind
+
+    from obskit.tracing._encode import encode_span
+    from obskit.tracing.server_span import ServerSpan
+
+    processor = CompactSpanProcessor(MemorySpanSink(), resource_attributes={})
+    scope = InstrumentationScope("t")
+    busy = ServerSpan("busy", _span(scope).context, None, SpanKind.SERVER, processor, scope)
+    quiet = ServerSpan("quiet", _span(scope).context, None, SpanKind.SERVER, processor, scope)
+    linked = _span(scope).context
+    busy.add_event("first", {"n": 1})
+    busy.add_event("second")
+    busy.add_link(linked, {"why": "batch"})
+    busy.add_link(_span(scope).context)
+    busy.end()
+    quiet.end()
+    decoded = SpanProto.FromString(encode_span(busy))
+    assert ["first", "second"] == [event.name for event in decoded.events]
+    assert 2 == len(decoded.links)
+    assert linked.span_id.to_bytes(8, "big") == decoded.links[0].span_id
+    assert "why" == decoded.links[0].attributes[0].key
+    empty = SpanProto.FromString(encode_span(quiet))
+    assert [] == list(empty.events)
+    assert [] == list(empty.links)
+    processor.close(1.0)
