@@ -368,7 +368,10 @@ def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
     (adapters pass what PEP 3333 and the ASGI spec type as such), so obskit's own span takes
     them in one dict update instead of checking each one as ``set_attributes`` must."""
     if type(span) is ServerSpan and len(span.attributes) + len(attributes) <= _MAX_ATTRIBUTES:
-        span.attributes.update(attributes)
+        if span.attributes:
+            span.attributes.update(attributes)
+        else:  # a new span: the dict built for it becomes its attributes, no copy
+            span.attributes = attributes
     else:
         span.set_attributes(attributes)
 
