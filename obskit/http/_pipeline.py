@@ -33,6 +33,7 @@ from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server
 __all__ = ["HttpTelemetry", "Request"]
 
 _perf = time.perf_counter
+_new_tuple = tuple.__new__
 #: (method, route) pairs whose metric writers are cached; past it they are looked up per request.
 _MAX_ROUTES = 2048
 _SERVER = SpanKind.SERVER
@@ -326,8 +327,10 @@ class _RouteSeries:
             if leave:
                 values[self._flight] -= 1.0
         if exemplar is not None:
+            # Exemplar is a NamedTuple: built as tuple.__new__ would, without its Python-level
+            # __new__ frame.
             self._buckets[bucket - self._bucket0].set_exemplar(
-                Exemplar(exemplar, duration, time.time())
+                _new_tuple(Exemplar, (exemplar, duration, time.time()))
             )
 
 
@@ -379,7 +382,14 @@ def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
 def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> None:
     """Status code, exception and error status on a recording SERVER span."""
     if code is not None:
-        span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
+        if (
+            type(span) is ServerSpan
+            and code.__class__ is int
+            and len(span.attributes) < _MAX_ATTRIBUTES
+        ):
+            span.attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code  # set_attribute, inlined
+        else:
+            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
     if exc is not None:
         span.record_exception(exc)
         span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
