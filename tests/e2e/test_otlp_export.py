@@ -356,7 +356,10 @@ def test_hanging_collector_drops_beyond_the_queue_bound(protocol: str) -> None:
             service_name="e2e",
             otlp_endpoint=hanging.endpoint,
             otlp_protocol=protocol,
-            otlp_timeout=1.0,
+            # Longer than shutdown's timeout below: the export under way when shutdown starts is
+            # still hanging at its deadline, so shutdown must abandon it (with 1 s, an export
+            # could time out just before shutdown, leave the queue empty, and the flush succeed).
+            otlp_timeout=10.0,
             bsp_schedule_delay=0.05,
             bsp_max_queue_size=100,  # always full here: shutdown always has a batch it cannot send
         )
