@@ -235,6 +235,7 @@ class _RouteSeries:
         "in_flight",
         "key",
         "observe",
+        "span_name",
     )
 
     def __init__(self, telemetry: HttpTelemetry, key: tuple[str, str]) -> None:
@@ -254,6 +255,8 @@ class _RouteSeries:
             with taking:
                 self._share(duration, in_flight)
         self.observe = Observer(duration)
+        #: The SERVER span's name for this route (semantic conventions: ``METHOD route``).
+        self.span_name = _span_name(*key)
         self.in_flight = adder(in_flight)
 
     def _share(self, duration: Any, in_flight: Any) -> None:
@@ -470,8 +473,17 @@ class Request:
                 series.in_flight(1)
             if self._recording:
                 span = self.span
-                span.update_name(_span_name(self.method, route))
-                span.set_attribute(sc.HTTP_ROUTE, route)
+                if (
+                    type(span) is ServerSpan
+                    and span.end_time is None
+                    and route.__class__ is str
+                    and len(span.attributes) < _MAX_ATTRIBUTES
+                ):  # update_name and set_attribute, inlined
+                    span.name = series.span_name
+                    span.attributes[sc.HTTP_ROUTE] = route
+                else:
+                    span.update_name(series.span_name)
+                    span.set_attribute(sc.HTTP_ROUTE, route)
         except Exception as exc:
             _selfmetrics.internal_error("http_route", exc)
 
