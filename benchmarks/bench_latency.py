@@ -50,14 +50,11 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -222,10 +219,6 @@ def report_many(connections: int, runs: dict[str, list[dict[str, float]]]) -> No
         )
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise TimeoutError("the run exceeded --max-seconds")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,17 +252,13 @@ def main() -> None:
         bench_load._PIN.update(server={cpus[-1]}, load=set(cpus[:-1]))
         os.sched_setaffinity(0, bench_load._PIN["load"])  # the client and the OTLP receiver
     bench_load._Sink.nice = 19
-    sink, otlp = bench_load.start_sink()
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(args.max_seconds)
-    started = time.monotonic()
-    print(
-        f"{args.cycles * args.block:,} timed requests per variant in {args.cycles} blocks of "
-        f"{args.block}, one connection; each cycle runs one block per variant in a random order; "
-        f"servers pinned to CPU {sorted(bench_load._PIN.get('server', []))}, "
-        f"client to CPU {sorted(bench_load._PIN.get('load', []))}; p99 target <= {TARGET}x bare"
-    )
-    try:
+    with bench_load.bounded_run(args.max_seconds) as otlp:
+        print(
+            f"{args.cycles * args.block:,} timed requests per variant in {args.cycles} blocks of "
+            f"{args.block}, one connection; each cycle runs one block per variant in a random "
+            f"order; servers pinned to CPU {sorted(bench_load._PIN.get('server', []))}, client "
+            f"to CPU {sorted(bench_load._PIN.get('load', []))}; p99 target <= {TARGET}x bare"
+        )
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
             client = build_client(tmp)
             for framework in args.frameworks:
@@ -277,10 +266,6 @@ def main() -> None:
                 report(framework, single)
                 if many is not None:
                     report_many(args.connections, many)
-    finally:
-        signal.alarm(0)
-        sink.shutdown()
-    print(f"\ntotal time: {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Run: ``.venv/bin/python benchmarks/bench_load.py [--duration S] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,30 @@ def start_sink() -> tuple[ThreadingHTTPServer, str]:
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     return sink, f"http://127.0.0.1:{sink.server_port}"
+
+
+class Deadline(Exception):
+    """A run took longer than its ``--max-seconds``."""
+
+
+@contextlib.contextmanager
+def bounded_run(max_seconds: int) -> Iterator[str]:
+    """Start the OTLP receiver and give its URL; stop the run with :class:`Deadline` after
+    ``max_seconds``; at the end release both and print the total time."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise Deadline("the run exceeded --max-seconds")
+
+    sink, otlp = start_sink()
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max_seconds)
+    started = time.monotonic()
+    try:
+        yield otlp
+    finally:
+        signal.alarm(0)
+        sink.shutdown()
+        print(f"\ntotal time: {time.monotonic() - started:.0f} s")
 
 
 def run_one(framework: str, variant: str, duration: int, otlp: str) -> dict[str, Any]:

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -58,14 +57,6 @@ START_TIMEOUT = 180.0
 STOP_TIMEOUT = 120.0
 _TOTALS = re.compile(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS")
 _TOTALS_BARE = re.compile(r"([\d,]+)\s+PROGRAM TOTALS")
-
-
-class _Deadline(Exception):
-    """The whole run took longer than ``--max-seconds``."""
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise _Deadline("the run exceeded --max-seconds")
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -240,24 +231,16 @@ def main() -> None:
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed: apt-get install valgrind")
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(args.max_seconds)
-    sink, otlp = bench_load.start_sink()
-    started = time.monotonic()
-    print(
-        f"{args.requests} counted requests per variant after {WARMUP} warm-up requests; "
-        "server processes' instructions under callgrind\n"
-        "implied throughput = baseline instructions per request / variant's; matched bare: "
-        "bare_log for variants that log a line per request, bare for *_nolog* and bare_log"
-    )
-    try:
+    with bench_load.bounded_run(args.max_seconds) as otlp:
+        print(
+            f"{args.requests} counted requests per variant after {WARMUP} warm-up requests; "
+            "server processes' instructions under callgrind\n"
+            "implied throughput = baseline instructions per request / variant's; matched bare: "
+            "bare_log for variants that log a line per request, bare for *_nolog* and bare_log"
+        )
         for framework in args.frameworks:
             results = {v: count(framework, v, args.requests, otlp) for v in args.variants}
             _table(framework, results)
-    finally:
-        signal.alarm(0)
-        sink.shutdown()
-    print(f"\ntotal time: {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -261,16 +261,7 @@ def frame_span(span: Any) -> bytes:
     bytes in C: the export thread spends next to no time holding the GIL per span, time that
     would otherwise stall request threads.
     """
-    data = encode_span(span)
-    n = len(data)
-    # The length prefix written here rather than by _len and varint: two calls less per span.
-    if n < 128:
-        head = _VARINT_CACHE[n]
-    elif n < 16384:
-        head = bytes(((n & 0x7F) | 0x80, n >> 7))
-    else:
-        head = varint(n)
-    return b"".join((b"\x12", head, data))
+    return _len(b"\x12", encode_span(span))
 
 
 def encode_request(resource: bytes, scopes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:

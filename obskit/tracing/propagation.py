@@ -164,7 +164,7 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
         cached[1] if cached is not None and cached[0] is textmap else _default_propagators(textmap)
     ):
         carrier = {k: v for k in ("traceparent", "tracestate", "baggage") if (v := get(k))}
-        for name in propagate.get_global_textmap().fields:
+        for name in textmap.fields:
             if name not in carrier and (v := get(name)):
                 carrier[name] = v
         return propagate.extract(carrier, context) if carrier else None
