@@ -22,6 +22,7 @@ from obskit._runtime import (
 )
 from obskit._version import __version__
 from obskit.config import Config, ConfigError
+from obskit.logger import get_logger
 from obskit.logging import setup_logging
 from obskit.metrics.cardinality import CardinalityError, LabelRule
 from obskit.metrics.instruments import counter, gauge, histogram
@@ -51,6 +52,7 @@ __all__ = [
     "force_flush",
     "gauge",
     "get_config",
+    "get_logger",
     "histogram",
     "inject",
     "instrument_asyncio_queue",

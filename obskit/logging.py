@@ -500,13 +500,14 @@ class JsonFormatter(_PJLJsonFormatter):
             request = getattr(record, "obskit_request", None)
             if trace_id:
                 span_id, flags = record.obskit_span_id, record.obskit_flags  # type: ignore[attr-defined]
-        plain = self._plain
         name, level = record.name, record.levelname
         # makeLogRecord takes any type for these; the dict path encodes what they are.
         odd_names = name.__class__ is not str or level.__class__ is not str
         tail = None
         if not (truncated or record.exc_info or record.exc_text or record.stack_info):
-            tail = self._scalar_extras(record)
+            # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
+            # after them, so the scan starts past the standard ones (skipped in C by islice).
+            tail = self._scalar_fields(islice(record.__dict__.items(), _BASE_ATTRIBUTES, None))
         if tail is None or odd_names:
             extras = self._extras(record, truncated)
             if odd_names or (extras and not self._fixed.isdisjoint(extras)):
@@ -516,7 +517,55 @@ class JsonFormatter(_PJLJsonFormatter):
             tail = [",", _encode_safely(extras)[1:]] if extras else ["}"]
         else:
             tail.append("}")
-        # The same keys, values and order as the dict path, assembled as text.
+        return self._assemble(
+            record.created, level, name, message_text, trace_id, span_id, flags, request, tail
+        )
+
+    def format_event(
+        self, created: float, level: str, name: str, message: str, fields: Mapping[str, Any]
+    ) -> str | None:
+        """The line :meth:`format` would write for a record of these fields, built without a
+        record (:class:`obskit.logger.Logger`'s direct path); None when the line needs the
+        record path: a message long enough to be cut, or a field that is not a scalar under a
+        plain key."""
+        if len(message) * 4 > self.max_message:
+            return None
+        message_text = self._texts.get(message) or self._text(message)
+        if fields:
+            tail = self._scalar_fields(fields.items())
+            if tail is None:
+                return None
+            tail.append("}")
+        else:
+            tail = ["}"]
+        context = _ctx.get_current()
+        ctx = current_span(context).get_span_context()  # as in _format
+        return self._assemble(
+            created,
+            level,
+            name,
+            message_text,
+            ctx[0] if ctx[5] else 0,
+            ctx[1],
+            ctx[3],
+            context.get(_ctx.REQUEST_KEY),
+            tail,
+        )
+
+    def _assemble(
+        self,
+        created: float,
+        level: str,
+        name: str,
+        message_text: str,
+        trace_id: int | None,
+        span_id: int,
+        flags: int,
+        request: Any,
+        tail: list[str],
+    ) -> str:
+        """The line as text: the same keys, values and order as the dict path."""
+        plain = self._plain
         (
             j_ts,
             j_level,
@@ -532,7 +581,7 @@ class JsonFormatter(_PJLJsonFormatter):
         ) = self._j
         parts = [
             j_ts,
-            self._timestamp(record.created),
+            self._timestamp(created),
             j_level,
             plain.get(level) or self._plain_text(level),
             j_logger,
@@ -588,16 +637,15 @@ class JsonFormatter(_PJLJsonFormatter):
             plain[value] = text
         return text
 
-    def _scalar_extras(self, record: logging.LogRecord) -> list[str] | None:
-        """The extras as ``,"key":value`` fragments when every one is a str, int, float, bool or
-        None under a plain key -- the usual line -- else None (the dict path encodes them)."""
+    def _scalar_fields(self, items: Iterable[tuple[Any, Any]]) -> list[str] | None:
+        """Extra fields as ``,"key":value`` fragments when every one is a str, int, float, bool
+        or None under a plain key -- the usual line -- else None (the dict path encodes them).
+        Keys naming a LogRecord attribute or starting with ``_`` are not extras: skipped."""
         fragments = self._keys
         texts = self._texts
         tail: list[str] = []
         try:
-            # LogRecord.__init__ sets the same attributes in the same order and ``extra`` comes
-            # after them, so the scan starts past the standard ones (skipped in C by islice).
-            for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
+            for key, value in items:
                 fragment = fragments.get(key)
                 if fragment is None:
                     if key.__class__ is str and (key in _RESERVED or key[:1] == "_"):
@@ -761,6 +809,18 @@ class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+    def write_line(self, line: str, levelno: int) -> None:
+        """Write one formatted line as :meth:`emit` would; the caller holds :attr:`lock`.
+
+        :class:`obskit.logger.Logger`'s direct path, which has no record. :meth:`emit` keeps
+        its own copy of these lines: a call more per stdlib record is not worth three lines.
+        """
+        stream = self.stream
+        stream.write(line + self.terminator)
+        flush = getattr(stream, "flush", None)
+        if flush is not None:
+            flush()
+
 
 class BufferedStreamHandler(JsonStreamHandler):
     """A stream handler that flushes WARNING and above at once and the rest every ``interval``.
@@ -815,6 +875,15 @@ class BufferedStreamHandler(JsonStreamHandler):
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str, levelno: int) -> None:
+        self.stream.write(line + self.terminator)
+        if levelno >= logging.WARNING:
+            self.flush()
+        else:
+            self._dirty = True
+            if os.getpid() != self._pid:
+                self._start_flusher()
 
 
 def setup_logging(

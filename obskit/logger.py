@@ -1,0 +1,221 @@
+"""A structured logger that writes obskit's JSON line without building a ``LogRecord``.
+
+::
+
+    from obskit import get_logger
+
+    log = get_logger("checkout")
+    log.info("charged", order=42, amount=9.5)
+    log.bind(tenant="acme").warning("retrying %s", "payment", attempt=2)
+
+Fields are keyword arguments (``extra=`` of the stdlib). Levels, ``setLevel``, ``disable`` and
+handlers stay the stdlib's: a :class:`Logger` asks the stdlib logger of the same name whether a
+level is enabled, and its line is the one obskit's :class:`~obskit.logging.JsonFormatter` would
+write for the equivalent stdlib call, with the same trace and request fields.
+
+Why a logger of its own: the stdlib spends most of a line's cost before any handler runs --
+``findCaller`` walks the stack, ``LogRecord`` sets some twenty attributes and splits the file
+path -- for fields obskit's JSON line does not write. When the only handler the stdlib logger
+would reach is obskit's (what :func:`obskit.setup_logging` installs) and no filter is on the
+way, a :class:`Logger` formats and writes the line itself, under that handler's lock. In every
+other case (another handler, a filter such as log sampling, ``exc_info``, a field that is not a
+str, int, float, bool or None, a message long enough to be cut) it hands the call to the stdlib
+logger, so the line reaches every handler exactly as ``logging`` would deliver it. structlog
+gives the same advice for speed: keep the hot path out of the stdlib's record machinery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from obskit import _selfmetrics
+from obskit.logging import (
+    _RESERVED,
+    BufferedStreamHandler,
+    JsonFormatter,
+    JsonStreamHandler,
+)
+
+__all__ = ["Logger", "get_logger"]
+
+_DIRECT_HANDLERS = frozenset({JsonStreamHandler, BufferedStreamHandler})
+#: Keyword arguments that keep the stdlib's meaning instead of becoming fields.
+_STDLIB_KEYWORDS = frozenset({"exc_info", "stack_info", "stacklevel"})
+#: Fields the direct path leaves to the stdlib path (which renames or interprets them).
+_NOT_DIRECT = _RESERVED | _STDLIB_KEYWORDS
+_DEBUG, _INFO, _WARNING, _ERROR, _CRITICAL = (
+    logging.DEBUG,
+    logging.INFO,
+    logging.WARNING,
+    logging.ERROR,
+    logging.CRITICAL,
+)
+_time = time.time
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | None:
+    """obskit's handler when it is the only one a record of ``level`` from ``logger`` would
+    reach and nothing on the way filters; else None (the stdlib path)."""
+    found: Any = None
+    current: Any = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            kind: Any = handler.__class__
+            if (
+                found is not None
+                or kind not in _DIRECT_HANDLERS
+                or handler.filters
+                or handler.formatter.__class__ is not JsonFormatter
+            ):
+                return None
+            if level >= handler.level:
+                found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found  # type: ignore[no-any-return]
+
+
+def _message(msg: Any, args: tuple[Any, ...]) -> str:
+    """``LogRecord.getMessage``, with the formatter's answer to arguments that do not fit."""
+    text = str(msg)
+    if args:
+        try:
+            text = text % args
+        except Exception:
+            text = f"{msg!r} % {args!r}"
+    return text
+
+
+class Logger:
+    """A logger named like a stdlib logger, taking fields as keyword arguments.
+
+    ``exc_info``, ``stack_info`` and ``stacklevel`` keep the stdlib's meaning. A field named
+    like a ``LogRecord`` attribute (``name``, ``module``, ``message``...), which ``extra=``
+    refuses, is written with a trailing underscore (``name_``). Never raises from formatting
+    or writing: a line that cannot be written is counted in
+    ``obskit_log_records_dropped_total{reason="write_error"}``.
+    """
+
+    __slots__ = ("_fields", "_std", "name")
+
+    def __init__(self, name: str, fields: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self._std = logging.getLogger(name)
+        self._fields: dict[str, Any] = dict(fields or {})
+
+    def __repr__(self) -> str:
+        return f"<obskit.Logger {self.name!r}>"
+
+    def bind(self, **fields: Any) -> Logger:
+        """A logger of the same name that adds ``fields`` to every line (later ones win)."""
+        return Logger(self.name, {**self._fields, **fields})
+
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether a line at ``level`` would be logged (the stdlib logger's answer)."""
+        return self._std.isEnabledFor(level)
+
+    def debug(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at DEBUG."""
+        if self._std.isEnabledFor(_DEBUG):
+            self._log(_DEBUG, msg, args, fields)
+
+    def info(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at INFO."""
+        if self._std.isEnabledFor(_INFO):
+            self._log(_INFO, msg, args, fields)
+
+    def warning(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at WARNING."""
+        if self._std.isEnabledFor(_WARNING):
+            self._log(_WARNING, msg, args, fields)
+
+    def error(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at ERROR."""
+        if self._std.isEnabledFor(_ERROR):
+            self._log(_ERROR, msg, args, fields)
+
+    def exception(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at ERROR with the exception being handled."""
+        if self._std.isEnabledFor(_ERROR):
+            fields.setdefault("exc_info", True)
+            self._log(_ERROR, msg, args, fields)
+
+    def critical(self, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at CRITICAL."""
+        if self._std.isEnabledFor(_CRITICAL):
+            self._log(_CRITICAL, msg, args, fields)
+
+    def log(self, level: int, msg: Any, *args: Any, **fields: Any) -> None:
+        """Log at ``level``."""
+        if self._std.isEnabledFor(level):
+            self._log(level, msg, args, fields)
+
+    def _log(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        if self._fields:
+            fields = {**self._fields, **fields}
+        std = self._std
+        # A field named like a LogRecord attribute or a stdlib keyword: the stdlib path.
+        if not fields or _NOT_DIRECT.isdisjoint(fields):
+            handler = _direct_handler(std, level)
+            if handler is not None:
+                line = None
+                try:
+                    message = msg if msg.__class__ is str and not args else _message(msg, args)
+                    level_name = logging.getLevelName(level)
+                    line = handler.formatter.format_event(  # type: ignore[union-attr]
+                        _time(), level_name, self.name, message, fields
+                    )
+                    if line is not None:
+                        with handler.lock:  # type: ignore[union-attr]
+                            handler.write_line(line, level)
+                        return
+                except Exception as exc:
+                    if line is not None:  # formatted, not written: as the stdlib, not retried
+                        _dropped(exc)
+                        return
+                    # Not formatted: the stdlib path formats (and reports) it its own way.
+        self._stdlib(level, msg, args, fields)
+
+    def _stdlib(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        """Hand the call to the stdlib logger, as ``logger.log(level, msg, *args, extra=...)``
+        from the caller's frame would."""
+        keywords: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key in _STDLIB_KEYWORDS:
+                keywords[key] = value
+            elif key in _RESERVED:
+                extra[key + "_"] = value
+            else:
+                extra[key] = value
+        # Logger._log's frames: this one, _log and the public method (findCaller skips the rest).
+        keywords["stacklevel"] = keywords.get("stacklevel", 1) + 3
+        self._std._log(level, msg, args, extra=extra or None, **keywords)
+
+
+def _dropped(exc: BaseException) -> None:
+    try:
+        _selfmetrics.current().dropped_logs.labels("write_error").inc()
+        _selfmetrics.warn_once(
+            "log_write", "obskit: a log line could not be written (%s: %s)", type(exc).__name__, exc
+        )
+    except Exception:
+        pass
+
+
+_loggers: dict[str, Logger] = {}
+
+
+def get_logger(name: str | None = None) -> Logger:
+    """The :class:`Logger` of ``name`` (the root logger's when None); one per name."""
+    key = name or "root"
+    logger = _loggers.get(key)
+    if logger is None:
+        logger = _loggers.setdefault(key, Logger(key))
+    return logger

@@ -1,0 +1,366 @@
+"""obskit's structured logger: the same line as the stdlib path, without a LogRecord when only
+obskit's handler is listening, and the stdlib's delivery in every other case."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import random
+import re
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import obskit
+from obskit import _selfmetrics, get_logger
+from obskit.logger import Logger
+from obskit.logging import setup_logging
+from obskit.tracing._fastctx import with_span
+
+TIMESTAMP = re.compile(r'^\{"timestamp":"[^"]*",')
+NAME = "obskit.tests.logger"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, list(root.filters))
+    try:
+        yield
+    finally:
+        root.handlers[:], root.filters[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if name.startswith(NAME) and isinstance(logger, logging.Logger):
+                logger.handlers.clear()
+                logger.filters.clear()
+                logger.setLevel(logging.NOTSET)
+                logger.propagate = True
+                logger.disabled = False
+        logging.disable(logging.NOTSET)
+
+
+def only_obskit(stream: io.StringIO | None = None, **options: Any) -> io.StringIO:
+    """obskit's handler on a buffer, as the only handler of the test's logger (pytest adds its
+    own to the root and to every non-propagating logger as each test phase starts: called
+    first thing in a test's body, this takes them off again)."""
+    buffer = stream or io.StringIO()
+    handler = setup_logging(stream=buffer, **options)
+    logging.getLogger().removeHandler(handler)
+    logger = logging.getLogger(NAME)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    return buffer
+
+
+class _Records:
+    """Counts the LogRecords the process makes (the stdlib path makes one per line)."""
+
+    def __enter__(self) -> _Records:
+        self.count = 0
+        self._factory = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            self.count += 1
+            return self._factory(*args, **kwargs)
+
+        logging.setLogRecordFactory(factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.setLogRecordFactory(self._factory)
+
+
+def untimed(text: str) -> list[str]:
+    """Each line without its timestamp (the two paths read the clock at different moments)."""
+    return [TIMESTAMP.sub("{", line) for line in text.splitlines()]
+
+
+def in_request() -> Any:
+    """Attach a sampled span with fixed ids and a request; returns the token to detach."""
+    ctx = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    request = types.SimpleNamespace(request_id="req-1", method="GET", route="/items/{id}")
+    return otel_context.attach(with_span(NonRecordingSpan(ctx), None, request))
+
+
+# -- the direct path -------------------------------------------------------------------------
+
+
+def test_the_line_equals_the_stdlib_line_and_makes_no_record() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    token = in_request()
+    try:
+        with _Records() as records:
+            log.info("handled %s", "item", item=7, ok=True, ratio=0.5, none=None, note="é")
+        assert 0 == records.count
+        std.info(
+            "handled %s",
+            "item",
+            extra={"item": 7, "ok": True, "ratio": 0.5, "none": None, "note": "é"},
+        )
+    finally:
+        otel_context.detach(token)
+    direct, stdlib = untimed(stream.getvalue())
+    assert stdlib == direct
+    line = json.loads(stream.getvalue().splitlines()[0])
+    assert "handled item" == line["message"]
+    assert f"{0xABC:032x}" == line["trace_id"]
+    assert f"{0xDEF:016x}" == line["span_id"]
+    assert "01" == line["trace_flags"]
+    assert ("req-1", "GET", "/items/{id}") == (
+        line["request_id"],
+        line["http.method"],
+        line["http.route"],
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["timestamp"])
+
+
+def test_random_fields_give_the_stdlib_line() -> None:
+    """1,000 calls with random fields of every kind (seeded), inside a request and outside:
+    the direct path, or its hand-over to the stdlib, writes what the stdlib call writes."""
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    rng = random.Random(20261124)
+    values: list[Any] = [
+        "",
+        "ok",
+        "caf\u00e9",
+        'quote" back\\',
+        "\u2028",
+        "4111 1111 1111 1111",
+        "\udcff",
+        0,
+        2**70,
+        10**5000,
+        -0.0,
+        float("nan"),
+        True,
+        None,
+        [1, "a"],
+        {"password": "p"},
+        b"raw",
+        datetime.date(2026, 1, 2),
+    ]
+    keys = ["item", "note", "secret_token", "http.route", "trace_id", "_private", "user.id"]
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    for index in range(1_000):
+        fields = {key: rng.choice(values) for key in rng.sample(keys, rng.randint(0, 4))}
+        message = rng.choice(["m", "caf\u00e9 %s", "x" * 5000])
+        args = ("a",) if "%s" in message else ()
+        token = in_request() if index % 2 else None
+        try:
+            before = len(stream.getvalue().splitlines())
+            log.warning(message, *args, **fields)
+            std.warning(message, *args, extra=fields)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        direct, stdlib = untimed(stream.getvalue())[before:]
+        assert stdlib == direct, (index, fields)
+        json.loads(stream.getvalue().splitlines()[-1])
+
+
+def test_levels_follow_the_stdlib_logger() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    std.setLevel(logging.WARNING)
+    log.info("dropped")
+    log.debug("dropped")
+    log.warning("kept")
+    assert not log.is_enabled_for(logging.INFO)
+    logging.disable(logging.CRITICAL)
+    log.critical("disabled")
+    logging.disable(logging.NOTSET)
+    std.disabled = True
+    log.error("disabled logger")
+    std.disabled = False
+    log.log(logging.ERROR, "by number")
+    assert ["kept", "by number"] == [
+        json.loads(x)["message"] for x in stream.getvalue().splitlines()
+    ]
+
+
+def test_the_handler_level_is_honoured() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    handler = logging.getLogger(NAME).handlers[0]
+    handler.setLevel(logging.ERROR)
+    get_logger(NAME).warning("below the handler")
+    get_logger(NAME).error("at the handler")
+    assert ["at the handler"] == [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
+
+
+def test_bind_adds_fields_and_later_ones_win() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log = get_logger(NAME).bind(tenant="acme", attempt=1)
+    log.info("retry", attempt=2)
+    line = json.loads(stream.getvalue())
+    assert ("acme", 2) == (line["tenant"], line["attempt"])
+    assert "<obskit.Logger 'obskit.tests.logger'>" == repr(log)
+    assert get_logger(NAME) is get_logger(NAME)
+    assert "root" == get_logger().name
+
+
+def test_a_field_named_like_a_record_attribute_is_renamed() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    get_logger(NAME).info("user", name="bob", module="m", message="x")
+    line = json.loads(stream.getvalue())
+    assert ("bob", "m", "x", "user") == (
+        line["name_"],
+        line["module_"],
+        line["message_"],
+        line["message"],
+    )
+
+
+def test_message_arguments_that_do_not_fit_do_not_raise() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    get_logger(NAME).info("%d items", "many")
+    get_logger(NAME).info(42)
+    messages = [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
+    assert ["'%d items' % ('many',)", "42"] == messages
+
+
+# -- the stdlib path -------------------------------------------------------------------------
+
+
+def test_another_handler_gets_the_record_with_the_callers_location() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger(NAME).addHandler(other)
+    get_logger(NAME).info("both", item=1)
+    assert 1 == len(seen)
+    record = seen[0]
+    assert (__file__, "test_another_handler_gets_the_record_with_the_callers_location") == (
+        record.pathname,
+        record.funcName,
+    )
+    assert 1 == record.item  # type: ignore[attr-defined]
+    assert 1 == json.loads(stream.getvalue())["item"]
+
+
+@pytest.mark.parametrize("where", ["logger", "handler"])
+def test_a_filter_on_the_way_takes_the_stdlib_path(where: str) -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    handler = logging.getLogger(NAME).handlers[0]
+    target: Any = logging.getLogger(NAME) if where == "logger" else handler
+    target.addFilter(lambda record: record.getMessage() != "filtered")
+    with _Records() as records:
+        get_logger(NAME).info("filtered")
+        get_logger(NAME).info("passed")
+    assert 2 == records.count
+    assert ["passed"] == [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
+
+
+def test_log_sampling_applies_to_the_direct_logger() -> None:
+    buffer = only_obskit(sample_rate=0.0)
+    log = get_logger(NAME)
+    trace_id = 0x1234
+    span = NonRecordingSpan(SpanContext(trace_id, 1, False, TraceFlags(1)))
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        log.info("sampled out")
+        log.warning("never sampled out")
+    finally:
+        otel_context.detach(token)
+    assert ["never sampled out"] == [
+        json.loads(x)["message"] for x in buffer.getvalue().splitlines()
+    ]
+
+
+def test_exception_and_stack_info_keep_their_stdlib_meaning() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log = get_logger(NAME)
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        log.exception("failed", order=42)
+    log.info("where", stack_info=True)
+    failed, where = (json.loads(x) for x in stream.getvalue().splitlines())
+    assert ("ERROR", 42, "ValueError", "bad value") == (
+        failed["level"],
+        failed["order"],
+        failed["exception.type"],
+        failed["exception.message"],
+    )
+    assert "test_exception_and_stack_info_keep_their_stdlib_meaning" in where["stack_info"]
+
+
+def test_without_obskits_handler_it_is_the_stdlib_logger() -> None:
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger(NAME).addHandler(other)
+    logging.getLogger(NAME).propagate = False
+    get_logger(NAME).warning("plain %s", "stdlib", item=3)
+    assert ["plain stdlib"] == [r.getMessage() for r in seen]
+
+
+# -- safety ----------------------------------------------------------------------------------
+
+
+class _Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("disk full")
+
+
+def test_a_stream_that_fails_does_not_raise_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(obskit._state, "raise_internal_errors", False)
+    only_obskit(_Broken())
+    dropped = _selfmetrics.current().dropped_logs.labels("write_error")
+    before = dropped._value.get()
+    get_logger(NAME).info("lost")
+    get_logger(NAME).info("lost again")
+    assert 2 == dropped._value.get() - before
+
+
+def test_many_threads_give_whole_lines() -> None:
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log = get_logger(NAME)
+
+    def work(n: int) -> None:
+        for i in range(300):
+            log.info("line", worker=n, i=i, pad="x" * 200)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    parsed = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert 2_400 == len(parsed)
+    assert {(n, i) for n in range(8) for i in range(300)} == {(p["worker"], p["i"]) for p in parsed}
+
+
+def test_the_buffered_handler_flushes_warnings_at_once() -> None:
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+
+    buffer = Counting()
+    only_obskit(buffer, flush_interval=60.0)
+    log = get_logger(NAME)
+    log.info("buffered")
+    assert 0 == buffer.flushes
+    log.warning("at once")
+    assert 1 == buffer.flushes
+    assert ["buffered", "at once"] == [
+        json.loads(x)["message"] for x in buffer.getvalue().splitlines()
+    ]
+
+
+def test_logger_is_the_public_type() -> None:
+    assert isinstance(obskit.get_logger("x"), Logger)
