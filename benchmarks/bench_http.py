@@ -10,6 +10,9 @@ in rounds (so machine noise hits all of them alike):
 - ``bare_log`` (with ``--variants``): the bare app writing the same log line through plain
   stdlib logging -- the matched baseline of the obskit variants that log;
 - ``obskit_nolog`` / ``obskit_nolog_1pct`` (with ``--variants``): obskit with no log line;
+- ``obskit_direct`` / ``obskit_1pct_direct`` (with ``--variants``): as ``obskit`` /
+  ``obskit_1pct``, the same call on ``obskit.get_logger("app")`` instead of
+  ``logging.getLogger("app")`` (the line written without a ``LogRecord``);
 - ``alternative``: OpenTelemetry contrib instrumentation for the framework with the SDK's
   BatchSpanProcessor (spans encoded to OTLP protobuf as an OTLP exporter would) + the popular
   Prometheus exporter (prometheus-flask-exporter, prometheus-fastapi-instrumentator,
@@ -35,7 +38,13 @@ from typing import Any
 VARIANTS = ("bare", "obskit", "obskit_1pct", "alternative")
 #: More variants (``--variants``): ``bare_log`` is the bare app logging the same line through
 #: stdlib logging (plain text); ``obskit_nolog``/``obskit_nolog_1pct`` are obskit with no log line.
-EXTRA_VARIANTS = ("bare_log", "obskit_nolog", "obskit_nolog_1pct")
+EXTRA_VARIANTS = (
+    "bare_log",
+    "obskit_nolog",
+    "obskit_nolog_1pct",
+    "obskit_direct",
+    "obskit_1pct_direct",
+)
 
 
 def _logs(variant: str) -> bool:
@@ -68,7 +77,7 @@ def _configure_obskit(variant: str) -> None:
     import obskit
 
     options: dict[str, Any] = {"service_name": "bench", "traces_exporter": "none"}
-    if variant.endswith("1pct"):
+    if "1pct" in variant:
         options.update(sampler="parentbased_traceidratio", sampler_arg=0.01)
     from obskit import _runtime
     from obskit.config import load_config
@@ -88,10 +97,13 @@ def _configure_obskit(variant: str) -> None:
         logging_setup(stream=open(os.devnull, "w"))  # noqa: SIM115
 
 
-def _log_line() -> None:
-    import logging
+#: The app's logger, module-level as in an app: ``logging.getLogger("app")``, or
+#: ``obskit.get_logger("app")`` in the ``*_direct`` variants (set by :func:`build`).
+_LINE: Any = None
 
-    logging.getLogger("app").info("handled item", extra={"item": 7})
+
+def _log_line() -> None:
+    _LINE.info("handled item", extra={"item": 7})
 
 
 def _flask_app(variant: str) -> Any:
@@ -284,6 +296,13 @@ def build(framework: str, variant: str) -> tuple[Any, Any]:
         # obskit variants log through obskit's JSON handler only (set up in _configure_obskit).
         logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO)  # noqa: SIM115
     os.environ["BENCH_VARIANT"] = variant
+    global _LINE
+    if variant.endswith("_direct"):
+        from obskit import get_logger
+
+        _LINE = get_logger("app")
+    else:
+        _LINE = logging.getLogger("app")
     make = {"flask": _flask_app, "fastapi": _fastapi_app, "django": _django_app}[framework]
     return make(variant), (_run_asgi if framework == "fastapi" else _run_wsgi)
 

@@ -15,6 +15,9 @@ export and not a no-op; ``obskit.setup_logging`` always called, so log correlati
 - ``obskit_1pct``: the same at 1 % sampling.
 - ``obskit_buf`` / ``obskit_1pct_buf``: the same with ``log_flush_interval=0.2`` (INFO lines
   flushed every 0.2 s instead of after every line; WARNING and above at once).
+- ``obskit_direct`` / ``obskit_1pct_direct``: as ``obskit`` / ``obskit_1pct``, with the same
+  call on ``obskit.get_logger("bench.app")`` instead of ``logging.getLogger("bench.app")``: the
+  line is written without a ``LogRecord`` (obskit's handler is the only one listening).
 - ``obskit_nolog`` / ``obskit_nolog_1pct``: as ``obskit`` / ``obskit_1pct``, but the app writes
   no log line: compared with ``bare``.
 
@@ -39,6 +42,8 @@ VARIANTS = (
     "obskit_1pct_buf",
     "obskit_nolog",
     "obskit_nolog_1pct",
+    "obskit_direct",
+    "obskit_1pct_direct",
 )
 VARIANT = os.environ.get("BENCH_VARIANT", "bare")
 if VARIANT not in VARIANTS:
@@ -73,7 +78,7 @@ def gc_counts() -> dict[str, Any]:
     return {"collections": list(_collections), "pid": os.getpid()}
 
 
-def _configure() -> logging.Logger:
+def _configure() -> Any:
     log = logging.getLogger("bench.app")
     if BARE:
         if LOGS:
@@ -105,6 +110,8 @@ def _configure() -> logging.Logger:
         stream=open(os.devnull, "w"),  # noqa: SIM115
         flush_interval=0.2 if VARIANT.endswith("_buf") else 0.0,
     )
+    if VARIANT.endswith("_direct"):
+        return obskit.get_logger("bench.app")  # the same calls as on the stdlib logger
     return log
 
 

@@ -95,7 +95,9 @@ def _message(msg: Any, args: tuple[Any, ...]) -> str:
 class Logger:
     """A logger named like a stdlib logger, taking fields as keyword arguments.
 
-    ``exc_info``, ``stack_info`` and ``stacklevel`` keep the stdlib's meaning. A field named
+    A drop-in for ``logging.getLogger(name)``: calls written for the stdlib, with ``extra=``,
+    ``exc_info``, ``stack_info`` or ``stacklevel``, keep their meaning; keyword arguments are
+    fields too (``log.info("charged", order=42)``). A field named
     like a ``LogRecord`` attribute (``name``, ``module``, ``message``...), which ``extra=``
     refuses, is written with a trailing underscore (``name_``). Never raises from formatting
     or writing: a line that cannot be written is counted in
@@ -157,6 +159,10 @@ class Logger:
             self._log(level, msg, args, fields)
 
     def _log(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        if fields and "extra" in fields:  # the stdlib's spelling of fields
+            extra = fields.pop("extra")
+            if extra.__class__ is dict or isinstance(extra, Mapping):
+                fields = {**extra, **fields} if fields else extra
         if self._fields:
             fields = {**self._fields, **fields}
         std = self._std

@@ -208,6 +208,20 @@ def test_bind_adds_fields_and_later_ones_win() -> None:
     assert "root" == get_logger().name
 
 
+def test_stdlib_calls_with_extra_give_the_same_line() -> None:
+    """A drop-in for logging.getLogger: ``extra=`` is read as fields (keywords win)."""
+    stream = only_obskit(static_fields={"service.name": "svc"})
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    with _Records() as records:
+        log.info("charged %s", "card", extra={"order": 42, "note": "x"})
+    assert 0 == records.count
+    std.info("charged %s", "card", extra={"order": 42, "note": "x"})
+    log.info("both", extra={"order": 1, "note": "extra"}, note="keyword")
+    direct, stdlib, both = untimed(stream.getvalue())
+    assert stdlib == direct
+    assert (1, "keyword") == (json.loads(both)["order"], json.loads(both)["note"])
+
+
 def test_a_field_named_like_a_record_attribute_is_renamed() -> None:
     stream = only_obskit(static_fields={"service.name": "svc"})
     get_logger(NAME).info("user", name="bob", module="m", message="x")
