@@ -161,8 +161,10 @@ class Logger:
     def _log(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
         if fields and "extra" in fields:  # the stdlib's spelling of fields
             extra = fields.pop("extra")
-            if extra.__class__ is dict or isinstance(extra, Mapping):
+            if extra.__class__ is dict:
                 fields = {**extra, **fields} if fields else extra
+            elif isinstance(extra, Mapping):
+                fields = {**extra, **fields}
         if self._fields:
             fields = {**self._fields, **fields}
         std = self._std
