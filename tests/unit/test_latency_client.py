@@ -4,7 +4,9 @@ Its latencies are only right if it waits for the last byte of each response: a c
 stopped at the headers, or read into the next response, would time something else. Three tiny
 servers answer as uvicorn (keep-alive, ``Content-Length``), gunicorn's sync worker
 (``Connection: close`` with a length) and Django without ``CommonMiddleware`` (``Connection:
-close``, no length: the body ends at EOF) do, each sending its response in pieces.
+close``, no length: the body ends at EOF) do, each sending its response in pieces. A fourth
+keeps connections alive but closes each after three responses without a word, as a server
+whose keep-alive timeout ran out does: the client must send the request again on a new one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ BODY = b'{"id": 1}' * 50  # 450 bytes, sent in several writes
 
 def _response(style: str) -> list[bytes]:
     """The pieces of one response, written with pauses between them."""
-    if style == "keep-alive":
+    if style in ("keep-alive", "idle-close"):
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
         return [head[:20], head[20:] % len(BODY), BODY[:100], BODY[100:]]
     if style == "close":
@@ -43,6 +45,7 @@ def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
         except OSError:
             return
         with conn:
+            answered = 0
             while True:
                 request = b""
                 while b"\r\n\r\n" not in request:
@@ -57,7 +60,10 @@ def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
                     conn.sendall(piece)
                     time.sleep(0.001)
                 served.append(1)
-                if style != "keep-alive":
+                answered += 1
+                if style == "idle-close" and answered == 3:
+                    break  # closed unannounced, before the next request arrives
+                if style not in ("keep-alive", "idle-close"):
                     break
 
 
@@ -78,7 +84,7 @@ def servers() -> Iterator[tuple[dict[str, str], dict[str, list[int]]]]:
     ports: dict[str, str] = {}
     served: dict[str, list[int]] = {}
     listeners = []
-    for style in ("keep-alive", "close", "eof"):
+    for style in ("keep-alive", "close", "eof", "idle-close"):
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -105,7 +111,7 @@ def test_every_response_is_read_to_its_last_byte(
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     for line in lines:
         latencies = [int(v) for v in line.split()]
         assert len(latencies) == cycles * block
@@ -116,6 +122,36 @@ def test_every_response_is_read_to_its_last_byte(
     # (a client that misread a response would desynchronise and fail, or send extra requests).
     for style in ports:
         assert len(served[style]) == warmup + cycles * (settle + block)
+
+
+def test_a_new_connection_closed_without_an_answer_fails_the_run(client: str) -> None:
+    """Only a reused connection is retried: a server that hangs up on a new one is an error."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        done = subprocess.run(
+            [client, "1", "1", "0", "0", "7", str(listener.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert done.returncode != 0
+    assert "recv (headers)" in done.stderr
 
 
 def test_a_non_200_answer_fails_the_run(client: str) -> None:
