@@ -8,7 +8,8 @@ Each factory configures obskit with ``logging=True`` (other options from the env
         'logging_app:create_flask_app()'
 
 Both answer ``GET /items/{item_id}`` (logging ``"looked up item"`` with ``extra={"item_id": ...}``
-from the handler) and ``GET /healthz``.
+from the handler, once through the stdlib logger and once through ``obskit.get_logger``, which
+writes the same line without a ``LogRecord``) and ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import obskit
 
 log = logging.getLogger("logging_app")
+direct = obskit.get_logger("logging_app.direct")
 
 
 def create_fastapi_app() -> Any:
@@ -34,6 +36,7 @@ def create_fastapi_app() -> Any:
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, Any]:
         log.info("looked up item", extra={"item_id": item_id})
+        direct.info("looked up item", item_id=item_id)
         return {"id": item_id, "service": "fastapi"}
 
     @app.get("/healthz")
@@ -56,6 +59,7 @@ def create_flask_app() -> Any:
     @app.get("/items/<int:item_id>")
     def item(item_id: int) -> dict[str, Any]:
         log.info("looked up item", extra={"item_id": item_id})
+        direct.info("looked up item", item_id=item_id)
         return {"id": item_id, "service": "flask"}
 
     @app.get("/healthz")

@@ -214,6 +214,24 @@ def test_handler_line_carries_the_same_trace_id(servers: dict[str, Server], name
 
 
 @pytest.mark.parametrize("name", ["uvicorn", "gunicorn"])
+def test_obskit_logger_writes_the_stdlib_line(servers: dict[str, Server], name: str) -> None:
+    """``obskit.get_logger``'s line in the handler is the stdlib logger's line of the same call:
+    same trace, span, request and route fields; only the timestamp and logger name differ."""
+    server = servers[name]
+    by_logger: dict[str, dict[int, dict[str, Any]]] = {"logging_app": {}, "logging_app.direct": {}}
+    for line in server.json_lines():
+        if line["logger"] in by_logger:
+            by_logger[line["logger"]][line["item_id"]] = line
+    assert {item for _, item in server.sent} == set(by_logger["logging_app.direct"])
+    for item, direct in by_logger["logging_app.direct"].items():
+        stdlib = dict(by_logger["logging_app"][item])
+        for line in (direct, stdlib):
+            line.pop("timestamp")
+            line.pop("logger")
+        assert stdlib == direct
+
+
+@pytest.mark.parametrize("name", ["uvicorn", "gunicorn"])
 def test_every_line_of_the_app_process_is_json(servers: dict[str, Server], name: str) -> None:
     """From the app's import on, every line its process writes is one JSON object (gunicorn's
     master never imports the app and keeps its plain-text lines)."""
