@@ -54,6 +54,9 @@ _DEBUG, _INFO, _WARNING, _ERROR, _CRITICAL = (
     logging.CRITICAL,
 )
 _time = time.time
+#: The stdlib's own level -> name table (``addLevelName`` updates it in place), read as
+#: ``getLevelName`` reads it, without the call.
+_LEVEL_NAMES: dict[int, str] = getattr(logging, "_levelToName", {})
 
 
 def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | None:
@@ -64,7 +67,7 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
     while current is not None:
         if current.filters:
             return None
-        for handler in current.handlers:
+        for handler in current.handlers:  # most loggers on the way have none
             kind: Any = handler.__class__
             if (
                 found is not None
@@ -167,17 +170,19 @@ class Logger:
                 fields = {**extra, **fields}
         if self._fields:
             fields = {**self._fields, **fields}
-        std = self._std
         # A field named like a LogRecord attribute or a stdlib keyword: the stdlib path.
         if not fields or _NOT_DIRECT.isdisjoint(fields):
-            handler = _direct_handler(std, level)
+            handler = _direct_handler(self._std, level)
             if handler is not None:
                 line = None
                 try:
                     message = msg if msg.__class__ is str and not args else _message(msg, args)
-                    level_name = logging.getLevelName(level)
                     line = handler.formatter.format_event(  # type: ignore[union-attr]
-                        _time(), level_name, self.name, message, fields
+                        _time(),
+                        _LEVEL_NAMES.get(level) or logging.getLevelName(level),
+                        self.name,
+                        message,
+                        fields,
                     )
                     if line is not None:
                         with handler.lock:  # type: ignore[union-attr]

@@ -276,6 +276,8 @@ _random_bits = random.Random().getrandbits
 _HEX_BYTE = [f"{i:02x}" for i in range(256)]
 #: ".000Z" to ".999Z": the end of a timestamp without a format spec per line.
 _MILLIS = [f".{i:03d}Z" for i in range(1000)]
+#: What a line outside any span reads as its span context: (trace_id, ..., is_valid=False).
+_NO_SPAN = (0, 0, False, 0, None, False)
 
 
 class CorrelationFilter(logging.Filter):
@@ -539,7 +541,9 @@ class JsonFormatter(_PJLJsonFormatter):
         else:
             tail = ["}"]
         context = _ctx.get_current()
-        ctx = current_span(context).get_span_context()  # as in _format
+        # current_span(context), inlined for the default runtime context (as in _format).
+        span: Any = context.get(_ctx.SPAN_KEY) if _ctx.DIRECT else current_span(context)
+        ctx = _NO_SPAN if span is None else span.get_span_context()
         return self._assemble(
             created,
             level,

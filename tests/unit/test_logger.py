@@ -188,6 +188,19 @@ def test_levels_follow_the_stdlib_logger() -> None:
     ]
 
 
+def test_custom_level_names_are_the_stdlibs(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = only_obskit()
+    monkeypatch.setitem(logging._levelToName, 25, "NOTICE")  # as addLevelName(25, "NOTICE")
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    log.log(25, "named")
+    std.log(25, "named")
+    log.log(27, "unnamed")
+    std.log(27, "unnamed")
+    named, named_stdlib, unnamed, unnamed_stdlib = untimed(stream.getvalue())
+    assert (named_stdlib, unnamed_stdlib) == (named, unnamed)
+    assert ("NOTICE", "Level 27") == (json.loads(named)["level"], json.loads(unnamed)["level"])
+
+
 def test_the_handler_level_is_honoured() -> None:
     stream = only_obskit(static_fields={"service.name": "svc"})
     handler = logging.getLogger(NAME).handlers[0]
