@@ -17,8 +17,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,24 +125,24 @@ def test_every_response_is_read_to_its_last_byte(
         assert len(served[style]) == warmup + cycles * (settle + block)
 
 
-def test_a_new_connection_closed_without_an_answer_fails_the_run(client: str) -> None:
-    """Only a reused connection is retried: a server that hangs up on a new one is an error."""
+def _run_against(client: str, answer: Callable[[socket.socket], None]) -> Any:
+    """One request of ``client`` to a server that treats each connection with ``answer``."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
 
-    def hang_up() -> None:
+    def serve() -> None:
         while True:
             try:
                 conn, _ = listener.accept()
             except OSError:
                 return
             with conn:
-                conn.recv(4096)
+                answer(conn)
 
-    threading.Thread(target=hang_up, daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
     try:
-        done = subprocess.run(
+        return subprocess.run(
             [client, "1", "1", "0", "0", "7", str(listener.getsockname()[1])],
             capture_output=True,
             text=True,
@@ -150,31 +151,24 @@ def test_a_new_connection_closed_without_an_answer_fails_the_run(client: str) ->
         )
     finally:
         listener.close()
+
+
+def test_a_new_connection_closed_without_an_answer_fails_the_run(client: str) -> None:
+    """Only a reused connection is retried: a server that hangs up on a new one is an error."""
+
+    def hang_up(conn: socket.socket) -> None:
+        conn.recv(4096)  # the request, then close with no answer
+
+    done = _run_against(client, hang_up)
     assert done.returncode != 0
     assert "recv (headers)" in done.stderr
 
 
 def test_a_non_200_answer_fails_the_run(client: str) -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
+    def answer(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
 
-    def answer() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
-
-    threading.Thread(target=answer, daemon=True).start()
-    try:
-        done = subprocess.run(
-            [client, "1", "1", "0", "0", "7", str(listener.getsockname()[1])],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        listener.close()
+    done = _run_against(client, answer)
     assert done.returncode != 0
     assert "unexpected response" in done.stderr
