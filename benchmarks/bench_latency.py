@@ -262,10 +262,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
             client = build_client(tmp)
             for framework in args.frameworks:
+                before = bench_load.cpu_times()
                 single, many = measure(client, framework, args.variants, args, otlp)
                 report(framework, single)
                 if many is not None:
                     report_many(args.connections, many)
+                after = bench_load.cpu_times()
+                print(f"\nCPU time stolen by the host: {bench_load.steal_percent(before, after)}")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,33 @@ def start_sink() -> tuple[ThreadingHTTPServer, str]:
     return sink, f"http://127.0.0.1:{sink.server_port}"
 
 
+def cpu_times(stat: str | None = None) -> tuple[int, int] | None:
+    """``(steal, total)`` CPU time of all CPUs since boot, in jiffies, from ``/proc/stat`` (or
+    the text ``stat``); None where there is none. Steal is the time the hypervisor gave this
+    VM's CPUs to someone else: wall-clock ratios taken while it is high are noise."""
+    if stat is None:
+        try:
+            with open("/proc/stat") as file:
+                stat = file.readline()
+        except OSError:
+            return None
+    fields = stat.split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    values = [int(value) for value in fields[1:9]]
+    return values[7], sum(values)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
+    """The share of CPU time stolen between two :func:`cpu_times` readings, as text."""
+    if before is None or after is None or after[1] <= before[1]:
+        return "unknown"
+    share = 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+    note = " -- over 5 %: the wall-clock ratios above are not reliable" if share > 5 else ""
+    return f"{share:.1f} %{note}"
+
+
 class Deadline(Exception):
     """A run took longer than its ``--max-seconds``."""
 
@@ -337,6 +364,7 @@ def main() -> None:
     _Sink.nice = args.sink_nice
     sink, otlp = start_sink()
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    before = cpu_times()
     try:
         for index in range(args.rounds):
             # Variants in a rotating order, so that a drift of the host over a round does not
@@ -350,10 +378,12 @@ def main() -> None:
                     )
     finally:
         sink.shutdown()
+    stolen = steal_percent(before, cpu_times())
     if args.out:
         raw = {f"{fw}/{variant}": values for (fw, variant), values in runs.items()}
         Path(args.out).write_text(json.dumps(raw, indent=1))
     print(f"\n{args.rounds} rounds x {args.duration}s per run; medians over rounds")
+    print(f"CPU time stolen by the host during the runs: {stolen}")
     if _PIN:
         print(f"server pinned to CPU {sorted(_PIN['server'])}, load to CPU {sorted(_PIN['load'])}")
     print(

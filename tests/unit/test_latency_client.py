@@ -11,6 +11,7 @@ whose keep-alive timeout ran out does: the client must send the request again on
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -172,3 +173,23 @@ def test_a_non_200_answer_fails_the_run(client: str) -> None:
     done = _run_against(client, answer)
     assert done.returncode != 0
     assert "unexpected response" in done.stderr
+
+
+def test_host_steal_is_read_from_proc_stat() -> None:
+    """bench_latency and bench_load print the CPU time the hypervisor took during their runs."""
+    spec = importlib.util.spec_from_file_location("bench_load", SOURCE.parent / "bench_load.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_load)
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = bench_load.cpu_times("cpu  100 0 50 800 0 0 0 50 30 0\n")
+    after = bench_load.cpu_times("cpu  200 0 100 1500 0 0 0 200 60 0\n")
+    assert (50, 1000) == before
+    assert "15.0 % -- over 5 %" in bench_load.steal_percent(before, after)
+    assert "0.0 %" == bench_load.steal_percent((0, 100), (0, 200))
+    assert "unknown" == bench_load.steal_percent(None, after)
+    assert bench_load.cpu_times("intr 1 2 3") is None
+    if Path("/proc/stat").exists():
+        steal, total = bench_load.cpu_times()
+        assert 0 <= steal <= total
