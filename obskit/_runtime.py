@@ -404,11 +404,31 @@ def shutdown(timeout: float | None = None) -> bool:
 
 
 def force_flush(timeout: float = 5.0) -> bool:
-    """Export the spans queued so far; False if that did not finish within ``timeout``."""
+    """Export what is queued so far -- spans, and OTLP metrics and log records when those are
+    exported; False if that did not finish within ``timeout`` seconds. Never blocks longer."""
     runtime = _state.runtime
-    if runtime is None or runtime.processor is None:
+    if runtime is None or runtime.closed:
         return True
-    return runtime.processor.force_flush(int(timeout * 1000))
+    deadline = time.monotonic() + max(timeout, 0.0)
+    ok = True
+    if runtime.processor is not None:
+        ok = runtime.processor.force_flush(int(max(timeout, 0.0) * 1000))
+    for provider in (runtime.meter_provider, runtime.logger_provider):
+        if provider is not None:
+            ok = _bounded(provider.force_flush, deadline - time.monotonic()) and ok
+    return ok
+
+
+def flush_at_shutdown() -> None:
+    """:func:`force_flush` within the ``shutdown_timeout`` option, for a server's shutdown
+    hook (ASGI lifespan). Never raises."""
+    runtime = _state.runtime
+    if runtime is None:
+        return
+    try:
+        force_flush(runtime.config.shutdown_timeout)
+    except Exception as exc:
+        _selfmetrics.internal_error("flush_at_shutdown", exc)
 
 
 def meter_provider() -> Any:

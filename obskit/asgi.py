@@ -26,6 +26,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from obskit._runtime import flush_at_shutdown
 from obskit.http._pipeline import (
     HttpTelemetry,
     Request,
@@ -239,6 +240,23 @@ def _facts(scope: Scope) -> tuple[str, str | None, int | None, str | None, str |
     return (scope.get("scheme", "http"), server[0], server[1], client[0], scope.get("http_version"))
 
 
+def _flushing_at_shutdown(send: Send) -> Send:
+    """``send`` of a lifespan scope that exports what obskit has queued once the app's shutdown
+    is over, before the server hears of it.
+
+    uvicorn re-raises SIGTERM after its graceful shutdown (the exit status a supervisor
+    expects), so the process ends by the signal and no ``atexit`` handler -- obskit's flush at
+    exit among them -- runs: without this, the spans of a pod's last second would be lost.
+    """
+
+    async def forward(message: Message) -> None:
+        if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            flush_at_shutdown()  # bounded by the shutdown_timeout option
+        await send(message)
+
+    return forward
+
+
 class ObskitMiddleware:
     """Wrap an ASGI application (Starlette, FastAPI, or any other).
 
@@ -265,6 +283,8 @@ class ObskitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = _flushing_at_shutdown(send)
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"

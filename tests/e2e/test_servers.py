@@ -188,10 +188,12 @@ def running(
     traces = tmp_path / f"{name}.jsonl"
     log = tmp_path / f"{name}.log"
     environment = clean_environment(
-        OTEL_SERVICE_NAME=name,
-        OBSKIT_TRACES_FILE=str(traces),
-        OTEL_BSP_SCHEDULE_DELAY="100",
-        **env,
+        **{
+            "OTEL_SERVICE_NAME": name,
+            "OBSKIT_TRACES_FILE": str(traces),
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **env,
+        }
     )
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -213,6 +215,22 @@ def running(
 def only(spans: list[dict[str, Any]], what: str) -> dict[str, Any]:
     assert 1 == len(spans), f"expected one {what}, got {json.dumps(spans, indent=1)[:3000]}"
     return spans[0]
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+def test_sigterm_exports_the_spans_still_queued(tmp_path: Path, framework: str) -> None:
+    """A span still waiting for its batch when the server gets SIGTERM (a Kubernetes pod
+    ending) is exported before the process exits. uvicorn re-raises SIGTERM after its graceful
+    shutdown, so no ``atexit`` handler runs there: the ASGI middleware flushes when the app's
+    lifespan shutdown completes. gunicorn's worker exits normally and ``atexit`` flushes."""
+    # A batch delay far longer than the test: only the shutdown flush can write the span.
+    with running(tmp_path, framework, f"drain-{framework}", OTEL_BSP_SCHEDULE_DELAY="600000") as s:
+        wait_ready(s)
+        assert 200 == get(f"{s.base}/items/7")[0]
+        time.sleep(0.2)  # the request is over, its span queued
+        assert not s.traces.exists() or not s.traces.read_text().strip()
+    names = [span["name"] for span in s.spans()]
+    assert 1 == sum(name.startswith("GET /items/") for name in names), names
 
 
 @pytest.mark.parametrize(
