@@ -17,9 +17,10 @@ Why a logger of its own: the stdlib spends most of a line's cost before any hand
 ``findCaller`` walks the stack, ``LogRecord`` sets some twenty attributes and splits the file
 path -- for fields obskit's JSON line does not write. When the only handler the stdlib logger
 would reach is obskit's (what :func:`obskit.setup_logging` installs) and no filter is on the
-way, a :class:`Logger` formats and writes the line itself, under that handler's lock. In every
-other case (another handler, a filter such as log sampling, ``exc_info``, a field that is not a
-str, int, float, bool or None, a message long enough to be cut) it hands the call to the stdlib
+way (but for log sampling's own filter, whose decision it makes itself), a :class:`Logger`
+formats and writes the line itself, under that handler's lock. In every other case (another
+handler, another filter, ``exc_info``, a field that is not a str, int, float, bool or None, a
+message long enough to be cut) it hands the call to the stdlib
 logger, so the line reaches every handler exactly as ``logging`` would deliver it. structlog
 gives the same advice for speed: keep the hot path out of the stdlib's record machinery.
 """
@@ -35,9 +36,11 @@ from obskit import _selfmetrics
 from obskit.logging import (
     _RESERVED,
     BufferedStreamHandler,
+    CorrelationFilter,
     JsonFormatter,
     JsonStreamHandler,
 )
+from obskit.tracing._fastctx import current_span
 
 __all__ = ["Logger", "get_logger"]
 
@@ -69,10 +72,11 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
             return None
         for handler in current.handlers:  # most loggers on the way have none
             kind: Any = handler.__class__
+            filters = handler.filters
             if (
                 found is not None
                 or kind not in _DIRECT_HANDLERS
-                or handler.filters
+                or (filters and (len(filters) > 1 or filters[0].__class__ is not CorrelationFilter))
                 or handler.formatter.__class__ is not JsonFormatter
             ):
                 return None
@@ -82,6 +86,13 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
             break
         current = current.parent
     return found  # type: ignore[no-any-return]
+
+
+def _sampled(sampler: Any, level: int, name: str) -> bool:
+    """The decision ``sampler`` (a :class:`CorrelationFilter`, the only filter
+    :func:`_direct_handler` lets through) would make for this line."""
+    keeps: bool = sampler.keeps(level, name, current_span().get_span_context())
+    return keeps
 
 
 def _message(msg: Any, args: tuple[Any, ...]) -> str:
@@ -176,6 +187,8 @@ class Logger:
             if handler is not None:
                 line = None
                 try:
+                    if handler.filters and not _sampled(handler.filters[0], level, self.name):
+                        return  # log sampling (setup_logging's CorrelationFilter) dropped it
                     message = msg if msg.__class__ is str and not args else _message(msg, args)
                     line = handler.formatter.format_event(  # type: ignore[union-attr]
                         _time(),

@@ -331,16 +331,21 @@ class CorrelationFilter(logging.Filter):
         else:
             record.obskit_trace_id = 0
         record.obskit_request = context.get(_ctx.REQUEST_KEY)
-        if not self._sampling or record.levelno >= logging.WARNING:
+        return self.keeps(record.levelno, record.name, ctx)
+
+    def keeps(self, level: int, name: str, ctx: Any) -> bool:
+        """Whether a line of ``level`` from logger ``name`` inside span context ``ctx`` (a
+        ``SpanContext``, valid or not) is kept: the sampling decision of :meth:`filter`."""
+        if not self._sampling or level >= logging.WARNING:
             return True
-        if not valid:
+        if not ctx[5]:
             if self.follow_trace:
                 return True
             # No trace id to decide on: keep the line with probability ``rate``.
-            return _random_bits(64) < self._bound(record.name)
+            return _random_bits(64) < self._bound(name)
         if self.follow_trace:
-            return bool(ctx.trace_flags & 1)
-        return (ctx.trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound(record.name)
+            return bool(ctx[3] & 1)
+        return bool((ctx[0] & 0xFFFFFFFFFFFFFFFF) < self._bound(name))
 
 
 class JsonFormatter(_PJLJsonFormatter):

@@ -288,20 +288,31 @@ def test_a_filter_on_the_way_takes_the_stdlib_path(where: str) -> None:
     assert ["passed"] == [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
 
 
-def test_log_sampling_applies_to_the_direct_logger() -> None:
-    buffer = only_obskit(sample_rate=0.0)
-    log = get_logger(NAME)
-    trace_id = 0x1234
-    span = NonRecordingSpan(SpanContext(trace_id, 1, False, TraceFlags(1)))
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        log.info("sampled out")
-        log.warning("never sampled out")
-    finally:
-        otel_context.detach(token)
-    assert ["never sampled out"] == [
-        json.loads(x)["message"] for x in buffer.getvalue().splitlines()
-    ]
+def test_log_sampling_keeps_the_same_lines_without_a_record() -> None:
+    """With log sampling on (setup_logging's CorrelationFilter on the handler) the direct path
+    makes the filter's decision itself: over 2,000 fixed trace ids at rate 0.3 it keeps exactly
+    the lines the stdlib path keeps, WARNING and above always, and makes no LogRecord."""
+    stream = only_obskit(sample_rate=0.3)
+    log, std = get_logger(NAME), logging.getLogger(NAME)
+    trace_ids = [random.Random(seed).getrandbits(128) | 1 for seed in range(2_000)]
+    kept: dict[str, set[int]] = {"direct": set(), "stdlib": set()}
+    for index, trace_id in enumerate(trace_ids):
+        span = NonRecordingSpan(SpanContext(trace_id, 1, False, TraceFlags(1)))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            with _Records() as records:
+                log.info("line", i=index, via="direct")
+            assert 0 == records.count
+            std.info("line", extra={"i": index, "via": "stdlib"})
+        finally:
+            otel_context.detach(token)
+    for line in stream.getvalue().splitlines():
+        parsed = json.loads(line)
+        kept[parsed["via"]].add(parsed["i"])
+    assert kept["stdlib"] == kept["direct"]
+    assert 450 < len(kept["direct"]) < 750  # about 30 % of 2,000
+    log.warning("never sampled out")
+    assert "never sampled out" == json.loads(stream.getvalue().splitlines()[-1])["message"]
 
 
 def test_exception_and_stack_info_keep_their_stdlib_meaning() -> None:
