@@ -111,11 +111,10 @@ class Logger:
 
     A drop-in for ``logging.getLogger(name)``: calls written for the stdlib, with ``extra=``,
     ``exc_info``, ``stack_info`` or ``stacklevel``, keep their meaning; keyword arguments are
-    fields too (``log.info("charged", order=42)``). A field named
-    like a ``LogRecord`` attribute (``name``, ``module``, ``message``...), which ``extra=``
-    refuses, is written with a trailing underscore (``name_``). Never raises from formatting
-    or writing: a line that cannot be written is counted in
-    ``obskit_log_records_dropped_total{reason="write_error"}``.
+    fields too (``log.info("charged", order=42)``). A field named like a ``LogRecord``
+    attribute (``name``, ``module``, ``message``...), which ``extra=`` refuses, is written with
+    a trailing underscore (``name_``). Never raises from formatting or writing: a line that
+    cannot be written is counted in ``obskit_log_records_dropped_total{reason="write_error"}``.
     """
 
     __slots__ = ("_fields", "_std", "name")
