@@ -248,7 +248,7 @@ def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None)
     if before is None or after is None or after[1] <= before[1]:
         return "unknown"
     share = 100.0 * (after[0] - before[0]) / (after[1] - before[1])
-    note = " -- over 5 %: the wall-clock ratios above are not reliable" if share > 5 else ""
+    note = " -- over 5 %: this run's wall-clock ratios are not reliable" if share > 5 else ""
     return f"{share:.1f} %{note}"
 
 
