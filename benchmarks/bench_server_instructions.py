@@ -89,17 +89,17 @@ def _instrument(state: str, pids: list[int]) -> None:
         raise RuntimeError(f"callgrind_control -i {state} {pids} failed: {out.stdout}{out.stderr}")
 
 
-def _requests(port: int, n: int) -> None:
-    """Send ``n`` sequential GETs to ``/items/1`` over one connection, reading each response."""
+def _requests(port: int, n: int, path: str = "/items/1") -> None:
+    """Send ``n`` sequential GETs to ``path`` over one connection, reading each response."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         for _ in range(n):
             # Reconnects by itself when the server closed the connection (gunicorn sync worker).
-            conn.request("GET", "/items/1")
+            conn.request("GET", path)
             response = conn.getresponse()
             response.read()
             if response.status != 200:
-                raise RuntimeError(f"/items/1 answered {response.status}")
+                raise RuntimeError(f"{path} answered {response.status}")
     finally:
         conn.close()
 
@@ -108,15 +108,7 @@ def _settle(port: int) -> None:
     """A full collection in the server before counting (see ``load_apps.gc_counts``): a fresh
     process makes one as its start-up objects age, about 15M instructions, at a point that moves
     with what was imported; counted, it added up to 18k per request to some variants only."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", "/__bench/gc?collect=1")
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"/__bench/gc?collect=1 answered {response.status}")
-    finally:
-        conn.close()
+    _requests(port, 1, "/__bench/gc?collect=1")
 
 
 def _total(path: Path) -> int:

@@ -40,33 +40,42 @@ def _response(style: str) -> list[bytes]:
     return [head + BODY[:3], BODY[3:200], BODY[200:]]
 
 
-def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
+def _accept_each(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Hand every connection ``listener`` accepts to ``handle``, closing it after, until the
+    listener is closed."""
     while True:
         try:
             conn, _ = listener.accept()
         except OSError:
             return
         with conn:
-            answered = 0
-            while True:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                if not request:
+            handle(conn)
+
+
+def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
+    def answer(conn: socket.socket) -> None:
+        answered = 0
+        while True:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
                     break
-                assert request.startswith(b"GET /items/1 HTTP/1.1\r\n")
-                for piece in _response(style):
-                    conn.sendall(piece)
-                    time.sleep(0.001)
-                served.append(1)
-                answered += 1
-                if style == "idle-close" and answered == 3:
-                    break  # closed unannounced, before the next request arrives
-                if style not in ("keep-alive", "idle-close"):
-                    break
+                request += chunk
+            if not request:
+                break
+            assert request.startswith(b"GET /items/1 HTTP/1.1\r\n")
+            for piece in _response(style):
+                conn.sendall(piece)
+                time.sleep(0.001)
+            served.append(1)
+            answered += 1
+            if style == "idle-close" and answered == 3:
+                break  # closed unannounced, before the next request arrives
+            if style not in ("keep-alive", "idle-close"):
+                break
+
+    _accept_each(listener, answer)
 
 
 @pytest.fixture
@@ -132,16 +141,7 @@ def _run_against(client: str, answer: Callable[[socket.socket], None]) -> Any:
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                answer(conn)
-
-    threading.Thread(target=serve, daemon=True).start()
+    threading.Thread(target=_accept_each, args=(listener, answer), daemon=True).start()
     try:
         return subprocess.run(
             [client, "1", "1", "0", "0", "7", str(listener.getsockname()[1])],
