@@ -225,18 +225,7 @@ def main() -> None:
     )
     parser.add_argument("--cycles", type=int, default=17, help="blocks per variant")
     parser.add_argument("--block", type=int, default=600, help="timed requests per block")
-    parser.add_argument(
-        "--frameworks",
-        nargs="+",
-        default=list(bench_load.FRAMEWORKS),
-        choices=bench_load.FRAMEWORKS,
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(DEFAULT_VARIANTS),
-        choices=bench_load.VARIANTS + bench_load.EXTRA_VARIANTS,
-    )
+    bench_load.add_selection(parser, DEFAULT_VARIANTS)
     parser.add_argument(
         "--connections",
         type=int,

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -322,23 +322,30 @@ def _fmt(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def add_selection(parser: argparse.ArgumentParser, default_variants: Sequence[str]) -> None:
+    """``--frameworks`` and ``--variants`` (any of ``load_apps``' variants), as every load
+    script takes them."""
+    parser.add_argument(
+        "--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS, metavar="FW"
+    )
+    others = [v for v in VARIANTS + EXTRA_VARIANTS if v not in default_variants]
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(default_variants),
+        choices=VARIANTS + EXTRA_VARIANTS,
+        metavar="VARIANT",
+        help=f"default: {' '.join(default_variants)}; also: {' '.join(others)}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS, metavar="FW"
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS),
-        choices=VARIANTS + EXTRA_VARIANTS,
-        metavar="VARIANT",
-        help=f"default: {' '.join(VARIANTS)}; also: {' '.join(EXTRA_VARIANTS)}",
-    )
+    add_selection(parser, VARIANTS)
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,

@@ -216,21 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--frameworks",
-        nargs="+",
-        default=list(bench_load.FRAMEWORKS),
-        choices=bench_load.FRAMEWORKS,
-        metavar="FW",
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(bench_load.VARIANTS),
-        choices=bench_load.VARIANTS + bench_load.EXTRA_VARIANTS,
-        metavar="VARIANT",
-        help=f"default: {' '.join(bench_load.VARIANTS)}",
-    )
+    bench_load.add_selection(parser, bench_load.VARIANTS)
     parser.add_argument("--requests", type=int, default=1000, help="counted requests per variant")
     parser.add_argument(
         "--max-seconds", type=int, default=3 * 3600, help="bound on the whole run (default 3 h)"

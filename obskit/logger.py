@@ -20,9 +20,9 @@ would reach is obskit's (what :func:`obskit.setup_logging` installs) and no filt
 way (but for log sampling's own filter, whose decision it makes itself), a :class:`Logger`
 formats and writes the line itself, under that handler's lock. In every other case (another
 handler, another filter, ``exc_info``, a field that is not a str, int, float, bool or None, a
-message long enough to be cut) it hands the call to the stdlib
-logger, so the line reaches every handler exactly as ``logging`` would deliver it. structlog
-gives the same advice for speed: keep the hot path out of the stdlib's record machinery.
+message long enough to be cut) it hands the call to the stdlib logger, so the line reaches every
+handler exactly as ``logging`` would deliver it. structlog gives the same advice for speed: keep
+the hot path out of the stdlib's record machinery.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ _LEVEL_NAMES: dict[int, str] = getattr(logging, "_levelToName", {})
 
 def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | None:
     """obskit's handler when it is the only one a record of ``level`` from ``logger`` would
-    reach and nothing on the way filters; else None (the stdlib path)."""
+    reach and nothing on the way filters but log sampling's :class:`CorrelationFilter` (whose
+    decision the caller makes); else None (the stdlib path)."""
     found: Any = None
     current: Any = logger
     while current is not None:

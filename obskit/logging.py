@@ -546,7 +546,8 @@ class JsonFormatter(_PJLJsonFormatter):
         else:
             tail = ["}"]
         context = _ctx.get_current()
-        # current_span(context), inlined for the default runtime context (as in _format).
+        # current_span(context), inlined for the default runtime context (a call less per line,
+        # as start_server_span reads the parent span).
         span: Any = context.get(_ctx.SPAN_KEY) if _ctx.DIRECT else current_span(context)
         ctx = _NO_SPAN if span is None else span.get_span_context()
         return self._assemble(
