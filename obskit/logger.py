@@ -23,6 +23,10 @@ handler, another filter, ``exc_info``, a field that is not a str, int, float, bo
 message long enough to be cut) it hands the call to the stdlib logger, so the line reaches every
 handler exactly as ``logging`` would deliver it. structlog gives the same advice for speed: keep
 the hot path out of the stdlib's record machinery.
+
+:func:`obskit.setup_logging` gives plain ``logging.getLogger(name)`` loggers the same path
+(:class:`DirectLogger`, ``direct=True`` by default): their lines are written the same way when
+the same conditions hold, and take the stdlib's path otherwise.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from obskit.logging import (
 )
 from obskit.tracing._fastctx import current_span
 
-__all__ = ["Logger", "get_logger"]
+__all__ = ["DirectLogger", "Logger", "get_logger", "install_direct", "uninstall_direct"]
 
 _DIRECT_HANDLERS = frozenset({JsonStreamHandler, BufferedStreamHandler})
 #: Keyword arguments that keep the stdlib's meaning instead of becoming fields.
@@ -62,10 +66,31 @@ _time = time.time
 _LEVEL_NAMES: dict[int, str] = getattr(logging, "_levelToName", {})
 
 
+_StdLogger = logging.Logger
+_LogRecord = logging.LogRecord
+#: What a record goes through on the stdlib path. Where one of them was replaced (sentry-python
+#: patches ``Logger.callHandlers`` to see every record; an app may install a record factory
+#: that adds fields, or a logger class of its own), every line takes that path.
+_HANDLE = _StdLogger.handle
+_CALL_HANDLERS = _StdLogger.callHandlers
+_MAKE_RECORD = _StdLogger.makeRecord
+
+_record_factory = logging.getLogRecordFactory
+
+
 def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | None:
     """obskit's handler when it is the only one a record of ``level`` from ``logger`` would
-    reach and nothing on the way filters but log sampling's :class:`CorrelationFilter` (whose
-    decision the caller makes); else None (the stdlib path)."""
+    reach, nothing on the way filters but log sampling's :class:`CorrelationFilter` (whose
+    decision the caller makes) and no part of the stdlib's record path was replaced; else None
+    (the stdlib path)."""
+    cls: Any = logger.__class__
+    if (
+        cls.handle is not _HANDLE
+        or cls.callHandlers is not _CALL_HANDLERS
+        or cls.makeRecord is not _MAKE_RECORD
+        or _record_factory() is not _LogRecord
+    ):
+        return None
     found: Any = None
     current: Any = logger
     while current is not None:
@@ -100,6 +125,9 @@ def _message(msg: Any, args: tuple[Any, ...]) -> str:
     """``LogRecord.getMessage``, with the formatter's answer to arguments that do not fit."""
     text = str(msg)
     if args:
+        # LogRecord's rule: one non-empty mapping is the mapping ("%(user)s" % {"user": ...}).
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            args = args[0]  # type: ignore[assignment]
         try:
             text = text % args
         except Exception:
@@ -184,28 +212,8 @@ class Logger:
         # A field named like a LogRecord attribute or a stdlib keyword: the stdlib path.
         if not fields or _NOT_DIRECT.isdisjoint(fields):
             handler = _direct_handler(self._std, level)
-            if handler is not None:
-                line = None
-                try:
-                    if handler.filters and not _sampled(handler.filters[0], level, self.name):
-                        return  # log sampling (setup_logging's CorrelationFilter) dropped it
-                    message = msg if msg.__class__ is str and not args else _message(msg, args)
-                    line = handler.formatter.format_event(  # type: ignore[union-attr]
-                        _time(),
-                        _LEVEL_NAMES.get(level) or logging.getLevelName(level),
-                        self.name,
-                        message,
-                        fields,
-                    )
-                    if line is not None:
-                        with handler.lock:  # type: ignore[union-attr]
-                            handler.write_line(line, level)
-                        return
-                except Exception as exc:
-                    if line is not None:  # formatted, not written: as the stdlib, not retried
-                        _dropped(exc)
-                        return
-                    # Not formatted: the stdlib path formats (and reports) it its own way.
+            if handler is not None and _write(handler, level, self.name, msg, args, fields):
+                return
         self._stdlib(level, msg, args, fields)
 
     def _stdlib(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
@@ -223,6 +231,92 @@ class Logger:
         # Logger._log's frames: this one, _log and the public method (findCaller skips the rest).
         keywords["stacklevel"] = keywords.get("stacklevel", 1) + 3
         self._std._log(level, msg, args, extra=extra or None, **keywords)
+
+
+def _write(
+    handler: JsonStreamHandler,
+    level: int,
+    name: str,
+    msg: Any,
+    args: Any,
+    fields: Mapping[str, Any] | None,
+) -> bool:
+    """Write the line of a call straight to ``handler`` (see :func:`_direct_handler`); False
+    when the call needs the stdlib path after all (a field or message the line cannot carry
+    as it is)."""
+    line = None
+    try:
+        if handler.filters and not _sampled(handler.filters[0], level, name):
+            return True  # log sampling (setup_logging's CorrelationFilter) dropped it
+        message = msg if msg.__class__ is str and not args else _message(msg, args)
+        line = handler.formatter.format_event(  # type: ignore[union-attr]
+            _time(), _LEVEL_NAMES.get(level) or logging.getLevelName(level), name, message, fields
+        )
+        if line is None:
+            return False
+        with handler.lock:  # type: ignore[union-attr]
+            handler.write_line(line, level)
+        return True
+    except Exception as exc:
+        if line is not None:  # formatted, not written: as the stdlib, not retried
+            _dropped(exc)
+            return True
+        return False  # not formatted: the stdlib path formats (and reports) it its own way
+
+
+class DirectLogger(logging.Logger):
+    """A stdlib ``logging.Logger`` whose calls write obskit's line the way :class:`Logger`
+    does, when obskit's handler is the only one listening; every other call (another handler
+    or filter, ``exc_info``, ``stack_info``, an ``extra`` that is not a plain ``dict`` or that
+    the stdlib would refuse) goes through :meth:`logging.Logger._log` unchanged.
+
+    :func:`install_direct` (called by :func:`obskit.setup_logging`) makes the loggers of the
+    process this class; nothing else about them changes.
+    """
+
+    def _log(
+        self,
+        level: int,
+        msg: object,
+        args: Any,
+        exc_info: Any = None,
+        extra: Mapping[str, object] | None = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+    ) -> None:
+        if (
+            not exc_info
+            and not stack_info
+            and (extra is None or (extra.__class__ is dict and _RESERVED.isdisjoint(extra)))
+        ):
+            handler = _direct_handler(self, level)
+            if handler is not None and _write(handler, level, self.name, msg, args, extra):
+                return
+        # One frame more (this one) between the caller and findCaller.
+        _std_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+
+
+_std_log = _StdLogger._log
+
+
+def install_direct() -> None:
+    """Make every plain ``logging.Logger`` of the process, and those made from now on, a
+    :class:`DirectLogger`. Loggers of another class (the root logger, a library's own
+    subclass) and a logger class set with ``logging.setLoggerClass`` are left alone."""
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if logger.__class__ is _StdLogger:
+            logger.__class__ = DirectLogger
+    if logging.getLoggerClass() is _StdLogger:
+        logging.setLoggerClass(DirectLogger)
+
+
+def uninstall_direct() -> None:
+    """Undo :func:`install_direct`."""
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if logger.__class__ is DirectLogger:
+            logger.__class__ = _StdLogger  # type: ignore[assignment]
+    if logging.getLoggerClass() is DirectLogger:
+        logging.setLoggerClass(_StdLogger)
 
 
 def _dropped(exc: BaseException) -> None:
