@@ -10,12 +10,15 @@ the rounds:
   fields obskit writes outside a trace (the baseline of the ratio);
 - ``obskit``: what ``setup_logging`` installs -- obskit's ``JsonStreamHandler`` and
   ``JsonFormatter`` (with service fields and redaction; the formatter reads the trace context
-  itself) -- outside any span;
+  itself) -- outside any span, on a plain ``logging.Logger``: the stdlib's record path, as
+  with ``setup_logging(direct=False)``;
 - ``obskit_span``: the same inside a recording span (adds trace_id, span_id, trace_flags);
+- ``std_direct`` / ``std_direct_span``: the same two stdlib calls on a logger as
+  ``setup_logging`` leaves it by default (a ``DirectLogger``), which writes the line without a
+  ``LogRecord`` when, as here, obskit's handler is the only one listening;
 - ``direct`` / ``direct_span``: the same two lines through ``obskit.get_logger`` --
-  ``log.info("order charged", **fields)`` -- which writes them without a ``LogRecord`` when, as
-  here, obskit's handler is the only one listening. The target is about the stdlib calls; these
-  show what skipping the record machinery saves.
+  ``log.info("order charged", **fields)``. The target is about the stdlib record path; the
+  direct variants show what skipping the record machinery saves.
 
 ``--lean-records`` first turns off what the standard library computes for every record and no
 JSON line of obskit's uses -- the caller's file, line and function (``logging._srcfile = None``),
@@ -42,7 +45,7 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from pythonjsonlogger.json import JsonFormatter as PJLJsonFormatter
 
-from obskit.logger import Logger
+from obskit.logger import DirectLogger, Logger
 from obskit.logging import JsonFormatter, JsonStreamHandler
 
 TARGET = 1.5
@@ -77,6 +80,8 @@ def variants() -> dict[str, Callable[[int], int]]:
     tracer = TracerProvider().get_tracer("bench")
     _logger("direct", JsonFormatter(static_fields=static), JsonStreamHandler)
     direct = Logger("bench.direct")
+    std_direct = _logger("std_direct", JsonFormatter(static_fields=static), JsonStreamHandler)
+    std_direct.__class__ = DirectLogger  # what setup_logging(direct=True) does to every logger
 
     def native(n: int) -> int:
         info = direct.info
@@ -99,19 +104,22 @@ def variants() -> dict[str, Callable[[int], int]]:
 
         return run
 
-    def in_span(n: int) -> int:
-        info = obskit_span.info
-        with tracer.start_as_current_span("request"):
-            start = time.perf_counter_ns()
-            for _ in range(n):
-                info(MESSAGE, extra=EXTRA)
-            return time.perf_counter_ns() - start
+    def in_span(log: logging.Logger) -> Callable[[int], int]:
+        run = plain(log)
+
+        def run_in_span(n: int) -> int:
+            with tracer.start_as_current_span("request"):
+                return run(n)
+
+        return run_in_span
 
     return {
         "stdlib": plain(stdlib),
         "pjl": plain(pjl),
         "obskit": plain(obskit),
-        "obskit_span": in_span,
+        "obskit_span": in_span(obskit_span),
+        "std_direct": plain(std_direct),
+        "std_direct_span": in_span(std_direct),
         "direct": native,
         "direct_span": native_in_span,
     }
