@@ -83,14 +83,6 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
     reach, nothing on the way filters but log sampling's :class:`CorrelationFilter` (whose
     decision the caller makes) and no part of the stdlib's record path was replaced; else None
     (the stdlib path)."""
-    cls: Any = logger.__class__
-    if (
-        cls.handle is not _HANDLE
-        or cls.callHandlers is not _CALL_HANDLERS
-        or cls.makeRecord is not _MAKE_RECORD
-        or _record_factory() is not _LogRecord
-    ):
-        return None
     found: Any = None
     current: Any = logger
     while current is not None:
@@ -111,6 +103,16 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
         if not current.propagate:
             break
         current = current.parent
+    if found is None:
+        return None
+    cls: Any = logger.__class__  # checked last: most loggers that fail, fail on a handler
+    if (
+        cls.handle is not _HANDLE
+        or cls.callHandlers is not _CALL_HANDLERS
+        or cls.makeRecord is not _MAKE_RECORD
+        or _record_factory() is not _LogRecord
+    ):
+        return None
     return found  # type: ignore[no-any-return]
 
 

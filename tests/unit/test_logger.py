@@ -445,6 +445,21 @@ def test_stdlib_hand_over_keeps_the_callers_location_and_stacklevel() -> None:
     assert 3 == len(stream.getvalue().splitlines())
 
 
+def test_get_logger_over_a_direct_stdlib_logger_keeps_the_callers_location() -> None:
+    """get_logger's hand-over goes through the DirectLogger setup_logging made of its stdlib
+    logger: one frame more, still counted."""
+    stream, std, _ = direct_and_reference()
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    std.addHandler(other)
+    get_logger(NAME).info("via obskit", item=1)
+    get_logger(NAME).warning("with level", stacklevel=1)
+    name = "test_get_logger_over_a_direct_stdlib_logger_keeps_the_callers_location"
+    assert [(__file__, name)] * 2 == [(r.pathname, r.funcName) for r in seen]
+    assert 2 == len(stream.getvalue().splitlines())
+
+
 def test_a_replaced_stdlib_record_path_is_always_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """A record factory that adds fields, or a patched ``Logger.callHandlers`` (as
     sentry-python installs to see every record), gets every line, as without obskit."""
