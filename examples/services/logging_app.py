@@ -8,8 +8,9 @@ Each factory configures obskit with ``logging=True`` (other options from the env
         'logging_app:create_flask_app()'
 
 Both answer ``GET /items/{item_id}`` (logging ``"looked up item"`` with ``extra={"item_id": ...}``
-from the handler, once through the stdlib logger and once through ``obskit.get_logger``, which
-writes the same line without a ``LogRecord``) and ``GET /healthz``.
+from the handler, once through the stdlib logger -- which ``setup_logging`` made a
+``DirectLogger``, the line's ``logger_class`` field -- and once through ``obskit.get_logger``; both
+write the line without a ``LogRecord``) and ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def create_fastapi_app() -> Any:
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, Any]:
-        log.info("looked up item", extra={"item_id": item_id})
-        direct.info("looked up item", item_id=item_id)
+        kind = type(log).__name__
+        log.info("looked up item", extra={"item_id": item_id, "logger_class": kind})
+        direct.info("looked up item", item_id=item_id, logger_class=kind)
         return {"id": item_id, "service": "fastapi"}
 
     @app.get("/healthz")
@@ -58,8 +60,9 @@ def create_flask_app() -> Any:
 
     @app.get("/items/<int:item_id>")
     def item(item_id: int) -> dict[str, Any]:
-        log.info("looked up item", extra={"item_id": item_id})
-        direct.info("looked up item", item_id=item_id)
+        kind = type(log).__name__
+        log.info("looked up item", extra={"item_id": item_id, "logger_class": kind})
+        direct.info("looked up item", item_id=item_id, logger_class=kind)
         return {"id": item_id, "service": "flask"}
 
     @app.get("/healthz")

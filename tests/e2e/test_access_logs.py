@@ -216,7 +216,8 @@ def test_handler_line_carries_the_same_trace_id(servers: dict[str, Server], name
 @pytest.mark.parametrize("name", ["uvicorn", "gunicorn"])
 def test_obskit_logger_writes_the_stdlib_line(servers: dict[str, Server], name: str) -> None:
     """``obskit.get_logger``'s line in the handler is the stdlib logger's line of the same call:
-    same trace, span, request and route fields; only the timestamp and logger name differ."""
+    same trace, span, request and route fields; only the timestamp and logger name differ. The
+    stdlib logger is a ``DirectLogger`` under the real server (setup_logging made it one)."""
     server = servers[name]
     by_logger: dict[str, dict[int, dict[str, Any]]] = {"logging_app": {}, "logging_app.direct": {}}
     for line in server.json_lines():
@@ -229,6 +230,7 @@ def test_obskit_logger_writes_the_stdlib_line(servers: dict[str, Server], name: 
             line.pop("timestamp")
             line.pop("logger")
         assert stdlib == direct
+        assert "DirectLogger" == stdlib["logger_class"]
 
 
 @pytest.mark.parametrize("name", ["uvicorn", "gunicorn"])
