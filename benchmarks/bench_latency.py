@@ -35,7 +35,11 @@ Then, with the same servers still running, ``--connections`` (default 16) connec
 of ``--seconds`` each, one per variant per round, in a fresh random order each round. Each
 variant's req/s and p99 are divided by bare's *of the same round* (runs seconds apart, not
 minutes as in ``bench_load.py``, whose rounds restart every server); the table gives the median,
-the range, and in how many rounds issue #11's target held.
+the range, and in how many rounds issue #11's target held. It also gives the server's CPU time
+per request (user + system, its processes and their children, read from ``/proc`` around each
+wrk run) and, paired the same way, requests per CPU-second against bare: what a saturated
+server's throughput follows, read without the scheduler's and the load generator's share of
+the noise (bare instances of one app read within 2 % of each other this way).
 
 Run: ``.venv/bin/python benchmarks/bench_latency.py [--cycles N] [--block N] [--connections N]
 [--rounds N] [--seconds S] [--frameworks F ...] [--variants V ...]`` (needs a C compiler and
@@ -107,10 +111,12 @@ def one_connection(
 
 
 def many_connections(
-    ports: dict[str, int], connections: int, rounds: int, seconds: int
+    ports: dict[str, int], connections: int, rounds: int, seconds: int, pids: dict[str, int]
 ) -> dict[str, list[dict[str, float]]]:
     """wrk's figures per variant at ``connections`` connections: one ``seconds``-long wrk run per
-    variant per round, in a fresh random order each round, every server resident throughout."""
+    variant per round, in a fresh random order each round, every server resident throughout.
+    Each run also gets ``per_cpu_s``: requests per CPU-second of the server's processes (user +
+    system time read from ``/proc`` around the run), when it can be read."""
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in ports}
     order = list(ports)
     shuffle = random.Random(11).shuffle
@@ -120,7 +126,12 @@ def many_connections(
         shuffle(order)
         for variant in order:
             url = f"http://127.0.0.1:{ports[variant]}/items/1"
-            runs[variant].append(bench_load._wrk(url, connections, seconds))
+            before = bench_load.process_cpu_seconds(pids[variant])
+            run = bench_load._wrk(url, connections, seconds)
+            after = bench_load.process_cpu_seconds(pids[variant])
+            if before is not None and after is not None and after > before:
+                run["per_cpu_s"] = run["n"] / (after - before)
+            runs[variant].append(run)
     return runs
 
 
@@ -137,7 +148,8 @@ def measure(
         single = one_connection(client, ports, args.cycles, args.block)
         many = None
         if args.connections > 1:
-            many = many_connections(ports, args.connections, args.rounds, args.seconds)
+            pids = {variant: proc.pid for variant, (proc, _) in servers.items()}
+            many = many_connections(ports, args.connections, args.rounds, args.seconds, pids)
         return single, many
     finally:
         for proc, _ in servers.values():
@@ -187,7 +199,10 @@ def _paired(
     theirs = runs.get(base) if base else None
     if variant == "bare" or theirs is None:
         return "-"
-    ratios = [m[key] / t[key] for m, t in zip(runs[variant], theirs, strict=True)]
+    pairs = [(m.get(key), t.get(key)) for m, t in zip(runs[variant], theirs, strict=True)]
+    ratios = [m / t for m, t in pairs if m is not None and t]
+    if not ratios:
+        return "-"
     if key == "p99":
         ok = sum(r <= TARGET for r in ratios)
     else:
@@ -205,16 +220,20 @@ def report_many(connections: int, runs: dict[str, list[dict[str, float]]]) -> No
         "round: median, min-max, rounds within issue #11's target):\n"
     )
     print(
-        "| variant | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | p99 vs matched bare |"
+        "| variant | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | p99 vs matched bare "
+        "| server CPU us/request | req per CPU-s vs bare |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, values in runs.items():
+        rates = [v["per_cpu_s"] for v in values if "per_cpu_s" in v]
+        cpu = f"{1e6 / statistics.median(rates):.0f}" if rates else "-"
         print(
             f"| {variant} | {statistics.median(v['rps'] for v in values):,.0f} "
             f"| {statistics.median(v['p50'] for v in values):.2f} "
             f"| {statistics.median(v['p99'] for v in values):.2f} "
             f"| {_paired(runs, variant, 'bare', 'rps')} | {_paired(runs, variant, 'bare', 'p99')} "
-            f"| {_paired(runs, variant, bench_load._matched_baseline(variant), 'p99')} |",
+            f"| {_paired(runs, variant, bench_load._matched_baseline(variant), 'p99')} "
+            f"| {cpu} | {_paired(runs, variant, 'bare', 'per_cpu_s')} |",
             flush=True,
         )
 

@@ -243,6 +243,25 @@ def cpu_times(stat: str | None = None) -> tuple[int, int] | None:
     return values[7], sum(values)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its live descendants (gunicorn's
+    worker is the master's child), from ``/proc``; None where there is none."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    pending = [pid]
+    try:
+        while pending:
+            current = pending.pop()
+            with open(f"/proc/{current}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            with open(f"/proc/{current}/task/{current}/children") as file:
+                pending.extend(int(child) for child in file.read().split())
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / tick
+
+
 def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
     """The share of CPU time stolen between two :func:`cpu_times` readings, as text."""
     if before is None or after is None or after[1] <= before[1]:

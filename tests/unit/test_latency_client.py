@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -175,13 +176,18 @@ def test_a_non_200_answer_fails_the_run(client: str) -> None:
     assert "unexpected response" in done.stderr
 
 
-def test_host_steal_is_read_from_proc_stat() -> None:
-    """bench_latency and bench_load print the CPU time the hypervisor took during their runs."""
+def _bench_load() -> Any:
     spec = importlib.util.spec_from_file_location("bench_load", SOURCE.parent / "bench_load.py")
     assert spec is not None
     assert spec.loader is not None
     bench_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_load)
+    return bench_load
+
+
+def test_host_steal_is_read_from_proc_stat() -> None:
+    """bench_latency and bench_load print the CPU time the hypervisor took during their runs."""
+    bench_load = _bench_load()
     # user nice system idle iowait irq softirq steal guest guest_nice
     before = bench_load.cpu_times("cpu  100 0 50 800 0 0 0 50 30 0\n")
     after = bench_load.cpu_times("cpu  200 0 100 1500 0 0 0 200 60 0\n")
@@ -193,3 +199,31 @@ def test_host_steal_is_read_from_proc_stat() -> None:
     if Path("/proc/stat").exists():
         steal, total = bench_load.cpu_times()
         assert 0 <= steal <= total
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_server_cpu_time_counts_the_worker_child() -> None:
+    """bench_latency's CPU time per request reads the server and its children (gunicorn's
+    worker is the master's child): a parent that waits while its child spins reads the child's
+    CPU time."""
+    bench_load = _bench_load()
+    child = (
+        "import sys, time\n"
+        "end = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\n"
+        "sys.stdin.read()"  # alive and idle until the test closes stdin
+    )
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        seconds = 0.0
+        while time.monotonic() < deadline:
+            seconds = bench_load.process_cpu_seconds(proc.pid) or 0.0
+            if seconds >= 0.35:
+                break
+            time.sleep(0.05)
+        assert seconds >= 0.35
+    finally:
+        proc.communicate(b"", timeout=20)
+    assert bench_load.process_cpu_seconds(2**22 + 12345) is None  # no such process
