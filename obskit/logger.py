@@ -71,6 +71,7 @@ _LogRecord = logging.LogRecord
 #: What a record goes through on the stdlib path. Where one of them was replaced (sentry-python
 #: patches ``Logger.callHandlers`` to see every record; an app may install a record factory
 #: that adds fields, or a logger class of its own), every line takes that path.
+_LOG = _StdLogger._log
 _HANDLE = _StdLogger.handle
 _CALL_HANDLERS = _StdLogger.callHandlers
 _MAKE_RECORD = _StdLogger.makeRecord
@@ -107,7 +108,8 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
         return None
     cls: Any = logger.__class__  # checked last: most loggers that fail, fail on a handler
     if (
-        cls.handle is not _HANDLE
+        _StdLogger._log is not _LOG
+        or cls.handle is not _HANDLE
         or cls.callHandlers is not _CALL_HANDLERS
         or cls.makeRecord is not _MAKE_RECORD
         or _record_factory() is not _LogRecord
@@ -294,11 +296,9 @@ class DirectLogger(logging.Logger):
             handler = _direct_handler(self, level)
             if handler is not None and _write(handler, level, self.name, msg, args, extra):
                 return
-        # One frame more (this one) between the caller and findCaller.
-        _std_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
-
-
-_std_log = _StdLogger._log
+        # Looked up per call, so that a patch of Logger._log made later is honoured; one
+        # frame more (this one) between the caller and findCaller.
+        _StdLogger._log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
 
 
 def install_direct() -> None:

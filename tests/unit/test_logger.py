@@ -462,7 +462,8 @@ def test_get_logger_over_a_direct_stdlib_logger_keeps_the_callers_location() -> 
 
 def test_a_replaced_stdlib_record_path_is_always_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """A record factory that adds fields, or a patched ``Logger.callHandlers`` (as
-    sentry-python installs to see every record), gets every line, as without obskit."""
+    sentry-python installs to see every record) or ``Logger._log``, gets every line, as
+    without obskit."""
     stream, std, _ = direct_and_reference()
     factory = logging.getLogRecordFactory()
 
@@ -484,10 +485,21 @@ def test_a_replaced_stdlib_record_path_is_always_taken(monkeypatch: pytest.Monke
     monkeypatch.setattr(logging.Logger, "callHandlers", patched)
     std.info("with patch")
     get_logger(NAME).info("obskit logger with patch")
+    monkeypatch.setattr(logging.Logger, "callHandlers", call_handlers)
+    calls: list[object] = []
+    std_log = logging.Logger._log
+
+    def patched_log(self: logging.Logger, level: int, msg: object, *args: Any, **kw: Any) -> None:
+        calls.append(msg)
+        std_log(self, level, msg, *args, **kw)
+
+    monkeypatch.setattr(logging.Logger, "_log", patched_log)
+    std.info("with _log patched")
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert "acme" == lines[0]["tenant"]
     assert ["with patch", "obskit logger with patch"] == seen
-    assert 3 == len(lines)
+    assert ["with _log patched"] == calls
+    assert 4 == len(lines)
 
 
 def test_stdlib_refusals_and_levels_are_unchanged() -> None:
