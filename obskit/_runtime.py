@@ -328,6 +328,7 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
             redact_emails=config.log_redact_emails,
             max_message_bytes=config.log_max_message_bytes,
             flush_interval=config.log_flush_interval,
+            direct=config.log_direct,
         )
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics

@@ -124,6 +124,7 @@ class Config:
     log_redact_emails: bool = False
     log_max_message_bytes: int = 16 * 1024
     log_flush_interval: float = 0.0
+    log_direct: bool = True
     logs_exporter: Literal["otlp", "none"] = "none"
     # lifecycle
     shutdown_timeout: float = 5.0
@@ -541,6 +542,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OBSKIT_LOG_FLUSH_INTERVAL",),
         lambda raw: _number(raw),
         "seconds between flushes of DEBUG/INFO lines (0: every line; WARNING+ always at once)",
+    ),
+    _O(
+        "log_direct",
+        ("OBSKIT_LOG_DIRECT",),
+        _bool,
+        "logging.getLogger lines skip the LogRecord when obskit's handler is the only listener",
     ),
     _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _choice("otlp", "none"), "OTLP log export"),
     _O(

@@ -394,6 +394,27 @@ def test_setup_logging_makes_stdlib_loggers_direct_and_direct_false_undoes_it() 
         only_obskit(direct=True)  # as the other tests of the session found it
 
 
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_configure_log_direct_false_leaves_logger_classes_alone(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from obskit import testing
+
+    options: dict[str, Any] = {"logging": True, "traces_exporter": "none"}
+    if how == "option":
+        options["log_direct"] = False
+    else:
+        monkeypatch.setenv("OBSKIT_LOG_DIRECT", "false")
+    try:
+        obskit.configure(**options)
+        assert type(logging.getLogger(NAME)) is logging.Logger
+        obskit.configure(logging=True, traces_exporter="none", log_direct=True)
+        assert type(logging.getLogger(NAME)) is DirectLogger
+    finally:
+        testing.reset()
+        only_obskit(direct=True)  # as the other tests of the session found it
+
+
 def test_stdlib_calls_write_the_stdlib_line_without_a_record() -> None:
     """1,000 seeded random stdlib calls (fields in ``extra``, %-arguments, one mapping
     argument, long messages), inside a request and outside: what a plain ``logging.Logger``
