@@ -301,13 +301,20 @@ class DirectLogger(logging.Logger):
         _StdLogger._log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
 
 
+class _DirectRootLogger(DirectLogger, logging.RootLogger):
+    """The root logger (``logging.info(...)``, ``logging.getLogger()``) as a
+    :class:`DirectLogger`."""
+
+
 def install_direct() -> None:
-    """Make every plain ``logging.Logger`` of the process, and those made from now on, a
-    :class:`DirectLogger`. Loggers of another class (the root logger, a library's own
-    subclass) and a logger class set with ``logging.setLoggerClass`` are left alone."""
+    """Turn every plain ``logging.Logger`` of the process, those made from now on, and the
+    root logger into :class:`DirectLogger` instances. Loggers of another class (a library's
+    own subclass) and a logger class set with ``logging.setLoggerClass`` are left alone."""
     for logger in list(logging.Logger.manager.loggerDict.values()):
         if logger.__class__ is _StdLogger:
             logger.__class__ = DirectLogger
+    if logging.root.__class__ is logging.RootLogger:
+        logging.root.__class__ = _DirectRootLogger
     if logging.getLoggerClass() is _StdLogger:
         logging.setLoggerClass(DirectLogger)
 
@@ -317,6 +324,8 @@ def uninstall_direct() -> None:
     for logger in list(logging.Logger.manager.loggerDict.values()):
         if logger.__class__ is DirectLogger:
             logger.__class__ = _StdLogger  # type: ignore[assignment]
+    if logging.root.__class__ is _DirectRootLogger:
+        logging.root.__class__ = logging.RootLogger  # type: ignore[assignment]
     if logging.getLoggerClass() is DirectLogger:
         logging.setLoggerClass(_StdLogger)
 

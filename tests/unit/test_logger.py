@@ -384,10 +384,12 @@ def test_setup_logging_makes_stdlib_loggers_direct_and_direct_false_undoes_it() 
         assert type(logging.getLogger(NAME)) is DirectLogger
         assert type(logging.getLogger(NAME + ".made.later")) is DirectLogger
         assert type(own) is Own
-        assert type(logging.getLogger()) is logging.RootLogger
+        assert isinstance(logging.getLogger(), DirectLogger)
+        assert isinstance(logging.getLogger(), logging.RootLogger)
         only_obskit(direct=False)
         assert type(logging.getLogger(NAME)) is logging.Logger
         assert type(logging.getLogger(NAME + ".made.after")) is logging.Logger
+        assert type(logging.getLogger()) is logging.RootLogger
         assert logging.getLoggerClass() is logging.Logger
     finally:
         del logging.Logger.manager.loggerDict[own.name]
@@ -444,6 +446,28 @@ def test_stdlib_calls_write_the_stdlib_line_without_a_record() -> None:
     # Lines with a list or bytes field, a cut message, or a redacted or surrogate string take
     # the stdlib path by design; the rest (about a third here, 314 with this seed) do not.
     assert direct_lines > 250
+
+
+def test_the_root_logger_and_logging_info_take_the_direct_path() -> None:
+    stream, std, _ = direct_and_reference()
+    root = logging.getLogger()
+    root.handlers[:] = std.handlers  # the fixture puts the root's own handlers back
+    with _Records() as records:
+        logging.info("module level %s", "call", extra={"item": 1})
+        root.warning("root logger")
+    assert 0 == records.count
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [("root", "module level call", 1), ("root", "root logger", None)] == [
+        (line["logger"], line["message"], line.get("item")) for line in lines
+    ]
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    root.addHandler(other)
+    logging.info("with another handler")
+    assert [(__file__, "test_the_root_logger_and_logging_info_take_the_direct_path")] == [
+        (r.pathname, r.funcName) for r in seen
+    ]
 
 
 def test_stdlib_hand_over_keeps_the_callers_location_and_stacklevel() -> None:
