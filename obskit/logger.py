@@ -32,6 +32,7 @@ the same conditions hold, and take the stdlib's path otherwise.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,12 +44,15 @@ from obskit.logging import (
     CorrelationFilter,
     JsonFormatter,
     JsonStreamHandler,
+    _decided,
 )
 from obskit.tracing._fastctx import current_span
 
 __all__ = ["DirectLogger", "Logger", "get_logger", "install_direct", "uninstall_direct"]
 
-_DIRECT_HANDLERS = frozenset({JsonStreamHandler, BufferedStreamHandler})
+_DIRECT_HANDLERS: frozenset[type[JsonStreamHandler]] = frozenset(
+    {JsonStreamHandler, BufferedStreamHandler}
+)
 #: Keyword arguments that keep the stdlib's meaning instead of becoming fields.
 _STDLIB_KEYWORDS = frozenset({"exc_info", "stack_info", "stacklevel"})
 #: Fields the direct path leaves to the stdlib path (which renames or interprets them).
@@ -60,7 +64,6 @@ _DEBUG, _INFO, _WARNING, _ERROR, _CRITICAL = (
     logging.ERROR,
     logging.CRITICAL,
 )
-_time = time.time
 #: The stdlib's own level -> name table (``addLevelName`` updates it in place), read as
 #: ``getLevelName`` reads it, without the call.
 _LEVEL_NAMES: dict[int, str] = getattr(logging, "_levelToName", {})
@@ -68,15 +71,57 @@ _LEVEL_NAMES: dict[int, str] = getattr(logging, "_levelToName", {})
 
 _StdLogger = logging.Logger
 _LogRecord = logging.LogRecord
+_LOGGING_FILE = os.path.normcase(logging.addLevelName.__code__.co_filename)
+
+
+def _stdlib_own(function: Any) -> Any:
+    """``function`` if it is the stdlib's own (defined in ``logging/__init__.py``), else a
+    value no attribute is (so that the checks below always send lines down the stdlib path):
+    a patch made before obskit was imported -- sentry-python's ``sentry_sdk.init()`` replaces
+    ``Logger.callHandlers`` -- must not be taken for the original."""
+    code = getattr(function, "__code__", None)
+    if code is not None and os.path.normcase(code.co_filename) == _LOGGING_FILE:
+        return function
+    return object()
+
+
 #: What a record goes through on the stdlib path. Where one of them was replaced (sentry-python
 #: patches ``Logger.callHandlers`` to see every record; an app may install a record factory
-#: that adds fields, or a logger class of its own), every line takes that path.
-_LOG = _StdLogger._log
-_HANDLE = _StdLogger.handle
-_CALL_HANDLERS = _StdLogger.callHandlers
-_MAKE_RECORD = _StdLogger.makeRecord
+#: that adds fields or patch ``getMessage``), every line takes that path.
+_LOG = _stdlib_own(_StdLogger._log)
+_HANDLE = _stdlib_own(_StdLogger.handle)
+_CALL_HANDLERS = _stdlib_own(_StdLogger.callHandlers)
+_MAKE_RECORD = _stdlib_own(_StdLogger.makeRecord)
+#: Logger methods that, set on an instance, would be called on the stdlib path.
+_INSTANCE_HOOKS = frozenset({"handle", "callHandlers", "makeRecord", "filter"})
+#: How many attributes a logger of the stdlib's manager has (``manager`` is set on each): a
+#: logger with more may have one of those methods of its own (the exact check then runs).
+_LOGGER_ATTRIBUTES = len(vars(_StdLogger("obskit.probe")).keys() | {"manager"})
 
 _record_factory = logging.getLogRecordFactory
+
+
+def _stdlib_path_untouched(logger: logging.Logger, handler: Any) -> bool:
+    """Whether the stdlib path from ``logger`` to ``handler`` is the stdlib's and obskit's own:
+    the stock record factory, no method of ``logging.Logger``'s record path replaced, a logger
+    of a class whose methods are the stdlib's (a subclass may override any of them), and no
+    such method, nor the handler's ``emit``/``handle`` or its formatter's ``format``, replaced
+    on the instance (as a test's patch would). Checked on every direct line (about 0.3 us):
+    a patch can come at any time, sentry-python's when ``sentry_sdk.init()`` runs."""
+    own = logger.__dict__
+    handler_own = handler.__dict__
+    return (
+        logger.__class__ in _KNOWN_LOGGERS
+        and _StdLogger.callHandlers is _CALL_HANDLERS
+        and _StdLogger.handle is _HANDLE
+        and _StdLogger.makeRecord is _MAKE_RECORD
+        and _StdLogger._log is _LOG
+        and _record_factory() is _LogRecord
+        and (len(own) <= _LOGGER_ATTRIBUTES or _INSTANCE_HOOKS.isdisjoint(own))
+        and "emit" not in handler_own
+        and "handle" not in handler_own
+        and "format" not in handler.formatter.__dict__
+    )
 
 
 def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | None:
@@ -104,39 +149,20 @@ def _direct_handler(logger: logging.Logger, level: int) -> JsonStreamHandler | N
         if not current.propagate:
             break
         current = current.parent
-    if found is None:
-        return None
-    cls: Any = logger.__class__  # checked last: most loggers that fail, fail on a handler
-    if (
-        _StdLogger._log is not _LOG
-        or cls.handle is not _HANDLE
-        or cls.callHandlers is not _CALL_HANDLERS
-        or cls.makeRecord is not _MAKE_RECORD
-        or _record_factory() is not _LogRecord
-    ):
+    # Checked last: most loggers that fail, fail on a handler.
+    if found is None or not _stdlib_path_untouched(logger, found):
         return None
     return found  # type: ignore[no-any-return]
 
 
 def _sampled(sampler: Any, level: int, name: str) -> bool:
     """The decision ``sampler`` (a :class:`CorrelationFilter`, the only filter
-    :func:`_direct_handler` lets through) would make for this line."""
+    :func:`_direct_handler` lets through) would make for this line, or the one already made
+    for it (``get_logger`` handing a kept line to a :class:`DirectLogger`)."""
+    if _decided.kept:
+        return True
     keeps: bool = sampler.keeps(level, name, current_span().get_span_context())
     return keeps
-
-
-def _message(msg: Any, args: tuple[Any, ...]) -> str:
-    """``LogRecord.getMessage``, with the formatter's answer to arguments that do not fit."""
-    text = str(msg)
-    if args:
-        # LogRecord's rule: one non-empty mapping is the mapping ("%(user)s" % {"user": ...}).
-        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-            args = args[0]  # type: ignore[assignment]
-        try:
-            text = text % args
-        except Exception:
-            text = f"{msg!r} % {args!r}"
-    return text
 
 
 class Logger:
@@ -214,11 +240,22 @@ class Logger:
         if self._fields:
             fields = {**self._fields, **fields}
         # A field named like a LogRecord attribute or a stdlib keyword: the stdlib path.
+        kept = False
         if not fields or _NOT_DIRECT.isdisjoint(fields):
             handler = _direct_handler(self._std, level)
-            if handler is not None and _write(handler, level, self.name, msg, args, fields):
-                return
-        self._stdlib(level, msg, args, fields)
+            if handler is not None:
+                done = _write(handler, level, self.name, msg, args, fields)
+                if done is not _NOT_WRITTEN:
+                    return
+                kept = bool(handler.filters)
+        if kept:  # sampled in already: the record path must not draw again
+            _decided.kept = True
+            try:
+                self._stdlib(level, msg, args, fields)
+            finally:
+                _decided.kept = False
+        else:
+            self._stdlib(level, msg, args, fields)
 
     def _stdlib(self, level: int, msg: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
         """Hand the call to the stdlib logger, as ``logger.log(level, msg, *args, extra=...)``
@@ -237,6 +274,10 @@ class Logger:
         self._std._log(level, msg, args, extra=extra or None, **keywords)
 
 
+#: :func:`_write`'s answer when the line needs the record path after all.
+_NOT_WRITTEN = None
+
+
 def _write(
     handler: JsonStreamHandler,
     level: int,
@@ -244,28 +285,35 @@ def _write(
     msg: Any,
     args: Any,
     fields: Mapping[str, Any] | None,
-) -> bool:
-    """Write the line of a call straight to ``handler`` (see :func:`_direct_handler`); False
-    when the call needs the stdlib path after all (a field or message the line cannot carry
-    as it is)."""
+) -> bool | None:
+    """Write the line of a call straight to ``handler`` (see :func:`_direct_handler`): True
+    when written, False when log sampling dropped it, :data:`_NOT_WRITTEN` when it needs the
+    record path after all (a field or a message the line cannot carry as it is; a line that
+    log sampling kept has been kept by then)."""
     line = None
     try:
         if handler.filters and not _sampled(handler.filters[0], level, name):
-            return True  # log sampling (setup_logging's CorrelationFilter) dropped it
-        message = msg if msg.__class__ is str and not args else _message(msg, args)
+            return False  # log sampling (setup_logging's CorrelationFilter) dropped it
         line = handler.formatter.format_event(  # type: ignore[union-attr]
-            _time(), _LEVEL_NAMES.get(level) or logging.getLevelName(level), name, message, fields
+            time.time(),  # looked up per call, as LogRecord does: a test may pin the clock
+            _LEVEL_NAMES.get(level) or logging.getLevelName(level),
+            name,
+            msg,
+            args,
+            fields,
         )
         if line is None:
-            return False
+            return _NOT_WRITTEN
         with handler.lock:  # type: ignore[union-attr]
             handler.write_line(line, level)
         return True
-    except Exception as exc:
-        if line is not None:  # formatted, not written: as the stdlib, not retried
-            _dropped(exc)
-            return True
-        return False  # not formatted: the stdlib path formats (and reports) it its own way
+    except Exception:
+        if line is None:
+            return _NOT_WRITTEN  # not formatted: the record path formats and reports it
+        # Formatted, not written: reported as the stdlib reports it (handleError, with a
+        # record made now for its message) and counted; not retried.
+        _dropped(handler, name, level, msg, args)
+        return True
 
 
 class DirectLogger(logging.Logger):
@@ -288,22 +336,37 @@ class DirectLogger(logging.Logger):
         stack_info: bool = False,
         stacklevel: int = 1,
     ) -> None:
+        kept = False
         if (
             not exc_info
             and not stack_info
+            and not self.disabled  # Logger.handle's check: _log may be called directly
             and (extra is None or (extra.__class__ is dict and _RESERVED.isdisjoint(extra)))
         ):
             handler = _direct_handler(self, level)
-            if handler is not None and _write(handler, level, self.name, msg, args, extra):
-                return
+            if handler is not None:
+                if _write(handler, level, self.name, msg, args, extra) is not _NOT_WRITTEN:
+                    return
+                kept = bool(handler.filters)
         # Looked up per call, so that a patch of Logger._log made later is honoured; one
         # frame more (this one) between the caller and findCaller.
-        _StdLogger._log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+        if kept:  # sampled in already: the record path must not draw again
+            _decided.kept = True
+            try:
+                _StdLogger._log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+            finally:
+                _decided.kept = False
+        else:
+            _StdLogger._log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
 
 
 class _DirectRootLogger(DirectLogger, logging.RootLogger):
     """The root logger (``logging.info(...)``, ``logging.getLogger()``) as a
     :class:`DirectLogger`."""
+
+
+#: Logger classes whose methods on the record path are the stdlib's.
+_KNOWN_LOGGERS = frozenset({_StdLogger, logging.RootLogger, DirectLogger, _DirectRootLogger})
 
 
 def install_direct() -> None:
@@ -330,12 +393,13 @@ def uninstall_direct() -> None:
         logging.setLoggerClass(_StdLogger)
 
 
-def _dropped(exc: BaseException) -> None:
+def _dropped(handler: Any, name: str, level: int, msg: Any, args: Any) -> None:
+    """A line formatted on the direct path that its stream refused (called while the error is
+    handled): ``handler.handleError`` gets a record of the call, as on the record path, and
+    ``obskit_log_records_dropped_total{reason="write_error"}`` counts it."""
     try:
         _selfmetrics.current().dropped_logs.labels("write_error").inc()
-        _selfmetrics.warn_once(
-            "log_write", "obskit: a log line could not be written (%s: %s)", type(exc).__name__, exc
-        )
+        handler.handleError(_LogRecord(name, level, "(unknown file)", 0, msg, args, None))
     except Exception:
         pass
 

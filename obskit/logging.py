@@ -280,6 +280,33 @@ _MILLIS = [f".{i:03d}Z" for i in range(1000)]
 _NO_SPAN = (0, 0, False, 0, None, False)
 
 
+class _Decided(threading.local):
+    """A log-sampling decision already made for the record this thread is about to make:
+    ``obskit.logger``'s direct path decides before it formats, and when the line then needs
+    the record path after all, :class:`CorrelationFilter` takes that decision instead of
+    drawing again (a line outside a trace would otherwise be kept at the rate squared)."""
+
+    kept = False
+
+
+_decided = _Decided()
+
+
+def call_message(msg: Any, args: Any) -> str:
+    """``LogRecord.getMessage`` of a call, with the formatter's answer to arguments that do not
+    fit (:meth:`JsonFormatter.format` writes the same)."""
+    text = str(msg)
+    if args:
+        # LogRecord's rule: one non-empty mapping is the mapping ("%(user)s" % {"user": ...}).
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            args = args[0]
+        try:
+            text = text % args
+        except Exception:
+            text = f"{msg!r} % {args!r}"
+    return text
+
+
 class CorrelationFilter(logging.Filter):
     """Stamp trace and request fields on each record; drop sampled-out records below WARNING.
 
@@ -331,6 +358,10 @@ class CorrelationFilter(logging.Filter):
         else:
             record.obskit_trace_id = 0
         record.obskit_request = context.get(_ctx.REQUEST_KEY)
+        decided = _decided
+        if decided.kept:  # the direct path kept this line and handed it over (see _Decided)
+            decided.kept = False
+            return True
         return self.keeps(record.levelno, record.name, ctx)
 
     def keeps(self, level: int, name: str, ctx: Any) -> bool:
@@ -529,15 +560,19 @@ class JsonFormatter(_PJLJsonFormatter):
         )
 
     def format_event(
-        self, created: float, level: str, name: str, message: str, fields: Mapping[str, Any]
+        self,
+        created: float,
+        level: str,
+        name: str,
+        msg: Any,
+        args: Any,
+        fields: Mapping[str, Any] | None,
     ) -> str | None:
-        """The line :meth:`format` would write for a record of these fields, built without a
-        record (:class:`obskit.logger.Logger`'s direct path); None when the line needs the
-        record path: a message long enough to be cut, or a field that is not a scalar under a
-        plain key."""
-        if len(message) * 4 > self.max_message:
-            return None
-        message_text = self._texts.get(message) or self._text(message)
+        """The line :meth:`format` would write for a record of this call (``msg % args`` and
+        ``fields``), built without a record (:class:`obskit.logger.Logger`'s direct path); None
+        when the line needs the record path: a field that is not a scalar under a plain key
+        (checked first, so that the message is then built once, by the record), or a message
+        long enough to be cut."""
         if fields:
             tail = self._scalar_fields(fields.items())
             if tail is None:
@@ -545,6 +580,10 @@ class JsonFormatter(_PJLJsonFormatter):
             tail.append("}")
         else:
             tail = ["}"]
+        message = msg if msg.__class__ is str and not args else call_message(msg, args)
+        if len(message) * 4 > self.max_message:
+            return None
+        message_text = self._texts.get(message) or self._text(message)
         context = _ctx.get_current()
         # current_span(context), inlined for the default runtime context (a call less per line,
         # as start_server_span reads the parent span).

@@ -9,10 +9,14 @@ import json
 import logging
 import random
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import types
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from opentelemetry import context as otel_context
@@ -585,16 +589,139 @@ class _Broken(io.StringIO):
         raise OSError("disk full")
 
 
-def test_a_stream_that_fails_does_not_raise_and_is_counted(
+def test_a_stream_that_fails_does_not_raise_is_counted_and_reported_as_the_stdlib_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each line the stream refuses goes to the handler's ``handleError`` with a record of the
+    call (the stdlib's "--- Logging error ---" report), as on the record path, and is counted."""
     monkeypatch.setattr(obskit._state, "raise_internal_errors", False)
-    only_obskit(_Broken())
+    only_obskit(_Broken(), direct=True)
+    handler = logging.getLogger(NAME).handlers[0]
+    reported: list[str] = []
+    monkeypatch.setattr(handler, "handleError", lambda record: reported.append(record.getMessage()))
     dropped = _selfmetrics.current().dropped_logs.labels("write_error")
     before = dropped._value.get()
     get_logger(NAME).info("lost")
-    get_logger(NAME).info("lost again")
+    logging.getLogger(NAME).info("lost %s", "again")
     assert 2 == dropped._value.get() - before
+    assert ["lost", "lost again"] == reported
+
+
+def test_a_patch_of_the_stdlib_made_before_obskit_was_imported_is_honoured() -> None:
+    """sentry-python's ``sentry_sdk.init()``, called first thing, replaces
+    ``Logger.callHandlers``: obskit, imported after, must not take the patch for the stdlib's
+    own and skip it (in a fresh interpreter: the import order is the point)."""
+    code = textwrap.dedent(
+        """
+        import io, json, logging
+        seen = []
+        original = logging.Logger.callHandlers
+        def call_handlers(self, record):
+            seen.append(record.getMessage())
+            original(self, record)
+        logging.Logger.callHandlers = call_handlers
+        import obskit
+        buffer = io.StringIO()
+        obskit.setup_logging(stream=buffer)
+        logging.getLogger("app").error("payment failed")
+        logging.error("root error")
+        obskit.get_logger("app").error("via obskit")
+        lines = [json.loads(x)["message"] for x in buffer.getvalue().splitlines()]
+        print(json.dumps([seen, lines]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen, lines = json.loads(done.stdout)
+    expected = ["payment failed", "root error", "via obskit"]
+    assert (expected, expected) == (seen, lines)
+
+
+def test_a_kept_line_handed_to_the_record_path_is_not_sampled_twice() -> None:
+    """Outside a trace log sampling draws at random. A line the direct path kept and then hands
+    to the record path (a list field) keeps its decision: kept at the rate, not its square."""
+    stream, std, _ = direct_and_reference(sample_rate=0.5)
+    for index in range(4_000):
+        std.info("listed", extra={"i": index, "items": [1]})
+        get_logger(NAME).info("listed by obskit", i=index, items=[1])
+    lines = [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
+    assert 1_800 < lines.count("listed") < 2_200
+    assert 1_800 < lines.count("listed by obskit") < 2_200
+
+
+def test_a_message_handed_to_the_record_path_is_built_once() -> None:
+    """``str()`` of the message and its arguments runs once, as in the stdlib: the direct path
+    checks the fields before it builds the message."""
+    stream, std, _ = direct_and_reference()
+    calls: list[int] = []
+
+    class Lazy:
+        def __str__(self) -> str:
+            calls.append(1)
+            return f"call {len(calls)}"
+
+    std.info("%s", Lazy(), extra={"items": [1, 2]})
+    get_logger(NAME).info("%s", Lazy(), items=[1, 2])
+    assert 2 == len(calls)
+    assert ["call 1", "call 2"] == [
+        json.loads(x)["message"] for x in stream.getvalue().splitlines()
+    ]
+
+
+def test_a_pinned_clock_reaches_the_direct_path() -> None:
+    stream, std, _ = direct_and_reference()
+    with mock.patch("time.time", return_value=1_700_000_000.123):
+        std.info("pinned")
+        get_logger(NAME).info("pinned too")
+    stamps = [json.loads(x)["timestamp"] for x in stream.getvalue().splitlines()]
+    assert ["2023-11-14T22:13:20.122Z"] * 2 == stamps
+
+
+def test_a_disabled_logger_writes_nothing_even_through_log() -> None:
+    """``logger._log`` called directly (a custom-level idiom) skips ``isEnabledFor``; the
+    stdlib's ``handle`` still drops the line of a disabled logger."""
+    stream, std, _ = direct_and_reference()
+    std.disabled = True
+    std._log(logging.WARNING, "via _log", ())
+    assert "" == stream.getvalue()
+
+
+def test_methods_replaced_on_an_instance_or_a_subclass_are_called() -> None:
+    stream, std, _ = direct_and_reference()
+    handler = std.handlers[0]
+    calls: list[str] = []
+    emit = handler.emit
+
+    def counted(record: logging.LogRecord) -> None:
+        calls.append("emit")
+        emit(record)
+
+    handler.emit = counted  # type: ignore[method-assign]
+    std.info("one")
+    del handler.emit
+    call_handlers = std.callHandlers
+
+    def counted_call(record: logging.LogRecord) -> None:
+        calls.append("callHandlers")
+        call_handlers(record)
+
+    std.callHandlers = counted_call  # type: ignore[method-assign]
+    std.info("two")
+    del std.callHandlers
+
+    class Quiet(logging.getLoggerClass()):  # type: ignore[misc]
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "secret" not in record.getMessage()
+
+    quiet = Quiet(NAME + ".quiet")
+    quiet.handlers[:] = [handler]
+    quiet.propagate = False
+    quiet.info("a secret")
+    quiet.info("public")
+    assert ["emit", "callHandlers"] == calls
+    messages = [json.loads(x)["message"] for x in stream.getvalue().splitlines()]
+    assert ["one", "two", "public"] == messages
 
 
 def test_many_threads_give_whole_lines() -> None:
