@@ -86,8 +86,8 @@ def _stdlib_own(function: Any) -> Any:
 
 
 #: What a record goes through on the stdlib path. Where one of them was replaced (sentry-python
-#: patches ``Logger.callHandlers`` to see every record; an app may install a record factory
-#: that adds fields or patch ``getMessage``), every line takes that path.
+#: patches ``Logger.callHandlers`` to see every record), every line takes that path, as it does
+#: under a record factory of the app's (which may add fields).
 _LOG = _stdlib_own(_StdLogger._log)
 _HANDLE = _stdlib_own(_StdLogger.handle)
 _CALL_HANDLERS = _stdlib_own(_StdLogger.callHandlers)
