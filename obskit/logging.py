@@ -958,8 +958,8 @@ def setup_logging(
 
     ``direct`` (default on): a ``logging.getLogger(name)`` line whose only listener is this
     handler is written as :func:`obskit.get_logger` writes it, without a ``LogRecord`` -- the
-    same bytes at a third of the cost; any other handler, filter, ``exc_info`` or a replaced
-    record factory sends the line down the stdlib's path as before
+    same bytes at about half the cost; any other handler, filter, ``exc_info`` or a replaced
+    record path sends the line down the stdlib's path as before
     (:class:`obskit.logger.DirectLogger`). ``direct=False`` leaves logger classes alone.
     """
     if static_fields is None:
