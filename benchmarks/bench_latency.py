@@ -34,8 +34,10 @@ ratio to ``bare`` and to the matched bare variant (see ``bench_load.py``), and t
 Then, with the same servers still running, ``--connections`` (default 16) connections: wrk runs
 of ``--seconds`` each, one per variant per round, in a fresh random order each round. Each
 variant's req/s and p99 are divided by bare's *of the same round* (runs seconds apart, not
-minutes as in ``bench_load.py``, whose rounds restart every server); the table gives the median,
-the range, and in how many rounds issue #11's target held. It also gives the server's CPU time
+minutes as in ``bench_load.py``, whose rounds restart every server), and by the matched bare
+variant's (``bare_log`` for a variant that logs a line per request: the same app, logging the
+same line through plain stdlib logging); the table gives the median, the range, and in how many
+rounds issue #11's target held. It also gives the server's CPU time
 per request (user + system, its processes and their children, read from ``/proc`` around each
 wrk run) and, paired the same way, requests per CPU-second against bare: what a saturated
 server's throughput follows, read without the scheduler's and the load generator's share of
@@ -220,19 +222,20 @@ def report_many(connections: int, runs: dict[str, list[dict[str, float]]]) -> No
         "round: median, min-max, rounds within issue #11's target):\n"
     )
     print(
-        "| variant | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | p99 vs matched bare "
-        "| server CPU us/request | req per CPU-s vs bare |"
+        "| variant | req/s | p50 ms | p99 ms | req/s vs bare | req/s vs matched bare | p99 vs bare "
+        "| p99 vs matched bare | server CPU us/request | req per CPU-s vs bare |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, values in runs.items():
         rates = [v["per_cpu_s"] for v in values if "per_cpu_s" in v]
         cpu = f"{1e6 / statistics.median(rates):.0f}" if rates else "-"
+        matched = bench_load._matched_baseline(variant)
         print(
             f"| {variant} | {statistics.median(v['rps'] for v in values):,.0f} "
             f"| {statistics.median(v['p50'] for v in values):.2f} "
             f"| {statistics.median(v['p99'] for v in values):.2f} "
-            f"| {_paired(runs, variant, 'bare', 'rps')} | {_paired(runs, variant, 'bare', 'p99')} "
-            f"| {_paired(runs, variant, bench_load._matched_baseline(variant), 'p99')} "
+            f"| {_paired(runs, variant, 'bare', 'rps')} | {_paired(runs, variant, matched, 'rps')} "
+            f"| {_paired(runs, variant, 'bare', 'p99')} | {_paired(runs, variant, matched, 'p99')} "
             f"| {cpu} | {_paired(runs, variant, 'bare', 'per_cpu_s')} |",
             flush=True,
         )
