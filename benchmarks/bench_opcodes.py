@@ -34,16 +34,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import bench_http  # noqa: E402  (a sibling script, not a package module)
-
-VARIANTS = (
-    "bare",
-    "bare_log",
-    "obskit_nolog_1pct",
-    "obskit_nolog",
-    "obskit_1pct",
-    "obskit",
-)
+import bench_http  # noqa: E402  (sibling scripts, not package modules)
+from bench_instructions import VARIANTS  # noqa: E402  (the same variants, so the tables align)
 
 
 def worker(framework: str, variant: str, requests: int) -> None:
