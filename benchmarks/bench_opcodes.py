@@ -1,13 +1,15 @@
 """Python opcodes per request, counted with ``sys.settrace``: a cost measure that takes seconds.
 
 What obskit adds to a request is Python code run once per request, between the framework's own,
-and under a real server each added opcode costs about the same whatever it does: on the quiet
-host of 2026-11-24 the servers' CPU time per request (``bench_latency.py``) rose by 36-46 ns per
-opcode this script counts in-process for every variant that adds obskit or a log line to FastAPI
-or Flask, 29-38 ns for Django (docs/benchmarks.md, "Opcodes per request"). Where a variant's
-opcodes go is therefore a fair map of where its server cost goes, and a count does not move
-with the host's load: a change that removes work shows up here at once, without a 7-minute
-wall-clock run.
+and under a real server each added opcode of such straight-line code costs about the same
+whatever it does: on the quiet host of 2026-11-24 the servers' CPU time per request
+(``bench_latency.py``) rose by 36-46 ns per opcode this script counts in-process for every
+variant that adds obskit or a log line to FastAPI or Flask, 29-38 ns for Django
+(docs/benchmarks.md, "Opcodes per request"). Where a variant's opcodes go is therefore a fair
+map of where its server cost goes, and a count does not move with the host's load. Not a law,
+though: the repeated iterations of a loop cost far less than that (234 opcodes of the span
+encoder's per-attribute loop moved into C saved no CPU time at all), so check a cut that
+removes loop iterations with ``bench_latency.py``'s CPU column.
 
 Each variant of ``bench_http.py``'s in-process apps runs in its own process; after a warm-up,
 opcode events are counted on the request thread around ``--requests`` timed requests (plus the
