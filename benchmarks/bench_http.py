@@ -212,6 +212,17 @@ def _fastapi_app(variant: str) -> Any:
     return app
 
 
+def _warmup(n: int) -> int:
+    """Untimed requests a runner sends before its ``n`` timed ones."""
+    return min(500, n)
+
+
+def served(n: int) -> int:
+    """Requests a runner (``runner(app, n)``) serves in all: its warm-up and ``n`` timed ones.
+    ``bench_instructions.py`` and ``bench_opcodes.py`` count over all of them."""
+    return _warmup(n) + n
+
+
 def _run_wsgi(app: Any, n: int) -> float:
     environ_base = {
         "REQUEST_METHOD": "GET",
@@ -246,7 +257,7 @@ def _run_wsgi(app: Any, n: int) -> float:
         if close is not None:
             close()
 
-    for _ in range(min(500, n)):
+    for _ in range(_warmup(n)):
         one()
     start = time.perf_counter()
     for _ in range(n):
@@ -277,7 +288,7 @@ def _run_asgi(app: Any, n: int) -> float:
         return None
 
     async def loop() -> float:
-        for _ in range(min(500, n)):
+        for _ in range(_warmup(n)):
             await app(dict(scope_base), receive, send)
         start = time.perf_counter()
         for _ in range(n):

@@ -43,7 +43,7 @@ def worker(framework: str, variant: str, requests: int) -> None:
     run(app, 200)
     pid = str(os.getpid())
     subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=False)
-    run(app, requests)  # runs min(500, n) warm-up requests, then n timed ones: 2n in all
+    run(app, requests)  # its own warm-up too: bench_http.served(requests) in all
     subprocess.run(["callgrind_control", "-i", "off", pid], capture_output=True, check=False)
 
 
@@ -71,7 +71,7 @@ def count(framework: str, variant: str, requests: int) -> float:
     )
     if match is None:
         raise SystemExit(f"no totals from callgrind for {framework}/{variant}")
-    return int(match.group(1).replace(",", "")) / (2 * requests)
+    return int(match.group(1).replace(",", "")) / bench_http.served(requests)
 
 
 def main() -> None:

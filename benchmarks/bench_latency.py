@@ -37,11 +37,11 @@ variant's req/s and p99 are divided by bare's *of the same round* (runs seconds 
 minutes as in ``bench_load.py``, whose rounds restart every server), and by the matched bare
 variant's (``bare_log`` for a variant that logs a line per request: the same app, logging the
 same line through plain stdlib logging); the table gives the median, the range, and in how many
-rounds issue #11's target held. It also gives the server's CPU time
-per request (user + system, its processes and their children, read from ``/proc`` around each
-wrk run) and, paired the same way, requests per CPU-second against bare: what a saturated
-server's throughput follows, read without the scheduler's and the load generator's share of
-the noise (bare instances of one app read within 2 % of each other this way).
+rounds issue #11's target held. It also gives the server's CPU time per request (user +
+system, its processes and their children, read from ``/proc`` around each wrk run) and, paired
+the same way, requests per CPU-second against bare: what a saturated server's throughput
+follows, read without the scheduler's and the load generator's share of the noise (bare
+instances of one app read within 2 % of each other this way).
 
 Run: ``.venv/bin/python benchmarks/bench_latency.py [--cycles N] [--block N] [--connections N]
 [--rounds N] [--seconds S] [--frameworks F ...] [--variants V ...]`` (needs a C compiler and

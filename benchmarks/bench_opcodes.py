@@ -59,7 +59,7 @@ def worker(framework: str, variant: str, requests: int) -> None:
         run(app, requests)
     finally:
         sys.settrace(None)
-    served = requests + min(500, requests)  # the runner's warm-up ran under the trace too
+    served = bench_http.served(requests)  # the runner's warm-up ran under the trace too
     total = sum(counts.values()) / served
     package = str(Path(__import__("obskit").__file__).parent)
     own = {
