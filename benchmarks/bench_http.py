@@ -10,6 +10,9 @@ in rounds (so machine noise hits all of them alike):
 - ``bare_log`` (with ``--variants``): the bare app writing the same log line through plain
   stdlib logging -- the matched baseline of the obskit variants that log;
 - ``obskit_nolog`` / ``obskit_nolog_1pct`` (with ``--variants``): obskit with no log line;
+- ``obskit_nolog_notrace`` (with ``--variants``): obskit with traces off (no span processor: no
+  span, sampled or not) and no log line -- RED metrics and the request pipeline alone, what every
+  request pays whatever the sampling decision (issue #6's share, read both ways);
 - ``obskit_direct`` / ``obskit_1pct_direct`` (with ``--variants``): as ``obskit`` /
   ``obskit_1pct``, the same call on ``obskit.get_logger("app")`` instead of
   ``logging.getLogger("app")`` (the line written without a ``LogRecord``);
@@ -42,6 +45,7 @@ EXTRA_VARIANTS = (
     "bare_log",
     "obskit_nolog",
     "obskit_nolog_1pct",
+    "obskit_nolog_notrace",
     "obskit_direct",
     "obskit_1pct_direct",
 )
@@ -91,7 +95,9 @@ def _configure_obskit(variant: str) -> None:
         def shutdown(self) -> None:
             pass
 
-    _runtime._configure(load_config(**options), sink=NullSink())
+    # traces_exporter "none" and no sink: no span processor, so no span at all ("notrace").
+    sink = None if "notrace" in variant else NullSink()
+    _runtime._configure(load_config(**options), sink=sink)
     logging_setup = getattr(obskit, "setup_logging", None)
     if logging_setup is not None:
         logging_setup(stream=open(os.devnull, "w"))  # noqa: SIM115

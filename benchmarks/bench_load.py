@@ -42,8 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("fastapi", "flask", "django")
 #: Run by default.
 VARIANTS = ("bare", "bare_log", "obskit", "obskit_1pct", "obskit_nolog", "obskit_nolog_1pct")
-#: Available with ``--variants`` (buffered log flushing, obskit's logger; see ``load_apps.py``).
-EXTRA_VARIANTS = ("obskit_buf", "obskit_1pct_buf", "obskit_direct", "obskit_1pct_direct")
+#: Available with ``--variants`` (buffered log flushing, obskit's logger, traces off; see
+#: ``load_apps.py``).
+EXTRA_VARIANTS = (
+    "obskit_buf",
+    "obskit_1pct_buf",
+    "obskit_direct",
+    "obskit_1pct_direct",
+    "obskit_nolog_notrace",
+)
 
 
 def _logs(variant: str) -> bool:

@@ -86,6 +86,30 @@ def count(framework: str, variant: str, requests: int) -> dict[str, Any]:
     return result
 
 
+def _shares(totals: dict[str, float]) -> str | None:
+    """Issue #6's ratio from opcodes per request: over bare, as the issue words it, and over
+    ``obskit_nolog_notrace`` (obskit with traces off), which leaves out what every request pays
+    whatever the sampling decision (RED metrics, the middleware) and compares what tracing adds.
+    None without the variants it needs."""
+    try:
+        bare, unsampled, sampled = (
+            totals[v] for v in ("bare", "obskit_nolog_1pct", "obskit_nolog")
+        )
+    except KeyError:
+        return None
+    text = (
+        f"over bare {unsampled - bare:,.0f} / {sampled - bare:,.0f} = "
+        f"{(unsampled - bare) / (sampled - bare):.0%}"
+    )
+    base = totals.get("obskit_nolog_notrace")
+    if base is not None:
+        text += (
+            f"; tracing's own (over traces off) {unsampled - base:,.0f} / {sampled - base:,.0f}"
+            f" = {(unsampled - base) / (sampled - base):.0%}"
+        )
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frameworks", nargs="+", default=["fastapi", "flask", "django"])
@@ -104,6 +128,7 @@ def main() -> None:
     print("| framework | " + " | ".join(variants) + " |")
     print("|---|" + "---:|" * len(variants))
     details: dict[str, dict[str, float]] = {}
+    shares: dict[str, str | None] = {}
     for framework in args.frameworks:
         results = {v: count(framework, v, args.requests) for v in variants}
         bare = results["bare"]["total"] if "bare" in results else None
@@ -113,8 +138,14 @@ def main() -> None:
             added = "" if bare is None or variant == "bare" else f" (+{value - bare:,.0f})"
             cells.append(f"{value:,.0f}{added}")
         print(f"| {framework} | " + " | ".join(cells) + " |", flush=True)
+        shares[framework] = _shares({v: r["total"] for v, r in results.items()})
         if args.functions:
             details[framework] = results[args.functions]["obskit"]
+    if any(shares.values()):
+        print("\nIssue #6: an unsampled request's added cost as a share of a sampled one's\n")
+        for framework, share in shares.items():
+            if share:
+                print(f"- {framework}: {share}")
     for framework, functions in details.items():
         print(f"\n{framework}, {args.functions}: obskit's functions by opcodes per request\n")
         print(f"| function | opcodes (of {sum(functions.values()):,.0f}) |")

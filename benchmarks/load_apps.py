@@ -20,6 +20,9 @@ export and not a no-op; ``obskit.setup_logging`` always called, so log correlati
   line is written without a ``LogRecord`` (obskit's handler is the only one listening).
 - ``obskit_nolog`` / ``obskit_nolog_1pct``: as ``obskit`` / ``obskit_1pct``, but the app writes
   no log line: compared with ``bare``.
+- ``obskit_nolog_notrace``: as ``obskit_nolog`` with traces off (``traces_exporter="none"``: no
+  span, sampled or not): RED metrics and the request pipeline alone, the part of an obskit request
+  that does not depend on the sampling decision (issue #6's share, read over it).
 
 Each app serves ``/items/{id}`` and ``/__bench/gc`` (garbage-collector counts of this process,
 excluded from telemetry) so the driver can count collections per 10,000 requests;
@@ -46,6 +49,7 @@ VARIANTS = (
     "obskit_1pct_buf",
     "obskit_nolog",
     "obskit_nolog_1pct",
+    "obskit_nolog_notrace",
     "obskit_direct",
     "obskit_1pct_direct",
 )
@@ -103,7 +107,7 @@ def _configure() -> Any:
         "excluded_paths": ["/metrics", "/__bench/gc"],
     }
     endpoint = os.environ.get("BENCH_OTLP_ENDPOINT")
-    if endpoint:
+    if endpoint and "notrace" not in VARIANT:
         options["otlp_endpoint"] = endpoint
     else:
         options["traces_exporter"] = "none"

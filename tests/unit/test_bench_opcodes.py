@@ -38,3 +38,24 @@ def test_obskit_functions_are_what_an_instrumented_request_adds(bench: ModuleTyp
     assert own["http/_pipeline.py:finish"] > 50
     added = instrumented["total"] - bare["total"]
     assert abs(added - sum(own.values())) < 0.2 * added
+
+
+def test_traces_off_variant_starts_no_span_and_keeps_the_pipeline(bench: ModuleType) -> None:
+    # obskit_nolog_notrace is issue #6's second baseline: every request's part without tracing.
+    unsampled = bench.count("fastapi", "obskit_nolog_1pct", 20)["obskit"]
+    traces_off = bench.count("fastapi", "obskit_nolog_notrace", 20)["obskit"]
+
+    assert unsampled["tracing/server_span.py:start_server_span"] > 10
+    assert "tracing/server_span.py:start_server_span" not in traces_off
+    assert traces_off["http/_pipeline.py:record"] > 10  # RED metrics are still recorded
+    assert traces_off["asgi.py:__call__"] > 50
+
+
+def test_shares_reads_issue_6_over_bare_and_over_traces_off(bench: ModuleType) -> None:
+    totals = {"bare": 1000.0, "obskit_nolog_1pct": 1500.0, "obskit_nolog": 3000.0}
+    assert bench._shares(totals) == "over bare 500 / 2,000 = 25%"
+    totals["obskit_nolog_notrace"] = 1400.0
+    assert bench._shares(totals) == (
+        "over bare 500 / 2,000 = 25%; tracing's own (over traces off) 100 / 1,600 = 6%"
+    )
+    assert bench._shares({"bare": 1.0, "obskit_nolog": 2.0}) is None
