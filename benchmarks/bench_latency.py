@@ -239,6 +239,14 @@ def report_many(connections: int, runs: dict[str, list[dict[str, float]]]) -> No
             f"| {cpu} | {_paired(runs, variant, 'bare', 'per_cpu_s')} |",
             flush=True,
         )
+    cpu_us = {
+        variant: 1e6 / statistics.median(rates)
+        for variant, values in runs.items()
+        if (rates := [v["per_cpu_s"] for v in values if "per_cpu_s" in v])
+    }
+    share = bench_load.issue6_shares(cpu_us)
+    if share:
+        print(f"\nIssue #6, server CPU us per request: {share}")
 
 
 def main() -> None:

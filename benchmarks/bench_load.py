@@ -53,6 +53,29 @@ EXTRA_VARIANTS = (
 )
 
 
+def issue6_shares(costs: dict[str, float]) -> str | None:
+    """Issue #6's ratio from a cost per request by variant (opcodes, instructions, CPU time):
+    the unsampled request's added cost as a share of the sampled one's, over bare as the issue
+    words it, and over ``obskit_nolog_notrace`` (obskit with traces off), which leaves out what
+    every request pays whatever the sampling decision (RED metrics, the middleware, the context)
+    and so compares what tracing itself adds. None without the variants it needs."""
+    try:
+        bare, unsampled, sampled = (costs[v] for v in ("bare", "obskit_nolog_1pct", "obskit_nolog"))
+    except KeyError:
+        return None
+    text = (
+        f"over bare {unsampled - bare:,.0f} / {sampled - bare:,.0f} = "
+        f"{(unsampled - bare) / (sampled - bare):.0%}"
+    )
+    base = costs.get("obskit_nolog_notrace")
+    if base is not None:
+        text += (
+            f"; tracing's own (over traces off) {unsampled - base:,.0f} / {sampled - base:,.0f}"
+            f" = {(unsampled - base) / (sampled - base):.0%}"
+        )
+    return text
+
+
 def _logs(variant: str) -> bool:
     """Whether the app writes one log line per request in this variant (as in load_apps)."""
     return variant != "bare" and "nolog" not in variant

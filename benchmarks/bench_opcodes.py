@@ -37,6 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_http  # noqa: E402  (sibling scripts, not package modules)
+import bench_load  # noqa: E402
 from bench_instructions import VARIANTS  # noqa: E402  (the same variants, so the tables align)
 
 
@@ -86,30 +87,6 @@ def count(framework: str, variant: str, requests: int) -> dict[str, Any]:
     return result
 
 
-def _shares(totals: dict[str, float]) -> str | None:
-    """Issue #6's ratio from opcodes per request: over bare, as the issue words it, and over
-    ``obskit_nolog_notrace`` (obskit with traces off), which leaves out what every request pays
-    whatever the sampling decision (RED metrics, the middleware) and compares what tracing adds.
-    None without the variants it needs."""
-    try:
-        bare, unsampled, sampled = (
-            totals[v] for v in ("bare", "obskit_nolog_1pct", "obskit_nolog")
-        )
-    except KeyError:
-        return None
-    text = (
-        f"over bare {unsampled - bare:,.0f} / {sampled - bare:,.0f} = "
-        f"{(unsampled - bare) / (sampled - bare):.0%}"
-    )
-    base = totals.get("obskit_nolog_notrace")
-    if base is not None:
-        text += (
-            f"; tracing's own (over traces off) {unsampled - base:,.0f} / {sampled - base:,.0f}"
-            f" = {(unsampled - base) / (sampled - base):.0%}"
-        )
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frameworks", nargs="+", default=["fastapi", "flask", "django"])
@@ -138,7 +115,7 @@ def main() -> None:
             added = "" if bare is None or variant == "bare" else f" (+{value - bare:,.0f})"
             cells.append(f"{value:,.0f}{added}")
         print(f"| {framework} | " + " | ".join(cells) + " |", flush=True)
-        shares[framework] = _shares({v: r["total"] for v, r in results.items()})
+        shares[framework] = bench_load.issue6_shares({v: r["total"] for v, r in results.items()})
         if args.functions:
             details[framework] = results[args.functions]["obskit"]
     if any(shares.values()):
