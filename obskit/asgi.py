@@ -71,8 +71,8 @@ class _AsgiRequest(Request):
     to the span of FastAPI's own telemetry record: ``set_attribute("http.route", template)``.
     """
 
-    # Only the context to restore: Request.suspend does exactly that.
-    detach = Request.suspend
+    # Only the context to restore: Request.restore does exactly that.
+    detach = Request.restore
 
     def set_attribute(self, key: str, value: Any) -> None:
         if key == "http.route" and isinstance(value, str):
@@ -240,6 +240,17 @@ def _facts(scope: Scope) -> tuple[str, str | None, int | None, str | None, str |
     return (scope.get("scheme", "http"), server[0], server[1], client[0], scope.get("http_version"))
 
 
+def _untraced(scope: Scope) -> Scope:
+    """``scope`` for a request obskit does not trace (an excluded path, a WebSocket): marked
+    the way obskit marks the requests it traces, so that FastAPI's native telemetry (0.165+) of
+    an app wrapped directly, ``ObskitMiddleware(FastAPI())``, does not trace it either."""
+    if "fastapi.telemetry" in scope:
+        return scope
+    untraced = dict(scope)
+    untraced["fastapi.telemetry"] = None
+    return untraced
+
+
 def _flushing_at_shutdown(send: Send) -> Send:
     """``send`` of a lifespan scope that exports what obskit has queued once the app's shutdown
     is over, before the server hears of it.
@@ -284,7 +295,12 @@ class ObskitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                send = _flushing_at_shutdown(send)
+                await self.app(scope, receive, _flushing_at_shutdown(send))
+                return
+            await self.app(_untraced(scope), receive, send)
+            return
+        if SCOPE_KEY in scope:
+            # An instrumented app mounted in an instrumented app: the outer one has the request.
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"
@@ -300,8 +316,8 @@ class ObskitMiddleware:
             scope,
             request_type=_AsgiRequest,
         )
-        if request is None:
-            await self.app(scope, receive, send)
+        if request is None:  # an excluded path (health, metrics): no span of FastAPI's either
+            await self.app(_untraced(scope), receive, send)
             return
         fastapi_record = self._fastapi_record
         inner: Scope
@@ -328,11 +344,16 @@ class ObskitMiddleware:
                 await send(message)
                 return
             # The last chunk: sent outside the request's context (see Request.suspend).
-            context = request.suspend()
+            outside = request.suspend()
             try:
                 await send(message)
             finally:
-                request.resume(context)
+                request.resume(outside)
+            status = request.status
+            if status.__class__ is int and status >= 500:
+                # Possibly Starlette's ServerErrorMiddleware answering an exception it re-raises
+                # next: the request ends in the frame below, where the exception is seen.
+                return
             request.finish(detach=False)
 
         try:

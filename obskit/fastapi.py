@@ -8,10 +8,14 @@
     app = FastAPI()
     instrument(app, service_name="checkout")
 
-Adds :class:`obskit.asgi.ObskitMiddleware` (pure ASGI) to the app. FastAPI 0.165+ has its own
-OpenTelemetry support, which starts a SERVER span (and INTERNAL operation spans) as soon as a
-global TracerProvider exists -- obskit installs one, so both would trace every request.
-``instrument()`` therefore switches FastAPI's own request tracing and metrics off for this app
+Puts :class:`obskit.asgi.ObskitMiddleware` (pure ASGI) outside the app's whole middleware
+stack, Starlette's ``ServerErrorMiddleware`` included (as OpenTelemetry's FastAPI
+instrumentation does): an exception handler for ``500``/``Exception`` then runs inside the
+request's trace (its log lines carry the trace id) and the status it answers with is the one
+counted, with the exception on the span. FastAPI 0.165+ has its own OpenTelemetry support, which
+starts a SERVER span (and INTERNAL operation spans) as soon as a global TracerProvider exists --
+obskit installs one, so both would trace every request. ``instrument()`` therefore switches
+FastAPI's own request tracing and metrics off for this app
 (``FastAPI(telemetry={"tracing": False, "metrics": False})`` has the same effect) and keeps
 obskit's single SERVER span, which also carries what FastAPI's would: route template, status,
 exception. FastAPI's INTERNAL operation spans hang off its own SERVER span, so they go with it.
@@ -19,6 +23,8 @@ exception. FastAPI's INTERNAL operation spans hang off its own SERVER span, so t
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any
 
 try:
@@ -36,13 +42,39 @@ def instrument(
     app: starlette.applications.Starlette,
     **options: Any,
 ) -> starlette.applications.Starlette:
-    """Instrument a FastAPI or Starlette application in place and return it."""
+    """Instrument a FastAPI or Starlette application in place and return it.
+
+    Call it before the app serves its first request (as ``add_middleware`` must be); a second
+    call does nothing.
+
+    Raises:
+        RuntimeError: the app has started already; nothing was changed.
+    """
+    if getattr(app, "middleware_stack", None) is not None:
+        raise RuntimeError(
+            "obskit.fastapi.instrument() must be called before the application starts "
+            "(its middleware stack is built on the first request)"
+        )
+    if getattr(app, _INSTRUMENTED, False):
+        return app
     ensure_configured(options)
+    telemetry = HttpTelemetry()
+    build = app.build_middleware_stack
+
+    def build_middleware_stack(self: Any) -> Any:
+        return ObskitMiddleware(build(), telemetry=telemetry)
+
+    app.build_middleware_stack = types.MethodType(  # type: ignore[method-assign]
+        functools.wraps(build)(build_middleware_stack), app
+    )
+    setattr(app, _INSTRUMENTED, True)
     telemetry_config = getattr(app, "_telemetry", None)
     if isinstance(telemetry_config, dict):
         # FastAPI's native telemetry runs outside every user middleware; left on it would start
         # a second SERVER span around obskit's.
         telemetry_config["metrics"] = False
         telemetry_config["tracing"] = False
-    app.add_middleware(ObskitMiddleware, telemetry=HttpTelemetry())  # type: ignore[arg-type]
     return app
+
+
+_INSTRUMENTED = "_obskit_instrumented"

@@ -9,6 +9,7 @@ the in-flight gauge, OTLP duration metrics -- lives here, once.
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 import time
 from bisect import bisect_left
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 from prometheus_client.samples import Exemplar
@@ -33,6 +35,9 @@ from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server
 __all__ = ["HttpTelemetry", "Request"]
 
 _perf = time.perf_counter
+_MISSING = contextvars.Token.MISSING
+#: What the context is when nothing was ever attached (the runtime context's default).
+_EMPTY_CONTEXT = Context()
 _new_tuple = tuple.__new__
 #: (method, route) pairs whose metric writers are cached; past it they are looked up per request.
 _MAX_ROUTES = 2048
@@ -396,10 +401,18 @@ def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> Non
     if exc is not None:
         span.record_exception(exc)
         span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-        span.set_status(_ERROR, f"{type(exc).__name__}: {exc}"[:256])
+        span.set_status(_ERROR, f"{type(exc).__name__}: {_text_of(exc)}"[:256])
     elif code is not None and code >= 500:
         span.set_attribute(sc.ERROR_TYPE, str(code))
         span.set_status(_ERROR)
+
+
+def _text_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
 
 
 class Request:
@@ -546,42 +559,64 @@ class Request:
                 span.end()
         except Exception as error:
             _selfmetrics.internal_error("http_finish", error)
+            if self._recording:  # the span is still exported, with what it has
+                try:
+                    if getattr(self.span, "end_time", None) is None:
+                        self.span.end()
+                except Exception:
+                    pass
         if detach:
             self.detach()
 
     def suspend(self) -> Any:
-        """Restore the context exactly as it was before the request (as :meth:`detach` does)
+        """Make the context from before the request current, in whichever task calls this,
         until :meth:`resume`; for a call into the server that may capture the current context.
         Returns what :meth:`resume` needs.
 
         uvicorn schedules its keep-alive timer while sending the last body chunk, and an asyncio
         timer keeps a copy of the current context: the request's span and this object would stay
         alive for up to the keep-alive timeout, long enough to reach the garbage collector's
-        older generations and trigger full collections -- the tail latency of issue #11.
+        older generations and trigger full collections -- the tail latency of issue #11. The
+        context is set with a token of the caller's own: Starlette sends a streaming response
+        from a child task (ASGI 2.3+), where the request's own token cannot be reset.
         """
         token = self._token
         if token is None:
             return None
-        context = _ctx.get_current()
+        # A ContextVar token knows the value it replaced; another runtime context's may not,
+        # and then the request's context stays current (as before this was done).
+        outer = getattr(token, "old_value", None)
+        if outer is None:
+            return None
+        try:
+            return _ctx.attach(_EMPTY_CONTEXT if outer is _MISSING else outer)
+        except Exception:
+            return None
+
+    def resume(self, token: Any) -> None:
+        """Undo :meth:`suspend` (given what it returned), in the same task."""
+        if token is None:
+            return
+        try:
+            _ctx.detach(token)
+        except Exception:
+            pass
+
+    def restore(self) -> None:
+        """Reset the request's own context token: the context before the request is current
+        again. Called from the frame (task) that started the request; once."""
+        token = self._token
+        if token is None:
+            return
         self._token = None
         try:
             _ctx.detach(token)
         except Exception:
             pass
-        return context
-
-    def resume(self, context: Any) -> None:
-        """Undo :meth:`suspend` (given what it returned)."""
-        if context is None:
-            return
-        try:
-            self._token = _ctx.attach(context)
-        except Exception:
-            pass
 
     def detach(self) -> None:
         """Restore the context that was current before the request started."""
-        self.suspend()
+        self.restore()
         if self._finished:
             # The header getter may hold the server's environ, which holds this request (WSGI
             # adapters keep it there): a reference cycle per request that only the garbage
