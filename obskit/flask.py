@@ -45,6 +45,11 @@ def _set_route() -> None:
             request.set_route(rule.rule)
 
 
+def _route_known(endpoint: str | None, values: Any) -> None:
+    # A URL value preprocessor: the first thing Flask runs once it has matched the URL.
+    _set_route()
+
+
 def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
     # Flask then answers 500 (or re-raises it, PROPAGATE_EXCEPTIONS): the middleware records the
     # exception once when the request finishes, so error.type stays the exception's type.
@@ -68,7 +73,8 @@ class Obskit:
         ensure_configured(options)
         self.telemetry = HttpTelemetry()
         app.wsgi_app = ObskitMiddleware(app.wsgi_app, telemetry=self.telemetry)  # type: ignore[method-assign]
-        # First in line, so a before_request hook that answers early still has its route.
-        app.before_request_funcs.setdefault(None, []).insert(0, _set_route)
+        # First in line -- Flask runs URL value preprocessors before before_request hooks -- so
+        # a preprocessor or hook that aborts or answers early still has its route.
+        app.url_value_preprocessors.setdefault(None, []).insert(0, _route_known)
         flask.got_request_exception.connect(_record_exception, app, weak=False)
         app.extensions["obskit"] = self

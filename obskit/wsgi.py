@@ -43,15 +43,28 @@ class _Finishing:
         self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
+        request = self._request
+        iterator = iter(self._iterable)
         try:
-            yield from self._iterable
+            first = next(iterator)
+        except StopIteration:
+            request.finish()
+            return
+        except BaseException as exc:
+            # Nothing was sent: the server answers 500, not the status the app had started.
+            request.status = None
+            request.finish(None, exc)
+            raise
+        try:
+            yield first
+            yield from iterator
         except GeneratorExit:
             # The server stopped iterating (client gone, or done): close() ends the request.
             raise
         except BaseException as exc:
-            self._request.finish(None, exc)
+            request.finish(None, exc)
             raise
-        self._request.finish()  # the last byte has been handed to the server
+        request.finish()  # the last byte has been handed to the server
 
     def close(self) -> None:
         try:
@@ -60,6 +73,25 @@ class _Finishing:
                 close()
         finally:
             self._request.finish()
+
+
+def _finish_on_close(iterable: Any, request: Request) -> bool:
+    """Make ``iterable.close()`` (the server's file wrapper) end ``request`` too; False if its
+    ``close`` cannot be replaced."""
+    close = getattr(iterable, "close", None)
+
+    def finishing_close() -> None:
+        try:
+            if close is not None:
+                close()
+        finally:
+            request.finish()
+
+    try:
+        iterable.close = finishing_close
+    except Exception:
+        return False
+    return True
 
 
 class ObskitMiddleware:
@@ -97,9 +129,12 @@ class ObskitMiddleware:
                 "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
             )
             return [body]
+        script = environ.get("SCRIPT_NAME")
         request = self.telemetry.begin(
             environ.get("REQUEST_METHOD") or "GET",
-            path,
+            # url.path is the path the client asked for: the mount point too (as Django's
+            # request.path has it); excluded paths are matched against the same.
+            script + path if script else path,
             header_getter_from_environ(environ),
             environ_facts,
             environ,
@@ -119,12 +154,23 @@ class ObskitMiddleware:
             iterable = self.app(environ, _start_response)
         except BaseException as exc:
             self._resolve(environ, request)
+            # No body: the server answers 500, whatever status the app had started.
+            request.status = None
             request.finish(None, exc)
             raise
         self._resolve(environ, request)
         if isinstance(iterable, (list, tuple)):
             # The body is already in memory: nothing is left to time.
             request.finish()
+            return iterable
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            isinstance(file_wrapper, type)
+            and isinstance(iterable, file_wrapper)
+            and _finish_on_close(iterable, request)
+        ):
+            # Returned as it is, so that the server can still send the file its own way
+            # (sendfile); the request ends when the server closes it.
             return iterable
         return _Finishing(iterable, request)
 

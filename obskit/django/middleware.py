@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -102,11 +103,21 @@ class ObskitMiddleware:
             # Time the stream to its last chunk, which the server reads after this frame returned:
             # restore the caller's context now (sync too, or the thread keeps the span current).
             obs.status = status
-            content = response.streaming_content
-            if hasattr(content, "__aiter__"):
-                response.streaming_content = _afinish(content, obs)
-            else:
-                response.streaming_content = _finish(content, obs)
+            closers = getattr(response, "_resource_closers", None)
+            if isinstance(closers, list):
+                # The server closes every response it sends, read or not (HEAD): the request
+                # ends then at the latest.
+                closers.append(obs.finish)
+            # A response dropped unsent (an outer middleware's 304 in its place) is never closed:
+            # the request ends when it is freed.
+            weakref.finalize(response, obs.finish)
+            # A file is left to the server's file wrapper (sendfile); the close above ends it.
+            if getattr(response, "file_to_stream", None) is None or not isinstance(closers, list):
+                content = response.streaming_content
+                if hasattr(content, "__aiter__"):
+                    response.streaming_content = _afinish(content, obs)
+                else:
+                    response.streaming_content = _finish(content, obs)
             obs.detach()
             return response
         obs.finish(status)
@@ -131,16 +142,17 @@ class ObskitMiddleware:
             obs.handled = exception
 
 
+# The request's context was restored in _done: finishing here only releases what it holds.
 def _finish(content: Iterator[bytes], obs: Request) -> Iterator[bytes]:
     try:
         yield from content
     except GeneratorExit:  # the client went away; the response still ended here
-        obs.finish(detach=False)
+        obs.finish()
         raise
     except BaseException as exc:
-        obs.finish(None, exc, detach=False)
+        obs.finish(None, exc)
         raise
-    obs.finish(detach=False)
+    obs.finish()
 
 
 async def _afinish(content: AsyncIterator[bytes], obs: Request) -> AsyncIterator[bytes]:
@@ -148,6 +160,6 @@ async def _afinish(content: AsyncIterator[bytes], obs: Request) -> AsyncIterator
         async for chunk in content:
             yield chunk
     except BaseException as exc:
-        obs.finish(None, exc, detach=False)
+        obs.finish(None, exc)
         raise
-    obs.finish(detach=False)
+    obs.finish()

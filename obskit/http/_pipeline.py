@@ -629,8 +629,11 @@ class Request:
                     except Exception:
                         self._request_id = ""
                 self._get_header = _no_header
-            # Likewise the connection facts' source (the environ, Django's request).
+            # Likewise the connection facts' source (the environ, Django's request), and the
+            # exception the framework handled (its traceback holds the frames, which hold the
+            # framework's request, which holds this one).
             self._unsampled = None
+            self.handled = None
 
     def _keep(
         self, duration: float, code: int | None, exc: BaseException | None, route: str
