@@ -163,11 +163,10 @@ class ObskitMiddleware:
             # The body is already in memory: nothing is left to time.
             request.finish()
             return iterable
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if (
-            isinstance(file_wrapper, type)
-            and isinstance(iterable, file_wrapper)
-            and _finish_on_close(iterable, request)
+        # The server's own file wrapper makes its instances itself (werkzeug's wrap_file,
+        # Django's handler): their class is the one in the environ.
+        if iterable.__class__ is environ.get("wsgi.file_wrapper") and _finish_on_close(
+            iterable, request
         ):
             # Returned as it is, so that the server can still send the file its own way
             # (sendfile); the request ends when the server closes it.

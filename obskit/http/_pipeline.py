@@ -616,7 +616,13 @@ class Request:
 
     def detach(self) -> None:
         """Restore the context that was current before the request started."""
-        self.restore()
+        token = self._token
+        if token is not None:  # restore(), inlined: this runs once per request
+            self._token = None
+            try:
+                _ctx.detach(token)
+            except Exception:
+                pass
         if self._finished:
             # The header getter may hold the server's environ, which holds this request (WSGI
             # adapters keep it there): a reference cycle per request that only the garbage
