@@ -194,38 +194,38 @@ class Logger:
         """Whether a line at ``level`` would be logged (the stdlib logger's answer)."""
         return self._std.isEnabledFor(level)
 
-    def debug(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def debug(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at DEBUG."""
         if self._std.isEnabledFor(_DEBUG):
             self._log(_DEBUG, msg, args, fields)
 
-    def info(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def info(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at INFO."""
         if self._std.isEnabledFor(_INFO):
             self._log(_INFO, msg, args, fields)
 
-    def warning(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def warning(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at WARNING."""
         if self._std.isEnabledFor(_WARNING):
             self._log(_WARNING, msg, args, fields)
 
-    def error(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def error(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at ERROR."""
         if self._std.isEnabledFor(_ERROR):
             self._log(_ERROR, msg, args, fields)
 
-    def exception(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def exception(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at ERROR with the exception being handled."""
         if self._std.isEnabledFor(_ERROR):
             fields.setdefault("exc_info", True)
             self._log(_ERROR, msg, args, fields)
 
-    def critical(self, msg: Any, *args: Any, **fields: Any) -> None:
+    def critical(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at CRITICAL."""
         if self._std.isEnabledFor(_CRITICAL):
             self._log(_CRITICAL, msg, args, fields)
 
-    def log(self, level: int, msg: Any, *args: Any, **fields: Any) -> None:
+    def log(self, level: int, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at ``level``."""
         if self._std.isEnabledFor(level):
             self._log(level, msg, args, fields)

@@ -161,18 +161,22 @@ _CONTAINERS = frozenset({dict, list, tuple})
 # encoder on every call; this one is built once. Without a markers dict (no circular check) a
 # recursive structure ends in RecursionError, which _dumps answers field by field.
 def _make_encode() -> Callable[[Any], str]:
-    slow = json.JSONEncoder(default=_safe_default, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan off: NaN and Infinity are not JSON, and a strict parser drops the whole line;
+    # _encode_safely writes them as strings instead.
+    slow = json.JSONEncoder(
+        default=_safe_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
     try:
         from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 
         fast = c_make_encoder(
-            None, _safe_default, encode_basestring, None, ":", ",", False, False, True
+            None, _safe_default, encode_basestring, None, ":", ",", False, False, False
         )
 
         def encode(data: Any) -> str:
             return "".join(fast(data, 0))
 
-        sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": float("inf")}}
+        sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": -0.0}}
         if encode(sample) == slow.encode(sample):
             return encode
     except Exception:  # pragma: no cover - no C accelerator
@@ -191,16 +195,45 @@ def _encode_safely(data: dict[str, Any]) -> str:
     try:
         text = _encode(data)
     except (ValueError, TypeError, RecursionError):
-        # A recursive structure or a key json cannot take: fall back field by field.
+        # A recursive structure, a key json cannot take, NaN or Infinity: field by field.
         safe: dict[str, Any] = {}
         for key, value in data.items():
+            name = "null" if key is None else _safe_key(key)
+            if value.__class__ is float and value - value != 0.0:  # NaN, Infinity
+                safe[name] = _NON_FINITE.get(repr(value), repr(value))
+                continue
             try:
-                json.dumps(value, default=_safe_default)
-                safe[str(key)] = value
+                _encode(value)
+                safe[name] = value
             except (ValueError, TypeError, RecursionError):
-                safe[str(key)] = _safe_default(value)
+                safe[name] = _safe_default(value)
         text = _encode(safe)
     return text
+
+
+#: How a non-finite float is written: as the string JavaScript's and most parsers' own
+#: non-standard extension would spell it, not as a bare token that strict JSON refuses.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)``, bounded, or a stand-in when it fails (a broken ``__repr__``, an int
+    past the digit limit)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return text[:_MAX_REPR]
+
+
+def _safe_key(key: Any) -> str:
+    """A field name as JSON text: ``str(key)`` (what ``json`` writes for an int key), safely."""
+    if key.__class__ is str:
+        return key
+    try:
+        return str(key)[:_MAX_REPR]
+    except Exception:
+        return f"<unprintable {type(key).__name__}>"
 
 
 def _safe_text(text: str) -> str:
@@ -303,8 +336,17 @@ def call_message(msg: Any, args: Any) -> str:
         try:
             text = text % args
         except Exception:
-            text = f"{msg!r} % {args!r}"
+            text = _mismatch(msg, args)
     return text
+
+
+def _mismatch(msg: Any, args: Any) -> str:
+    """The message written when ``msg % args`` fails: both sides, each part printed safely."""
+    if isinstance(args, tuple):
+        shown = "(" + ", ".join(_safe_repr(a) for a in args) + ("," if len(args) == 1 else "") + ")"
+    else:
+        shown = _safe_repr(args)
+    return f"{_safe_repr(msg)} % {shown}"
 
 
 class CorrelationFilter(logging.Filter):
@@ -389,17 +431,27 @@ class JsonFormatter(_PJLJsonFormatter):
         redact_emails: also mask e-mail addresses in messages and string extras.
         max_message_bytes: messages longer in UTF-8 bytes are cut (after redaction, at a
             character boundary) and marked ``message_truncated``.
+        fmt, datefmt, style, validate, defaults: what ``logging.Formatter`` takes, accepted for
+            ``dictConfig``'s ``{"class": ...}`` form and not used.
     """
 
     def __init__(
         self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: str = "%",
+        validate: bool = True,
         *,
+        defaults: Mapping[str, Any] | None = None,
         static_fields: Mapping[str, Any] | None = None,
         field_style: Literal["otel", "ecs"] = "otel",
         sensitive_keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
         redact_emails: bool = False,
         max_message_bytes: int = 16 * 1024,
     ) -> None:
+        # fmt, datefmt, style, validate and defaults: what logging.config.dictConfig passes to
+        # a formatter named by "class" (as to any logging.Formatter). The line's fields are
+        # obskit's own, so they are accepted and not used.
         super().__init__()
         names = _ECS_FIELDS if field_style == "ecs" else _OTEL_FIELDS
         self.names = names
@@ -505,7 +557,7 @@ class JsonFormatter(_PJLJsonFormatter):
         try:
             message = record.getMessage()
         except Exception:
-            message = f"{record.msg!r} % {record.args!r}"
+            message = _mismatch(record.msg, record.args)
         limit = self.max_message
         truncated = redacted = False
         if len(message) * 4 > limit:  # may be over the limit in UTF-8 bytes
@@ -734,6 +786,8 @@ class JsonFormatter(_PJLJsonFormatter):
         """Every extra field of ``record``, redacted, with the exception and truncation fields."""
         extras: dict[str, Any] = {}
         for key, value in islice(record.__dict__.items(), _BASE_ATTRIBUTES, None):
+            if key.__class__ is not str:  # the stdlib takes extra={1: ...}; JSON keys are text
+                key = _safe_key(key)
             if key in _RESERVED or key[:1] == "_":
                 continue
             cls = value.__class__
@@ -745,8 +799,13 @@ class JsonFormatter(_PJLJsonFormatter):
                 extras[key] = value
             elif cls in _CONTAINERS or isinstance(value, Mapping):
                 extras[key] = self._redact(value)
-            else:
+            elif isinstance(value, str):  # a str subclass (StrEnum): written as its text
+                extras[key] = redact_text(str.__str__(value), emails=self.redact_emails)
+            elif isinstance(value, (int, float)):  # IntEnum and friends: JSON numbers
                 extras[key] = value
+            else:
+                # Written as text (an exception, bytes, a set, any object): redacted as text is.
+                extras[key] = self._redact(_safe_default(value))
         if truncated:
             extras[self.names["message_truncated"]] = True
         if record.exc_info and record.exc_info[1] is not None:
@@ -823,6 +882,21 @@ _HANDLER_NAME = "obskit-json"
 _DEFAULT_FORMATTER = logging.Formatter()
 
 
+#: The attributes :class:`CorrelationFilter` sets on a record.
+_STAMPS = ("obskit_trace_id", "obskit_span_id", "obskit_flags", "obskit_request")
+
+
+def _write_failed(handler: logging.Handler, record: logging.LogRecord) -> None:
+    """A formatted line its stream refused, on the record path: counted as on the direct path
+    (``obskit_log_records_dropped_total{reason="write_error"}``) and reported by the stdlib's
+    ``handleError``."""
+    try:
+        _selfmetrics.current().dropped_logs.labels("write_error").inc()
+    except Exception:  # pragma: no cover - the self-metrics are always there
+        pass
+    handler.handleError(record)
+
+
 class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The stdlib's ``StreamHandler`` with its per-line path cut to what a line needs.
 
@@ -843,6 +917,12 @@ class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             passed = True
         with self.lock:  # type: ignore[union-attr]
             self.emit(record)
+        if self.filters:
+            # A CorrelationFilter stamped the record for this handler's formatter: the record
+            # goes on to the handlers after this one, which must see it as the app made it.
+            fields = record.__dict__
+            for name in _STAMPS:
+                fields.pop(name, None)
         return passed
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -856,7 +936,7 @@ class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RecursionError:  # as the stdlib: a recursion must not loop through handleError
             raise
         except Exception:
-            self.handleError(record)
+            _write_failed(self, record)
 
     def write_line(self, line: str, levelno: int) -> None:
         """Write one formatted line as :meth:`emit` would; the caller holds :attr:`lock`.
@@ -901,7 +981,14 @@ class BufferedStreamHandler(JsonStreamHandler):
                 if handler is None:
                     return
                 if handler._dirty:
-                    handler.flush()
+                    try:
+                        handler.flush()
+                    except Exception as exc:  # a full disk, a closed pipe: try again next time
+                        # Not lost yet (they stay in the stream's buffer): warned, not counted.
+                        handler._dirty = True
+                        _selfmetrics.warn_once(
+                            "log_flush", "obskit: buffered log lines could not be flushed (%r)", exc
+                        )
                 del handler
 
         threading.Thread(target=run, name="obskit-log-flush", daemon=True).start()
@@ -923,7 +1010,7 @@ class BufferedStreamHandler(JsonStreamHandler):
         except RecursionError:
             raise
         except Exception:
-            self.handleError(record)
+            _write_failed(self, record)
 
     def write_line(self, line: str, levelno: int) -> None:
         self.stream.write(line + self.terminator)

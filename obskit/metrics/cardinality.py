@@ -95,7 +95,8 @@ class LabelRule:
         allow: Any = self.allow
         if isinstance(allow, str):
             object.__setattr__(self, "allow", re.compile(allow))
-        elif allow is not None and not isinstance(allow, (frozenset, re.Pattern)):
+        elif allow is not None and not isinstance(allow, re.Pattern):
+            # A frozenset too: its values are compared with label text, so they must be text.
             object.__setattr__(self, "allow", frozenset(str(v) for v in allow))
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
@@ -131,6 +132,11 @@ def _text(value: object, max_length: int) -> str:
             text = f"<unprintable {type(value).__name__}>"
     if len(text) > max_length:
         text = text[:max_length]
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (os.fsdecode): every scrape would fail
+            text = text.encode("utf-8", "replace").decode("utf-8")
     return text
 
 
@@ -202,12 +208,14 @@ class Guard(Generic[C]):
                 self._series[key] = child
                 _selfmetrics.current().cardinality_series.labels(self.metric).set(len(self._series))
             # Cache the caller's raw values too, but only a bounded number of aliases: raw values
-            # that normalise to an admitted series must not grow the cache without bound.
-            if len(self._cache) < 2 * self.limit:
-                try:
-                    self._cache[values] = child
-                except TypeError:
-                    pass
+            # that normalise to an admitted series must not grow the cache without bound. Only
+            # exact str values within their length: 1, True and 1.0 are one dict key but three
+            # label values, and a value cut short must not be kept alive at full length.
+            if len(self._cache) < 2 * self.limit and all(
+                value.__class__ is str and len(value) <= rule.max_length
+                for value, rule in zip(values, self._rules, strict=True)
+            ):
+                self._cache[values] = child
         return child
 
     def _fold(self) -> C:

@@ -300,6 +300,8 @@ def instrument_executor(executor: ThreadPoolExecutor, name: str | None = None) -
     )
 
     def submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not args:  # no function: the executor's own error, as without obskit
+            return wrapped(*args, **kwargs)
         fn, rest = args[0], args[1:]
         wait = tracker.waiting().begin()
 

@@ -547,8 +547,8 @@ def _async_generator(tracker: UseTracker) -> Any:
     @wrapt.decorator
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tracker.acquired()
-        agen = wrapped(*args, **kwargs)
         try:
+            agen = wrapped(*args, **kwargs)  # inside: bad arguments must release the unit too
             # An async generator cannot ``yield from``; forward sends and throws by hand.
             value: Any = None
             throw: BaseException | None = None
