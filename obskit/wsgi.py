@@ -146,7 +146,7 @@ class ObskitMiddleware:
         def _start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
             try:
                 request.status = int(status[:3])
-            except ValueError:
+            except (ValueError, TypeError):  # not "NNN reason": the server's to refuse, not ours
                 request.status = None
             return start_response(status, headers, exc_info)
 

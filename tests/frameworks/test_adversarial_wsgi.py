@@ -942,3 +942,23 @@ async def test_django_async_stream_failing_midway(cap: Capture) -> None:
         await read()
     assert [b"first"] == chunks
     _expect_stream_failure(cap, "/dj/async-stream-fails")
+
+
+def test_a_status_that_is_not_text_is_left_to_the_server(cap: Capture) -> None:
+    """PEP 3333 wants ``"200 OK"``; an app that passes something else gets the server's answer
+    (here the server's start_response raising its own error), never a TypeError of obskit's."""
+    from obskit.wsgi import ObskitMiddleware
+
+    class Refused(Exception):
+        pass
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(200, [])
+        return [b"ok"]
+
+    def server_start_response(status: Any, headers: Any, exc_info: Any = None) -> Any:
+        raise Refused(f"status must be a str, got {status!r}")
+
+    environ_ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/odd", "wsgi.url_scheme": "http"}
+    with pytest.raises(Refused):
+        ObskitMiddleware(app)(environ_, server_start_response)
