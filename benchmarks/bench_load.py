@@ -217,15 +217,18 @@ def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     }
 
 
-def start_server(framework: str, variant: str, otlp: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    framework: str, variant: str, otlp: str, root: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``framework``'s app in ``variant`` under its server (pinned when ``--pin``); the
-    process and its port. Stop it with :func:`stop_server`."""
+    process and its port. Stop it with :func:`stop_server`. ``root``: the source tree whose
+    ``obskit`` and ``benchmarks`` the server imports (``bench_ab.py`` runs another revision's)."""
     port = _free_port()
-    env = dict(os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, BENCH_VARIANT=variant, BENCH_OTLP_ENDPOINT=otlp, PYTHONPATH=str(root))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
         _server_command(framework, port),
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
