@@ -181,7 +181,7 @@ def _number(
 ) -> float:
     try:
         value = float(raw) / scale if isinstance(raw, str) else float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         raise _Invalid("a number" + (f" >= {minimum}" if minimum == 0 else "")) from None
     if math.isnan(value) or math.isinf(value) or value < minimum or (positive and value == 0):
         raise _Invalid(f"a finite number {'> 0' if positive else f'>= {minimum}'}")
@@ -619,10 +619,24 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
     return Config(**values, sources=sources)
 
 
+#: The adaptive sampler's base ratio when ``sampler_arg`` is not given.
+ADAPTIVE_DEFAULT_BASE = 0.001
+
+
 def _check_sampler(values: dict[str, Any], sources: dict[str, str]) -> None:
     sampler = values.get("sampler", Config.sampler)
     arg = values.get("sampler_arg")
     if arg is None:
+        if sampler.endswith("adaptive"):  # the default base must fit under the maximum too
+            top = values.get("adaptive_max_ratio", Config.adaptive_max_ratio)
+            if top < ADAPTIVE_DEFAULT_BASE:
+                raise ConfigError(
+                    "adaptive_max_ratio",
+                    top,
+                    f"a ratio >= the adaptive sampler's default base ({ADAPTIVE_DEFAULT_BASE}), "
+                    "or a lower base as sampler_arg",
+                    sources.get("adaptive_max_ratio", "argument"),
+                )
         return
     source = sources.get("sampler_arg", "argument")
     if sampler.endswith(("traceidratio", "adaptive")) and not 0.0 <= arg <= 1.0:

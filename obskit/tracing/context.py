@@ -32,7 +32,8 @@ def wrap(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        return ctx.run(fn, *args, **kwargs)
+        # A copy per call: one Context cannot be entered twice at once (two threads, recursion).
+        return ctx.copy().run(fn, *args, **kwargs)
 
     return run
 

@@ -128,6 +128,15 @@ def _safe_start(method: Any, url: Any, headers: Any) -> tuple[Any, object] | Non
     try:
         state = _start(str(method), str(url))
         if state is not None:
+            try:
+                _inject(headers)
+            except Exception:
+                # Its context must not stay current in the caller's code: end it, restore.
+                _end(state, None, None)
+                raise
+        elif otel_context.get_value(_CLIENT_DONE) and not otel_context.get_value(_SUPPRESS):
+            # Inside a CLIENT span (a redirect hop, a call a response hook or an auth refresh
+            # makes): no span of its own, but the request stays in the trace.
             _inject(headers)
         elif not _tracing() and trace.get_current_span().get_span_context().is_valid:
             # Traces off, inside a request that carried a trace context: the request pipeline

@@ -123,6 +123,9 @@ class CompactSpanProcessor(SpanProcessor):
         self._q_data: list[bytes] = []
         self._q_bytes = 0
         self._pending: dict[int, list[bytes]] = {}
+        #: The keep decision of recently ended local roots (oldest first, bounded like
+        #: _pending), for their spans that end later.
+        self._settled: dict[int, bool] = {}
         self._pending_scope: dict[int, list[int]] = {}
         self._pending_bytes = 0
         self._enqueued = 0  # sequence numbers for force_flush
@@ -215,14 +218,33 @@ class CompactSpanProcessor(SpanProcessor):
         parent = span.parent
         is_local_root = parent is None or parent.is_remote
         drop_reason = None
+        dropped = 1
         with self._lock:
-            spans = self._pending.get(trace_id)
-            if spans is None:
-                if len(self._pending) >= self._max_pending_traces:
-                    drop_reason = "pending_traces"
+            if not is_local_root:
+                settled = self._settled.get(trace_id)
+                if settled is not None:
+                    # A span that ended after its local root (a background task): the trace's
+                    # fate is known, so no buffer is opened that nothing would ever close.
+                    if settled:
+                        late = True
+                    else:
+                        return  # the trace was dropped as decided, not for want of room
                 else:
-                    spans = self._pending[trace_id] = []
-                    self._pending_scope[trace_id] = []
+                    late = False
+            else:
+                late = False
+            spans = None if late else self._pending.get(trace_id)
+            if spans is None and not late:
+                if len(self._pending) >= self._max_pending_traces:
+                    # Full: make room by giving up the oldest undecided trace (its root may never
+                    # end), rather than refusing every new trace from now on.
+                    oldest = next(iter(self._pending))
+                    evicted = self._pending.pop(oldest)
+                    self._pending_scope.pop(oldest, None)
+                    self._pending_bytes -= sum(map(len, evicted))
+                    drop_reason, dropped = "pending_traces", len(evicted)
+                spans = self._pending[trace_id] = []
+                self._pending_scope[trace_id] = []
             if spans is not None:
                 if len(spans) >= self._max_spans_per_trace:
                     drop_reason = "pending_spans_per_trace"
@@ -239,8 +261,11 @@ class CompactSpanProcessor(SpanProcessor):
             else:
                 held = []
                 scopes = []
-        if drop_reason is not None:
-            _selfmetrics.spans_dropped(drop_reason)
+        if drop_reason is not None and dropped:
+            _selfmetrics.spans_dropped(drop_reason, dropped)
+        if late:
+            self._enqueue(scope, data)
+            return
         if not is_local_root:
             return
         keep = self.keep
@@ -249,6 +274,11 @@ class CompactSpanProcessor(SpanProcessor):
         except Exception as exc:
             _selfmetrics.internal_error("keep_decision", exc)
             kept = False
+        with self._lock:
+            settled_traces = self._settled
+            settled_traces[trace_id] = kept
+            if len(settled_traces) > self._max_pending_traces:
+                del settled_traces[next(iter(settled_traces))]
         if kept:
             _selfmetrics.traces_kept()
             for s, d in zip(scopes, held, strict=True):

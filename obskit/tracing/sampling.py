@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
-from obskit.config import Config
+from obskit.config import ADAPTIVE_DEFAULT_BASE, Config
 
 __all__ = [
     "AdaptiveSampler",
@@ -57,9 +57,13 @@ class RateLimitedSampler(sampling.Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> sampling.SamplingResult:
+        local = _local_parent(parent_context)
+        if local is not None:  # a span of a trace this process already decided: the same answer
+            return local
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            # max(): a clock stepped back (a wall clock given as clock=) must not owe tokens.
+            self._tokens = min(self.capacity, self._tokens + max(0.0, now - self._last) * self.rate)
             self._last = now
             take = self._tokens >= 1.0
             if take:
@@ -132,6 +136,9 @@ class AdaptiveSampler(sampling.Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> sampling.SamplingResult:
+        local = _local_parent(parent_context)
+        if local is not None:  # the ratio may have moved since this trace's root was decided
+            return local
         # Same rule as TraceIdRatioBased: the low 64 bits of the trace id against a bound.
         if trace_id & sampling.TraceIdRatioBased.TRACE_ID_LIMIT < self._bound:
             decision = sampling.Decision.RECORD_AND_SAMPLE
@@ -152,6 +159,23 @@ def find_adaptive(sampler: sampling.Sampler) -> AdaptiveSampler | None:
         if inner is None:
             return None
         sampler = inner
+
+
+def _local_parent(parent_context: Context | None) -> sampling.SamplingResult | None:
+    """The parent's own decision when the parent is a span of this process: samplers whose
+    answer can change from one call to the next (a token bucket, a moving ratio) must give a
+    trace's later spans -- a CLIENT span, a decorated function -- the answer its root got, or
+    the log line, the trace and the downstream ``traceparent`` would disagree. A remote parent
+    is left to ``parentbased_*``, as OpenTelemetry's samplers leave it."""
+    from opentelemetry.trace import get_current_span
+
+    ctx = get_current_span(parent_context).get_span_context()
+    if not ctx.is_valid or ctx.is_remote:
+        return None
+    decision = (
+        sampling.Decision.RECORD_AND_SAMPLE if ctx.trace_flags.sampled else sampling.Decision.DROP
+    )
+    return sampling.SamplingResult(decision, None, ctx.trace_state)
 
 
 def _parent_state(parent_context: Context | None) -> TraceState | None:
@@ -213,7 +237,13 @@ def fast_decision(sampler: sampling.Sampler) -> FastDecision | None:
         return lambda parent, trace_id: trace_id & limit < bound
     if kind is AdaptiveSampler:
         adaptive: AdaptiveSampler = sampler  # type: ignore[assignment]
-        return lambda parent, trace_id: trace_id & limit < adaptive._bound
+
+        def adaptive_decision(parent: SpanContext | None, trace_id: int) -> bool:
+            if parent is not None and parent.is_valid and not parent.is_remote:
+                return bool(parent.trace_flags & 1)  # as should_sample: the root's answer
+            return trace_id & limit < adaptive._bound
+
+        return adaptive_decision
     if kind is not sampling.ParentBased:
         return None
     parts = [
@@ -298,7 +328,7 @@ def build_sampler(config: Config) -> sampling.Sampler:
         root = sampling.TraceIdRatioBased(1.0 if arg is None else arg)
     elif base == "adaptive":
         root = AdaptiveSampler(
-            0.001 if arg is None else arg,
+            ADAPTIVE_DEFAULT_BASE if arg is None else arg,
             max_ratio=config.adaptive_max_ratio,
             error_threshold=config.adaptive_error_threshold,
             interval=config.adaptive_interval,
