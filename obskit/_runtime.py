@@ -218,6 +218,17 @@ def _bounded(fn: Any, timeout: float) -> bool:
 
 def _install_global() -> _Global:
     global _global
+    found = _global
+    if found is not None:
+        return found
+    # Under the lock: two threads using obskit for the first time at once would otherwise build
+    # two providers, OpenTelemetry's global keeping one while obskit configures the other.
+    with _state.lock:
+        return _install_global_locked()
+
+
+def _install_global_locked() -> _Global:
+    global _global
     if _global is None:
         sampler = SwitchableSampler(ALWAYS_OFF)
         provider = _Provider(sampler=sampler, shutdown_on_exit=False)

@@ -197,12 +197,19 @@ def _seconds(raw: object) -> float:
     return _number(raw, positive=True)
 
 
+def _path(raw: object) -> str:
+    text = _str(raw)
+    if not text.startswith("/"):  # a request path always does: "metrics" would match nothing
+        raise _Invalid("a path starting with /")
+    return text
+
+
 def _positive_int(raw: object) -> int:
     if isinstance(raw, bool):
         raise _Invalid("a positive integer")
     try:
         value: int = int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         raise _Invalid("a positive integer") from None
     if value <= 0 or (isinstance(raw, float) and raw != value):
         raise _Invalid("a positive integer")
@@ -466,7 +473,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _choice("prometheus", "otlp", "prometheus+otlp", "none"),
         "prometheus: /metrics; otlp: push over OTLP; both with prometheus+otlp",
     ),
-    _O("metrics_path", ("OBSKIT_METRICS_PATH",), _str, "path serving Prometheus metrics"),
+    _O("metrics_path", ("OBSKIT_METRICS_PATH",), _path, "path serving Prometheus metrics"),
     _O("metrics_port", ("OBSKIT_METRICS_PORT",), _opt_port, "serve /metrics on a separate port"),
     _O(
         "metric_export_interval",

@@ -8,6 +8,7 @@ counter, and the number of series of every metric family on the page (obskit's o
 from __future__ import annotations
 
 import argparse
+import math
 import urllib.request
 from typing import TextIO
 
@@ -28,20 +29,24 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     limits: dict[str, float] = {}
     guarded: dict[str, float] = {}
     overflow: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        series[family.name] = len(
-            {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
-        )
-        for sample in family.samples:
-            metric = sample.labels.get("metric")
-            if metric is None:
-                continue
-            if sample.name == "obskit_cardinality_limit":
-                limits[metric] = sample.value
-            elif sample.name == "obskit_cardinality_series":
-                guarded[metric] = sample.value
-            elif sample.name == "obskit_cardinality_overflow_total":
-                overflow[metric] = sample.value
+    try:
+        for family in text_string_to_metric_families(text):
+            series[family.name] = len(
+                {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+            )
+            for sample in family.samples:
+                metric = sample.labels.get("metric")
+                if metric is None or not math.isfinite(sample.value):
+                    continue
+                if sample.name == "obskit_cardinality_limit":
+                    limits[metric] = sample.value
+                elif sample.name == "obskit_cardinality_series":
+                    guarded[metric] = sample.value
+                elif sample.name == "obskit_cardinality_overflow_total":
+                    overflow[metric] = sample.value
+    except ValueError as exc:  # not a metrics page (an HTML error page, a login form)
+        out.write(f"{args.url} is not a Prometheus metrics page: {exc}\n")
+        return 1
     out.write(f"{'metric':48} {'series':>8} {'limit':>8} {'use':>6} {'folded':>8}\n")
     for metric in sorted(guarded, key=lambda m: -guarded[m] / max(limits.get(m, 1), 1)):
         limit = limits.get(metric, 0)

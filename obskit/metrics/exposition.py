@@ -51,7 +51,10 @@ def _collector() -> CollectorRegistry | _Union:
 
 def render(accept: str | None) -> tuple[bytes, str]:
     """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``."""
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except Exception:  # a malformed Accept (version=abc): a client's problem, the text format
+        encoder, content_type = choose_encoder("")
     return encoder(_collector()), content_type
 
 
@@ -73,6 +76,16 @@ class MetricsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                if self.path.split("?", 1)[0] != path:
+                    self.send_error(404)
+                    return
+                body, content_type = render(self.headers.get("Accept"))
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -124,13 +124,17 @@ class ServerSpan(trace_api.Span):
             return
         own = self.attributes
         for key, value in attributes.items():
-            if (value.__class__ in _VALID_TYPES or _valid(value)) and (
-                key in own or len(own) < _MAX_ATTRIBUTES
+            # Keys must be text (OTLP's are strings): a non-str key is skipped, as the SDK does,
+            # rather than failing the whole span when it is encoded.
+            if (
+                key.__class__ is str
+                and (value.__class__ in _VALID_TYPES or _valid(value))
+                and (key in own or len(own) < _MAX_ATTRIBUTES)
             ):
                 own[key] = value
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self.end_time is not None:
+        if self.end_time is not None or key.__class__ is not str:
             return
         if value.__class__ in _VALID_TYPES or _valid(value):
             own = self.attributes
@@ -141,7 +145,9 @@ class ServerSpan(trace_api.Span):
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
         if self.end_time is None and len(self._events) < _MAX_EVENTS:
-            clean = {k: v for k, v in (attributes or {}).items() if _valid(v)}
+            clean = {
+                k: v for k, v in (attributes or {}).items() if k.__class__ is str and _valid(v)
+            }
             events = self._events
             if not isinstance(events, list):
                 events = self._events = []
@@ -152,10 +158,12 @@ class ServerSpan(trace_api.Span):
             links = self._links
             if not isinstance(links, list):
                 links = self._links = []
+            if attributes:
+                attributes = {k: v for k, v in attributes.items() if k.__class__ is str}
             links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
-        if self.end_time is None:
+        if self.end_time is None and name.__class__ is str:
             self.name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
