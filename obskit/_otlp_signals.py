@@ -7,6 +7,7 @@ periodic or batched already and do not sit on the request path, so the SDK's com
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from obskit.config import Config
@@ -15,6 +16,10 @@ __all__ = ["build_logs", "build_metrics"]
 
 
 def _endpoint(config: Config, signal: str) -> str | None:
+    # The per-signal variable (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, ..._LOGS_ENDPOINT) wins and is
+    # used as it is: None lets the SDK's exporter read it, as the spec says.
+    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip():
+        return None
     if not config.otlp_endpoint:
         return None
     if config.otlp_protocol == "grpc":

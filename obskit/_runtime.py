@@ -281,20 +281,24 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
 def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     runtime = Runtime(config)
     glob = _install_global()
-    if config.disabled:
-        glob.sampler.delegate = ALWAYS_OFF
-        glob.processor.delegate = None
-        return runtime
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
+    # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals
+    # off), so their scrape port and the runtime metrics do too.
     if config.metrics_port is not None and "prometheus" in config.metrics_exporter:
         from obskit.metrics.exposition import start_metrics_server
 
         runtime.metrics_server = start_metrics_server(config.metrics_port, config.metrics_path)
-    if config.runtime_metrics:
-        from obskit.metrics.runtime import instrument_runtime
+    from obskit.metrics.runtime import instrument_runtime, uninstrument_runtime
 
+    if config.runtime_metrics:
         instrument_runtime()
+    else:  # a reconfiguration that turns them off
+        uninstrument_runtime()
+    if config.disabled:
+        glob.sampler.delegate = ALWAYS_OFF
+        glob.processor.delegate = None
+        return runtime
     if sink is None:
         sink = _state.pinned_sink or make_sink(config)  # type: ignore[assignment]
     if sink is not None:

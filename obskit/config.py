@@ -598,8 +598,11 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
             if found is None:
                 continue
             raw, source = env[found], f"env:{found}"
+        parse = spec.parse
+        if parse is _seconds_from_ms and source == "argument":
+            parse = _seconds  # milliseconds are the environment's unit; arguments are seconds
         try:
-            values[spec.name] = spec.parse(raw)
+            values[spec.name] = parse(raw)
         except _Invalid as exc:
             raise ConfigError(spec.name, raw, exc.allowed, source) from None
         sources[spec.name] = source

@@ -27,7 +27,25 @@ from opentelemetry import context as otel_context
 from obskit.tracing._fastctx import with_span
 from obskit.wsgi import ENVIRON_KEY
 
-__all__ = ["Logger"]
+__all__ = ["Logger", "child_exit"]
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` server hook: a dead worker's live gauges leave ``/metrics``.
+
+    In multi-process mode (``multiproc_dir``) each worker writes its gauges to files that the
+    scrape sums; without this, a worker that died (``max_requests``, a timeout, an OOM kill)
+    keeps counting in ``livesum``/``livemax`` gauges (in-flight requests, pool usage) until its
+    files are removed. In ``gunicorn.conf.py``::
+
+        from obskit.gunicorn import child_exit
+    """
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    except Exception:  # not in multi-process mode, or the directory is gone: nothing to do
+        pass
 
 
 class Logger(glogging.Logger):  # type: ignore[misc]

@@ -60,21 +60,28 @@ class JsonLinesSpanSink:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock the parent's export thread held at fork time stays held."""
+        self._lock = threading.Lock()
+
     def export(self, request: bytes, count: int, timeout: float) -> bool:
         """Write the spans of one request; False if the file cannot be written."""
         try:
-            text = "".join(line + "\n" for line in request_to_json_lines(request))
+            # Bytes, so that the rotation bound counts what the file holds, not characters.
+            data = "".join(line + "\n" for line in request_to_json_lines(request)).encode(
+                "utf-8", "replace"
+            )
             with self._lock:
                 directory = os.path.dirname(self.path)
                 if directory:
                     os.makedirs(directory, exist_ok=True)
                 try:
-                    if os.path.getsize(self.path) + len(text) > self.max_bytes:
+                    if os.path.getsize(self.path) + len(data) > self.max_bytes:
                         os.replace(self.path, self.path + ".1")
                 except FileNotFoundError:
                     pass
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(text)
+                with open(self.path, "ab") as fh:
+                    fh.write(data)
             return True
         except (OSError, ValueError):
             return False

@@ -56,6 +56,12 @@ class HttpSpanSink:
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connection. Its socket is shared with the
+        parent (responses could be read by the wrong process), so it is neither used nor shut
+        down here -- only dropped; the child opens its own."""
+        self._conn = None
+
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = self._conn
         if conn is None:

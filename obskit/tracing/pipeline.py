@@ -91,6 +91,7 @@ class CompactSpanProcessor(SpanProcessor):
         from obskit.tracing._encode import encode_resource
 
         self.sink = sink
+        self._resource_attributes = resource_attributes
         self._resource = encode_resource(resource_attributes)
         self._max_queue = max_queue_size
         self._max_bytes = max_queue_bytes
@@ -139,6 +140,17 @@ class CompactSpanProcessor(SpanProcessor):
     def _after_fork(self) -> None:
         # A forked worker (gunicorn --preload) inherits no running thread and maybe a held lock.
         self._init_state()
+        after_fork = getattr(self.sink, "after_fork", None)
+        if after_fork is not None:
+            try:
+                after_fork()
+            except Exception as exc:
+                _selfmetrics.internal_error("after_fork", exc)
+        if "process.pid" in self._resource_attributes:  # the worker is its own process
+            from obskit.tracing._encode import encode_resource
+
+            self._resource_attributes = {**self._resource_attributes, "process.pid": os.getpid()}
+            self._resource = encode_resource(self._resource_attributes)
 
     # -- request thread ----------------------------------------------------------------------
 

@@ -294,12 +294,9 @@ def test_infinite_integer_argument_is_a_config_error(option: str) -> None:
     assert option == info.value.option
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: config.py _number divides every str by the scale, so a duration passed "
-    "to configure() as a string (settings files, Django settings) is read as milliseconds: "
-    "otlp_timeout='5' becomes 5 ms, though arguments are documented in seconds",
-)
+# A bug this test found, since fixed: config.py _number divides every str by the scale, so a
+# duration passed to configure() as a string (settings files, Django settings) is read as
+# milliseconds: otlp_timeout='5' becomes 5 ms, though arguments are documented in seconds
 def test_string_duration_argument_is_seconds() -> None:
     """configure(otlp_timeout="5") means 5 seconds, like configure(otlp_timeout=5)."""
     config = load_config({}, otlp_timeout="5", bsp_schedule_delay="0.5")
@@ -475,12 +472,10 @@ def test_sdk_disabled_records_no_span_but_counts_requests(monkeypatch: pytest.Mo
     assert not Path(os.environ["OBSKIT_TRACES_FILE"]).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: _runtime.py _build returns right after 'if config.disabled' before "
-    "starting the metrics_port server and the runtime collector, although docs/configuration.md "
-    "says disabled means 'no spans at all (Prometheus metrics stay)': the scrape port refuses",
-)
+# A bug this test found, since fixed: _runtime.py _build returns right after 'if config.disabled'
+# before starting the metrics_port server and the runtime collector, although
+# docs/configuration.md says disabled means 'no spans at all (Prometheus metrics stay)': the
+# scrape port refuses
 def test_sdk_disabled_keeps_the_prometheus_metrics_port() -> None:
     """disabled=True with metrics_port: the port still serves the Prometheus metrics."""
     import urllib.request
@@ -492,12 +487,9 @@ def test_sdk_disabled_keeps_the_prometheus_metrics_port() -> None:
     assert b"obskit_runtime_threads" in body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: _runtime.py _build only ever calls instrument_runtime(); a later "
-    "configure(runtime_metrics=False) leaves the collector registered, so the 'really "
-    "reconfigures' promise of _runtime's docstring fails for this option",
-)
+# A bug this test found, since fixed: _runtime.py _build only ever calls instrument_runtime(); a
+# later configure(runtime_metrics=False) leaves the collector registered, so the 'really
+# reconfigures' promise of _runtime's docstring fails for this option
 def test_reconfigure_runtime_metrics_off_removes_them() -> None:
     """configure(runtime_metrics=False) after the default drops obskit_runtime_* from /metrics."""
     obskit.configure(traces_exporter="none")
@@ -506,12 +498,10 @@ def test_reconfigure_runtime_metrics_off_removes_them() -> None:
     assert b"obskit_runtime_threads" not in render(None)[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: _otlp_signals.py _endpoint/_exporter always pass endpoint= built from "
-    "OTEL_EXPORTER_OTLP_ENDPOINT + /v1/<signal>, which overrides the SDK exporters' own reading "
-    "of OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / _LOGS_ENDPOINT: per-signal endpoints are ignored",
-)
+# A bug this test found, since fixed: _otlp_signals.py _endpoint/_exporter always pass endpoint=
+# built from OTEL_EXPORTER_OTLP_ENDPOINT + /v1/<signal>, which overrides the SDK exporters' own
+# reading of OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / _LOGS_ENDPOINT: per-signal endpoints are
+# ignored
 def test_per_signal_metrics_and_logs_endpoints_win_over_the_generic_one(
     monkeypatch: pytest.MonkeyPatch, collectors: tuple[_Collector, _Collector]
 ) -> None:
@@ -676,14 +666,11 @@ if hasattr(obskit.gunicorn, "child_exit"):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: nothing calls prometheus_client.multiprocess.mark_process_dead -- "
-    "obskit/gunicorn.py has no child_exit hook and the docs name none -- so a dead worker's "
-    "gauge_live*_<pid>.db files stay and its values are summed forever: obskit.gauge's default "
-    "'livesum' (and resource_in_use/capacity, 'summed over the live workers' per docs/use.md) "
-    "grows with every worker restart (max_requests, OOM kill, timeout)",
-)
+# A bug this test found, since fixed: nothing calls
+# prometheus_client.multiprocess.mark_process_dead -- obskit/gunicorn.py has no child_exit hook
+# and the docs name none -- so a dead worker's gauge_live*_<pid>.db files stay and its values are
+# summed forever: obskit.gauge's default 'livesum' (and resource_in_use/capacity, 'summed over the
+# live workers' per docs/use.md) grows with every worker restart (max_requests, OOM kill, timeout)
 def test_dead_gunicorn_worker_gauges_leave_the_live_sum(tmp_path: Path) -> None:
     """2 gunicorn workers each set a livesum gauge to 10; one is killed and replaced; /metrics
     reports 20 (two live workers), not 30."""

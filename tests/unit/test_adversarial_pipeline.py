@@ -284,27 +284,20 @@ def test_a_forked_worker_exports_its_own_spans_once_even_with_a_lock_held_at_for
     assert {"parent-exported": 1, "parent-queued": 1, "child": 1} == dict(names)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: a forked worker reuses the master's keep-alive HTTP connection "
-    "(HttpSpanSink._conn is inherited; CompactSpanProcessor._after_fork resets only the "
-    "pipeline's own state): workers and master then write and read on one TCP socket, so "
-    "concurrent exports read each other's responses, and a worker's exit "
-    "(HttpSpanSink.shutdown: sock.shutdown(SHUT_RDWR), otlp.py:115) tears down everyone's "
-    "connection",
-)
+# A bug this test found, since fixed: a forked worker reuses the master's keep-alive HTTP
+# connection (HttpSpanSink._conn is inherited; CompactSpanProcessor._after_fork resets only the
+# pipeline's own state): workers and master then write and read on one TCP socket, so concurrent
+# exports read each other's responses, and a worker's exit (HttpSpanSink.shutdown:
+# sock.shutdown(SHUT_RDWR), otlp.py:115) tears down everyone's connection
 def test_a_forked_worker_exports_over_its_own_connection(forked: Forked) -> None:
     parent = _attempt_with(forked, "parent-exported")
     child = _attempt_with(forked, "child")
     assert parent.port != child.port
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: the Resource is encoded once in CompactSpanProcessor.__init__ "
-    "(self._resource) with the configuring process's pid, and _after_fork keeps it: every "
-    "gunicorn --preload worker reports the master's process.pid",
-)
+# A bug this test found, since fixed: the Resource is encoded once in
+# CompactSpanProcessor.__init__ (self._resource) with the configuring process's pid, and
+# _after_fork keeps it: every gunicorn --preload worker reports the master's process.pid
 def test_a_forked_worker_reports_its_own_process_pid(forked: Forked) -> None:
     child = _attempt_with(forked, "child")
     assert [forked.result["child"]] == child.pids
@@ -342,12 +335,9 @@ JSONL_FORK_SCRIPT = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: JsonLinesSpanSink._lock (jsonl.py:61) is not re-created after fork: a "
-    "worker forked while the master's export thread was writing the file inherits it locked, "
-    "its export thread blocks on it forever and every span of that worker is lost",
-)
+# A bug this test found, since fixed: JsonLinesSpanSink._lock (jsonl.py:61) is not re-created
+# after fork: a worker forked while the master's export thread was writing the file inherits it
+# locked, its export thread blocks on it forever and every span of that worker is lost
 def test_a_worker_forked_while_the_traces_file_is_written_still_writes_its_spans(
     tmp_path: Path,
 ) -> None:
@@ -913,13 +903,10 @@ def test_an_unwritable_traces_file_is_counted_and_warned_about_once(
     assert 1 == len(missing.read_text().splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: JsonLinesSpanSink.export compares the file's size in bytes plus "
-    "len(text) in characters with max_bytes (jsonl.py:72): non-ASCII text (written raw, "
-    "ensure_ascii=False) takes up to 4 bytes a character, so the file grows well past "
-    "traces_file_max_bytes before it is rotated",
-)
+# A bug this test found, since fixed: JsonLinesSpanSink.export compares the file's size in bytes
+# plus len(text) in characters with max_bytes (jsonl.py:72): non-ASCII text (written raw,
+# ensure_ascii=False) takes up to 4 bytes a character, so the file grows well past
+# traces_file_max_bytes before it is rotated
 def test_the_traces_file_stays_under_its_max_bytes_with_non_ascii_text(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
     obskit.configure(
