@@ -30,7 +30,9 @@ class ConfigError(ValueError):
         self.value = value
         self.allowed = allowed
         self.source = source
-        super().__init__(f"obskit: invalid {option}={value!r} (from {source}); allowed: {allowed}")
+        # Header values carry credentials (a bearer token): never echoed back.
+        shown = "'***'" if "headers" in option else repr(value)
+        super().__init__(f"obskit: invalid {option}={shown} (from {source}); allowed: {allowed}")
 
 
 #: Samplers accepted by ``sampler=`` / ``OTEL_TRACES_SAMPLER``: the spec's names plus obskit's
@@ -195,6 +197,36 @@ def _seconds_from_ms(raw: object) -> float:
 
 def _seconds(raw: object) -> float:
     return _number(raw, positive=True)
+
+
+def _headers(raw: object) -> dict[str, str]:
+    pairs = _key_values(raw)
+    for name, value in pairs.items():
+        # What http.client can send: latin-1 text, no line breaks (a header split in two).
+        try:
+            name.encode("latin-1")
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise _Invalid("header names and values in latin-1 (percent-encode the rest)") from None
+        if any(c in name + value for c in "\r\n\0") or not name.strip():
+            raise _Invalid("header names and values without line breaks") from None
+    return pairs
+
+
+def _opt_dir(raw: object) -> str | None:
+    path = _opt_str(raw)
+    if path is None:
+        return None
+    # A directory, or one that can be made: not a file, not under a file.
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise _Invalid("a directory (or a path where one can be made)")
+    return path
 
 
 def _path(raw: object) -> str:
@@ -387,7 +419,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "otlp_headers",
         ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
-        _key_values,
+        _headers,
         "headers sent with every export",
     ),
     _O(
@@ -496,7 +528,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "multiproc_dir",
         ("PROMETHEUS_MULTIPROC_DIR",),
-        _opt_str,
+        _opt_dir,
         "prometheus_client multi-process directory (gunicorn workers)",
     ),
     _O(
@@ -609,7 +641,8 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
 
     resource = dict(values.get("resource_attributes", {}))
     for attr, option in _RESOURCE_ALIASES.items():
-        if attr in resource and option not in values:
+        if attr in resource and option not in values and str(resource[attr]).strip():
+            # An empty value (service.name=) is as good as none: the option's default stays.
             values[option] = resource[attr]
             sources[option] = "env:OTEL_RESOURCE_ATTRIBUTES"
 

@@ -138,13 +138,22 @@ def _service(doc: dict[str, Any]) -> str:
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"not an integer: {value!r}")
-    return int(value)
+    number = int(value)
+    if not 0 <= number < 1 << 64:  # OTLP times and counts are fixed64
+        raise ValueError(f"out of range: {number}")
+    return number
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def _hex_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("missing id")
-    return value.lower()
+    text = value.lower()
+    if len(text) > 64 or not _HEX_DIGITS.issuperset(text):  # printed as it is: hex only
+        raise ValueError(f"not a hex id: {value!r}")
+    return text
 
 
 def parse_span(line: str) -> Span | None:

@@ -303,11 +303,9 @@ def test_string_duration_argument_is_seconds() -> None:
     assert (5.0, 0.5) == (config.otlp_timeout, config.bsp_schedule_delay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: config.py load_config copies service.name from OTEL_RESOURCE_ATTRIBUTES "
-    "into service_name without the option's parser, so an empty value becomes service.name=''",
-)
+# A bug this test found, since fixed: config.py load_config copies service.name from
+# OTEL_RESOURCE_ATTRIBUTES into service_name without the option's parser, so an empty value
+# becomes service.name=''
 def test_empty_service_name_in_resource_attributes_is_refused_or_ignored() -> None:
     """service.name= (empty) in OTEL_RESOURCE_ATTRIBUTES never yields an empty service name."""
     try:
@@ -317,13 +315,10 @@ def test_empty_service_name_in_resource_attributes_is_refused_or_ignored() -> No
     assert service.strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: config.py _key_values accepts header values http.client cannot send "
-    "(non-latin-1, CR/LF); configure() succeeds and then every span export raises ValueError "
-    "in the export thread (obskit_internal_errors_total{component='span_export'}): no spans, "
-    "no configure-time error",
-)
+# A bug this test found, since fixed: config.py _key_values accepts header values http.client
+# cannot send (non-latin-1, CR/LF); configure() succeeds and then every span export raises
+# ValueError in the export thread (obskit_internal_errors_total{component='span_export'}): no
+# spans, no configure-time error
 @pytest.mark.parametrize(
     "raw", ["authorization=Bearer%20t%E2%82%AC", "x-tenant=a%0D%0AX-Evil:%201"]
 )
@@ -553,12 +548,9 @@ def test_metric_declared_before_configure_multiproc_dir_is_exposed(tmp_path: Pat
     assert 'adv_orders_total{kind="early"}' in out, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: _runtime.py _enable_multiprocess calls os.makedirs unguarded and "
-    "config.py parses multiproc_dir with _opt_str only: a path that cannot be a directory "
-    "raises a bare FileExistsError/NotADirectoryError naming neither option nor what is allowed",
-)
+# A bug this test found, since fixed: _runtime.py _enable_multiprocess calls os.makedirs unguarded
+# and config.py parses multiproc_dir with _opt_str only: a path that cannot be a directory raises
+# a bare FileExistsError/NotADirectoryError naming neither option nor what is allowed
 @pytest.mark.parametrize("where", ["file", "under-file"])
 def test_multiproc_dir_that_cannot_be_a_directory_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
@@ -957,12 +949,9 @@ def test_cli_survives_undecodable_bytes_on_a_strict_utf8_stdout(
     assert raw.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: cli/doctor.py prints str(ConfigError), whose message (config.py "
-    "ConfigError.__init__) carries the raw value: a malformed OTEL_EXPORTER_OTLP_HEADERS leaks "
-    "the token that doctor masks as *** in its table",
-)
+# A bug this test found, since fixed: cli/doctor.py prints str(ConfigError), whose message
+# (config.py ConfigError.__init__) carries the raw value: a malformed OTEL_EXPORTER_OTLP_HEADERS
+# leaks the token that doctor masks as *** in its table
 def test_doctor_does_not_print_secrets_of_a_malformed_header_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -993,12 +982,9 @@ def test_traces_binary_and_directory_inputs_are_reported(tmp_path: Path) -> None
     assert "cannot read" in raw.getvalue().decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: cli/traces.py _hex_id accepts any string as trace id and _header prints "
-    "trace.trace_id without Style.clean: a span line with an escape sequence in traceId writes "
-    "raw terminal control codes (and a non-ASCII id crashes an ASCII stdout)",
-)
+# A bug this test found, since fixed: cli/traces.py _hex_id accepts any string as trace id and
+# _header prints trace.trace_id without Style.clean: a span line with an escape sequence in
+# traceId writes raw terminal control codes (and a non-ASCII id crashes an ASCII stdout)
 def test_traces_trace_id_cannot_inject_terminal_escapes(tmp_path: Path) -> None:
     """traceId text from the file is escaped like span names are."""
     path = tmp_path / "spans.jsonl"
@@ -1009,12 +995,9 @@ def test_traces_trace_id_cannot_inject_terminal_escapes(tmp_path: Path) -> None:
     assert b"\x1b" not in raw.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: cli/traces.py _int accepts integers of any size; format_ms divides by "
-    "1e6 and a 400-digit endTimeUnixNano raises OverflowError with a traceback (OTLP times are "
-    "fixed64: such a line is malformed)",
-)
+# A bug this test found, since fixed: cli/traces.py _int accepts integers of any size; format_ms
+# divides by 1e6 and a 400-digit endTimeUnixNano raises OverflowError with a traceback (OTLP times
+# are fixed64: such a line is malformed)
 def test_traces_out_of_range_timestamps_are_malformed_not_a_crash(tmp_path: Path) -> None:
     """A span with a timestamp beyond 2**64 is skipped; the other trace still renders."""
     path = tmp_path / "spans.jsonl"

@@ -117,7 +117,9 @@ def test_bad_environment_value_fails_at_configure_with_a_clear_message(
     message = str(info.value)
     assert option == info.value.option
     assert allowed in message
-    assert repr(info.value.value) in message
+    # Header values carry credentials: the message masks them (the exception keeps the value).
+    shown = "'***'" if "headers" in option else repr(info.value.value)
+    assert shown in message
     assert "env:" in message
 
 
