@@ -17,6 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["run"]
 
 
+def _count(value: float) -> str:
+    """A sample as a whole number; NaN and infinities as the exposition writes them."""
+    return str(int(value)) if math.isfinite(value) else repr(value)
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Print the cardinality report; 1 if the page cannot be read, 0 otherwise."""
     try:
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             )
             for sample in family.samples:
                 metric = sample.labels.get("metric")
-                if metric is None or not math.isfinite(sample.value):
+                if metric is None:
                     continue
                 if sample.name == "obskit_cardinality_limit":
                     limits[metric] = sample.value
@@ -48,13 +53,20 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{args.url} is not a Prometheus metrics page: {exc}\n")
         return 1
     out.write(f"{'metric':48} {'series':>8} {'limit':>8} {'use':>6} {'folded':>8}\n")
-    for metric in sorted(guarded, key=lambda m: -guarded[m] / max(limits.get(m, 1), 1)):
-        limit = limits.get(metric, 0)
-        use = f"{guarded[metric] / limit:.0%}" if limit else "-"
-        folded = int(overflow.get(metric, 0))
+
+    def share(metric: str) -> float:
+        limit = limits.get(metric, 0.0)
+        ratio = guarded[metric] / limit if limit and math.isfinite(limit) else 0.0
+        return ratio if math.isfinite(ratio) else 0.0
+
+    for metric in sorted(guarded, key=lambda m: -share(m)):
+        limit = limits.get(metric, 0.0)
+        use = f"{share(metric):.0%}" if limit and math.isfinite(limit) else "-"
+        folded = overflow.get(metric, 0.0)
         flag = "  <- over limit, folding" if folded else ""
         out.write(
-            f"{metric:48} {int(guarded[metric]):>8} {int(limit):>8} {use:>6} {folded:>8}{flag}\n"
+            f"{metric:48} {_count(guarded[metric]):>8} {_count(limit):>8} {use:>6} "
+            f"{_count(folded):>8}{flag}\n"
         )
     others = {k: v for k, v in series.items() if k not in guarded and not k.startswith("obskit_")}
     if others:

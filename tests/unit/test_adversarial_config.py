@@ -878,11 +878,9 @@ def test_cardinality_on_a_page_that_is_not_metrics(capsys: pytest.CaptureFixture
     assert url in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: cli/cardinality.py formats int(guarded[metric]) / int(limit): a NaN or "
-    "+Inf sample (valid exposition syntax) raises ValueError/OverflowError with a traceback",
-)
+# A bug this test found, since fixed: cli/cardinality.py formats int(guarded[metric]) /
+# int(limit): a NaN or +Inf sample (valid exposition syntax) raises ValueError/OverflowError with
+# a traceback
 @pytest.mark.parametrize("value", ["NaN", "+Inf"])
 def test_cardinality_non_finite_samples(capsys: pytest.CaptureFixture[str], value: str) -> None:
     """Non-finite series/limit samples are reported, not a crash."""
