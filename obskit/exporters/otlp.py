@@ -8,10 +8,12 @@ never seen by obskit's outbound instrumentation. Retries follow the OTLP spec's 
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import http.client
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -23,6 +25,31 @@ __all__ = ["GrpcSpanSink", "HttpSpanSink"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 _USER_AGENT = f"obskit/{__version__}"
+
+
+def _interrupt(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class HttpSpanSink:
@@ -93,22 +120,35 @@ class HttpSpanSink:
             left = deadline - time.monotonic()
             if left <= 0 or self._closed:
                 return False
+            retry_after = None
+            conn = self._connection(left)
+            # The socket timeout bounds each read, not the whole exchange: a collector (or a
+            # proxy) answering a byte at a time would hold the export thread past its timeout.
+            # At the deadline the socket is shut down, which ends the blocked read.
+            timer = threading.Timer(left, _interrupt, (conn,))
+            timer.daemon = True
+            timer.start()
             try:
-                conn = self._connection(left)
                 conn.request("POST", self._path, body=body, headers=self._headers)
                 response = conn.getresponse()
                 response.read()
                 status = response.status
+                retry_after = _retry_after(response.getheader("Retry-After"))
             except (OSError, http.client.HTTPException):
                 self._close()
                 status = None
+            finally:
+                timer.cancel()
             if status is not None and 200 <= status < 300:
                 return True
             if status is not None and status not in _RETRYABLE_HTTP:
                 return False
-            if deadline - time.monotonic() <= delay:
+            # The collector's own Retry-After, when it gave one (OTLP/HTTP: the client SHOULD
+            # honour it), else exponential backoff; never past the deadline.
+            wait = delay if retry_after is None else retry_after
+            if deadline - time.monotonic() <= wait:
                 return False
-            time.sleep(delay)
+            time.sleep(wait)
             delay = min(delay * 2, 2.0)
 
     def shutdown(self) -> None:

@@ -637,12 +637,9 @@ def test_every_collector_answer_is_bounded_accounted_and_warned_about_once(
     assert 1 == sum("exporting traces to otlp_http failed" in m for m in messages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: HttpSpanSink.export (otlp.py:81-106) retries a 429/503 after its own "
-    "0.1 s backoff and ignores Retry-After, which the OTLP/HTTP spec says the client SHOULD "
-    "honour: an overloaded collector asking for 1 s gets hit again at once",
-)
+# A bug this test found, since fixed: HttpSpanSink.export (otlp.py:81-106) retries a 429/503 after
+# its own 0.1 s backoff and ignores Retry-After, which the OTLP/HTTP spec says the client SHOULD
+# honour: an overloaded collector asking for 1 s gets hit again at once
 def test_retry_after_is_honoured() -> None:
     with Collector(
         lambda n: http_answer(429, "Too Many Requests", {"Retry-After": "1"}) if n == 0 else OK
@@ -656,13 +653,10 @@ def test_retry_after_is_honoured() -> None:
     assert second.at - first.at >= 0.9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: the export timeout is only a per-recv socket timeout "
-    "(otlp.py:59-72,91-94): a collector (or proxy) that keeps sending a byte now and then "
-    "holds the export thread far past otlp_timeout -- for ever if it never stops -- so every "
-    "later span is dropped as queue_full",
-)
+# A bug this test found, since fixed: the export timeout is only a per-recv socket timeout
+# (otlp.py:59-72,91-94): a collector (or proxy) that keeps sending a byte now and then holds the
+# export thread far past otlp_timeout -- for ever if it never stops -- so every later span is
+# dropped as queue_full
 def test_the_http_export_timeout_holds_against_a_collector_answering_byte_by_byte() -> None:
     listener = socket.create_server((LOOPBACK, 0))
     listener.settimeout(5.0)
