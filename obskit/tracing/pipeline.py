@@ -132,6 +132,10 @@ class CompactSpanProcessor(SpanProcessor):
         self._enqueued = 0  # sequence numbers for force_flush
         self._exported = 0
         self._stopping = False
+        #: Set once close() is over: a span that ends later (a request in flight across a
+        #: reconfiguration keeps the processor it started on) is counted, not left in a queue
+        #: nothing will export.
+        self._closed = False
         self._aborted = False
         self._inflight = 0
         self._thread = threading.Thread(target=self._run, name="obskit-span-export", daemon=True)
@@ -211,9 +215,14 @@ class CompactSpanProcessor(SpanProcessor):
     def _enqueue(self, scope: int, data: bytes) -> None:
         size = len(data)
         with self._lock:
-            if len(self._q_data) >= self._max_queue or self._q_bytes + size > self._max_bytes:
+            if self._closed:
+                closed = True
+                dropped = False
+            elif len(self._q_data) >= self._max_queue or self._q_bytes + size > self._max_bytes:
+                closed = False
                 dropped = True
             else:
+                closed = False
                 dropped = False
                 self._q_scope.append(scope)
                 self._q_data.append(data)
@@ -223,6 +232,8 @@ class CompactSpanProcessor(SpanProcessor):
                     self._wake.notify()
         if dropped:
             _selfmetrics.spans_dropped("queue_full")
+        elif closed:
+            _selfmetrics.spans_dropped("shutdown")
 
     def _hold(self, span: ReadableSpan, scope: int, data: bytes) -> None:
         """Buffer a span of an undecided (head-dropped) trace until its local root ends."""
@@ -385,6 +396,14 @@ class CompactSpanProcessor(SpanProcessor):
                 self._q_bytes = 0
             if dropped:
                 _selfmetrics.spans_dropped("shutdown_timeout", dropped)
+        with self._lock:
+            self._closed = True
+            late = len(self._q_data)  # ended after the export thread's last batch
+            self._q_scope.clear()
+            self._q_data.clear()
+            self._q_bytes = 0
+        if late:
+            _selfmetrics.spans_dropped("shutdown", late)
         try:
             self.sink.shutdown()
         except Exception as exc:

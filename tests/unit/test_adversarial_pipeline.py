@@ -415,13 +415,10 @@ def test_shutdown_from_a_signal_handler_never_deadlocks(tmp_path: Path) -> None:
 # -- reconfiguration and shutdown while spans are in flight ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: a lean span (SERVER, @obskit.red, CLIENT) keeps the processor it started "
-    "on (server_span.py:108,200); ended after configure() replaced that pipeline, submit() "
-    "queues it on the closed processor (submit/_enqueue never check _stopping) where it is "
-    "neither exported nor counted as dropped",
-)
+# A bug this test found, since fixed: a lean span (SERVER, @obskit.red, CLIENT) keeps the
+# processor it started on (server_span.py:108,200); ended after configure() replaced that
+# pipeline, submit() queues it on the closed processor (submit/_enqueue never check _stopping)
+# where it is neither exported nor counted as dropped
 def test_a_request_in_flight_across_reconfigure_keeps_or_counts_its_span(tmp_path: Path) -> None:
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     obskit.configure(service_name="adv", traces_file=str(first), bsp_schedule_delay=0.05)
