@@ -217,7 +217,14 @@ def encode_span(span: Any) -> bytes:
     for event in events:
         body = b"\x09" + _pack_q(event.timestamp) + _str(b"\x12", event.name)
         body += attributes(b"\x1a", event.attributes)
+        cut = getattr(event.attributes, "dropped", 0)  # the SDK's BoundedAttributes
+        if cut:
+            body += b"\x20" + varint(cut)  # Event.dropped_attributes_count
         parts.append(_len(_T_SPAN_EVENT, body))
+    # The SDK's BoundedList knows how many the span limits cut; a lean span's list does not.
+    cut = getattr(events, "dropped", 0)
+    if cut:
+        parts.append(b"\x60" + varint(cut))  # Span.dropped_events_count (12)
     links = getattr(span, "_links", None)
     if links is None:
         links = span.links
@@ -230,7 +237,13 @@ def encode_span(span: Any) -> bytes:
             + lctx.span_id.to_bytes(8, "big")
         )
         body += attributes(b"\x22", link.attributes)
+        cut = getattr(link.attributes, "dropped", 0)
+        if cut:
+            body += b"\x28" + varint(cut)  # Link.dropped_attributes_count
         parts.append(_len(_T_SPAN_LINK, body))
+    cut = getattr(links, "dropped", 0)
+    if cut:
+        parts.append(b"\x70" + varint(cut))  # Span.dropped_links_count (14)
     status = span.status
     code = status.status_code._value_
     description = status.description
