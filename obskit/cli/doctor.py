@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
+from obskit.cli._output import safe_output
 from obskit.config import Config, ConfigError, describe, load_config
 
 __all__ = ["CHECKS", "CheckResult", "run"]
@@ -269,6 +270,7 @@ def run_checks(
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """``obskit doctor [--timeout S]``: 0 when no check fails, 1 otherwise, 2 on bad config."""
+    out = safe_output(out)
     try:
         config = load_config()
     except ConfigError as exc:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from obskit.cli._output import safe_output
+
 __all__ = ["Span", "Trace", "load_spans", "run"]
 
 KIND_NAMES = {0: "UNSPEC", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -512,6 +514,7 @@ def _print_malformed(result: LoadResult, out: TextIO) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """``obskit traces [FILE] [--trace ID] [--last N] [--width W] [--no-color]``."""
+    out = safe_output(out)
     path = getattr(args, "file", None) or _default_file(out)
     if path is None:
         return 2

@@ -924,13 +924,10 @@ def test_cardinality_timeout_bounds_a_streaming_answer() -> None:
     assert elapsed < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: config.py keeps undecodable environment bytes as surrogates and "
-    "cli/doctor.py _table / cli/traces.py _missing_message print them unescaped; on a stdout "
-    "with errors='strict' (PYTHONIOENCODING=utf-8, an en_US.UTF-8 locale) the CLI dies with "
-    "UnicodeEncodeError",
-)
+# A bug this test found, since fixed: config.py keeps undecodable environment bytes as surrogates
+# and cli/doctor.py _table / cli/traces.py _missing_message print them unescaped; on a stdout with
+# errors='strict' (PYTHONIOENCODING=utf-8, an en_US.UTF-8 locale) the CLI dies with
+# UnicodeEncodeError
 @pytest.mark.parametrize("command", ["doctor", "traces"])
 def test_cli_survives_undecodable_bytes_on_a_strict_utf8_stdout(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str
