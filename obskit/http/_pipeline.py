@@ -401,18 +401,10 @@ def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> Non
     if exc is not None:
         span.record_exception(exc)
         span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-        span.set_status(_ERROR, f"{type(exc).__name__}: {_text_of(exc)}"[:256])
+        span.set_status(_ERROR, sc.status_description(exc))
     elif code is not None and code >= 500:
         span.set_attribute(sc.ERROR_TYPE, str(code))
         span.set_status(_ERROR)
-
-
-def _text_of(exc: BaseException) -> str:
-    """``str(exc)``, or a stand-in when the exception's own ``__str__`` fails."""
-    try:
-        return str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
 
 
 class Request:

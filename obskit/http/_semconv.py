@@ -61,6 +61,16 @@ def error_type(exc: BaseException) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
+def status_description(exc: BaseException) -> str:
+    """An ERROR status' description: ``Type: message``, bounded; an exception whose own
+    ``__str__`` fails still gets one (the span must still be ended and exported)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<unprintable {type(exc).__name__}>"
+    return f"{type(exc).__name__}: {text}"[:256]
+
+
 def port(value: object) -> int | None:
     """A server port from a CGI/WSGI ``SERVER_PORT`` value, or None."""
     try:

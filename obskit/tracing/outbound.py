@@ -115,7 +115,7 @@ def _end(state: tuple[Any, object], status: int | None, exc: BaseException | Non
         if exc is not None:
             span.record_exception(exc)
             span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256])
+            span.set_status(StatusCode.ERROR, sc.status_description(exc))
         span.end()
     finally:
         try:

@@ -242,53 +242,43 @@ class CompactSpanProcessor(SpanProcessor):
         is_local_root = parent is None or parent.is_remote
         drop_reason = None
         dropped = 1
+        held: list[bytes] = []
+        scopes: list[int] = []
         with self._lock:
-            if not is_local_root:
-                settled = self._settled.get(trace_id)
-                if settled is not None:
-                    # A span that ended after its local root (a background task): the trace's
-                    # fate is known, so no buffer is opened that nothing would ever close.
-                    if settled:
-                        late = True
-                    else:
-                        return  # the trace was dropped as decided, not for want of room
-                else:
-                    late = False
-            else:
-                late = False
-            spans = None if late else self._pending.get(trace_id)
-            if spans is None and not late:
-                if len(self._pending) >= self._max_pending_traces:
-                    # Full: make room by giving up the oldest undecided trace (its root may never
-                    # end), rather than refusing every new trace from now on.
-                    oldest = next(iter(self._pending))
-                    evicted = self._pending.pop(oldest)
-                    self._pending_scope.pop(oldest, None)
-                    self._pending_bytes -= sum(map(len, evicted))
-                    drop_reason, dropped = "pending_traces", len(evicted)
-                spans = self._pending[trace_id] = []
-                self._pending_scope[trace_id] = []
-            if spans is not None:
+            # A span that ends after its local root (a background task): the trace's fate is
+            # known, so no buffer is opened that nothing would ever close.
+            settled = None if is_local_root else self._settled.get(trace_id)
+            if settled is None:
+                spans = self._pending.get(trace_id)
+                if spans is None:
+                    if len(self._pending) >= self._max_pending_traces:
+                        # Full: give up the oldest undecided trace (its root may never end)
+                        # rather than refuse every new trace from now on.
+                        oldest = next(iter(self._pending))
+                        evicted = self._pending.pop(oldest)
+                        self._pending_scope.pop(oldest, None)
+                        self._pending_bytes -= sum(map(len, evicted))
+                        drop_reason, dropped = "pending_traces", len(evicted)
+                    spans = self._pending[trace_id] = []
+                    self._pending_scope[trace_id] = []
                 if len(spans) >= self._max_spans_per_trace:
-                    drop_reason = "pending_spans_per_trace"
+                    drop_reason, dropped = "pending_spans_per_trace", 1
                 elif self._pending_bytes + len(data) > self._max_pending_bytes:
-                    drop_reason = "pending_bytes"
+                    drop_reason, dropped = "pending_bytes", 1
                 else:
                     spans.append(data)
                     self._pending_scope[trace_id].append(scope)
                     self._pending_bytes += len(data)
-            if is_local_root:
-                held = self._pending.pop(trace_id, [])
-                scopes = self._pending_scope.pop(trace_id, [])
-                self._pending_bytes -= sum(map(len, held))
-            else:
-                held = []
-                scopes = []
+                if is_local_root:
+                    held = self._pending.pop(trace_id, [])
+                    scopes = self._pending_scope.pop(trace_id, [])
+                    self._pending_bytes -= sum(map(len, held))
+        if settled is not None:
+            if settled:  # kept: the late span follows its trace; dropped: as decided, uncounted
+                self._enqueue(scope, data)
+            return
         if drop_reason is not None and dropped:
             _selfmetrics.spans_dropped(drop_reason, dropped)
-        if late:
-            self._enqueue(scope, data)
-            return
         if not is_local_root:
             return
         keep = self.keep

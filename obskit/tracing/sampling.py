@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import sampling
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceState
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceState, get_current_span
 from opentelemetry.util.types import Attributes
 
 from obskit.config import ADAPTIVE_DEFAULT_BASE, Config
@@ -167,8 +167,6 @@ def _local_parent(parent_context: Context | None) -> sampling.SamplingResult | N
     trace's later spans -- a CLIENT span, a decorated function -- the answer its root got, or
     the log line, the trace and the downstream ``traceparent`` would disagree. A remote parent
     is left to ``parentbased_*``, as OpenTelemetry's samplers leave it."""
-    from opentelemetry.trace import get_current_span
-
     ctx = get_current_span(parent_context).get_span_context()
     if not ctx.is_valid or ctx.is_remote:
         return None
@@ -179,8 +177,6 @@ def _local_parent(parent_context: Context | None) -> sampling.SamplingResult | N
 
 
 def _parent_state(parent_context: Context | None) -> TraceState | None:
-    from opentelemetry.trace import get_current_span
-
     ctx = get_current_span(parent_context).get_span_context()
     return ctx.trace_state if ctx.is_valid else None
 
