@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 import urllib.request
 from typing import TextIO
 
@@ -22,11 +23,36 @@ def _count(value: float) -> str:
     return str(int(value)) if math.isfinite(value) else repr(value)
 
 
+# A scrape of a service at its 1,000-series-per-metric limits is a few MB; a page past this is
+# not one service's metrics (or never ends), and reading it whole would hold the memory.
+_MAX_PAGE = 64 * 1024 * 1024
+
+
+def _fetch(url: str, timeout: float) -> str:
+    """The page at ``url``, read within ``timeout`` seconds in all: urlopen's own timeout bounds
+    each socket operation only, so a URL that keeps streaming would hold the command."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        while True:
+            # read1: what has arrived, so the deadline is checked while a slow page trickles in
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_PAGE:
+                raise ValueError(f"page larger than {_MAX_PAGE // (1024 * 1024)} MiB")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"page not read within {timeout:g} s")
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Print the cardinality report; 1 if the page cannot be read, 0 otherwise."""
     try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
-            text = response.read().decode("utf-8", "replace")
+        text = _fetch(args.url, args.timeout)
     except (OSError, ValueError) as exc:
         out.write(f"cannot read {args.url}: {exc}\n")
         return 1

@@ -9,7 +9,7 @@ from the shared directory, so one scrape counts all workers' requests.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -49,12 +49,50 @@ def _collector() -> CollectorRegistry | _Union:
     return _state.registry
 
 
+_TEXT_RANGES = frozenset(("text/plain", "text/*", "*/*"))
+
+
+def _ranked(accept: str) -> list[str]:
+    """The media ranges of ``accept`` that the client accepts (q > 0), best first.
+
+    RFC 9110 12.5.1: a range's ``q`` ranks it, ``q=0`` refuses it; equal ranks keep the client's
+    order. A range whose ``q`` is not a number is dropped, as a client's typo.
+    """
+    ranked: list[tuple[float, int, str]] = []
+    for index, media_range in enumerate(accept.split(",")):
+        quality = 1.0
+        for parameter in media_range.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        if 0.0 < quality <= 1.0:
+            ranked.append((-quality, index, media_range))
+    ranked.sort()
+    return [media_range for _, _, media_range in ranked]
+
+
+def _negotiate(accept: str) -> tuple[Callable[[Collector], bytes], str]:
+    # prometheus_client's choose_encoder knows the formats and their versions but takes the
+    # first range it recognises, whatever its q; ask it one range at a time, in the client's
+    # order of preference.
+    for media_range in _ranked(accept):
+        media_type = media_range.split(";", 1)[0].strip().lower()
+        try:
+            encoder, content_type = choose_encoder(media_range)
+        except Exception:  # a malformed range (version=abc): a client's problem, skip it
+            continue
+        if media_type in _TEXT_RANGES or not content_type.startswith("text/plain"):
+            return encoder, content_type
+        # an OpenMetrics version the library cannot write: the client's next choice
+    return choose_encoder("")
+
+
 def render(accept: str | None) -> tuple[bytes, str]:
     """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``."""
-    try:
-        encoder, content_type = choose_encoder(accept or "")
-    except Exception:  # a malformed Accept (version=abc): a client's problem, the text format
-        encoder, content_type = choose_encoder("")
+    encoder, content_type = _negotiate(accept or "")
     return encoder(_collector()), content_type
 
 

@@ -793,12 +793,9 @@ def test_malformed_accept_header_does_not_raise_into_the_app(accept: str) -> Non
     assert body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: metrics/exposition.py render() relies on prometheus_client's "
-    "choose_encoder, which ignores q-values: OpenMetrics is served to a client that refused it "
-    "(q=0) or prefers the text format",
-)
+# A bug this test found, since fixed: metrics/exposition.py render() relies on prometheus_client's
+# choose_encoder, which ignores q-values: OpenMetrics is served to a client that refused it (q=0)
+# or prefers the text format
 @pytest.mark.parametrize(
     "accept",
     [
@@ -905,12 +902,9 @@ def _trickle() -> Iterator[bytes]:
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: cli/cardinality.py bounds each socket operation by --timeout but not "
-    "the whole read (urlopen + read()): a URL that keeps streaming (an SSE or log endpoint "
-    "given by mistake, a stuck app) holds the command -- and its memory -- without limit",
-)
+# A bug this test found, since fixed: cli/cardinality.py bounds each socket operation by --timeout
+# but not the whole read (urlopen + read()): a URL that keeps streaming (an SSE or log endpoint
+# given by mistake, a stuck app) holds the command -- and its memory -- without limit
 def test_cardinality_timeout_bounds_a_streaming_answer() -> None:
     """--timeout 0.3 against a server streaming for 1.5 s returns well before it ends."""
     url, server = _serve(_trickle())
@@ -922,6 +916,23 @@ def test_cardinality_timeout_bounds_a_streaming_answer() -> None:
         server.shutdown()
         server.server_close()
     assert elapsed < 1.0
+
+
+def test_cardinality_refuses_a_page_past_its_size_cap(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page larger than the cap is not read whole: exit 1 with the reason."""
+    from obskit.cli import cardinality
+
+    monkeypatch.setattr(cardinality, "_MAX_PAGE", 1000)
+    url, server = _serve([b"# padding\n" * 50] * 4)
+    try:
+        status = main(["cardinality", url, "--timeout", "5"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 1 == status
+    assert "page larger than" in capsys.readouterr().out
 
 
 # A bug this test found, since fixed: config.py keeps undecodable environment bytes as surrogates

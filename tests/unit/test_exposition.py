@@ -26,6 +26,40 @@ def test_text_format_by_default_and_openmetrics_when_asked() -> None:
     assert body.endswith(b"# EOF\n")
 
 
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        # Prometheus 2.x with exemplar storage on
+        (
+            "application/openmetrics-text;version=1.0.0;q=0.5,"
+            "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,"
+            "*/*;q=0.2",
+            "application/openmetrics-text",
+        ),
+        # Prometheus 2.x default: text ranked first
+        (
+            "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.2",
+            "text/plain",
+        ),
+        ("application/openmetrics-text;q=0,text/plain;version=0.0.4", "text/plain"),
+        # an OpenMetrics version the library cannot write: the client's next choice
+        ("application/openmetrics-text;version=0.0.1,text/plain;q=0.5", "text/plain"),
+        # equal ranks keep the client's order
+        ("text/plain;q=0.5,application/openmetrics-text;version=1.0.0;q=0.5", "text/plain"),
+        ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;q=0.5", "application/open"),
+        ("application/openmetrics-text;version=1.0.0;q=x,text/plain;q=0.1", "text/plain"),
+        ("application/json", "text/plain"),
+        ("", "text/plain"),
+    ],
+)
+def test_accept_ranges_are_taken_in_the_clients_order_of_preference(
+    accept: str, expected: str
+) -> None:
+    """RFC 9110 12.5.1: q ranks the ranges, q=0 refuses one; the text format is the fallback."""
+    obskit.configure(traces_exporter="none")
+    assert render(accept)[1].startswith(expected)
+
+
 def test_default_registry_can_be_left_out() -> None:
     """include_default_registry=False exposes only obskit's registry."""
     obskit.configure(traces_exporter="none", include_default_registry=False)
