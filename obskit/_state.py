@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 lock = threading.RLock()
 #: Guards only the lazy creation of self-metrics; separate from ``lock`` because the export
 #: thread creates them while ``shutdown()`` holds ``lock`` and waits for that thread.
-self_metrics_lock = threading.Lock()
+self_metrics_lock = threading.RLock()
 registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
 self_metrics: SelfMetrics | None = None
 runtime: Runtime | None = None

@@ -115,7 +115,9 @@ class CompactSpanProcessor(SpanProcessor):
         os.register_at_fork(after_in_child=lambda: (m := weak()) and m())
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a SIGTERM handler calling obskit.shutdown() runs on the main thread, maybe
+        # while that thread is inside one of the sections below (close() must not hang there).
+        self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._flushed = threading.Condition(self._lock)
         # Two parallel lists instead of a list of tuples: appending ints and bytes allocates no
@@ -368,13 +370,18 @@ class CompactSpanProcessor(SpanProcessor):
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush and stop the export thread, waiting at most ``timeout`` seconds."""
+        # Called from a signal handler that interrupted this thread inside a locked section: the
+        # export thread cannot take the lock before the handler returns, so waiting for it
+        # would only spend the timeout. What is queued is given up (and counted) at once.
+        reentered: bool = self._lock._is_owned()  # type: ignore[attr-defined]
         with self._lock:
             self._stopping = True
             # An export already under way keeps its own timeout; later ones fit in what is left.
             self._export_timeout = min(self._export_timeout, max(timeout, 0.001))
             self._wake.notify()
-        self._thread.join(timeout)
-        finished = not self._thread.is_alive()
+        if not reentered:
+            self._thread.join(timeout)
+        finished = not reentered and not self._thread.is_alive()
         if not finished:
             # The collector hangs: abandon what is left. Closing the sink interrupts the export
             # under way, and the thread stops touching the self-metrics (obskit may be reset).

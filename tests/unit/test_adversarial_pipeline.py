@@ -400,13 +400,9 @@ SIGNAL_SCRIPT = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: CompactSpanProcessor's lock is a plain threading.Lock (made in "
-    "_init_state): a SIGTERM handler calling obskit.shutdown() that runs while the main thread "
-    "holds it (in force_flush or _enqueue) re-acquires it in close() and the process hangs for "
-    "good",
-)
+# A bug this test found, since fixed: CompactSpanProcessor's lock is a plain threading.Lock (made in
+# _init_state): a SIGTERM handler calling obskit.shutdown() that runs while the main thread  holds
+# it (in force_flush or _enqueue) re-acquires it in close() and the process hangs for  good
 def test_shutdown_from_a_signal_handler_never_deadlocks(tmp_path: Path) -> None:
     done = run_script(SIGNAL_SCRIPT, str(tmp_path / "traces.jsonl"), cwd=tmp_path)
     assert (0, "returned") == (done.returncode, done.stdout.split(" ")[0]), done.stdout
