@@ -321,6 +321,14 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     runtime.lean_spans = (
         runtime.processor is not None and not config.keep_whole_trace and glob.provider.lean
     )
+    if runtime.lean_spans:
+        from opentelemetry.sdk.trace import SpanLimits
+
+        from obskit.tracing.server_span import set_limits
+
+        # The limits the SDK spans of this process get (OTEL_SPAN_*_LIMIT, read when the
+        # provider was made), so a span's limits do not depend on which class recorded it.
+        set_limits(getattr(glob.provider, "_span_limits", None) or SpanLimits())
     from obskit.tracing.outbound import install as install_outbound
 
     install_outbound()

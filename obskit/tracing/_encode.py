@@ -199,6 +199,8 @@ def encode_span(span: Any) -> bytes:
         if inner is not None:
             attrs = inner
             dropped = getattr(bounded, "dropped", 0)
+        else:  # a lean span that lost attributes to a limit
+            dropped = getattr(attrs, "dropped", 0)
     if attrs:
         cache = _kv_cache
         for pair in attrs.items():

@@ -43,8 +43,9 @@ from obskit.tracing.sampling import SwitchableSampler
 
 __all__ = ["ServerSpan", "start_lean_span", "start_server_span"]
 
+#: The SDK's default span limits: what the request pipeline's inlined attribute writes assume
+#: (more goes through ``set_attribute``); lower limits are enforced again at ``end()``.
 _MAX_ATTRIBUTES = 128
-_MAX_EVENTS = 128
 _VALID = (str, bool, int, float)
 #: The same, for an exact-type test by one hash lookup.
 _VALID_TYPES = frozenset(_VALID)
@@ -59,6 +60,70 @@ _get_current = _fastctx.get_current
 _UNSET = Status(StatusCode.UNSET)
 #: Every trace-flags value a new span can have (sampled bit, random-trace-id bit), made once.
 _FLAGS = {flags: TraceFlags(flags) for flags in (0, _SAMPLED, _RANDOM, _SAMPLED | _RANDOM)}
+
+
+class _Counted(dict[str, Any]):
+    """Attributes that lost some to a limit: the encoder reads ``dropped`` as the SDK's
+    ``BoundedAttributes.dropped``."""
+
+    dropped = 0
+
+
+class _CountedList(list[Any]):
+    """Events or links that lost some to a limit (the SDK's ``BoundedList.dropped``)."""
+
+    dropped = 0
+
+
+# The OTEL_SPAN_*_LIMIT / OTEL_ATTRIBUTE_*_LIMIT values of the process's SDK provider, applied
+# by set_limits() at configure(); the SDK's defaults until then.
+_attribute_limit = 128
+_event_limit = 128
+_link_limit = 128
+_event_attribute_limit = 128
+_link_attribute_limit = 128
+_length_limit: int | None = None
+#: False when a limit is below the default or values are cut to a length: end() then checks
+#: what the pipeline's inlined writes added.
+_default_limits = True
+
+
+def set_limits(limits: Any) -> None:
+    """Take an SDK ``SpanLimits`` (``None`` fields: no limit) for every lean span."""
+    global _attribute_limit, _event_limit, _link_limit, _event_attribute_limit
+    global _link_attribute_limit, _length_limit, _default_limits
+
+    def count(value: int | None) -> int:
+        return 1 << 62 if value is None else value
+
+    _attribute_limit = count(limits.max_span_attributes)
+    _event_limit = count(limits.max_events)
+    _link_limit = count(limits.max_links)
+    _event_attribute_limit = count(limits.max_event_attributes)
+    _link_attribute_limit = count(limits.max_link_attributes)
+    _length_limit = limits.max_span_attribute_length
+    _default_limits = _attribute_limit >= _MAX_ATTRIBUTES and _length_limit is None
+
+
+def _cut(value: Any, length: int) -> Any:
+    """``value`` with its text cut to ``length`` characters, as the SDK's BoundedAttributes."""
+    if isinstance(value, str):
+        return value[:length]
+    if isinstance(value, (list, tuple)):
+        return tuple(v[:length] if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _bounded(attributes: dict[str, Any], limit: int, length: int | None) -> dict[str, Any]:
+    """``attributes`` within a count and a value-length limit; the dropped count rides along."""
+    if len(attributes) > limit:
+        kept: dict[str, Any] = _Counted(list(attributes.items())[:limit])
+        kept.dropped = len(attributes) - limit + getattr(attributes, "dropped", 0)  # type: ignore[attr-defined]
+        attributes = kept
+    if length is not None:
+        for key, value in attributes.items():
+            attributes[key] = _cut(value, length)
+    return attributes
 
 
 def _valid(value: Any) -> bool:
@@ -126,40 +191,56 @@ class ServerSpan(trace_api.Span):
         for key, value in attributes.items():
             # Keys must be text (OTLP's are strings): a non-str key is skipped, as the SDK does,
             # rather than failing the whole span when it is encoded.
-            if (
-                key.__class__ is str
-                and (value.__class__ in _VALID_TYPES or _valid(value))
-                and (key in own or len(own) < _MAX_ATTRIBUTES)
-            ):
-                own[key] = value
+            if key.__class__ is str and (value.__class__ in _VALID_TYPES or _valid(value)):
+                if key in own or len(own) < _attribute_limit:
+                    own[key] = value
+                else:
+                    self._drop_attribute()
 
     def set_attribute(self, key: str, value: Any) -> None:
         if self.end_time is not None or key.__class__ is not str:
             return
         if value.__class__ in _VALID_TYPES or _valid(value):
             own = self.attributes
-            if key in own or len(own) < _MAX_ATTRIBUTES:
+            if key in own or len(own) < _attribute_limit:
                 own[key] = value
+            else:
+                self._drop_attribute()
+
+    def _drop_attribute(self) -> None:
+        own = self.attributes
+        if own.__class__ is not _Counted:
+            own = self.attributes = _Counted(own)
+        own.dropped += 1
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self.end_time is None and len(self._events) < _MAX_EVENTS:
-            clean = {
-                k: v for k, v in (attributes or {}).items() if k.__class__ is str and _valid(v)
-            }
-            events = self._events
-            if not isinstance(events, list):
-                events = self._events = []
-            events.append(_Event(name, timestamp or _time_ns(), clean))
+        if self.end_time is not None:
+            return
+        events = self._events
+        if len(events) >= _event_limit:
+            self._events = _dropped_one(events)
+            return
+        clean = {k: v for k, v in (attributes or {}).items() if k.__class__ is str and _valid(v)}
+        if len(clean) > _event_attribute_limit or _length_limit is not None:
+            clean = _bounded(clean, _event_attribute_limit, _length_limit)
+        if not isinstance(events, list):
+            events = self._events = []
+        events.append(_Event(name, timestamp or _time_ns(), clean))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
             links = self._links
+            if len(links) >= _link_limit:
+                self._links = _dropped_one(links)
+                return
             if not isinstance(links, list):
                 links = self._links = []
             if attributes:
                 attributes = {k: v for k, v in attributes.items() if k.__class__ is str}
+                if len(attributes) > _link_attribute_limit or _length_limit is not None:
+                    attributes = _bounded(attributes, _link_attribute_limit, _length_limit)
             links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
@@ -205,7 +286,16 @@ class ServerSpan(trace_api.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time or _time_ns()
+        if not _default_limits:  # the pipeline's inlined writes assume the SDK's defaults
+            self.attributes = _bounded(self.attributes, _attribute_limit, _length_limit)
         self._processor.submit(self)
+
+
+def _dropped_one(items: Any) -> _CountedList:
+    if items.__class__ is not _CountedList:
+        items = _CountedList(items)
+    items.dropped += 1
+    return items  # type: ignore[no-any-return]
 
 
 def start_server_span(

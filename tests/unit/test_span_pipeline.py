@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -79,3 +82,87 @@ def test_lean_spans_keep_their_own_events_and_links() -> None:
     assert [] == list(empty.events)
     assert [] == list(empty.links)
     processor.close(1.0)
+
+
+@pytest.fixture
+def tight_limits() -> Iterator[None]:
+    """Lean spans under small OTEL_SPAN_*_LIMIT values; the SDK's defaults restored after."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from obskit.tracing.server_span import set_limits
+
+    set_limits(
+        SpanLimits(
+            max_span_attributes=3,
+            max_events=1,
+            max_links=1,
+            max_event_attributes=1,
+            max_link_attributes=1,
+            max_attribute_length=4,
+        )
+    )
+    try:
+        yield
+    finally:
+        set_limits(SpanLimits())
+
+
+@pytest.mark.usefixtures("tight_limits")
+def test_lean_span_limits_cut_and_count_what_they_drop() -> None:
+    """Counts, lengths and the dropped_*_count fields, as the SDK's span would encode them."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+    from opentelemetry.trace import SpanKind
+
+    from obskit.tracing._encode import encode_span
+    from obskit.tracing.server_span import ServerSpan
+
+    processor = CompactSpanProcessor(MemorySpanSink(), resource_attributes={})
+    scope = InstrumentationScope("t")
+    span = ServerSpan("s", _span(scope).context, None, SpanKind.SERVER, processor, scope)
+    for key in "abcde":
+        span.set_attribute(key, "long value")
+    span.set_attributes({"f": 1, "a": ["long", "longer"]})
+    span.add_event("kept", {"x": "long value", "y": 2})
+    span.add_event("dropped")
+    span.add_link(_span(scope).context, {"p": 1, "q": 2})
+    span.add_link(_span(scope).context)
+    span.end()
+    decoded = SpanProto.FromString(encode_span(span))
+    values = {kv.key: kv.value for kv in decoded.attributes}
+    assert ["a", "b", "c"] == list(values)
+    assert ["long", "long"] == [v.string_value for v in values["a"].array_value.values]
+    assert "long" == values["b"].string_value
+    assert 3 == decoded.dropped_attributes_count
+    assert (["kept"], 1) == ([e.name for e in decoded.events], decoded.dropped_events_count)
+    assert ("long", 1) == (
+        decoded.events[0].attributes[0].value.string_value,
+        decoded.events[0].dropped_attributes_count,
+    )
+    assert (1, 1, 1) == (
+        len(decoded.links),
+        decoded.dropped_links_count,
+        decoded.links[0].dropped_attributes_count,
+    )
+    processor.close(1.0)
+
+
+def test_limits_apply_to_the_request_pipelines_own_attributes(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The SERVER span's attributes, written by the pipeline without set_attribute, are cut
+    to the limits when the span ends."""
+    from obskit.testing import capture
+    from obskit.wsgi import ObskitMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with capture() as cap:
+        request.getfixturevalue("tight_limits")  # after configure(), which sets the provider's
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/a/long/path", "wsgi.url_scheme": "http"}
+        list(ObskitMiddleware(app)(environ, lambda *a: None))
+        (span,) = cap.spans()
+    assert 3 == len(span.attributes)
+    assert span.dropped_attributes_count > 0
+    assert all(len(kv.value.string_value) <= 4 for kv in span.attributes)
