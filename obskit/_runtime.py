@@ -374,6 +374,17 @@ def _enable_multiprocess(directory: str) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != directory:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        # Series made before this point (a module-level metric used at import) move to the
+        # shared directory with what they counted; hot paths re-take their cached writers.
+        from obskit.metrics._direct import renew_values
+
+        collectors = getattr(_state.registry, "_collector_to_names", None)
+        for collector in list(collectors or ()):
+            try:
+                renew_values(collector)
+            except Exception as exc:  # prometheus_client internals not as expected
+                _selfmetrics.internal_error("multiprocess_values", exc)
+        _state.generation += 1
 
 
 def _summary(config: Config) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client.samples import Exemplar
 from prometheus_client.values import MutexValue
 
-__all__ = ["Cell", "Cells", "Observer", "adder", "setter", "taking"]
+__all__ = ["Cell", "Cells", "Observer", "adder", "renew_values", "setter", "taking"]
 
 
 def adder(child: Any) -> Callable[[float], None]:
@@ -42,6 +42,35 @@ def setter(child: Any) -> Callable[[float], None]:
     if callable(value_set) and not getattr(child, "_is_most_recent", False):
         return value_set  # type: ignore[no-any-return]
     return child.set  # type: ignore[no-any-return]
+
+
+def renew_values(metric: Any) -> None:
+    """Give every series of a prometheus_client ``metric`` new value objects of the current
+    ``values.ValueClass``, carrying their counts over.
+
+    prometheus_client picks a series' value class when the series is made; switching to the
+    multi-process class later (``configure(multiproc_dir=...)`` after a module declared and
+    used its metrics) would leave those series in memory that the multi-process scrape never
+    reads. Callables taken from the old objects (:func:`adder`, :class:`Observer`) go stale:
+    the caller bumps ``_state.generation`` so the hot paths take new ones.
+    """
+    lock = getattr(metric, "_lock", None)
+    if lock is None or not callable(getattr(metric, "_metric_init", None)):
+        return
+    with lock:
+        children = list(getattr(metric, "_metrics", {}).values())
+    if not getattr(metric, "_labelnames", ()):
+        children = [metric]
+    for child in children:
+        old = {name: getattr(child, name, None) for name in ("_value", "_sum", "_count")}
+        old_buckets = list(getattr(child, "_buckets", ()))
+        child._metric_init()
+        pairs = [(getattr(child, name), value) for name, value in old.items() if value is not None]
+        pairs += zip(getattr(child, "_buckets", ()), old_buckets, strict=False)
+        for new, previous in pairs:
+            amount = previous.get()
+            if amount:
+                new.set(amount)
 
 
 class Observer:
