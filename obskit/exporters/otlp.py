@@ -36,6 +36,64 @@ def _interrupt(conn: http.client.HTTPConnection) -> None:
             pass
 
 
+class _Deadline:
+    """Shuts a connection's socket down when its exchange runs past a deadline.
+
+    The socket timeout bounds each read, not the whole exchange: a collector (or a proxy)
+    answering a byte at a time would hold the export thread past its timeout. One daemon thread
+    per sink, started at the first export, watches the exchange under way -- rather than a
+    ``threading.Timer``, a new thread, for every batch.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: tuple[http.client.HTTPConnection, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def arm(self, conn: http.client.HTTPConnection, deadline: float) -> None:
+        with self._cond:
+            self._armed = (conn, deadline)
+            thread = self._thread
+            if thread is None or not thread.is_alive():  # first use, or a forked child
+                thread = self._thread = threading.Thread(
+                    target=self._run, name="obskit-otlp-deadline", daemon=True
+                )
+                thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._armed = None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._armed = None
+            self._cond.notify()
+
+    def after_fork(self) -> None:
+        # The child has no watcher thread, and the lock may have been held at the fork.
+        self._cond = threading.Condition()
+        self._armed = None
+        self._thread = None
+
+    def _run(self) -> None:
+        cond = self._cond
+        with cond:
+            while not self._stopped:
+                armed = self._armed
+                if armed is None:
+                    cond.wait()
+                    continue
+                left = armed[1] - time.monotonic()
+                if left > 0:
+                    cond.wait(left)
+                    continue
+                self._armed = None
+                _interrupt(armed[0])
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
     if not value:
@@ -82,12 +140,14 @@ class HttpSpanSink:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
+        self._deadline = _Deadline()
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's connection. Its socket is shared with the
         parent (responses could be read by the wrong process), so it is neither used nor shut
         down here -- only dropped; the child opens its own."""
         self._conn = None
+        self._deadline.after_fork()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = self._conn
@@ -122,12 +182,8 @@ class HttpSpanSink:
                 return False
             retry_after = None
             conn = self._connection(left)
-            # The socket timeout bounds each read, not the whole exchange: a collector (or a
-            # proxy) answering a byte at a time would hold the export thread past its timeout.
-            # At the deadline the socket is shut down, which ends the blocked read.
-            timer = threading.Timer(left, _interrupt, (conn,))
-            timer.daemon = True
-            timer.start()
+            # At the deadline the socket is shut down, which ends a blocked read.
+            self._deadline.arm(conn, deadline)
             try:
                 conn.request("POST", self._path, body=body, headers=self._headers)
                 response = conn.getresponse()
@@ -138,7 +194,7 @@ class HttpSpanSink:
                 self._close()
                 status = None
             finally:
-                timer.cancel()
+                self._deadline.disarm()
             if status is not None and 200 <= status < 300:
                 return True
             if status is not None and status not in _RETRYABLE_HTTP:
@@ -154,6 +210,7 @@ class HttpSpanSink:
     def shutdown(self) -> None:
         """Close the connection, interrupting an export blocked on a hanging collector."""
         self._closed = True
+        self._deadline.stop()
         conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None:

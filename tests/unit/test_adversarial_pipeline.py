@@ -646,6 +646,29 @@ def test_retry_after_is_honoured() -> None:
     assert second.at - first.at >= 0.9
 
 
+def test_exports_share_one_deadline_thread() -> None:
+    """The export deadline is watched by one thread per sink, not a new thread per batch."""
+    with Collector(lambda n: OK) as collector:
+        sink = HttpSpanSink(collector.endpoint + "/v1/traces")
+        started = []
+        real_start = threading.Thread.start
+        exporting = threading.get_ident()
+
+        def counting_start(thread: threading.Thread) -> None:
+            if threading.get_ident() == exporting:  # not the collector's own threads
+                started.append(thread.name)
+            real_start(thread)
+
+        request = one_span_request()  # the SDK's resource detection starts threads
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(threading.Thread, "start", counting_start)
+                assert all(sink.export(request, 1, 3.0) for _ in range(20))
+        finally:
+            sink.shutdown()
+    assert ["obskit-otlp-deadline"] == started
+
+
 # A bug this test found, since fixed: the export timeout is only a per-recv socket timeout
 # (otlp.py:59-72,91-94): a collector (or proxy) that keeps sending a byte now and then holds the
 # export thread far past otlp_timeout -- for ever if it never stops -- so every later span is
