@@ -137,8 +137,9 @@ def collectors() -> Iterator[tuple[_Collector, _Collector]]:
         b.close()
 
 
-def _serve(body_chunks: Iterator[bytes] | list[bytes]) -> tuple[str, http.server.HTTPServer]:
-    """A loopback server answering every GET with 200 and ``body_chunks`` (no length)."""
+def _cardinality(body_chunks: Iterator[bytes] | list[bytes], timeout: float) -> int:
+    """``obskit cardinality`` against a loopback server answering 200 and ``body_chunks`` (no
+    length)."""
     chunks = body_chunks
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -160,7 +161,12 @@ def _serve(body_chunks: Iterator[bytes] | list[bytes]) -> tuple[str, http.server
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/metrics", server
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        return main(["cardinality", url, "--timeout", str(timeout)])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _strict_utf8_out() -> tuple[io.BytesIO, io.TextIOWrapper]:
@@ -874,14 +880,9 @@ def test_cardinality_without_a_running_app_is_bounded(
 # SPA fallback) ends `obskit cardinality` with a ValueError traceback
 def test_cardinality_on_a_page_that_is_not_metrics(capsys: pytest.CaptureFixture[str]) -> None:
     """A 200 HTML page: exit 1 with a message naming the URL, not a traceback."""
-    url, server = _serve([b"<!doctype html><html><body>Shop</body></html>\n"])
-    try:
-        status = main(["cardinality", url, "--timeout", "2"])
-    finally:
-        server.shutdown()
-        server.server_close()
+    status = _cardinality([b"<!doctype html><html><body>Shop</body></html>\n"], 2)
     assert 1 == status
-    assert url in capsys.readouterr().out
+    assert "is not a Prometheus metrics page" in capsys.readouterr().out
 
 
 # A bug this test found, since fixed: cli/cardinality.py formats int(guarded[metric]) /
@@ -894,13 +895,7 @@ def test_cardinality_non_finite_samples(capsys: pytest.CaptureFixture[str], valu
         f'obskit_cardinality_series{{metric="m"}} {value}\n'
         f'obskit_cardinality_limit{{metric="m"}} {value}\n'
     ).encode()
-    url, server = _serve([page])
-    try:
-        status = main(["cardinality", url, "--timeout", "2"])
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert 0 == status
+    assert 0 == _cardinality([page], 2)
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("m ")]
 
 
@@ -916,15 +911,9 @@ def _trickle() -> Iterator[bytes]:
 # given by mistake, a stuck app) holds the command -- and its memory -- without limit
 def test_cardinality_timeout_bounds_a_streaming_answer() -> None:
     """--timeout 0.3 against a server streaming for 1.5 s returns well before it ends."""
-    url, server = _serve(_trickle())
-    try:
-        started = time.monotonic()
-        main(["cardinality", url, "--timeout", "0.3"])
-        elapsed = time.monotonic() - started
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert elapsed < 1.0
+    started = time.monotonic()
+    _cardinality(_trickle(), 0.3)
+    assert time.monotonic() - started < 1.0
 
 
 def test_cardinality_refuses_a_page_past_its_size_cap(
@@ -934,13 +923,7 @@ def test_cardinality_refuses_a_page_past_its_size_cap(
     from obskit.cli import cardinality
 
     monkeypatch.setattr(cardinality, "_MAX_PAGE", 1000)
-    url, server = _serve([b"# padding\n" * 50] * 4)
-    try:
-        status = main(["cardinality", url, "--timeout", "5"])
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert 1 == status
+    assert 1 == _cardinality([b"# padding\n" * 50] * 4, 5)
     assert "page larger than" in capsys.readouterr().out
 
 
