@@ -31,13 +31,14 @@ from pythonjsonlogger.json import JsonFormatter as PlainJsonFormatter
 
 import obskit
 from obskit import _selfmetrics, get_logger
-from obskit.logger import DirectLogger, install_direct, uninstall_direct
+from obskit.logger import uninstall_direct
 from obskit.logging import JsonFormatter, setup_logging
 from obskit.metrics.cardinality import LabelRule
 from obskit.metrics.exposition import render
 from obskit.metrics.pools import instrument_executor
 from obskit.metrics.use import use
 from obskit.testing import capture, get_sample_value
+from tests.logging_state import preserved_logging
 
 NAME = "obskit.tests.adversarial"
 VISA = "4111 1111 1111 1111"  # Luhn-valid test card number
@@ -46,24 +47,8 @@ TOKEN = "abcdefgh12345678"
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """The root logger, the test's loggers and the process's logger classes as they were."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, list(root.filters))
-    direct = logging.getLoggerClass() is DirectLogger
-    try:
+    with preserved_logging():
         yield
-    finally:
-        root.handlers[:], root.filters[:] = saved[0], saved[2]
-        root.setLevel(saved[1])
-        for name, logger in list(logging.Logger.manager.loggerDict.items()):
-            if name.startswith(NAME) and isinstance(logger, logging.Logger):
-                logger.handlers.clear()
-                logger.filters.clear()
-                logger.setLevel(logging.NOTSET)
-                logger.propagate = True
-                logger.disabled = False
-        logging.disable(logging.NOTSET)
-        (install_direct if direct else uninstall_direct)()
 
 
 def obskit_only(stream: Any = None, **options: Any) -> tuple[Any, logging.Handler]:

@@ -28,6 +28,7 @@ from obskit import _selfmetrics, get_logger
 from obskit.logger import DirectLogger, Logger
 from obskit.logging import setup_logging
 from obskit.tracing._fastctx import with_span
+from tests.logging_state import preserved_logging
 
 TIMESTAMP = re.compile(r'^\{"timestamp":"[^"]*",')
 NAME = "obskit.tests.logger"
@@ -35,21 +36,8 @@ NAME = "obskit.tests.logger"
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, list(root.filters))
-    try:
+    with preserved_logging():
         yield
-    finally:
-        root.handlers[:], root.filters[:] = saved[0], saved[2]
-        root.setLevel(saved[1])
-        for name, logger in list(logging.Logger.manager.loggerDict.items()):
-            if name.startswith(NAME) and isinstance(logger, logging.Logger):
-                logger.handlers.clear()
-                logger.filters.clear()
-                logger.setLevel(logging.NOTSET)
-                logger.propagate = True
-                logger.disabled = False
-        logging.disable(logging.NOTSET)
 
 
 def only_obskit(stream: io.StringIO | None = None, **options: Any) -> io.StringIO:

@@ -39,6 +39,7 @@ from obskit.logging import (
 )
 from obskit.testing import capture
 from obskit.tracing._fastctx import with_span
+from tests.logging_state import preserved_logging
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -59,32 +60,11 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("OTEL_", "OBSKIT_")):
             monkeypatch.delenv(name)
-    root = logging.getLogger()
-    saved_root = (list(root.handlers), root.level)
-    saved = {
-        name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
-        for name, lg in logging.Logger.manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        obskit.testing.reset()
-        root.handlers[:] = saved_root[0]
-        root.setLevel(saved_root[1])
-        for name, lg in list(logging.Logger.manager.loggerDict.items()):
-            if not isinstance(lg, logging.Logger):
-                continue
-            if name in saved:
-                handlers, level, propagate, disabled = saved[name]
-                lg.handlers[:] = handlers
-                lg.setLevel(level)
-                lg.propagate = propagate
-                lg.disabled = disabled
-            else:
-                lg.handlers.clear()
-                lg.setLevel(logging.NOTSET)
-                lg.propagate = True
+    with preserved_logging():
+        try:
+            yield
+        finally:
+            obskit.testing.reset()
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
