@@ -41,6 +41,7 @@ from obskit.cli import main
 from obskit.cli import traces as traces_cli
 from obskit.config import ConfigError, load_config
 from obskit.metrics.exposition import render
+from tests.loopback import QuietHandler, serving
 
 PROMETHEUS_2_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -104,7 +105,7 @@ class _Collector:
         received: list[tuple[str, dict[str, str]]] = []
         self.received = received
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 received.append((self.path, dict(self.headers)))
@@ -112,18 +113,11 @@ class _Collector:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self._serving = serving(Handler)
+        self.url = f"http://127.0.0.1:{self._serving.__enter__()}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self._serving.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -142,7 +136,7 @@ def _cardinality(body_chunks: Iterator[bytes] | list[bytes], timeout: float) -> 
     length)."""
     chunks = body_chunks
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -155,18 +149,8 @@ def _cardinality(body_chunks: Iterator[bytes] | list[bytes], timeout: float) -> 
                 pass
             self.close_connection = True
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        return main(["cardinality", url, "--timeout", str(timeout)])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as port:
+        return main(["cardinality", f"http://127.0.0.1:{port}/metrics", "--timeout", str(timeout)])
 
 
 def _strict_utf8_out() -> tuple[io.BytesIO, io.TextIOWrapper]:

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -40,6 +39,7 @@ from obskit.tracing.sampling import (
     fast_decision,
 )
 from obskit.wsgi import ObskitMiddleware
+from tests.loopback import QuietHandler, serving
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 SERVER = Span.SpanKind.SPAN_KIND_SERVER
@@ -81,7 +81,7 @@ def server() -> Iterator[Server]:
     body and the rest 0.2 s later; anything else 200 ``ok``."""
     state = Server()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
@@ -109,21 +109,8 @@ def server() -> Iterator[Server]:
                 time.sleep(0.2)
             self.wfile.write(b"!!")
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Handler) as state.port:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=TIMEOUT)
 
 
 def tracer() -> trace.Tracer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import http.server
 import io
 import json
 import os
@@ -27,6 +26,7 @@ import obskit.testing
 from obskit.cli import main
 from obskit.cli import traces as traces_cli
 from obskit.config import OPTIONS
+from tests.loopback import QuietHandler, serving
 
 MS = 1_000_000
 
@@ -457,7 +457,7 @@ def collector() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     the requests it received."""
     received: list[dict[str, Any]] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
@@ -467,18 +467,8 @@ def collector() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}", received
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 import obskit
 from obskit import _state
 from obskit.testing import Capture, capture
+from tests.loopback import QuietHandler, serving
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 ERROR = Status.STATUS_CODE_ERROR
@@ -78,7 +78,7 @@ def server() -> Iterator[Server]:
     """An HTTP server on loopback: ``/status/<code>`` answers ``code``, anything else 200."""
     state = Server(port=0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             state.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
             code = int(self.path.rsplit("/", 1)[1]) if self.path.startswith("/status/") else 200
@@ -88,20 +88,8 @@ def server() -> Iterator[Server]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Handler) as state.port:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=TIMEOUT)
 
 
 @pytest.fixture(params=["lean span", "sdk tracer"])
