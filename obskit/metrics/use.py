@@ -121,10 +121,60 @@ class _Children(NamedTuple):
     capacity: Callable[[float], None]
     utilization: Callable[[float], None]
     waiters: Callable[[float], None]
-    wait: Observer
+    wait: Callable[[float], None]
     timeout: Callable[[float], None]
     failure: Callable[[float], None]
     errors: Any  # the instrument itself, for reasons other than the two above
+
+
+# Trackers past a resource_* metric's series limit share its ``__overflow__`` series. Gauges there
+# hold what the folded trackers hold together: each adds the change of its own value, and the
+# ratio is the totals' (reset with obskit, when every tracker publishes its values again).
+_folded_lock = threading.Lock()
+_folded: dict[str, float] = {"generation": -1.0, "in_use": 0.0, "capacity": 0.0, "waiters": 0.0}
+
+
+def _folded_total(key: str, delta: float) -> float:
+    """Add ``delta`` to a folded total; the caller holds ``_folded_lock``."""
+    if _folded["generation"] != _state.generation:
+        _folded.update(generation=float(_state.generation), in_use=0.0, capacity=0.0, waiters=0.0)
+    total = _folded[key] = _folded[key] + delta
+    return total
+
+
+class _FoldedGauge:
+    """Writes one tracker's ``in_use``/``capacity``/``waiters`` into an overflow series as a
+    change. Every write passes the guard again, which counts it as a folded observation."""
+
+    __slots__ = ("_instrument", "_key", "_last", "_name")
+
+    def __init__(self, instrument: Any, name: str, key: str) -> None:
+        self._instrument = instrument
+        self._name = name
+        self._key = key
+        self._last = 0.0
+
+    def __call__(self, value: float) -> None:
+        with _folded_lock:
+            total = _folded_total(self._key, value - self._last)
+            self._last = value
+            self._instrument.labels(self._name).set(total)
+
+
+class _FoldedRatio:
+    """The overflow series' utilization: folded in use over folded capacity."""
+
+    __slots__ = ("_instrument", "_name")
+
+    def __init__(self, instrument: Any, name: str) -> None:
+        self._instrument = instrument
+        self._name = name
+
+    def __call__(self, value: float) -> None:
+        with _folded_lock:
+            capacity = _folded_total("capacity", 0.0)
+            ratio = _folded_total("in_use", 0.0) / capacity if capacity else 0.0
+            self._instrument.labels(self._name).set(ratio)
 
 
 def _declare(name: str) -> _Children:
@@ -154,15 +204,32 @@ def _declare(name: str) -> _Children:
         ["resource", "reason"],
         rules={"reason": REASONS},
     )
+
+    # A child folded into the overflow series is not kept (Instrument.folded): writes to it go
+    # through the guard every time, so each is counted in obskit_cardinality_overflow_total.
+    def level(instrument: Any, key: str) -> Callable[[float], None]:
+        child = instrument.labels(name)
+        return _FoldedGauge(instrument, name, key) if instrument.folded(child) else setter(child)
+
+    def count(reason: str) -> Callable[[float], None]:
+        child = errors.labels(name, reason)
+        if errors.folded(child):
+            return lambda amount: errors.labels(name, reason).inc(amount)
+        return adder(child)
+
+    ratio = utilization.labels(name)
+    observed = wait.labels(name)
     return _Children(
         _state.generation,
-        setter(in_use.labels(name)),
-        setter(capacity.labels(name)),
-        setter(utilization.labels(name)),
-        setter(waiters.labels(name)),
-        Observer(wait.labels(name)),
-        adder(errors.labels(name, "timeout")),
-        adder(errors.labels(name, "failure")),
+        level(in_use, "in_use"),
+        level(capacity, "capacity"),
+        _FoldedRatio(utilization, name) if utilization.folded(ratio) else setter(ratio),
+        level(waiters, "waiters"),
+        (lambda seconds: wait.labels(name).observe(seconds))
+        if wait.folded(observed)
+        else Observer(observed),
+        count("timeout"),
+        count("failure"),
         errors,
     )
 
@@ -309,12 +376,12 @@ class UseTracker:
         return children
 
     def _publish_all(self, kids: _Children) -> None:
+        kids.in_use(float(self._in_use))
+        kids.waiters(float(self._waiters))
         capacity = self._capacity
         if capacity is not None:
             kids.capacity(float(capacity))
             kids.utilization(self._in_use / capacity if capacity else 0.0)
-        kids.in_use(float(self._in_use))
-        kids.waiters(float(self._waiters))
 
     def _publish_in_use(self) -> None:
         """Push ``in_use`` and the utilization; the caller holds ``_lock``."""
