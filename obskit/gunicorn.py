@@ -39,13 +39,27 @@ def child_exit(server: Any, worker: Any) -> None:
     files are removed. In ``gunicorn.conf.py``::
 
         from obskit.gunicorn import child_exit
+
+    When the directory is set by ``configure(multiproc_dir=...)`` in the workers only, the master
+    does not know it; every scrape also drops the live gauges of workers no longer running
+    (:func:`obskit.metrics.exposition.render`), so they leave ``/metrics`` either way.
     """
     try:
-        from prometheus_client import multiprocess
+        from obskit.metrics.exposition import forget_process
 
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-    except Exception:  # not in multi-process mode, or the directory is gone: nothing to do
+        forget_process(worker.pid)
+    except Exception:  # the directory is gone: nothing to do
         pass
+
+
+def _request_ms(request_time: Any) -> float | None:
+    """The request's duration in ms: a ``timedelta``, or what gunicorn's ASGI worker passes
+    (``seconds`` and ``microseconds`` only, which is all gunicorn's own atoms read)."""
+    try:
+        seconds = getattr(request_time, "days", 0) * 86400 + request_time.seconds
+        return round(float(seconds * 1000 + request_time.microseconds / 1000), 3)
+    except (AttributeError, TypeError):
+        return None
 
 
 class Logger(glogging.Logger):  # type: ignore[misc]
@@ -55,18 +69,18 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         """Write the access line inside the logged request's trace context."""
         if not self.access_log_enabled:
             return
-        request = environ.get(ENVIRON_KEY)
-        atoms = self.atoms(resp, req, environ, request_time)
-        extra = {
-            "http.response.status_code": _int(atoms.get("s")),
-            "url.path": atoms.get("U"),
-            "client.address": atoms.get("h"),
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-        }
         token = None
-        if request is not None:
-            token = otel_context.attach(with_span(request.span, None, request))
         try:
+            request = environ.get(ENVIRON_KEY)
+            atoms = self.atoms(resp, req, environ, request_time)
+            extra = {
+                "http.response.status_code": _int(atoms.get("s")),
+                "url.path": atoms.get("U"),
+                "client.address": atoms.get("h"),
+                "duration_ms": _request_ms(request_time),
+            }
+            if request is not None:
+                token = otel_context.attach(with_span(request.span, None, request))
             self.access_log.info(
                 self.cfg.access_log_format, self.atoms_wrapper_class(atoms), extra=extra
             )

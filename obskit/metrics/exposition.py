@@ -9,6 +9,7 @@ from the shared directory, so one scrape counts all workers' requests.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -16,9 +17,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from obskit import _state
+from obskit import _selfmetrics, _state
 
-__all__ = ["MetricsServer", "render", "start_metrics_server"]
+__all__ = ["MetricsServer", "forget_process", "render", "start_metrics_server"]
 
 
 class _Union(Collector):
@@ -34,11 +35,48 @@ class _Union(Collector):
                     yield metric
 
 
+# prometheus_client names a process's live gauge files gauge_livesum_<pid>.db and so on.
+_LIVE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+
+
+def forget_process(pid: int, directory: str | None = None) -> None:
+    """Remove the live gauges (``livesum``, ``livemax``...) of a process that has ended from the
+    multi-process directory, so they stop counting in ``/metrics``."""
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another user has the pid
+        return True
+    return True
+
+
+def _forget_ended(directory: str) -> None:
+    """Drop the live gauges of workers that ended without gunicorn's ``child_exit`` hook (not
+    configured, or a master that does not know the directory the workers were given)."""
+    pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, os.listdir(directory)) if m}
+    for pid in pids:
+        if pid != os.getpid() and not _running(pid):
+            forget_process(pid, directory)
+
+
 def _collector() -> CollectorRegistry | _Union:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         from prometheus_client import multiprocess
 
+        try:
+            _forget_ended(directory)
+        except OSError as exc:  # the scrape goes on with what the directory holds
+            _selfmetrics.internal_error("multiprocess_cleanup", exc)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return registry
@@ -142,8 +180,6 @@ class MetricsServer:
 def start_metrics_server(port: int, path: str = "/metrics") -> MetricsServer | None:
     """Serve metrics on ``port``; None (with one warning) when the port cannot be bound, as
     when several gunicorn workers try -- use the app's path or the master's port then."""
-    from obskit import _selfmetrics
-
     try:
         return MetricsServer(port, path=path)
     except OSError as exc:

@@ -9,12 +9,16 @@ imports its library lazily, and returns the :class:`~obskit.metrics.use.UseTrack
     engine = sqlalchemy.create_engine(url, pool_size=5, max_overflow=0, pool_timeout=2)
     instrument_sqlalchemy_pool(engine, name="orders-db")
 
-Instrumenting the same object twice returns the first tracker (nothing is counted twice).
+Instrumenting the same object twice returns the first tracker (nothing is counted twice; for
+SQLAlchemy, an engine and its pool are the same object). Without ``name``, each object gets a
+resource of its own: a default name that another live resource holds gets ``#2``, ``#3``...
+(two engines on one database, two unnamed queues). Give a name to keep it stable.
 Unlike a bare :func:`~obskit.metrics.use.use` (which may run at import time and waits for the
 first use), these publish the capacity at once: they take a live object, so the application is
 running and the dashboards should show the pool's size before its first checkout.
 Instrument a pool before it hands out connections: units checked out earlier are unknown to the
-tracker (SQLAlchemy's are picked up from ``pool.checkedout()``).
+tracker, and so is their return (SQLAlchemy's are picked up from ``pool.checkedout()``, a
+semaphore's from its value).
 
 ==========================  ====================  ===================  ===========================
 function                    in use                capacity             waiters / wait time
@@ -37,12 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import wrapt
 
-from obskit.metrics.use import DEFAULT_TIMEOUTS, UseTracker, use
+from obskit.metrics.use import DEFAULT_TIMEOUTS, UseTracker, tracked_names, use
 
 __all__ = [
     "instrument_asyncio_queue",
@@ -64,6 +69,22 @@ _in_do_get: contextvars.ContextVar[bool] = contextvars.ContextVar("obskit_in_do_
 def _existing(obj: Any) -> UseTracker | None:
     tracker = getattr(obj, _MARK, None)
     return tracker if isinstance(tracker, UseTracker) else None
+
+
+def _own_name(name: str | None, default: str) -> str:
+    """``name`` as given (the same name on purpose shares one tracker), else ``default`` --
+    with ``#2``, ``#3``... when another live resource holds it: two pools on one database, or
+    two unnamed queues, are two resources, and one tracker for both would add their counts
+    against one capacity."""
+    if name is not None:
+        return name
+    taken = tracked_names()
+    if default not in taken:
+        return default
+    n = 2
+    while f"{default}#{n}" in taken:
+        n += 1
+    return f"{default}#{n}"
 
 
 # -- SQLAlchemy -----------------------------------------------------------------------------------
@@ -133,11 +154,12 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
         pool, owner = target.pool, target
         url = target.url
         default = f"sqlalchemy:{url.database or url.get_backend_name()}"
-    tracker = _existing(owner)
+    # Marked on the engine and on its pool: instrumenting one and then the other is one pool.
+    tracker = _existing(owner) or _existing(pool)
     if tracker is not None:
         return tracker
     tracker = use(
-        name or default,
+        _own_name(name, default),
         _sqlalchemy_capacity(pool),
         kind="sqlalchemy_pool",
         timeouts=(sa_exc.TimeoutError, *DEFAULT_TIMEOUTS),
@@ -170,8 +192,9 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
 
     def on_disposed(engine: Any) -> None:
         # Engine.dispose() replaced the pool: events carry over (recreate() copies the dispatch),
-        # the instance wrapper does not.
+        # the instance wrapper and the mark do not.
         _wrap_do_get(engine.pool, tracker)
+        setattr(engine.pool, _MARK, tracker)
 
     # Appended after the application's own checkout listeners: a listener that raises
     # DisconnectionError (pessimistic ping) makes SQLAlchemy retry before reaching ours.
@@ -182,6 +205,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
         event.listen(owner, "engine_disposed", on_disposed)
     _wrap_do_get(pool, tracker)
     setattr(owner, _MARK, tracker)
+    setattr(pool, _MARK, tracker)
     tracker.publish()
     return tracker
 
@@ -212,7 +236,7 @@ def instrument_psycopg_pool(pool: Any, name: str | None = None) -> UseTracker:
     if tracker is not None:
         return tracker
     tracker = use(
-        name or str(pool.name),
+        _own_name(name, str(pool.name)),
         pool.max_size,
         kind="psycopg_pool",
         timeouts=(psycopg_pool.PoolTimeout, *DEFAULT_TIMEOUTS),
@@ -222,24 +246,45 @@ def instrument_psycopg_pool(pool: Any, name: str | None = None) -> UseTracker:
         if pool.max_size != tracker.capacity:
             tracker.set_capacity(pool.max_size)
 
+    # The connections this wrapper handed out: one returned that was out before instrumenting
+    # is not released (it was never counted). Weak: a connection the app drops is not kept.
+    out: weakref.WeakSet[Any] = weakref.WeakSet()
+    out_lock = threading.Lock()
+
+    def handed_out(conn: Any) -> None:
+        with out_lock:
+            out.add(conn)
+        tracker.acquired()
+
+    def returned(conn: Any) -> None:
+        with out_lock:
+            if conn not in out:
+                return
+            out.discard(conn)
+        tracker.released()
+
+    def conn_of(args: Any, kwargs: Any) -> Any:
+        return args[0] if args else kwargs.get("conn")
+
     if isinstance(pool, psycopg_pool.AsyncConnectionPool):
 
         async def agetconn(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             follow_resize()
             async with tracker.waiting():
                 conn = await wrapped(*args, **kwargs)
-            tracker.acquired()
+            handed_out(conn)
             return conn
 
         async def aputconn(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            conn = conn_of(args, kwargs)
             try:
                 result = await wrapped(*args, **kwargs)
             except ValueError:  # "can't return connection to pool": it was never ours
                 raise
             except BaseException:
-                tracker.released()
+                returned(conn)
                 raise
-            tracker.released()
+            returned(conn)
             return result
 
         wrapt.wrap_function_wrapper(pool, "getconn", agetconn)
@@ -250,18 +295,19 @@ def instrument_psycopg_pool(pool: Any, name: str | None = None) -> UseTracker:
             follow_resize()
             with tracker.waiting():
                 conn = wrapped(*args, **kwargs)
-            tracker.acquired()
+            handed_out(conn)
             return conn
 
         def putconn(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            conn = conn_of(args, kwargs)
             try:
                 result = wrapped(*args, **kwargs)
             except ValueError:  # "can't return connection to pool": it was never ours
                 raise
             except BaseException:
-                tracker.released()
+                returned(conn)
                 raise
-            tracker.released()
+            returned(conn)
             return result
 
         wrapt.wrap_function_wrapper(pool, "getconn", getconn)
@@ -294,7 +340,7 @@ def instrument_executor(executor: ThreadPoolExecutor, name: str | None = None) -
     if tracker is not None:
         return tracker
     tracker = use(
-        name or str(getattr(executor, "_thread_name_prefix", "") or "executor"),
+        _own_name(name, str(getattr(executor, "_thread_name_prefix", "") or "executor")),
         executor._max_workers,
         kind="executor",
     )
@@ -348,7 +394,7 @@ def instrument_asyncio_queue(queue: asyncio.Queue[Any], name: str | None = None)
     if tracker is not None:
         return tracker
     tracker = use(
-        name or "asyncio_queue",
+        _own_name(name, "asyncio_queue"),
         queue.maxsize if queue.maxsize > 0 else None,
         kind="asyncio_queue",
     )
@@ -396,7 +442,10 @@ def instrument_asyncio_semaphore(
     tracker = _existing(sem)
     if tracker is not None:
         return tracker
-    tracker = use(name or "asyncio_semaphore", capacity, kind="asyncio_semaphore")
+    tracker = use(_own_name(name, "asyncio_semaphore"), capacity, kind="asyncio_semaphore")
+    held = capacity - getattr(sem, "_value", capacity)  # units taken before instrumenting
+    if held > 0:
+        tracker.set_in_use(held)
 
     async def acquire(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         async with tracker.waiting():

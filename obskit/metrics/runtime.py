@@ -37,8 +37,8 @@ dashboards built on the standard names keep working beside it.
 Everything except the loop lag is read when ``/metrics`` is scraped, by a collector registered in
 obskit's registry: no polling thread. GC pauses are timed by a ``gc.callbacks`` hook (two clock
 reads per collection). The loop-lag metrics are ordinary obskit instruments, written by a small task
-on the loop. Under gunicorn's multi-process mode only the loop-lag metrics are aggregated (a
-collector is per process); use the per-worker ``process_*`` metrics there.
+on the loop. Under gunicorn's multi-process mode only the loop-lag metrics are served (a
+collector reads one process, and a scrape reaches any worker): docs/use.md says what to use.
 """
 
 from __future__ import annotations

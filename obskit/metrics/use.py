@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import os
 import threading
 import time
 import weakref
@@ -72,7 +73,7 @@ import wrapt
 from obskit import _selfmetrics, _state
 from obskit.metrics._direct import Observer, adder, setter
 
-__all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "use"]
+__all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "tracked_names", "use"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
@@ -644,6 +645,47 @@ def _async_generator(tracker: UseTracker) -> Any:
             tracker.released()
 
     return wrapper
+
+
+def tracked_names() -> set[str]:
+    """The names of the resources tracked now."""
+    with _state.lock:
+        return set(_trackers.keys())
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def _forget_children_before_fork() -> None:
+    # Multi-process mode: a process's gauges live in files named by its pid, and prometheus_client
+    # starts a forked child's values from zero. gunicorn's master forks workers after a
+    # ``--preload`` import made the trackers: without this, the master's one copy of the
+    # capacity counts among the live processes and the workers publish nothing until first used.
+    if not _multiprocess():
+        return
+    for tracker in list(_trackers.values()):
+        with tracker._lock:
+            kids = tracker._children
+            tracker._children = None  # the next use in either process publishes everything again
+        if kids is not None and kids.generation == _state.generation:
+            try:  # the parent (the master, which serves nothing) stops counting
+                kids.in_use(0.0)
+                kids.capacity(0.0)
+                kids.utilization(0.0)
+                kids.waiters(0.0)
+            except Exception as internal:
+                _selfmetrics.internal_error("use", internal)
+
+
+def _publish_after_fork() -> None:
+    # The worker shows its own capacity from its start, as a tracker made there would.
+    if _multiprocess() and _state.runtime is not None:
+        for tracker in list(_trackers.values()):
+            tracker.publish()
+
+
+os.register_at_fork(before=_forget_children_before_fork, after_in_child=_publish_after_fork)
 
 
 def use(

@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 import obskit
 from obskit import _state
 from obskit.metrics import runtime as runtime_module
-from obskit.metrics.exposition import render
 from obskit.metrics.pools import (
     instrument_asyncio_queue,
     instrument_asyncio_semaphore,
@@ -242,13 +241,10 @@ def test_sqlalchemy_in_use_follows_the_pool_through_real_failures() -> None:
         refused.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: pools.py instrument_sqlalchemy_pool: idempotence is keyed on the object "
-    "passed (the mark is set on the Engine, or on the Pool), so instrumenting an engine and then "
-    "its engine.pool under the same name gets the same tracker from use() but adds a second set "
-    "of checkout/checkin listeners with their own `out` set: every checkout counts twice",
-)
+# A bug this test found, since fixed: pools.py instrument_sqlalchemy_pool: idempotence is keyed on
+# the object  passed (the mark is set on the Engine, or on the Pool), so instrumenting an engine and
+# then  its engine.pool under the same name gets the same tracker from use() but adds a second set
+# of checkout/checkin listeners with their own `out` set: every checkout counts twice
 def test_sqlalchemy_engine_and_its_pool_instrumented_twice_count_once() -> None:
     """Instrumenting an engine and its pool (same name) counts one checkout as one unit."""
     require_postgres()
@@ -267,14 +263,11 @@ def test_sqlalchemy_engine_and_its_pool_instrumented_twice_count_once() -> None:
         engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: pools.py instrument_sqlalchemy_pool: the default name is "
-    "'sqlalchemy:<database>' (host, port, URL options ignored) and use() returns the existing "
-    "tracker for the same name and settings, so two engines on one database (a writer and a "
-    "reader) share one tracker: in_use sums both pools against one pool's capacity, "
-    "utilization 2.0 (with other pool sizes use() raises ValueError into the app instead)",
-)
+# A bug this test found, since fixed: pools.py instrument_sqlalchemy_pool: the default name is
+# 'sqlalchemy:<database>' (host, port, URL options ignored) and use() returns the existing  tracker
+# for the same name and settings, so two engines on one database (a writer and a  reader) share one
+# tracker: in_use sums both pools against one pool's capacity,  utilization 2.0 (with other pool
+# sizes use() raises ValueError into the app instead)
 def test_two_engines_on_one_database_keep_their_utilization_in_range() -> None:
     """Two 1-connection engines on one database, both checked out: no ratio above 1."""
     require_postgres()
@@ -373,13 +366,10 @@ async def test_async_psycopg_pool_cancellations_and_failures_leave_nothing_behin
         await pool.close(timeout=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: pools.py instrument_psycopg_pool putconn wrapper: every putconn "
-    "releases a unit, including that of a connection handed out before instrumenting (which "
-    "was never counted), so in_use goes to -1 and utilization to -0.5; docs/use.md says such "
-    "units are 'unknown to the tracker', not subtracted",
-)
+# A bug this test found, since fixed: pools.py instrument_psycopg_pool putconn wrapper: every
+# putconn  releases a unit, including that of a connection handed out before instrumenting (which
+# was never counted), so in_use goes to -1 and utilization to -0.5; docs/use.md says such  units are
+# 'unknown to the tracker', not subtracted
 def test_psycopg_pool_instrumented_with_a_connection_out_never_goes_negative() -> None:
     """A connection taken before instrument_psycopg_pool() and returned after: no negative
     in_use or utilization."""
@@ -439,12 +429,9 @@ async def test_semaphore_acquire_cut_by_timeouts_and_cancellation_keeps_holders_
     assert 7.0 == value("resource_wait_seconds_count", "adv-sem-cut")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: pools.py instrument_asyncio_semaphore: holders from before "
-    "instrumenting are ignored (in_use starts at 0 although capacity - sem._value are held), "
-    "so their release() takes in_use to -1 and utilization to -0.5",
-)
+# A bug this test found, since fixed: pools.py instrument_asyncio_semaphore: holders from before
+# instrumenting are ignored (in_use starts at 0 although capacity - sem._value are held),  so their
+# release() takes in_use to -1 and utilization to -0.5
 async def test_semaphore_instrumented_while_held_never_goes_negative() -> None:
     """A limiter held when instrumented and released after: in_use 0, utilization 0."""
     sem = asyncio.Semaphore(2)
@@ -454,13 +441,11 @@ async def test_semaphore_instrumented_while_held_never_goes_negative() -> None:
     assert (0, 0.0) == (tracker.in_use, value("resource_utilization_ratio", "adv-sem-late"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: pools.py instrument_asyncio_semaphore/instrument_asyncio_queue: the "
-    "default names are constants ('asyncio_semaphore', 'asyncio_queue') and use() returns the "
-    "existing tracker, so distinct objects share one: two 1-slot semaphores held give "
-    "utilization 2.0, and each queue's set_in_use(qsize()) overwrites the other's level",
-)
+# A bug this test found, since fixed: pools.py
+# instrument_asyncio_semaphore/instrument_asyncio_queue: the  default names are constants
+# ('asyncio_semaphore', 'asyncio_queue') and use() returns the  existing tracker, so distinct
+# objects share one: two 1-slot semaphores held give  utilization 2.0, and each queue's
+# set_in_use(qsize()) overwrites the other's level
 async def test_default_named_semaphores_and_queues_keep_their_own_numbers() -> None:
     """Two semaphores and two queues instrumented without a name: no ratio above 1, and the
     queued items add up."""
@@ -547,21 +532,32 @@ def test_loop_lag_monitors_survive_repeated_asyncio_run() -> None:
     assert result[0]._task is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: exposition.py _collector: with PROMETHEUS_MULTIPROC_DIR, /metrics is "
-    "only the MultiProcessCollector, so neither obskit_runtime_* nor the process_* metrics "
-    "appear; docs/use.md and runtime.py tell users to 'use the per-worker process_* metrics "
-    "there', which obskit's /metrics never serves: no process saturation metric at all",
-)
-def test_multiprocess_metrics_keep_a_process_saturation_metric(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """In multi-process mode /metrics still carries process saturation (process_* per docs)."""
-    obskit.configure(traces_exporter="none")  # runtime_metrics defaults to on
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    body = render(None)[0].decode()
-    assert any(line.startswith(("process_", "obskit_runtime_")) for line in body.splitlines())
+# A bug this test found, since fixed (in the docs): docs/use.md and runtime.py told users to "use
+# the per-worker process_* metrics" in multi-process mode, which /metrics never serves there
+def test_multiprocess_metrics_serve_no_per_process_collector(tmp_path: Path) -> None:
+    """In multi-process mode a scrape reaches one worker: a per-process value (CPU, memory, GC)
+    would jump from worker to worker, so /metrics serves the aggregated metrics only, as
+    docs/use.md says (per-process figures come from the container's metrics there)."""
+    script = (
+        "import sys, obskit\n"
+        "from obskit.metrics.exposition import render\n"
+        "obskit.configure(traces_exporter='none', multiproc_dir=sys.argv[1])\n"
+        "obskit.counter('adv_served', 'Served.').inc()\n"
+        "print(render(None)[0].decode())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "prom")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=_child_env(),
+    )
+    lines = done.stdout.splitlines()
+    assert "adv_served_total 1.0" in lines, done.stdout
+    assert not [line for line in lines if line.startswith(("process_", "obskit_runtime_cpu"))]
+    docs = (Path(__file__).parents[2] / "docs" / "use.md").read_text()
+    assert "per-worker `process_*`" not in docs
 
 
 # =================================================================================================
@@ -771,14 +767,11 @@ app = ObskitMiddleware(_app)
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: gunicorn.py child_exit: mark_process_dead reads only the "
-    "PROMETHEUS_MULTIPROC_DIR environment variable of the master, which the multiproc_dir "
-    "option set in the app's configure() (run in each worker, docs/configuration.md) never "
-    "reaches; the call raises, the except swallows it silently (no warning, no self-metric), "
-    "and a SIGKILLed worker's live gauges are summed forever: capacity 30 for 2 live workers",
-)
+# A bug this test found, since fixed: gunicorn.py child_exit: mark_process_dead reads only the
+# PROMETHEUS_MULTIPROC_DIR environment variable of the master, which the multiproc_dir  option set
+# in the app's configure() (run in each worker, docs/configuration.md) never  reaches; the call
+# raises, the except swallows it silently (no warning, no self-metric),  and a SIGKILLed worker's
+# live gauges are summed forever: capacity 30 for 2 live workers
 def test_child_exit_removes_a_dead_worker_with_the_multiproc_dir_option(tmp_path: Path) -> None:
     """multiproc_dir given to configure() in the app, child_exit in gunicorn.conf.py: after a
     worker is SIGKILLed and replaced, capacity is summed over the 2 live workers (20)."""
@@ -795,14 +788,11 @@ def test_child_exit_removes_a_dead_worker_with_the_multiproc_dir_option(tmp_path
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: use.py use()/UseTracker.publish: with a preloaded app the tracker "
-    "publishes its capacity once, in the gunicorn master; after fork prometheus_client's "
-    "multi-process values start afresh in each worker (new pid, new files) and nothing "
-    "re-publishes, so resource_capacity is the master's 10, not the sum over the 2 live "
-    "workers (20) docs/use.md promises (same for instrument_executor & co. at import)",
-)
+# A bug this test found, since fixed: use.py use()/UseTracker.publish: with a preloaded app the
+# tracker  publishes its capacity once, in the gunicorn master; after fork prometheus_client's
+# multi-process values start afresh in each worker (new pid, new files) and nothing  re-publishes,
+# so resource_capacity is the master's 10, not the sum over the 2 live  workers (20) docs/use.md
+# promises (same for instrument_executor & co. at import)
 def test_preloaded_app_capacity_is_summed_over_the_workers(tmp_path: Path) -> None:
     """gunicorn --preload, use("adv-db", capacity=10) at import, 2 workers: capacity 20."""
     multiproc = tmp_path / "prom"
@@ -849,14 +839,11 @@ def post_request(worker, req, environ, resp):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: gunicorn.py Logger.access: calls request_time.total_seconds() outside "
-    "its try, but gunicorn's own ASGI worker (-k asgi) passes a _RequestTime with only "
-    ".seconds/.microseconds (all glogging's atoms use); the AttributeError escapes access(), "
-    "gunicorn logs 'Exception in post_request hook' per request, the access line is lost and "
-    "the app's post_request hook is skipped",
-)
+# A bug this test found, since fixed: gunicorn.py Logger.access: calls request_time.total_seconds()
+# outside  its try, but gunicorn's own ASGI worker (-k asgi) passes a _RequestTime with only
+# .seconds/.microseconds (all glogging's atoms use); the AttributeError escapes access(),  gunicorn
+# logs 'Exception in post_request hook' per request, the access line is lost and  the app's
+# post_request hook is skipped
 def test_gunicorn_logger_under_the_asgi_worker_writes_the_access_line(tmp_path: Path) -> None:
     """gunicorn -k asgi with obskit.gunicorn.Logger: the request gets its access line and the
     post_request hook runs."""
