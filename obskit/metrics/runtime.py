@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import math
 import os
 import sys
 import threading
@@ -310,8 +311,8 @@ class LoopLagMonitor:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, name: str) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be positive, got {interval!r}")
+        if not 0 < interval < math.inf:  # NaN fails too: it would corrupt the loop's timers
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
         self.loop = loop
         self.interval = interval
         self.name = name

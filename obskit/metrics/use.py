@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import math
 import os
 import threading
 import time
@@ -559,8 +560,12 @@ class UseTracker:
 def _check_capacity(capacity: float | None) -> float | None:
     if capacity is None:
         return None
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or capacity < 0:
-        raise ValueError(f"capacity must be a non-negative number or None, got {capacity!r}")
+    if (
+        isinstance(capacity, bool)
+        or not isinstance(capacity, (int, float))
+        or not 0 <= capacity < math.inf  # NaN fails too: it would make every ratio NaN
+    ):
+        raise ValueError(f"capacity must be a finite non-negative number or None, got {capacity!r}")
     return capacity
 
 

@@ -337,8 +337,9 @@ def test_same_name_returns_the_same_tracker_and_conflicts_are_refused() -> None:
     assert first is use("shared_name", capacity=2)
     with pytest.raises(ValueError, match="already tracked"):
         use("shared_name", capacity=3)
-    with pytest.raises(ValueError, match="capacity"):
-        use("negative", capacity=-1)
+    for bad in (-1, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="capacity"):
+            use("bad_capacity", capacity=bad)
 
 
 def test_internal_failures_do_not_reach_user_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -583,6 +584,19 @@ async def test_loop_lag_monitor_sees_a_blocking_call() -> None:
     )
     assert 1 <= count - (under_100ms or 0)
     assert 0.0 <= (get_sample_value("asyncio_event_loop_lag_seconds", {"loop": "test"}) or -1)
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan"), float("inf")])
+def test_loop_lag_monitor_refuses_an_interval_that_is_not_a_positive_number(
+    interval: float,
+) -> None:
+    """A NaN interval would corrupt the loop's timer heap: refused like zero or a negative."""
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="interval"):
+            start_loop_lag_monitor(loop, interval=interval, name="bad")
+    finally:
+        loop.close()
 
 
 def test_loop_lag_monitor_needs_a_loop_and_works_from_another_thread() -> None:
