@@ -76,6 +76,7 @@ def resource_limit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     kept = {k: v for k, v in _state.instruments.items() if not k.startswith("resource_")}
     monkeypatch.setattr(_state, "instruments", kept)
+    reset()  # a fresh registry without the resource_* series an earlier test declared
     obskit.configure(traces_exporter="none", cardinality_limit=2)
 
 
