@@ -108,7 +108,10 @@ def warn_once(key: str, message: str, *args: Any) -> None:
     if key in _state.warned:
         return
     _state.warned.add(key)
-    logger.warning(message, *args)
+    try:
+        logger.warning(message, *args)
+    except Exception:  # an application handler that raises: the warning is lost, not the caller
+        pass
 
 
 def internal_error(component: str, exc: BaseException) -> None:

@@ -178,6 +178,16 @@ class Guard(Generic[C]):
             return child
         return self._admit(values)
 
+    def peek(self, *values: Any) -> C:
+        """:meth:`labels` without counting a fold, for a caller that keeps the child and
+        counts each write to the overflow series itself (:meth:`count_folded`)."""
+        return self._admit(values, count=False)
+
+    def count_folded(self, observations: int = 1) -> None:
+        """Count observations written to the overflow series through a kept child."""
+        self._overflow_count.inc(observations)
+        self._warn_folding()
+
     def _normalise(self, values: tuple[Any, ...]) -> tuple[str, ...]:
         out = []
         for value, rule in zip(values, self._rules, strict=True):
@@ -192,7 +202,7 @@ class Guard(Generic[C]):
             out.append(text)
         return tuple(out)
 
-    def _admit(self, values: tuple[Any, ...]) -> C:
+    def _admit(self, values: tuple[Any, ...], count: bool = True) -> C:
         if len(values) != len(self.label_names):
             raise ValueError(
                 f"{self.metric} takes {len(self.label_names)} label values "
@@ -200,41 +210,56 @@ class Guard(Generic[C]):
             )
         key = self._normalise(values)
         with self._lock:
-            child = self._series.get(key)
-            if child is None:
-                if len(self._series) >= self.limit:
-                    return self._fold()
+            known = self._series.get(key)
+            if known is not None:
+                child = known
+            elif len(self._series) >= self.limit:
+                child = self._fold(count)
+            else:
                 child = self.make_child(key)
                 self._series[key] = child
-                _selfmetrics.current().cardinality_series.labels(self.metric).set(len(self._series))
+                series = _selfmetrics.current().cardinality_series
+                series.labels(self.metric).set(len(self._series))
             # Cache the caller's raw values too, but only a bounded number of aliases: raw values
             # that normalise to an admitted series must not grow the cache without bound. Only
             # exact str values within their length: 1, True and 1.0 are one dict key but three
             # label values, and a value cut short must not be kept alive at full length.
-            if len(self._cache) < 2 * self.limit and all(
-                value.__class__ is str and len(value) <= rule.max_length
-                for value, rule in zip(values, self._rules, strict=True)
+            # Never the overflow child: each observation folded into it is counted here.
+            if (
+                child is not self._overflow
+                and len(self._cache) < 2 * self.limit
+                and all(
+                    value.__class__ is str and len(value) <= rule.max_length
+                    for value, rule in zip(values, self._rules, strict=True)
+                )
             ):
                 self._cache[values] = child
+        if child is self._overflow and count:
+            self._warn_folding()
         return child
 
-    def _fold(self) -> C:
+    def _fold(self, count: bool) -> C:
         # Called with the lock held.
         overflow = self._overflow
         if overflow is None:
             overflow = self._overflow = self.make_child((OVERFLOW,) * len(self.label_names))
-            _selfmetrics.warn_once(
-                f"cardinality:{self.metric}",
-                "obskit: metric %s reached its limit of %d label sets; new combinations are "
-                "recorded with every label set to %s (counted in "
-                "obskit_cardinality_overflow_total). Remove the unbounded label or raise the "
-                "limit.",
-                self.metric,
-                self.limit,
-                OVERFLOW,
-            )
-        self._overflow_count.inc()
+        if count:
+            self._overflow_count.inc()
         return overflow
+
+    def _warn_folding(self) -> None:
+        # Called after the lock is released: the warning runs the application's log handlers,
+        # and one that counts with this very metric would otherwise deadlock on the lock.
+        _selfmetrics.warn_once(
+            f"cardinality:{self.metric}",
+            "obskit: metric %s reached its limit of %d label sets; new combinations are "
+            "recorded with every label set to %s (counted in "
+            "obskit_cardinality_overflow_total). Remove the unbounded label or raise the "
+            "limit.",
+            self.metric,
+            self.limit,
+            OVERFLOW,
+        )
 
     def series_count(self) -> int:
         """Distinct label sets admitted so far (the overflow series not included)."""

@@ -13,7 +13,7 @@ decorators and modules can declare what they use without coordinating.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -22,7 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from obskit import _state
 from obskit.metrics.cardinality import Guard, LabelRule, check_label_names
 
-__all__ = ["Instrument", "counter", "gauge", "histogram", "instruments"]
+__all__ = ["Instrument", "counter", "counting", "gauge", "histogram", "instruments"]
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -91,6 +91,21 @@ class Instrument(Generic[M]):
             if guard is None:
                 raise ValueError(f"metric {self.name} has no labels") from None
             return guard.labels(*values)
+
+    def kept(self, *values: Any) -> tuple[Any, bool]:
+        """The child for these label values and whether it is the overflow series, for a caller
+        that keeps it (cached writers): a fold is not counted here, so the caller counts each
+        write to a folded child with :meth:`count_folded` (see :func:`counting`)."""
+        guard = self._guard
+        if guard is None:
+            raise ValueError(f"metric {self.name} has no labels")
+        child = guard.peek(*values)
+        return child, child is guard._overflow
+
+    def count_folded(self, observations: int = 1) -> None:
+        """Count observations written to the overflow series through a kept child."""
+        if self._guard is not None:
+            self._guard.count_folded(observations)
 
     def folded(self, child: Any) -> bool:
         """Whether ``child`` is the overflow series. Each observation folded into it is counted
@@ -237,6 +252,22 @@ def histogram(
     if buckets is not None:
         kwargs["buckets"] = tuple(buckets)
     return _declare(Histogram, name, documentation, labels, limit, rules, allow_unbounded, kwargs)
+
+
+def counting(
+    instrument: Instrument[Any], child: Any, folded: bool, write: Callable[..., None]
+) -> Callable[..., None]:
+    """``write`` (a cached writer of ``child``) as it is, or -- for the overflow series, which
+    every caller past the limit shares -- one that counts each write as a folded observation."""
+    if not folded:
+        return write
+    count = instrument.count_folded
+
+    def folded_write(*args: Any) -> None:
+        count()
+        write(*args)
+
+    return folded_write
 
 
 def instruments() -> list[Instrument[Any]]:

@@ -38,7 +38,7 @@ from obskit._runtime import tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import error_type
 from obskit.metrics._direct import Observer, adder
-from obskit.metrics.instruments import counter, histogram
+from obskit.metrics.instruments import counter, counting, histogram
 from obskit.tracing._fastctx import current_span
 from obskit.tracing.server_span import start_lean_span
 
@@ -89,14 +89,17 @@ class _Recorder:
                 "Duration of functions decorated with @obskit.red, in seconds.",
                 ["function", "module"],
             )
-            ok = calls.labels(self.function, self.module, "ok")
-            error = calls.labels(self.function, self.module, "error")
-            observed = duration.labels(self.function, self.module)
-            # Written directly (obskit.metrics._direct); an overflow series is not kept, so each
-            # observation folded into it passes the guard and is counted.
-            children = (_state.generation, adder(ok), adder(error), Observer(observed))
-            if not (calls.folded(ok) or calls.folded(error) or duration.folded(observed)):
-                self._children = children
+            ok, ok_folded = calls.kept(self.function, self.module, "ok")
+            error, error_folded = calls.kept(self.function, self.module, "error")
+            observed, observed_folded = duration.kept(self.function, self.module)
+            # Written directly (obskit.metrics._direct); a write to an overflow series is
+            # counted as one folded observation.
+            children = self._children = (
+                _state.generation,
+                counting(calls, ok, ok_folded, adder(ok)),
+                counting(calls, error, error_folded, adder(error)),
+                counting(duration, observed, observed_folded, Observer(observed)),
+            )
         return children
 
     def record(self, started: float, exc: BaseException | None) -> None:

@@ -146,13 +146,12 @@ def _folded_total(key: str, delta: float) -> float:
 
 class _FoldedGauge:
     """Writes one tracker's ``in_use``/``capacity``/``waiters`` into an overflow series as a
-    change. Every write passes the guard again, which counts it as a folded observation."""
+    change, so the series holds the folded trackers' total."""
 
-    __slots__ = ("_instrument", "_key", "_last", "_name")
+    __slots__ = ("_key", "_last", "_set")
 
-    def __init__(self, instrument: Any, name: str, key: str) -> None:
-        self._instrument = instrument
-        self._name = name
+    def __init__(self, set_total: Callable[[float], None], key: str) -> None:
+        self._set = set_total
         self._key = key
         self._last = 0.0
 
@@ -160,27 +159,22 @@ class _FoldedGauge:
         with _folded_lock:
             total = _folded_total(self._key, value - self._last)
             self._last = value
-            self._instrument.labels(self._name).set(total)
+            self._set(total)
 
 
-class _FoldedRatio:
+def _folded_ratio(set_ratio: Callable[[float], None]) -> Callable[[float], None]:
     """The overflow series' utilization: folded in use over folded capacity."""
 
-    __slots__ = ("_instrument", "_name")
-
-    def __init__(self, instrument: Any, name: str) -> None:
-        self._instrument = instrument
-        self._name = name
-
-    def __call__(self, value: float) -> None:
+    def write(value: float) -> None:
         with _folded_lock:
             capacity = _folded_total("capacity", 0.0)
-            ratio = _folded_total("in_use", 0.0) / capacity if capacity else 0.0
-            self._instrument.labels(self._name).set(ratio)
+            set_ratio(_folded_total("in_use", 0.0) / capacity if capacity else 0.0)
+
+    return write
 
 
 def _declare(name: str) -> _Children:
-    from obskit.metrics.instruments import counter, gauge, histogram
+    from obskit.metrics.instruments import counter, counting, gauge, histogram
 
     label = ["resource"]
     in_use = gauge("resource_in_use", "Units of the resource in use.", label)
@@ -207,29 +201,31 @@ def _declare(name: str) -> _Children:
         rules={"reason": REASONS},
     )
 
-    # A child folded into the overflow series is not kept (Instrument.folded): writes to it go
-    # through the guard every time, so each is counted in obskit_cardinality_overflow_total.
+    # Kept children are written directly; a write to an overflow series (this tracker is past
+    # a metric's series limit) is counted as one folded observation.
     def level(instrument: Any, key: str) -> Callable[[float], None]:
-        child = instrument.labels(name)
-        return _FoldedGauge(instrument, name, key) if instrument.folded(child) else setter(child)
+        child, folded = instrument.kept(name)
+        write = _FoldedGauge(setter(child), key) if folded else setter(child)
+        return counting(instrument, child, folded, write)
 
     def count(reason: str) -> Callable[[float], None]:
-        child = errors.labels(name, reason)
-        if errors.folded(child):
-            return lambda amount: errors.labels(name, reason).inc(amount)
-        return adder(child)
+        child, folded = errors.kept(name, reason)
+        return counting(errors, child, folded, adder(child))
 
-    ratio = utilization.labels(name)
-    observed = wait.labels(name)
+    ratio, ratio_folded = utilization.kept(name)
+    observed, observed_folded = wait.kept(name)
     return _Children(
         _state.generation,
         level(in_use, "in_use"),
         level(capacity, "capacity"),
-        _FoldedRatio(utilization, name) if utilization.folded(ratio) else setter(ratio),
+        counting(
+            utilization,
+            ratio,
+            ratio_folded,
+            _folded_ratio(setter(ratio)) if ratio_folded else setter(ratio),
+        ),
         level(waiters, "waiters"),
-        (lambda seconds: wait.labels(name).observe(seconds))
-        if wait.folded(observed)
-        else Observer(observed),
+        counting(wait, observed, observed_folded, Observer(observed)),
         count("timeout"),
         count("failure"),
         errors,

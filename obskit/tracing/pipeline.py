@@ -55,6 +55,19 @@ Keep = Callable[[ReadableSpan], bool]
 _MAX_SCOPE_OBJECTS = 256
 
 
+#: Every processor not yet garbage-collected, for the one fork hook below: a hook per processor
+#: could never be unregistered, and configure() makes a new processor each time.
+_live: weakref.WeakSet[CompactSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_live):
+        processor._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class CompactSpanProcessor(SpanProcessor):
     """A batching span processor whose queue holds encoded bytes, bounded in count and size.
 
@@ -111,8 +124,7 @@ class CompactSpanProcessor(SpanProcessor):
         self._scope_objects: list[object] = []
         self._scope_bytes: list[bytes] = []
         self._init_state()
-        weak = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: (m := weak()) and m())
+        _live.add(self)
 
     def _init_state(self) -> None:
         # Re-entrant: a SIGTERM handler calling obskit.shutdown() runs on the main thread, maybe
@@ -342,10 +354,13 @@ class CompactSpanProcessor(SpanProcessor):
             ok = False
         if self._aborted:
             return  # shut down while this export was under way; obskit may be reset already
-        if ok:
-            _selfmetrics.spans_exported(self.sink.name, len(data))
-        else:
-            _selfmetrics.export_failed("traces", self.sink.name, len(data))
+        try:  # the export thread must outlive anything its bookkeeping meets
+            if ok:
+                _selfmetrics.spans_exported(self.sink.name, len(data))
+            else:
+                _selfmetrics.export_failed("traces", self.sink.name, len(data))
+        except Exception as exc:
+            _selfmetrics.internal_error("span_export", exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
