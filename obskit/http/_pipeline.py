@@ -172,20 +172,27 @@ class HttpTelemetry:
         if path in self.excluded:
             return None
         try:
-            parent = extract(get_header)
             label = method if method in sc.METHODS else sc.OTHER_METHOD
             runtime = _state.runtime
             processor = runtime.processor if runtime is not None else None
-            if processor is None:
-                # Traces off (or disabled): no SERVER span; the incoming context, if any, stays
-                # current so logs carry its ids and outbound calls forward it unchanged.
-                span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
-            elif self._lean and runtime.lean_spans:  # type: ignore[union-attr]
-                span = start_server_span(
-                    self._sampler, parent, self._span_names[label], processor, self.tracer_scope
-                )
-            else:
-                span = self.tracer.start_span(self._span_names[label], context=parent, kind=_SERVER)
+            try:
+                parent = extract(get_header)
+                if processor is None:
+                    # Traces off (or disabled): no SERVER span; the incoming context, if any,
+                    # stays current so logs carry its ids and outbound calls forward it.
+                    span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
+                elif self._lean and runtime.lean_spans:  # type: ignore[union-attr]
+                    span = start_server_span(
+                        self._sampler, parent, self._span_names[label], processor, self.tracer_scope
+                    )
+                else:
+                    span = self.tracer.start_span(
+                        self._span_names[label], context=parent, kind=_SERVER
+                    )
+            except Exception as exc:  # a failing sampler or propagator: the span is lost, the
+                # request still counts in the RED metrics
+                _selfmetrics.internal_error("http_span", exc)
+                parent, span = None, INVALID_SPAN
             request = (request_type or Request)(self, label, span, get_header)
             if span.is_recording():
                 request._recording = True

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -138,10 +141,12 @@ class MetricsServer:
     """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option)."""
 
     def __init__(self, port: int, host: str = "0.0.0.0", path: str = "/metrics") -> None:
-        import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
+            # A scraper that stalls mid-request (killed, half-open) frees its thread after this.
+            timeout = 10.0
+
             def do_GET(self) -> None:
                 self._answer(with_body=True)
 
@@ -163,8 +168,25 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        open_connections: set[socket.socket] = set()
+        lock = threading.Lock()
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with lock:
+                    open_connections.add(request)
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request: Any) -> None:
+                with lock:
+                    open_connections.discard(request)
+                super().shutdown_request(request)
+
+        self._connections = open_connections
+        self._connections_lock = lock
+        self._server = Server((host, port), Handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="obskit-metrics", daemon=True
@@ -172,9 +194,17 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving, release the port and end the connections still open (their threads
+        end with them)."""
         self._server.shutdown()
         self._server.server_close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def start_metrics_server(port: int, path: str = "/metrics") -> MetricsServer | None:
