@@ -180,8 +180,12 @@ class Runtime:
     lean_spans: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def shutdown(self, timeout: float) -> bool:
-        """Flush and stop everything, within ``timeout`` seconds overall."""
+    def shutdown(self, timeout: float, *, keep_json_handler: bool = False) -> bool:
+        """Flush and stop everything, within ``timeout`` seconds overall.
+
+        ``keep_json_handler``: a new runtime follows and replaces the JSON handler when it
+        installs its own, so lines logged meanwhile by other threads are still written.
+        """
         if self.closed:
             return True
         self.closed = True
@@ -191,7 +195,7 @@ class Runtime:
             ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
         if self.metrics_server is not None:
             self.metrics_server.close()
-        for handler in (self.log_handler, self.json_handler):
+        for handler in (self.log_handler, None if keep_json_handler else self.json_handler):
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
         for provider in (self.meter_provider, self.logger_provider):
@@ -265,14 +269,25 @@ def configure(**options: Any) -> Config:
     return _configure(load_config(**options))
 
 
+#: Serialises configure() and shutdown(). Not ``_state.lock``: shutting the old runtime down
+#: waits for its export (up to ``shutdown_timeout``), and request threads take ``_state.lock``
+#: to declare a metric on first use -- they must not wait for a collector.
+_lifecycle = threading.RLock()
+
+
 def _configure(config: Config, sink: SpanSink | None = None) -> Config:
-    with _state.lock:
-        old = _state.runtime
-        if old is not None and not old.closed and old.config == config and sink is None:
-            return old.config
+    with _lifecycle:
+        with _state.lock:
+            old = _state.runtime
+            if old is not None and not old.closed and old.config == config and sink is None:
+                return old.config
         if old is not None:
-            old.shutdown(timeout=config.shutdown_timeout)
-        _state.runtime = _build(config, sink)
+            old.shutdown(timeout=config.shutdown_timeout, keep_json_handler=True)
+        runtime = _build(config, sink)
+        with _state.lock:
+            _state.runtime = runtime
+        if old is not None and old.json_handler is not None and runtime.json_handler is None:
+            logging.getLogger().removeHandler(old.json_handler)  # logging turned off
         _register_atexit()
     _summary(config)
     return config
@@ -427,13 +442,14 @@ def shutdown(timeout: float | None = None) -> bool:
     Never blocks longer than ``timeout`` seconds (default: the ``shutdown_timeout`` option), even
     when the collector hangs.
     """
-    with _state.lock:
-        runtime = _state.runtime
-        if runtime is None:
-            return True
-        if _global is not None:
-            _global.processor.delegate = None
-            _global.sampler.delegate = ALWAYS_OFF
+    with _lifecycle:
+        with _state.lock:
+            runtime = _state.runtime
+            if runtime is None:
+                return True
+            if _global is not None:
+                _global.processor.delegate = None
+                _global.sampler.delegate = ALWAYS_OFF
         limit = runtime.config.shutdown_timeout if timeout is None else timeout
         return runtime.shutdown(limit)
 

@@ -28,6 +28,7 @@ Nothing here swaps the process-wide ``LogRecordFactory`` or calls ``basicConfig`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import json
@@ -1085,10 +1086,13 @@ def setup_logging(
     # Without sampling the filter would only copy the ids the formatter reads itself (this
     # handler formats in the thread that logs): one step less per line.
     root = logging.getLogger()
-    for existing in list(root.handlers):
-        if existing.get_name() == _HANDLER_NAME:
-            root.removeHandler(existing)
-    root.addHandler(handler)
+    # The previous obskit handler is replaced in place, in one assignment: a line that another
+    # thread logs meanwhile goes through one of the two, never through neither or both.
+    with getattr(logging, "_lock", None) or contextlib.nullcontext():  # addHandler's lock
+        handlers = [h for h in root.handlers if h.get_name() != _HANDLER_NAME]
+        at = next((i for i, h in enumerate(root.handlers) if h.get_name() == _HANDLER_NAME), None)
+        handlers.insert(len(handlers) if at is None else at, handler)
+        root.handlers = handlers
     root.setLevel(level if isinstance(level, int) else level.upper())
     for name in FRAMEWORK_LOGGERS:
         framework = logging.getLogger(name)

@@ -707,14 +707,11 @@ def test_shutdown_releases_metrics_port_connections_that_stalled_mid_request() -
 # =================================================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: obskit/_runtime.py _configure (and shutdown) hold the global _state.lock "
-    "while old.shutdown() waits for the export thread (up to shutdown_timeout); declaring a "
-    "metric takes the same lock (obskit/metrics/instruments.py _declare), so the first call of "
-    "any @obskit.red function, an inline obskit.counter(...) or a USE tracker's first use "
-    "blocks the request for as long as the old pipeline's export takes",
-)
+# A bug this test found, since fixed: obskit/_runtime.py _configure (and shutdown) hold the global
+# _state.lock while old.shutdown() waits for the export thread (up to shutdown_timeout); declaring a
+# metric takes the same lock (obskit/metrics/instruments.py _declare), so the first call of any
+# @obskit.red function, an inline obskit.counter(...) or a USE tracker's first use blocks the
+# request for as long as the old pipeline's export takes
 def test_a_request_is_not_blocked_by_a_reconfigure_waiting_on_the_collector() -> None:
     """``configure()`` with new options waits (up to ``shutdown_timeout``) for the old
     pipeline's export, which hangs on the collector. Meanwhile a request thread calls a
@@ -762,14 +759,11 @@ def test_a_request_is_not_blocked_by_a_reconfigure_waiting_on_the_collector() ->
     assert ["answered", "counted"] == answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit bug: obskit/_runtime.py Runtime.shutdown removes the old JSON handler from "
-    "the root logger and _build installs the new one only at its end (setup_logging after the "
-    "span pipeline, the sampler and the outbound hooks; after the OTLP providers' shutdown): "
-    "lines other threads log in between reach no obskit handler -- INFO lines vanish uncounted, "
-    "WARNING lines go to logging.lastResort as plain text",
-)
+# A bug this test found, since fixed: obskit/_runtime.py Runtime.shutdown removes the old JSON
+# handler from the root logger and _build installs the new one only at its end (setup_logging after
+# the span pipeline, the sampler and the outbound hooks; after the OTLP providers' shutdown): lines
+# other threads log in between reach no obskit handler -- INFO lines vanish uncounted, WARNING lines
+# go to logging.lastResort as plain text
 def test_lines_logged_by_other_threads_while_configure_swaps_handlers_are_json(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
