@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.loopback import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +35,6 @@ REQUEST_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 REQUESTS = 3
 ACCESS_LOGGER = {"uvicorn": "uvicorn.access", "gunicorn": "gunicorn.access"}
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def server_command(server: str, port: int) -> list[str]:

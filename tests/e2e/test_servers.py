@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.loopback import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +43,6 @@ ITEM_ROUTE = {
     "fastapi": "/items/{item_id}",
     "django": "/items/<int:item_id>",
 }
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _gunicorn(app: str, port: int, workers: int) -> list[str]:

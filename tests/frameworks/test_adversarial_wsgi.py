@@ -46,6 +46,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from obskit import _state
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value
+from tests.loopback import free_port
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -357,13 +358,6 @@ Server().run()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _get(port: int, target: str) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -388,7 +382,7 @@ def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def gunicorn_port() -> Iterator[int]:
     """A gunicorn sync worker on loopback serving an instrumented Flask app; stopped after."""
     pytest.importorskip("gunicorn")
-    port = _free_port()
+    port = free_port()
     env = {
         name: value
         for name, value in os.environ.items()

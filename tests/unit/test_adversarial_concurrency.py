@@ -53,6 +53,7 @@ from obskit.logging import setup_logging
 from obskit.metrics.cardinality import OVERFLOW
 from obskit.testing import capture, get_sample_value
 from obskit.wsgi import ObskitMiddleware
+from tests.loopback import free_port
 
 NAME = "obskit.tests.concurrency"
 TIMEOUT = 20.0
@@ -662,12 +663,6 @@ def test_a_raising_sampler_loses_no_request_from_the_red_metrics(production: Non
     assert 0 == total("http_requests_in_flight")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 # A bug this test found, since fixed: obskit/metrics/exposition.py MetricsServer serves each
 # connection in a daemon thread of a ThreadingHTTPServer with no socket timeout
 # (BaseHTTPRequestHandler. timeout is None), and close() only stops the accept loop (shutdown() +
@@ -681,7 +676,7 @@ def test_shutdown_releases_metrics_port_connections_that_stalled_mid_request() -
     def serving() -> int:  # the server's threads, one per connection it is answering
         return sum("process_request" in thread.name for thread in threading.enumerate())
 
-    port = _free_port()
+    port = free_port()
     obskit.configure(traces_exporter="none", metrics_port=port)
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
     try:

@@ -41,7 +41,8 @@ from obskit.cli import main
 from obskit.cli import traces as traces_cli
 from obskit.config import ConfigError, load_config
 from obskit.metrics.exposition import render
-from tests.loopback import QuietHandler, serving
+from tests.child_process import child_env
+from tests.loopback import QuietHandler, free_port, serving
 
 PROMETHEUS_2_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -65,25 +66,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("OBSKIT_TRACES_FILE", str(tmp_path / "traces.jsonl"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith(("OTEL_", "OBSKIT_"))
-        and not k.upper().endswith("_PROXY")
-        and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(extra)
-    return env
-
-
 def _python(code: str, *args: str, **env: str) -> str:
     """Run ``code`` in a fresh interpreter (process-wide state stays out of this one)."""
     proc = subprocess.run(
@@ -91,7 +73,7 @@ def _python(code: str, *args: str, **env: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_child_env(**env),
+        env=child_env(**env),
         check=False,
     )
     assert 0 == proc.returncode, proc.stderr
@@ -377,7 +359,7 @@ def test_concurrent_configure_and_metrics_server_under_load(
     """configure() from 8 threads at once with the same options builds one runtime (one server
     on metrics_port, no 'port in use'); the server answers 32 concurrent scrapes while an idle
     client holds a connection; reconfiguring on the same port keeps it served; shutdown frees it."""
-    port = _free_port()
+    port = free_port()
     barrier = threading.Barrier(8)
 
     def configure() -> object:
@@ -465,7 +447,7 @@ def test_sdk_disabled_keeps_the_prometheus_metrics_port() -> None:
     """disabled=True with metrics_port: the port still serves the Prometheus metrics."""
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     obskit.configure(disabled=True, metrics_port=port)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         body = response.read()
@@ -595,7 +577,7 @@ def test_multiprocess_gauge_modes_and_direct_writers_across_live_workers(
                 [sys.executable, "-c", textwrap.dedent(_MODES_WORKER), value],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=_child_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                env=child_env(PROMETHEUS_MULTIPROC_DIR=str(directory)),
             )
             workers.append(worker)
             assert worker.stdout is not None
@@ -672,7 +654,7 @@ def test_dead_gunicorn_worker_gauges_leave_the_live_sum(tmp_path: Path) -> None:
     (tmp_path / "adv_gunicorn_conf.py").write_text(_GUNICORN_CONF)
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-c", "adv_gunicorn_conf.py", "-w", "2"]
     argv += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "2"]
     if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
@@ -706,7 +688,7 @@ def test_dead_gunicorn_worker_gauges_leave_the_live_sum(tmp_path: Path) -> None:
         process = subprocess.Popen(
             argv,
             cwd=tmp_path,
-            env=_child_env(PROMETHEUS_MULTIPROC_DIR=str(multiproc)),
+            env=child_env(PROMETHEUS_MULTIPROC_DIR=str(multiproc)),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -813,7 +795,7 @@ def test_accept_q_values_are_honoured(accept: str) -> None:
 # supported; load balancer and uptime checks use HEAD)
 def test_metrics_server_answers_head() -> None:
     """HEAD /metrics on metrics_port: 200, the scrape's Content-Type, no body."""
-    port = _free_port()
+    port = free_port()
     obskit.configure(traces_exporter="none", metrics_port=port)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -847,7 +829,7 @@ def test_cardinality_without_a_running_app_is_bounded(
 ) -> None:
     """Nothing listening: exit 1 at once; a server that accepts and never answers: exit 1 once
     --timeout passes."""
-    assert 1 == main(["cardinality", f"http://127.0.0.1:{_free_port()}/metrics"])
+    assert 1 == main(["cardinality", f"http://127.0.0.1:{free_port()}/metrics"])
     assert "cannot read" in capsys.readouterr().out
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -46,9 +46,9 @@ from obskit import _state
 from obskit.exporters.otlp import HttpSpanSink
 from obskit.testing import capture, get_sample_value
 from obskit.tracing._encode import encode_request, encode_span, frame_span
+from tests.child_process import child_env
 from tests.otlp_receiver import HangingServer, attributes_dict, python_value
 
-ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
 
@@ -179,17 +179,6 @@ class Collector:
                 pass
         self._server.server_close()
         self._thread.join(2.0)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "OBSKIT_")) and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 def run_script(

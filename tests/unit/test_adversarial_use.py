@@ -19,7 +19,6 @@ import gc
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,8 @@ from obskit.metrics.runtime import (
 )
 from obskit.metrics.use import use
 from obskit.testing import get_sample_value, reset
+from tests.child_process import child_env
+from tests.loopback import free_port
 
 DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=2"
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -552,7 +553,7 @@ def test_multiprocess_metrics_serve_no_per_process_collector(tmp_path: Path) -> 
         text=True,
         timeout=60,
         check=True,
-        env=_child_env(),
+        env=child_env(),
     )
     lines = done.stdout.splitlines()
     assert "adv_served_total 1.0" in lines, done.stdout
@@ -564,25 +565,6 @@ def test_multiprocess_metrics_serve_no_per_process_collector(tmp_path: Path) -> 
 # =================================================================================================
 # gunicorn, for real, with multi-process metrics
 # =================================================================================================
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith(("OTEL_", "OBSKIT_"))
-        and not k.upper().endswith("_PROXY")
-        and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(extra)
-    return env
 
 
 class Gunicorn:
@@ -635,7 +617,7 @@ def run_gunicorn(cwd: Path, app: str, conf: str, args: list[str], **env: str) ->
 
     (cwd / "adv_app.py").write_text(app)
     (cwd / "adv_conf.py").write_text(conf)
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "-c", "adv_conf.py", "-b", f"127.0.0.1:{port}"]
     argv += ["--graceful-timeout", "2", *args]
     if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
@@ -645,7 +627,7 @@ def run_gunicorn(cwd: Path, app: str, conf: str, args: list[str], **env: str) ->
         process = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=_child_env(**env),
+            env=child_env(**env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

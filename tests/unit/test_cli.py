@@ -26,7 +26,7 @@ import obskit.testing
 from obskit.cli import main
 from obskit.cli import traces as traces_cli
 from obskit.config import OPTIONS
-from tests.loopback import QuietHandler, serving
+from tests.loopback import QuietHandler, free_port, serving
 
 MS = 1_000_000
 
@@ -441,14 +441,6 @@ def doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     """Run ``obskit doctor ARGV`` and return (status, stdout)."""
     status = main(["doctor", *argv])
     return status, capsys.readouterr().out
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
