@@ -23,27 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from obskit.metrics.exposition import render
 from obskit.metrics.pools import instrument_psycopg_pool, instrument_sqlalchemy_pool
 from obskit.testing import get_sample_value
+from tests.services import DSN, URL, require_postgres
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
-DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=2"
-URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: Concurrent healthy requests per step: with one free connection they take ~6 x 25 ms, well
 #: inside the 0.5 s pool timeout, so only a fully leaked pool makes them fail.
 BURST = 6
-
-
-def require_postgres() -> None:
-    """Fail under CI=true, skip elsewhere, when PostgreSQL is not on 127.0.0.1:5432."""
-    try:
-        import psycopg
-
-        psycopg.connect(DSN).close()
-    except Exception as exc:
-        message = f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def scrape(resource: str) -> dict[str, float]:

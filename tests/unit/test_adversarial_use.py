@@ -49,9 +49,8 @@ from obskit.metrics.use import use
 from obskit.testing import get_sample_value, reset
 from tests.child_process import child_env
 from tests.loopback import free_port
+from tests.services import DSN, URL, require_postgres
 
-DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=2"
-URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: Nothing listens there: connecting is refused at once.
 REFUSED_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
 #: Bound on every wait for a gunicorn worker or a file to appear.
@@ -79,19 +78,6 @@ def resource_limit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_state, "instruments", kept)
     reset()  # a fresh registry without the resource_* series an earlier test declared
     obskit.configure(traces_exporter="none", cardinality_limit=2)
-
-
-def require_postgres() -> None:
-    """Fail under CI=true, skip elsewhere, when PostgreSQL is not on 127.0.0.1:5432."""
-    try:
-        import psycopg
-
-        psycopg.connect(DSN).close()
-    except Exception as exc:
-        message = f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def value(name: str, resource: str, **labels: str) -> float | None:
