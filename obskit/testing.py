@@ -20,7 +20,7 @@ from obskit import _runtime, _state
 from obskit.config import load_config
 from obskit.exporters.jsonl import MemorySpanSink
 
-__all__ = ["Capture", "capture", "get_sample_value", "reset"]
+__all__ = ["Capture", "capture", "get_sample_value", "reset", "samples"]
 
 
 def reset() -> None:
@@ -43,6 +43,16 @@ def reset() -> None:
 def get_sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:
     """The current value of one sample in obskit's registry (prometheus_client's helper)."""
     return _state.registry.get_sample_value(name, labels or {})
+
+
+def samples(name: str) -> list[tuple[dict[str, str], float]]:
+    """Every ``(labels, value)`` of the sample ``name`` in obskit's registry (all its series)."""
+    return [
+        (dict(sample.labels), sample.value)
+        for family in _state.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 class Capture:

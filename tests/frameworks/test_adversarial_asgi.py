@@ -38,7 +38,7 @@ from obskit.asgi import ObskitMiddleware
 from obskit.fastapi import instrument
 from obskit.http._pipeline import Request
 from obskit.logging import current_request
-from obskit.testing import Capture, capture
+from obskit.testing import Capture, capture, samples
 
 SERVER = 2
 ERROR = 2
@@ -115,15 +115,6 @@ async def run_asgi(app: Any, scope: dict[str, Any]) -> tuple[list[dict[str, Any]
     except BaseException as exc:  # CancelledError included: it is what the app raised
         raised = exc
     return sent, raised
-
-
-def samples(name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(sample.labels), sample.value)
-        for family in _state.registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 def requests_total() -> dict[tuple[str, str, str], float]:

@@ -30,7 +30,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from obskit import _state
 from obskit.fastapi import instrument
-from obskit.testing import Capture, capture, get_sample_value
+from obskit.testing import Capture, capture, get_sample_value, samples
 
 INTERNAL = 1
 SERVER = 2
@@ -201,16 +201,6 @@ def the_server_span(cap: Capture) -> Any:
     """The one SERVER span exported (fails if there are more)."""
     (span,) = servers(cap)
     return span
-
-
-def samples(name: str) -> list[tuple[dict[str, str], float]]:
-    """Every ``(labels, value)`` of the sample ``name`` in obskit's registry."""
-    return [
-        (dict(sample.labels), sample.value)
-        for family in _state.registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 def requests_total() -> dict[tuple[str, str, str], float]:

@@ -51,7 +51,7 @@ from obskit.fastapi import instrument
 from obskit.logger import DirectLogger, install_direct, uninstall_direct
 from obskit.logging import setup_logging
 from obskit.metrics.cardinality import OVERFLOW
-from obskit.testing import capture, get_sample_value
+from obskit.testing import capture, get_sample_value, samples
 from obskit.wsgi import ObskitMiddleware
 from tests.loopback import free_port
 
@@ -134,15 +134,6 @@ def run_threads(
     stuck = [thread.name for thread in threads if thread.is_alive()]
     assert not stuck, f"still running after {timeout}s (deadlock?): {stuck}"
     return failures
-
-
-def samples(name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(sample.labels), sample.value)
-        for family in _state.registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 def total(name: str, **labels: str) -> float:
