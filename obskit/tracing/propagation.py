@@ -32,8 +32,10 @@ _HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _MAX_MEMBERS = 32
-_MAX_TRACESTATE = 512
-_MAX_HEADER = 8192  # anything longer is not parsed at all
+_MAX_HEADER = 8192  # a traceparent longer than this is not parsed at all
+#: The longest tracestate the grammar allows (32 members of a 256-character key and value, and
+#: their commas), with room for optional white space; anything longer is not parsed at all.
+_MAX_TRACESTATE_HEADER = 32 * 513 + 31 + 1024
 # W3C tracestate key: simple-key, or tenant@system multi-tenant key.
 _KEY = re.compile(
     r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})\Z"
@@ -86,17 +88,24 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
     if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
         _invalid("traceparent", "zero_id")
         return None
-    return int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
+    flags = int(flags_hex, 16)
+    if version != "00":
+        # Parsed as version 00, it keeps only the flags version 00 defines (sampled, and Level
+        # 2's random trace id): the others mean something else, or nothing, there.
+        flags &= 0x03
+    return int(trace_hex, 16), int(span_hex, 16), flags
 
 
 def parse_tracestate(value: str) -> TraceState:
     """A ``TraceState`` from a (combined) ``tracestate`` value; empty if the value is invalid.
 
     Empty list-members are skipped; an invalid member, a duplicate key or more than 32 members
-    make the whole header invalid. A header longer than 512 characters is truncated as the
-    Recommendation advises: members longer than 128 characters go first, then right-most ones.
+    make the whole header invalid. A valid list is kept whole, whatever its length (the
+    Recommendation's 512 characters are what a vendor must at least propagate; obskit adds no
+    member of its own, so it never needs to truncate, and a tracestate that comes with an
+    unchanged traceparent must go on unchanged).
     """
-    if len(value) > _MAX_HEADER:
+    if len(value) > _MAX_TRACESTATE_HEADER:
         _invalid("tracestate", "length")
         return TraceState()
     members: list[tuple[str, str]] = []
@@ -117,27 +126,7 @@ def parse_tracestate(value: str) -> TraceState:
         if len(members) > _MAX_MEMBERS:
             _invalid("tracestate", "members")
             return TraceState()
-    size = sum(len(k) + len(v) + 1 for k, v in members) + max(len(members) - 1, 0)
-    if size > _MAX_TRACESTATE:
-        _invalid("tracestate", "truncated")
-        members = _truncate(members)
     return TraceState(members)
-
-
-def _truncate(members: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    def size(items: list[tuple[str, str]]) -> int:
-        return sum(len(k) + len(v) + 1 for k, v in items) + max(len(items) - 1, 0)
-
-    kept = list(members)
-    for index in range(len(kept) - 1, -1, -1):
-        if size(kept) <= _MAX_TRACESTATE:
-            return kept
-        key, val = kept[index]
-        if len(key) + len(val) + 1 > 128:
-            del kept[index]
-    while kept and size(kept) > _MAX_TRACESTATE:
-        kept.pop()
-    return kept
 
 
 def _default_propagators(current: Any) -> bool:
