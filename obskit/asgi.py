@@ -268,6 +268,15 @@ def _flushing_at_shutdown(send: Send) -> Send:
     return forward
 
 
+def _route_path(scope: Scope, path: str) -> str:
+    """``path`` without the ``root_path`` it carries behind a proxy's prefix (``uvicorn
+    --root-path /api``): the path the app routes on, as Starlette's ``get_route_path``."""
+    root = scope.get("root_path")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
 class ObskitMiddleware:
     """Wrap an ASGI application (Starlette, FastAPI, or any other).
 
@@ -305,7 +314,7 @@ class ObskitMiddleware:
             return
         path = scope.get("path") or "/"
         headers = scope.get("headers") or ()
-        if path == self.metrics_path:
+        if _route_path(scope, path) == self.metrics_path:
             await self._metrics(headers, send)
             return
         request = self.telemetry.begin(

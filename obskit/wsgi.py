@@ -24,6 +24,7 @@ from obskit.http._pipeline import (
     header_getter_from_environ,
 )
 from obskit.metrics.exposition import render
+from obskit.tracing._fastctx import current_request
 
 __all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
 
@@ -94,6 +95,13 @@ def _finish_on_close(iterable: Any, request: Request) -> bool:
     return True
 
 
+def _open_request() -> Any:
+    """The obskit request of the current context while it is still open (a finished one left
+    current by mistake must not turn instrumentation off)."""
+    request = current_request()
+    return None if request is None or request._finished else request
+
+
 class ObskitMiddleware:
     """Wrap a WSGI application.
 
@@ -122,6 +130,11 @@ class ObskitMiddleware:
         self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if ENVIRON_KEY in environ or _open_request() is not None:
+            # An instrumented app inside an instrumented one (``init_app`` twice, a
+            # DispatcherMiddleware of two instrumented apps, a Flask app mounted in FastAPI): the
+            # outer middleware has the request; it is counted and traced once, there.
+            return self.app(environ, start_response)
         path = environ.get("PATH_INFO") or "/"
         if path == self.metrics_path:
             body, content_type = render(environ.get("HTTP_ACCEPT"))

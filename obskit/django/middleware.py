@@ -30,8 +30,9 @@ def route_of(request: HttpRequest) -> str | None:
     """The matched URL pattern (``/items/<int:item_id>``), or None when nothing matched."""
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None)
-    if not isinstance(route, str) or not route:
+    if not isinstance(route, str):
         return None
+    # path("") -- the site root, or the root of an include() -- matches with route "".
     return route if route.startswith("/") else "/" + route
 
 
@@ -56,6 +57,10 @@ class ObskitMiddleware:
             markcoroutinefunction(self)
 
     def _start(self, request: HttpRequest) -> Request | None:
+        if request.path_info == self.telemetry.metrics_path:
+            # The scrape (obskit.django.urls), wherever the site is mounted (SCRIPT_NAME): not
+            # the service's traffic.
+            return None
         return self.telemetry.begin(
             request.method or "GET",
             request.path,
