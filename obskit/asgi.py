@@ -26,6 +26,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from obskit import _selfmetrics
 from obskit._runtime import flush_at_shutdown
 from obskit.http._pipeline import (
     HttpTelemetry,
@@ -268,6 +269,27 @@ def _flushing_at_shutdown(send: Send) -> Send:
     return forward
 
 
+def _native_tracing_off(scope: Scope, native: Any) -> None:
+    """FastAPI's own telemetry started this request's SERVER span around obskit's middleware
+    (added with ``app.add_middleware``, inside FastAPI's telemetry): obskit reuses that span for
+    this request and switches the app's native tracing and metrics off for the next ones, as
+    :func:`obskit.fastapi.instrument` does, so every request has one SERVER span."""
+    try:  # nor its INTERNAL operation spans (dependencies, endpoint, serialization) for this one
+        native.tracer = None
+    except Exception:  # a FastAPI whose record is not as expected: they are exported
+        pass
+    config = getattr(scope.get("app"), "_telemetry", None)
+    if isinstance(config, dict) and (config.get("tracing") or config.get("metrics")):
+        config["tracing"] = False
+        config["metrics"] = False
+        _selfmetrics.warn_once(
+            "fastapi_native_telemetry",
+            "obskit: FastAPI's own telemetry traced a request around obskit's middleware; "
+            "obskit reused its span and switched it off for this app. obskit.fastapi."
+            "instrument(app) puts obskit outside the app and avoids this.",
+        )
+
+
 def _route_path(scope: Scope, path: str) -> str:
     """``path`` without the ``root_path`` it carries behind a proxy's prefix (``uvicorn
     --root-path /api``): the path the app routes on, as Starlette's ``get_route_path``."""
@@ -317,6 +339,10 @@ class ObskitMiddleware:
         if _route_path(scope, path) == self.metrics_path:
             await self._metrics(headers, send)
             return
+        native = scope.get("fastapi.telemetry")
+        adopt = native is not None and getattr(native, "span", None) is not None
+        if adopt:
+            _native_tracing_off(scope, native)
         request = self.telemetry.begin(
             scope.get("method") or "GET",
             path,
@@ -324,13 +350,14 @@ class ObskitMiddleware:
             _facts,
             scope,
             request_type=_AsgiRequest,
+            adopt=adopt,
         )
         if request is None:  # an excluded path (health, metrics): no span of FastAPI's either
             await self.app(_untraced(scope), receive, send)
             return
         fastapi_record = self._fastapi_record
         inner: Scope
-        if fastapi_record is not None:
+        if fastapi_record is not None and not adopt:
             inner = dict(scope)
             inner["fastapi.telemetry"] = fastapi_record(request)
         else:
@@ -338,9 +365,10 @@ class ObskitMiddleware:
             route_scope._obskit_request = request
             route_scope._obskit_prefix = ""
             route_scope._obskit_pending = None
-            # FastAPI apps below this middleware (mounted sub-applications) skip their native
-            # telemetry when this key is present: obskit's span is the one SERVER span.
-            inner["fastapi.telemetry"] = None
+            if not adopt:
+                # FastAPI apps below this middleware (mounted sub-applications) skip their
+                # native telemetry when this key is present: obskit's span is the one SERVER span.
+                inner["fastapi.telemetry"] = None
         inner[SCOPE_KEY] = request
 
         async def send_wrapper(message: Message) -> None:

@@ -162,12 +162,15 @@ class HttpTelemetry:
         route: str | None = None,
         *,
         request_type: type[Request] | None = None,
+        adopt: bool = False,
     ) -> Request | None:
         """:meth:`start`, with the connection facts given as ``describe(source)``: a tuple
         ``(scheme, server_address, server_port, client_address, protocol)`` computed only for a
         request whose span records them (or that the tail policy may keep), not for every
-        unsampled request. ``request_type``: an adapter's subclass of :class:`Request`. Never
-        raises.
+        unsampled request. ``request_type``: an adapter's subclass of :class:`Request`.
+        ``adopt``: the current span is a SERVER span another tracer started for this request
+        (FastAPI's own, around the middleware): it is the request's span, which obskit neither
+        changes nor ends. Never raises.
         """
         if path in self.excluded:
             return None
@@ -176,8 +179,11 @@ class HttpTelemetry:
             runtime = _state.runtime
             processor = runtime.processor if runtime is not None else None
             try:
-                parent = extract(get_header)
-                if processor is None:
+                parent = None if adopt else extract(get_header)
+                if adopt:
+                    span = _ctx.current_span()
+                    processor = None  # its tracer's, not obskit's: no keep policy either
+                elif processor is None:
                     # Traces off (or disabled): no SERVER span; the incoming context, if any,
                     # stays current so logs carry its ids and outbound calls forward it.
                     span = _ctx.current_span(parent) if parent is not None else INVALID_SPAN
@@ -194,7 +200,7 @@ class HttpTelemetry:
                 _selfmetrics.internal_error("http_span", exc)
                 parent, span = None, INVALID_SPAN
             request = (request_type or Request)(self, label, span, get_header)
-            if span.is_recording():
+            if not adopt and span.is_recording():
                 request._recording = True
                 _set_attributes(
                     span, _server_attributes(label, method, path, describe(source), get_header)
