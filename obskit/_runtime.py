@@ -249,6 +249,16 @@ def _install_global_locked() -> _Global:
             )
         else:
             trace.set_tracer_provider(provider)
+        # W3C Baggage as the Recommendation writes it, for every caller of propagate.inject
+        # and extract (obskit's outbound hooks included): see obskit.tracing._baggage.
+        from opentelemetry import propagate
+
+        from obskit.tracing import _baggage
+
+        textmap = propagate.get_global_textmap()
+        replaced = _baggage.install(textmap)
+        if replaced is not textmap:
+            propagate.set_global_textmap(replaced)
     return _global
 
 

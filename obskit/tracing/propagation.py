@@ -8,14 +8,15 @@ other ``OTEL_PROPAGATORS`` setting goes through ``opentelemetry.propagate`` unch
 input never raises: it starts a new trace and is counted in
 ``obskit_propagation_invalid_total{header,reason}``.
 
+``baggage`` is read and written by obskit's own W3C Baggage codec (:mod:`obskit.tracing._baggage`,
+which also replaces OpenTelemetry's baggage propagator in the global one at configure()).
+
 Outbound, :func:`inject` writes the current context into any mutable header mapping.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from obskit import _selfmetrics, _state
+from obskit.tracing import _baggage
 
 __all__ = ["extract", "inject", "parse_traceparent", "parse_tracestate"]
 
@@ -183,50 +185,18 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
     return ctx
 
 
-#: What the SDK's baggage propagator warns about, by a word of its message: the reason counted.
-_BAGGAGE_REASONS = (
-    ("non-ASCII", "non_ascii"),
-    ("per list-member", "member_length"),
-    ("number of list-members", "members"),
-    ("per baggage-string", "length"),
-    ("doesn't match", "format"),
-)
-_quiet = threading.local()
-
-
-class _BaggageWarnings(logging.Filter):
-    """Counts in ``obskit_propagation_invalid_total{header="baggage"}``, instead of logging,
-    what OpenTelemetry's baggage propagator warns about while obskit extracts a request's
-    header: it logs every invalid header, with the client's text in it, on every request -- a
-    log flood driven by client input. Its warnings for any other caller are left alone."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(_quiet, "on", False):
-            return True
-        text = str(record.msg)
-        reason = next((r for word, r in _BAGGAGE_REASONS if word in text), "member")
-        _invalid("baggage", reason)
-        return False
-
-
-_baggage_logger = logging.getLogger("opentelemetry.baggage.propagation")
-if not any(isinstance(f, _BaggageWarnings) for f in _baggage_logger.filters):
-    _baggage_logger.addFilter(_BaggageWarnings())
+def _invalid_baggage(reason: str) -> None:
+    _invalid("baggage", reason)
 
 
 def _extract_baggage(value: str, ctx: Context | None) -> Context | None:
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-
-    # The W3C baggage propagator enforces its own limits (8192 bytes, 180 members); what it
-    # drops is counted by _BaggageWarnings, not logged.
-    _quiet.on = True
+    # obskit's own W3C Baggage codec (obskit.tracing._baggage): OpenTelemetry's propagator
+    # decodes '+' as a space, folds properties into values and drops long headers whole.
     try:
-        return W3CBaggagePropagator().extract({"baggage": value}, ctx)
+        return _baggage.extract(value, ctx, _invalid_baggage)
     except Exception:
         _invalid("baggage", "format")
         return ctx
-    finally:
-        _quiet.on = False
 
 
 def inject(headers: MutableMapping[str, Any], context: Context | None = None) -> None:

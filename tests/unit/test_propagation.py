@@ -25,6 +25,7 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+import obskit
 from obskit import _state
 from obskit.testing import get_sample_value
 from obskit.tracing.propagation import extract, inject, parse_traceparent, parse_tracestate
@@ -384,14 +385,16 @@ def test_inject_writes_the_current_span() -> None:
 
 
 def test_inject_writes_the_given_context_with_baggage() -> None:
-    """inject(headers, ctx) writes ctx's span (unsampled: flags 00) and its baggage."""
-    ctx = baggage.set_baggage("tenant", "acme/eu", _remote_context(0))
+    """inject(headers, ctx) writes ctx's span (unsampled: flags 00) and its baggage, the value
+    percent-encoded as W3C Baggage says ('/' is a baggage-octet, a space is not)."""
+    obskit.tracer_provider()  # obskit's propagators in place, as after configure()
+    ctx = baggage.set_baggage("tenant", "acme eu/x", _remote_context(0))
     headers: dict[str, str] = {"accept": "text/plain"}
     inject(headers, ctx)
     expected = {
         "accept": "text/plain",
         "traceparent": f"00-{TRACE}-{SPAN}-00",
-        "baggage": "tenant=acme%2Feu",
+        "baggage": "tenant=acme%20eu/x",
     }
     assert expected == headers
 
