@@ -357,9 +357,10 @@ class ObskitMiddleware:
             return
         fastapi_record = self._fastapi_record
         inner: Scope
+        record: Any = None
         if fastapi_record is not None and not adopt:
             inner = dict(scope)
-            inner["fastapi.telemetry"] = fastapi_record(request)
+            inner["fastapi.telemetry"] = record = fastapi_record(request)
         else:
             inner = route_scope = _RouteScope(scope)
             route_scope._obskit_request = request
@@ -388,8 +389,15 @@ class ObskitMiddleware:
                 request.resume(outside)
             status = request.status
             if status.__class__ is int and status >= 500:
-                # Possibly Starlette's ServerErrorMiddleware answering an exception it re-raises
-                # next: the request ends in the frame below, where the exception is seen.
+                if record is None:
+                    # Possibly Starlette's ServerErrorMiddleware answering an exception it
+                    # re-raises next: the request ends in the frame below, where it is seen.
+                    return
+                # FastAPI: its ExceptionTelemetryMiddleware, just inside ServerErrorMiddleware,
+                # has put any such exception in the record already. The request ends at its last
+                # byte, before the response's background tasks run.
+                errors = record._exceptions
+                request.finish(None, errors[-1] if errors else None, detach=False)
                 return
             request.finish(detach=False)
 

@@ -566,20 +566,11 @@ def _report_app(seen: list[tuple[float | None, float | None]]) -> FastAPI:
     [
         (200, False),
         (200, True),
-        pytest.param(
-            503,
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "obskit bug: asgi.py ObskitMiddleware.__call__ (send_wrapper): on the last "
-                    "body chunk of a 5xx response it does not finish the request (waiting for a "
-                    "re-raise from ServerErrorMiddleware), so a response's background tasks run "
-                    "while the request is still in flight and uncounted, and its duration and "
-                    "span end include them (FastAPI's native span ends at the last byte)"
-                ),
-            ),
-        ),
+        # A bug this case found, since fixed: asgi.py send_wrapper did not finish a request on the
+        # last body chunk of a 5xx response (waiting for a re-raise from ServerErrorMiddleware),
+        # so the response's background tasks ran while the request was in flight and uncounted,
+        # and its duration and span included them
+        (503, False),
     ],
 )
 def test_background_tasks_run_after_the_request_ended(cap: Capture, code: int, fail: bool) -> None:
