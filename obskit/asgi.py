@@ -269,11 +269,15 @@ def _flushing_at_shutdown(send: Send) -> Send:
     return forward
 
 
-def _native_tracing_off(scope: Scope, native: Any) -> None:
-    """FastAPI's own telemetry started this request's SERVER span around obskit's middleware
-    (added with ``app.add_middleware``, inside FastAPI's telemetry): obskit reuses that span for
-    this request and switches the app's native tracing and metrics off for the next ones, as
-    :func:`obskit.fastapi.instrument` does, so every request has one SERVER span."""
+def _native_tracing_off(scope: Scope) -> bool:
+    """Whether FastAPI's own telemetry started this request's SERVER span around obskit's
+    middleware (added with ``app.add_middleware``, inside FastAPI's telemetry). If so, obskit
+    reuses that span for this request and switches the app's native tracing and metrics off for
+    the next ones, as :func:`obskit.fastapi.instrument` does, so every request has one SERVER
+    span."""
+    native = scope.get("fastapi.telemetry")
+    if native is None or getattr(native, "span", None) is None:
+        return False  # an outer obskit middleware's marker, or FastAPI's with no span
     try:  # nor its INTERNAL operation spans (dependencies, endpoint, serialization) for this one
         native.tracer = None
     except Exception:  # a FastAPI whose record is not as expected: they are exported
@@ -288,13 +292,13 @@ def _native_tracing_off(scope: Scope, native: Any) -> None:
             "obskit reused its span and switched it off for this app. obskit.fastapi."
             "instrument(app) puts obskit outside the app and avoids this.",
         )
+    return True
 
 
-def _route_path(scope: Scope, path: str) -> str:
-    """``path`` without the ``root_path`` it carries behind a proxy's prefix (``uvicorn
+def _route_path(root: str, path: str) -> str:
+    """``path`` without the ``root`` path it carries behind a proxy's prefix (``uvicorn
     --root-path /api``): the path the app routes on, as Starlette's ``get_route_path``."""
-    root = scope.get("root_path")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+    if path.startswith(root) and path[len(root) : len(root) + 1] == "/":
         return path[len(root) :]
     return path
 
@@ -336,13 +340,13 @@ class ObskitMiddleware:
             return
         path = scope.get("path") or "/"
         headers = scope.get("headers") or ()
-        if _route_path(scope, path) == self.metrics_path:
+        root = scope.get("root_path")
+        if (_route_path(root, path) if root else path) == self.metrics_path:
             await self._metrics(headers, send)
             return
-        native = scope.get("fastapi.telemetry")
-        adopt = native is not None and getattr(native, "span", None) is not None
-        if adopt:
-            _native_tracing_off(scope, native)
+        adopt = False
+        if "fastapi.telemetry" in scope:  # rare: a FastAPI layer outside this middleware
+            adopt = _native_tracing_off(scope)
         request = self.telemetry.begin(
             scope.get("method") or "GET",
             path,
@@ -357,10 +361,9 @@ class ObskitMiddleware:
             return
         fastapi_record = self._fastapi_record
         inner: Scope
-        record: Any = None
         if fastapi_record is not None and not adopt:
             inner = dict(scope)
-            inner["fastapi.telemetry"] = record = fastapi_record(request)
+            inner["fastapi.telemetry"] = fastapi_record(request)
         else:
             inner = route_scope = _RouteScope(scope)
             route_scope._obskit_request = request
@@ -389,14 +392,14 @@ class ObskitMiddleware:
                 request.resume(outside)
             status = request.status
             if status.__class__ is int and status >= 500:
-                if record is None:
+                # FastAPI: its ExceptionTelemetryMiddleware, just inside ServerErrorMiddleware,
+                # has put any exception that 500 answers in the request's record already: the
+                # request ends at its last byte, before the response's background tasks run.
+                errors = getattr(inner.get("fastapi.telemetry"), "_exceptions", None)
+                if errors is None:
                     # Possibly Starlette's ServerErrorMiddleware answering an exception it
                     # re-raises next: the request ends in the frame below, where it is seen.
                     return
-                # FastAPI: its ExceptionTelemetryMiddleware, just inside ServerErrorMiddleware,
-                # has put any such exception in the record already. The request ends at its last
-                # byte, before the response's background tasks run.
-                errors = record._exceptions
                 request.finish(None, errors[-1] if errors else None, detach=False)
                 return
             request.finish(detach=False)

@@ -24,7 +24,8 @@ from obskit.http._pipeline import (
     header_getter_from_environ,
 )
 from obskit.metrics.exposition import render
-from obskit.tracing._fastctx import current_request
+from obskit.tracing._fastctx import REQUEST_KEY
+from obskit.tracing._fastctx import get_current as _get_current
 
 __all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
 
@@ -95,13 +96,6 @@ def _finish_on_close(iterable: Any, request: Request) -> bool:
     return True
 
 
-def _open_request() -> Any:
-    """The obskit request of the current context while it is still open (a finished one left
-    current by mistake must not turn instrumentation off)."""
-    request = current_request()
-    return None if request is None or request._finished else request
-
-
 class ObskitMiddleware:
     """Wrap a WSGI application.
 
@@ -130,10 +124,12 @@ class ObskitMiddleware:
         self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if ENVIRON_KEY in environ or _open_request() is not None:
+        outer: Any = _get_current().get(REQUEST_KEY)
+        if (outer is not None and not outer._finished) or ENVIRON_KEY in environ:
             # An instrumented app inside an instrumented one (``init_app`` twice, a
             # DispatcherMiddleware of two instrumented apps, a Flask app mounted in FastAPI): the
-            # outer middleware has the request; it is counted and traced once, there.
+            # outer middleware has the request; it is counted and traced once, there. (A
+            # finished request left current by mistake does not turn instrumentation off.)
             return self.app(environ, start_response)
         path = environ.get("PATH_INFO") or "/"
         if path == self.metrics_path:
