@@ -472,15 +472,19 @@ def test_django_view_exceptions_leave_no_cyclic_garbage(
     cap: Capture, target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Http404, PermissionDenied and a failing view are freed by reference counting alone, as
-    they are without obskit (the same loop with MIDDLEWARE=[] finds 0 objects)."""
+    they are without obskit: no obskit request among the cycle collector's finds, and no more
+    garbage than the same loop with MIDDLEWARE=[] leaves (none in a fresh process; what earlier
+    tests left configured in Django's logging can make the bare loop's figure above 0)."""
     caplog.set_level(logging.CRITICAL, logger="django")
     with django_settings([]):
         handler = WSGIHandler()
         bare = garbage_after(lambda: serve(handler, environ(target)))
     with django_settings(OBSKIT_FIRST):
         handler = WSGIHandler()
+        with_obskit = garbage_after(lambda: serve(handler, environ(target)))
         left = obskit_requests_in_garbage(lambda: serve(handler, environ(target)))
-    assert (0, 0) == (bare, left)
+    assert 0 == left
+    assert with_obskit <= bare
 
 
 # -- 3. Django: a streaming response nobody iterates never ends its request.
