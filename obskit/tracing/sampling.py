@@ -201,9 +201,11 @@ class RecordDropped(sampling.Sampler):
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
         if result.decision is sampling.Decision.DROP:
-            return sampling.SamplingResult(
-                sampling.Decision.RECORD_ONLY, result.attributes, result.trace_state
-            )
+            # The SDK gives a span the attributes of its sampling result, and a DROP result
+            # carries none: the span's own start attributes go on with it, or a kept trace would
+            # lose them (those other instrumentations set at start_span).
+            kept = {**attributes, **(result.attributes or {})} if attributes else result.attributes
+            return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, kept, result.trace_state)
         return result
 
     def get_description(self) -> str:
