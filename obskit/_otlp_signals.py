@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+from obskit import _selfmetrics
 from obskit.config import Config
 
 __all__ = ["build_logs", "build_metrics"]
@@ -28,7 +29,35 @@ def _endpoint(config: Config, signal: str) -> str | None:
 
 
 def _exporter(config: Config, signal: str) -> Any:
-    """The SDK's OTLP exporter for ``signal`` ("metrics" or "logs") over the configured protocol."""
+    """The SDK's OTLP exporter for ``signal`` ("metrics" or "logs") over the configured protocol,
+    its failed requests counted in ``obskit_export_failures_total`` as the span pipeline's are."""
+    exporter = _sdk_exporter(config, signal)
+    name = "otlp_grpc" if config.otlp_protocol == "grpc" else "otlp_http"
+    export = exporter.export
+
+    def counted(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = export(batch, *args, **kwargs)
+        except Exception:
+            _failed(signal, name, batch)
+            raise
+        if getattr(result, "name", None) == "FAILURE":  # Metric- and LogExportResult
+            _failed(signal, name, batch)
+        return result
+
+    exporter.export = counted
+    return exporter
+
+
+def _failed(signal: str, exporter: str, batch: Any) -> None:
+    try:
+        records = len(batch) if signal == "logs" else 0
+        _selfmetrics.signal_export_failed(signal, exporter, records)
+    except Exception:  # counting must not break the SDK's export thread
+        pass
+
+
+def _sdk_exporter(config: Config, signal: str) -> Any:
     kwargs: dict[str, Any] = {
         "endpoint": _endpoint(config, signal),
         "headers": dict(config.otlp_headers),

@@ -160,6 +160,20 @@ def export_failed(signal: str, exporter: str, count: int) -> None:
     )
 
 
+def signal_export_failed(signal: str, exporter: str, records: int = 0) -> None:
+    """Count a failed export request of OTLP metrics or logs (``records``: log records lost)."""
+    metrics = current()
+    metrics.export_failures.labels(signal, exporter).inc()
+    if records:
+        metrics.dropped_logs.labels("export_failed").inc(records)
+    warn_once(
+        f"export_failed:{signal}:{exporter}",
+        "obskit: exporting %s to %s failed; counted in obskit_export_failures_total",
+        signal,
+        exporter,
+    )
+
+
 def traces_kept() -> None:
     """Count a head-dropped trace exported by the keep-errors/slow policy."""
     current().traces_kept.inc()

@@ -20,8 +20,8 @@ Metrics (label ``resource`` = the tracker's name), all declared through
 
 ====================================  =========  ==============================================
 ``resource_in_use``                   gauge      units in use now
-``resource_capacity``                 gauge      units available in total (unset when unknown)
-``resource_utilization_ratio``        gauge      in use / capacity (unset when capacity unknown)
+``resource_capacity``                 gauge      units available in total (0 when unknown)
+``resource_utilization_ratio``        gauge      in use / capacity (0 when capacity unknown)
 ``resource_waiters``                  gauge      callers waiting to acquire a unit (saturation)
 ``resource_wait_seconds``             histogram  time spent waiting to acquire (every wait)
 ``resource_errors_total{reason}``     counter    ``timeout`` (gave up waiting) or ``failure``
