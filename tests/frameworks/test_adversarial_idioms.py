@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import io
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from obskit.asgi import ObskitMiddleware
 from obskit.fastapi import instrument
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value, samples
+from tests.wsgi_environ import environ
 
 SERVER = 2  # Span.SpanKind.SPAN_KIND_SERVER
 UNSET = 0  # Status.StatusCode.STATUS_CODE_UNSET
@@ -81,29 +81,6 @@ def cap() -> Iterator[Capture]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def environ(target: str, method: str = "GET", **extra: Any) -> dict[str, Any]:
-    """A PEP 3333 environ as a server builds it."""
-    env: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": target,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    env.update(extra)
-    return env
 
 
 def serve(app: Callable[..., Any], env: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:

@@ -47,6 +47,7 @@ from obskit import _state
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value
 from tests.loopback import free_port
+from tests.wsgi_environ import environ
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -62,29 +63,6 @@ class HookError(Exception):
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def environ(path: str, method: str = "GET", **extra: Any) -> dict[str, Any]:
-    """A PEP 3333 environ as a server builds it (header values are latin-1 decoded text)."""
-    env: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    env.update(extra)
-    return env
 
 
 class Started:
