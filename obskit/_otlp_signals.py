@@ -52,7 +52,7 @@ def _exporter(config: Config, signal: str) -> Any:
 def _failed(signal: str, exporter: str, batch: Any) -> None:
     try:
         records = len(batch) if signal == "logs" else 0
-        _selfmetrics.signal_export_failed(signal, exporter, records)
+        _selfmetrics.export_failed(signal, exporter, records)
     except Exception:  # counting must not break the SDK's export thread
         pass
 

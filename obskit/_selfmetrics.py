@@ -147,28 +147,19 @@ def spans_exported(exporter: str, count: int) -> None:
     current().spans_exported.labels(exporter).inc(count)
 
 
-def export_failed(signal: str, exporter: str, count: int) -> None:
-    """Count a failed export request and the spans it lost."""
+def export_failed(signal: str, exporter: str, count: int = 0) -> None:
+    """Count a failed export request of ``signal`` and what it lost: ``count`` spans (traces)
+    or log records (logs); a metrics export loses one collection, counted as the request."""
     metrics = current()
     metrics.export_failures.labels(signal, exporter).inc()
-    metrics.spans_dropped.labels("export_failed").inc(count)
+    if count and signal == "traces":
+        metrics.spans_dropped.labels("export_failed").inc(count)
+    elif count and signal == "logs":
+        metrics.dropped_logs.labels("export_failed").inc(count)
     warn_once(
         f"export_failed:{signal}:{exporter}",
-        "obskit: exporting %s to %s failed; dropped data is counted in obskit_spans_dropped_total",
-        signal,
-        exporter,
-    )
-
-
-def signal_export_failed(signal: str, exporter: str, records: int = 0) -> None:
-    """Count a failed export request of OTLP metrics or logs (``records``: log records lost)."""
-    metrics = current()
-    metrics.export_failures.labels(signal, exporter).inc()
-    if records:
-        metrics.dropped_logs.labels("export_failed").inc(records)
-    warn_once(
-        f"export_failed:{signal}:{exporter}",
-        "obskit: exporting %s to %s failed; counted in obskit_export_failures_total",
+        "obskit: exporting %s to %s failed; counted in obskit_export_failures_total (lost spans "
+        "and log records in obskit_spans_dropped_total and obskit_log_records_dropped_total)",
         signal,
         exporter,
     )

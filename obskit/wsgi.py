@@ -24,8 +24,6 @@ from obskit.http._pipeline import (
     header_getter_from_environ,
 )
 from obskit.metrics.exposition import render
-from obskit.tracing._fastctx import REQUEST_KEY
-from obskit.tracing._fastctx import get_current as _get_current
 
 __all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
 
@@ -124,13 +122,6 @@ class ObskitMiddleware:
         self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        outer: Any = _get_current().get(REQUEST_KEY)
-        if (outer is not None and not outer._finished) or ENVIRON_KEY in environ:
-            # An instrumented app inside an instrumented one (``init_app`` twice, a
-            # DispatcherMiddleware of two instrumented apps, a Flask app mounted in FastAPI): the
-            # outer middleware has the request; it is counted and traced once, there. (A
-            # finished request left current by mistake does not turn instrumentation off.)
-            return self.app(environ, start_response)
         path = environ.get("PATH_INFO") or "/"
         if path == self.metrics_path:
             body, content_type = render(environ.get("HTTP_ACCEPT"))

@@ -212,12 +212,8 @@ class HttpSpanSink:
         self._closed = True
         self._deadline.stop()
         conn = self._conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        if conn is not None:
+            _interrupt(conn)
         self._close()
 
 

@@ -35,6 +35,8 @@ from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server
 __all__ = ["HttpTelemetry", "Request"]
 
 _perf = time.perf_counter
+_get_current = _ctx.get_current
+_REQUEST_KEY = _ctx.REQUEST_KEY
 _MISSING = contextvars.Token.MISSING
 #: What the context is when nothing was ever attached (the runtime context's default).
 _EMPTY_CONTEXT = Context()
@@ -173,6 +175,13 @@ class HttpTelemetry:
         changes nor ends. Never raises.
         """
         if path in self.excluded:
+            return None
+        outer: Any = _get_current().get(_REQUEST_KEY)
+        if outer is not None and not outer._finished:
+            # An instrumented app inside an instrumented one (``init_app`` twice, two
+            # instrumented apps behind a dispatcher, a Flask app mounted in FastAPI, Django's
+            # middleware under obskit's WSGI/ASGI one): the outer has the request, counted and
+            # traced once there. (A finished request left current does not count.)
             return None
         try:
             label = method if method in sc.METHODS else sc.OTHER_METHOD

@@ -255,10 +255,11 @@ def histogram(
 
 
 def counting(
-    instrument: Instrument[Any], child: Any, folded: bool, write: Callable[..., None]
+    instrument: Instrument[Any], folded: bool, write: Callable[..., None]
 ) -> Callable[..., None]:
-    """``write`` (a cached writer of ``child``) as it is, or -- for the overflow series, which
-    every caller past the limit shares -- one that counts each write as a folded observation."""
+    """``write`` (a cached writer of one of ``instrument``'s children) as it is, or -- when that
+    child is the overflow series, which every caller past the limit shares -- one that counts
+    each write as a folded observation."""
     if not folded:
         return write
     count = instrument.count_folded

@@ -96,9 +96,9 @@ class _Recorder:
             # counted as one folded observation.
             children = self._children = (
                 _state.generation,
-                counting(calls, ok, ok_folded, adder(ok)),
-                counting(calls, error, error_folded, adder(error)),
-                counting(duration, observed, observed_folded, Observer(observed)),
+                counting(calls, ok_folded, adder(ok)),
+                counting(calls, error_folded, adder(error)),
+                counting(duration, observed_folded, Observer(observed)),
             )
         return children
 

@@ -206,11 +206,11 @@ def _declare(name: str) -> _Children:
     def level(instrument: Any, key: str) -> Callable[[float], None]:
         child, folded = instrument.kept(name)
         write = _FoldedGauge(setter(child), key) if folded else setter(child)
-        return counting(instrument, child, folded, write)
+        return counting(instrument, folded, write)
 
     def count(reason: str) -> Callable[[float], None]:
         child, folded = errors.kept(name, reason)
-        return counting(errors, child, folded, adder(child))
+        return counting(errors, folded, adder(child))
 
     ratio, ratio_folded = utilization.kept(name)
     observed, observed_folded = wait.kept(name)
@@ -220,12 +220,11 @@ def _declare(name: str) -> _Children:
         level(capacity, "capacity"),
         counting(
             utilization,
-            ratio,
             ratio_folded,
             _folded_ratio(setter(ratio)) if ratio_folded else setter(ratio),
         ),
         level(waiters, "waiters"),
-        counting(wait, observed, observed_folded, Observer(observed)),
+        counting(wait, observed_folded, Observer(observed)),
         count("timeout"),
         count("failure"),
         errors,

@@ -228,26 +228,21 @@ class CompactSpanProcessor(SpanProcessor):
 
     def _enqueue(self, scope: int, data: bytes) -> None:
         size = len(data)
+        dropped = None
         with self._lock:
             if self._closed:
-                closed = True
-                dropped = False
+                dropped = "shutdown"
             elif len(self._q_data) >= self._max_queue or self._q_bytes + size > self._max_bytes:
-                closed = False
-                dropped = True
+                dropped = "queue_full"
             else:
-                closed = False
-                dropped = False
                 self._q_scope.append(scope)
                 self._q_data.append(data)
                 self._q_bytes += size
                 self._enqueued += 1
                 if len(self._q_data) == self._batch:
                     self._wake.notify()
-        if dropped:
-            _selfmetrics.spans_dropped("queue_full")
-        elif closed:
-            _selfmetrics.spans_dropped("shutdown")
+        if dropped is not None:
+            _selfmetrics.spans_dropped(dropped)
 
     def _hold(self, span: ReadableSpan, scope: int, data: bytes) -> None:
         """Buffer a span of an undecided (head-dropped) trace until its local root ends."""

@@ -341,6 +341,22 @@ def test_nested_instrumentation_counts_a_request_once(cap: Capture, shape: str) 
     assert {} == in_flight()
 
 
+def test_django_middleware_under_obskits_wsgi_middleware_counts_a_request_once(
+    cap: Capture,
+) -> None:
+    """Django's obskit middleware in MIDDLEWARE and the WSGI application wrapped by obskit's WSGI
+    middleware as well: the outer one has the request (the check is in the core pipeline, so
+    every adapter takes it), one SERVER span and one count."""
+    from obskit.wsgi import ObskitMiddleware as WsgiMiddleware
+
+    with django_settings():
+        status, _, body = serve(WsgiMiddleware(WSGIHandler()), environ("/api/v1/items/3/"))
+    assert ("200", b"item 3") == (status[:3], body)
+    assert 1 == len(server_spans(cap))
+    assert 1.0 == sum(counted().values())
+    assert {} == in_flight()
+
+
 # -- 3. ASGI: /metrics is unreachable behind a proxy prefix (uvicorn --root-path).
 
 
