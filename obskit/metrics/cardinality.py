@@ -261,6 +261,22 @@ class Guard(Generic[C]):
             OVERFLOW,
         )
 
+    def remove(self, values: tuple[Any, ...], drop: Any) -> bool:
+        """Forget the series of ``values`` (normalised as :meth:`labels` does): ``drop(key)``
+        removes the child from the metric, under the lock, so a concurrent :meth:`labels` cannot
+        get the detached child. Whether there was such a series; the overflow series stays."""
+        key = self._normalise(values)
+        with self._lock:
+            child = self._series.pop(key, None)
+            if child is None:
+                return False
+            # Aliases of the key in the cache point at the same child; rare, so a scan is fine.
+            for alias in [alias for alias, known in self._cache.items() if known is child]:
+                del self._cache[alias]
+            drop(key)
+            _selfmetrics.current().cardinality_series.labels(self.metric).set(len(self._series))
+        return True
+
     def series_count(self) -> int:
         """Distinct label sets admitted so far (the overflow series not included)."""
         return len(self._series)

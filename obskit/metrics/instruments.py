@@ -113,6 +113,19 @@ class Instrument(Generic[M]):
         guard = self._guard
         return guard is not None and child is guard._overflow
 
+    def remove(self, *values: Any) -> bool:
+        """Remove the series of these label values, as ``prometheus_client``'s ``remove`` does,
+        for what no longer exists (a closed loop, a disposed pool): the next scrape no longer
+        shows it and the label set frees its place under the limit. Whether it existed.
+
+        Under multi-process metrics a worker's last value stays in its file until the worker
+        exits, as with ``prometheus_client``: set a gauge to its idle value before removing it.
+        """
+        guard = self._guard
+        if guard is None:
+            raise ValueError(f"metric {self.name} has no labels")
+        return guard.remove(values, lambda key: self._metric.remove(*key))
+
     @property
     def metric(self) -> M:
         """The underlying prometheus_client metric (for label-less use and introspection)."""

@@ -307,7 +307,8 @@ class LoopLagMonitor:
     callbacks ahead of it ran without yielding -- the loop's saturation. The latest value is
     ``asyncio_event_loop_lag_seconds{loop}``, every value goes into
     ``asyncio_event_loop_lateness_seconds{loop}`` (a scrape every 15 s would miss a spike that
-    the gauge alone shows only until the next wake-up).
+    the gauge alone shows only until the next wake-up). When the monitor ends (``stop()``, its
+    loop closed) the gauge's series is removed; the histogram stays.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, name: str) -> None:
@@ -322,11 +323,11 @@ class LoopLagMonitor:
         self.max_lag = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._children: tuple[int, Any, Any] | None = None
+        self._instruments_of: tuple[int, Any, Any] | None = None
 
-    def _kids(self) -> tuple[int, Any, Any]:
-        children = self._children
-        if children is None or children[0] != _state.generation:
+    def _instruments(self) -> tuple[Any, Any]:
+        instruments = self._instruments_of
+        if instruments is None or instruments[0] != _state.generation:
             from obskit.metrics.instruments import gauge, histogram
 
             lag = gauge(
@@ -341,29 +342,43 @@ class LoopLagMonitor:
                 ["loop"],
                 buckets=LAG_BUCKETS,
             )
-            children = (_state.generation, lag.labels(self.name), lateness.labels(self.name))
-            self._children = children
-        return children
+            instruments = self._instruments_of = (_state.generation, lag, lateness)
+        return instruments[1], instruments[2]
 
     def _record(self, lag: float) -> None:
         self.last_lag = lag
         if lag > self.max_lag:
             self.max_lag = lag
         try:
-            _, gauge_child, histogram_child = self._kids()
-            gauge_child.set(lag)
-            histogram_child.observe(lag)
+            # Children looked up at every check (twice a second), not kept: a monitor of the
+            # same name that ended removes the gauge's series, and this one brings it back.
+            gauge, histogram = self._instruments()
+            gauge.labels(self.name).set(lag)
+            histogram.labels(self.name).observe(lag)
+        except Exception as internal:
+            _selfmetrics.internal_error("loop_lag", internal)
+
+    def _forget(self) -> None:
+        # A closed or stopped loop has no lag: a gauge kept at its last value would show a
+        # stale saturation forever. The lateness histogram is cumulative and stays.
+        try:
+            gauge, _ = self._instruments()
+            gauge.labels(self.name).set(0.0)  # what a multi-process file keeps until exit
+            gauge.remove(self.name)
         except Exception as internal:
             _selfmetrics.internal_error("loop_lag", internal)
 
     async def _run(self) -> None:
         loop = self.loop
         interval = self.interval
-        while not self._stopped:
-            started = loop.time()
-            await asyncio.sleep(interval)
-            # asyncio may run a timer up to one clock resolution early: clamp at zero.
-            self._record(max(0.0, loop.time() - started - interval))
+        try:
+            while not self._stopped:
+                started = loop.time()
+                await asyncio.sleep(interval)
+                # asyncio may run a timer up to one clock resolution early: clamp at zero.
+                self._record(max(0.0, loop.time() - started - interval))
+        finally:
+            self._forget()
 
     def _start(self) -> None:
         if not self._stopped and self._task is None:

@@ -496,6 +496,8 @@ def test_loop_lag_monitors_survive_repeated_asyncio_run() -> None:
 
     for _ in range(3):
         asyncio.run(main())
+        # The loop closed: its lag gauge is removed, not left at its last value.
+        assert None is get_sample_value("asyncio_event_loop_lag_seconds", {"loop": "main"})
     assert all(m._task is not None and m._task.done() for m in monitors)
     assert 0.03 <= min(m.max_lag for m in monitors)
     assert 3.0 <= (

@@ -52,6 +52,28 @@ def test_series_count_and_limit_are_self_metrics() -> None:
     assert 10.0 == get_sample_value("obskit_cardinality_limit", {"metric": "jobs"})
 
 
+def test_removed_label_sets_leave_the_scrape_and_free_their_place() -> None:
+    """remove() drops a series (as prometheus_client's does) and frees its place under the
+    limit; the cached aliases go too, so a later write creates a fresh, exposed series."""
+    pools = obskit.gauge("pool_in_use", "In use.", ["pool"], limit=2)
+    pools.labels("a").set(3)
+    pools.labels("b").set(4)
+    pools.labels("c").set(5)  # folded: the limit is reached
+    assert pools.remove("a")
+    assert not pools.remove("a")
+    assert not pools.remove("never")
+    assert None is get_sample_value("pool_in_use", {"pool": "a"})
+    assert 1 == pools.series_count()
+    assert 1.0 == get_sample_value("obskit_cardinality_series", {"metric": "pool_in_use"})
+    pools.labels("c").set(6)  # "a"'s place is free now
+    assert 6.0 == get_sample_value("pool_in_use", {"pool": "c"})
+    pools.labels("a").set(7)  # no place left: folded, not written to a detached child
+    assert 7.0 == get_sample_value("pool_in_use", {"pool": OVERFLOW})
+    assert 4.0 == get_sample_value("pool_in_use", {"pool": "b"})
+    with pytest.raises(ValueError, match="no labels"):
+        obskit.gauge("pool_total_in_use", "In use.").remove()
+
+
 def test_default_limit_comes_from_configuration() -> None:
     """cardinality_limit sets the default cap of metrics declared afterwards."""
     obskit.configure(traces_exporter="none", cardinality_limit=3)

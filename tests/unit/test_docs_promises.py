@@ -681,15 +681,24 @@ def _exercise_every_documented_metric() -> dict[str, tuple[str, set[str]]]:
     tracker.error("timeout")
     _call_wsgi(ObskitMiddleware(_item_route), "/items/1")
 
+    def families() -> dict[str, tuple[str, set[str]]]:
+        return {
+            family.name: (family.type, {k for s in family.samples for k in s.labels if k != "le"})
+            for family in _state.registry.collect()
+        }
+
+    running: dict[str, tuple[str, set[str]]] = {}
+
     async def lag() -> None:
         monitor = start_loop_lag_monitor(interval=0.005)
         await asyncio.sleep(0.03)
+        running.update(families())  # a stopped monitor removes its gauge's series
         monitor.stop()
 
     asyncio.run(lag())
     return {
-        family.name: (family.type, {k for s in family.samples for k in s.labels if k != "le"})
-        for family in _state.registry.collect()
+        **families(),
+        "asyncio_event_loop_lag_seconds": running["asyncio_event_loop_lag_seconds"],
     }
 
 
