@@ -299,7 +299,10 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
         if old is not None and old.json_handler is not None and runtime.json_handler is None:
             logging.getLogger().removeHandler(old.json_handler)  # logging turned off
         _register_atexit()
-    _summary(config)
+    try:
+        _summary(config)
+    except Exception:  # an application handler that raises: the summary is lost, not configure()
+        pass
     return config
 
 

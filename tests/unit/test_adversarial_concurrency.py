@@ -485,6 +485,27 @@ def test_a_raising_log_handler_never_reaches_a_traced_call_when_the_queue_is_ful
     assert 16 * 50 == sink.spans + dropped
 
 
+# A bug this test found, since fixed: obskit/_runtime.py _configure logged its one-line summary at
+# INFO outside any guard, so with obskit's logger at INFO a raising handler made configure() raise
+# (seen only when an earlier test had left that logger at INFO)
+def test_a_raising_log_handler_never_reaches_configure(production: None) -> None:
+    """With obskit's logger at INFO, the summary configure() logs goes to a handler that
+    raises: configure() still succeeds and obskit works."""
+    obskit_logger = logging.getLogger("obskit")  # put back by _restore_logging
+    obskit_logger.setLevel(logging.INFO)
+    obskit_logger.addHandler(_BrokenHandler())
+    sink = CountingSink()
+    configure_with(sink)
+
+    @obskit.red(trace=True)
+    def traced() -> int:
+        return 1
+
+    assert 1 == traced()
+    assert obskit.force_flush(5)
+    assert 1 == sink.spans
+
+
 # A bug this test found, since fixed: obskit/tracing/pipeline.py CompactSpanProcessor._export calls
 # _selfmetrics.export_failed outside its try (export_failed -> warn_once -> logging): an exception
 # from a log handler ends the export thread (_run has no guard), after which force_flush() returns
