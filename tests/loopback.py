@@ -17,23 +17,59 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
+class LoopbackServer(ThreadingHTTPServer):
+    """A threading HTTP server on 127.0.0.1 (port 0: a free one) that knows its open
+    connections, so that :meth:`close` also ends handler threads waiting on a kept-alive one."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), handler)
+        self.port: int = self.server_address[1]
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def start(self) -> None:
+        """Serve from a daemon thread."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, end the open connections and release the port."""
+        if self._thread.is_alive():
+            self.shutdown()
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+        self._thread.join(2.0)
+
+
 @contextlib.contextmanager
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     """Serve ``handler`` on 127.0.0.1 until the block ends; yields the port."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
+    httpd = LoopbackServer(handler)
     # A client that gave up mid-answer (what several tests do on purpose) is no test failure.
     httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    httpd.start()
     try:
-        yield httpd.server_address[1]
+        yield httpd.port
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        httpd.close()
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -38,6 +38,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tests.loopback import LoopbackServer
 
 __all__ = [
     "Attempt",
@@ -306,8 +308,7 @@ class OtlpGrpcReceiver(_Receiver):
 # -- HTTP/protobuf -----------------------------------------------------------------------------
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HttpServer(LoopbackServer):
     receiver: OtlpHttpReceiver
 
 
@@ -315,16 +316,6 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as exporters reuse their connection
     timeout = 10.0  # an idle or stuck client cannot pin a handler thread for long
     server: _HttpServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.receiver._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.receiver._track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: no access log on stderr."""
@@ -381,8 +372,6 @@ class OtlpHttpReceiver(_Receiver):
         super().__init__()
         self.port = 0
         self._server: _HttpServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
 
     @property
     def endpoint(self) -> str:
@@ -393,41 +382,18 @@ class OtlpHttpReceiver(_Receiver):
         """Answer the next ``times`` export requests with HTTP ``status`` instead of 200."""
         self._fail_next(times, status)
 
-    def _track(self, connection: socket.socket, add: bool) -> None:
-        with self._cond:
-            if add:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
     def start(self) -> None:
-        server = _HttpServer((LOOPBACK, 0), _Handler)
+        server = _HttpServer(_Handler)
         server.receiver = self
-        self.port = server.server_address[1]
+        self.port = server.port
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="otlp-http-receiver",
-            daemon=True,
-        )
-        self._thread.start()
+        server.start()
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()  # stops serve_forever within poll_interval
-        with self._cond:
-            connections = list(self._connections)
-        for connection in connections:  # wake handler threads blocked on keep-alive reads
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        server.close()  # also wakes handler threads blocked on keep-alive reads
 
     def __enter__(self) -> OtlpHttpReceiver:
         self.start()

@@ -25,7 +25,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +47,7 @@ from obskit.exporters.otlp import HttpSpanSink
 from obskit.testing import capture, get_sample_value
 from obskit.tracing._encode import encode_request, encode_span, frame_span
 from tests.child_process import child_env
+from tests.loopback import LoopbackServer
 from tests.otlp_receiver import HangingServer, attributes_dict, python_value
 
 LOOPBACK = "127.0.0.1"
@@ -99,16 +100,6 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 5.0  # a keep-alive connection left open cannot pin a handler thread for long
     server: _Server
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.collector.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.collector.track(self.connection, False)
-
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
 
@@ -129,8 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
     collector: Collector
 
 
@@ -141,13 +131,9 @@ class Collector:
         self.answer = answer
         self._lock = threading.Lock()
         self._attempts: list[Attempt] = []
-        self._connections: set[socket.socket] = set()
-        self._server = _Server((LOOPBACK, 0), _Handler)
+        self._server = _Server(_Handler)
         self._server.collector = self
-        self.endpoint = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.endpoint = f"http://{LOOPBACK}:{self._server.port}"
 
     def record(self, attempt: Attempt) -> bytes:
         with self._lock:
@@ -155,30 +141,17 @@ class Collector:
             self._attempts.append(attempt)
         return self.answer(n)
 
-    def track(self, connection: socket.socket, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(connection)
-
     @property
     def attempts(self) -> list[Attempt]:
         with self._lock:
             return list(self._attempts)
 
     def __enter__(self) -> Collector:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:  # wake handler threads blocked on keep-alive reads
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-        self._thread.join(2.0)
+        self._server.close()  # also wakes handler threads blocked on keep-alive reads
 
 
 def run_script(
