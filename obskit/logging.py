@@ -1042,7 +1042,9 @@ def setup_logging(
     """Install obskit's JSON handler on the root logger (replacing a previous obskit handler).
 
     Framework and server loggers lose their own handlers and propagate to the root, so uvicorn,
-    gunicorn, Django and Flask lines come out as JSON too. Returns the handler.
+    gunicorn, Django and Flask lines come out as JSON too; one that has no handler and does not
+    propagate was silenced on purpose (``uvicorn --no-access-log``) and stays so. Returns the
+    handler.
 
     ``direct`` (default on): a ``logging.getLogger(name)`` line whose only listener is this
     handler is written as :func:`obskit.get_logger` writes it, without a ``LogRecord`` -- the
@@ -1096,6 +1098,11 @@ def setup_logging(
     root.setLevel(level if isinstance(level, int) else level.upper())
     for name in FRAMEWORK_LOGGERS:
         framework = logging.getLogger(name)
+        if not framework.handlers and not framework.propagate:
+            # Silenced on purpose (uvicorn --no-access-log, gunicorn without --access-logfile):
+            # propagating would bring those lines back, or at least their cost -- uvicorn
+            # builds its access line whenever the logger has a handler to reach.
+            continue
         for existing in list(framework.handlers):
             framework.removeHandler(existing)
         framework.propagate = True

@@ -38,11 +38,14 @@ ACCESS_LOGGER = {"uvicorn": "uvicorn.access", "gunicorn": "gunicorn.access"}
 
 
 def server_command(server: str, port: int) -> list[str]:
-    """The command line that runs the app of ``server`` on ``port``."""
-    if server == "uvicorn":
+    """The command line that runs the app of ``server`` on ``port`` (``uvicorn-quiet``: uvicorn
+    with ``--no-access-log``)."""
+    if server.startswith("uvicorn"):
+        quiet = ["--no-access-log"] if server == "uvicorn-quiet" else []
         return [
             sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:create_fastapi_app",
             "--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "3",
+            *quiet,
         ]  # fmt: skip
     assert "gunicorn" == server
     import gunicorn.config
@@ -148,7 +151,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Server]:
     began = time.monotonic()
     running: dict[str, Server] = {}
     try:
-        for name in ("uvicorn", "gunicorn"):
+        for name in ("uvicorn", "gunicorn", "uvicorn-quiet"):
             running[name] = start(name, tmp_path)
         for server in running.values():
             wait_ready(server, began + READY_TIMEOUT)
@@ -243,3 +246,17 @@ def test_every_line_of_the_app_process_is_json(servers: dict[str, Server], name:
     lines = server.json_lines()
     assert {ACCESS_LOGGER[name], "logging_app"} <= {line["logger"] for line in lines}
     assert all("timestamp" in line and "message" in line for line in lines)
+
+
+# A bug this test found, since fixed: obskit.setup_logging made uvicorn.access propagate to its
+# JSON handler, so `uvicorn --no-access-log` still wrote an access line for every request
+def test_no_access_log_stays_off(servers: dict[str, Server]) -> None:
+    """``uvicorn --no-access-log`` at its default level (INFO) with obskit's JSON logging: the
+    app's own lines are written, with their trace ids, and no access line."""
+    server = servers["uvicorn-quiet"]
+    lines = server.json_lines()
+    handler_lines = {line["item_id"]: line for line in lines if line["logger"] == "logging_app"}
+    assert {item: trace_id for trace_id, item in server.sent} == {
+        item: line["trace_id"] for item, line in handler_lines.items()
+    }
+    assert [] == [line for line in lines if line["logger"] == "uvicorn.access"]

@@ -381,6 +381,28 @@ def test_framework_loggers_are_routed_to_the_json_handler() -> None:
     assert [] == [name for name in FRAMEWORK_LOGGERS if logging.getLogger(name).handlers]
 
 
+# A bug this test found, since fixed: setup_logging made every framework logger propagate,
+# which turned uvicorn's --no-access-log back on (its access line was built for every request,
+# and written whenever the level let it through)
+@pytest.mark.parametrize("access_log", [True, False])
+def test_a_server_logger_silenced_on_purpose_stays_silent(access_log: bool) -> None:
+    """uvicorn's own logging setup with and without ``--no-access-log``, then setup_logging:
+    uvicorn's access lines become JSON when it writes them, and stay off when it was told not
+    to (uvicorn decides per connection from ``hasHandlers()``)."""
+    import uvicorn
+
+    uvicorn.Config(app=None, access_log=access_log).configure_logging()
+    buffer = io.StringIO()
+    setup_logging(stream=buffer)
+    access = logging.getLogger("uvicorn.access")
+    assert access_log == access.hasHandlers()
+    access.info("GET /items/1")
+    logging.getLogger("uvicorn.error").info("Started server process")
+    assert (["uvicorn.access"] if access_log else []) + ["uvicorn.error"] == [
+        line["logger"] for line in lines(buffer)
+    ]
+
+
 def test_setup_twice_replaces_the_handler() -> None:
     """A second setup_logging() replaces obskit's handler: each line is written once."""
     first, second = io.StringIO(), io.StringIO()
