@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -269,10 +270,15 @@ class Logger:
                 extra[key + "_"] = value
             else:
                 extra[key] = value
-        # Logger._log's frames: this one, _log and the public method (findCaller skips the rest).
-        keywords["stacklevel"] = keywords.get("stacklevel", 1) + 3
+        keywords["stacklevel"] = keywords.get("stacklevel", 1) + _OWN_FRAMES
         self._std._log(level, msg, args, extra=extra or None, **keywords)
 
+
+#: What :meth:`Logger._stdlib` adds to ``stacklevel`` so that the record names the
+#: caller: its own frames between the caller and ``Logger._log`` (this one, ``_log`` and the
+#: public method). Python 3.11+'s ``findCaller`` counts each of them; 3.10's starts counting
+#: from the frame above ``Logger._log``'s caller, one of them already.
+_OWN_FRAMES = 3 if sys.version_info >= (3, 11) else 2
 
 #: :func:`_write`'s answer when the line needs the record path after all.
 _NOT_WRITTEN = None
