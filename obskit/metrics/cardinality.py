@@ -15,10 +15,12 @@ is declared.
 
 The hot path -- a label set already seen -- is one tuple build and one dict lookup; everything
 else (normalising odd values, allow-lists, the cap) runs only for label sets not yet cached.
+Under multi-process metrics the cap holds across the processes (:mod:`obskit.metrics._shared`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from obskit import _selfmetrics
+from obskit.metrics._shared import SharedLabelSets
 
 __all__ = [
     "DENIED_LABELS",
@@ -160,6 +163,7 @@ class Guard(Generic[C]):
     _series: dict[tuple[str, ...], C] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _overflow: C | None = field(default=None, init=False, repr=False)
+    _shared: SharedLabelSets | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rules = tuple(self.rules.get(n, LabelRule()) for n in self.label_names)
@@ -209,17 +213,19 @@ class Guard(Generic[C]):
                 f"{self.label_names}, got {len(values)}"
             )
         key = self._normalise(values)
+        failure: list[OSError] = []
         with self._lock:
             known = self._series.get(key)
             if known is not None:
                 child = known
-            elif len(self._series) >= self.limit:
+            elif len(self._series) >= self.limit or not self._admitted_by_all(key, failure):
                 child = self._fold(count)
             else:
                 child = self.make_child(key)
                 self._series[key] = child
-                series = _selfmetrics.current().cardinality_series
-                series.labels(self.metric).set(len(self._series))
+                if self._shared is None:  # else _admitted_by_all reported the shared count
+                    series = _selfmetrics.current().cardinality_series
+                    series.labels(self.metric).set(len(self._series))
             # Cache the caller's raw values too, but only a bounded number of aliases: raw values
             # that normalise to an admitted series must not grow the cache without bound. Only
             # exact str values within their length: 1, True and 1.0 are one dict key but three
@@ -234,9 +240,32 @@ class Guard(Generic[C]):
                 )
             ):
                 self._cache[values] = child
+        if failure:  # reported outside the lock, as the warning below (it runs log handlers)
+            _selfmetrics.internal_error("cardinality_shared", failure[0])
         if child is self._overflow and count:
             self._warn_folding()
         return child
+
+    def _admitted_by_all(self, key: tuple[str, ...], failure: list[OSError]) -> bool:
+        """Under multi-process metrics, whether the processes sharing the directory leave
+        ``key`` a place under the limit (see :mod:`obskit.metrics._shared`); called with the
+        lock held, for a label set new to this process. A failure to use the shared file is
+        put in ``failure`` and admits the key (the per-process limit still holds)."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return True
+        shared = self._shared
+        try:
+            if shared is None or shared.directory != directory:
+                shared = self._shared = SharedLabelSets(directory, self.metric, self.limit)
+            admitted = shared.admit(key)
+            # Every process reports the shared count (the gauge is "max" across workers).
+            series = _selfmetrics.current().cardinality_series
+            series.labels(self.metric).set(len(shared.known))
+            return admitted
+        except OSError as exc:
+            failure.append(exc)
+            return True
 
     def _fold(self, count: bool) -> C:
         # Called with the lock held.

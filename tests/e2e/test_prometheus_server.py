@@ -879,19 +879,10 @@ def test_cardinality_limit_folds_into_one_overflow_series(stack: Stack) -> None:
     assert {("page_hits",): 1.0} == nearly_full
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the wrong answer: a broken stack stays an error
-    reason=(
-        "obskit's cardinality guard counts label sets per process (Guard._series in "
-        "obskit/metrics/cardinality.py): under PROMETHEUS_MULTIPROC_DIR every gunicorn worker, "
-        "and every worker that replaces one (max_requests), admits its own `limit` label sets, "
-        "and the counter files of exited workers keep theirs, so the series Prometheus stores "
-        "grow with workers x restarts instead of staying at limit + 1 as docs/metrics.md "
-        "promises; obskit_cardinality_series (multiprocess_mode='max' in obskit/_selfmetrics.py) "
-        "shows one worker's count and hides it"
-    ),
-)
+# A bug this test found, since fixed: the cardinality guard counted label sets per process, so
+# under PROMETHEUS_MULTIPROC_DIR every gunicorn worker, and every worker that replaced one
+# (max_requests), admitted its own `limit` label sets, and the files of exited workers kept theirs:
+# the series Prometheus stored grew with workers x restarts (now obskit/metrics/_shared.py)
 def test_cardinality_limit_holds_across_recycled_gunicorn_workers(stack: Stack) -> None:
     """``page_hits`` (limit 3) hit with 8 pages on a gunicorn service whose worker is replaced
     after every 4 requests: still limit + 1 series, 5 hits folded."""
@@ -901,6 +892,9 @@ def test_cardinality_limit_holds_across_recycled_gunicorn_workers(stack: Stack) 
     assert {("a",): 1.0, ("b",): 1.0, ("c",): 1.0, (OVERFLOW,): 5.0} == hits
     folded = prom.value('obskit_cardinality_overflow_total{job="recycled", metric="page_hits"}')
     assert 5.0 == folded
+    # The replacement worker reports the label sets admitted by all, not its own none.
+    series = prom.value('obskit_cardinality_series{job="recycled", metric="page_hits"}')
+    assert 3.0 == series
 
 
 def test_exemplars_link_buckets_to_exported_traces(stack: Stack) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import threading
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 import obskit
+from obskit import _state
 from obskit.metrics.cardinality import OTHER, OVERFLOW, CardinalityError, LabelRule
 from obskit.metrics.exposition import render
 from obskit.testing import get_sample_value
@@ -281,3 +284,86 @@ def test_default_limit_before_configure_comes_from_the_environment(
     """A metric declared before configure() honours OBSKIT_CARDINALITY_LIMIT."""
     monkeypatch.setenv("OBSKIT_CARDINALITY_LIMIT", "5")
     assert 5 == obskit.counter("early_declared", "Early.", ["k"]).limit
+
+
+# -- one limit across processes (multi-process metrics) -------------------------------------------
+
+_WORKER = """
+import json, sys, obskit
+from obskit.metrics.exposition import render
+obskit.configure(traces_exporter="none", runtime_metrics=False, multiproc_dir=sys.argv[1])
+hits = obskit.counter("page_hits", "Hits.", ["page"], limit=3)
+for page in sys.argv[2:]:
+    hits.labels(page).inc()
+print(json.dumps(sorted(hits._guard._series)))
+"""
+
+
+def _worker(directory: str, *pages: str) -> list[list[str]]:
+    import json
+    import subprocess
+    import sys
+
+    from tests.child_process import child_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER, directory, *pages],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    admitted: list[list[str]] = json.loads(done.stdout)
+    return admitted
+
+
+def test_the_limit_holds_across_processes_sharing_a_multiprocess_directory(
+    tmp_path: Path,
+) -> None:
+    """Two worker processes, one after the other as gunicorn replaces a worker, each meeting
+    new pages: the label sets admitted by both stay within the one limit; a page the first
+    admitted keeps its series in the second; the others fold, and the scrape sums them."""
+    directory = str(tmp_path)
+    assert [["a"], ["b"]] == _worker(directory, "a", "b", "a")
+    assert [["b"], ["c"]] == _worker(directory, "b", "c", "d", "e")  # d, e: no place left
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        text = generate_latest(registry).decode()
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    hits = {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("page_hits_total{")
+    }
+    assert {"a": 2.0, "b": 2.0, "c": 1.0, OVERFLOW: 2.0} == hits
+
+
+def test_shared_label_sets_survive_a_torn_line_and_a_broken_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line left half-written by a killed worker is skipped and ended before the next one;
+    a file that cannot be used falls back to the per-process limit, counted, never raised."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    (tmp_path / "obskit_labels_pages.txt").write_bytes(b'["x"]\n["y')  # torn: never finished
+    pages = obskit.counter("pages", "Pages.", ["page"], limit=2)
+    pages.labels("z").inc()
+    pages.labels("w").inc()  # "x" and "z" hold the two places
+    assert 1.0 == get_sample_value("pages_total", {"page": "z"})
+    assert 1.0 == get_sample_value("pages_total", {"page": OVERFLOW})
+    assert b'["x"]\n["y\n["z"]\n' == (tmp_path / "obskit_labels_pages.txt").read_bytes()
+    assert 2.0 == get_sample_value("obskit_cardinality_series", {"metric": "pages"})
+
+    monkeypatch.setattr(_state, "raise_internal_errors", False)
+    (tmp_path / "obskit_labels_topics.txt").mkdir()  # cannot be opened as a file
+    topics = obskit.counter("topics", "Topics.", ["topic"], limit=2)
+    topics.labels("t").inc()
+    assert 1.0 == get_sample_value("topics_total", {"topic": "t"})
+    assert 1.0 == get_sample_value(
+        "obskit_internal_errors_total", {"component": "cardinality_shared"}
+    )
