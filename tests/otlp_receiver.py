@@ -95,6 +95,11 @@ def attributes_dict(attributes: Any) -> dict[str, Any]:
     return result
 
 
+def attributes(message: Any) -> dict[str, Any]:
+    """A span's, event's, link's or resource's attributes as a plain dict."""
+    return attributes_dict(message.attributes)
+
+
 class ReceivedSpan(NamedTuple):
     """One span as received: its resource's attributes, its scope's name, the ``Span`` message."""
 

@@ -39,6 +39,7 @@ from obskit.fastapi import instrument
 from obskit.http._pipeline import Request
 from obskit.logging import current_request
 from obskit.testing import Capture, capture, samples
+from tests.otlp_receiver import attributes
 
 SERVER = 2
 ERROR = 2
@@ -131,14 +132,6 @@ def in_flight() -> dict[tuple[str, str], float]:
         for labels, value in samples("http_requests_in_flight")
         if value
     }
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for kv in span.attributes:
-        field = kv.value.WhichOneof("value")
-        result[kv.key] = getattr(kv.value, field) if field else None
-    return result
 
 
 def server_spans(cap: Capture) -> list[Any]:

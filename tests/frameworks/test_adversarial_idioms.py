@@ -51,6 +51,7 @@ from obskit.asgi import ObskitMiddleware
 from obskit.fastapi import instrument
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value, samples
+from tests.otlp_receiver import attributes as attrs
 from tests.wsgi_environ import environ
 
 SERVER = 2  # Span.SpanKind.SPAN_KIND_SERVER
@@ -100,11 +101,6 @@ def serve(app: Callable[..., Any], env: dict[str, Any]) -> tuple[str, list[tuple
             close()
     status, headers = started[-1]
     return status, headers, body
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    """A span's attributes as a plain dict."""
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
 
 
 def counted() -> dict[tuple[str, str, str], float]:

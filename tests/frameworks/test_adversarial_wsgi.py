@@ -47,6 +47,7 @@ from obskit import _state
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value
 from tests.loopback import free_port
+from tests.otlp_receiver import attributes as attrs
 from tests.wsgi_environ import environ
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -122,11 +123,6 @@ def counted(route: str) -> dict[tuple[str, str], float]:
 def in_flight(method: str, route: str) -> float | None:
     """The ``http_requests_in_flight`` sample of (method, route)."""
     return get_sample_value("http_requests_in_flight", {"method": method, "route": route})
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    """A span's (or event's) attributes as a plain dict."""
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
 
 
 def no_span_current() -> bool:

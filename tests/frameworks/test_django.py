@@ -15,6 +15,8 @@ from opentelemetry import trace
 
 from obskit.testing import Capture, capture, get_sample_value
 from tests.frameworks.django_app.views import CHUNK_DELAY
+from tests.frameworks.helpers import requests_total, series
+from tests.otlp_receiver import attributes as attrs
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -54,22 +56,6 @@ def async_client(cap: Capture) -> AsyncClient:
 def wsgi(value: str) -> str:
     """A header value as a WSGI server puts it in META: the UTF-8 bytes decoded as latin-1."""
     return value.encode().decode("latin-1")
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    """A span's (or event's, or resource's) attributes as a plain dict."""
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
-
-
-def requests_total(method: str, route: str, status: str) -> float | None:
-    """The ``http_requests_total`` sample for these labels."""
-    labels = {"method": method, "route": route, "status": status}
-    return get_sample_value("http_requests_total", labels)
-
-
-def series(body: str, name: str) -> list[str]:
-    """The sample lines of ``name`` in a /metrics body."""
-    return [line for line in body.splitlines() if line.startswith(name + "{")]
 
 
 # 1. One SERVER span with the semantic-convention attributes.

@@ -31,6 +31,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from obskit import _state
 from obskit.fastapi import instrument
 from obskit.testing import Capture, capture, get_sample_value, samples
+from tests.otlp_receiver import attributes
 
 INTERNAL = 1
 SERVER = 2
@@ -181,15 +182,6 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     """A TestClient that runs the lifespan and re-raises server exceptions."""
     with TestClient(app, raise_server_exceptions=True) as test_client:
         yield test_client
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    """A span's attributes as plain Python values."""
-    result: dict[str, Any] = {}
-    for kv in span.attributes:
-        field = kv.value.WhichOneof("value")
-        result[kv.key] = getattr(kv.value, field) if field else None
-    return result
 
 
 def servers(cap: Capture) -> list[Any]:

@@ -14,6 +14,8 @@ from opentelemetry import trace
 
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value
+from tests.frameworks.helpers import requests_total, series
+from tests.otlp_receiver import attributes as attrs
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -107,22 +109,6 @@ def get(client: FlaskClient, path: str, **kwargs: Any) -> Any:
     response = client.get(path, **kwargs)
     response.get_data()
     return response
-
-
-def attrs(span: Any) -> dict[str, Any]:
-    """A span's attributes as a plain dict."""
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
-
-
-def requests_total(method: str, route: str, status: str) -> float | None:
-    """The ``http_requests_total`` sample for these labels."""
-    labels = {"method": method, "route": route, "status": status}
-    return get_sample_value("http_requests_total", labels)
-
-
-def series(body: str, name: str) -> list[str]:
-    """The sample lines of ``name`` in a /metrics body."""
-    return [line for line in body.splitlines() if line.startswith(name + "{")]
 
 
 # 1. One SERVER span with the semantic-convention attributes.

@@ -40,6 +40,7 @@ from obskit.tracing.sampling import (
 )
 from obskit.wsgi import ObskitMiddleware
 from tests.loopback import QuietHandler, serving
+from tests.otlp_receiver import attributes
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 SERVER = Span.SpanKind.SPAN_KIND_SERVER
@@ -126,10 +127,6 @@ def flags_of(traceparent: str) -> tuple[str, str, int]:
 
 def client_spans(cap: Capture) -> list[Any]:
     return [span for span in cap.spans() if CLIENT == span.kind]
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
 
 
 def _wsgi_call(app: Any, path: str, traceparent: str | None = None) -> None:

@@ -26,6 +26,7 @@ import obskit
 from obskit import _state
 from obskit.testing import Capture, capture
 from tests.loopback import QuietHandler, serving
+from tests.otlp_receiver import attributes
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 ERROR = Status.STATUS_CODE_ERROR
@@ -157,11 +158,6 @@ def fetch(request: pytest.FixtureRequest) -> Callable[[str], int]:
 
 def tracer() -> trace.Tracer:
     return obskit.tracer_provider().get_tracer("test")
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    """A proto span's (or event's) attributes as a plain dict."""
-    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
 
 
 def client_span(cap: Capture) -> Any:

@@ -1,0 +1,16 @@
+"""Small readers of the metrics the framework adapter tests share."""
+
+from __future__ import annotations
+
+from obskit.testing import get_sample_value
+
+
+def requests_total(method: str, route: str, status: str) -> float | None:
+    """The ``http_requests_total`` sample for these labels."""
+    labels = {"method": method, "route": route, "status": status}
+    return get_sample_value("http_requests_total", labels)
+
+
+def series(body: str, name: str) -> list[str]:
+    """The sample lines of ``name`` in a /metrics body."""
+    return [line for line in body.splitlines() if line.startswith(name + "{")]
