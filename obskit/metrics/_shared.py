@@ -9,37 +9,74 @@ prometheus_client reads only ``*.db`` files there), appended to under an exclusi
 process consults it only for a label set it has not seen yet; once the file holds ``limit``
 label sets the answer is cached, as the file only grows. The file lives as long as the
 directory: gunicorn deployments empty it at start, which starts every limit afresh, as the
-values themselves do.
+values themselves do; a file truncated or replaced while processes run is read afresh, and each
+process records its own label sets in it again.
 
-A failure to use the file (a read-only or full disk) falls back to the per-process limit,
-counted in ``obskit_internal_errors_total{component="cardinality_shared"}``.
+A failure to use the file (a read-only or full disk, something that is not a regular file, a
+line no parser accepts) falls back to the per-process limit, counted in
+``obskit_internal_errors_total{component="cardinality_shared"}``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
+import stat
+import threading
+from collections.abc import Callable, Iterable
 from typing import IO
 
-__all__ = ["SharedLabelSets"]
+__all__ = ["SharedLabelSets", "label_file_name"]
 
+_SAFE = re.compile(r"[A-Za-z0-9_:]{1,150}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_:]")
+
+#: Held from opening a label file to closing it, and across ``fork()``: a child forked while a
+#: thread holds a file open would share its open file description, to which flock locks belong,
+#: and hold the parent's lock for as long as it lives.
+_files_lock = threading.Lock()
+os.register_at_fork(
+    before=_files_lock.acquire,
+    after_in_parent=_files_lock.release,
+    after_in_child=_files_lock.release,
+)
+
+
+def label_file_name(metric: str) -> str:
+    """The file of ``metric``'s label sets: the name itself when it is short and plain, else a
+    readable part and a digest (``-`` never appears in a plain name), so that no two metrics
+    share a file and no name is too long for the filesystem."""
+    if _SAFE.fullmatch(metric):
+        return f"obskit_labels_{metric}.txt"
+    digest = hashlib.sha256(metric.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"obskit_labels_{_UNSAFE.sub('_', metric)[:100]}-{digest}.txt"
 
 
 class SharedLabelSets:
     """The label sets of one metric admitted by every process sharing ``directory``.
 
+    ``own()`` gives the label sets this process has series for: they are recorded when the file
+    is first used (series made before the directory was known) and again when it was replaced.
     Not thread-safe by itself: the guard calls it under its own lock.
     """
 
-    def __init__(self, directory: str, metric: str, limit: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        metric: str,
+        limit: int,
+        own: Callable[[], Iterable[tuple[str, ...]]],
+    ) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, f"obskit_labels_{_UNSAFE.sub('_', metric)}.txt")
+        self.path = os.path.join(directory, label_file_name(metric))
         self.limit = limit
         self.known: set[tuple[str, ...]] = set()
         self.full = False
+        self._own = own
+        self._identity: tuple[int, int] | None = None
         self._offset = 0
         self._partial = b""
 
@@ -50,9 +87,8 @@ class SharedLabelSets:
             return True
         if self.full:
             return False
-        # Opened for each new label set (a cold path): nothing stays open, and a forked child
-        # cannot share its parent's open file description, to which flock locks belong.
-        with open(self.path, "a+b") as handle:
+        # Opened for each new label set (a cold path): nothing stays open between admissions.
+        with _files_lock, open(self.path, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released by the close
             self._catch_up(handle)
             if key in self.known:
@@ -60,20 +96,24 @@ class SharedLabelSets:
             if len(self.known) >= self.limit:
                 self.full = True
                 return False
-            line = json.dumps(list(key), ensure_ascii=True, separators=(",", ":")).encode()
-            if self._partial:  # a torn last line (its writer was killed): end it first
-                line = b"\n" + line
-                self._partial = b""
-            handle.seek(0, os.SEEK_END)
-            handle.write(line + b"\n")
-            handle.flush()
-            self._offset = handle.tell()
-            self.known.add(key)
+            self._append(handle, [key])
             self.full = len(self.known) >= self.limit
             return True
 
     def _catch_up(self, handle: IO[bytes]) -> None:
-        """Read what other processes appended since the last read."""
+        """Read what other processes appended since the last read (from the start, and with
+        this process's own label sets recorded again, if the file is new to it)."""
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):  # a FIFO would block, /dev/zero never end
+            raise OSError(f"{self.path} is not a regular file")
+        identity = (status.st_dev, status.st_ino)
+        fresh = identity != self._identity or status.st_size < self._offset
+        if fresh:
+            self._identity = identity
+            self.known.clear()
+            self.full = False
+            self._offset = 0
+            self._partial = b""
         handle.seek(self._offset)
         data = self._partial + handle.read()
         self._offset = handle.tell()
@@ -82,7 +122,27 @@ class SharedLabelSets:
         for line in lines:
             try:
                 values = json.loads(line)
-            except ValueError:
-                continue  # a torn line from a process killed mid-write: skipped
+            except Exception:  # a torn or hostile line (a RecursionError too)
+                continue
             if isinstance(values, list) and all(isinstance(v, str) for v in values):
                 self.known.add(tuple(values))
+        if fresh:
+            # Series this process already has take their places, whatever the limit: they
+            # exist, and the other processes must count them.
+            self._append(handle, [key for key in self._own() if key not in self.known])
+
+    def _append(self, handle: IO[bytes], keys: list[tuple[str, ...]]) -> None:
+        if not keys:
+            return
+        data = b"".join(
+            json.dumps(list(key), ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+            for key in keys
+        )
+        if self._partial:  # a torn last line (its writer was killed): end it first
+            data = b"\n" + data
+        handle.seek(0, os.SEEK_END)
+        handle.write(data)
+        handle.flush()
+        self._partial = b""  # only once the write went through
+        self._offset = handle.tell()
+        self.known.update(keys)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -146,7 +147,7 @@ def _text(value: object, max_length: int) -> str:
 C = TypeVar("C")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: guards live in a WeakSet (renewed locks after fork)
 class Guard(Generic[C]):
     """Bounded label sets for one metric.
 
@@ -166,6 +167,7 @@ class Guard(Generic[C]):
     _shared: SharedLabelSets | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        _guards.add(self)
         self._rules = tuple(self.rules.get(n, LabelRule()) for n in self.label_names)
         metrics = _selfmetrics.current()
         self._overflow_count = metrics.cardinality_overflow.labels(self.metric)
@@ -213,7 +215,7 @@ class Guard(Generic[C]):
                 f"{self.label_names}, got {len(values)}"
             )
         key = self._normalise(values)
-        failure: list[OSError] = []
+        failure: list[Exception] = []
         with self._lock:
             known = self._series.get(key)
             if known is not None:
@@ -223,9 +225,8 @@ class Guard(Generic[C]):
             else:
                 child = self.make_child(key)
                 self._series[key] = child
-                if self._shared is None:  # else _admitted_by_all reported the shared count
-                    series = _selfmetrics.current().cardinality_series
-                    series.labels(self.metric).set(len(self._series))
+                if self._shared is None or failure:  # else _admitted_by_all reported it
+                    self._report_series(len(self._series))
             # Cache the caller's raw values too, but only a bounded number of aliases: raw values
             # that normalise to an admitted series must not grow the cache without bound. Only
             # exact str values within their length: 1, True and 1.0 are one dict key but three
@@ -246,7 +247,7 @@ class Guard(Generic[C]):
             self._warn_folding()
         return child
 
-    def _admitted_by_all(self, key: tuple[str, ...], failure: list[OSError]) -> bool:
+    def _admitted_by_all(self, key: tuple[str, ...], failure: list[Exception]) -> bool:
         """Under multi-process metrics, whether the processes sharing the directory leave
         ``key`` a place under the limit (see :mod:`obskit.metrics._shared`); called with the
         lock held, for a label set new to this process. A failure to use the shared file is
@@ -255,17 +256,25 @@ class Guard(Generic[C]):
         if not directory:
             return True
         shared = self._shared
+        if shared is not None and shared.full and shared.directory == directory:
+            return key in shared.known  # the file only grows: nothing to read or report
         try:
             if shared is None or shared.directory != directory:
-                shared = self._shared = SharedLabelSets(directory, self.metric, self.limit)
+                shared = self._shared = SharedLabelSets(
+                    directory, self.metric, self.limit, lambda: list(self._series)
+                )
+            before = len(shared.known)
             admitted = shared.admit(key)
-            # Every process reports the shared count (the gauge is "max" across workers).
-            series = _selfmetrics.current().cardinality_series
-            series.labels(self.metric).set(len(shared.known))
+            if len(shared.known) != before:
+                # Every process reports the shared count (the gauge is "max" across workers).
+                self._report_series(len(shared.known))
             return admitted
-        except OSError as exc:
+        except Exception as exc:  # any failure (OSError, a hostile file): the local limit
             failure.append(exc)
             return True
+
+    def _report_series(self, count: int) -> None:
+        _selfmetrics.current().cardinality_series.labels(self.metric).set(count)
 
     def _fold(self, count: bool) -> C:
         # Called with the lock held.
@@ -303,7 +312,9 @@ class Guard(Generic[C]):
             for alias in [alias for alias, known in self._cache.items() if known is child]:
                 del self._cache[alias]
             drop(key)
-            _selfmetrics.current().cardinality_series.labels(self.metric).set(len(self._series))
+            # Under multi-process metrics the label set keeps its place in the shared file.
+            shared = self._shared
+            self._report_series(len(self._series) if shared is None else len(shared.known))
         return True
 
     def series_count(self) -> int:
@@ -314,6 +325,19 @@ class Guard(Generic[C]):
     def overflowed(self) -> bool:
         """Whether any observation has been folded."""
         return self._overflow is not None
+
+
+_guards: weakref.WeakSet[Guard[Any]] = weakref.WeakSet()
+
+
+def _renew_locks() -> None:
+    # A child forked while another thread held a guard's lock (admitting a label set) would
+    # wait on it forever: the child has only the forking thread.
+    for guard in list(_guards):
+        guard._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_locks)
 
 
 def check_label_names(

@@ -12,6 +12,7 @@ decorators and modules can declare what they use without coordinating.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -124,7 +125,19 @@ class Instrument(Generic[M]):
         guard = self._guard
         if guard is None:
             raise ValueError(f"metric {self.name} has no labels")
-        return guard.remove(values, lambda key: self._metric.remove(*key))
+        return guard.remove(values, self._drop)
+
+    def _drop(self, key: tuple[str, ...]) -> None:
+        metric = self._metric
+        children = getattr(metric, "_metrics", None)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or not isinstance(children, dict):
+            metric.remove(*key)
+            return
+        # prometheus_client's remove() warns under multi-process metrics (a warning that
+        # raises where warnings are errors) for what the docstring above says; it then drops
+        # the child the same way.
+        with metric._lock:
+            children.pop(key, None)
 
     @property
     def metric(self) -> M:

@@ -489,16 +489,13 @@ print(json.dumps({"during": during.is_set(), "child": child_admitted, "parent": 
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/_shared.py SharedLabelSets.admit (called under Guard._lock) keeps the "
-    "label file open, waiting on and then holding its flock, while other threads may fork(): "
-    "the child inherits Guard._lock held (its next new label set of that metric deadlocks "
-    "forever) and a descriptor of the same open file description, so the flock the parent's "
-    "thread then takes stays held after that thread closes its copy -- every process's next "
-    "new label set blocks until the child exits (the comment in admit() says a forked child "
-    "cannot share the description; it can, when the fork lands inside the with block)",
-)
+# A bug this test found, since fixed: obskit/metrics/_shared.py SharedLabelSets.admit (called under
+# Guard._lock) keeps the label file open, waiting on and then holding its flock, while other
+# threads may fork(): the child inherits Guard._lock held (its next new label set of that metric
+# deadlocks forever) and a descriptor of the same open file description, so the flock the parent's
+# thread then takes stays held after that thread closes its copy -- every process's next new label
+# set blocks until the child exits (the comment in admit() says a forked child cannot share the
+# description; it can, when the fork lands inside the with block)
 def test_a_fork_during_an_admission_leaves_no_lock_behind(tmp_path: Path) -> None:
     """A thread waits for the label file's lock (another worker holds it) when the process
     forks; the other worker lets go: the thread's admission completes, the child can admit a
@@ -527,13 +524,11 @@ _NESTED = b"[" * 100_000 + b"\n"
             _NESTED,
             0,
             id="deeply-nested",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="obskit/metrics/_shared.py SharedLabelSets._catch_up catches only "
-                "ValueError around json.loads: a line of 100,000 '[' raises RecursionError, "
-                "which Guard._admitted_by_all (catching only OSError) lets out of labels() "
-                "into the caller, on every new label set, in every process",
-            ),
+            # A bug this case found, since fixed: obskit/metrics/_shared.py
+            # SharedLabelSets._catch_up catches only ValueError around json.loads: a line of
+            # 100,000 '[' raises RecursionError, which Guard._admitted_by_all (catching only
+            # OSError) lets out of labels() into the caller, on every new label set, in every
+            # process
         ),
     ],
 )
@@ -596,13 +591,10 @@ else:
             "dev-full",
             3.0,
             id="symlink-to-dev-full",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="obskit/metrics/_shared.py SharedLabelSets opens whatever the label "
-                "path names and _catch_up reads it with an unbounded handle.read(): a symlink "
-                "to /dev/full (or /dev/zero, or any endless file) is read until memory runs "
-                "out, and the MemoryError (not an OSError) escapes labels() into the caller",
-            ),
+            # A bug this case found, since fixed: obskit/metrics/_shared.py SharedLabelSets opens
+            # whatever the label path names and _catch_up reads it with an unbounded handle.read():
+            # a symlink to /dev/full (or /dev/zero, or any endless file) is read until memory runs
+            # out, and the MemoryError (not an OSError) escapes labels() into the caller
         ),
     ],
 )
@@ -622,13 +614,10 @@ def test_an_unusable_label_file_falls_back_to_the_per_process_limit(
     } == {k: v for k, v in result.items() if k != "gauge"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/cardinality.py Guard._admit updates obskit_cardinality_series only "
-    "when self._shared is None; _admitted_by_all sets self._shared before admit() fails, and "
-    "on OSError returns without setting the gauge: a metric that falls back to the "
-    "per-process limit reports 0 series while it has 3",
-)
+# A bug this test found, since fixed: obskit/metrics/cardinality.py Guard._admit updates
+# obskit_cardinality_series only when self._shared is None; _admitted_by_all sets self._shared
+# before admit() fails, and on OSError returns without setting the gauge: a metric that falls back
+# to the per-process limit reports 0 series while it has 3
 def test_the_series_gauge_counts_label_sets_admitted_by_the_fallback(tmp_path: Path) -> None:
     """With a label file that cannot be used (a FIFO), obskit_cardinality_series still counts
     the label sets the process admitted by itself."""
@@ -636,28 +625,25 @@ def test_the_series_gauge_counts_label_sets_admitted_by_the_fallback(tmp_path: P
     assert 3.0 == result["gauge"]
 
 
-_TRUNCATED_REASON = (
-    "obskit/metrics/_shared.py SharedLabelSets._catch_up seeks to the offset it last read up "
-    "to, without checking that the file is still the one it read (fstat st_ino) nor that it "
-    "did not shrink (st_size < _offset): after the file is truncated or deleted and re-created "
-    "by other workers, the process reads nothing, misses the label sets recorded since and "
-    "appends its own: the file ends with 5 label sets for a limit of 3"
-)
-
-
+# A bug this test found, since fixed: obskit/metrics/_shared.py SharedLabelSets._catch_up sought to
+# the offset it last read up to without checking that the file was still the one it read, nor that
+# it had not shrunk: after the file was truncated or deleted and re-created by other workers, the
+# process read nothing, missed the label sets recorded since and appended its own (5 for a limit
+# of 3)
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param("truncated", marks=pytest.mark.xfail(strict=True, reason=_TRUNCATED_REASON)),
-        pytest.param("deleted", marks=pytest.mark.xfail(strict=True, reason=_TRUNCATED_REASON)),
+        "truncated",
+        "deleted",
     ],
 )
 def test_a_file_truncated_or_deleted_under_a_running_process_stays_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """This process records a long label set; the file is emptied (truncated, or deleted: the
-    limit starts afresh); another worker records 3: this process then sees them, and folds
-    its new label sets instead of growing the file past the limit."""
+    limit starts afresh); another worker records 3: this process then sees them, records its own
+    live series again (it exists, so the others must count it) and folds its new label sets
+    instead of growing the file further."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     path = _label_file(tmp_path, "shl_emptied")
     hits = obskit.counter("shl_emptied", "Emptied.", ["k"], limit=3)
@@ -670,7 +656,7 @@ def test_a_file_truncated_or_deleted_under_a_running_process_stays_bounded(
     assert ["w", "x", "y"] == other["series"]
     for value in "zqr":
         hits.labels(value).inc()
-    assert [["x"], ["y"], ["w"]] == _recorded(tmp_path, "shl_emptied")
+    assert [["x"], ["y"], ["w"], ["long" * 10]] == _recorded(tmp_path, "shl_emptied")
     assert {"long" * 10: 1.0, OVERFLOW: 3.0} == _own("shl_emptied")
 
 
@@ -745,14 +731,11 @@ def test_hostile_label_values_round_trip_between_processes(tmp_path: Path) -> No
             "shl.named",
             "shl_named",
             id="dot-vs-underscore",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="obskit/metrics/_shared.py SharedLabelSets.__init__ names the file with "
-                "_UNSAFE.sub('_', metric), which is not one-to-one: prometheus_client 0.26 "
-                "accepts UTF-8 metric names, so 'shl.named' and 'shl_named' (or 'a-b', 'a.b' "
-                "and 'a_b') share obskit_labels_shl_named.txt, and one metric's label sets use "
-                "up the other's limit",
-            ),
+            # A bug this case found, since fixed: obskit/metrics/_shared.py
+            # SharedLabelSets.__init__ names the file with _UNSAFE.sub('_', metric), which is not
+            # one-to-one: prometheus_client 0.26 accepts UTF-8 metric names, so 'shl.named' and
+            # 'shl_named' (or 'a-b', 'a.b' and 'a_b') share obskit_labels_shl_named.txt, and one
+            # metric's label sets use up the other's limit
         ),
         pytest.param("shl:coloned", "shl_coloned", id="colon-vs-underscore"),
     ],
@@ -775,13 +758,10 @@ def test_metrics_whose_names_differ_in_replaced_characters_keep_their_own_limits
 _LONG_NAME = "shl_" + "n" * 246  # a valid metric name; prometheus_client's files never use it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/_shared.py SharedLabelSets.__init__ puts the whole metric name in "
-    "the file name: past 255 bytes open() fails with ENAMETOOLONG on every new label set, so "
-    "a metric with a long (valid) name counts an internal error per new label set and gets "
-    "only the per-process limit, silently, in every worker",
-)
+# A bug this test found, since fixed: obskit/metrics/_shared.py SharedLabelSets.__init__ puts the
+# whole metric name in the file name: past 255 bytes open() fails with ENAMETOOLONG on every new
+# label set, so a metric with a long (valid) name counts an internal error per new label set and
+# gets only the per-process limit, silently, in every worker
 def test_a_long_metric_name_still_shares_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -870,14 +850,11 @@ def test_a_removed_label_set_keeps_its_shared_place(
     assert 2.0 == get_sample_value("obskit_cardinality_series", {"metric": "shl_removed"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/cardinality.py Guard.remove sets obskit_cardinality_series to "
-    "len(self._series), the per-process count, also under multi-process metrics where every "
-    "other path reports the shared count (len(shared.known)) and docs/metrics.md says the "
-    "gauge reports that shared count: right after a remove() the only worker shows 1 series "
-    "of 2 recorded, while a new label set folds",
-)
+# A bug this test found, since fixed: obskit/metrics/cardinality.py Guard.remove sets
+# obskit_cardinality_series to len(self._series), the per-process count, also under multi-process
+# metrics where every other path reports the shared count (len(shared.known)) and docs/metrics.md
+# says the gauge reports that shared count: right after a remove() the only worker shows 1 series
+# of 2 recorded, while a new label set folds
 def test_the_series_gauge_keeps_the_shared_count_after_remove(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -892,15 +869,12 @@ def test_the_series_gauge_keeps_the_shared_count_after_remove(
     assert 2.0 == get_sample_value("obskit_cardinality_series", {"metric": "shl_removed_gauge"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/instruments.py Instrument.remove calls prometheus_client's "
-    "MetricWrapperBase.remove, which warns 'Removal of labels has not been implemented in "
-    "multi-process mode yet' (UserWarning) whenever PROMETHEUS_MULTIPROC_DIR is set, though "
-    "obskit documents remove() under multi-process metrics and does the removal itself; with "
-    "warnings as errors (pytest filterwarnings=error, python -W error) remove() raises into the "
-    "caller, after Guard.remove has already forgotten the series",
-)
+# A bug this test found, since fixed: obskit/metrics/instruments.py Instrument.remove calls
+# prometheus_client's MetricWrapperBase.remove, which warns 'Removal of labels has not been
+# implemented in multi-process mode yet' (UserWarning) whenever PROMETHEUS_MULTIPROC_DIR is set,
+# though obskit documents remove() under multi-process metrics and does the removal itself; with
+# warnings as errors (pytest filterwarnings=error, python -W error) remove() raises into the
+# caller, after Guard.remove has already forgotten the series
 def test_remove_under_multiprocess_metrics_warns_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -944,16 +918,11 @@ print(json.dumps(report("shl_late")))
 """
 
 
+# A bug this test found, since fixed: obskit/metrics/cardinality.py Guard._admitted_by_all created
+# the SharedLabelSets of a directory lazily and empty while Guard._series already held the series
+# admitted before (without a directory, or under another one): they were never recorded there,
+# so other workers filled all `limit` places besides them (3 series for a limit of 2)
 @pytest.mark.parametrize("how", ["used-before-configure", "directory-changed"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit/metrics/cardinality.py Guard._admitted_by_all creates the SharedLabelSets "
-    "of a directory lazily and empty, for the next new label set, while Guard._series already "
-    "holds the series admitted before (without a directory, or under another one) -- series "
-    "_enable_multiprocess moved into the new directory: they are never recorded there, so "
-    "other workers fill all `limit` places besides them (3 series for a limit of 2) and "
-    "obskit_cardinality_series shows 1 where the process has 2",
-)
 def test_series_admitted_before_the_directory_count_against_its_limit(
     tmp_path: Path, how: str
 ) -> None:
