@@ -350,6 +350,21 @@ def _mismatch(msg: Any, args: Any) -> str:
     return f"{_safe_repr(msg)} % {shown}"
 
 
+def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tuple[Any, Any]:
+    """For a line logged outside any span: the span context and obskit request of the request
+    the record names in its ``request`` extra, if obskit's Django middleware handled it --
+    Django logs a 4xx/5xx response ("Not Found: /x") after the middleware chain returned and
+    obskit restored the caller's context. Else ``ctx`` and ``request`` unchanged."""
+    owner = getattr(getattr(record, "request", None), "_obskit_request", None)  # django adapter
+    span = getattr(owner, "span", None)
+    if span is None:
+        return ctx, request
+    try:
+        return span.get_span_context(), owner
+    except Exception:  # not obskit's after all
+        return ctx, request
+
+
 class CorrelationFilter(logging.Filter):
     """Stamp trace and request fields on each record; drop sampled-out records below WARNING.
 
@@ -393,14 +408,16 @@ class CorrelationFilter(logging.Filter):
         # A SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags, trace_state,
         # is_valid): indexing skips a property call per field, on every log line.
         ctx = current_span(context).get_span_context()
-        valid = ctx[5]
-        if valid:
+        request = context.get(_ctx.REQUEST_KEY)
+        if not ctx[5]:
+            ctx, request = _after_the_request(record, ctx, request)
+        if ctx[5]:
             record.obskit_trace_id = ctx[0]
             record.obskit_span_id = ctx[1]
             record.obskit_flags = ctx[3]
         else:
             record.obskit_trace_id = 0
-        record.obskit_request = context.get(_ctx.REQUEST_KEY)
+        record.obskit_request = request
         decided = _decided
         if decided.kept:  # the direct path kept this line and handed it over (see _Decided)
             decided.kept = False
@@ -584,9 +601,11 @@ class JsonFormatter(_PJLJsonFormatter):
             # is_valid), as in CorrelationFilter.filter. Kept in locals, not on the record: the
             # scan for extras below would only walk past them again.
             ctx = current_span(context).get_span_context()
+            request: Any = context.get(_ctx.REQUEST_KEY)
+            if not ctx[5]:
+                ctx, request = _after_the_request(record, ctx, request)
             if ctx[5]:
                 trace_id, span_id, flags = ctx[0], ctx[1], ctx[3]
-            request: Any = context.get(_ctx.REQUEST_KEY)
         else:
             request = getattr(record, "obskit_request", None)
             if trace_id:
@@ -874,7 +893,6 @@ FRAMEWORK_LOGGERS = (
     "django",
     "django.server",
     "django.request",
-    "flask.app",
     "werkzeug",
 )
 
@@ -1096,16 +1114,20 @@ def setup_logging(
         handlers.insert(len(handlers) if at is None else at, handler)
         root.handlers = handlers
     root.setLevel(level if isinstance(level, int) else level.upper())
-    for name in FRAMEWORK_LOGGERS:
-        framework = logging.getLogger(name)
-        if not framework.handlers and not framework.propagate:
+    # Every state is read before any logger changes: servers share handler lists between
+    # loggers (uvicorn's gunicorn worker gives gunicorn.error uvicorn.error's list), and
+    # emptying one must not make the other look silenced.
+    frameworks = [logging.getLogger(name) for name in FRAMEWORK_LOGGERS]
+    silenced = [not lg.handlers and not lg.propagate for lg in frameworks]
+    for framework, off in zip(frameworks, silenced, strict=True):
+        if off:
             # Silenced on purpose (uvicorn --no-access-log, gunicorn without --access-logfile):
             # propagating would bring those lines back, or at least their cost -- uvicorn
             # builds its access line whenever the logger has a handler to reach.
             continue
-        for existing in list(framework.handlers):
-            framework.removeHandler(existing)
+        framework.handlers = []  # a new list: a shared one stays its other owner's
         framework.propagate = True
+    _drop_flask_default_handler()
     for name, value in (levels or {}).items():
         logging.getLogger(name).setLevel(value if isinstance(value, int) else value.upper())
     from obskit.logger import install_direct, uninstall_direct  # obskit.logger imports this
@@ -1115,6 +1137,19 @@ def setup_logging(
     else:
         uninstall_direct()
     return handler
+
+
+def _drop_flask_default_handler() -> None:
+    """Take Flask's own stderr handler off every app's logger (``getLogger(app.name)``): Flask
+    adds it on an app's first log call when no handler reaches that logger yet, and it would
+    write each of the app's lines a second time, as text."""
+    flask_logging = sys.modules.get("flask.logging")
+    default = getattr(flask_logging, "default_handler", None)
+    if default is None:
+        return
+    for candidate in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(candidate, logging.Logger) and default in candidate.handlers:
+            candidate.removeHandler(default)
 
 
 #: ``obskit.logging.setup(...)`` -- the same as :func:`setup_logging`.

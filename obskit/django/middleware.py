@@ -20,9 +20,11 @@ from obskit.http._pipeline import (
     environ_facts,
     header_getter_from_environ,
 )
+from obskit.wsgi import ENVIRON_KEY
 
 __all__ = ["ObskitMiddleware", "route_of"]
 
+#: Where the request keeps its obskit request (obskit.logging reads it off Django's log lines).
 _ATTR = "_obskit_request"
 
 
@@ -76,6 +78,9 @@ class ObskitMiddleware:
         if obs is None:
             return self.get_response(request)
         setattr(request, _ATTR, obs)
+        # Under WSGI, META is the environ: obskit.gunicorn.Logger finds the request there to
+        # write its access line in the request's trace.
+        request.META[ENVIRON_KEY] = obs
         try:
             response = self.get_response(request)
         except BaseException as exc:

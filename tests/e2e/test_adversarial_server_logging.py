@@ -1046,17 +1046,12 @@ def test_gunicorn_uvicorn_worker_access_lines(servers: dict[str, Server]) -> Non
     assert_items_once(found, access="uvicorn.access")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "obskit.logging.setup_logging strips handlers logger by logger: uvicorn's "
-        "UvicornWorker sets uvicorn.error.handlers = gunicorn.error.handlers (the same list), "
-        "so removing uvicorn.error's handlers empties gunicorn.error's too, and when the loop "
-        "reaches gunicorn.error it finds no handler and propagate=False and leaves it as "
-        "'silenced on purpose': gunicorn.error's lines in the worker are lost (INFO) or go to "
-        "logging.lastResort as bare text (WARNING)"
-    ),
-)
+# A bug this test found, since fixed: obskit.logging.setup_logging strips handlers logger by
+# logger: uvicorn's UvicornWorker sets uvicorn.error.handlers = gunicorn.error.handlers (the same
+# list), so removing uvicorn.error's handlers empties gunicorn.error's too, and when the loop
+# reaches gunicorn.error it finds no handler and propagate=False and leaves it as 'silenced on
+# purpose': gunicorn.error's lines in the worker are lost (INFO) or go to logging.lastResort as
+# bare text (WARNING)
 def test_gunicorn_uvicorn_worker_keeps_gunicorn_error(servers: dict[str, Server]) -> None:
     """Under uvicorn's gunicorn worker, lines on gunicorn.error in the worker are JSON, once."""
     found = served(servers, "gu-uvicorn-worker")
@@ -1067,16 +1062,11 @@ def test_gunicorn_uvicorn_worker_keeps_gunicorn_error(servers: dict[str, Server]
     assert found.probe["gunicorn.error"]["has_handlers"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "obskit.logging.setup_logging hands 'flask.app' to the root handler, but Flask (since "
-        "1.1) logs on logging.getLogger(app.name) and gives it flask.logging.default_handler "
-        "when it is first used with no handler in reach: an app.logger used before "
-        "configure(logging=True) keeps that text handler and propagates to obskit's, so each "
-        "app.logger line is written twice (text + JSON)"
-    ),
-)
+# A bug this test found, since fixed: obskit.logging.setup_logging hands 'flask.app' to the root
+# handler, but Flask (since 1.1) logs on logging.getLogger(app.name) and gives it
+# flask.logging.default_handler when it is first used with no handler in reach: an app.logger used
+# before configure(logging=True) keeps that text handler and propagates to obskit's, so each
+# app.logger line is written twice (text + JSON)
 def test_flask_app_logger_used_before_configure(servers: dict[str, Server]) -> None:
     """``app.logger`` set up before ``configure(logging=True)``: its lines are JSON, once."""
     found = served(servers, "gu-flask-logger-touched")
@@ -1141,16 +1131,11 @@ def test_django_user_handler_keeps_its_lines(servers: dict[str, Server]) -> None
     assert "USERFMT ERROR django.request Service Unavailable: /busy" in user_file
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Django logs a 4xx/5xx response (django.utils.log.log_response, 'Not Found: /missing', "
-        "'Service Unavailable: /busy') in BaseHandler.get_response after the middleware chain "
-        "returned, when obskit.django.ObskitMiddleware has ended the request's span and "
-        "restored the context: the line has no trace_id (a line's 'request' extra could lead "
-        "the formatter to the request's obskit context)"
-    ),
-)
+# A bug this test found, since fixed: Django logs a 4xx/5xx response
+# (django.utils.log.log_response, 'Not Found: /missing', 'Service Unavailable: /busy') in
+# BaseHandler.get_response after the middleware chain returned, when obskit.django.ObskitMiddleware
+# has ended the request's span and restored the context: the line has no trace_id (a line's
+# 'request' extra could lead the formatter to the request's obskit context)
 def test_django_response_lines_carry_trace_id(servers: dict[str, Server]) -> None:
     """Django's own line about a request's 404/503 answer carries that request's trace id."""
     found = served(servers, "dj-none")
@@ -1159,16 +1144,11 @@ def test_django_response_lines_carry_trace_id(servers: dict[str, Server]) -> Non
         assert found.traces[path] == by_path[path].get("trace_id")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "obskit.gunicorn.Logger.access re-enters the request's context from "
-        "environ['obskit.request'] (obskit.wsgi.ENVIRON_KEY), which obskit's WSGI middleware "
-        "and Flask adapter set; obskit.django.ObskitMiddleware keeps its request on "
-        "request._obskit_request only, not in request.META (the WSGI environ), so a Django "
-        "app's access lines under gunicorn with obskit's logger class carry no trace id"
-    ),
-)
+# A bug this test found, since fixed: obskit.gunicorn.Logger.access re-enters the request's context
+# from environ['obskit.request'] (obskit.wsgi.ENVIRON_KEY), which obskit's WSGI middleware and
+# Flask adapter set; obskit.django.ObskitMiddleware keeps its request on request._obskit_request
+# only, not in request.META (the WSGI environ), so a Django app's access lines under gunicorn with
+# obskit's logger class carry no trace id
 def test_django_gunicorn_access_lines_carry_trace_id(servers: dict[str, Server]) -> None:
     """Django under gunicorn with ``--logger-class obskit.gunicorn.Logger``: each access line
     carries its request's trace id, as a Flask app's does."""
