@@ -1114,10 +1114,27 @@ def setup_logging(
         handlers.insert(len(handlers) if at is None else at, handler)
         root.handlers = handlers
     root.setLevel(level if isinstance(level, int) else level.upper())
+    take_over_framework_loggers()
+    for name, value in (levels or {}).items():
+        logging.getLogger(name).setLevel(value if isinstance(value, int) else value.upper())
+    from obskit.logger import install_direct, uninstall_direct  # obskit.logger imports this
+
+    if direct:
+        install_direct()
+    else:
+        uninstall_direct()
+    return handler
+
+
+def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> None:
+    """Hand the server and framework loggers ``names`` to the root logger (obskit's handler):
+    each loses its own handlers and propagates, unless it was silenced on purpose. Called by
+    :func:`setup_logging`, and again by :class:`obskit.gunicorn.Logger` when gunicorn sets its
+    loggers up anew (a SIGHUP reload)."""
     # Every state is read before any logger changes: servers share handler lists between
     # loggers (uvicorn's gunicorn worker gives gunicorn.error uvicorn.error's list), and
     # emptying one must not make the other look silenced.
-    frameworks = [logging.getLogger(name) for name in FRAMEWORK_LOGGERS]
+    frameworks = [logging.getLogger(name) for name in names]
     silenced = [not lg.handlers and not lg.propagate for lg in frameworks]
     for framework, off in zip(frameworks, silenced, strict=True):
         if off:
@@ -1128,15 +1145,11 @@ def setup_logging(
         framework.handlers = []  # a new list: a shared one stays its other owner's
         framework.propagate = True
     _drop_flask_default_handler()
-    for name, value in (levels or {}).items():
-        logging.getLogger(name).setLevel(value if isinstance(value, int) else value.upper())
-    from obskit.logger import install_direct, uninstall_direct  # obskit.logger imports this
 
-    if direct:
-        install_direct()
-    else:
-        uninstall_direct()
-    return handler
+
+def json_handler_installed() -> bool:
+    """Whether :func:`setup_logging`'s handler is on the root logger."""
+    return any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers)
 
 
 def _drop_flask_default_handler() -> None:
