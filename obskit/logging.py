@@ -240,9 +240,14 @@ def _safe_key(key: Any) -> str:
 def _safe_text(text: str) -> str:
     """A JSON line made safe to ship: no Unicode line separators, no unencodable surrogates."""
     if not text.isascii():  # O(1) for ASCII text in CPython
-        # json escapes every control character; these two are line breaks to some log shippers.
-        if "\u2028" in text or "\u2029" in text:
-            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        # json escapes the C0 controls only; these three are line breaks to some log shippers
+        # (NEL to Python's own str.splitlines too).
+        if "\u2028" in text or "\u2029" in text or "\x85" in text:
+            text = (
+                text.replace("\u2028", "\\u2028")
+                .replace("\u2029", "\\u2029")
+                .replace("\x85", "\\u0085")
+            )
         # Lone surrogates (str decoded with "surrogateescape") cannot be written as UTF-8: the
         # handler would fail and lose the line. Inside a JSON string "\udcff" is a valid escape.
         try:

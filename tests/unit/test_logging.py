@@ -715,11 +715,15 @@ def test_a_message_under_the_limit_is_not_marked() -> None:
     assert ("y" * 100, False) == (line["message"], "message_truncated" in line)
 
 
+# A bug the server-logging review found, since fixed: NEL (U+0085, a line break to Python's
+# str.splitlines and to some shippers) was written raw
 @pytest.mark.parametrize(
-    "text", ["a\nb", "a\rb", "a\r\nb", "esc\x1b[31mred", "ls\u2028ps\u2029", "nul\x00", "tab\t"]
+    "text",
+    ["a\nb", "a\rb", "a\r\nb", "esc\x1b[31mred", "ls\u2028ps\u2029", "nel\x85", "nul\x00", "tab\t"],
 )
 def test_line_breaks_and_control_characters_stay_on_one_line(text: str) -> None:
-    """Newlines, \\r, ESC, NUL and U+2028/2029 in message, extras and keys stay escaped."""
+    """Newlines, \\r, ESC, NUL, NEL and U+2028/2029 in message, extras and keys stay escaped:
+    the output splits into exactly one line, however it is split."""
     buffer = io.StringIO()
     setup_logging(stream=buffer)
     logging.getLogger("ctl").info(text, extra={"value": text, text: "key"})
@@ -729,6 +733,8 @@ def test_line_breaks_and_control_characters_stay_on_one_line(text: str) -> None:
     assert "\x1b" not in out
     assert "\u2028" not in out
     assert "\u2029" not in out
+    assert "\x85" not in out
+    assert 1 == len(out.splitlines())
     line = json.loads(out)
     assert (text, text, "key") == (line["message"], line["value"], line[text])
 
