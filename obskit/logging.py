@@ -976,25 +976,30 @@ class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class BufferedStreamHandler(JsonStreamHandler):
-    """A stream handler that flushes WARNING and above at once and the rest every ``interval``.
+    """A stream handler that writes WARNING and above at once and the rest every ``interval``.
 
     The stdlib's StreamHandler flushes -- one ``write`` system call -- after every line, which
-    inside a busy request costs more than formatting the line. Here DEBUG/INFO lines are written
-    to the stream's buffer and flushed by a small daemon thread every ``interval`` seconds (and
-    at exit by ``logging.shutdown``); anything at WARNING or above flushes at once, with what is
-    buffered before it. A crash that kills the process outright can lose up to ``interval``
-    seconds of DEBUG/INFO lines.
+    inside a busy request costs more than formatting the line. Here DEBUG/INFO lines wait in the
+    handler's own buffer and a small daemon thread writes them in one piece every ``interval``
+    seconds (and ``logging.shutdown`` at exit); a line at WARNING or above is written at once,
+    after what waited before it. The buffer is the handler's, not the stream's, so this holds
+    for a line-buffered stream too (``sys.stderr``, which flushes at every newline), and it is
+    bounded: past :attr:`MAX_PENDING` lines they are written at once. A crash that kills the
+    process outright can lose up to ``interval`` seconds of DEBUG/INFO lines; lines a write
+    refused are counted in ``obskit_log_records_dropped_total{reason="write_error"}``.
     """
+
+    #: Lines kept at most before they are written at once.
+    MAX_PENDING = 1024
 
     def __init__(self, stream: TextIO, interval: float) -> None:
         super().__init__(stream)
         self.interval = interval
-        self._dirty = False
-        self._pid = -1
+        self._pending: list[str] = []
+        _buffered.add(self)
         self._start_flusher()
 
     def _start_flusher(self) -> None:
-        self._pid = os.getpid()
         ref = weakref.ref(self)
         interval = self.interval
 
@@ -1004,46 +1009,70 @@ class BufferedStreamHandler(JsonStreamHandler):
                 handler = ref()
                 if handler is None:
                     return
-                if handler._dirty:
-                    try:
-                        handler.flush()
-                    except Exception as exc:  # a full disk, a closed pipe: try again next time
-                        # Not lost yet (they stay in the stream's buffer): warned, not counted.
-                        handler._dirty = True
-                        _selfmetrics.warn_once(
-                            "log_flush", "obskit: buffered log lines could not be flushed (%r)", exc
-                        )
+                if handler._pending:
+                    handler.flush()
                 del handler
 
         threading.Thread(target=run, name="obskit-log-flush", daemon=True).start()
 
     def flush(self) -> None:
-        self._dirty = False
-        super().flush()
+        with self.lock:  # type: ignore[union-attr]
+            pending = self._pending
+            if pending:
+                self._pending = []
+                try:
+                    self.stream.write("".join(pending))
+                except Exception as exc:  # a full disk, a closed pipe: lost, and counted
+                    _lines_lost(len(pending), exc)
+                    return
+            try:
+                super().flush()
+            except Exception as exc:  # the lines are in the stream's buffer, not lost yet
+                _selfmetrics.warn_once(
+                    "log_flush", "obskit: buffered log lines could not be flushed (%r)", exc
+                )
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = (self.formatter or _DEFAULT_FORMATTER).format(record)
-            self.stream.write(msg + self.terminator)
-            if record.levelno >= logging.WARNING:
-                self.flush()
-            else:
-                self._dirty = True
-                if os.getpid() != self._pid:  # forked (gunicorn): the flusher did not follow
-                    self._start_flusher()
+            line = (self.formatter or _DEFAULT_FORMATTER).format(record)
         except RecursionError:
             raise
         except Exception:
             _write_failed(self, record)
+            return
+        self.write_line(line, record.levelno)
 
     def write_line(self, line: str, levelno: int) -> None:
-        self.stream.write(line + self.terminator)
-        if levelno >= logging.WARNING:
+        pending = self._pending
+        pending.append(line + self.terminator)
+        if levelno >= logging.WARNING or len(pending) >= self.MAX_PENDING:
             self.flush()
-        else:
-            self._dirty = True
-            if os.getpid() != self._pid:
-                self._start_flusher()
+
+    def _after_fork(self) -> None:
+        # The child has no flusher thread, and the lines waiting are the parent's to write.
+        self._pending = []
+        self._start_flusher()
+
+
+def _lines_lost(count: int, exc: BaseException) -> None:
+    try:
+        _selfmetrics.current().dropped_logs.labels("write_error").inc(count)
+        _selfmetrics.warn_once(
+            "log_write", "obskit: %d log lines could not be written (%r)", count, exc
+        )
+    except Exception:  # pragma: no cover - the self-metrics are always there
+        pass
+
+
+_buffered: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+def _restart_flushers() -> None:
+    for handler in list(_buffered):
+        handler._after_fork()
+
+
+os.register_at_fork(after_in_child=_restart_flushers)
 
 
 def setup_logging(

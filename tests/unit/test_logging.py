@@ -32,6 +32,7 @@ import obskit
 from obskit.flask import Obskit
 from obskit.logging import (
     FRAMEWORK_LOGGERS,
+    BufferedStreamHandler,
     CorrelationFilter,
     JsonFormatter,
     JsonStreamHandler,
@@ -39,6 +40,7 @@ from obskit.logging import (
 )
 from obskit.testing import capture
 from obskit.tracing._fastctx import with_span
+from tests.child_process import child_env
 from tests.logging_state import preserved_logging
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
@@ -1100,6 +1102,73 @@ def test_buffered_handler_flushes_warnings_at_once_and_info_within_the_interval(
             if handler.get_name() == "obskit-json":
                 logging.getLogger().removeHandler(handler)
         stream.close()
+
+
+# A bug the server-logging review found, since fixed: the buffered handler left its lines in the
+# stream's buffer, and sys.stderr (the default stream) is line-buffered: every line was still one
+# write system call; it also called os.getpid() (a system call) for every line
+def test_buffered_lines_reach_a_line_buffered_stream_in_one_write() -> None:
+    """On a line-buffered stream like ``sys.stderr``, 50 INFO lines go to the OS in one
+    write when the flusher runs (a WARNING writes what waited, then itself), and a flood
+    past ``MAX_PENDING`` lines is written at once instead of growing the buffer."""
+    raw = open(os.devnull, "wb", buffering=0)  # noqa: SIM115 - closed below
+    writes: list[bytes] = []
+
+    class CountingRaw(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            writes.append(bytes(data))
+            return raw.write(data) or 0
+
+    stream = io.TextIOWrapper(io.BufferedWriter(CountingRaw()), line_buffering=True)
+    try:
+        handler = obskit.setup_logging(stream=stream, flush_interval=60.0)
+        log = logging.getLogger("buffered.pipe")
+        for index in range(50):
+            log.info("line %d", index)
+        assert [] == writes
+        handler.flush()  # what the flusher thread does every interval
+        assert 1 == len(writes)
+        assert 50 == writes[0].count(b"\n")
+        log.info("before")
+        log.warning("at once")
+        assert [2] == [w.count(b"\n") for w in writes[1:]]  # what waited, then the WARNING
+        writes.clear()
+        for index in range(BufferedStreamHandler.MAX_PENDING):
+            log.info("flood %d", index)
+        assert 1 == len(writes)  # bounded: written when the buffer was full
+    finally:
+        logging.getLogger().removeHandler(logging.getLogger().handlers[-1])
+        stream.close()
+        raw.close()
+
+
+def test_buffered_lines_are_written_once_across_a_fork(tmp_path: pathlib.Path) -> None:
+    """A line waiting in the buffer when the process forks (gunicorn's workers) is the parent's
+    to write: the child writes only its own lines, and its flusher runs."""
+    path = tmp_path / "log.jsonl"
+    script = f"""
+import logging, os, time, obskit
+stream = open({str(path)!r}, "a", encoding="utf-8")
+obskit.setup_logging(stream=stream, flush_interval=0.05)
+log = logging.getLogger("forked")
+log.info("parent, before the fork")
+pid = os.fork()
+if pid == 0:
+    log.info("child")
+    time.sleep(0.5)  # the child's own flusher writes it
+    os._exit(0)
+os.waitpid(pid, 0)
+logging.shutdown()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=child_env(), capture_output=True, timeout=30
+    )
+    assert 0 == done.returncode, done.stderr
+    messages = [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    assert ["child", "parent, before the fork"] == sorted(messages)
 
 
 def test_log_flush_interval_option_is_validated() -> None:
