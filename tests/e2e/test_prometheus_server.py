@@ -38,7 +38,6 @@ exported traces, and ``promtool check metrics``.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import math
 import os
@@ -64,6 +63,7 @@ import obskit
 from obskit.metrics.instruments import Instrument
 from tests.child_process import ROOT, child_env
 from tests.loopback import QuietHandler, free_port, serving
+from tests.loopback import http_get as loopback_get
 
 pytestmark = pytest.mark.e2e
 
@@ -232,18 +232,8 @@ def require_prometheus() -> None:
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """GET over a new connection with ``http.client``: no proxy from the environment, and no
-    client library obskit instruments."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.netloc, timeout=REQUEST_TIMEOUT)
-    try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", target, headers=headers or {})
-        response = conn.getresponse()
-        answer = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, answer, response.read()
-    finally:
-        conn.close()
+    """GET over a new connection (:func:`tests.loopback.http_get`)."""
+    return loopback_get(url, headers, REQUEST_TIMEOUT)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:

@@ -7,7 +7,6 @@ traces file; it is stopped with SIGTERM, and obskit flushes the file at exit.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import secrets
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.loopback import free_port
+from tests.loopback import free_port, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -134,15 +133,8 @@ def flatten(attributes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """GET ``url`` over a new connection with ``http.client`` (which obskit does not patch)."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.netloc, timeout=REQUEST_TIMEOUT)
-    try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", target, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    status, _, body = http_get(url, headers, REQUEST_TIMEOUT)
+    return status, body
 
 
 def wait_ready(service: Service) -> None:
