@@ -14,6 +14,7 @@ obskit's JSON handler.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any
 
@@ -79,7 +80,9 @@ class Logger(glogging.Logger):  # type: ignore[misc]
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """Write the access line inside the logged request's trace context."""
-        if not self.access_log_enabled:
+        # A level that drops the line (OBSKIT_LOG_LEVELS=gunicorn.access=WARNING): nothing to
+        # build the line's fields and context for.
+        if not self.access_log_enabled or not self.access_log.isEnabledFor(logging.INFO):
             return
         token = None
         try:

@@ -1171,6 +1171,28 @@ logging.shutdown()
     assert ["child", "parent, before the fork"] == sorted(messages)
 
 
+def test_gunicorn_access_lines_dropped_by_their_level_cost_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``obskit.gunicorn.Logger.access`` with ``gunicorn.access`` above INFO (the documented way
+    to quieten access lines): it returns before building the line's atoms and context."""
+    import gunicorn.config
+
+    from obskit.gunicorn import Logger as GunicornLogger
+
+    cfg = gunicorn.config.Config()
+    cfg.set("accesslog", "-")
+    logger = GunicornLogger(cfg)
+    built: list[object] = []
+    monkeypatch.setattr(logger, "atoms", lambda *args: built.append(args) or {})
+    logging.getLogger("gunicorn.access").setLevel(logging.WARNING)
+    logger.access(None, None, {}, None)
+    assert [] == built
+    logging.getLogger("gunicorn.access").setLevel(logging.INFO)
+    logger.access(None, None, {}, None)
+    assert 1 == len(built)
+
+
 def test_log_flush_interval_option_is_validated() -> None:
     """A negative flush interval fails at configure time."""
     with pytest.raises(obskit.ConfigError, match="log_flush_interval"):
