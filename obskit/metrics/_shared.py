@@ -13,7 +13,8 @@ values themselves do; a file truncated or replaced while processes run is read a
 process records its own label sets in it again.
 
 A failure to use the file (a read-only or full disk, something that is not a regular file, a
-line no parser accepts) falls back to the per-process limit, counted in
+lock another process holds past :data:`LOCK_WAIT` -- a worker stopped while holding it) falls
+back to the per-process limit, counted in
 ``obskit_internal_errors_total{component="cardinality_shared"}``.
 """
 
@@ -26,6 +27,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import IO
 
@@ -43,6 +45,27 @@ os.register_at_fork(
     after_in_parent=_files_lock.release,
     after_in_child=_files_lock.release,
 )
+
+
+#: Seconds a new label set waits at most for another process's hold on the file (a worker
+#: stopped while it held it): past it, the per-process limit decides, and it is counted.
+LOCK_WAIT = 0.25
+
+
+def _lock_within(handle: IO[bytes], seconds: float) -> None:
+    """``flock(LOCK_EX)``, waiting at most ``seconds``: a request must not wait on a stuck
+    process. Raises OSError (``TimeoutError``) past it."""
+    deadline = time.monotonic() + seconds
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{handle.name}: held by another process") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
 
 def label_file_name(metric: str) -> str:
@@ -89,7 +112,7 @@ class SharedLabelSets:
             return False
         # Opened for each new label set (a cold path): nothing stays open between admissions.
         with _files_lock, open(self.path, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released by the close
+            _lock_within(handle, LOCK_WAIT)  # released by the close
             self._catch_up(handle)
             if key in self.known:
                 return True

@@ -367,3 +367,29 @@ def test_shared_label_sets_survive_a_torn_line_and_a_broken_file(
     assert 1.0 == get_sample_value(
         "obskit_internal_errors_total", {"component": "cardinality_shared"}
     )
+
+
+def test_a_label_file_held_by_a_stuck_process_does_not_hold_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the label file's lock and does not let go (a worker stopped in
+    a debugger, SIGSTOP): a new label set waits a bounded moment, then the per-process limit
+    decides, and it is counted -- the request is not held."""
+    import fcntl
+    import time
+
+    from obskit.metrics._shared import LOCK_WAIT, label_file_name
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(_state, "raise_internal_errors", False)
+    with open(tmp_path / label_file_name("stuck"), "a+b") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # its own open file: it excludes us too
+        stuck = obskit.counter("stuck", "Stuck.", ["k"], limit=5)
+        started = time.monotonic()
+        stuck.labels("a").inc()
+        waited = time.monotonic() - started
+    assert LOCK_WAIT <= waited < LOCK_WAIT + 1.0
+    assert 1.0 == get_sample_value("stuck_total", {"k": "a"})
+    assert 1.0 == get_sample_value(
+        "obskit_internal_errors_total", {"component": "cardinality_shared"}
+    )
