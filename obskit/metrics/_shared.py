@@ -51,6 +51,10 @@ os.register_at_fork(
 #: stopped while it held it): past it, the per-process limit decides, and it is counted.
 LOCK_WAIT = 0.25
 
+#: Seconds the file is left alone after it could not be used: the per-process limit decides
+#: meanwhile, without a wait or a failing system call for every new label set.
+REST = 5.0
+
 
 def _lock_within(handle: IO[bytes], seconds: float) -> None:
     """``flock(LOCK_EX)``, waiting at most ``seconds``: a request must not wait on a stuck
@@ -102,6 +106,7 @@ class SharedLabelSets:
         self._identity: tuple[int, int] | None = None
         self._offset = 0
         self._partial = b""
+        self._resting_until = 0.0
 
     def admit(self, key: tuple[str, ...]) -> bool:
         """Whether ``key`` may have its own series: admitted before by any process, or now,
@@ -110,6 +115,16 @@ class SharedLabelSets:
             return True
         if self.full:
             return False
+        if time.monotonic() < self._resting_until:
+            raise OSError(f"{self.path}: unusable a moment ago")
+        try:
+            return self._admit(key)
+        except BaseException:
+            # Not again for every new label set: each would wait or fail the same way.
+            self._resting_until = time.monotonic() + REST
+            raise
+
+    def _admit(self, key: tuple[str, ...]) -> bool:
         # Opened for each new label set (a cold path): nothing stays open between admissions.
         with _files_lock, open(self.path, "a+b") as handle:
             _lock_within(handle, LOCK_WAIT)  # released by the close

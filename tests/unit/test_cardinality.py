@@ -388,8 +388,13 @@ def test_a_label_file_held_by_a_stuck_process_does_not_hold_the_caller(
         started = time.monotonic()
         stuck.labels("a").inc()
         waited = time.monotonic() - started
+        started = time.monotonic()
+        stuck.labels("b").inc()  # the file rests a while: no second wait
+        again = time.monotonic() - started
     assert LOCK_WAIT <= waited < LOCK_WAIT + 1.0
+    assert again < LOCK_WAIT
     assert 1.0 == get_sample_value("stuck_total", {"k": "a"})
-    assert 1.0 == get_sample_value(
+    assert 1.0 == get_sample_value("stuck_total", {"k": "b"})
+    assert 2.0 == get_sample_value(
         "obskit_internal_errors_total", {"component": "cardinality_shared"}
     )
