@@ -198,10 +198,19 @@ class Runtime:
         for handler in (self.log_handler, None if keep_json_handler else self.json_handler):
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
+                if handler is self.json_handler:
+                    _flushed(handler)  # its buffered lines, if any, go out, not away
         for provider in (self.meter_provider, self.logger_provider):
             if provider is not None:
                 ok = _bounded(provider.shutdown, deadline - time.monotonic()) and ok
         return ok
+
+
+def _flushed(handler: logging.Handler) -> None:
+    try:
+        handler.flush()
+    except Exception as exc:
+        _selfmetrics.internal_error("log_flush", exc)
 
 
 def _bounded(fn: Any, timeout: float) -> bool:
@@ -298,6 +307,7 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
             _state.runtime = runtime
         if old is not None and old.json_handler is not None and runtime.json_handler is None:
             logging.getLogger().removeHandler(old.json_handler)  # logging turned off
+            _flushed(old.json_handler)
         _register_atexit()
     try:
         _summary(config)

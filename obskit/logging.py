@@ -360,11 +360,13 @@ def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tup
     the record names in its ``request`` extra, if obskit's Django middleware handled it --
     Django logs a 4xx/5xx response ("Not Found: /x") after the middleware chain returned and
     obskit restored the caller's context. Else ``ctx`` and ``request`` unchanged."""
-    owner = getattr(getattr(record, "request", None), "_obskit_request", None)  # django adapter
-    span = getattr(owner, "span", None)
-    if span is None:
-        return ctx, request
     try:
+        # Any object can be the extra: an unbound proxy (flask.request outside a request)
+        # raises from getattr, which must neither reach the caller nor spoil the line.
+        owner = getattr(getattr(record, "request", None), "_obskit_request", None)
+        span = getattr(owner, "span", None)
+        if span is None:
+            return ctx, request
         return span.get_span_context(), owner
     except Exception:  # not obskit's after all
         return ctx, request
@@ -1143,10 +1145,14 @@ def setup_logging(
     # The previous obskit handler is replaced in place, in one assignment: a line that another
     # thread logs meanwhile goes through one of the two, never through neither or both.
     with getattr(logging, "_lock", None) or contextlib.nullcontext():  # addHandler's lock
+        replaced = [h for h in root.handlers if h.get_name() == _HANDLER_NAME]
         handlers = [h for h in root.handlers if h.get_name() != _HANDLER_NAME]
         at = next((i for i, h in enumerate(root.handlers) if h.get_name() == _HANDLER_NAME), None)
         handlers.insert(len(handlers) if at is None else at, handler)
         root.handlers = handlers
+    for old in replaced:  # lines still waiting in a buffered handler go out, not away
+        with contextlib.suppress(Exception):
+            old.flush()
     root.setLevel(level if isinstance(level, int) else level.upper())
     take_over_framework_loggers()
     for name, value in (levels or {}).items():

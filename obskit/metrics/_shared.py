@@ -9,8 +9,9 @@ prometheus_client reads only ``*.db`` files there), appended to under an exclusi
 process consults it only for a label set it has not seen yet; once the file holds ``limit``
 label sets the answer is cached, as the file only grows. The file lives as long as the
 directory: gunicorn deployments empty it at start, which starts every limit afresh, as the
-values themselves do; a file truncated or replaced while processes run is read afresh, and each
-process records its own label sets in it again.
+values themselves do; a file truncated or replaced while processes run is read afresh by a
+process that consults it (one that found it full does not look again), and that process records
+its own label sets in it again.
 
 A failure to use the file (a read-only or full disk, something that is not a regular file, a
 lock another process holds past :data:`LOCK_WAIT` -- a worker stopped while holding it) falls
@@ -168,6 +169,7 @@ class SharedLabelSets:
             # Series this process already has take their places, whatever the limit: they
             # exist, and the other processes must count them.
             self._append(handle, [key for key in self._own() if key not in self.known])
+            self.full = len(self.known) >= self.limit
 
     def _append(self, handle: IO[bytes], keys: list[tuple[str, ...]]) -> None:
         if not keys:

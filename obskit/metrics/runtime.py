@@ -363,8 +363,10 @@ class LoopLagMonitor:
         # stale saturation forever. The lateness histogram is cumulative and stays.
         try:
             gauge, _ = self._instruments()
-            gauge.labels(self.name).set(0.0)  # what a multi-process file keeps until exit
-            gauge.remove(self.name)
+            child, folded = gauge.kept(self.name)
+            if not folded:  # the overflow series is other loops' too: left as it is
+                child.set(0.0)  # what a multi-process file keeps until exit
+                gauge.remove(self.name)
         except Exception as internal:
             _selfmetrics.internal_error("loop_lag", internal)
 
