@@ -34,6 +34,7 @@ from obskit.http._pipeline import (
     ensure_configured,
     header_getter_from_pairs,
 )
+from obskit.logging import take_back_framework_loggers
 from obskit.metrics.exposition import render
 
 __all__ = ["ObskitMiddleware", "route_template"]
@@ -269,21 +270,6 @@ def _flushing_at_shutdown(send: Send) -> Send:
     return forward
 
 
-def _take_back_server_loggers() -> None:
-    """At the server's start (the lifespan scope), hand uvicorn's loggers to obskit's JSON
-    handler again if it is installed: ``uvicorn.run(app)`` after ``configure(logging=True)``
-    gives them back their own text handlers when it starts (its ``log_config``), and every
-    access line would be plain text, out of its trace. The lines uvicorn writes before the
-    lifespan starts stay its own (``log_config=None`` leaves uvicorn's loggers alone)."""
-    try:
-        from obskit.logging import json_handler_installed, take_over_framework_loggers
-
-        if json_handler_installed():
-            take_over_framework_loggers(("uvicorn", "uvicorn.error", "uvicorn.access"))
-    except Exception as exc:  # never stop the server over obskit's logging
-        _selfmetrics.internal_error("asgi_logging", exc)
-
-
 def _native_tracing_off(scope: Scope) -> bool:
     """Whether FastAPI's own telemetry started this request's SERVER span around obskit's
     middleware (added with ``app.add_middleware``, inside FastAPI's telemetry). If so, obskit
@@ -345,7 +331,9 @@ class ObskitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                _take_back_server_loggers()
+                # uvicorn.run(app) after configure(logging=True) sets its loggers up again as it
+                # starts (its log_config): access lines would be plain text, out of their trace.
+                take_back_framework_loggers(("uvicorn", "uvicorn.error", "uvicorn.access"))
                 await self.app(scope, receive, _flushing_at_shutdown(send))
                 return
             await self.app(_untraced(scope), receive, send)

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gunicorn
 
 from opentelemetry import context as otel_context
 
-from obskit.logging import json_handler_installed, take_over_framework_loggers
+from obskit.logging import take_back_framework_loggers
 from obskit.tracing._fastctx import with_span
 from obskit.wsgi import ENVIRON_KEY
 
@@ -72,11 +72,7 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         it: a reload (SIGHUP) runs this again and gunicorn would add its own text handlers
         beside obskit's, writing every line twice."""
         super().setup(cfg)
-        try:
-            if json_handler_installed():
-                take_over_framework_loggers(("gunicorn", "gunicorn.error", "gunicorn.access"))
-        except Exception:  # never stop gunicorn over obskit's logging
-            pass
+        take_back_framework_loggers(("gunicorn", "gunicorn.error", "gunicorn.access"))
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """Write the access line inside the logged request's trace context."""

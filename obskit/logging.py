@@ -1145,10 +1145,10 @@ def setup_logging(
     # The previous obskit handler is replaced in place, in one assignment: a line that another
     # thread logs meanwhile goes through one of the two, never through neither or both.
     with getattr(logging, "_lock", None) or contextlib.nullcontext():  # addHandler's lock
-        replaced = [h for h in root.handlers if h.get_name() == _HANDLER_NAME]
-        handlers = [h for h in root.handlers if h.get_name() != _HANDLER_NAME]
-        at = next((i for i, h in enumerate(root.handlers) if h.get_name() == _HANDLER_NAME), None)
-        handlers.insert(len(handlers) if at is None else at, handler)
+        current = root.handlers
+        replaced = [h for h in current if h.get_name() == _HANDLER_NAME]
+        handlers = [h for h in current if h.get_name() != _HANDLER_NAME]
+        handlers.insert(current.index(replaced[0]) if replaced else len(handlers), handler)
         root.handlers = handlers
     for old in replaced:  # lines still waiting in a buffered handler go out, not away
         with contextlib.suppress(Exception):
@@ -1169,8 +1169,8 @@ def setup_logging(
 def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> None:
     """Hand the server and framework loggers ``names`` to the root logger (obskit's handler):
     each loses its own handlers and propagates, unless it was silenced on purpose. Called by
-    :func:`setup_logging`, and again by :class:`obskit.gunicorn.Logger` when gunicorn sets its
-    loggers up anew (a SIGHUP reload)."""
+    :func:`setup_logging`, and through :func:`take_back_framework_loggers` by the adapters of
+    servers that set their loggers up again."""
     # Every state is read before any logger changes: servers share handler lists between
     # loggers (uvicorn's gunicorn worker gives gunicorn.error uvicorn.error's list), and
     # emptying one must not make the other look silenced.
@@ -1187,9 +1187,15 @@ def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> Non
     _drop_flask_default_handler()
 
 
-def json_handler_installed() -> bool:
-    """Whether :func:`setup_logging`'s handler is on the root logger."""
-    return any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers)
+def take_back_framework_loggers(names: Iterable[str]) -> None:
+    """:func:`take_over_framework_loggers` again, if obskit's JSON handler is installed, for a
+    server that has just set its loggers up anew (uvicorn at start, gunicorn at a reload).
+    Never raises: a failure is counted, the server goes on."""
+    try:
+        if any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers):
+            take_over_framework_loggers(names)
+    except Exception as exc:
+        _selfmetrics.internal_error("server_logging", exc)
 
 
 def _drop_flask_default_handler() -> None:
