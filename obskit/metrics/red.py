@@ -22,9 +22,8 @@ obskit's own failures are swallowed and counted.
 from __future__ import annotations
 
 import functools
-import inspect
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import wrapt
@@ -33,7 +32,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
-from obskit import _selfmetrics, _state
+from obskit import _selfmetrics, _shapes, _state
 from obskit._runtime import tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import error_type
@@ -175,6 +174,23 @@ class _Recorder:
             # Always ended, so a span whose marking failed is still exported.
             span.end()
 
+    # -- a generator's call (obskit._shapes.CallHooks) ------------------------------------------
+    # Its span is never current across a yield: only while the generator runs (context()).
+
+    def begin(self) -> tuple[float, Any]:
+        span = self.new_span() if self.trace else None
+        return _perf(), span
+
+    def context(self, state: tuple[float, Any]) -> Any:
+        span = state[1]
+        return None if span is None else otel_trace.set_span_in_context(span)
+
+    def end(self, state: tuple[float, Any], exc: BaseException | None) -> None:
+        started, span = state
+        self.record(started, exc)
+        if span is not None:
+            self.end_span((span, None), exc)
+
 
 def _mark_failed(span: Any, exc: BaseException) -> None:
     """ERROR status, ``error.type`` and an exception event; ``str(exc)`` may raise (user code)."""
@@ -230,116 +246,18 @@ def _async(rec: _Recorder) -> Any:
     return wrapper
 
 
-def _current_while_running(ctx: Any, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    """``yield from gen`` with ``ctx`` current only while ``gen`` runs.
-
-    A span made current across a ``yield`` would stay current in the consumer's code between
-    items: the consumer's spans would become its children, and closing the generator from
-    another context (another span, another task, the garbage collector) would reset the context
-    to a stale one. So the span is attached around each resume and detached before each item is
-    handed out.
-    """
-    value: Any = None
-    thrown: BaseException | None = None
-    while True:
-        token = otel_context.attach(ctx)
-        try:
-            item = gen.send(value) if thrown is None else gen.throw(thrown)
-        except StopIteration as stop:
-            return stop.value
-        finally:
-            thrown = None
-            otel_context.detach(token)
-        try:
-            value = yield item
-        except GeneratorExit:
-            token = otel_context.attach(ctx)
-            try:
-                gen.close()
-            finally:
-                otel_context.detach(token)
-            raise
-        except BaseException as exc:
-            thrown = exc
-
-
 def _generator(rec: _Recorder) -> Any:
     @wrapt.decorator
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = rec.new_span() if rec.trace else None
-        span_state = None if span is None else (span, None)
-        started = _perf()
-        try:
-            if span is None:
-                result = yield from wrapped(*args, **kwargs)
-            else:
-                ctx = otel_trace.set_span_in_context(span)
-                result = yield from _current_while_running(ctx, wrapped(*args, **kwargs))
-        except GeneratorExit:
-            # Closed early by the consumer: not an error of the function.
-            rec.record(started, None)
-            rec.end_span(span_state, None)
-            raise
-        except BaseException as exc:
-            rec.record(started, exc)
-            rec.end_span(span_state, exc)
-            raise
-        rec.record(started, None)
-        rec.end_span(span_state, None)
-        return result
+        return _shapes.generator(rec, wrapped, args, kwargs)
 
     return wrapper
 
 
 def _async_generator(rec: _Recorder) -> Any:
     @wrapt.decorator
-    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        span = rec.new_span() if rec.trace else None
-        span_state = None if span is None else (span, None)
-        # As for generators, the span is current only while the generator runs, never in the
-        # consumer's code between items (see _current_while_running).
-        ctx = None if span is None else otel_trace.set_span_in_context(span)
-        started = _perf()
-        try:
-            agen = wrapped(*args, **kwargs)  # inside: bad arguments are a failed call
-            # An async generator cannot ``yield from``; forward sends and throws by hand.
-            value: Any = None
-            throw: BaseException | None = None
-            while True:
-                token = None if ctx is None else otel_context.attach(ctx)
-                try:
-                    if throw is not None:
-                        item = await agen.athrow(throw)
-                    else:
-                        item = await agen.asend(value)
-                except StopAsyncIteration:
-                    break
-                finally:
-                    throw = None
-                    if token is not None:
-                        otel_context.detach(token)
-                try:
-                    value = yield item
-                except GeneratorExit:
-                    token = None if ctx is None else otel_context.attach(ctx)
-                    try:
-                        await agen.aclose()
-                    finally:
-                        if token is not None:
-                            otel_context.detach(token)
-                    raise
-                except BaseException as thrown:
-                    throw = thrown
-        except GeneratorExit:
-            rec.record(started, None)
-            rec.end_span(span_state, None)
-            raise
-        except BaseException as exc:
-            rec.record(started, exc)
-            rec.end_span(span_state, exc)
-            raise
-        rec.record(started, None)
-        rec.end_span(span_state, None)
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return _shapes.async_generator(rec, wrapped, args, kwargs)
 
     return wrapper
 
@@ -363,26 +281,20 @@ def _describe(target: Any) -> tuple[str, str]:
 
 
 def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
-    target = _underlying(func)
-    qualname, module = _describe(target)
+    qualname, module = _describe(_underlying(func))
     if name:
         qualname = str(name)
     rec = _Recorder(qualname, module, errors, trace)
-    # A callable object's shape is its __call__'s (an ``async def __call__`` returns a coroutine
-    # that must be timed when awaited, not when created).
-    shape = target
-    if not (inspect.isroutine(target) or isinstance(target, (type, functools.partial))):
-        shape = type(target).__call__ if callable(target) else target
-    if inspect.isasyncgenfunction(shape):
-        decorator = _async_generator(rec)
-    elif inspect.iscoroutinefunction(shape):
-        decorator = _async(rec)
-    elif inspect.isgeneratorfunction(shape):
-        decorator = _generator(rec)
-    else:
-        decorator = _sync(rec)
-    wrapped: F = decorator(func)
+    wrapped: F = _WRAPPERS[_shapes.shape_of(func)](rec)(func)
     return wrapped
+
+
+_WRAPPERS: dict[_shapes.Shape, Callable[[_Recorder], Any]] = {
+    "function": _sync,
+    "coroutine": _async,
+    "generator": _generator,
+    "async_generator": _async_generator,
+}
 
 
 @overload

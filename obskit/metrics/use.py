@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import math
 import os
 import threading
@@ -71,7 +70,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import wrapt
 
-from obskit import _selfmetrics, _state
+from obskit import _selfmetrics, _shapes, _state
 from obskit.metrics._direct import Observer, adder, setter
 
 __all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "tracked_names", "use"]
@@ -539,16 +538,7 @@ class UseTracker:
         """Decorate ``func``: one unit is in use while each call runs (to exhaustion for
         generators). The shape is chosen here, once; signature, name and
         ``inspect.iscoroutinefunction`` are preserved (wrapt)."""
-        target = getattr(func, "__func__", func)
-        if inspect.isasyncgenfunction(target):
-            decorator = _async_generator(self)
-        elif inspect.iscoroutinefunction(target):
-            decorator = _async(self)
-        elif inspect.isgeneratorfunction(target):
-            decorator = _generator(self)
-        else:
-            decorator = _sync(self)
-        wrapped: F = decorator(func)
+        wrapped: F = _WRAPPERS[_shapes.shape_of(func)](self)(func)
         return wrapped
 
 
@@ -594,57 +584,54 @@ def _async(tracker: UseTracker) -> Any:
     return wrapper
 
 
+class _Unit:
+    """A unit of ``tracker`` held for a whole generator call (``obskit._shapes.CallHooks``)."""
+
+    __slots__ = ("tracker",)
+
+    def __init__(self, tracker: UseTracker) -> None:
+        self.tracker = tracker
+
+    def begin(self) -> None:
+        self.tracker.acquired()
+
+    def context(self, state: None) -> None:
+        return None
+
+    def end(self, state: None, exc: BaseException | None) -> None:
+        try:
+            if exc is not None:
+                self.tracker._failed(exc)
+        finally:
+            self.tracker.released()
+
+
 def _generator(tracker: UseTracker) -> Any:
+    unit = _Unit(tracker)
+
     @wrapt.decorator
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        tracker.acquired()
-        try:
-            return (yield from wrapped(*args, **kwargs))
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            tracker._failed(exc)
-            raise
-        finally:
-            tracker.released()
+        return _shapes.generator(unit, wrapped, args, kwargs)
 
     return wrapper
 
 
 def _async_generator(tracker: UseTracker) -> Any:
+    unit = _Unit(tracker)
+
     @wrapt.decorator
-    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        tracker.acquired()
-        try:
-            agen = wrapped(*args, **kwargs)  # inside: bad arguments must release the unit too
-            # An async generator cannot ``yield from``; forward sends and throws by hand.
-            value: Any = None
-            throw: BaseException | None = None
-            while True:
-                try:
-                    if throw is not None:
-                        item = await agen.athrow(throw)
-                        throw = None
-                    else:
-                        item = await agen.asend(value)
-                except StopAsyncIteration:
-                    break
-                try:
-                    value = yield item
-                except GeneratorExit:
-                    await agen.aclose()
-                    raise
-                except BaseException as thrown:
-                    throw = thrown
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            tracker._failed(exc)
-            raise
-        finally:
-            tracker.released()
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return _shapes.async_generator(unit, wrapped, args, kwargs)
 
     return wrapper
+
+
+_WRAPPERS: dict[_shapes.Shape, Callable[[UseTracker], Any]] = {
+    "function": _sync,
+    "coroutine": _async,
+    "generator": _generator,
+    "async_generator": _async_generator,
+}
 
 
 def tracked_names() -> set[str]:

@@ -440,8 +440,8 @@ def test_threads_and_tasks_through_the_buffered_handler_lose_and_interleave_noth
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known, left open: red's generator wrapper delegates with 'yield from' "
-    "(obskit/metrics/red.py), which turns gen.throw(GeneratorExit) into close() of the "
+    reason="known, left open: the decorators' generator wrapper delegates with 'yield from' "
+    "(obskit/_shapes.py), which turns gen.throw(GeneratorExit) into close() of the "
     "inner generator (PEP 380): a generator that handles the throw and yields gets "
     "RuntimeError('generator ignored GeneratorExit') instead of returning the value. Yielding "
     "after GeneratorExit is what Python itself reports as an error on close(); forwarding "

@@ -1287,6 +1287,27 @@ def test_a_callable_object_with_an_async_call_is_timed_when_awaited() -> None:
     assert 0.04 <= (duration(Handler.__qualname__, "sum") or 0.0)
 
 
+def test_a_partial_of_an_async_callable_object_is_timed_when_awaited() -> None:
+    """A ``functools.partial`` of an object with ``async def __call__`` is a coroutine function
+    too. (A bug this test found, since fixed: the partial's object was not looked into, the
+    call was timed when the coroutine was made and an exception it raised counted ok.)"""
+
+    class Slow:
+        async def __call__(self, fail: bool) -> str:
+            await asyncio.sleep(0.02)
+            if fail:
+                raise Boom("slow")
+            return "done"
+
+    run = obskit.red(functools.partial(Slow(), False), name="slow_partial")
+    fail = obskit.red(functools.partial(Slow(), True), name="slow_partial")
+    assert "done" == asyncio.run(run())
+    with pytest.raises(Boom):
+        asyncio.run(fail())
+    assert (1.0, 1.0, 2.0) == counts("slow_partial")
+    assert 0.04 <= (duration("slow_partial", "sum") or 0.0)
+
+
 def test_business_metric_label_values_of_any_type_never_raise() -> None:
     """Broken __str__, None, bytes, bools and unhashable values all become label strings."""
 

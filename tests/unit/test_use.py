@@ -4,6 +4,7 @@ executor/asyncio instrumentation, and the runtime collector with its event-loop 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import threading
@@ -190,6 +191,33 @@ async def test_decorator_generators_hold_a_unit_until_exhausted_or_closed() -> N
     await agen.aclose()
     assert 0.0 == in_use("dec_gen")
     assert inspect.isasyncgenfunction(arows)
+
+
+async def test_decorated_callable_objects_and_partials_hold_a_unit_while_awaited() -> None:
+    """A callable object whose ``__call__`` is a coroutine or an async generator, and a
+    ``functools.partial`` of one, hold their unit until awaited or exhausted, as a coroutine
+    function does. (A bug this test found, since fixed: the tracker looked only at the object
+    itself, took it for a plain function and released the unit as soon as the coroutine was
+    made.)"""
+    tracker = use("dec_objects", capacity=4)
+    seen: list[float | None] = []
+
+    class Job:
+        async def __call__(self, n: int) -> int:
+            await asyncio.sleep(0)
+            seen.append(in_use("dec_objects"))
+            return n
+
+    class Pages:
+        async def __call__(self) -> AsyncGenerator[int, None]:
+            seen.append(in_use("dec_objects"))
+            yield 1
+
+    assert 1 == await tracker(Job())(1)
+    assert 2 == await tracker(functools.partial(Job(), 2))()
+    assert [1] == [page async for page in tracker(Pages())()]
+    assert [1.0, 1.0, 1.0] == seen
+    assert 0.0 == in_use("dec_objects")
 
 
 def test_recursion_counts_each_level_and_returns_to_zero() -> None:
