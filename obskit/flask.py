@@ -39,10 +39,30 @@ def _set_route() -> None:
     # request context), then plain attribute reads.
     current = flask.request._get_current_object()  # type: ignore[attr-defined]
     rule = current.url_rule
+    if rule is None and current.routing_exception is not None:
+        rule = _rule_of_wrong_method(current.routing_exception)
     if rule is not None:
         request: Request | None = current.environ.get(ENVIRON_KEY)
         if request is not None:
             request.set_route(rule.rule)
+
+
+def _rule_of_wrong_method(exc: Exception) -> Any:
+    """The rule whose path a request matched with a method it does not allow (Flask answers
+    405), or None. Werkzeug's matching raises before it sets any rule on the request; Django
+    and FastAPI count such a request under its route, and so does this: the path is matched
+    again for a method the rule allows (only for a 405)."""
+    valid = getattr(exc, "valid_methods", None)
+    if not valid:
+        return None  # a 404, or a redirect: no rule of this path
+    try:
+        adapter = flask.globals.request_ctx.url_adapter
+        if adapter is None:
+            return None
+        rule, _ = adapter.match(method=sorted(valid)[0], return_rule=True)
+        return rule
+    except Exception:  # matching differs after all: the request stays unmatched
+        return None
 
 
 def _route_known(endpoint: str | None, values: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import django
@@ -29,7 +30,8 @@ _TRACEPARENT = f"00-{_TRACE_ID}-{_PARENT_ID}-01"
 
 #: Values a client might send as ``traceparent``, with the reason obskit counts them under in
 #: ``obskit_propagation_invalid_total``; each one must start a new trace. The value is the text as
-#: sent; the tests hand the test clients its UTF-8 bytes decoded as latin-1, as a WSGI server does.
+#: sent; the contract suite hands it to each test client as it reaches that app (``Web.wire`` in
+#: contract_apps.py: for WSGI its UTF-8 bytes decoded as latin-1, as a WSGI server does).
 INVALID_TRACEPARENTS = {
     "uppercase_hex": (f"00-{_TRACE_ID.upper()}-{_PARENT_ID.upper()}-01", "not_lowercase_hex"),
     "version_ff": (f"ff-{_TRACE_ID}-{_PARENT_ID}-01", "version"),
@@ -41,14 +43,17 @@ INVALID_TRACEPARENTS = {
     "non_ascii": (f"00-{_TRACE_ID}-{_PARENT_ID[:12]}\u00e931-01", "not_lowercase_hex"),
     "10_kb": (f"01-{_TRACE_ID}-{_PARENT_ID}-01-{'a' * 10_240}", "length"),
     "two_headers": (f"{_TRACEPARENT}, 00-{'1' * 32}-{'2' * 16}-01", "length"),
+    "uppercase_trace_id": (f"00-{_TRACE_ID.upper()}-{_PARENT_ID}-01", "not_lowercase_hex"),
+    "garbage": ("garbage", "length"),
 }
 
-#: ``tracestate`` values that must be dropped while a valid ``traceparent`` is still honoured.
+#: ``tracestate`` values that must be dropped (and counted under the reason given) while a valid
+#: ``traceparent`` is still honoured.
 INVALID_TRACESTATES = {
-    "bad_member": "vendor=opaque,Not A Key=1",
-    "duplicate_key": "vendor=a,vendor=b",
-    "33_members": ",".join(f"k{i}=v" for i in range(33)),
-    "10_kb": ",".join(f"k{i}={'v' * 250}" for i in range(40)),
+    "bad_member": ("vendor=opaque,Not A Key=1", "member"),
+    "duplicate_key": ("vendor=a,vendor=b", "duplicate_key"),
+    "33_members": (",".join(f"k{i}=v" for i in range(33)), "members"),
+    "10_kb": (",".join(f"k{i}={'v' * 250}" for i in range(40)), "members"),
 }
 
 
@@ -59,9 +64,18 @@ def invalid_traceparent(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 
 @pytest.fixture(params=sorted(INVALID_TRACESTATES))
-def invalid_tracestate(request: pytest.FixtureRequest) -> str:
-    """One invalid or oversized ``tracestate`` value (parametrized over every case)."""
+def invalid_tracestate(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """One invalid or oversized ``tracestate`` value and its counted reason (every case)."""
     return INVALID_TRACESTATES[request.param]
+
+
+@pytest.fixture
+def no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the machine's OTEL_/OBSKIT_/FASTAPI_ settings nor an HTTP proxy apply."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith(("OTEL_", "OBSKIT_", "FASTAPI_")) or upper.endswith("_PROXY"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from obskit.testing import get_sample_value
+from obskit.testing import get_sample_value, samples
 
 
 def requests_total(method: str, route: str, status: str) -> float | None:
@@ -14,3 +14,11 @@ def requests_total(method: str, route: str, status: str) -> float | None:
 def series(body: str, name: str) -> list[str]:
     """The sample lines of ``name`` in a /metrics body."""
     return [line for line in body.splitlines() if line.startswith(name + "{")]
+
+
+def all_requests_total() -> dict[tuple[str, str, str], float]:
+    """Every ``http_requests_total`` series, by ``(method, route, status)``."""
+    return {
+        (labels["method"], labels["route"], labels["status"]): value
+        for labels, value in samples("http_requests_total")
+    }

@@ -1,18 +1,19 @@
-"""FastAPI through ``obskit.fastapi.instrument``: one SERVER span per request (FastAPI's native
-telemetry switched off), route templates as labels, W3C context in, errors, streaming, /metrics,
-and WebSocket/lifespan passing through.
+"""What only the FastAPI adapter does, through ``obskit.fastapi.instrument``: FastAPI's native
+telemetry switched off, uvicorn, routers and mounts, HTTPException, baggage, concurrent requests,
+context in the caller's task, and WebSocket/lifespan passing through.
+
+The contract every adapter keeps (spans, propagation, RED metrics, /metrics, streaming,
+context) is in test_contract.py, run for FastAPI too; its app is contract_apps.build_fastapi_app.
 
 Requests go through the real application object: ``fastapi.testclient.TestClient`` (which runs on
 ``httpx2`` and is not traced by obskit's outbound hooks, so the headers a test sends arrive
 unchanged), ``httpx.AsyncClient`` over ``httpx.ASGITransport`` (traced: a CLIENT span is the
-parent), raw ASGI calls where thousands of requests must stay fast, and a real uvicorn server on
-loopback.
+parent), and a real uvicorn server on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,10 +24,8 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, WebSocket
-from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from opentelemetry import baggage, trace
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from obskit import _state
 from obskit.fastapi import instrument
@@ -38,22 +37,13 @@ SERVER = 2
 CLIENT = 3
 ERROR = 2
 TIMEOUT = 10.0
-REMOTE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-REMOTE_SPAN = "00f067aa0ba902b7"
 ITEM = "/items/{item_id}"
+
+pytestmark = pytest.mark.usefixtures("no_ambient_environment")
 
 
 class Boom(Exception):
     """The handler's own exception."""
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_/FASTAPI_ settings nor an HTTP proxy apply here."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_", "FASTAPI_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -66,8 +56,8 @@ def cap() -> Iterator[Capture]:
 def build_app() -> FastAPI:
     """The application under test, not instrumented yet.
 
-    ``app.state.raised`` collects the exceptions handlers raise, ``app.state.lifespan`` the
-    lifespan events, ``app.state.seen`` what handlers observed from inside.
+    ``app.state.lifespan`` collects the lifespan events, ``app.state.seen`` what handlers
+    observed from inside.
     """
 
     @asynccontextmanager
@@ -77,7 +67,6 @@ def build_app() -> FastAPI:
         app.state.lifespan.append("shutdown")
 
     app = FastAPI(lifespan=lifespan)
-    app.state.raised = []
     app.state.lifespan = []
     app.state.seen = []
 
@@ -95,37 +84,16 @@ def build_app() -> FastAPI:
 
     @app.get("/boom")
     async def boom() -> None:
-        error = Boom("kaboom")
-        app.state.raised.append(error)
-        raise error
+        raise Boom("kaboom")
 
     @app.get("/missing/{item_id}")
     async def missing(item_id: int) -> None:
         raise HTTPException(status_code=404, detail=f"no item {item_id}")
 
-    @app.get("/slow")
-    async def slow() -> dict[str, Any]:
-        await asyncio.sleep(0.02)
-        labels = {"method": "GET", "route": "/slow"}
-        return {"in_flight": get_sample_value("http_requests_in_flight", labels)}
-
     @app.get("/gate")
     async def gate() -> dict[str, bool]:
         app.state.seen.append("/gate")
         await app.state.gate.wait()
-        return {"ok": True}
-
-    @app.get("/stream")
-    async def stream() -> StreamingResponse:
-        async def chunks() -> AsyncIterator[bytes]:
-            for index in range(3):
-                await asyncio.sleep(0.05)
-                yield f"chunk {index}\n".encode()
-
-        return StreamingResponse(chunks(), media_type="text/plain")
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
     @app.websocket("/ws")
@@ -203,35 +171,6 @@ def requests_total() -> dict[tuple[str, str, str], float]:
     }
 
 
-async def asgi_get(app: Any, path: str) -> int:
-    """Send one bare ``GET path`` through the ASGI app; the response status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await app(scope, receive, send)
-    return statuses[0]
-
-
 @contextmanager
 def uvicorn_server(app: Any) -> Iterator[str]:
     """``app`` served by uvicorn on a free loopback port (in a thread); yields its base URL."""
@@ -253,30 +192,7 @@ def uvicorn_server(app: Any) -> Iterator[str]:
         assert not thread.is_alive(), "uvicorn did not stop in time"
 
 
-# --- 1-3: one SERVER span ----------------------------------------------------------------------
-
-
-def test_one_server_span_with_semantic_attributes(cap: Capture, client: TestClient) -> None:
-    """A request gives exactly one SERVER span, named by its route, with the HTTP attributes."""
-    response = client.get("/items/42", headers={"user-agent": "obskit-test/1.0"})
-    assert (200, {"item_id": 42}) == (response.status_code, response.json())
-    span = the_server_span(cap)
-    expected = {
-        "http.request.method": "GET",
-        "http.route": ITEM,
-        "http.response.status_code": 200,
-        "url.path": "/items/42",
-        "url.scheme": "http",
-        "server.address": "testserver",
-        "server.port": 80,
-        "client.address": "testclient",
-        "user_agent.original": "obskit-test/1.0",
-        "network.protocol.version": "1.1",
-    }
-    actual = attributes(span)
-    assert expected == {key: actual.get(key) for key in expected}
-    assert [span] == cap.spans()  # no FastAPI SERVER span, no fastapi.* operation spans
-    assert ("GET /items/{item_id}", 0, b"") == (span.name, span.status.code, span.parent_span_id)
+# --- FastAPI's own telemetry and uvicorn -------------------------------------------------------
 
 
 def test_fastapi_native_telemetry_is_off(cap: Capture, app: FastAPI, client: TestClient) -> None:
@@ -351,59 +267,7 @@ def test_without_instrument_fastapi_exports_its_own_server_span(cap: Capture) ->
     assert {} == requests_total()
 
 
-# --- 4: W3C context in -------------------------------------------------------------------------
-
-
-def test_traceparent_makes_a_child_of_the_remote_parent(cap: Capture, client: TestClient) -> None:
-    """traceparent + tracestate in: the SERVER span continues the remote trace and its state."""
-    headers = {
-        "traceparent": f"00-{REMOTE_TRACE}-{REMOTE_SPAN}-01",
-        "tracestate": "vendor=abc, tenant@sys=x",
-    }
-    seen = client.get("/context", headers=headers).json()
-    span = the_server_span(cap)
-    expected = (REMOTE_TRACE, REMOTE_SPAN, "vendor=abc,tenant@sys=x")
-    assert expected == (span.trace_id.hex(), span.parent_span_id.hex(), span.trace_state)
-    assert (REMOTE_TRACE, span.span_id.hex()) == (seen["trace_id"], seen["span_id"])
-
-
-@pytest.mark.parametrize(
-    ("traceparent", "reason"),
-    [
-        pytest.param(
-            f"00-{REMOTE_TRACE.upper()}-{REMOTE_SPAN}-01", "not_lowercase_hex", id="upper"
-        ),
-        pytest.param(f"00-{'0' * 32}-{REMOTE_SPAN}-01", "zero_id", id="zero-trace-id"),
-        pytest.param(f"ff-{REMOTE_TRACE}-{REMOTE_SPAN}-01", "version", id="version-ff"),
-        pytest.param("garbage", "length", id="garbage"),
-    ],
-)
-def test_invalid_traceparent_starts_a_new_trace(
-    cap: Capture, client: TestClient, traceparent: str, reason: str
-) -> None:
-    """An invalid traceparent: a new root trace, a normal response, the header counted."""
-    headers = {"traceparent": traceparent, "tracestate": "vendor=abc"}
-    response = client.get("/items/1", headers=headers)
-    assert 200 == response.status_code
-    span = the_server_span(cap)
-    assert (b"", "") == (span.parent_span_id, span.trace_state)
-    assert REMOTE_TRACE != span.trace_id.hex()
-    labels = {"header": "traceparent", "reason": reason}
-    assert 1.0 == get_sample_value("obskit_propagation_invalid_total", labels)
-
-
-def test_invalid_tracestate_keeps_the_remote_parent(cap: Capture, client: TestClient) -> None:
-    """A bad tracestate is dropped (and counted) while the valid traceparent is still the parent."""
-    headers = {"traceparent": f"00-{REMOTE_TRACE}-{REMOTE_SPAN}-01", "tracestate": "a=1,a=2"}
-    assert 200 == client.get("/items/1", headers=headers).status_code
-    span = the_server_span(cap)
-    assert (REMOTE_TRACE, REMOTE_SPAN, "") == (
-        span.trace_id.hex(),
-        span.parent_span_id.hex(),
-        span.trace_state,
-    )
-    labels = {"header": "tracestate", "reason": "duplicate_key"}
-    assert 1.0 == get_sample_value("obskit_propagation_invalid_total", labels)
+# --- baggage -----------------------------------------------------------------------------------
 
 
 def test_baggage_is_visible_in_the_handler(client: TestClient) -> None:
@@ -419,42 +283,7 @@ def test_no_baggage_leaks_into_the_next_request(client: TestClient) -> None:
     assert {} == client.get("/context").json()["baggage"]
 
 
-# --- 5: errors ---------------------------------------------------------------------------------
-
-
-def test_handler_exception_marks_the_span_and_reaches_the_caller(
-    cap: Capture, app: FastAPI, client: TestClient
-) -> None:
-    """An unhandled exception: ERROR span with the exception event, status 500, same object."""
-    with pytest.raises(Boom) as raised:
-        client.get("/boom")
-    assert app.state.raised == [raised.value]
-    assert app.state.raised[0] is raised.value
-    span = the_server_span(cap)
-    assert (ERROR, "Boom: kaboom") == (span.status.code, span.status.message)
-    (event,) = span.events
-    event_attributes = attributes(event)
-    assert ("exception", "kaboom") == (event.name, event_attributes["exception.message"])
-    # error.type is the exception's fully qualified name, the same as exception.type.
-    qualified = f"{Boom.__module__}.{Boom.__qualname__}"
-    assert (qualified, qualified) == (
-        attributes(span)["error.type"],
-        event_attributes["exception.type"],
-    )
-    assert "kaboom" in event_attributes["exception.stacktrace"]
-    assert {("GET", "/boom", "500"): 1.0} == requests_total()
-
-
-def test_handler_exception_is_a_500_without_raise_server_exceptions(
-    cap: Capture, app: FastAPI
-) -> None:
-    """With the exception left to FastAPI's error handler, the client gets a 500 and one span."""
-    with TestClient(app, raise_server_exceptions=False) as client:
-        assert 500 == client.get("/boom").status_code
-    span = the_server_span(cap)
-    qualified = f"{Boom.__module__}.{Boom.__qualname__}"
-    assert (ERROR, qualified) == (span.status.code, attributes(span)["error.type"])
-    assert {("GET", "/boom", "500"): 1.0} == requests_total()
+# --- HTTPException -----------------------------------------------------------------------------
 
 
 def test_http_exception_404_is_not_an_error(cap: Capture, client: TestClient) -> None:
@@ -474,28 +303,7 @@ def test_http_exception_404_is_not_an_error(cap: Capture, client: TestClient) ->
     assert {("GET", "/missing/{item_id}", "404"): 1.0} == requests_total()
 
 
-def test_unknown_path_is_unmatched(cap: Capture, client: TestClient) -> None:
-    """An unknown path: route label __unmatched__, span named just "GET", no http.route."""
-    assert 404 == client.get("/no/such/path/123").status_code
-    span = the_server_span(cap)
-    assert ("GET", 0) == (span.name, span.status.code)
-    assert "http.route" not in attributes(span)
-    assert {("GET", "__unmatched__", "404"): 1.0} == requests_total()
-
-
-def test_non_standard_method_is_other(cap: Capture, client: TestClient) -> None:
-    """A method outside RFC 9110 is labelled _OTHER; the original is kept on the span only."""
-    assert 405 == client.request("FROB", "/items/1").status_code
-    span = the_server_span(cap)
-    assert ("HTTP /items/{item_id}", "_OTHER", "FROB") == (
-        span.name,
-        attributes(span)["http.request.method"],
-        attributes(span)["http.request.method_original"],
-    )
-    assert {("_OTHER", ITEM, "405"): 1.0} == requests_total()
-
-
-# --- 6: route templates and cardinality --------------------------------------------------------
+# --- routers, mounts and cardinality -----------------------------------------------------------
 
 
 def test_route_templates_of_routers_and_mounts(cap: Capture, client: TestClient) -> None:
@@ -548,39 +356,7 @@ def test_path_parameters_never_appear_in_labels(client: TestClient) -> None:
     assert [] == [value for value in values if "918273" in value]
 
 
-async def test_ten_thousand_raw_paths_keep_series_bounded(cap: Capture, app: FastAPI) -> None:
-    """10,000 distinct raw paths (matched and unknown) give two http_requests_total series."""
-    for index in range(5_000):
-        assert 200 == await asgi_get(app, f"/items/{index}")
-        assert 404 == await asgi_get(app, f"/unknown/{index}/x")
-    expected = {("GET", ITEM, "200"): 5_000.0, ("GET", "__unmatched__", "404"): 5_000.0}
-    assert expected == requests_total()
-    durations = {
-        tuple(labels.values()) for labels, _ in samples("http_request_duration_seconds_count")
-    }
-    assert {("GET", ITEM), ("GET", "__unmatched__")} == durations
-
-
-# --- 7: streaming and in-flight ----------------------------------------------------------------
-
-
-def test_streaming_response_is_timed_to_the_last_chunk(cap: Capture, client: TestClient) -> None:
-    """A streamed response (3 chunks, 0.05 s apart) is timed to its last chunk: >= 0.15 s."""
-    response = client.get("/stream")
-    assert "chunk 0\nchunk 1\nchunk 2\n" == response.text
-    labels = {"method": "GET", "route": "/stream"}
-    assert 1.0 == get_sample_value("http_request_duration_seconds_count", labels)
-    assert get_sample_value("http_request_duration_seconds_sum", labels) >= 0.15
-    span = the_server_span(cap)
-    assert span.end_time_unix_nano - span.start_time_unix_nano >= 150_000_000
-    assert 0.0 == get_sample_value("http_requests_in_flight", labels)
-
-
-def test_in_flight_gauge_counts_the_running_request(client: TestClient) -> None:
-    """The in-flight gauge is 1 while the request runs (seen by its handler) and 0 after."""
-    assert {"in_flight": 1.0} == client.get("/slow").json()
-    labels = {"method": "GET", "route": "/slow"}
-    assert 0.0 == get_sample_value("http_requests_in_flight", labels)
+# --- concurrent requests in flight -------------------------------------------------------------
 
 
 async def test_in_flight_gauge_counts_concurrent_requests(app: FastAPI) -> None:
@@ -601,52 +377,7 @@ async def test_in_flight_gauge_counts_concurrent_requests(app: FastAPI) -> None:
     assert 0.0 == get_sample_value("http_requests_in_flight", labels)
 
 
-# --- 8: /metrics and excluded paths ------------------------------------------------------------
-
-
-def test_metrics_endpoint_serves_prometheus_text(client: TestClient) -> None:
-    """/metrics answers the Prometheus text format by default, with the RED series."""
-    client.get("/items/1")
-    response = client.get("/metrics")
-    assert 200 == response.status_code
-    assert response.headers["content-type"].startswith("text/plain")
-    line = 'http_requests_total{method="GET",route="/items/{item_id}",status="200"} 1.0'
-    assert line in response.text.splitlines()
-    assert "# {" not in response.text  # exemplars only in OpenMetrics
-
-
-def test_metrics_endpoint_serves_openmetrics_with_exemplars(
-    cap: Capture, client: TestClient
-) -> None:
-    """Accept: OpenMetrics gives OpenMetrics, whose exemplar trace_id is the exported span's."""
-    client.get("/items/1")
-    accept = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    response = client.get("/metrics", headers={"accept": accept})
-    assert response.headers["content-type"].startswith("application/openmetrics-text")
-    exemplars = [
-        (sample.labels["route"], sample.exemplar.labels)
-        for family in text_string_to_metric_families(response.text)
-        if family.name == "http_request_duration_seconds"
-        for sample in family.samples
-        if sample.exemplar is not None
-    ]
-    span = the_server_span(cap)
-    assert [(ITEM, {"trace_id": span.trace_id.hex()})] == exemplars
-
-
-def test_metrics_and_health_are_not_counted_or_traced(cap: Capture, client: TestClient) -> None:
-    """/metrics and /healthz give no span and no RED series; other requests still do."""
-    assert 200 == client.get("/healthz").status_code
-    assert 200 == client.get("/metrics").status_code
-    assert 200 == client.get("/items/1").status_code
-    assert 200 == client.get("/healthz").status_code
-    assert {("GET", ITEM, "200"): 1.0} == requests_total()
-    assert ["/items/1"] == [attributes(span)["url.path"] for span in cap.spans()]
-    routes = {labels["route"] for labels, _ in samples("http_request_duration_seconds_count")}
-    assert {ITEM} == routes
-
-
-# --- 9: WebSocket and lifespan -----------------------------------------------------------------
+# --- WebSocket and lifespan --------------------------------------------------------------------
 
 
 def test_websocket_and_lifespan_pass_through(cap: Capture, app: FastAPI) -> None:
@@ -662,16 +393,7 @@ def test_websocket_and_lifespan_pass_through(cap: Capture, app: FastAPI) -> None
     assert [] == [labels for labels, value in samples("http_requests_in_flight") if value]
 
 
-# --- 10: context -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", ["/context", "/context-sync"])
-def test_handler_runs_in_the_server_span(cap: Capture, client: TestClient, path: str) -> None:
-    """Inside an async or a sync (threadpool) handler, the current span is the SERVER span."""
-    seen = client.get(path).json()
-    span = the_server_span(cap)
-    assert (span.trace_id.hex(), span.span_id.hex()) == (seen["trace_id"], seen["span_id"])
-    assert not trace.get_current_span().get_span_context().is_valid
+# --- context in the caller's task --------------------------------------------------------------
 
 
 async def test_context_does_not_leak_in_process(cap: Capture, app: FastAPI) -> None:

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("obskit.django.urls")),
     path("items/<int:item_id>", views.item),
     path("boom", views.boom),
+    path("value-error", views.value_error),
     path("unavailable", views.unavailable),
     path("files/<path:rest>", views.catch_all),
     path("stream", views.stream),

@@ -1,4 +1,5 @@
-"""Views of the test project."""
+"""Views of the test project: the contract routes (see tests/frameworks/contract_apps.py) and
+Django's async variants."""
 
 from __future__ import annotations
 
@@ -7,31 +8,27 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from opentelemetry import trace
+from django.views.decorators.http import require_http_methods
 
-from obskit.testing import get_sample_value
+from tests.frameworks.contract_apps import CHUNK_DELAY, Boom, current_ids, fail, in_flight
 
-CHUNK_DELAY = 0.05
-
-
-class Boom(Exception):
-    """The exception the failing view raises."""
+ITEM_ROUTE = "/items/<int:item_id>"
 
 
-def _current_span_id() -> str:
-    return format(trace.get_current_span().get_span_context().span_id, "016x")
-
-
+@require_http_methods(["GET", "POST", "FOOBAR"])
 def item(request: HttpRequest, item_id: int) -> JsonResponse:
     """A matched route with a typed converter; reports the current span and the in-flight gauge."""
-    labels = {"method": "GET", "route": "/items/<int:item_id>"}
-    in_flight = get_sample_value("http_requests_in_flight", labels)
-    return JsonResponse({"id": item_id, "span_id": _current_span_id(), "in_flight": in_flight})
+    return JsonResponse({"id": item_id, "in_flight": in_flight(ITEM_ROUTE), **current_ids()})
 
 
 def boom(request: HttpRequest) -> HttpResponse:
-    """Raises; Django answers 500."""
-    raise Boom("kaboom")
+    """Raises Boom; Django answers 500."""
+    return fail(Boom("kaboom"))
+
+
+def value_error(request: HttpRequest) -> HttpResponse:
+    """Raises a built-in exception; Django answers 500."""
+    return fail(ValueError("kaboom"))
 
 
 def unavailable(request: HttpRequest) -> HttpResponse:
@@ -58,7 +55,7 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
 async def async_item(request: HttpRequest, item_id: int) -> JsonResponse:
     """An async view; reports the span current inside it."""
     await asyncio.sleep(0)
-    return JsonResponse({"id": item_id, "span_id": _current_span_id()})
+    return JsonResponse({"id": item_id, **current_ids()})
 
 
 async def async_boom(request: HttpRequest) -> HttpResponse:
