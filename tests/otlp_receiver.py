@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -241,12 +242,27 @@ class _Servicer:
         metadata = {m.key: m.value for m in context.invocation_metadata()}
         failure = self._receiver._next_failure()
         if failure is not None:
+            failure, retry_delay = failure if isinstance(failure, tuple) else (failure, None)
             self._receiver._record(Attempt(self.signal, metadata, failure), None)
+            if retry_delay is not None:
+                context.set_trailing_metadata(
+                    [("grpc-status-details-bin", _retry_info(failure, retry_delay))]
+                )
             context.set_code(failure)
             context.set_details(f"failing on request ({failure.name})")
         else:
             self._receiver._record(Attempt(self.signal, metadata, grpc.StatusCode.OK), request)
         return _MESSAGES[self.signal][1]()
+
+
+def _retry_info(code: grpc.StatusCode, delay: float) -> bytes:
+    """A ``google.rpc.Status`` whose details hold a ``RetryInfo`` asking for ``delay`` seconds
+    (how a collector says a RESOURCE_EXHAUSTED may be retried), serialized."""
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(int(delay * 1e9))
+    status = status_pb2.Status(code=code.value[0], message="retry later")
+    status.details.add().Pack(info)
+    return bytes(status.SerializeToString())
 
 
 class _TraceServicer(_Servicer, trace_service_pb2_grpc.TraceServiceServicer):
@@ -278,10 +294,14 @@ class OtlpGrpcReceiver(_Receiver):
         return f"http://{LOOPBACK}:{self.port}"
 
     def fail_next(
-        self, times: int = 1, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+        self,
+        times: int = 1,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        retry_delay: float | None = None,
     ) -> None:
-        """Answer the next ``times`` export calls with ``code`` instead of OK."""
-        self._fail_next(times, code)
+        """Answer the next ``times`` export calls with ``code`` instead of OK (with a
+        ``RetryInfo`` of ``retry_delay`` seconds in the status details, if given)."""
+        self._fail_next(times, code if retry_delay is None else (code, retry_delay))
 
     def start(self) -> None:
         self._executor = futures.ThreadPoolExecutor(

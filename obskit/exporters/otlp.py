@@ -3,7 +3,9 @@
 Both send the ``ExportTraceServiceRequest`` bytes the pipeline already built, so exporting costs no
 re-encoding. The HTTP sink uses ``http.client`` rather than ``requests`` so the export itself is
 never seen by obskit's outbound instrumentation. Retries follow the OTLP spec's retryable statuses
-(429, 502, 503, 504; gRPC UNAVAILABLE and friends) with backoff, within the export timeout.
+(429, 502, 503, 504; gRPC UNAVAILABLE and friends, RESOURCE_EXHAUSTED only with a RetryInfo) with
+backoff, within the export timeout; a ``partial_success`` answer's refused spans are reported to
+the pipeline (``rejected``), which counts them as dropped.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes '\xb2' and other digits
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -108,6 +110,100 @@ def _retry_after(value: str | None) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+#: How much of a collector's answer is read: an ``ExportTraceServiceResponse`` is a few bytes
+#: (a partial-success message at most), and a proxy's error page is not worth more.
+_MAX_ANSWER = 64 * 1024
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(data: bytes) -> dict[int, list[Any]]:
+    """The fields of one protobuf message (varint and length-delimited values; fixed-width
+    ones skipped), by number. Raises ValueError on malformed input."""
+    fields: dict[int, list[Any]] = {}
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 2:
+            length, i = _varint(data, i)
+            if i + length > len(data):
+                raise ValueError("truncated field")
+            value, i = data[i : i + length], i + length
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            continue
+        else:
+            raise ValueError(f"wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def rejected_spans(answer: bytes, count: int) -> tuple[int, str]:
+    """``(rejected spans, error message)`` of an ``ExportTraceServiceResponse`` whose
+    ``partial_success`` says the collector refused part of a request of ``count`` spans;
+    ``(0, "")`` for a full success or an answer that is not such a message."""
+    if not answer:
+        return 0, ""
+    try:
+        partial = _fields(answer).get(1)
+        if not partial or not isinstance(partial[-1], bytes):
+            return 0, ""
+        fields = _fields(partial[-1])
+        rejected = fields.get(1, [0])[-1]
+        message = fields.get(2, [b""])[-1]
+        if not isinstance(rejected, int) or not isinstance(message, bytes):
+            return 0, ""
+        if rejected >= 1 << 63:  # int64 on the wire: a negative count is no count
+            rejected = 0
+        return min(rejected, count), message[:256].decode("utf-8", "replace")
+    except ValueError:
+        return 0, ""
+
+
+def _grpc_retry_delay(error: Any) -> float | None:
+    """The delay a gRPC error's ``google.rpc.RetryInfo`` asks for (in the
+    ``grpc-status-details-bin`` trailer), or None when it carries none: the OTLP spec retries
+    RESOURCE_EXHAUSTED only when the server says recovery is possible that way."""
+    try:
+        trailers = error.trailing_metadata() or ()
+        for key, value in trailers:
+            if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+                continue
+            for detail in _fields(value).get(3, []):  # google.rpc.Status.details: Any
+                if not isinstance(detail, bytes):
+                    continue
+                any_fields = _fields(detail)
+                type_url = any_fields.get(1, [b""])[-1]
+                if not (isinstance(type_url, bytes) and type_url.endswith(b"google.rpc.RetryInfo")):
+                    continue
+                info = any_fields.get(2, [b""])[-1]
+                duration = _fields(info).get(1, [b""])[-1] if isinstance(info, bytes) else b""
+                parts = _fields(duration) if isinstance(duration, bytes) else {}
+                seconds = parts.get(1, [0])[-1]
+                nanos = parts.get(2, [0])[-1]
+                if isinstance(seconds, int) and isinstance(nanos, int) and seconds < 1 << 63:
+                    return seconds + min(nanos, 999_999_999) / 1e9
+                return 0.0
+    except Exception:
+        return None
+    return None
 
 
 class HttpSpanSink:
@@ -141,6 +237,9 @@ class HttpSpanSink:
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
         self._deadline = _Deadline()
+        #: Spans the collector refused in the last successful export's ``partial_success``,
+        #: with its message (read by the span pipeline, which counts them as dropped).
+        self.rejected: tuple[int, str] = (0, "")
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's connection. Its socket is shared with the
@@ -181,13 +280,21 @@ class HttpSpanSink:
             if left <= 0 or self._closed:
                 return False
             retry_after = None
+            answer = b""
             conn = self._connection(left)
             # At the deadline the socket is shut down, which ends a blocked read.
             self._deadline.arm(conn, deadline)
             try:
                 conn.request("POST", self._path, body=body, headers=self._headers)
                 response = conn.getresponse()
-                response.read()
+                answer = response.read(_MAX_ANSWER)
+                left_over = response.length  # of a Content-Length body (None when chunked)
+                if left_over and len(answer) < _MAX_ANSWER:  # cut short: read() does not say
+                    raise http.client.IncompleteRead(answer, left_over)
+                if not response.isclosed():
+                    # More than an OTLP answer (a proxy's page, an endless stream): not read,
+                    # and the connection, in the middle of it, is not reused.
+                    self._close()
                 status = response.status
                 retry_after = _retry_after(response.getheader("Retry-After"))
             except (OSError, http.client.HTTPException):
@@ -196,12 +303,15 @@ class HttpSpanSink:
             finally:
                 self._deadline.disarm()
             if status is not None and 200 <= status < 300:
+                self.rejected = rejected_spans(answer, count)
                 return True
             if status is not None and status not in _RETRYABLE_HTTP:
                 return False
             # The collector's own Retry-After, when it gave one (OTLP/HTTP: the client SHOULD
             # honour it), else exponential backoff; never past the deadline.
-            wait = delay if retry_after is None else retry_after
+            # At least the backoff: a Retry-After of 0 (or a date past) must not make a
+            # tight loop of requests at a collector that is shedding load.
+            wait = delay if retry_after is None else max(retry_after, delay)
             if deadline - time.monotonic() <= wait:
                 return False
             time.sleep(wait)
@@ -234,7 +344,10 @@ class GrpcSpanSink:
         import grpc
 
         parts = urllib.parse.urlsplit(url)
-        target = f"{parts.hostname}:{parts.port or 4317}"
+        host = parts.hostname or "localhost"
+        if ":" in host:  # an IPv6 literal keeps its brackets in a gRPC target
+            host = f"[{host}]"
+        target = f"{host}:{parts.port or 4317}"
         secure = parts.scheme == "https" if insecure is None else not insecure
         options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _USER_AGENT)]
         comp = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
@@ -247,14 +360,19 @@ class GrpcSpanSink:
         # No (de)serializers: grpcio passes bytes through as they are.
         self._call = self._channel.unary_unary(self._METHOD)
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        # OTLP's retryable codes; RESOURCE_EXHAUSTED only with a RetryInfo (see export).
         self._retryable = {
             grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
             grpc.StatusCode.ABORTED,
             grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.OUT_OF_RANGE,
+            grpc.StatusCode.DATA_LOSS,
+            grpc.StatusCode.CANCELLED,
         }
+        self._exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
         self.url = url
         self._closed = False
+        self.rejected: tuple[int, str] = (0, "")
 
     def export(self, request: bytes, count: int, timeout: float) -> bool:
         """Send one request, retrying retryable status codes until ``timeout`` runs out."""
@@ -267,13 +385,22 @@ class GrpcSpanSink:
             if left <= 0 or self._closed:
                 return False
             try:
-                self._call(request, timeout=left, metadata=self._metadata)
+                answer = self._call(request, timeout=left, metadata=self._metadata)
+                self.rejected = rejected_spans(answer if isinstance(answer, bytes) else b"", count)
                 return True
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
-                if code not in self._retryable or deadline - time.monotonic() <= delay:
+                asked = _grpc_retry_delay(exc)
+                if code not in self._retryable and not (
+                    code is self._exhausted and asked is not None
+                ):
                     return False
-            time.sleep(delay)
+                # The server's RetryInfo delay when it gave one (the spec: SHOULD honour it),
+                # never less than the backoff.
+                wait = delay if asked is None else max(asked, delay)
+                if deadline - time.monotonic() <= wait:
+                    return False
+            time.sleep(wait)
             delay = min(delay * 2, 2.0)
 
     def shutdown(self) -> None:

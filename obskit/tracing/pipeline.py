@@ -68,6 +68,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: The most span bytes one export request carries: the OpenTelemetry Collector's gRPC receiver
+#: refuses messages over 4 MiB by default (``max_recv_msg_size_mib``), and a refused request
+#: loses every span in it. A little is left for the resource and scope framing.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
 class CompactSpanProcessor(SpanProcessor):
     """A batching span processor whose queue holds encoded bytes, bounded in count and size.
 
@@ -232,6 +238,9 @@ class CompactSpanProcessor(SpanProcessor):
         with self._lock:
             if self._closed:
                 dropped = "shutdown"
+            elif size > MAX_REQUEST_BYTES:
+                # No request could carry it, and sent with others it would fail them all.
+                dropped = "span_too_large"
             elif len(self._q_data) >= self._max_queue or self._q_bytes + size > self._max_bytes:
                 dropped = "queue_full"
             else:
@@ -239,7 +248,9 @@ class CompactSpanProcessor(SpanProcessor):
                 self._q_data.append(data)
                 self._q_bytes += size
                 self._enqueued += 1
-                if len(self._q_data) == self._batch:
+                if len(self._q_data) == self._batch or (
+                    self._q_bytes >= MAX_REQUEST_BYTES > self._q_bytes - size
+                ):
                     self._wake.notify()
         if dropped is not None:
             _selfmetrics.spans_dropped(dropped)
@@ -310,15 +321,29 @@ class CompactSpanProcessor(SpanProcessor):
 
     def _take_batch(self) -> tuple[list[int], list[bytes]]:
         n = min(len(self._q_data), self._batch)
-        scopes, data = self._q_scope[:n], self._q_data[:n]
+        data = self._q_data[:n]
+        size = sum(map(len, data))
+        if size > MAX_REQUEST_BYTES:  # large spans: as many as one request may carry
+            size = n = 0
+            for item in data:
+                if n and size + len(item) > MAX_REQUEST_BYTES:
+                    break
+                size += len(item)
+                n += 1
+            data = data[:n]
+        scopes = self._q_scope[:n]
         del self._q_scope[:n], self._q_data[:n]
-        self._q_bytes -= sum(map(len, data))
+        self._q_bytes -= size
         return scopes, data
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not self._stopping and len(self._q_data) < self._batch:
+                if (
+                    not self._stopping
+                    and len(self._q_data) < self._batch
+                    and self._q_bytes < MAX_REQUEST_BYTES
+                ):
                     self._wake.wait(self._delay)
                 stopping = self._stopping
                 scopes, data = self._take_batch()
@@ -351,7 +376,14 @@ class CompactSpanProcessor(SpanProcessor):
             return  # shut down while this export was under way; obskit may be reset already
         try:  # the export thread must outlive anything its bookkeeping meets
             if ok:
-                _selfmetrics.spans_exported(self.sink.name, len(data))
+                rejected, why = getattr(self.sink, "rejected", None) or (0, "")
+                _selfmetrics.spans_exported(self.sink.name, len(data) - rejected)
+                if rejected:
+                    # The collector's partial_success: accepted the request, refused these.
+                    _selfmetrics.spans_dropped("rejected", rejected)
+                    _selfmetrics.warn_once(
+                        "spans_rejected", "obskit: the collector rejected spans: %s", why or "?"
+                    )
             else:
                 _selfmetrics.export_failed("traces", self.sink.name, len(data))
         except Exception as exc:

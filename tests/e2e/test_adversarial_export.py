@@ -636,12 +636,9 @@ def test_a_retry_after_past_the_export_timeout_gives_up_at_once(retry_after: str
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Retry-After 0 or a past HTTP-date replaces the backoff with no wait at all "
-    "(otlp.py HttpSpanSink.export: wait = retry_after): a tight retry loop, thousands of "
-    "requests a second at an overloaded collector for the whole export timeout",
-)
+# A bug this test found, since fixed: Retry-After 0 or a past HTTP-date replaces the backoff with no
+# wait at all (otlp.py HttpSpanSink.export: wait = retry_after): a tight retry loop, thousands of
+# requests a second at an overloaded collector for the whole export timeout
 @pytest.mark.parametrize(
     "retry_after",
     ["0", "Wed, 21 Oct 2015 07:28:00 GMT"],
@@ -657,12 +654,10 @@ def test_retry_after_zero_does_not_turn_the_retries_into_a_tight_loop(retry_afte
     assert attempts <= 10, f"{attempts} requests in one second"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_retry_after (otlp.py) takes str.isdigit() for delay-seconds: a Retry-After of "
-    "'\\xb2' (superscript two) makes float() raise ValueError out of HttpSpanSink.export "
-    "(its contract: must not raise): an internal error, and the batch is lost unretried",
-)
+# A bug this test found, since fixed: _retry_after (otlp.py) takes str.isdigit() for delay-seconds:
+# a Retry-After of '\xb2' (superscript two) makes float() raise ValueError out of
+# HttpSpanSink.export (its contract: must not raise): an internal error, and the batch is lost
+# unretried
 def test_a_retry_after_of_a_non_ascii_digit_falls_back_to_the_backoff(production: None) -> None:
     answer = b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nRetry-After: \xb2\r\n\r\n"
     with RawCollector(lambda n: answer if n == 0 else OK) as collector:
@@ -677,12 +672,9 @@ def test_a_retry_after_of_a_non_ascii_digit_falls_back_to_the_backoff(production
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HttpSpanSink.export reads the whole response body (response.read() in otlp.py): a "
-    "collector or proxy answering a huge body (or an endless chunked one) makes the host "
-    "allocate all of it, on every export",
-)
+# A bug this test found, since fixed: HttpSpanSink.export reads the whole response body
+# (response.read() in otlp.py): a collector or proxy answering a huge body (or an endless chunked
+# one) makes the host allocate all of it, on every export
 def test_an_enormous_answer_body_is_not_read_into_memory() -> None:
     size = 64 * 1024 * 1024
     answer = http_answer(200, {"Content-Type": "text/html"}, b"x" * size)
@@ -700,11 +692,9 @@ def test_an_enormous_answer_body_is_not_read_into_memory() -> None:
     assert peak < 16_000_000, f"reading a 64 MiB answer allocated {peak / 1e6:.0f} MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OTLP response body is never parsed (otlp.py HttpSpanSink.export): spans a 200 "
-    "rejects in partial_success are counted as exported, not dropped, and not warned about",
-)
+# A bug this test found, since fixed: the OTLP response body is never parsed (otlp.py
+# HttpSpanSink.export): spans a 200 rejects in partial_success are counted as exported, not dropped,
+# and not warned about
 def test_spans_rejected_in_a_partial_success_are_counted_as_dropped() -> None:
     partial = ExportTraceServiceResponse(
         partial_success=ExportTracePartialSuccess(rejected_spans=2, error_message="too old")
@@ -765,12 +755,10 @@ def test_tls_to_a_plain_text_collector_fails_within_the_timeout_and_warns_once(
     assert 1 == warnings_about(caplog, f"exporting traces to {SINK[protocol]} failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batches are bounded in spans, not bytes (pipeline._take_batch): 512 spans of 9 KB "
-    "(a stack trace each) exceed a collector's default 4 MiB gRPC limit, the RESOURCE_EXHAUSTED "
-    "is retried for the whole export timeout, and every span of the batch is lost",
-)
+# A bug this test found, since fixed: batches are bounded in spans, not bytes
+# (pipeline._take_batch): 512 spans of 9 KB (a stack trace each) exceed a collector's default 4 MiB
+# gRPC limit, the RESOURCE_EXHAUSTED is retried for the whole export timeout, and every span of the
+# batch is lost
 def test_a_batch_of_large_spans_fits_the_grpc_collectors_default_message_limit() -> None:
     with OtlpGrpcReceiver() as rx:
         configure_for(rx.endpoint, "grpc", otlp_timeout=1.0)
@@ -781,11 +769,9 @@ def test_a_batch_of_large_spans_fits_the_grpc_collectors_default_message_limit()
     assert 512 == received
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no bound on one span's encoded size below bsp_max_queue_bytes (pipeline._enqueue): "
-    "one 5 MiB span fails its whole batch at a 4 MiB gRPC limit, taking the other spans with it",
-)
+# A bug this test found, since fixed: no bound on one span's encoded size below bsp_max_queue_bytes
+# (pipeline._enqueue): one 5 MiB span fails its whole batch at a 4 MiB gRPC limit, taking the other
+# spans with it
 def test_one_span_over_the_collectors_message_limit_loses_only_itself() -> None:
     with OtlpGrpcReceiver() as rx:
         configure_for(rx.endpoint, "grpc", otlp_timeout=1.0)
@@ -796,6 +782,32 @@ def test_one_span_over_the_collectors_message_limit_loses_only_itself() -> None:
         obskit.shutdown(timeout=1.0)
     assert 10 == names["small"]
     assert 1.0 == dropped_total() + names["huge"]
+
+
+def test_resource_exhausted_is_retried_only_when_the_collector_sends_a_retry_info() -> None:
+    """OTLP/gRPC: RESOURCE_EXHAUSTED is retryable only with a ``google.rpc.RetryInfo`` in the
+    status (the specification's throttling rule), whose delay is then waited for."""
+    with OtlpGrpcReceiver() as rx:
+        configure_for(rx.endpoint, "grpc", otlp_timeout=3.0)
+        rx.fail_next(1, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        end_spans(1, "plain")
+        assert True is obskit.force_flush(5.0)
+        rx.fail_next(1, grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.3)
+        end_spans(1, "told")
+        started = time.monotonic()
+        assert True is obskit.force_flush(5.0)
+        took = time.monotonic() - started
+        names = [s.span.name for s in rx.wait_for_spans(1, timeout=2.0)]
+        codes = [a.status for a in rx.attempts]
+        obskit.shutdown(timeout=1.0)
+    assert ["told"] == names
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [exhausted, exhausted, grpc.StatusCode.OK] == codes
+    assert took >= 0.3, f"retried after {took:.2f}s, before the RetryInfo's 0.3 s"
+    assert (1.0, 1.0) == (
+        sample("obskit_export_failures_total", signal="traces", exporter="otlp_grpc"),
+        sample("obskit_spans_exported_total", exporter="otlp_grpc"),
+    )
 
 
 # -- endpoints, headers and timeouts from the environment --------------------------------------
@@ -839,11 +851,9 @@ def test_an_ipv6_literal_endpoint_works_over_http() -> None:
 
 
 @needs_ipv6
-@pytest.mark.xfail(
-    strict=True,
-    reason="GrpcSpanSink builds its target as f'{hostname}:{port}' (otlp.py): an IPv6 literal "
-    "loses its brackets ('::1:4317'), the name lookup fails, and every span is lost",
-)
+# A bug this test found, since fixed: GrpcSpanSink builds its target as f'{hostname}:{port}'
+# (otlp.py): an IPv6 literal loses its brackets ('::1:4317'), the name lookup fails, and every span
+# is lost
 def test_an_ipv6_literal_endpoint_works_over_grpc() -> None:
     with GrpcReceiverOn("::1") as rx:
         configure_for(rx.endpoint, "grpc", otlp_timeout=1.0)
