@@ -27,7 +27,7 @@ from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
-from obskit.config import Config, load_config
+from obskit.config import Config, bounded_wait, load_config
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
 from obskit.tracing.sampling import SwitchableSampler, build_sampler, find_adaptive
 
@@ -474,7 +474,7 @@ def shutdown(timeout: float | None = None) -> bool:
                 _global.processor.delegate = None
                 _global.sampler.delegate = ALWAYS_OFF
         limit = runtime.config.shutdown_timeout if timeout is None else timeout
-        return runtime.shutdown(limit)
+        return runtime.shutdown(bounded_wait(limit))
 
 
 def force_flush(timeout: float = 5.0) -> bool:
@@ -483,10 +483,11 @@ def force_flush(timeout: float = 5.0) -> bool:
     runtime = _state.runtime
     if runtime is None or runtime.closed:
         return True
-    deadline = time.monotonic() + max(timeout, 0.0)
+    timeout = bounded_wait(timeout)  # inf, or past what a thread can wait: "until done"
+    deadline = time.monotonic() + timeout
     ok = True
     if runtime.processor is not None:
-        ok = runtime.processor.force_flush(int(max(timeout, 0.0) * 1000))
+        ok = runtime.processor.force_flush(int(timeout * 1000))
     for provider in (runtime.meter_provider, runtime.logger_provider):
         if provider is not None:
             ok = _bounded(provider.force_flush, deadline - time.monotonic()) and ok

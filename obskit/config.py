@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -190,26 +191,52 @@ def _number(
     return value
 
 
+#: The longest wait obskit hands to a lock, a condition, a thread join or a socket: a year is
+#: "forever" to a service, and every one of those accepts it (past ``threading.TIMEOUT_MAX`` they
+#: raise OverflowError).
+MAX_WAIT = 365 * 86400.0
+
+
+def bounded_wait(seconds: float) -> float:
+    """``seconds`` as a wait every blocking call accepts: within [0, :data:`MAX_WAIT`], NaN 0."""
+    if not seconds > 0.0:  # also NaN
+        return 0.0
+    return min(seconds, MAX_WAIT)
+
+
 def _seconds_from_ms(raw: object) -> float:
     # OTEL_* durations are milliseconds in the environment; arguments are seconds.
-    return _number(raw, scale=1000.0, positive=True)
+    return bounded_wait(_number(raw, scale=1000.0, positive=True))
 
 
 def _seconds(raw: object) -> float:
-    return _number(raw, positive=True)
+    return bounded_wait(_number(raw, positive=True))
+
+
+#: A header name both transports send: an HTTP token that is also a gRPC metadata key (which
+#: obskit lowercases).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: A header value both transports send: printable ASCII (gRPC's ASCII-Value; HTTP allows more,
+#: which gRPC metadata refuses).
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def _headers(raw: object) -> dict[str, str]:
     pairs = _key_values(raw)
     for name, value in pairs.items():
-        # What http.client can send: latin-1 text, no line breaks (a header split in two).
-        try:
-            name.encode("latin-1")
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise _Invalid("header names and values in latin-1 (percent-encode the rest)") from None
-        if any(c in name + value for c in "\r\n\0") or not name.strip():
-            raise _Invalid("header names and values without line breaks") from None
+        # Checked here, not at the first export: a header the transport refuses would fail
+        # every export (http.client raises on ':' in a name; gRPC on a space or non-ASCII).
+        # The message names no value: headers carry credentials.
+        if not _HEADER_NAME.fullmatch(name):
+            raise _Invalid(
+                "header names of letters, digits, '-', '_' and '.' (an HTTP token that gRPC "
+                "metadata also takes)"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            raise _Invalid(
+                "header values of printable ASCII, no line breaks (percent-encode the rest in "
+                "OTEL_EXPORTER_OTLP_HEADERS)"
+            )
     return pairs
 
 

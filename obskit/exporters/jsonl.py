@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 __all__ = ["JsonLinesSpanSink", "request_to_json_lines"]
 
@@ -76,14 +79,17 @@ class JsonLinesSpanSink:
                 if directory:
                     os.makedirs(directory, exist_ok=True)
                 try:
-                    if os.path.getsize(self.path) + len(data) > self.max_bytes:
+                    info = os.lstat(self.path)
+                    # Only a regular file is rotated: a directory, a device (/dev/stdout) or a
+                    # link someone put there is not obskit's to move.
+                    if stat.S_ISREG(info.st_mode) and info.st_size + len(data) > self.max_bytes:
                         os.replace(self.path, self.path + ".1")
                 except FileNotFoundError:
                     pass
                 with open(self.path, "ab") as fh:
                     fh.write(data)
             return True
-        except (OSError, ValueError):
+        except (OSError, ValueError, DecodeError):  # DecodeError: bytes protobuf refuses
             return False
 
     def shutdown(self) -> None:

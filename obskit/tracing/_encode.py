@@ -68,7 +68,15 @@ def _str(tag: bytes, value: str) -> bytes:
     return _len(tag, value.encode("utf-8", "replace"))
 
 
-def any_value(value: Any) -> bytes:
+#: How deep arrays and maps nest in one attribute value. Each level is two protobuf messages,
+#: and decoders refuse a message nested past a limit (100 in protobuf's own runtimes): a value
+#: nested deeper would make the Collector (or the JSON-lines writer) refuse the whole batch, and a
+#: list that contains itself would never end. What is deeper is written as this marker.
+MAX_VALUE_DEPTH = 16
+_TOO_DEEP = b"\x0a\x1e[nested deeper than 16 levels]"
+
+
+def any_value(value: Any, depth: int = 0) -> bytes:
     """Encode an AnyValue message body."""
     # bool is checked before int: it is an int subclass.
     if isinstance(value, str):
@@ -83,20 +91,23 @@ def any_value(value: Any) -> bytes:
         return b"\x21" + _pack_d(value)
     if isinstance(value, bytes):
         return _len(b"\x3a", value)
+    if isinstance(value, (Sequence, Mapping)) and depth >= MAX_VALUE_DEPTH:
+        return _TOO_DEEP
     if isinstance(value, Sequence):
-        return _len(b"\x2a", b"".join(_len(b"\x0a", any_value(v)) for v in value))
+        return _len(b"\x2a", b"".join(_len(b"\x0a", any_value(v, depth + 1)) for v in value))
     if isinstance(value, Mapping):
         return _len(
-            b"\x32", b"".join(_len(b"\x0a", key_value(str(k), v)) for k, v in value.items())
+            b"\x32",
+            b"".join(_len(b"\x0a", key_value(str(k), v, depth + 1)) for k, v in value.items()),
         )
     if value is None:  # a None inside an array: an empty AnyValue, as the SDK's encoder writes
         return b""
     return _str(b"\x0a", str(value))
 
 
-def key_value(key: str, value: Any) -> bytes:
+def key_value(key: str, value: Any, depth: int = 0) -> bytes:
     """Encode a KeyValue message body."""
-    return _str(b"\x0a", key) + _len(b"\x12", any_value(value))
+    return _str(b"\x0a", key) + _len(b"\x12", any_value(value, depth))
 
 
 # Encoded span attributes, cached by (key, value): most attributes repeat from span to span

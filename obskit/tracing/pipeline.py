@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from obskit import _selfmetrics
+from obskit.config import bounded_wait
 from obskit.tracing._encode import encode_request, encode_scope, frame_span
 
 __all__ = ["CompactSpanProcessor", "SpanSink"]
@@ -393,7 +394,7 @@ class CompactSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Export everything queued so far; False if that did not finish within the timeout."""
-        deadline = time.monotonic() + timeout_millis / 1000.0
+        deadline = time.monotonic() + bounded_wait(timeout_millis / 1000.0)
         with self._lock:
             target = self._enqueued
             self._wake.notify()
@@ -415,6 +416,7 @@ class CompactSpanProcessor(SpanProcessor):
         # Called from a signal handler that interrupted this thread inside a locked section: the
         # export thread cannot take the lock before the handler returns, so waiting for it
         # would only spend the timeout. What is queued is given up (and counted) at once.
+        timeout = bounded_wait(timeout)
         reentered: bool = self._lock._is_owned()  # type: ignore[attr-defined]
         with self._lock:
             self._stopping = True

@@ -916,12 +916,10 @@ def test_headers_from_the_environment_are_percent_decoded_once(
     assert ("a,b=c", "%zz%2") == (headers.get("x-token"), headers.get("x-odd"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._headers checks only latin-1 and line breaks: a header name http.client "
-    "refuses (':' in it) or gRPC metadata refuses (a space, non-ASCII value) passes configure() "
-    "and then every export fails -- not the ConfigError at configure() that the docs promise",
-)
+# A bug this test found, since fixed: config._headers checks only latin-1 and line breaks: a header
+# name http.client refuses (':' in it) or gRPC metadata refuses (a space, non-ASCII value) passes
+# configure() and then every export fails -- not the ConfigError at configure() that the docs
+# promise
 @pytest.mark.parametrize(
     ("protocol", "headers"),
     [
@@ -957,12 +955,10 @@ def test_a_huge_otlp_timeout_is_capped_by_the_batch_export_timeout(
     assert 1 == len(receiver.wait_for_spans(1, timeout=2.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durations are checked finite but not below threading.TIMEOUT_MAX (config._number): "
-    "a wait with them raises OverflowError -- shutdown(timeout=inf) and force_flush(timeout=inf) "
-    "into the caller, OBSKIT_SHUTDOWN_TIMEOUT=1e10 at exit and reconfiguration",
-)
+# A bug this test found, since fixed: durations are checked finite but not below
+# threading.TIMEOUT_MAX (config._number): a wait with them raises OverflowError --
+# shutdown(timeout=inf) and force_flush(timeout=inf) into the caller, OBSKIT_SHUTDOWN_TIMEOUT=1e10
+# at exit and reconfiguration
 @pytest.mark.parametrize("how", ["shutdown(inf)", "force_flush(inf)", "shutdown_timeout=1e10"])
 def test_a_timeout_longer_than_a_thread_can_wait_never_raises(tmp_path: Path, how: str) -> None:
     path = tmp_path / "traces.jsonl"
@@ -982,12 +978,9 @@ def test_a_timeout_longer_than_a_thread_can_wait_never_raises(tmp_path: Path, ho
     assert 1 == len(path.read_text().splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OTEL_EXPORTER_OTLP_TIMEOUT and OTEL_BSP_EXPORT_TIMEOUT past threading.TIMEOUT_MAX "
-    "pass configure(): HttpSpanSink's socket timeout and deadline wait raise OverflowError (the "
-    "deadline thread dies), so no span is ever exported",
-)
+# A bug this test found, since fixed: OTEL_EXPORTER_OTLP_TIMEOUT and OTEL_BSP_EXPORT_TIMEOUT past
+# threading.TIMEOUT_MAX pass configure(): HttpSpanSink's socket timeout and deadline wait raise
+# OverflowError (the deadline thread dies), so no span is ever exported
 def test_huge_export_timeouts_in_the_environment_still_export(
     monkeypatch: pytest.MonkeyPatch, thread_errors: list[str]
 ) -> None:
@@ -1136,12 +1129,9 @@ def test_a_traces_file_that_is_a_directory_is_counted_and_left_alone(
     assert 1 == warnings_about(caplog, "exporting traces to jsonl failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JsonLinesSpanSink.export rotates by os.replace(path, path + '.1') whatever the path "
-    "is: a directory is renamed to DIR.1, and a link such as /dev/stdout is renamed away and "
-    "replaced by a regular file -- rotation must only move a regular file",
-)
+# A bug this test found, since fixed: JsonLinesSpanSink.export rotates by os.replace(path, path +
+# '.1') whatever the path is: a directory is renamed to DIR.1, and a link such as /dev/stdout is
+# renamed away and replaced by a regular file -- rotation must only move a regular file
 @pytest.mark.parametrize("kind", ["directory", "link to /dev/null"])
 def test_rotation_never_moves_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "traces"
@@ -1247,12 +1237,10 @@ def test_hostile_span_contents_decode_on_the_receiver_and_the_export_thread_live
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_encode.any_value writes attribute values nested to any depth (the SDK accepts nested "
-    "AnyValues; ServerSpan.add_link checks no value): past ~47 levels protobuf's default "
-    "recursion limit rejects the whole batch, and DecodeError escapes JsonLinesSpanSink.export",
-)
+# A bug this test found, since fixed: _encode.any_value writes attribute values nested to any depth
+# (the SDK accepts nested AnyValues; ServerSpan.add_link checks no value): past ~47 levels
+# protobuf's default recursion limit rejects the whole batch, and DecodeError escapes
+# JsonLinesSpanSink.export
 @pytest.mark.parametrize(
     ("where", "exporter"),
     [("sdk attribute", "jsonl"), ("lean span link", "jsonl"), ("sdk attribute", "otlp http")],
