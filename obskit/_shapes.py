@@ -49,11 +49,9 @@ def shape_of(func: Any) -> Shape:
 class CallHooks(Protocol):
     """What a decorator does around one call of a generator or async generator it wraps."""
 
-    def begin(self) -> Any:
-        """The call starts (its first resume): the state :meth:`end` gets back."""
-
-    def context(self, state: Any) -> Context | None:
-        """The context to make current while the wrapped generator runs, or None."""
+    def begin(self) -> tuple[Any, Context | None]:
+        """The call starts (its first resume): the state :meth:`end` gets back, and the context
+        to make current while the wrapped generator runs (or None)."""
 
     def end(self, state: Any, exc: BaseException | None) -> None:
         """The call is over: exhausted or closed early by its consumer (``exc`` None), or
@@ -65,8 +63,7 @@ def generator(
 ) -> Generator[Any, Any, Any]:
     """``wrapped(*args, **kwargs)``, a generator, run between ``hooks.begin`` and
     ``hooks.end``: every ``send``, ``throw`` and ``close`` reaches it (``yield from``)."""
-    state = hooks.begin()
-    ctx = hooks.context(state)
+    state, ctx = hooks.begin()
     try:
         if ctx is None:
             result = yield from wrapped(*args, **kwargs)
@@ -121,8 +118,7 @@ async def async_generator(
     """``wrapped(*args, **kwargs)``, an async generator, run between ``hooks.begin`` and
     ``hooks.end``. An async generator cannot ``yield from``: sends, throws and ``aclose`` are
     forwarded by hand, with ``hooks.context`` current only while the wrapped one runs."""
-    state = hooks.begin()
-    ctx = hooks.context(state)
+    state, ctx = hooks.begin()
     try:
         agen = wrapped(*args, **kwargs)  # inside: bad arguments are a failed call too
         value: Any = None

@@ -177,13 +177,11 @@ class _Recorder:
     # -- a generator's call (obskit._shapes.CallHooks) ------------------------------------------
     # Its span is never current across a yield: only while the generator runs (context()).
 
-    def begin(self) -> tuple[float, Any]:
+    def begin(self) -> tuple[tuple[float, Any], Any]:
         span = self.new_span() if self.trace else None
-        return _perf(), span
-
-    def context(self, state: tuple[float, Any]) -> Any:
-        span = state[1]
-        return None if span is None else otel_trace.set_span_in_context(span)
+        if span is None:
+            return (_perf(), None), None
+        return (_perf(), span), otel_trace.set_span_in_context(span)
 
     def end(self, state: tuple[float, Any], exc: BaseException | None) -> None:
         started, span = state

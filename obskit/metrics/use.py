@@ -584,6 +584,9 @@ def _async(tracker: UseTracker) -> Any:
     return wrapper
 
 
+_NOTHING = (None, None)
+
+
 class _Unit:
     """A unit of ``tracker`` held for a whole generator call (``obskit._shapes.CallHooks``)."""
 
@@ -592,11 +595,9 @@ class _Unit:
     def __init__(self, tracker: UseTracker) -> None:
         self.tracker = tracker
 
-    def begin(self) -> None:
+    def begin(self) -> tuple[None, None]:
         self.tracker.acquired()
-
-    def context(self, state: None) -> None:
-        return None
+        return _NOTHING
 
     def end(self, state: None, exc: BaseException | None) -> None:
         try:
