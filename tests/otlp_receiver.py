@@ -14,9 +14,11 @@ encoding -- and keep the accepted requests thread-safely::
 Both can be told to fail the next N export calls (``fail_next``) to exercise retries. Every call,
 accepted or not, is recorded in ``attempts`` with its headers (HTTP) or metadata (gRPC).
 
-Fault helpers: :func:`closed_port` (connections are refused) and :class:`HangingServer` (accepts
-connections, reads what is sent and never answers). Everything binds to 127.0.0.1 on an ephemeral
-port, runs on daemon threads and stops within a couple of seconds.
+Fault helpers: :func:`closed_port` (connections are refused), :class:`HangingServer` (accepts
+connections, reads what is sent and never answers) and :class:`RawCollector` (decodes each
+OTLP/HTTP request and answers the raw bytes a test gives, :func:`http_answer` or worse).
+Everything binds to 127.0.0.1 on an ephemeral port, runs on daemon threads and stops within a
+couple of seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from __future__ import annotations
 import gzip
 import selectors
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler
@@ -505,3 +509,96 @@ class HangingServer:
     ) -> None:
         self._stop.set()
         self._thread.join(2.0)
+
+
+# -- a collector answering raw bytes -------------------------------------------------------------
+
+
+def http_answer(
+    status: int, headers: dict[str, str] | None = None, body: bytes = b"", reason: str = "X"
+) -> bytes:
+    """An HTTP/1.1 answer, as raw bytes."""
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+OK_ANSWER = http_answer(200, {"Content-Type": "application/x-protobuf"}, reason="OK")
+#: For :class:`RawCollector`: write the start of an answer, then reset the connection.
+RESET_ANSWER = b"<reset>"
+
+
+class RawAttempt(NamedTuple):
+    """One request a :class:`RawCollector` read."""
+
+    at: float  # time.monotonic() when the request was read
+    path: str
+    port: int  # the client's port: one per TCP connection
+    names: list[str]  # span names in the request
+    pids: list[int]  # process.pid of each ResourceSpans
+
+
+class _RawHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 5.0  # a kept-alive connection cannot pin a handler thread for long
+    server: _RawServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        pids = [
+            int(attributes_dict(rs.resource.attributes).get("process.pid", 0))
+            for rs in request.resource_spans
+        ]
+        answer = self.server.collector.record(
+            RawAttempt(time.monotonic(), self.path, self.client_address[1], names, pids)
+        )
+        if answer == RESET_ANSWER:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        self.wfile.write(answer)
+        if not answer.startswith(b"HTTP/1.1"):  # HTTP/1.0, or no answer at all: close
+            self.close_connection = True
+
+
+class _RawServer(LoopbackServer):
+    collector: RawCollector
+
+
+class RawCollector:
+    """An OTLP/HTTP collector on loopback that decodes each request (real protobuf) and answers
+    request n (0-based) with the raw bytes ``answer(n)``."""
+
+    def __init__(self, answer: Callable[[int], bytes] = lambda n: OK_ANSWER) -> None:
+        self.answer = answer
+        self._lock = threading.Lock()
+        self._attempts: list[RawAttempt] = []
+        self._server = _RawServer(_RawHandler)
+        self._server.collector = self
+        self.endpoint = f"http://{LOOPBACK}:{self._server.port}"
+
+    def record(self, attempt: RawAttempt) -> bytes:
+        with self._lock:
+            n = len(self._attempts)
+            self._attempts.append(attempt)
+        return self.answer(n)
+
+    @property
+    def attempts(self) -> list[RawAttempt]:
+        with self._lock:
+            return list(self._attempts)
+
+    def __enter__(self) -> RawCollector:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()  # also wakes handler threads blocked on keep-alive reads

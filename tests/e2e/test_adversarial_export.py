@@ -17,24 +17,20 @@ from __future__ import annotations
 import collections
 import email.utils
 import gc
-import gzip
 import json
 import logging
 import math
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 import pytest
@@ -42,7 +38,6 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
@@ -53,16 +48,19 @@ from obskit.config import ConfigError
 from obskit.testing import get_sample_value
 from obskit.tracing.pipeline import CompactSpanProcessor
 from tests.child_process import child_env
-from tests.loopback import LoopbackServer
+from tests.otlp_receiver import OK_ANSWER as OK
+from tests.otlp_receiver import RESET_ANSWER as RESET
 from tests.otlp_receiver import (
     HangingServer,
     OtlpGrpcReceiver,
     OtlpHttpReceiver,
+    RawCollector,
     _Handler,
     _HttpServer,
     _TraceServicer,
     attributes_dict,
     closed_port,
+    http_answer,
 )
 
 pytestmark = pytest.mark.e2e
@@ -164,89 +162,6 @@ def join_obskit_threads(timeout: float, before: set[int] | None = None) -> list[
 
 def obskit_thread_idents() -> set[int]:
     return {t.ident or 0 for t in threading.enumerate() if t.name in OBSKIT_THREADS}
-
-
-def span_names(request: ExportTraceServiceRequest) -> list[str]:
-    return [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-
-
-def http_answer(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
-    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-OK = http_answer(200, {"Content-Type": "application/x-protobuf"})
-#: Write the start of an answer, then reset the connection.
-RESET = b"<reset>"
-
-
-class Attempt(NamedTuple):
-    at: float  # time.monotonic() when the request was read
-    path: str
-    port: int  # the client's port: one per TCP connection
-    names: list[str]
-
-
-class _RawHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 5.0  # a kept-alive connection cannot pin a handler thread for long
-    server: _RawServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        names = span_names(ExportTraceServiceRequest.FromString(body))
-        answer = self.server.collector.record(
-            Attempt(time.monotonic(), self.path, self.client_address[1], names)
-        )
-        if answer == RESET:
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            return
-        self.wfile.write(answer)
-        if not answer.startswith(b"HTTP/1.1"):  # HTTP/1.0, or no answer at all: close
-            self.close_connection = True
-
-
-class _RawServer(LoopbackServer):
-    collector: RawCollector
-
-
-class RawCollector:
-    """An OTLP/HTTP collector on loopback that decodes each request (real protobuf) and answers
-    request n (0-based) with the raw bytes ``answer(n)``."""
-
-    def __init__(self, answer: Callable[[int], bytes] = lambda n: OK) -> None:
-        self.answer = answer
-        self._lock = threading.Lock()
-        self._attempts: list[Attempt] = []
-        self._server = _RawServer(_RawHandler)
-        self._server.collector = self
-        self.endpoint = f"http://{LOOPBACK}:{self._server.port}"
-
-    def record(self, attempt: Attempt) -> bytes:
-        with self._lock:
-            n = len(self._attempts)
-            self._attempts.append(attempt)
-        return self.answer(n)
-
-    @property
-    def attempts(self) -> list[Attempt]:
-        with self._lock:
-            return list(self._attempts)
-
-    def __enter__(self) -> RawCollector:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.close()
 
 
 class Unaccepting:
@@ -368,17 +283,6 @@ def _has_ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
-
-
-@pytest.fixture(params=PROTOCOLS)
-def receiver(request: pytest.FixtureRequest) -> Iterator[OtlpGrpcReceiver | OtlpHttpReceiver]:
-    """A running OTLP receiver for the protocol; obskit is shut down before it stops."""
-    receiver_class = OtlpGrpcReceiver if request.param == "grpc" else OtlpHttpReceiver
-    with receiver_class() as rx:
-        try:
-            yield rx
-        finally:
-            obskit.shutdown(timeout=2.0)
 
 
 def configure_for(endpoint: str, protocol: str = "http/protobuf", **options: Any) -> None:

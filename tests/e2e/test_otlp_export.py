@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -45,17 +44,6 @@ def _no_ambient_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("OTEL_", "OBSKIT_")) or name == "PROMETHEUS_MULTIPROC_DIR":
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(params=PROTOCOLS)
-def receiver(request: pytest.FixtureRequest) -> Iterator[OtlpGrpcReceiver | OtlpHttpReceiver]:
-    """A running OTLP receiver for the protocol; obskit is shut down before it stops."""
-    receiver_class = OtlpGrpcReceiver if request.param == "grpc" else OtlpHttpReceiver
-    with receiver_class() as rx:
-        try:
-            yield rx
-        finally:
-            obskit.shutdown(timeout=2.0)
 
 
 def configure_for(rx: OtlpGrpcReceiver | OtlpHttpReceiver, **options: object) -> None:

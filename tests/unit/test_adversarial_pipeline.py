@@ -13,7 +13,6 @@ file), which no loopback timing could make deterministic.
 from __future__ import annotations
 
 import collections
-import gzip
 import json
 import logging
 import math
@@ -24,8 +23,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +30,6 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
@@ -47,8 +43,15 @@ from obskit.exporters.otlp import HttpSpanSink
 from obskit.testing import capture, get_sample_value
 from obskit.tracing._encode import encode_request, encode_span, frame_span
 from tests.child_process import child_env
-from tests.loopback import LoopbackServer
-from tests.otlp_receiver import HangingServer, attributes_dict, python_value
+from tests.otlp_receiver import OK_ANSWER as OK
+from tests.otlp_receiver import (
+    HangingServer,
+    RawCollector,
+    attributes_dict,
+    http_answer,
+    python_value,
+)
+from tests.otlp_receiver import RawAttempt as Attempt
 
 LOOPBACK = "127.0.0.1"
 
@@ -77,81 +80,6 @@ def dropped_total() -> float:
         for s in metric.samples
         if s.name == "obskit_spans_dropped_total"
     )
-
-
-def http_answer(status: int, reason: str = "X", headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Length: 0"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-OK = http_answer(200, "OK")
-
-
-class Attempt(NamedTuple):
-    at: float  # time.monotonic() when the request was read
-    port: int  # the client's port: one per TCP connection
-    names: list[str]  # span names in the request
-    pids: list[int]  # process.pid of each ResourceSpans
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 5.0  # a keep-alive connection left open cannot pin a handler thread for long
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        request = ExportTraceServiceRequest.FromString(body)
-        names = [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
-        pids = [
-            int(attributes_dict(rs.resource.attributes).get("process.pid", 0))
-            for rs in request.resource_spans
-        ]
-        collector = self.server.collector
-        answer = collector.record(Attempt(time.monotonic(), self.client_address[1], names, pids))
-        self.wfile.write(answer)
-        if not answer.startswith(b"HTTP/"):
-            self.close_connection = True
-
-
-class _Server(LoopbackServer):
-    collector: Collector
-
-
-class Collector:
-    """An OTLP/HTTP collector on loopback answering export n (0-based) with ``answer(n)``, raw."""
-
-    def __init__(self, answer: Callable[[int], bytes] = lambda n: OK) -> None:
-        self.answer = answer
-        self._lock = threading.Lock()
-        self._attempts: list[Attempt] = []
-        self._server = _Server(_Handler)
-        self._server.collector = self
-        self.endpoint = f"http://{LOOPBACK}:{self._server.port}"
-
-    def record(self, attempt: Attempt) -> bytes:
-        with self._lock:
-            n = len(self._attempts)
-            self._attempts.append(attempt)
-        return self.answer(n)
-
-    @property
-    def attempts(self) -> list[Attempt]:
-        with self._lock:
-            return list(self._attempts)
-
-    def __enter__(self) -> Collector:
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.close()  # also wakes handler threads blocked on keep-alive reads
 
 
 def run_script(
@@ -224,7 +152,7 @@ class Forked(NamedTuple):
 @pytest.fixture(scope="module")
 def forked(tmp_path_factory: pytest.TempPathFactory) -> Forked:
     """FORK_SCRIPT run once against a loopback collector."""
-    with Collector() as collector:
+    with RawCollector() as collector:
         done = run_script(FORK_SCRIPT, collector.endpoint, cwd=tmp_path_factory.mktemp("fork"))
         attempts = collector.attempts
     assert 0 == done.returncode, done.stderr
@@ -546,7 +474,11 @@ ANSWERS: dict[str, tuple[bytes, bool, str]] = {
     # name: (raw answer, whether it is retried, compression)
     "500": (http_answer(500), False, "gzip"),
     "400 with a partial-success body": (http_answer_with_body(400, PARTIAL_SUCCESS), False, "none"),
-    "307 redirect": (http_answer(307, "Redirect", {"Location": "/v1/traces"}), False, "none"),
+    "307 redirect": (
+        http_answer(307, {"Location": "/v1/traces"}, reason="Redirect"),
+        False,
+        "none",
+    ),
     "garbage": (b"\x00\x01 not http at all\r\n\r\n", True, "gzip"),
 }
 
@@ -559,7 +491,7 @@ def test_every_collector_answer_is_bounded_accounted_and_warned_about_once(
     most the retries the export timeout allows, every span exported or counted as dropped, one
     warning."""
     raw, retried, compression = ANSWERS[answer]
-    with Collector(lambda n: raw) as collector:
+    with RawCollector(lambda n: raw) as collector:
         obskit.configure(
             service_name="adv",
             otlp_endpoint=collector.endpoint,
@@ -596,8 +528,10 @@ def test_every_collector_answer_is_bounded_accounted_and_warned_about_once(
 # its own 0.1 s backoff and ignores Retry-After, which the OTLP/HTTP spec says the client SHOULD
 # honour: an overloaded collector asking for 1 s gets hit again at once
 def test_retry_after_is_honoured() -> None:
-    with Collector(
-        lambda n: http_answer(429, "Too Many Requests", {"Retry-After": "1"}) if n == 0 else OK
+    with RawCollector(
+        lambda n: (
+            http_answer(429, {"Retry-After": "1"}, reason="Too Many Requests") if n == 0 else OK
+        )
     ) as collector:
         sink = HttpSpanSink(collector.endpoint + "/v1/traces")
         try:
@@ -610,7 +544,7 @@ def test_retry_after_is_honoured() -> None:
 
 def test_exports_share_one_deadline_thread() -> None:
     """The export deadline is watched by one thread per sink, not a new thread per batch."""
-    with Collector(lambda n: OK) as collector:
+    with RawCollector(lambda n: OK) as collector:
         sink = HttpSpanSink(collector.endpoint + "/v1/traces")
         started = []
         real_start = threading.Thread.start
