@@ -12,6 +12,7 @@ raised.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from typing import Any
 
@@ -30,7 +31,12 @@ __all__ = ["install"]
 
 _installed = False
 _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the key contrib instrumentations honour
+#: Set by OpenTelemetry's contrib HTTP instrumentations around a send they traced (and by obskit
+#: around its own): the HTTP layers below must not trace it again.
+_SUPPRESS_HTTP = otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY
 _CLIENT_DONE = otel_context.create_key("obskit-client-span")
+#: Query keys whose values ``url.full`` redacts (semantic conventions): presigned-URL credentials.
+_SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
 
 
 _cached_tracer: trace.Tracer | None = None
@@ -55,13 +61,18 @@ def _tracing() -> bool:
     return runtime is not None and not runtime.closed and runtime.processor is not None
 
 
-def _full_url(parts: urllib.parse.SplitResult, host: str | None, port: int | None) -> str:
-    """``url.full`` without credentials (semantic conventions: never record them)."""
-    host = host or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    netloc = host if port is None else f"{host}:{port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+def _full_url(parts: urllib.parse.SplitResult) -> str:
+    """``url.full`` without credentials and with presigned-URL signatures redacted (semantic
+    conventions: never record credentials; ``REDACTED`` for those query values)."""
+    netloc = parts.netloc.rpartition("@")[2]
+    query = parts.query
+    if query and any(key in query for key in _SECRET_QUERY_KEYS):
+        query = "&".join(
+            f"{name}=REDACTED" if name in _SECRET_QUERY_KEYS and sep else item
+            for item in query.split("&")
+            for name, sep, _ in (item.partition("="),)
+        )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _start(method: str, url: str) -> tuple[Any, object] | None:
@@ -73,15 +84,22 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
         # leave the request untouched -- no span, and no traceparent of an unsampled span that
         # would turn tracing off downstream or overwrite one the caller set.
         return None
+    original = method
     method = method.upper()
     label = method if method in sc.METHODS else sc.OTHER_METHOD
     parts = urllib.parse.urlsplit(url)
     # SplitResult parses the netloc again on every .hostname and .port: once each here.
-    host, given_port = parts.hostname, parts.port
+    host = parts.hostname
+    try:
+        given_port = parts.port
+    except ValueError:  # past 65535: httpx sends it, urllib.parse refuses it
+        given_port = None
     attributes: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
-        "url.full": _full_url(parts, host, given_port),
+        "url.full": _full_url(parts),
     }
+    if label == sc.OTHER_METHOD:
+        attributes[sc.HTTP_REQUEST_METHOD_ORIGINAL] = original[:64]
     if host:
         attributes[sc.SERVER_ADDRESS] = host
     port = given_port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -94,29 +112,46 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
         span = _tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
     elif span.is_recording():
         span.set_attributes(attributes)
-    ctx = trace.set_span_in_context(span)
-    token = otel_context.attach(otel_context.set_value(_CLIENT_DONE, True, ctx))
+    ctx = otel_context.set_value(_CLIENT_DONE, True, trace.set_span_in_context(span))
+    # While the client sends, the HTTP layers below it (urllib3, httpx's transport) are not
+    # traced again by OpenTelemetry's contrib instrumentations: this span is the request's.
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
     return span, token
 
 
 def _inject(headers: Any) -> None:
     # Inject from the context that holds the CLIENT span, so the server's parent is this span.
+    # A tracestate the caller set belongs to another trace context: it must not go out beside
+    # this traceparent (the propagator writes none when this trace has no state).
+    try:
+        del headers["tracestate"]  # both clients' headers are case-insensitive
+    except KeyError:
+        pass
     propagate.inject(headers)
 
 
-def _end(state: tuple[Any, object], status: int | None, exc: BaseException | None) -> None:
+def _end(state: tuple[Any, object], status: Any, exc: BaseException | None) -> None:
     span, token = state
     try:
-        if status is not None:
-            span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, status)
-            if status >= 400:  # client spans: 4xx and 5xx are errors (HTTP semconv)
-                span.set_attribute(sc.ERROR_TYPE, str(status))
-                span.set_status(StatusCode.ERROR)
-        if exc is not None:
-            span.record_exception(exc)
-            span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-            span.set_status(StatusCode.ERROR, sc.status_description(exc))
-        span.end()
+        try:
+            code = None if status is None else int(status)
+        except (TypeError, ValueError):  # a custom adapter's or a test double's odd status
+            code = None
+        try:
+            if code is not None:
+                span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
+                if code >= 400:  # client spans: 4xx and 5xx are errors (HTTP semconv)
+                    span.set_attribute(sc.ERROR_TYPE, str(code))
+                    span.set_status(StatusCode.ERROR)
+            if exc is not None:
+                span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
+                span.set_status(StatusCode.ERROR, sc.status_description(exc))
+                try:
+                    span.record_exception(exc)
+                except Exception:  # the SDK's calls str(exc), which user code may make raise
+                    span.add_event("exception", {"exception.type": sc.error_type(exc)})
+        finally:
+            span.end()
     finally:
         try:
             otel_context.detach(token)  # type: ignore[arg-type]
@@ -124,63 +159,124 @@ def _end(state: tuple[Any, object], status: int | None, exc: BaseException | Non
             pass
 
 
-def _safe_start(method: Any, url: Any, headers: Any) -> tuple[Any, object] | None:
+def _safe_start(request: Any, copy: Any) -> tuple[tuple[Any, object] | None, Any]:
+    """Start the CLIENT span of ``request`` (or none) and write the trace headers, when there
+    are any to write, into ``copy(request)``: ``(span state, the copy or None)``."""
+    state = None
     try:
-        state = _start(str(method), str(url))
-        if state is not None:
-            try:
-                _inject(headers)
-            except Exception:
-                # Its context must not stay current in the caller's code: end it, restore.
-                _end(state, None, None)
-                raise
-        elif otel_context.get_value(_CLIENT_DONE) and not otel_context.get_value(_SUPPRESS):
+        if otel_context.get_value(_SUPPRESS_HTTP) and not otel_context.get_value(_CLIENT_DONE):
+            # Another HTTP instrumentation (OpenTelemetry contrib's) traced this send and set
+            # its traceparent already: neither a second span nor another header.
+            return None, None
+        state = _start(str(request.method), str(request.url))
+        if (
+            state is not None
             # Inside a CLIENT span (a redirect hop, a call a response hook or an auth refresh
             # makes): no span of its own, but the request stays in the trace.
-            _inject(headers)
-        elif not _tracing() and trace.get_current_span().get_span_context().is_valid:
+            or (otel_context.get_value(_CLIENT_DONE) and not otel_context.get_value(_SUPPRESS))
             # Traces off, inside a request that carried a trace context: the request pipeline
             # made that remote context current; forward it unchanged so the trace (and its
             # sampling decision) continues downstream.
-            _inject(headers)
-        return state
+            or (not _tracing() and trace.get_current_span().get_span_context().is_valid)
+        ):
+            own = copy(request)
+            _inject(own.headers)
+            return state, own
+        return state, None
     except Exception as exc:
+        if state is not None:  # its context must not stay current in the caller's code
+            _safe_end(state, None, None)
         _selfmetrics.internal_error("outbound_start", exc)
-        return None
+        return None, None
 
 
 def _safe_end(state: tuple[Any, object] | None, status: Any, exc: BaseException | None) -> None:
     if state is None:
         return
     try:
-        _end(state, int(status) if status is not None else None, exc)
+        _end(state, status, exc)
     except Exception as error:
         _selfmetrics.internal_error("outbound_end", error)
+
+
+def _copier(request: Any) -> Any:
+    """How to copy ``request`` (a client's own request type), or None for anything else (the
+    client refuses it as without obskit: ``Session.send(requests.Request(...))``).
+
+    The trace headers go into a copy, never into the caller's object: one request object sent
+    from two threads at once then carries each send's own traceparent, and a later untraced
+    send of it no stale one."""
+    copy = _COPIERS.get(type(request))
+    if copy is None:
+        for kind, maker in _COPIERS.items():
+            if isinstance(request, kind):
+                return maker
+    return copy
+
+
+def _replaced(own: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    if args:
+        return (own, *args[1:]), kwargs
+    return args, {**kwargs, "request": own}
+
+
+def _status(response: Any) -> Any:
+    return getattr(response, "status_code", None)
 
 
 def _sync_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """``requests.Session.send`` and ``httpx.Client.send``: both take the prepared request."""
     request = args[0] if args else kwargs.get("request")
-    state = _safe_start(request.method, request.url, request.headers) if request else None
+    copy = _copier(request)
+    state = None
+    if copy is not None:
+        state, own = _safe_start(request, copy)
+        if own is not None:
+            args, kwargs = _replaced(own, args, kwargs)
     try:
         response = wrapped(*args, **kwargs)
     except BaseException as exc:
         _safe_end(state, None, exc)
         raise
-    _safe_end(state, getattr(response, "status_code", None), None)
+    _safe_end(state, _status(response), None)
     return response
 
 
 async def _async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     request = args[0] if args else kwargs.get("request")
-    state = _safe_start(request.method, request.url, request.headers) if request else None
+    copy = _copier(request)
+    state = None
+    if copy is not None:
+        state, own = _safe_start(request, copy)
+        if own is not None:
+            args, kwargs = _replaced(own, args, kwargs)
     try:
         response = await wrapped(*args, **kwargs)
     except BaseException as exc:
         _safe_end(state, None, exc)
         raise
-    _safe_end(state, getattr(response, "status_code", None), None)
+    _safe_end(state, _status(response), None)
     return response
+
+
+#: How each client's own request type is copied (filled in as the clients are imported).
+_COPIERS: dict[type, Any] = {}
+
+
+def _copy_httpx(kind: Any, request: Any) -> Any:
+    """A new ``httpx.Request`` (``kind``) sending the same: method, URL, a copy of the headers,
+    the same body stream and extensions (timeouts)."""
+    copy = kind(
+        request.method,
+        request.url,
+        headers=request.headers.copy(),
+        stream=request.stream,
+        extensions=dict(request.extensions),
+    )
+    content = getattr(request, "_content", None)
+    if content is not None:  # read already (an auth flow, an event hook): as read
+        copy._content = content
+    return copy
 
 
 def install() -> None:
@@ -192,9 +288,11 @@ def install() -> None:
 
     @wrapt.when_imported("requests")
     def _hook_requests(module: Any) -> None:
+        _COPIERS[module.PreparedRequest] = module.PreparedRequest.copy
         wrapt.wrap_function_wrapper(module, "Session.send", _sync_send)
 
     def _hook_httpx(module: Any) -> None:
+        _COPIERS[module.Request] = functools.partial(_copy_httpx, module.Request)
         wrapt.wrap_function_wrapper(module, "Client.send", _sync_send)
         wrapt.wrap_function_wrapper(module, "AsyncClient.send", _async_send)
 

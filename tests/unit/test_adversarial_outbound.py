@@ -1139,15 +1139,9 @@ SENDERS: dict[str, Callable[[str, dict[str, str]], Any]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._start honours only _SUPPRESS_INSTRUMENTATION_KEY, not the "
-        "suppress_http_instrumentation key OpenTelemetry's contrib HTTP instrumentations set "
-        "around a send they already traced: a second CLIENT span, and the outer one's "
-        "traceparent overwritten"
-    ),
-)
+# A bug this test found, since fixed: outbound._start honours only _SUPPRESS_INSTRUMENTATION_KEY,
+# not the suppress_http_instrumentation key OpenTelemetry's contrib HTTP instrumentations set around
+# a send they already traced: a second CLIENT span, and the outer one's traceparent overwritten
 @pytest.mark.parametrize("sender", list(SENDERS))
 def test_a_send_another_instrumentation_already_traces_gets_no_second_client_span(
     server: Server, mode: str, sender: str
@@ -1160,15 +1154,9 @@ def test_a_send_another_instrumentation_already_traces_gets_no_second_client_spa
     assert [outer.span_id.hex()] == [parse(value)[1] for value in seen.traceparent]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._sync_send/_async_send call the client's send without "
-        "suppress_http_instrumentation(), so OpenTelemetry's contrib instrumentations below it "
-        "(urllib3 under requests; httpx's, which wraps the transport's handle_request) add a "
-        "duplicate CLIENT span"
-    ),
-)
+# A bug this test found, since fixed: outbound._sync_send/_async_send call the client's send without
+# suppress_http_instrumentation(), so OpenTelemetry's contrib instrumentations below it (urllib3
+# under requests; httpx's, which wraps the transport's handle_request) add a duplicate CLIENT span
 def test_the_transport_below_a_traced_send_runs_with_http_instrumentation_suppressed(
     mode: str,
 ) -> None:
@@ -1192,14 +1180,9 @@ def test_the_transport_below_a_traced_send_runs_with_http_instrumentation_suppre
 # == bugs ======================================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._full_url records the query string verbatim: presigned-URL signatures "
-        "(AWSAccessKeyId, Signature, sig, X-Goog-Signature) end up in exported url.full; "
-        "semconv says to redact their values as REDACTED"
-    ),
-)
+# A bug this test found, since fixed: outbound._full_url records the query string verbatim:
+# presigned-URL signatures (AWSAccessKeyId, Signature, sig, X-Goog-Signature) end up in exported
+# url.full; semconv says to redact their values as REDACTED
 @pytest.mark.parametrize("key", ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"])
 def test_signed_url_query_values_are_redacted_in_url_full(
     server: Server, mode: str, key: str
@@ -1213,13 +1196,8 @@ def test_signed_url_query_values_are_redacted_in_url_full(
     assert server.url(f"/x?a=1&{key}=REDACTED&Expires=9") == attributes(span)["url.full"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._start records http.request.method _OTHER for an unknown method without "
-        "http.request.method_original (the SERVER span sets it; semconv says SHOULD)"
-    ),
-)
+# A bug this test found, since fixed: outbound._start records http.request.method _OTHER for an
+# unknown method without http.request.method_original (the SERVER span sets it; semconv says SHOULD)
 def test_an_unknown_method_keeps_its_original_name(server: Server, mode: str) -> None:
     with traced(mode) as cap, tracer().start_as_current_span("parent"):
         requests.request("PURGE", server.url(), timeout=TIMEOUT)
@@ -1236,14 +1214,9 @@ def test_an_unknown_method_keeps_its_original_name(server: Server, mode: str) ->
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._inject replaces the caller's traceparent but propagate.inject writes no "
-        "tracestate for an empty trace state, so the caller's tracestate of another trace "
-        "goes out paired with obskit's traceparent"
-    ),
-)
+# A bug this test found, since fixed: outbound._inject replaces the caller's traceparent but
+# propagate.inject writes no tracestate for an empty trace state, so the caller's tracestate of
+# another trace goes out paired with obskit's traceparent
 @pytest.mark.parametrize("sender", list(SENDERS))
 def test_a_callers_tracestate_does_not_ride_on_obskits_traceparent(
     server: Server, mode: str, sender: str
@@ -1257,14 +1230,9 @@ def test_a_callers_tracestate_does_not_ride_on_obskits_traceparent(
     assert [] == seen.tracestate  # ...so their trace's state must not go with it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._safe_end converts int(status) before _end's try/finally: a response whose "
-        "status_code is not a number leaves the CLIENT span open and its context attached in "
-        "the caller's code (later calls: no span, stale parent)"
-    ),
-)
+# A bug this test found, since fixed: outbound._safe_end converts int(status) before _end's
+# try/finally: a response whose status_code is not a number leaves the CLIENT span open and its
+# context attached in the caller's code (later calls: no span, stale parent)
 def test_a_non_numeric_status_code_leaves_no_client_span_current(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1282,14 +1250,9 @@ def test_a_non_numeric_status_code_leaves_no_client_span_current(
     assert 2 == len(spans)  # both calls' spans ended and exported
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._start reads urllib.parse's SplitResult.port, which raises for a port over "
-        "65535 that httpx accepts: the request goes out with no traceparent and no span, and an "
-        "obskit internal error is counted and warned about"
-    ),
-)
+# A bug this test found, since fixed: outbound._start reads urllib.parse's SplitResult.port, which
+# raises for a port over 65535 that httpx accepts: the request goes out with no traceparent and no
+# span, and an obskit internal error is counted and warned about
 def test_a_port_httpx_accepts_but_urllib_parse_rejects_still_gets_a_span(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1376,15 +1339,10 @@ def _shared_by_two_tasks() -> list[tuple[str, str]]:
     return sent
 
 
-SHARED_REASON = (
-    "outbound._inject writes into the caller's request object in place: one "
-    "PreparedRequest/httpx.Request sent from two threads or tasks at once goes out with the "
-    "other call's traceparent (traces cross-linked), and a later re-send the hooks leave "
-    "alone carries a stale one"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SHARED_REASON)
+# A bug this test found, since fixed: outbound._inject writes into the caller's request object in
+# place: one PreparedRequest/httpx.Request sent from two threads or tasks at once goes out with the
+# other call's traceparent (traces cross-linked), and a later re-send the hooks leave alone carries
+# a stale one
 @pytest.mark.parametrize(
     "send", [_shared_by_two_threads, _shared_by_two_tasks], ids=["requests", "httpx-async"]
 )
@@ -1400,7 +1358,10 @@ def test_one_request_object_sent_concurrently_carries_each_calls_own_traceparent
     assert [current for _, current in sent] == [parent_id for parent_id, _ in sent]
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_REASON)
+# A bug this test found, since fixed: outbound._inject writes into the caller's request object in
+# place: one PreparedRequest/httpx.Request sent from two threads or tasks at once goes out with the
+# other call's traceparent (traces cross-linked), and a later re-send the hooks leave alone carries
+# a stale one
 def test_a_request_object_re_sent_untraced_carries_no_stale_traceparent(
     server: Server, mode: str
 ) -> None:
@@ -1419,22 +1380,9 @@ class Unprintable(Exception):
         raise RuntimeError("no text for this one")
 
 
-@pytest.mark.parametrize(
-    "which",
-    [
-        "lean",
-        pytest.param(
-            "sdk",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "outbound._end: the SDK span's record_exception calls str(exc), which "
-                    "raises, and span.end() is skipped: the CLIENT span is never exported"
-                ),
-            ),
-        ),
-    ],
-)
+# A bug the "sdk" case found, since fixed: outbound._end -- the SDK span's record_exception calls
+# str(exc), which raises, and span.end() was skipped: the CLIENT span was never exported.
+@pytest.mark.parametrize("which", ["lean", "sdk"])
 def test_an_exception_that_cannot_be_printed_still_ends_the_client_span(
     monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
@@ -1454,14 +1402,9 @@ def test_an_exception_that_cannot_be_printed_still_ends_the_client_span(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "outbound._sync_send starts a span and injects into anything with method/url/headers: "
-        "Session.send(Request) (unprepared, which requests refuses) mutates the caller's "
-        "Request.headers and exports an ERROR CLIENT span for a request never sent"
-    ),
-)
+# A bug this test found, since fixed: outbound._sync_send starts a span and injects into anything
+# with method/url/headers: Session.send(Request) (unprepared, which requests refuses) mutates the
+# caller's Request.headers and exports an ERROR CLIENT span for a request never sent
 def test_sending_an_unprepared_request_is_refused_as_without_obskit(
     server: Server, mode: str
 ) -> None:
