@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from obskit import _state, testing
 from tests.logging_state import preserved_logging
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's settings do not reach the tests: no OTEL_/OBSKIT_/FASTAPI_ variable, no
+    multi-process metrics directory, no HTTP proxy (a test sets what it needs itself)."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith(("OTEL_", "OBSKIT_", "FASTAPI_", "PROMETHEUS_MULTIPROC")) or (
+            upper.endswith("_PROXY")
+        ):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

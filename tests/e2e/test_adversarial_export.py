@@ -71,14 +71,6 @@ SINK = {"http/protobuf": "otlp_http", "grpc": "otlp_grpc"}
 OBSKIT_THREADS = ("obskit-span-export", "obskit-otlp-deadline")
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Variables of the machine running the tests must not leak into the configuration."""
-    for name in list(os.environ):
-        if name.startswith(("OTEL_", "OBSKIT_")) or name == "PROMETHEUS_MULTIPROC_DIR":
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def production(monkeypatch: pytest.MonkeyPatch) -> None:
     """Internal errors counted and swallowed, as in production (tests raise them by default)."""

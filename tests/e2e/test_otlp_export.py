@@ -38,14 +38,6 @@ SINK_NAME = {"grpc": "otlp_grpc", "http/protobuf": "otlp_http"}
 EXPORT_THREAD = "obskit-span-export"
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Variables of the machine running the tests must not leak into the configuration."""
-    for name in list(os.environ):
-        if name.startswith(("OTEL_", "OBSKIT_")) or name == "PROMETHEUS_MULTIPROC_DIR":
-            monkeypatch.delenv(name)
-
-
 def configure_for(rx: OtlpGrpcReceiver | OtlpHttpReceiver, **options: object) -> None:
     options.setdefault("service_name", "checkout")
     options.setdefault("bsp_schedule_delay", 0.05)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import django
@@ -67,15 +66,6 @@ def invalid_traceparent(request: pytest.FixtureRequest) -> tuple[str, str]:
 def invalid_tracestate(request: pytest.FixtureRequest) -> tuple[str, str]:
     """One invalid or oversized ``tracestate`` value and its counted reason (every case)."""
     return INVALID_TRACESTATES[request.param]
-
-
-@pytest.fixture
-def no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_/FASTAPI_ settings nor an HTTP proxy apply."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_", "FASTAPI_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

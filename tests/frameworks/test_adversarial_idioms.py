@@ -18,7 +18,6 @@ import asyncio
 import http.client
 import json
 import logging
-import os
 import threading
 import time
 import warnings
@@ -62,15 +61,6 @@ REMOTE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 REMOTE_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{REMOTE_TRACE}-{REMOTE_SPAN}-01"
 OBSKIT_FIRST = ["obskit.django.ObskitMiddleware"]
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_/FASTAPI_ settings nor an HTTP proxy apply here."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_", "FASTAPI_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

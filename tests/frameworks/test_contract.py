@@ -21,8 +21,6 @@ from tests.frameworks.contract_apps import CHUNK_DELAY, RAISED, WEBS, Boom, Web
 from tests.frameworks.helpers import all_requests_total, requests_total, series
 from tests.otlp_receiver import attributes as attrs
 
-pytestmark = pytest.mark.usefixtures("no_ambient_environment")
-
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"

@@ -39,8 +39,6 @@ ERROR = 2
 TIMEOUT = 10.0
 ITEM = "/items/{item_id}"
 
-pytestmark = pytest.mark.usefixtures("no_ambient_environment")
-
 
 class Boom(Exception):
     """The handler's own exception."""

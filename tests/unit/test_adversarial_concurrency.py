@@ -61,17 +61,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_ settings nor an HTTP proxy apply to these tests."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_", "PROMETHEUS_MULTIPROC")) or upper.endswith(
-            "_PROXY"
-        ):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """The root logger, obskit's logger, the test's loggers and the logger classes as they were
     (``configure(logging=True)`` and ``setup_logging`` change all of them)."""

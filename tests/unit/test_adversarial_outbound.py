@@ -57,15 +57,6 @@ P = "00f067aa0ba902b7"
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_ settings nor an HTTP proxy apply to these tests."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
 def _no_context_left_behind() -> Iterator[None]:
     """Every test starts and must end with no span current (nothing left attached)."""
     assert not trace.get_current_span().get_span_context().is_valid

@@ -16,7 +16,6 @@ import collections
 import json
 import logging
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -54,14 +53,6 @@ from tests.otlp_receiver import (
 from tests.otlp_receiver import RawAttempt as Attempt
 
 LOOPBACK = "127.0.0.1"
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Variables of the machine running the tests must not leak into the configuration."""
-    for name in list(os.environ):
-        if name.startswith(("OTEL_", "OBSKIT_")) or name == "PROMETHEUS_MULTIPROC_DIR":
-            monkeypatch.delenv(name)
 
 
 # -- helpers -----------------------------------------------------------------------------------

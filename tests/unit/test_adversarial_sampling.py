@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,15 +45,6 @@ CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 SERVER = Span.SpanKind.SPAN_KIND_SERVER
 TIMEOUT = 5.0
 LIMIT = sampling.TraceIdRatioBased.TRACE_ID_LIMIT
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_ settings nor an HTTP proxy apply to these tests."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 # -- a loopback server that records every header, repeated ones included ----------------------

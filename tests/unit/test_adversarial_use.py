@@ -57,15 +57,6 @@ REFUSED_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
 DEADLINE = 15.0
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No OTEL_/OBSKIT_/multi-process settings from the outside reach obskit here."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OTEL_", "OBSKIT_")):
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-
-
 @pytest.fixture
 def resource_limit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     """obskit configured with cardinality_limit=2 and resource_* declared afresh under it.

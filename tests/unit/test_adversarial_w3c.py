@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import re
 import threading
 import urllib.parse
@@ -54,15 +53,6 @@ LOGGER = "w3c.app"
 TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 
 Headers = list[tuple[str, str]]
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_ settings nor an HTTP proxy apply to these tests."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 # -- the loopback peer: records every header field it receives, repeated ones included ---------

@@ -7,7 +7,6 @@ Every call goes to a tiny ``http.server`` on loopback that records the headers i
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -63,15 +62,6 @@ def parse_traceparent(value: str) -> tuple[str, str, str]:
     assert ("00", 2) == (version, len(flags))
     # Only bit 0 (sampled) is asserted: OpenTelemetry may also set the level-2 "random" bit.
     return trace_id, parent_id, "sampled" if int(flags, 16) & 1 else "unsampled"
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Neither the machine's OTEL_/OBSKIT_ settings nor an HTTP proxy apply to these tests."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("OTEL_", "OBSKIT_")) or upper.endswith("_PROXY"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
