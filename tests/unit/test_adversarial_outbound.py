@@ -32,11 +32,6 @@ import requests
 import wrapt
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry.instrumentation.utils import (
-    is_http_instrumentation_enabled,
-    suppress_http_instrumentation,
-    suppress_instrumentation,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from requests.adapters import HTTPAdapter
@@ -47,6 +42,30 @@ from obskit import _state, testing
 from obskit.testing import Capture, capture, get_sample_value
 from tests.loopback import LoopbackServer, QuietHandler, free_port
 from tests.otlp_receiver import attributes
+
+
+# What opentelemetry.instrumentation.utils (the contrib instrumentations' package, not a
+# dependency of obskit) does with the API's two suppression keys.
+@contextlib.contextmanager
+def _suppressed(key: str) -> Iterator[None]:
+    token = otel_context.attach(otel_context.set_value(key, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def suppress_instrumentation() -> contextlib.AbstractContextManager[None]:
+    return _suppressed(otel_context._SUPPRESS_INSTRUMENTATION_KEY)
+
+
+def suppress_http_instrumentation() -> contextlib.AbstractContextManager[None]:
+    return _suppressed(otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+
+
+def is_http_instrumentation_enabled() -> bool:
+    return not otel_context.get_value(otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+
 
 CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 ERROR = Status.STATUS_CODE_ERROR
