@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from obskit._version import __version__
@@ -206,6 +206,32 @@ def _grpc_retry_delay(error: Any) -> float | None:
     return None
 
 
+def _with_retries(
+    timeout: float,
+    closed: Callable[[], bool],
+    attempt: Callable[[float], tuple[bool | None, float | None]],
+) -> bool:
+    """Call ``attempt(seconds left)`` until it answers True (delivered) or False (not to be
+    retried), the sink is closed, or ``timeout`` runs out. ``(None, wait)`` asks for a retry:
+    after the collector's own ``wait`` (Retry-After, RetryInfo) when it gave one, never less than
+    the exponential backoff -- a Retry-After of 0 must not make a tight loop of requests at a
+    collector shedding load -- and never past the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or closed():
+            return False
+        outcome, asked = attempt(left)
+        if outcome is not None:
+            return outcome
+        wait = delay if asked is None else max(asked, delay)
+        if deadline - time.monotonic() <= wait:
+            return False
+        time.sleep(wait)
+        delay = min(delay * 2, 2.0)
+
+
 class HttpSpanSink:
     """POST ``application/x-protobuf`` to an OTLP/HTTP endpoint (``.../v1/traces``)."""
 
@@ -273,17 +299,13 @@ class HttpSpanSink:
     def export(self, request: bytes, count: int, timeout: float) -> bool:
         """Send one request, retrying retryable failures until ``timeout`` runs out."""
         body = gzip.compress(request, compresslevel=5) if self._gzip else request
-        deadline = time.monotonic() + timeout
-        delay = 0.1
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closed:
-                return False
+
+        def attempt(left: float) -> tuple[bool | None, float | None]:
             retry_after = None
             answer = b""
             conn = self._connection(left)
             # At the deadline the socket is shut down, which ends a blocked read.
-            self._deadline.arm(conn, deadline)
+            self._deadline.arm(conn, time.monotonic() + left)
             try:
                 conn.request("POST", self._path, body=body, headers=self._headers)
                 response = conn.getresponse()
@@ -299,23 +321,17 @@ class HttpSpanSink:
                 retry_after = _retry_after(response.getheader("Retry-After"))
             except (OSError, http.client.HTTPException):
                 self._close()
-                status = None
+                return None, None
             finally:
                 self._deadline.disarm()
-            if status is not None and 200 <= status < 300:
+            if 200 <= status < 300:
                 self.rejected = rejected_spans(answer, count)
-                return True
-            if status is not None and status not in _RETRYABLE_HTTP:
-                return False
-            # The collector's own Retry-After, when it gave one (OTLP/HTTP: the client SHOULD
-            # honour it), else exponential backoff; never past the deadline.
-            # At least the backoff: a Retry-After of 0 (or a date past) must not make a
-            # tight loop of requests at a collector that is shedding load.
-            wait = delay if retry_after is None else max(retry_after, delay)
-            if deadline - time.monotonic() <= wait:
-                return False
-            time.sleep(wait)
-            delay = min(delay * 2, 2.0)
+                return True, None
+            if status not in _RETRYABLE_HTTP:
+                return False, None
+            return None, retry_after  # OTLP/HTTP: the client SHOULD honour Retry-After
+
+        return _with_retries(timeout, lambda: self._closed, attempt)
 
     def shutdown(self) -> None:
         """Close the connection, interrupting an export blocked on a hanging collector."""
@@ -378,30 +394,19 @@ class GrpcSpanSink:
         """Send one request, retrying retryable status codes until ``timeout`` runs out."""
         import grpc
 
-        deadline = time.monotonic() + timeout
-        delay = 0.1
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closed:
-                return False
+        def attempt(left: float) -> tuple[bool | None, float | None]:
             try:
                 answer = self._call(request, timeout=left, metadata=self._metadata)
-                self.rejected = rejected_spans(answer if isinstance(answer, bytes) else b"", count)
-                return True
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
-                asked = _grpc_retry_delay(exc)
-                if code not in self._retryable and not (
-                    code is self._exhausted and asked is not None
-                ):
-                    return False
-                # The server's RetryInfo delay when it gave one (the spec: SHOULD honour it),
-                # never less than the backoff.
-                wait = delay if asked is None else max(asked, delay)
-                if deadline - time.monotonic() <= wait:
-                    return False
-            time.sleep(wait)
-            delay = min(delay * 2, 2.0)
+                asked = _grpc_retry_delay(exc)  # the spec: SHOULD honour a RetryInfo
+                if code in self._retryable or (code is self._exhausted and asked is not None):
+                    return None, asked
+                return False, None
+            self.rejected = rejected_spans(answer if isinstance(answer, bytes) else b"", count)
+            return True, None
+
+        return _with_retries(timeout, lambda: self._closed, attempt)
 
     def shutdown(self) -> None:
         """Close the channel; an RPC under way is cancelled."""
