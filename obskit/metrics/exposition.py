@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,18 +46,26 @@ _LIVE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
 def forget_process(pid: int, directory: str | None = None) -> None:
     """Remove the live gauges (``livesum``, ``livemax``...) of a process that has ended from the
-    multi-process directory, so they stop counting in ``/metrics``."""
-    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        from prometheus_client import multiprocess
+    multi-process directory, so they stop counting in ``/metrics``.
 
-        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    As prometheus_client's ``mark_process_dead``, file by file: a file another scrape (a second
+    Prometheus replica) removed first is not an error."""
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    for mode in ("livemin", "livemax", "livesum", "liveall"):
+        try:
+            os.remove(os.path.join(directory, f"gauge_{mode}_{pid}.db"))
+        except FileNotFoundError:
+            pass
 
 
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):  # no process can have that pid (a stray file name)
         return False
     except OSError:  # EPERM: a process of another user has the pid
         return True
@@ -71,18 +81,61 @@ def _forget_ended(directory: str) -> None:
             forget_process(pid, directory)
 
 
-def _collector() -> CollectorRegistry | _Union:
+class _MultiProcess(Collector):
+    """prometheus_client's multi-process merge over the directory's regular ``*.db`` files.
+
+    Its own collector raises on the first file it cannot read -- a zero-length or truncated one
+    (a worker killed while creating it), a corrupt one, a directory named like one -- and then
+    every scrape of every worker fails. Here the files are merged at once as usual and, only if
+    that fails, one by one: what cannot be read is left out and counted
+    (``obskit_internal_errors_total{component="multiprocess_read"}``).
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merge = MultiProcessCollector.merge
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:  # removed, or unreadable: nothing to merge (counted)
+            _selfmetrics.internal_error("multiprocess_read", exc)
+            return []
+        files = []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(".db") and _regular(path):
+                files.append(path)
+        try:
+            return merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+        except Exception:
+            readable = []
+            for path in files:
+                try:
+                    merge([path], accumulate=True)  # type: ignore[no-untyped-call]
+                    readable.append(path)
+                except Exception as exc:
+                    _selfmetrics.internal_error("multiprocess_read", exc)
+            return merge(readable, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _collector() -> Collector:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from prometheus_client import multiprocess
-
         try:
             _forget_ended(directory)
         except OSError as exc:  # the scrape goes on with what the directory holds
             _selfmetrics.internal_error("multiprocess_cleanup", exc)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        return registry
+        return _MultiProcess(directory)
     runtime = _state.runtime
     include_default = runtime is None or runtime.config.include_default_registry
     if include_default:
@@ -120,21 +173,79 @@ def _negotiate(accept: str) -> tuple[Callable[[Collector], bytes], str]:
     # first range it recognises, whatever its q; ask it one range at a time, in the client's
     # order of preference.
     for media_range in _ranked(accept):
-        media_type = media_range.split(";", 1)[0].strip().lower()
+        media_type, _, parameters = media_range.partition(";")
+        media_type = media_type.strip().lower()  # case-insensitive (RFC 9110 8.3.1)
         try:
-            encoder, content_type = choose_encoder(media_range)
+            encoder, content_type = choose_encoder(f"{media_type};{parameters}")
         except Exception:  # a malformed range (version=abc): a client's problem, skip it
             continue
-        if media_type in _TEXT_RANGES or not content_type.startswith("text/plain"):
+        if content_type.startswith("text/plain"):
+            if media_type in _TEXT_RANGES:
+                return encoder, content_type
+            continue  # an OpenMetrics version the library cannot write: the next choice
+        version = content_type.split("version=", 1)[1].split(";", 1)[0].strip()
+        if version in _OPENMETRICS_VERSIONS:  # not one it echoes without writing it (9.9.9)
             return encoder, content_type
-        # an OpenMetrics version the library cannot write: the client's next choice
     return choose_encoder("")
 
 
+#: The OpenMetrics versions prometheus_client writes.
+_OPENMETRICS_VERSIONS = frozenset({"1.0.0", "2.0.0"})
+
+
 def render(accept: str | None) -> tuple[bytes, str]:
-    """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``."""
+    """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``.
+
+    One metric family that cannot be written (a collector of the app's that raises, a help text
+    or a label with a lone surrogate) does not take the others down: the exposition is then
+    written family by family, without the ones that fail (counted as
+    ``obskit_internal_errors_total{component="metrics_render"}``)."""
     encoder, content_type = _negotiate(accept or "")
-    return encoder(_collector()), content_type
+    collector = _collector()
+    try:
+        return encoder(collector), content_type
+    except Exception as exc:
+        _selfmetrics.internal_error("metrics_render", exc)
+    families: list[Metric] = []
+    for part in _parts(collector):
+        try:
+            collected = list(part.collect())
+        except Exception as exc:
+            _selfmetrics.internal_error("metrics_render", exc)
+            continue
+        for family in collected:
+            try:
+                encoder(_Families([family]))
+                families.append(family)
+            except Exception as exc:
+                _selfmetrics.internal_error("metrics_render", exc)
+    return encoder(_Families(families)), content_type
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def _parts(collector: Any) -> list[Any]:
+    """The collectors ``collector`` gathers, each to be collected on its own."""
+    if isinstance(collector, _Union):
+        return [part for registry in collector.registries for part in _parts(registry)]
+    if isinstance(collector, CollectorRegistry):
+        # prometheus_client keeps its collectors there (no public accessor); a registry laid
+        # out otherwise is collected whole.
+        registered = getattr(collector, "_collector_to_names", None)
+        if isinstance(registered, dict):
+            return list(registered)
+    return [collector]
+
+
+#: Connections the metrics port serves at once; past it new ones are closed at once. A scraper
+#: needs one; a flood of idle connections must not take the app's threads and descriptors.
+MAX_CONNECTIONS = 32
 
 
 class MetricsServer:
@@ -157,7 +268,12 @@ class MetricsServer:
                 if self.path.split("?", 1)[0] != path:
                     self.send_error(404)
                     return
-                body, content_type = render(self.headers.get("Accept"))
+                try:
+                    body, content_type = render(self.headers.get("Accept"))
+                except Exception as exc:  # the scraper gets an answer, obskit counts it
+                    _selfmetrics.internal_error("metrics_server", exc)
+                    self.send_error(500)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -168,7 +284,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        open_connections: set[socket.socket] = set()
+        open_connections: dict[socket.socket, None] = {}  # oldest first
         lock = threading.Lock()
 
         class Server(ThreadingHTTPServer):
@@ -176,12 +292,36 @@ class MetricsServer:
 
             def process_request(self, request: Any, client_address: Any) -> None:
                 with lock:
-                    open_connections.add(request)
+                    oldest = None
+                    if len(open_connections) >= MAX_CONNECTIONS:
+                        oldest = next(iter(open_connections))
+                        del open_connections[oldest]
+                    open_connections[request] = None
+                if oldest is not None:
+                    # Each connection holds a thread and a descriptor, the app's: past the bound
+                    # the longest-open one (a stalled client's, most likely) is ended so that a
+                    # new scrape still gets through.
+                    _selfmetrics.warn_once(
+                        "metrics_port_full",
+                        "obskit: the metrics port has %d connections open; closing the oldest",
+                        MAX_CONNECTIONS,
+                    )
+                    try:
+                        oldest.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 super().process_request(request, client_address)
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # socketserver prints a traceback on the app's stderr; a scraper that hangs up
+                # mid-answer is no error of anyone's, anything else is obskit's (counted).
+                error = sys.exc_info()[1]
+                if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):
+                    _selfmetrics.internal_error("metrics_server", error)
 
             def shutdown_request(self, request: Any) -> None:
                 with lock:
-                    open_connections.discard(request)
+                    open_connections.pop(request, None)
                 super().shutdown_request(request)
 
         self._connections = open_connections

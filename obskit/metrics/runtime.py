@@ -209,14 +209,15 @@ class RuntimeCollector(Collector):
         # time.process_time() is the process's user+system CPU time (all threads), portable and
         # cheaper than psutil.
         cpu.add_metric([], time.process_time())
-        proc = self._proc()
         rss_value = fd_value = thread_value = None
+        proc = _guarded(self._proc)
         if proc is not None:
             with proc.oneshot():
-                rss_value = proc.memory_info().rss
-                thread_value = proc.num_threads()
+                # Each value on its own: one psutil may not read (AccessDenied) costs only itself.
+                rss_value = _guarded(lambda: proc.memory_info().rss)
+                thread_value = _guarded(proc.num_threads)
                 if hasattr(proc, "num_fds"):  # POSIX only
-                    fd_value = proc.num_fds()
+                    fd_value = _guarded(proc.num_fds)
         else:
             rss_value, thread_value, fd_value = _from_proc()
         if rss_value is not None:
@@ -243,6 +244,15 @@ class RuntimeCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             pauses.add_metric([str(generation)], buckets, total)
         return families
+
+
+def _guarded(read: Any) -> Any:
+    """``read()``, or None (counted) when it raises."""
+    try:
+        return read()
+    except Exception as internal:
+        _selfmetrics.internal_error("runtime", internal)
+        return None
 
 
 def _from_proc() -> tuple[int | None, int | None, int | None]:
@@ -396,6 +406,8 @@ class LoopLagMonitor:
             task.cancel()
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(task.cancel)
+        else:  # closed with the task pending: its finally never runs, so forget here
+            self._forget()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
