@@ -147,6 +147,57 @@ def _text(value: object, max_length: int) -> str:
 C = TypeVar("C")
 
 
+class _NoTimer:
+    """What :class:`_Detached`'s ``time()`` and friends give: a context manager and a
+    decorator that time nothing."""
+
+    def __enter__(self) -> _NoTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, function: Any) -> Any:
+        return function
+
+
+class _Detached:
+    """The child a label set gets when its series cannot be made -- prometheus_client opening
+    its file in a multi-process directory removed under the running app: writes go nowhere and
+    the failure is counted (``obskit_internal_errors_total{component="metric_child"}``) rather
+    than raised into the app's code. Never kept: the next use of the label set tries again."""
+
+    def inc(self, amount: float = 1, exemplar: Any = None) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def set_to_current_time(self) -> None:
+        pass
+
+    def set_function(self, function: Any) -> None:
+        pass
+
+    def observe(self, amount: float, exemplar: Any = None) -> None:
+        pass
+
+    def time(self) -> _NoTimer:
+        return _NoTimer()
+
+    def track_inprogress(self) -> _NoTimer:
+        return _NoTimer()
+
+    def count_exceptions(self, exception: Any = Exception) -> _NoTimer:
+        return _NoTimer()
+
+
+DETACHED: Any = _Detached()
+
+
 @dataclass(eq=False)  # identity: guards live in a WeakSet (renewed locks after fork)
 class Guard(Generic[C]):
     """Bounded label sets for one metric.
@@ -223,10 +274,15 @@ class Guard(Generic[C]):
             elif len(self._series) >= self.limit or not self._admitted_by_all(key, failure):
                 child = self._fold(count)
             else:
-                child = self.make_child(key)
-                self._series[key] = child
-                if self._shared is None or failure:  # else _admitted_by_all reported it
-                    self._report_series(len(self._series))
+                try:
+                    child = self.make_child(key)
+                except Exception as exc:  # the multi-process directory removed under the app
+                    failure.append(exc)
+                    child = DETACHED  # not kept: the next use tries again
+                else:
+                    self._series[key] = child
+                    if self._shared is None or failure:  # else _admitted_by_all reported it
+                        self._report_series(len(self._series))
             # Cache the caller's raw values too, but only a bounded number of aliases: raw values
             # that normalise to an admitted series must not grow the cache without bound. Only
             # exact str values within their length: 1, True and 1.0 are one dict key but three
@@ -234,6 +290,7 @@ class Guard(Generic[C]):
             # Never the overflow child: each observation folded into it is counted here.
             if (
                 child is not self._overflow
+                and child is not DETACHED
                 and len(self._cache) < 2 * self.limit
                 and all(
                     value.__class__ is str and len(value) <= rule.max_length
@@ -242,7 +299,8 @@ class Guard(Generic[C]):
             ):
                 self._cache[values] = child
         if failure:  # reported outside the lock, as the warning below (it runs log handlers)
-            _selfmetrics.internal_error("cardinality_shared", failure[0])
+            component = "metric_child" if child is DETACHED else "cardinality_shared"
+            _selfmetrics.internal_error(component, failure[-1])
         if child is self._overflow and count:
             self._warn_folding()
         return child

@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from obskit import _state
+from obskit import _selfmetrics, _state
 from obskit.metrics.cardinality import Guard, LabelRule, check_label_names
 
 __all__ = ["Instrument", "counter", "counting", "gauge", "histogram", "instruments"]
@@ -162,8 +162,40 @@ class Instrument(Generic[M]):
         self._metric.set(value)  # type: ignore[attr-defined]
 
     def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
-        """Observe into a label-less histogram."""
+        """Observe into a label-less histogram. An exemplar OpenMetrics cannot carry (a label
+        name outside ``[a-zA-Z_][a-zA-Z0-9_]*``, text that is not UTF-8, more than 128
+        characters in all) is left out, with one warning, instead of breaking every scrape."""
+        if exemplar:
+            exemplar = writable_exemplar(exemplar)
         self._metric.observe(value, exemplar)  # type: ignore[attr-defined]
+
+
+_EXEMPLAR_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def writable_exemplar(exemplar: Mapping[str, str]) -> dict[str, str] | None:
+    """``exemplar`` if OpenMetrics can write it, else None (warned about once)."""
+    try:
+        size = 0
+        for name, value in exemplar.items():
+            if not (
+                name.__class__ is str and value.__class__ is str and _EXEMPLAR_NAME.fullmatch(name)
+            ):
+                break
+            name.encode("utf-8")  # a lone surrogate raises
+            value.encode("utf-8")
+            size += len(name) + len(value)
+        else:
+            if size <= 128:  # OpenMetrics' bound on an exemplar's label set, in characters
+                return dict(exemplar)
+    except (UnicodeEncodeError, AttributeError, TypeError):
+        pass
+    _selfmetrics.warn_once(
+        "exemplar_dropped",
+        "obskit: an exemplar OpenMetrics cannot carry was left out (label names must match "
+        "[a-zA-Z_][a-zA-Z0-9_]*, text must be UTF-8, 128 characters in all)",
+    )
+    return None
 
 
 def _default_limit() -> int:
