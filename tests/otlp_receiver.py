@@ -602,3 +602,16 @@ class RawCollector:
 
     def __exit__(self, *exc: object) -> None:
         self._server.close()  # also wakes handler threads blocked on keep-alive reads
+
+
+def spans_dropped_total() -> float:
+    """``obskit_spans_dropped_total`` over every reason, in obskit's current registry."""
+    from obskit import _state
+
+    return sum(
+        s.value
+        for metric in _state.registry.collect()
+        if metric.name == "obskit_spans_dropped"
+        for s in metric.samples
+        if s.name == "obskit_spans_dropped_total"
+    )

@@ -224,15 +224,22 @@ def _status(response: Any) -> Any:
     return getattr(response, "status_code", None)
 
 
-def _sync_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """``requests.Session.send`` and ``httpx.Client.send``: both take the prepared request."""
+def _begin(args: Any, kwargs: Any) -> tuple[Any, Any, Any]:
+    """``(span state, args, kwargs)`` for a client's ``send``: the CLIENT span started and, when
+    there are trace headers to send, the request replaced by a copy carrying them."""
     request = args[0] if args else kwargs.get("request")
     copy = _copier(request)
-    state = None
-    if copy is not None:
-        state, own = _safe_start(request, copy)
-        if own is not None:
-            args, kwargs = _replaced(own, args, kwargs)
+    if copy is None:
+        return None, args, kwargs
+    state, own = _safe_start(request, copy)
+    if own is not None:
+        args, kwargs = _replaced(own, args, kwargs)
+    return state, args, kwargs
+
+
+def _sync_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``requests.Session.send`` and ``httpx.Client.send``: both take the prepared request."""
+    state, args, kwargs = _begin(args, kwargs)
     try:
         response = wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -243,13 +250,7 @@ def _sync_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 async def _async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    request = args[0] if args else kwargs.get("request")
-    copy = _copier(request)
-    state = None
-    if copy is not None:
-        state, own = _safe_start(request, copy)
-        if own is not None:
-            args, kwargs = _replaced(own, args, kwargs)
+    state, args, kwargs = _begin(args, kwargs)
     try:
         response = await wrapped(*args, **kwargs)
     except BaseException as exc:

@@ -62,6 +62,7 @@ from tests.otlp_receiver import (
     closed_port,
     http_answer,
 )
+from tests.otlp_receiver import spans_dropped_total as dropped_total
 
 pytestmark = pytest.mark.e2e
 
@@ -95,17 +96,6 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def sample(name: str, **labels: str) -> float:
     return get_sample_value(name, labels) or 0.0
-
-
-def dropped_total() -> float:
-    """``obskit_spans_dropped_total`` over every reason."""
-    return sum(
-        s.value
-        for metric in _state.registry.collect()
-        if metric.name == "obskit_spans_dropped"
-        for s in metric.samples
-        if s.name == "obskit_spans_dropped_total"
-    )
 
 
 def obskit_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -51,6 +51,7 @@ from tests.otlp_receiver import (
     python_value,
 )
 from tests.otlp_receiver import RawAttempt as Attempt
+from tests.otlp_receiver import spans_dropped_total as dropped_total
 
 LOOPBACK = "127.0.0.1"
 
@@ -60,17 +61,6 @@ LOOPBACK = "127.0.0.1"
 
 def sample(name: str, **labels: str) -> float:
     return get_sample_value(name, labels) or 0.0
-
-
-def dropped_total() -> float:
-    """``obskit_spans_dropped_total`` over every reason."""
-    return sum(
-        s.value
-        for metric in _state.registry.collect()
-        if metric.name == "obskit_spans_dropped"
-        for s in metric.samples
-        if s.name == "obskit_spans_dropped_total"
-    )
 
 
 def run_script(
