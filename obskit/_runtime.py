@@ -207,8 +207,11 @@ class Runtime:
 
 
 def _flushed(handler: logging.Handler) -> None:
+    """Flush and close obskit's handler once it is out of use: a buffered one then writes
+    through a line that still reaches it (its caller chose it just before)."""
     try:
         handler.flush()
+        handler.close()
     except Exception as exc:
         _selfmetrics.internal_error("log_flush", exc)
 

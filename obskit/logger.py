@@ -93,6 +93,7 @@ _LOG = _stdlib_own(_StdLogger._log)
 _HANDLE = _stdlib_own(_StdLogger.handle)
 _CALL_HANDLERS = _stdlib_own(_StdLogger.callHandlers)
 _MAKE_RECORD = _stdlib_own(_StdLogger.makeRecord)
+_FILTER = _stdlib_own(_StdLogger.filter)
 #: Logger methods that, set on an instance, would be called on the stdlib path.
 _INSTANCE_HOOKS = frozenset({"handle", "callHandlers", "makeRecord", "filter"})
 #: How many attributes a logger of the stdlib's manager has (``manager`` is set on each): a
@@ -116,6 +117,7 @@ def _stdlib_path_untouched(logger: logging.Logger, handler: Any) -> bool:
         and _StdLogger.callHandlers is _CALL_HANDLERS
         and _StdLogger.handle is _HANDLE
         and _StdLogger.makeRecord is _MAKE_RECORD
+        and _StdLogger.filter is _FILTER  # a veto patched in (Filterer.filter is inherited)
         and _StdLogger._log is _LOG
         and _record_factory() is _LogRecord
         and (len(own) <= _LOGGER_ATTRIBUTES or _INSTANCE_HOOKS.isdisjoint(own))

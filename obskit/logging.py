@@ -545,7 +545,9 @@ class JsonFormatter(_PJLJsonFormatter):
         if isinstance(value, str):
             return redact_text(value, emails=self.redact_emails)
         if depth > 8:
-            return value
+            # Deeper (or a structure that contains itself): a placeholder, never the value as
+            # it is -- its text would be written unredacted.
+            return "[nested too deep]" if isinstance(value, (Mapping, list, tuple)) else value
         if isinstance(value, Mapping):
             return {
                 k: (
@@ -774,7 +776,9 @@ class JsonFormatter(_PJLJsonFormatter):
         tail: list[str] = []
         try:
             for key, value in items:
-                fragment = fragments.get(key)
+                # Only an exact str key is looked up: a str subclass (an Enum) equal to a cached
+                # key must be written as the dict path writes it, whatever was logged before.
+                fragment = fragments.get(key) if key.__class__ is str else None
                 if fragment is None:
                     if key.__class__ is str and (key in _RESERVED or key[:1] == "_"):
                         continue
@@ -1047,8 +1051,19 @@ class BufferedStreamHandler(JsonStreamHandler):
     def write_line(self, line: str, levelno: int) -> None:
         pending = self._pending
         pending.append(line + self.terminator)
-        if levelno >= logging.WARNING or len(pending) >= self.MAX_PENDING:
+        if levelno >= logging.WARNING or len(pending) >= self.MAX_PENDING or self._closed:
             self.flush()
+
+    #: Set by :meth:`close` (a replaced or shut-down handler): a line that still reaches it --
+    #: its caller chose it just before the replacement -- is written at once, not left waiting
+    #: in a buffer nothing will flush again.
+    _closed = False
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._closed = True
+        self.flush()
+        super().close()
 
     def _after_fork(self) -> None:
         # The child has no flusher thread, and the lines waiting are the parent's to write.
@@ -1152,7 +1167,7 @@ def setup_logging(
         root.handlers = handlers
     for old in replaced:  # lines still waiting in a buffered handler go out, not away
         with contextlib.suppress(Exception):
-            old.flush()
+            old.close()  # flushes, and writes through what still reaches it
     root.setLevel(level if isinstance(level, int) else level.upper())
     take_over_framework_loggers()
     for name, value in (levels or {}).items():
