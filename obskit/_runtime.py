@@ -199,21 +199,13 @@ class Runtime:
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
                 if handler is self.json_handler:
-                    _flushed(handler)  # its buffered lines, if any, go out, not away
+                    from obskit.logging import retire_handler  # imports this module
+
+                    retire_handler(handler)
         for provider in (self.meter_provider, self.logger_provider):
             if provider is not None:
                 ok = _bounded(provider.shutdown, deadline - time.monotonic()) and ok
         return ok
-
-
-def _flushed(handler: logging.Handler) -> None:
-    """Flush and close obskit's handler once it is out of use: a buffered one then writes
-    through a line that still reaches it (its caller chose it just before)."""
-    try:
-        handler.flush()
-        handler.close()
-    except Exception as exc:
-        _selfmetrics.internal_error("log_flush", exc)
 
 
 def _bounded(fn: Any, timeout: float) -> bool:
@@ -310,7 +302,9 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
             _state.runtime = runtime
         if old is not None and old.json_handler is not None and runtime.json_handler is None:
             logging.getLogger().removeHandler(old.json_handler)  # logging turned off
-            _flushed(old.json_handler)
+            from obskit.logging import retire_handler
+
+            retire_handler(old.json_handler)
         _register_atexit()
     try:
         _summary(config)

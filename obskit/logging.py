@@ -1165,9 +1165,8 @@ def setup_logging(
         handlers = [h for h in current if h.get_name() != _HANDLER_NAME]
         handlers.insert(current.index(replaced[0]) if replaced else len(handlers), handler)
         root.handlers = handlers
-    for old in replaced:  # lines still waiting in a buffered handler go out, not away
-        with contextlib.suppress(Exception):
-            old.close()  # flushes, and writes through what still reaches it
+    for old in replaced:
+        retire_handler(old)
     root.setLevel(level if isinstance(level, int) else level.upper())
     take_over_framework_loggers()
     for name, value in (levels or {}).items():
@@ -1179,6 +1178,17 @@ def setup_logging(
     else:
         uninstall_direct()
     return handler
+
+
+def retire_handler(handler: logging.Handler) -> None:
+    """Flush and close an obskit handler that is out of use (replaced or shut down): lines
+    still waiting in a buffered one go out, not away, and a line that still reaches it -- its
+    caller chose it just before -- is written through. Never raises; a failure is counted."""
+    try:
+        handler.flush()
+        handler.close()
+    except Exception as exc:
+        _selfmetrics.internal_error("log_flush", exc)
 
 
 def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> None:

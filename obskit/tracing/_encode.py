@@ -73,7 +73,7 @@ def _str(tag: bytes, value: str) -> bytes:
 #: nested deeper would make the Collector (or the JSON-lines writer) refuse the whole batch, and a
 #: list that contains itself would never end. What is deeper is written as this marker.
 MAX_VALUE_DEPTH = 16
-_TOO_DEEP = b"\x0a\x1e[nested deeper than 16 levels]"
+_TOO_DEEP = _str(b"\x0a", f"[nested deeper than {MAX_VALUE_DEPTH} levels]")
 
 
 def any_value(value: Any, depth: int = 0) -> bytes:
