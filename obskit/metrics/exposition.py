@@ -72,10 +72,11 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _forget_ended(directory: str) -> None:
+def _forget_ended(directory: str, names: Iterable[str]) -> None:
     """Drop the live gauges of workers that ended without gunicorn's ``child_exit`` hook (not
-    configured, or a master that does not know the directory the workers were given)."""
-    pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, os.listdir(directory)) if m}
+    configured, or a master that does not know the directory the workers were given), given
+    the directory's file ``names``."""
+    pids = {int(m.group(1)) for m in map(_LIVE_FILE.fullmatch, names) if m}
     for pid in pids:
         if pid != os.getpid() and not _running(pid):
             forget_process(pid, directory)
@@ -88,7 +89,8 @@ class _MultiProcess(Collector):
     (a worker killed while creating it), a corrupt one, a directory named like one -- and then
     every scrape of every worker fails. Here the files are merged at once as usual and, only if
     that fails, one by one: what cannot be read is left out and counted
-    (``obskit_internal_errors_total{component="multiprocess_read"}``).
+    (``obskit_internal_errors_total{component="multiprocess_read"}``). The live gauges of
+    workers that ended go first (:func:`_forget_ended`), from the same listing.
     """
 
     def __init__(self, directory: str) -> None:
@@ -103,9 +105,14 @@ class _MultiProcess(Collector):
         except OSError as exc:  # removed, or unreadable: nothing to merge (counted)
             _selfmetrics.internal_error("multiprocess_read", exc)
             return []
+        try:
+            _forget_ended(self.directory, names)
+        except OSError as exc:  # the scrape goes on with what the directory holds
+            _selfmetrics.internal_error("multiprocess_cleanup", exc)
         files = []
         for name in names:
             path = os.path.join(self.directory, name)
+            # A forgotten worker's file is gone by now: lstat fails, it is left out.
             if name.endswith(".db") and _regular(path):
                 files.append(path)
         try:
@@ -131,10 +138,6 @@ def _regular(path: str) -> bool:
 def _collector() -> Collector:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        try:
-            _forget_ended(directory)
-        except OSError as exc:  # the scrape goes on with what the directory holds
-            _selfmetrics.internal_error("multiprocess_cleanup", exc)
         return _MultiProcess(directory)
     runtime = _state.runtime
     include_default = runtime is None or runtime.config.include_default_registry
