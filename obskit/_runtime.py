@@ -170,6 +170,9 @@ class Runtime:
     log_handler: logging.Handler | None = None
     json_handler: logging.Handler | None = None
     metrics_server: Any = None
+    #: The metrics port's retry while another process holds the port (see
+    #: :class:`obskit.metrics.exposition.MetricsPortRetry`).
+    metrics_retry: Any = None
     closed: bool = False
     #: Fed with every finished request's outcome (error or not) by the request pipeline; the
     #: adaptive sampler sets it.
@@ -193,8 +196,9 @@ class Runtime:
         ok = True
         if self.processor is not None:
             ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
-        if self.metrics_server is not None:
-            self.metrics_server.close()
+        for server in (self.metrics_server, self.metrics_retry):
+            if server is not None:
+                server.close()
         for handler in (self.log_handler, None if keep_json_handler else self.json_handler):
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
@@ -321,9 +325,14 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals
     # off), so their scrape port and the runtime metrics do too.
     if config.metrics_port is not None and "prometheus" in config.metrics_exporter:
-        from obskit.metrics.exposition import start_metrics_server
+        from obskit.metrics.exposition import MetricsPortRetry, start_metrics_server
 
-        runtime.metrics_server = start_metrics_server(config.metrics_port, config.metrics_path)
+        server = start_metrics_server(config.metrics_port, config.metrics_path)
+        if isinstance(server, MetricsPortRetry):
+            # The app's path serves the metrics until (unless) the port is taken over.
+            runtime.metrics_retry = server
+        else:
+            runtime.metrics_server = server
     from obskit.metrics.runtime import instrument_runtime, uninstrument_runtime
 
     if config.runtime_metrics:

@@ -8,12 +8,14 @@ from the shared directory, so one scrape counts all workers' requests.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 import stat
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,7 +26,13 @@ from prometheus_client.registry import Collector
 
 from obskit import _selfmetrics, _state
 
-__all__ = ["MetricsServer", "forget_process", "render", "start_metrics_server"]
+__all__ = [
+    "MetricsPortRetry",
+    "MetricsServer",
+    "forget_process",
+    "render",
+    "start_metrics_server",
+]
 
 
 class _Union(Collector):
@@ -252,7 +260,13 @@ MAX_CONNECTIONS = 32
 
 
 class MetricsServer:
-    """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option)."""
+    """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option).
+
+    The process that made it serves it. A child forked from that process (a gunicorn worker
+    under ``--preload``) inherits no serving thread: its copy of the socket is closed at the
+    fork, so that the port is free once the parent lets it go, and its :meth:`close` has nothing
+    to wait for.
+    """
 
     def __init__(self, port: int, host: str = "0.0.0.0", path: str = "/metrics") -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -331,14 +345,18 @@ class MetricsServer:
         self._connections_lock = lock
         self._server = Server((host, port), Handler)
         self.port = int(self._server.server_address[1])
+        self._pid = os.getpid()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="obskit-metrics", daemon=True
         )
         self._thread.start()
+        _servers.add(self)
 
     def close(self) -> None:
         """Stop serving, release the port and end the connections still open (their threads
         end with them)."""
+        if self._pid != os.getpid():
+            return  # inherited: closed at the fork (_inherited); the parent serves and closes
         self._server.shutdown()
         self._server.server_close()
         with self._connections_lock:
@@ -349,17 +367,117 @@ class MetricsServer:
             except OSError:
                 pass
 
+    def _inherited(self) -> None:
+        """In a forked child: close this process's copies of the parent's sockets. Only close():
+        shutdown() would end the parent's listening socket and connections too."""
+        for sock in (self._server.socket, *list(self._connections)):
+            try:
+                sock.close()
+            except OSError:
+                pass
 
-def start_metrics_server(port: int, path: str = "/metrics") -> MetricsServer | None:
-    """Serve metrics on ``port``; None (with one warning) when the port cannot be bound, as
-    when several gunicorn workers try -- use the app's path or the master's port then."""
+
+#: Seconds between two attempts to bind a metrics port that another process holds.
+BIND_RETRY_INTERVAL = 2.0
+
+
+class MetricsPortRetry:
+    """Binds the metrics port once it is free, from a daemon thread trying every
+    :data:`BIND_RETRY_INTERVAL` seconds: on a gunicorn reload the new workers start while the
+    old one still serves the port, and one of them must take it over when it exits. The server
+    it starts is :attr:`server`; :meth:`close` stops trying, and closes that server."""
+
+    def __init__(self, port: int, path: str = "/metrics") -> None:
+        self.port = port
+        self.path = path
+        self.server: MetricsServer | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        _retries.add(self)
+        self._start()
+
+    def _start(self) -> None:
+        threading.Thread(target=self._run, name="obskit-metrics-port", daemon=True).start()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not wake.wait(BIND_RETRY_INTERVAL):
+            try:
+                server = MetricsServer(self.port, path=self.path)
+            except OSError:
+                continue
+            with self._lock:
+                if not self._closed:
+                    self.server = server
+                    return
+            server.close()  # closed meanwhile
+            return
+
+    def close(self) -> None:
+        """Stop trying; close the server if one was started."""
+        with self._lock:
+            self._closed = True
+            server, self.server = self.server, None
+        self._wake.set()
+        if server is not None:
+            server.close()
+
+    def _after_fork(self) -> None:
+        # The trying thread is the parent's; a child that still has no port tries on its own.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        if not self._closed and self.server is None:
+            self._start()
+
+
+#: Servers and retries of this process, for the fork hooks below (one hook for all of them: a
+#: hook per object could never be unregistered).
+_servers: weakref.WeakSet[MetricsServer] = weakref.WeakSet()
+_retries: weakref.WeakSet[MetricsPortRetry] = weakref.WeakSet()
+
+
+def _after_fork_in_parent() -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return  # the port answers for every process of the directory, children included
+    pid = os.getpid()
+    if any(server._pid == pid for server in list(_servers)):
+        _selfmetrics.warn_once(
+            "metrics_port_fork",
+            "obskit: this process serves the metrics port and has forked a child whose metrics "
+            "that port will not show; if the children serve requests (gunicorn --preload), set "
+            "the multiproc_dir option so that the port answers for all of them",
+        )
+
+
+def _after_fork_in_child() -> None:
+    pid = os.getpid()
+    for server in list(_servers):
+        if server._pid != pid:
+            server._inherited()
+    for retry in list(_retries):
+        retry._after_fork()
+
+
+os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+def start_metrics_server(
+    port: int, path: str = "/metrics"
+) -> MetricsServer | MetricsPortRetry | None:
+    """Serve metrics on ``port``. When another process holds it (another gunicorn worker, the
+    old worker on a reload), a :class:`MetricsPortRetry` that takes it over once it is free;
+    None when it cannot be bound at all. Either is warned about once; metrics stay on the app's
+    path meanwhile."""
     try:
         return MetricsServer(port, path=path)
     except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
         _selfmetrics.warn_once(
             f"metrics_port:{port}",
-            "obskit: cannot serve metrics on port %d (%s); they stay on the app's path",
+            "obskit: cannot serve metrics on port %d (%s); they stay on the app's path%s",
             port,
             exc,
+            f" and obskit tries the port again every {BIND_RETRY_INTERVAL:g} s" if busy else "",
         )
-        return None
+        return MetricsPortRetry(port, path) if busy else None

@@ -116,3 +116,42 @@ def test_metrics_on_a_separate_port() -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert 'http_requests_total{method="GET",route="__unmatched__",status="200"} 1.0' in text
+
+
+def test_a_busy_metrics_port_is_taken_over_once_free() -> None:
+    """A port another process holds (the old worker on a gunicorn reload) is tried again until
+    it is free, then served; shutdown() stops the trying and closes what it started."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from obskit.metrics import exposition
+
+    def answer(port: int) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                return int(resp.status)
+        except (OSError, urllib.error.URLError):
+            return None
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        obskit.configure(traces_exporter="none", metrics_port=port)
+        assert _state.runtime is not None
+        assert _state.runtime.metrics_server is None  # the app's path serves meanwhile
+        retry = _state.runtime.metrics_retry
+        assert isinstance(retry, exposition.MetricsPortRetry)
+    finally:
+        blocker.close()
+    deadline = time.monotonic() + 4 * exposition.BIND_RETRY_INTERVAL + 5
+    while answer(port) != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert 200 == answer(port)
+    assert retry.server is not None
+    obskit.shutdown()
+    assert retry.server is None
+    assert answer(port) is None
