@@ -26,6 +26,10 @@ STATUS_OK = 1
 STATUS_ERROR = 2
 _LABEL_MAX = 56  # widest tree + name column before names are truncated
 _DETAIL_MAX = 80  # widest error detail
+#: Longest line read as a span; a longer one (a file of NULs left by a crash) is skipped as
+#: malformed without being held whole. obskit's own span lines are far shorter: its attribute
+#: values are cut at the span limits.
+MAX_LINE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -200,12 +204,42 @@ def _span_from_doc(doc: dict[str, Any]) -> Span:
     )
 
 
+def _open(path: str) -> Any:
+    """``path`` opened for reading in binary. Non-blocking first: opening a FIFO that nobody
+    writes to blocks until someone does; opened so, it reads as empty. Blocking again after: a
+    pipe with a writer (``obskit traces <(...)``) is read to its end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lines(fh: Any) -> Iterator[bytes | None]:
+    """The lines of ``fh``; None for a line longer than :data:`MAX_LINE`, read past in chunks."""
+    while True:
+        line = fh.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the overlong line
+            line = fh.readline(MAX_LINE + 1)
+        yield None
+
+
 def _read_into(path: str, result: LoadResult) -> None:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            span = parse_span(line)
+    with _open(path) as fh:
+        for number, raw in enumerate(_lines(fh), 1):
+            span = None
+            if raw is not None:
+                line = raw.decode("utf-8", "replace")
+                if not line.strip():
+                    continue
+                span = parse_span(line)
             if span is None:
                 result.malformed += 1
                 result.first_malformed = result.first_malformed or f"{path}:{number}"
@@ -225,7 +259,12 @@ def load_spans(path: str) -> LoadResult:
         raise FileNotFoundError(path)
     result = LoadResult()
     for p in paths:
-        _read_into(p, result)
+        try:
+            _read_into(p, result)
+        except OSError as exc:
+            if not isinstance(exc.filename, str):  # a read's error (a directory) names the fd
+                exc.filename = p
+            raise
     return result
 
 
@@ -308,12 +347,12 @@ def tree_rows(spans: list[Span], glyphs: Glyphs) -> list[Row]:
     roots, children = _children(spans)
     rows: list[Row] = []
     visited: set[str] = set()
-    pending = list(roots)
-    while len(visited) < len(spans):
-        if not pending:
-            pending = [min((s for s in spans if s.span_id not in visited), key=_sort_key)]
-        root = pending.pop(0)
+    for root in roots:
         _walk(root, children, glyphs, visited, rows)
+    if len(visited) < len(spans):  # spans in parent cycles: the earliest unvisited first
+        for span in sorted(spans, key=_sort_key):
+            if span.span_id not in visited:
+                _walk(span, children, glyphs, visited, rows)
     return rows
 
 
@@ -329,6 +368,9 @@ def _walk(
         visited.add(span.span_id)
         rows.append(Row(span, own, span.service != parent_service))
         kids = [k for k in children.get(span.span_id, []) if k.span_id not in visited]
+        # A label shows at most _LABEL_MAX characters: deeper prefixes keep only their end, so
+        # that a chain thousands of spans deep does not make rows of quadratic size.
+        inherited = inherited[-_LABEL_MAX:]
         for i in range(len(kids) - 1, -1, -1):
             last = i == len(kids) - 1
             branch = inherited + (g.last if last else g.branch)
@@ -428,7 +470,10 @@ def _status(span: Span, style: Style) -> str:
     return "OK" if span.status_code == STATUS_OK else ""
 
 
-def _span_line(row: Row, trace: Trace, label_width: int, width: int, style: Style) -> str:
+def _span_line(
+    row: Row, bounds: tuple[int, int], label_width: int, width: int, style: Style
+) -> str:
+    start, end = bounds
     span = row.span
     label = _truncate(_label(row, style), label_width, style.glyphs.ellipsis)
     padded = label.ljust(label_width)
@@ -438,7 +483,7 @@ def _span_line(row: Row, trace: Trace, label_width: int, width: int, style: Styl
         # color the service name only; padding was computed on the plain text
         service = style.clean(f"[{span.service}]")
         padded = padded.replace(service, style.paint(service, "cyan"), 1)
-    offset = span.start - trace.start
+    offset = span.start - start
     cells = [
         padded,
         KIND_NAMES.get(span.kind, f"KIND{span.kind}").ljust(8),
@@ -447,7 +492,7 @@ def _span_line(row: Row, trace: Trace, label_width: int, width: int, style: Styl
     ]
     if width > 0:
         color = "red" if span.is_error else _KIND_COLOR.get(span.kind, "yellow")
-        drawn = bar(offset, span.duration, trace.end - trace.start, width, style.glyphs)
+        drawn = bar(offset, span.duration, end - start, width, style.glyphs)
         cells.append(style.paint(drawn, color))
     status = _status(span, style)
     return "  " + "  ".join(cells) + (f"  {status}" if status else "")
@@ -477,8 +522,9 @@ def render_trace(trace: Trace, width: int, style: Style) -> Iterator[str]:
     rows = tree_rows(trace.spans, style.glyphs)
     label_width = min(_LABEL_MAX, max(len(_label(r, style)) for r in rows))
     yield _header(trace, rows, style)
+    bounds = (trace.start, trace.end)  # each a pass over the spans: once, not per row
     for row in rows:
-        yield _span_line(row, trace, label_width, width, style)
+        yield _span_line(row, bounds, label_width, width, style)
 
 
 # -- command ------------------------------------------------------------------------------------
@@ -523,8 +569,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     except FileNotFoundError:
         print(_missing_message(path), file=out)
         return 1
-    except OSError as exc:
-        print(f"obskit: cannot read {path}: {exc.strerror or exc}", file=out)
+    except OSError as exc:  # the file at fault may be FILE.1, read first
+        print(f"obskit: cannot read {exc.filename or path}: {exc.strerror or exc}", file=out)
         return 1
     status = _show(result, path, args, out)
     _print_malformed(result, out)
