@@ -309,7 +309,12 @@ _RESERVED = frozenset(
 )
 
 
-_random_bits = random.Random().getrandbits
+#: Log sampling's own generator (drawing from the global one would move an app's seeded
+#: sequence). Reseeded in a forked child, as ``random`` reseeds its global one: otherwise every
+#: worker a preloaded gunicorn master forks would keep and drop the same lines.
+_random = random.Random()
+_random_bits = _random.getrandbits
+os.register_at_fork(after_in_child=_random.seed)
 #: Trace flags as two hex digits. Ids are written with ``int.to_bytes(...).hex()``, about twice
 #: as fast as ``format(i, "032x")``, which goes through the general format-spec machinery.
 _HEX_BYTE = [f"{i:02x}" for i in range(256)]

@@ -1346,3 +1346,24 @@ def test_an_extra_named_like_an_obskit_field_replaces_it_once() -> None:
     text = JsonFormatter(static_fields={"service.name": "svc"}).format(record)
     assert 1 == text.count('"service.name"')
     assert "from-extra" == json.loads(text)["service.name"]
+
+
+def test_log_sampling_draws_differ_in_a_forked_child() -> None:
+    """Log sampling's generator is reseeded at fork, as ``random``'s global one: the workers of
+    a preloaded gunicorn master do not keep and drop the same lines."""
+    import os
+
+    from obskit import logging as obskit_logging
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next draws, to the parent
+        try:
+            os.write(write_end, repr([obskit_logging._random_bits(64) for _ in range(4)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert repr([obskit_logging._random_bits(64) for _ in range(4)]) != child
