@@ -701,11 +701,17 @@ def test_gunicorn_workers_pool_gauges_across_recycling(tmp_path: Path) -> None:
             return 2 == len(workers) and workers == _gauge_pids(multiproc)
 
         server.wait_for(settled, "dead workers' gauges stayed, or new workers never published")
-        assert {
+        idle = {
             "resource_in_use": 0.0,
             "resource_capacity": 4.0,
             "resource_utilization_ratio": 0.0,
-        } == server.resource("adv-pg")
+        }
+        # A new worker's gauge file exists a moment before its capacity is written in it (seen
+        # on a loaded host): asked again until both are in, each scrape a request of its own.
+        server.wait_for(
+            lambda: settled() and idle == server.resource("adv-pg"),
+            "the scrape never showed the two current workers' idle pools",
+        )
 
 
 _CAPACITY_APP = """
