@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from itertools import islice
 from typing import Any
+
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
 from obskit.config import Config
@@ -16,23 +20,73 @@ from obskit.config import Config
 __all__ = ["build_logs", "build_metrics"]
 
 
+def _signal_variable(signal: str, setting: str) -> bool:
+    """Whether ``OTEL_EXPORTER_OTLP_{SIGNAL}_{SETTING}`` is set (the SDK's exporter reads it)."""
+    return bool(os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_{setting}", "").strip())
+
+
+def _shared(config: Config, option: str) -> bool:
+    """Whether ``option`` applies to every signal: given as an argument or by the generic
+    variable, not by the traces' own (``OTEL_EXPORTER_OTLP_TRACES_*`` is for spans only)."""
+    return not config.source_of(option).startswith("env:OTEL_EXPORTER_OTLP_TRACES_")
+
+
+def _protocol(config: Config, signal: str) -> str:
+    """The signal's transport: its own variable, else the shared setting (the spec's order)."""
+    own = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "").strip().lower()
+    if own in ("grpc", "http/protobuf"):
+        return own
+    return config.otlp_protocol if _shared(config, "otlp_protocol") else "http/protobuf"
+
+
 def _endpoint(config: Config, signal: str) -> str | None:
     # The per-signal variable (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, ..._LOGS_ENDPOINT) wins and is
     # used as it is: None lets the SDK's exporter read it, as the spec says.
-    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip():
+    if _signal_variable(signal, "ENDPOINT"):
         return None
     if not config.otlp_endpoint:
         return None
-    if config.otlp_protocol == "grpc":
+    if _protocol(config, signal) == "grpc":
         return config.otlp_endpoint
     return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
+
+
+class _NotDuringExport(logging.Filter):
+    """Drops records logged while the SDK exports (it sets OpenTelemetry's suppress-
+    instrumentation key around every export): on the OTLP log handler, the export's own lines
+    (urllib3's at DEBUG, a failure's) would be queued for the next export, which logs again, for
+    ever; on the SDK exporters' loggers, a failure logged per attempt would repeat what obskit
+    counts (``obskit_export_failures_total``) and warns about once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+
+
+_NOT_DURING_EXPORT = _NotDuringExport()
+#: The SDK's loggers that report a failed metrics or logs export, each attempt.
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk._logs._internal.export",
+)
+
+
+def _quiet_export_loggers() -> None:
+    for name in _EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _NOT_DURING_EXPORT not in logger.filters:
+            logger.addFilter(_NOT_DURING_EXPORT)
 
 
 def _exporter(config: Config, signal: str) -> Any:
     """The SDK's OTLP exporter for ``signal`` ("metrics" or "logs") over the configured protocol,
     its failed requests counted in ``obskit_export_failures_total`` as the span pipeline's are."""
     exporter = _sdk_exporter(config, signal)
-    name = "otlp_grpc" if config.otlp_protocol == "grpc" else "otlp_http"
+    name = "otlp_grpc" if _protocol(config, signal) == "grpc" else "otlp_http"
     export = exporter.export
 
     def counted(batch: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,12 +112,15 @@ def _failed(signal: str, exporter: str, batch: Any) -> None:
 
 
 def _sdk_exporter(config: Config, signal: str) -> Any:
-    kwargs: dict[str, Any] = {
-        "endpoint": _endpoint(config, signal),
-        "headers": dict(config.otlp_headers),
-        "timeout": config.otlp_timeout,
-    }
-    grpc = config.otlp_protocol == "grpc"
+    _quiet_export_loggers()
+    # A setting the signal's own variable names is left to the SDK's exporter (it reads it);
+    # one read from the traces' own variable is not the signal's.
+    kwargs: dict[str, Any] = {"endpoint": _endpoint(config, signal)}
+    if not _signal_variable(signal, "HEADERS") and _shared(config, "otlp_headers"):
+        kwargs["headers"] = dict(config.otlp_headers)
+    if not _signal_variable(signal, "TIMEOUT") and _shared(config, "otlp_timeout"):
+        kwargs["timeout"] = config.otlp_timeout
+    grpc = _protocol(config, signal) == "grpc"
     if signal == "metrics" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
@@ -106,12 +163,73 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
 
 def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any, logging.Handler]:
     """A LoggerProvider exporting stdlib log records over OTLP, and the handler feeding it."""
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
     provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
     provider.add_log_record_processor(BatchLogRecordProcessor(_exporter(config, "logs")))
-    handler = LoggingHandler(logger_provider=provider)
+    with warnings.catch_warnings():
+        # The SDK's LoggingHandler is deprecated in its favour of a contrib package; the warning
+        # is for obskit, and an app run with -W error must not fail in configure() over it.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        handler = _log_handler_class()(logger_provider=provider)
+    handler.addFilter(_NOT_DURING_EXPORT)
     logging.getLogger().addHandler(handler)
     return provider, handler
+
+
+#: Attributes every LogRecord has; the rest came from ``extra=`` (or a filter).
+_BASE_ATTRIBUTES = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+#: What an OTLP attribute value can be (besides sequences of one of them).
+_SCALARS = (str, bool, int, float)
+_INT64 = range(-(2**63), 2**63)
+
+
+def _carried(value: Any) -> bool:
+    """Whether OTLP carries ``value`` as it is (the SDK would warn about it and drop it)."""
+    if isinstance(value, _SCALARS):
+        return not isinstance(value, int) or isinstance(value, bool) or value in _INT64
+    if isinstance(value, (list, tuple)):
+        kinds = {type(item) for item in value}
+        return len(kinds) <= 1 and all(
+            isinstance(item, _SCALARS) and _carried(item) for item in value
+        )
+    return False
+
+
+def _as_text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+_handler_class: Any = None
+
+
+def _log_handler_class() -> Any:
+    """The SDK's LoggingHandler, writing an ``extra=`` field OTLP cannot carry (an object, an
+    int past 64 bits) as its ``str()`` -- as obskit's JSON lines do -- instead of the SDK
+    warning about it (one more WARNING line per app line) and dropping it; obskit's own
+    correlation fields stay out (the record's trace context is the log record's own)."""
+    global _handler_class
+    if _handler_class is None:
+        from opentelemetry.sdk._logs import LoggingHandler
+
+        base = LoggingHandler._get_attributes
+
+        class _LoggingHandler(LoggingHandler):
+            @staticmethod
+            def _get_attributes(record: logging.LogRecord) -> Any:
+                attributes = dict(base(record) or {})
+                for key in islice(vars(record), _BASE_ATTRIBUTES, None):
+                    if key in attributes:
+                        if key.startswith("obskit_"):
+                            del attributes[key]
+                        elif not _carried(attributes[key]):
+                            attributes[key] = _as_text(attributes[key])
+                return attributes
+
+        _handler_class = _LoggingHandler
+    return _handler_class

@@ -686,7 +686,48 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
         sources["otlp_endpoint"] = "default"
 
     _check_sampler(values, sources)
+    if values.get("logs_exporter") == "otlp":
+        _check_log_batches(env)
     return Config(**values, sources=sources)
+
+
+#: The OpenTelemetry SDK's log batching variables, read by its BatchLogRecordProcessor when
+#: logs go out over OTLP, and their defaults there.
+_BLRP_DEFAULTS = {
+    "OTEL_BLRP_MAX_QUEUE_SIZE": 2048,
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": 512,
+    "OTEL_BLRP_SCHEDULE_DELAY": 1000,
+    "OTEL_BLRP_EXPORT_TIMEOUT": 30000,
+}
+
+
+def _check_log_batches(env: Mapping[str, str]) -> None:
+    """The SDK refuses these with a bare ValueError from deep inside configure(), after other
+    parts started: checked here first, as obskit's own options are."""
+    sizes: dict[str, int] = {}
+    for name, default in _BLRP_DEFAULTS.items():
+        raw = env.get(name, "").strip()
+        try:
+            sizes[name] = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(name, raw, "a whole number", f"env:{name}") from None
+        if name != "OTEL_BLRP_EXPORT_TIMEOUT" and sizes[name] <= 0:
+            raise ConfigError(name, raw, "a whole number above 0", f"env:{name}")
+    queue, batch = sizes["OTEL_BLRP_MAX_QUEUE_SIZE"], sizes["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"]
+    if batch > queue:
+        # The variable that was set (the queue's, if both were).
+        name = (
+            "OTEL_BLRP_MAX_QUEUE_SIZE"
+            if env.get("OTEL_BLRP_MAX_QUEUE_SIZE", "").strip()
+            else "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"
+        )
+        raise ConfigError(
+            name,
+            env.get(name, ""),
+            f"a log queue at least as large as its export batch ({queue} < {batch}: set "
+            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE no larger than OTEL_BLRP_MAX_QUEUE_SIZE)",
+            f"env:{name}",
+        )
 
 
 #: The adaptive sampler's base ratio when ``sampler_arg`` is not given.

@@ -116,16 +116,30 @@ class HttpTelemetry:
         )
         # Whether a head-dropped request must keep what its SERVER span would be rebuilt from.
         self._keeps = self.keep_errors or self.keep_slow is not None
+        self._buckets = list(buckets or config.http_buckets)
+        #: The runtime whose meter provider ``_otlp_duration`` records to (see otlp_duration).
+        self._otlp_runtime: Any = self
         self._otlp_duration: Any = None
-        runtime = _state.runtime
-        if runtime is not None and runtime.meter_provider is not None:
-            meter = runtime.meter_provider.get_meter("obskit.http", __version__)
-            self._otlp_duration = meter.create_histogram(
-                "http.server.request.duration",
-                unit="s",
-                description="Duration of HTTP server requests.",
-                explicit_bucket_boundaries_advisory=list(buckets or config.http_buckets),
+        self.otlp_duration(_state.runtime)
+
+    def otlp_duration(self, runtime: Any) -> Any:
+        """The ``http.server.request.duration`` histogram of ``runtime``'s OTLP meter provider
+        (None without one), made again when a reconfiguration replaced the runtime: the old
+        provider is shut down, and what it would record is lost."""
+        if runtime is not self._otlp_runtime:
+            provider = runtime.meter_provider if runtime is not None else None
+            self._otlp_duration = (
+                None
+                if provider is None
+                else provider.get_meter("obskit.http", __version__).create_histogram(
+                    "http.server.request.duration",
+                    unit="s",
+                    description="Duration of HTTP server requests.",
+                    explicit_bucket_boundaries_advisory=self._buckets,
+                )
             )
+            self._otlp_runtime = runtime
+        return self._otlp_duration
 
     def series(self, method: str, route: str) -> _RouteSeries:
         """The metric writers of ``(method, route)``, cached while the registry is the same."""
@@ -214,8 +228,11 @@ class HttpTelemetry:
                 _set_attributes(
                     span, _server_attributes(label, method, path, describe(source), get_header)
                 )
-            elif processor is not None and self._keeps:
-                # Kept only for a request the tail policy may still export (Request._keep).
+            elif (processor is not None and self._keeps) or (
+                runtime is not None and runtime.meter_provider is not None
+            ):
+                # Kept only for a request the tail policy may still export (Request._keep), or
+                # whose OTLP duration names its url.scheme.
                 request._unsampled = (parent, method, path, describe, source)
             request._token = _ctx.attach(_ctx.with_span(span, parent, request))
             if route is not None:
@@ -554,15 +571,17 @@ class Request:
             series.record(code, duration, exemplar, leave)
             if in_flight is not None and not leave:  # in flight under another series' gauge
                 in_flight(-1)
-            if telemetry._otlp_duration is not None:
-                attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: method, sc.HTTP_ROUTE: route}
-                if code is not None:
-                    attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
-                telemetry._otlp_duration.record(duration, attributes)
+            runtime = _state.runtime
+            otlp = (
+                telemetry._otlp_duration
+                if runtime is telemetry._otlp_runtime
+                else telemetry.otlp_duration(runtime)
+            )
+            if otlp is not None:
+                otlp.record(duration, self._otlp_attributes(route, code, exc))
             if self._recording:
                 _mark_outcome(span, code, exc)
             failed = exc is not None or (code is not None and code >= 500)
-            runtime = _state.runtime
             if runtime is not None and runtime.record_outcome is not None:
                 runtime.record_outcome(failed)
             if self._unsampled is not None:
@@ -581,6 +600,26 @@ class Request:
                     pass
         if detach:
             self.detach()
+
+    def _otlp_attributes(
+        self, route: str, code: int | None, exc: BaseException | None
+    ) -> dict[str, Any]:
+        """``http.server.request.duration``'s attributes (HTTP semantic conventions)."""
+        attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: self.method, sc.HTTP_ROUTE: route}
+        scheme = None
+        if self._recording:
+            scheme = (getattr(self.span, "attributes", None) or {}).get(sc.URL_SCHEME)
+        elif self._unsampled is not None:
+            describe, source = self._unsampled[3:]
+            scheme = describe(source)[0]
+        attributes[sc.URL_SCHEME] = scheme or "http"
+        if code is not None:
+            attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
+        if exc is not None:
+            attributes[sc.ERROR_TYPE] = sc.error_type(exc)
+        elif code is not None and code >= 500:
+            attributes[sc.ERROR_TYPE] = str(code)
+        return attributes
 
     def suspend(self) -> Any:
         """Make the context from before the request current, in whichever task calls this,
