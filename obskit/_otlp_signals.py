@@ -170,8 +170,8 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
     provider.add_log_record_processor(BatchLogRecordProcessor(_exporter(config, "logs")))
     with warnings.catch_warnings():
-        # The SDK's LoggingHandler is deprecated in its favour of a contrib package; the warning
-        # is for obskit, and an app run with -W error must not fail in configure() over it.
+        # The SDK deprecates its LoggingHandler (it moves to a contrib package); the warning is
+        # for obskit, and an app run with -W error must not fail in configure() over it.
         warnings.simplefilter("ignore", DeprecationWarning)
         handler = _log_handler_class()(logger_provider=provider)
     handler.addFilter(_NOT_DURING_EXPORT)
@@ -179,8 +179,6 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     return provider, handler
 
 
-#: Attributes every LogRecord has; the rest came from ``extra=`` (or a filter).
-_BASE_ATTRIBUTES = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 #: What an OTLP attribute value can be (besides sequences of one of them).
 _SCALARS = (str, bool, int, float)
 _INT64 = range(-(2**63), 2**63)
@@ -216,6 +214,9 @@ def _log_handler_class() -> Any:
     global _handler_class
     if _handler_class is None:
         from opentelemetry.sdk._logs import LoggingHandler
+
+        # Attributes every LogRecord has come first; the rest came from extra= (or a filter).
+        from obskit.logging import _BASE_ATTRIBUTES
 
         base = LoggingHandler._get_attributes
 

@@ -37,7 +37,7 @@ def _count(value: float) -> str:
 _MAX_PAGE = 64 * 1024 * 1024
 
 
-class PageError(ValueError):
+class _PageError(ValueError):
     """The page could not be read whole."""
 
 
@@ -50,7 +50,7 @@ def _fetch(url: str, timeout: float) -> tuple[str, str]:
     with urllib.request.urlopen(request, timeout=timeout) as response:
         coding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
         if coding not in ("identity", "gzip", "x-gzip"):
-            raise PageError(f"answer in an encoding this command cannot read: {coding}")
+            raise _PageError(f"answer in an encoding this command cannot read: {coding}")
         # wbits 47: a gzip (or zlib) stream, its output bounded by max_length below.
         inflate = zlib.decompressobj(wbits=47) if coding != "identity" else None
         page = _read(response, inflate, deadline, timeout)
@@ -64,7 +64,7 @@ def _read(response: Any, inflate: Any, deadline: float, timeout: float) -> bytes
     def add(data: bytes) -> None:
         page.extend(data)
         if len(page) > _MAX_PAGE:
-            raise PageError(f"page larger than {_MAX_PAGE // (1024 * 1024)} MiB")
+            raise _PageError(f"page larger than {_MAX_PAGE // (1024 * 1024)} MiB")
 
     while True:
         # read1: what has arrived, so the deadline is checked while a slow page trickles in
@@ -85,9 +85,9 @@ def _read(response: Any, inflate: Any, deadline: float, timeout: float) -> bytes
         if time.monotonic() > deadline:
             raise TimeoutError(f"page not read within {timeout:g} s")
     if getattr(response, "length", None):  # http.client's read1 gives b"" when the peer closed
-        raise PageError(f"page cut short: {response.length} of its bytes never came")
+        raise _PageError(f"page cut short: {response.length} of its bytes never came")
     if inflate is not None and not inflate.eof:
-        raise PageError("compressed page cut short")
+        raise _PageError("compressed page cut short")
     return bytes(page)
 
 
