@@ -78,19 +78,6 @@ def production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_state, "raise_internal_errors", False)
 
 
-@pytest.fixture
-def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Exceptions that ended a thread during the test (an obskit thread must never die)."""
-    errors: list[str] = []
-
-    def hook(args: Any) -> None:
-        name = args.thread.name if args.thread is not None else "?"
-        errors.append(f"{name}: {args.exc_type.__name__}: {args.exc_value}")
-
-    monkeypatch.setattr(threading, "excepthook", hook)
-    return errors
-
-
 # -- helpers -----------------------------------------------------------------------------------
 
 

@@ -108,19 +108,6 @@ def _settled() -> Iterator[None]:
 
 
 @pytest.fixture
-def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Exceptions that ended a thread during the test (an export thread must never die)."""
-    errors: list[str] = []
-
-    def hook(args: Any) -> None:
-        name = args.thread.name if args.thread is not None else "?"
-        errors.append(f"{name}: {args.exc_type.__name__}: {args.exc_value}")
-
-    monkeypatch.setattr(threading, "excepthook", hook)
-    return errors
-
-
-@pytest.fixture
 def fast_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK's log batch processor exports every 50 ms (it reads OTEL_BLRP_SCHEDULE_DELAY
     itself; obskit has no option for it)."""
