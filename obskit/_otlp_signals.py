@@ -167,8 +167,22 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
+    class _CountingProcessor(BatchLogRecordProcessor):
+        """Counts the records the SDK drops from its full queue (it only logs a warning, which
+        its DuplicateFilter then silences): ``obskit_log_records_dropped_total{reason=
+        "queue_full"}``, warned about once. Read from the SDK's batch processor as it stands;
+        a later SDK laid out otherwise goes uncounted, not broken."""
+
+        def on_emit(self, log_record: Any) -> None:
+            batch = getattr(self, "_batch_processor", None)
+            queue = getattr(batch, "_queue", None)
+            full = queue is not None and len(queue) >= getattr(batch, "_max_queue_size", 1 << 62)
+            if full and not getattr(batch, "_shutdown", False):
+                _queue_full()
+            super().on_emit(log_record)
+
     provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
-    provider.add_log_record_processor(BatchLogRecordProcessor(_exporter(config, "logs")))
+    provider.add_log_record_processor(_CountingProcessor(_exporter(config, "logs")))
     with warnings.catch_warnings():
         # The SDK deprecates its LoggingHandler (it moves to a contrib package); the warning is
         # for obskit, and an app run with -W error must not fail in configure() over it.
@@ -177,6 +191,18 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
     handler.addFilter(_NOT_DURING_EXPORT)
     logging.getLogger().addHandler(handler)
     return provider, handler
+
+
+def _queue_full() -> None:
+    try:
+        _selfmetrics.current().dropped_logs.labels("queue_full").inc()
+        _selfmetrics.warn_once(
+            "otlp_logs_queue_full",
+            "obskit: the OTLP log queue is full (the collector is slow or down); records are "
+            'dropped and counted in obskit_log_records_dropped_total{reason="queue_full"}',
+        )
+    except Exception:  # counting must not break the app's log call
+        pass
 
 
 #: What an OTLP attribute value can be (besides sequences of one of them).
