@@ -121,6 +121,12 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
     if not _signal_variable(signal, "TIMEOUT") and _shared(config, "otlp_timeout"):
         kwargs["timeout"] = config.otlp_timeout
     grpc = _protocol(config, signal) == "grpc"
+    if (
+        not _signal_variable(signal, "COMPRESSION")
+        and _shared(config, "otlp_compression")
+        and config.source_of("otlp_compression") != "default"
+    ):
+        kwargs["compression"] = _compression(config.otlp_compression, grpc)
     if signal == "metrics" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
@@ -140,6 +146,21 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
     )
 
     return HttpLogExporter(**kwargs)
+
+
+def _compression(name: str, grpc: bool) -> Any:
+    """``otlp_compression`` as the SDK exporter of the transport takes it."""
+    if grpc:
+        import grpc as grpc_module
+
+        return (
+            grpc_module.Compression.Gzip
+            if name == "gzip"
+            else grpc_module.Compression.NoCompression
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    return Compression.Gzip if name == "gzip" else Compression.NoCompression
 
 
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:

@@ -215,6 +215,27 @@ def test_gzip_compression_is_decoded_by_the_collector(
         assert {"gzip"} == {a.headers.get("content-encoding") for a in receiver.attempts}
 
 
+def test_gzip_compression_applies_to_metrics_and_logs_too(
+    receiver: OtlpGrpcReceiver | OtlpHttpReceiver,
+) -> None:
+    """otlp_compression="gzip" reaches the SDK's metrics and logs exporters (it reached spans
+    only); what they send still decodes."""
+    configure_for(receiver, otlp_compression="gzip", metrics_exporter="otlp", logs_exporter="otlp")
+    provider = obskit.meter_provider()
+    assert provider is not None
+    provider.get_meter("e2e").create_counter("e2e.orders").add(3)
+    logging.getLogger("e2e.orders").warning("order shipped")
+    assert True is obskit.force_flush(5.0)
+
+    assert receiver.requests("logs")
+    assert receiver.requests("metrics")
+    assert [] == receiver.errors
+    if receiver.protocol == "http/protobuf":
+        sent = {(a.signal, a.headers.get("content-encoding")) for a in receiver.attempts}
+        assert {("logs", "gzip"), ("metrics", "gzip")} <= sent
+        assert {encoding for _, encoding in sent} == {"gzip"}
+
+
 def test_log_records_arrive_with_the_trace_context(
     receiver: OtlpGrpcReceiver | OtlpHttpReceiver,
 ) -> None:
