@@ -346,6 +346,7 @@ class MetricsServer:
         self._server = Server((host, port), Handler)
         self.port = int(self._server.server_address[1])
         self._pid = os.getpid()
+        self.closed = False
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="obskit-metrics", daemon=True
         )
@@ -357,6 +358,9 @@ class MetricsServer:
         end with them)."""
         if self._pid != os.getpid():
             return  # inherited: closed at the fork (_inherited); the parent serves and closes
+        if self.closed:
+            return
+        self.closed = True
         self._server.shutdown()
         self._server.server_close()
         with self._connections_lock:
@@ -441,7 +445,7 @@ def _after_fork_in_parent() -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return  # the port answers for every process of the directory, children included
     pid = os.getpid()
-    if any(server._pid == pid for server in list(_servers)):
+    if any(server._pid == pid and not server.closed for server in list(_servers)):
         _selfmetrics.warn_once(
             "metrics_port_fork",
             "obskit: this process serves the metrics port and has forked a child whose metrics "

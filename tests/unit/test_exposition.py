@@ -155,3 +155,33 @@ def test_a_busy_metrics_port_is_taken_over_once_free() -> None:
     obskit.shutdown()
     assert retry.server is None
     assert answer(port) is None
+
+
+def test_a_process_serving_the_metrics_port_warns_once_when_it_forks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without a multi-process directory, a forked child's metrics are not on the parent's port
+    (gunicorn --preload): the parent warns once at a fork; a closed server does not."""
+    import logging
+    import os
+    import socket
+
+    def fork_and_reap() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _state.warned.discard("metrics_port_fork")
+    obskit.configure(traces_exporter="none")  # no port: nothing to say at a fork
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        fork_and_reap()
+    assert not [r for r in caplog.records if "has forked a child" in r.getMessage()]
+    obskit.configure(traces_exporter="none", metrics_port=port)
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        fork_and_reap()
+        fork_and_reap()
+    assert 1 == len([r for r in caplog.records if "has forked a child" in r.getMessage()])
