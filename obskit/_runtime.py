@@ -319,6 +319,20 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
 
 def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     runtime = Runtime(config)
+    try:
+        _build_into(runtime, config, sink)
+    except BaseException:
+        # What started (the export thread, the metrics port, OTLP providers) stops with the
+        # error; the JSON handler stays, so that the app's lines are still written.
+        try:
+            runtime.shutdown(timeout=0.0, keep_json_handler=True)
+        except Exception:
+            pass
+        raise
+    return runtime
+
+
+def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None:
     glob = _install_global()
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
@@ -342,7 +356,7 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     if config.disabled:
         glob.sampler.delegate = ALWAYS_OFF
         glob.processor.delegate = None
-        return runtime
+        return
     if sink is None:
         sink = _state.pinned_sink or make_sink(config)  # type: ignore[assignment]
     if sink is not None:
@@ -406,7 +420,6 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
             runtime.logger_provider, runtime.log_handler = build_logs(
                 config, resource_attributes(config)
             )
-    return runtime
 
 
 def _enable_multiprocess(directory: str) -> None:

@@ -172,3 +172,34 @@ def test_configuration_reference_lists_every_option_and_variable() -> None:
     missing = [o.name for o in OPTIONS if f"`{o.name}`" not in doc]
     missing += [env for o in OPTIONS for env in o.env if env not in doc]
     assert [] == missing
+
+
+def test_a_configure_that_fails_half_way_stops_what_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error after the export pipeline and the metrics port started (here: the OTLP logs
+    set-up) reaches the caller, and neither is left running: the port is free again."""
+    import socket
+    import threading
+
+    from obskit import _otlp_signals
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("the logs exporter cannot be made")
+
+    monkeypatch.setattr(_otlp_signals, "build_logs", broken)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = {t for t in threading.enumerate() if t.name.startswith("obskit")}
+    with pytest.raises(RuntimeError, match="cannot be made"):
+        obskit.configure(
+            service_name="half",
+            otlp_endpoint="http://127.0.0.1:9",
+            metrics_port=port,
+            logs_exporter="otlp",
+        )
+    with socket.socket() as s:  # the metrics server let the port go
+        s.bind(("0.0.0.0", port))
+    started = {t for t in threading.enumerate() if t.name.startswith("obskit")} - before
+    assert not [t.name for t in started if t.is_alive() and t.name != "obskit-shutdown"]
