@@ -45,13 +45,20 @@ Check = Callable[[Config, float], CheckResult | None]
 
 
 def _mask_url(url: str) -> str:
-    """``url`` with any password in its user info replaced by ***."""
+    """``url`` with any password in its user info and every query value replaced by *** (a
+    collector URL's query, when it has one, most often carries a token)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}"))
+    if parts.query:
+        query = "&".join(
+            f"{name}={MASK}" if sep else name
+            for name, sep, _ in (item.partition("=") for item in parts.query.split("&"))
+        )
+        parts = parts._replace(query=query)
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}")
+    return urllib.parse.urlunsplit(parts)
 
 
 def format_value(option: str, value: object) -> str:

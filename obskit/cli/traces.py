@@ -283,8 +283,8 @@ def group_traces(spans: Iterable[Span]) -> list[Trace]:
 def select_traces(traces: list[Trace], prefix: str | None, last: int) -> list[Trace]:
     """Traces whose id starts with ``prefix`` (all of them), else the ``last`` most recent
     (every trace when ``last`` <= 0)."""
-    if prefix:
-        wanted = prefix.strip().lower()
+    wanted = (prefix or "").strip().lower()
+    if wanted:  # a blank --trace is no filter: --last applies
         return [t for t in traces if t.trace_id.startswith(wanted)]
     return traces[-last:] if last > 0 else traces
 

@@ -659,3 +659,26 @@ def test_doctor_traces_file_under_a_regular_file_fails(
     status, out = doctor(capsys)
     assert status == 1
     assert "FAIL  traces: cannot create" in out
+
+
+def test_doctor_masks_url_passwords_and_query_values() -> None:
+    """A collector URL's password and query values (tokens) are shown as ***."""
+    from obskit.cli.doctor import format_value
+
+    shown = format_value("otlp_endpoint", "https://u:pw@collector:4318/v1?api_key=s3cr3t&flag")
+    assert "pw" not in shown
+    assert "s3cr3t" not in shown
+    assert "https://u:***@collector:4318/v1?api_key=***&flag" == shown
+
+
+def test_traces_blank_trace_filter_is_no_filter() -> None:
+    """``--trace " "`` selects nothing special: the --last most recent traces."""
+    from obskit.cli.traces import Span, group_traces, select_traces
+
+    spans = [
+        Span(f"{i:032x}", f"{i:016x}", None, "op", 2, i * 10, i * 10 + 5, "svc")
+        for i in range(1, 6)
+    ]
+    traces = group_traces(spans)
+    assert select_traces(traces, " ", 2) == traces[-2:]
+    assert [f"{3:032x}"] == [t.trace_id for t in select_traces(traces, f" {3:032X} ", 2)]
