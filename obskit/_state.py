@@ -7,10 +7,11 @@ set of warnings already given.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 if TYPE_CHECKING:
     from obskit._runtime import Runtime
@@ -36,3 +37,22 @@ default_propagators: tuple[object, bool] | None = None
 pinned_sink: object | None = None
 #: Tests set this so internal errors surface instead of being swallowed (fail loud in tests).
 raise_internal_errors = False
+
+
+def _renew_locks_after_fork() -> None:
+    """In a forked child, fresh locks: a child forked while another thread held one -- declaring
+    a metric, making the self-metrics, a scrape copying the registry's collectors (a preloaded
+    gunicorn master serving the metrics port) -- would wait on it for ever, having only the
+    forking thread. prometheus_client's registries and metrics take theirs the same way."""
+    global lock, self_metrics_lock
+    lock = threading.RLock()
+    self_metrics_lock = threading.RLock()
+    for owner in (registry, REGISTRY):
+        collectors = getattr(owner, "_collector_to_names", None)
+        for item in (owner, *(collectors or ())):
+            if isinstance(getattr(item, "_lock", None), _LOCK_TYPES):
+                item._lock = threading.Lock()
+
+
+_LOCK_TYPES = (type(threading.Lock()),)
+os.register_at_fork(after_in_child=_renew_locks_after_fork)

@@ -203,3 +203,52 @@ def test_a_configure_that_fails_half_way_stops_what_it_started(
         s.bind(("0.0.0.0", port))
     started = {t for t in threading.enumerate() if t.name.startswith("obskit")} - before
     assert not [t.name for t in started if t.is_alive() and t.name != "obskit-shutdown"]
+
+
+def test_a_child_forked_while_another_thread_holds_obskits_locks_can_take_them() -> None:
+    """A thread of the parent holds obskit's state lock and its registry's lock at the fork
+    (declaring a metric, a scrape): the child, which has only the forking thread, can still
+    declare a metric and scrape instead of waiting for ever."""
+    import os
+    import threading
+
+    from obskit import _state
+    from obskit.metrics.exposition import render
+
+    obskit.configure(traces_exporter="none")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _state.lock, _state.registry._lock:  # type: ignore[attr-defined]
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: declare a metric and scrape, within a bound
+        status = 1
+        try:
+            done = threading.Event()
+
+            def work() -> None:
+                obskit.counter("forked_child_declared", "Declared in a forked child.").inc()
+                assert b"forked_child_declared_total 1.0" in render(None)[0]
+                done.set()
+
+            threading.Thread(target=work, daemon=True).start()
+            status = 0 if done.wait(5) else 1
+        finally:
+            os.write(write_end, bytes([status]))
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read(1)
+    finally:
+        release.set()
+        holder.join(5)
+        os.waitpid(pid, 0)
+    assert b"\x00" == answer
