@@ -272,11 +272,16 @@ def _log_handler_class() -> Any:
             def _get_attributes(record: logging.LogRecord) -> Any:
                 attributes = dict(base(record) or {})
                 for key in islice(vars(record), _BASE_ATTRIBUTES, None):
-                    if key in attributes:
-                        if key.startswith("obskit_"):
-                            del attributes[key]
-                        elif not _carried(attributes[key]):
-                            attributes[key] = _as_text(attributes[key])
+                    if key not in attributes:
+                        continue
+                    value = attributes[key]
+                    if key.__class__ is not str:  # extra={1: ...}, which the stdlib takes
+                        del attributes[key]
+                        key = _as_text(key)
+                    if key.startswith("obskit_"):
+                        attributes.pop(key, None)
+                    else:
+                        attributes[key] = value if _carried(value) else _as_text(value)
                 return attributes
 
         _handler_class = _LoggingHandler

@@ -41,17 +41,31 @@ raise_internal_errors = False
 
 def _renew_locks_after_fork() -> None:
     """In a forked child, fresh locks: a child forked while another thread held one -- declaring
-    a metric, making the self-metrics, a scrape copying the registry's collectors (a preloaded
-    gunicorn master serving the metrics port) -- would wait on it for ever, having only the
-    forking thread. prometheus_client's registries and metrics take theirs the same way."""
+    a metric, making the self-metrics, a scrape copying the registry's collectors or reading a
+    value, a request ending on a route (a preloaded gunicorn master serving the metrics port)
+    -- would wait on it for ever, having only the forking thread. prometheus_client's
+    registries, metrics and values take theirs the same way."""
     global lock, self_metrics_lock
     lock = threading.RLock()
     self_metrics_lock = threading.RLock()
     for owner in (registry, REGISTRY):
-        collectors = getattr(owner, "_collector_to_names", None)
-        for item in (owner, *(collectors or ())):
-            if isinstance(getattr(item, "_lock", None), _LOCK_TYPES):
-                item._lock = threading.Lock()
+        _renew(owner)
+        for metric in list(getattr(owner, "_collector_to_names", None) or ()):
+            _renew(metric)
+            children = getattr(metric, "_metrics", None)
+            for child in (metric, *(children.values() if isinstance(children, dict) else ())):
+                for value in list(getattr(child, "__dict__", {}).values()):
+                    for item in value if isinstance(value, list) else (value,):
+                        _renew(item)
+                        # obskit's Cell (metrics/_direct.py): the shared Cells and the replaced
+                        # value it still reads.
+                        _renew(getattr(item, "_cells", None), "lock")
+                        _renew(getattr(item, "_base", None))
+
+
+def _renew(holder: Any, name: str = "_lock") -> None:
+    if isinstance(getattr(holder, name, None), _LOCK_TYPES):
+        setattr(holder, name, threading.Lock())
 
 
 _LOCK_TYPES = (type(threading.Lock()),)

@@ -15,6 +15,7 @@ If prometheus_client's internals ever differ from what is expected, the public m
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from bisect import bisect_left
@@ -148,9 +149,29 @@ class Cells:
         return index
 
 
+class _Taking:
+    """A lock (``with taking:``) that a forked child renews: held by another thread at the fork,
+    it would be held for ever in the child. Taken only when a route's series is first made."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def renew(self) -> None:
+        self._lock = threading.Lock()
+
+
 #: Held while values are moved into :class:`Cells`, so that two series never take the same
 #: child at once.
-taking = threading.Lock()
+taking = _Taking()
+os.register_at_fork(after_in_child=taking.renew)
 
 
 class Cell:
