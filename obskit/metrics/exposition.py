@@ -131,6 +131,8 @@ class _MultiProcess(Collector):
                 try:
                     merge([path], accumulate=True)  # type: ignore[no-untyped-call]
                     readable.append(path)
+                except FileNotFoundError:
+                    continue  # removed since the listing (an ended worker's live gauge): no error
                 except Exception as exc:
                     _selfmetrics.internal_error("multiprocess_read", exc)
             return merge(readable, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
@@ -402,7 +404,8 @@ class MetricsPortRetry:
         self._start()
 
     def _start(self) -> None:
-        threading.Thread(target=self._run, name="obskit-metrics-port", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="obskit-metrics-port", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         wake = self._wake
@@ -426,6 +429,10 @@ class MetricsPortRetry:
         self._wake.set()
         if server is not None:
             server.close()
+        # A bind in progress ends within moments, and closes what it bound (_run): the port is
+        # free when close() returns.
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
 
     def _after_fork(self) -> None:
         # The trying thread is the parent's; a child that still has no port tries on its own.
