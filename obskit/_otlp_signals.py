@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from itertools import islice
 from typing import Any
 
@@ -163,23 +164,61 @@ def _compression(name: str, grpc: bool) -> Any:
     return Compression.Gzip if name == "gzip" else Compression.NoCompression
 
 
+def _renew_at_fork(provider: Any, exporter: Any) -> None:
+    """In a forked child (a gunicorn worker under ``--preload``), ``provider``'s resource names
+    the child's ``process.pid``, and ``exporter`` lets go of the parent's kept-alive connection:
+    written to from two processes, it would mix their requests. Registered after the SDK's own
+    fork hooks of ``provider`` (they renew its locks first). The SDK's providers keep their
+    pre-fork data (a MeterProvider's cumulative counts): that is not undone here."""
+    provider_ref = weakref.ref(provider)
+    exporter_ref = weakref.ref(exporter)
+
+    def renew() -> None:
+        try:
+            found = provider_ref()
+            update = getattr(found, "_update_resource", None)
+            if callable(update):
+                from opentelemetry.sdk.resources import Resource
+
+                update(Resource({"process.pid": os.getpid()}))
+            found = exporter_ref()
+            # Where the SDK keeps its requests Session, by version: exporter._client._transport
+            # (1.4x), exporter._transport, exporter itself.
+            for holder in (
+                getattr(getattr(found, "_client", None), "_transport", None),
+                getattr(found, "_transport", None),
+                found,
+            ):
+                session = getattr(holder, "_session", None)
+                if session is not None:
+                    session.close()  # closes this process's copies of the sockets only
+                    break
+        except Exception:  # the SDK laid out otherwise: its pid and connection stay as they are
+            pass
+
+    os.register_at_fork(after_in_child=renew)
+
+
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
+    exporter = _exporter(config, "metrics")
     reader = PeriodicExportingMetricReader(
-        _exporter(config, "metrics"), export_interval_millis=config.metric_export_interval * 1000
+        exporter, export_interval_millis=config.metric_export_interval * 1000
     )
     # Not installed as the global MeterProvider: OpenTelemetry lets that be set once per process,
     # and obskit must be able to reconfigure. obskit's instruments use this provider directly;
     # ``obskit.meter_provider()`` hands it to other libraries.
-    return MeterProvider(
+    provider = MeterProvider(
         metric_readers=[reader],
         resource=Resource.create(resource_attributes),
         shutdown_on_exit=False,
     )
+    _renew_at_fork(provider, exporter)
+    return provider
 
 
 def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any, logging.Handler]:
@@ -203,7 +242,9 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
             super().on_emit(log_record)
 
     provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
-    provider.add_log_record_processor(_CountingProcessor(_exporter(config, "logs")))
+    exporter = _exporter(config, "logs")
+    provider.add_log_record_processor(_CountingProcessor(exporter))
+    _renew_at_fork(provider, exporter)
     with warnings.catch_warnings():
         # The SDK deprecates its LoggingHandler (it moves to a contrib package); the warning is
         # for obskit, and an app run with -W error must not fail in configure() over it.

@@ -789,16 +789,9 @@ def served_by(preloaded: Preloaded) -> set[int]:
     return items | {p["pid"] for p in preloaded.probes}
 
 
-# A bug: obskit/_runtime.py _build makes the OTLP metrics and logs providers
-# (obskit/_otlp_signals.py build_metrics/build_logs) with resource_attributes(config) once, in the
-# --preload master; nothing renews them after fork (the span pipeline's _after_fork does it for
-# spans), so every worker pushes under the master's process.pid: the collector sees one process
-# whose cumulative counters jump between the workers' values.
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit._otlp_signals.build_metrics builds the OTLP metrics resource in the --preload "
-    "master: every worker pushes http.server.request.duration under the master's process.pid",
-)
+# A bug this test found, since fixed: obskit._otlp_signals.build_metrics builds the OTLP metrics
+# resource in the --preload master: every worker pushes http.server.request.duration under the
+# master's process.pid
 def test_preload_otlp_metrics_name_the_worker_that_recorded_them(preloaded: Preloaded) -> None:
     """Each worker's OTLP metrics push names that worker in ``process.pid``."""
     pids = pids_of(
@@ -808,11 +801,8 @@ def test_preload_otlp_metrics_name_the_worker_that_recorded_them(preloaded: Prel
     assert pids <= served_by(preloaded), (pids, preloaded.server.process.pid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit._otlp_signals.build_logs builds the OTLP logs resource in the --preload "
-    "master: every worker's log records go out under the master's process.pid",
-)
+# A bug this test found, since fixed: obskit._otlp_signals.build_logs builds the OTLP logs resource
+# in the --preload master: every worker's log records go out under the master's process.pid
 def test_preload_otlp_logs_name_the_worker_that_wrote_them(preloaded: Preloaded) -> None:
     """The app's log records exported over OTLP name the worker that wrote them."""
     pids = pids_of(

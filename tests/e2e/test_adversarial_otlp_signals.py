@@ -1173,12 +1173,9 @@ def test_a_forked_child_exports_its_own_metrics_and_logs_without_deadlock(
     assert any(r.jobs.get("parent") == 7 for r in run.requests if r not in child)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit._otlp_signals.build_metrics/build_logs fix the SDK Resource at configure "
-    "time and nothing renews it after fork (the span pipeline's _after_fork does): a forked "
-    "worker's metrics and logs claim the parent's process.pid",
-)
+# A bug this test found, since fixed: obskit._otlp_signals.build_metrics/build_logs fix the SDK
+# Resource at configure time and nothing renews it after fork (the span pipeline's _after_fork
+# does): a forked worker's metrics and logs claim the parent's process.pid
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_forked_childs_metrics_and_logs_carry_its_own_pid(
     protocol: str, forked: dict[str, ForkRun]
@@ -1204,12 +1201,10 @@ def test_a_forked_child_does_not_re_export_the_parents_counts(
     assert [{"child": 1}] == [r.jobs for r in child]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit._otlp_signals._sdk_exporter: the SDK's HTTP exporters keep their requests "
-    "Session (and its kept-alive connection) across fork, and obskit does not renew them (its "
-    "span sink's after_fork does): the child writes its requests on the parent's TCP connection",
-)
+# A bug this test found, since fixed: obskit._otlp_signals._sdk_exporter: the SDK's HTTP exporters
+# keep their requests Session (and its kept-alive connection) across fork, and obskit does not renew
+# them (its span sink's after_fork does): the child writes its requests on the parent's TCP
+# connection
 def test_a_forked_child_does_not_share_the_parents_http_connection(
     forked: dict[str, ForkRun],
 ) -> None:
