@@ -296,15 +296,15 @@ _handler_class: Any = None
 
 def _log_handler_class() -> Any:
     """The SDK's LoggingHandler, writing an ``extra=`` field OTLP cannot carry (an object, an
-    int past 64 bits) as its ``str()`` -- as obskit's JSON lines do -- instead of the SDK
-    warning about it (one more WARNING line per app line) and dropping it; obskit's own
-    correlation fields stay out (the record's trace context is the log record's own)."""
+    int past 64 bits) as its ``str()`` -- a non-text key as the JSON line spells it -- instead
+    of the SDK warning about it (one more WARNING line per app line) and dropping it; obskit's
+    own correlation fields stay out (the record's trace context is the log record's own)."""
     global _handler_class
     if _handler_class is None:
         from opentelemetry.sdk._logs import LoggingHandler
 
         # Attributes every LogRecord has come first; the rest came from extra= (or a filter).
-        from obskit.logging import _BASE_ATTRIBUTES
+        from obskit.logging import _BASE_ATTRIBUTES, _safe_key
 
         base = LoggingHandler._get_attributes
 
@@ -318,7 +318,7 @@ def _log_handler_class() -> Any:
                     value = attributes[key]
                     if key.__class__ is not str:  # extra={1: ...}, which the stdlib takes
                         del attributes[key]
-                        key = _as_text(key)
+                        key = _safe_key(key)
                     if key.startswith("obskit_"):
                         attributes.pop(key, None)
                     else:

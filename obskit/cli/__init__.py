@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -25,7 +25,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _count(low: int, high: int | None = None) -> type[int]:
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     """An int option within ``[low, high]``."""
 
     def parse(text: str) -> int:
@@ -39,7 +39,7 @@ def _count(low: int, high: int | None = None) -> type[int]:
         return value
 
     parse.__name__ = "int"  # what argparse names in "invalid int value"
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
