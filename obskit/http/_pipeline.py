@@ -438,9 +438,7 @@ def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> Non
         else:
             span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, code)
     if exc is not None:
-        span.record_exception(exc)
-        span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-        span.set_status(_ERROR, sc.status_description(exc))
+        sc.mark_exception(span, exc)
     elif code is not None and code >= 500:
         span.set_attribute(sc.ERROR_TYPE, str(code))
         span.set_status(_ERROR)

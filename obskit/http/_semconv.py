@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from opentelemetry.trace import StatusCode
+
 __all__ = [
     "METHODS",
     "OTHER_METHOD",
     "UNMATCHED",
     "error_type",
+    "mark_exception",
     "port",
     "protocol_version",
     "sanitize_method",
@@ -19,7 +24,6 @@ HTTP_REQUEST_METHOD_ORIGINAL = "http.request.method_original"
 HTTP_ROUTE = "http.route"
 HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 URL_PATH = "url.path"
-URL_QUERY = "url.query"
 URL_SCHEME = "url.scheme"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
@@ -69,6 +73,20 @@ def status_description(exc: BaseException) -> str:
     except Exception:
         text = f"<unprintable {type(exc).__name__}>"
     return f"{type(exc).__name__}: {text}"[:256]
+
+
+def mark_exception(span: Any, exc: BaseException) -> None:
+    """``error.type``, ERROR status and an ``exception`` event on ``span`` (any span: SERVER,
+    CLIENT or a decorated function's). The exception's ``__str__`` is user code and may raise:
+    the status and type are set first, and the SDK's ``record_exception`` (which calls it
+    unguarded) falls back to an event with the type alone."""
+    kind = error_type(exc)
+    span.set_attribute(ERROR_TYPE, kind)
+    span.set_status(StatusCode.ERROR, status_description(exc))
+    try:
+        span.record_exception(exc)
+    except Exception:
+        span.add_event("exception", {"exception.type": kind})
 
 
 def port(value: object) -> int | None:

@@ -30,12 +30,12 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind
 
 from obskit import _selfmetrics, _shapes, _state
 from obskit._runtime import tracer_provider
 from obskit._version import __version__
-from obskit.http._semconv import error_type
+from obskit.http._semconv import mark_exception
 from obskit.metrics._direct import Observer, adder
 from obskit.metrics.instruments import counter, counting, histogram
 from obskit.tracing._fastctx import current_span
@@ -101,16 +101,18 @@ class _Recorder:
             )
         return children
 
-    def record(self, started: float, exc: BaseException | None) -> None:
+    def failed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` counts as an error (the ``errors`` option), asked once per call so
+        that the metric and the span agree; a predicate that raises counts as an error."""
+        try:
+            return bool(self.is_error(exc))
+        except Exception:
+            return True
+
+    def record(self, started: float, failed: bool) -> None:
         elapsed = _perf() - started
         try:
             _, ok, error, duration = self.children()
-            failed = False
-            if exc is not None:
-                try:
-                    failed = bool(self.is_error(exc))
-                except Exception:
-                    failed = True
             (error if failed else ok)(1)
             duration(elapsed)
         except Exception as internal:
@@ -152,8 +154,9 @@ class _Recorder:
             return None
         return span, otel_context.attach(otel_trace.set_span_in_context(span))
 
-    def end_span(self, state: Any, exc: BaseException | None) -> None:
-        """End a span from :meth:`start_span` or ``(span, None)``; mark it failed per ``errors``."""
+    def end_span(self, state: Any, exc: BaseException | None, failed: bool = False) -> None:
+        """End a span from :meth:`start_span` or ``(span, None)``; marked with ``exc`` when the
+        call ``failed`` (see :meth:`failed`)."""
         if state is None:
             return
         span, token = state
@@ -161,13 +164,8 @@ class _Recorder:
             if token is not None:
                 # First, so the caller's context is restored whatever happens below.
                 otel_context.detach(token)
-            if exc is not None and span.is_recording():
-                try:
-                    failed = bool(self.is_error(exc))
-                except Exception:
-                    failed = True
-                if failed:
-                    _mark_failed(span, exc)
+            if failed and exc is not None and span.is_recording():
+                mark_exception(span, exc)
         except Exception as internal:
             _selfmetrics.internal_error("red_span", internal)
         finally:
@@ -185,25 +183,10 @@ class _Recorder:
 
     def end(self, state: tuple[float, Any], exc: BaseException | None) -> None:
         started, span = state
-        self.record(started, exc)
+        failed = exc is not None and self.failed(exc)
+        self.record(started, failed)
         if span is not None:
-            self.end_span((span, None), exc)
-
-
-def _mark_failed(span: Any, exc: BaseException) -> None:
-    """ERROR status, ``error.type`` and an exception event; ``str(exc)`` may raise (user code)."""
-    try:
-        message = str(exc)
-    except Exception:
-        message = None
-    text = f"{type(exc).__name__}: {message}" if message is not None else type(exc).__name__
-    span.set_status(StatusCode.ERROR, text[:256])
-    span.set_attribute("error.type", error_type(exc))
-    if message is not None:
-        span.record_exception(exc)
-    else:
-        # The SDK's record_exception() calls str(exc) unguarded.
-        span.add_event("exception", {"exception.type": error_type(exc)})
+            self.end_span((span, None), exc, failed)
 
 
 def _sync(rec: _Recorder) -> Any:
@@ -214,10 +197,11 @@ def _sync(rec: _Recorder) -> Any:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            rec.record(started, exc)
-            rec.end_span(span, exc)
+            failed = rec.failed(exc)
+            rec.record(started, failed)
+            rec.end_span(span, exc, failed)
             raise
-        rec.record(started, None)
+        rec.record(started, False)
         if span is not None:
             rec.end_span(span, None)
         return result
@@ -233,10 +217,11 @@ def _async(rec: _Recorder) -> Any:
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            rec.record(started, exc)
-            rec.end_span(span, exc)
+            failed = rec.failed(exc)
+            rec.record(started, failed)
+            rec.end_span(span, exc, failed)
             raise
-        rec.record(started, None)
+        rec.record(started, False)
         if span is not None:
             rec.end_span(span, None)
         return result

@@ -144,12 +144,7 @@ def _end(state: tuple[Any, object], status: Any, exc: BaseException | None) -> N
                     span.set_attribute(sc.ERROR_TYPE, str(code))
                     span.set_status(StatusCode.ERROR)
             if exc is not None:
-                span.set_attribute(sc.ERROR_TYPE, sc.error_type(exc))
-                span.set_status(StatusCode.ERROR, sc.status_description(exc))
-                try:
-                    span.record_exception(exc)
-                except Exception:  # the SDK's calls str(exc), which user code may make raise
-                    span.add_event("exception", {"exception.type": sc.error_type(exc)})
+                sc.mark_exception(span, exc)
         finally:
             span.end()
     finally:

@@ -36,6 +36,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes
 
 from obskit import _runtime, _state
+from obskit.http._semconv import error_type
 from obskit.tracing import _fastctx
 from obskit.tracing._fastctx import current_span
 from obskit.tracing.pipeline import CompactSpanProcessor, _Event
@@ -263,15 +264,12 @@ class ServerSpan(trace_api.Span):
         escaped: bool = False,
     ) -> None:
         cls = type(exception)
-        module = cls.__module__
         try:
             message = str(exception)
         except Exception:
             message = f"<unprintable {cls.__name__}>"
         event: dict[str, Any] = {
-            "exception.type": cls.__qualname__
-            if module in ("builtins", "__main__")
-            else f"{module}.{cls.__qualname__}",
+            "exception.type": error_type(exception),
             "exception.message": message,
             "exception.stacktrace": "".join(
                 traceback.format_exception(cls, exception, exception.__traceback__)

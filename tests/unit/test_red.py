@@ -877,7 +877,8 @@ def test_an_exception_whose_str_fails_still_marks_and_ends_the_span() -> None:
             work.call(raised)
         spans = cap.spans()
     assert raised is info.value
-    assert [(ERROR, "Unprintable", ["exception"])] == [
+    # The description every obskit span gives such an exception (obskit.http._semconv).
+    assert [(ERROR, "Unprintable: <unprintable Unprintable>", ["exception"])] == [
         (s.status.code, s.status.message, [e.name for e in s.events]) for s in spans
     ]
 

@@ -1,0 +1,145 @@
+"""Findings of a read-through review of obskit's code (2026-11-24), each pinned by a test.
+
+Every test names the bug it found, since fixed, or the duplication it removed; all run in-process
+on WSGI/ASGI apps called directly, with spans captured by ``obskit.testing.capture()`` (the
+real span pipeline, encoded to OTLP bytes and decoded back).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import SpanProcessor
+
+import obskit
+from obskit.testing import Capture, capture, samples
+from obskit.wsgi import ObskitMiddleware as WsgiMiddleware
+
+ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
+
+
+class Unprintable(Exception):
+    """User code's exception whose ``__str__`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def environ(path: str = "/x", method: str = "GET") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+    }
+
+
+def span_rows(cap: Capture) -> list[tuple[str, dict[str, Any], int, list[str]]]:
+    rows = []
+    for span in cap.spans():
+        attributes = {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
+        rows.append((span.name, attributes, span.status.code, [e.name for e in span.events]))
+    return rows
+
+
+def requests_total() -> list[tuple[tuple[tuple[str, str], ...], float]]:
+    return sorted(
+        (tuple(sorted(labels.items())), v) for labels, v in samples("http_requests_total")
+    )
+
+
+def call(app: Any, path: str = "/x") -> None:
+    try:
+        body = app(environ(path), lambda *a: None)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+    except Exception:
+        pass
+
+
+# A bug this test found, since fixed: obskit/http/_pipeline.py _mark_outcome called the SDK's
+# span.record_exception() unguarded (on the SDK span path: an application's own span processor,
+# keep_whole_trace, a tracer_provider= of its own); the SDK calls str(exc), and a raising
+# __str__ skipped the rest of finish(): no ERROR status, no error.type.
+def test_a_raising_str_still_marks_the_sdk_server_span_failed() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise Unprintable()
+
+    with capture() as cap:
+        obskit.tracer_provider().add_span_processor(SpanProcessor())  # the SDK span path
+        call(WsgiMiddleware(app))
+        rows = span_rows(cap)
+    assert [(ERROR, f"{__name__}.Unprintable", ["exception"])] == [
+        (status, attributes.get("error.type"), events) for _, attributes, status, events in rows
+    ]
+    assert [] == samples("obskit_internal_errors_total")
+
+
+# A bug this test found, since fixed: the same, with keep_whole_trace on and the head decision
+# "drop": the failing request's trace was lost (the keep decision came after the raise).
+def test_a_raising_str_does_not_lose_a_kept_trace() -> None:
+    class Plain(Exception):
+        pass
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise (Unprintable if environ["PATH_INFO"] == "/bad" else Plain)()
+
+    with capture(sampler="always_off", keep_errors=True, keep_whole_trace=True) as cap:
+        middleware = WsgiMiddleware(app)
+        for path in ("/good", "/bad"):
+            call(middleware, path)
+        rows = span_rows(cap)
+    assert [("/good", ERROR), ("/bad", ERROR)] == [
+        (attributes["url.path"], status) for _, attributes, status, _ in rows
+    ]
+
+
+# A bug this test found, since fixed: @obskit.red asked its errors= predicate twice per failing
+# call (once for the metric, once for the span), so a predicate that is not a pure function
+# could count the call as an error and leave the span unmarked, or the reverse.
+@pytest.mark.parametrize("shape", ["function", "coroutine", "generator"])
+def test_the_errors_predicate_is_asked_once_per_failing_call(shape: str) -> None:
+    import asyncio
+
+    asked: list[BaseException] = []
+
+    def is_error(exc: BaseException) -> bool:
+        asked.append(exc)
+        return len(asked) % 2 == 1  # the first answer is "an error", the next one not
+
+    with capture(sampler="always_on") as cap:
+        if shape == "function":
+
+            @obskit.red(trace=True, errors=is_error)
+            def work() -> None:
+                raise LookupError("x")
+
+            with pytest.raises(LookupError):
+                work()
+        elif shape == "coroutine":
+
+            @obskit.red(trace=True, errors=is_error)
+            async def work_async() -> None:
+                raise LookupError("x")
+
+            with pytest.raises(LookupError):
+                asyncio.run(work_async())
+        else:
+
+            @obskit.red(trace=True, errors=is_error)
+            def work_gen() -> Any:
+                yield 1
+                raise LookupError("x")
+
+            with pytest.raises(LookupError):
+                list(work_gen())
+        rows = span_rows(cap)
+        results = {labels["result"]: value for labels, value in samples("function_calls_total")}
+    assert 1 == len(asked)
+    assert 1.0 == results.get("error")
+    assert [ERROR] == [status for _, _, status, _ in rows]
