@@ -554,7 +554,9 @@ class Request:
             telemetry = self.telemetry
             route = self.route or sc.UNMATCHED
             method = self.method
-            code = 500 if status is None and exc is not None else status
+            # No status: the app raised, or returned without answering -- the server answers
+            # 500 for it (uvicorn, gunicorn, Django's handlers), and every signal says so.
+            code = 500 if status is None else status
             series = self._series
             if series is None or series.generation != _state.generation:
                 series = telemetry.series(method, route)
