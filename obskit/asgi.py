@@ -325,7 +325,7 @@ class ObskitMiddleware:
         ensure_configured(options)
         self.app = app
         self.telemetry = telemetry or HttpTelemetry()
-        self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
+        self.serve_metrics = serve_metrics
         self._fastapi_record = _fastapi_route_hook(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -345,13 +345,18 @@ class ObskitMiddleware:
         path = scope.get("path") or "/"
         headers = scope.get("headers") or ()
         root = scope.get("root_path")
-        if (_route_path(root, path) if root else path) == self.metrics_path:
+        telemetry = self.telemetry
+        if (
+            (_route_path(root, path) if root else path) == telemetry.metrics_path
+            and self.serve_metrics
+            and telemetry.answers_metrics()
+        ):
             await self._metrics(headers, send)
             return
         adopt = False
         if "fastapi.telemetry" in scope:  # rare: a FastAPI layer outside this middleware
             adopt = _native_tracing_off(scope)
-        request = self.telemetry.begin(
+        request = telemetry.begin(
             scope.get("method") or "GET",
             path,
             header_getter_from_pairs(headers),

@@ -119,18 +119,19 @@ class ObskitMiddleware:
         self.app = app
         self.route_resolver = route_resolver
         self.telemetry = telemetry or HttpTelemetry()
-        self.metrics_path = self.telemetry.metrics_path if serve_metrics else None
+        self.serve_metrics = serve_metrics
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        if path == self.metrics_path:
+        telemetry = self.telemetry
+        if path == telemetry.metrics_path and self.serve_metrics and telemetry.answers_metrics():
             body, content_type = render(environ.get("HTTP_ACCEPT"))
             start_response(
                 "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
             )
             return [body]
         script = environ.get("SCRIPT_NAME")
-        request = self.telemetry.begin(
+        request = telemetry.begin(
             environ.get("REQUEST_METHOD") or "GET",
             # url.path is the path the client asked for: the mount point too (as Django's
             # request.path has it); excluded paths are matched against the same.

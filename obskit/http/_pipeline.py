@@ -81,23 +81,20 @@ class HttpTelemetry:
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self._sampler = _runtime._install_global().sampler
         self._span_names = {label: _span_name(label) for label in (*sc.METHODS, sc.OTHER_METHOD)}
-        self.excluded = frozenset(
-            config.excluded_paths if excluded_paths is None else excluded_paths
-        )
-        # With a separate metrics port, the app's own path is left to the app.
-        running = _state.runtime
-        separate = running is not None and running.metrics_server is not None
-        self.metrics_path: str | None = None if separate else config.metrics_path
+        self._excluded_paths = None if excluded_paths is None else frozenset(excluded_paths)
+        self._buckets = list(buckets or config.http_buckets)
         self.requests = counter(
             "http_requests",
             "HTTP requests handled, by method, route template and status code.",
             ["method", "route", "status"],
         )
+        # Its bounds are fixed with the adapter: a reconfiguration's http_buckets do not change
+        # an exposed histogram (Prometheus would see two series sets under one name).
         self.duration = histogram(
             "http_request_duration_seconds",
             "Time from request arrival to the last response byte, in seconds.",
             ["method", "route"],
-            buckets=buckets or config.http_buckets,
+            buckets=self._buckets,
         )
         self.in_flight = gauge(
             "http_requests_in_flight",
@@ -105,6 +102,23 @@ class HttpTelemetry:
             ["method", "route"],
         )
         self._routes: dict[tuple[str, str], _RouteSeries] = {}
+        #: The runtime whose settings this follows (see follow); self until the first call.
+        self._runtime: Any = self
+        self._otlp_duration: Any = None
+        self.follow(_state.runtime)
+
+    def follow(self, runtime: Any) -> None:
+        """Take the settings of ``runtime`` (the running configuration, None before any):
+        exclusions, the tail policy, exemplars, the metrics path and the OTLP duration
+        histogram. Called when a reconfiguration has replaced the runtime, so that adapters built
+        before it honour the new options (what ``configure()`` promises)."""
+        config = self.config if runtime is None or runtime.closed else runtime.config
+        self.config = config
+        given = self._excluded_paths
+        self.excluded = frozenset(config.excluded_paths) if given is None else given
+        # With a separate metrics port, the app's own path is left to the app.
+        separate = runtime is not None and runtime.metrics_server is not None
+        self.metrics_path: str | None = None if separate else config.metrics_path
         self.exemplars = not config.multiproc_dir
         # Head-dropped requests that fail or are slow get their SERVER span rebuilt and kept
         # (unless keep_whole_trace already records everything).
@@ -116,30 +130,27 @@ class HttpTelemetry:
         )
         # Whether a head-dropped request must keep what its SERVER span would be rebuilt from.
         self._keeps = self.keep_errors or self.keep_slow is not None
-        self._buckets = list(buckets or config.http_buckets)
-        #: The runtime whose meter provider ``_otlp_duration`` records to (see otlp_duration).
-        self._otlp_runtime: Any = self
-        self._otlp_duration: Any = None
-        self.otlp_duration(_state.runtime)
-
-    def otlp_duration(self, runtime: Any) -> Any:
-        """The ``http.server.request.duration`` histogram of ``runtime``'s OTLP meter provider
-        (None without one), made again when a reconfiguration replaced the runtime: the old
-        provider is shut down, and what it would record is lost."""
-        if runtime is not self._otlp_runtime:
-            provider = runtime.meter_provider if runtime is not None else None
-            self._otlp_duration = (
-                None
-                if provider is None
-                else provider.get_meter("obskit.http", __version__).create_histogram(
-                    "http.server.request.duration",
-                    unit="s",
-                    description="Duration of HTTP server requests.",
-                    explicit_bucket_boundaries_advisory=self._buckets,
-                )
+        # The old provider is shut down, and what it would record is lost.
+        provider = runtime.meter_provider if runtime is not None else None
+        self._otlp_duration = (
+            None
+            if provider is None
+            else provider.get_meter("obskit.http", __version__).create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=self._buckets,
             )
-            self._otlp_runtime = runtime
-        return self._otlp_duration
+        )
+        self._runtime = runtime
+
+    def answers_metrics(self) -> bool:
+        """Whether the app's own :attr:`metrics_path` still answers the scrape: not once the
+        separate metrics port (``metrics_port``), busy when this process started, has been
+        taken over by it. Asked only for a request to that path."""
+        runtime = _state.runtime
+        retry = runtime.metrics_retry if runtime is not None else None
+        return retry is None or retry.server is None
 
     def series(self, method: str, route: str) -> _RouteSeries:
         """The metric writers of ``(method, route)``, cached while the registry is the same."""
@@ -188,6 +199,9 @@ class HttpTelemetry:
         (FastAPI's own, around the middleware): it is the request's span, which obskit neither
         changes nor ends. Never raises.
         """
+        runtime = _state.runtime
+        if runtime is not self._runtime:
+            self.follow(runtime)
         if path in self.excluded:
             return None
         outer: Any = _get_current().get(_REQUEST_KEY)
@@ -199,7 +213,6 @@ class HttpTelemetry:
             return None
         try:
             label = method if method in sc.METHODS else sc.OTHER_METHOD
-            runtime = _state.runtime
             processor = runtime.processor if runtime is not None else None
             try:
                 parent = None if adopt else extract(get_header)
@@ -572,11 +585,9 @@ class Request:
             if in_flight is not None and not leave:  # in flight under another series' gauge
                 in_flight(-1)
             runtime = _state.runtime
-            otlp = (
-                telemetry._otlp_duration
-                if runtime is telemetry._otlp_runtime
-                else telemetry.otlp_duration(runtime)
-            )
+            if runtime is not telemetry._runtime:  # reconfigured while this request ran
+                telemetry.follow(runtime)
+            otlp = telemetry._otlp_duration
             if otlp is not None:
                 otlp.record(duration, self._otlp_attributes(route, code, exc))
             if self._recording:

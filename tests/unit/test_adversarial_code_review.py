@@ -143,3 +143,82 @@ def test_the_errors_predicate_is_asked_once_per_failing_call(shape: str) -> None
     assert 1 == len(asked)
     assert 1.0 == results.get("error")
     assert [ERROR] == [status for _, _, status, _ in rows]
+
+
+# A bug this test found, since fixed: obskit/http/_pipeline.py HttpTelemetry copied
+# excluded_paths, keep_errors, slow_threshold, keep_whole_trace, the exemplar switch and the
+# metrics path when an adapter was built; a later configure() -- whose docstring promises "the
+# previous pipeline is ... replaced" -- reached only the sampler of adapters built before it.
+def test_adapters_built_before_a_reconfiguration_follow_its_options() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("500 Internal Server Error", [])
+        return [b"x"]
+
+    with capture(sampler="always_off", keep_errors=True) as cap:
+        middleware = WsgiMiddleware(app)
+        call(middleware, "/before")
+        obskit.configure(sampler="always_off", keep_errors=False, excluded_paths=("/skip",))
+        for path in ("/fail", "/skip"):
+            call(middleware, path)
+        paths = [attributes["url.path"] for _, attributes, _, _ in span_rows(cap)]
+        counted = requests_total()
+    assert ["/before"] == paths  # /fail not kept (keep_errors off), /skip not traced
+    assert [((("method", "GET"), ("route", "__unmatched__"), ("status", "500")), 2.0)] == counted
+
+
+def test_an_explicit_exclusion_list_survives_a_reconfiguration() -> None:
+    from obskit.http._pipeline import HttpTelemetry
+
+    with capture(sampler="always_on") as cap:
+        telemetry = HttpTelemetry(excluded_paths=["/private"])
+        middleware = WsgiMiddleware(lambda e, s: (s("200 OK", []), [b"ok"])[1], telemetry=telemetry)
+        obskit.configure(sampler="always_on", excluded_paths=())
+        for path in ("/private", "/public"):
+            call(middleware, path)
+        paths = [attributes["url.path"] for _, attributes, _, _ in span_rows(cap)]
+    assert ["/public"] == paths
+
+
+# A bug this test found, since fixed: with metrics_port busy at start-up, the app's own path
+# serves the scrape "until the port is taken over" (obskit/_runtime.py) -- but it kept serving
+# it after the port was bound, exposing /metrics on the service's public port for good.
+def test_the_app_path_stops_serving_metrics_once_the_port_is_taken_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import time
+
+    from obskit import _state
+    from obskit.metrics import exposition
+
+    monkeypatch.setattr(exposition, "BIND_RETRY_INTERVAL", 0.05)
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("0.0.0.0", 0))  # the metrics server's own address
+    blocker.listen()
+    port = blocker.getsockname()[1]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", [])
+        return [b"the app's own answer"]
+
+    def scrape(middleware: Any) -> tuple[list[str], bytes]:
+        statuses: list[str] = []
+        body = b"".join(middleware(environ("/metrics"), lambda status, h: statuses.append(status)))
+        return statuses, body
+
+    with capture(metrics_port=port):
+        try:
+            middleware = WsgiMiddleware(app)
+            retry = _state.runtime.metrics_retry  # type: ignore[union-attr]
+            assert retry is not None
+            statuses, body = scrape(middleware)
+            assert ["200 OK"] == statuses
+            assert b"# HELP obskit_" in body
+        finally:
+            blocker.close()
+        deadline = time.monotonic() + 10
+        while retry.server is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert retry.server is not None
+        assert (["404 Not Found"], b"the app's own answer") == scrape(middleware)
