@@ -13,17 +13,22 @@ records it once, with its type as ``error.type``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from opentelemetry.context import Context
 
 from obskit.http._pipeline import (
     HttpTelemetry,
     Request,
     ensure_configured,
     environ_facts,
+    finishing_chunks,
     header_getter_from_environ,
 )
 from obskit.metrics.exposition import render
+from obskit.tracing import _fastctx as _ctx
 
 __all__ = ["ENVIRON_KEY", "ObskitMiddleware"]
 
@@ -34,37 +39,19 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class _Finishing:
-    """Wraps a streaming response so the request ends at the last byte (or at ``close()``)."""
+    """A streamed response body (see :func:`~obskit.http._pipeline.finishing_chunks`), read
+    by the server with the request's context current; its ``close()`` -- which the server
+    calls, sent or not -- ends the request too."""
 
-    __slots__ = ("_iterable", "_request")
+    __slots__ = ("_context", "_iterable", "_request")
 
-    def __init__(self, iterable: Iterable[bytes], request: Request) -> None:
+    def __init__(self, iterable: Iterable[bytes], request: Request, context: Context) -> None:
         self._iterable = iterable
         self._request = request
+        self._context = context
 
     def __iter__(self) -> Iterator[bytes]:
-        request = self._request
-        iterator = iter(self._iterable)
-        try:
-            first = next(iterator)
-        except StopIteration:
-            request.finish()
-            return
-        except BaseException as exc:
-            # Nothing was sent: the server answers 500, not the status the app had started.
-            request.status = None
-            request.finish(None, exc)
-            raise
-        try:
-            yield first
-            yield from iterator
-        except GeneratorExit:
-            # The server stopped iterating (client gone, or done): close() ends the request.
-            raise
-        except BaseException as exc:
-            request.finish(None, exc)
-            raise
-        request.finish()  # the last byte has been handed to the server
+        return finishing_chunks(self._iterable, self._request, unanswered=True)
 
     def close(self) -> None:
         try:
@@ -74,10 +61,22 @@ class _Finishing:
         finally:
             self._request.finish()
 
+    def __del__(self) -> None:
+        _freed(self._request, self._context)
 
-def _finish_on_close(iterable: Any, request: Request) -> bool:
-    """Make ``iterable.close()`` (the server's file wrapper) end ``request`` too; False if its
-    ``close`` cannot be replaced."""
+
+def _freed(request: Request, context: Context) -> None:
+    """A body freed unclosed: an outer middleware dropped it for one of its own (PEP 3333 says
+    it must close it; not all do). The request still ends, and its context (``context``), left
+    current on this thread, is reset if it still is -- else every later request here would be
+    taken for a nested one, and every later line logged in a dead trace."""
+    if not request._finished:
+        request.finish(detach=_ctx.get_current() is context)
+
+
+def _finish_on_close(iterable: Any, request: Request, context: Context) -> bool:
+    """Make ``iterable.close()`` (the server's file wrapper) end ``request`` too, as freeing it
+    unclosed does; False if its ``close`` cannot be replaced."""
     close = getattr(iterable, "close", None)
 
     def finishing_close() -> None:
@@ -91,6 +90,10 @@ def _finish_on_close(iterable: Any, request: Request) -> bool:
         iterable.close = finishing_close
     except Exception:
         return False
+    try:
+        weakref.finalize(iterable, _freed, request, context)
+    except TypeError:  # not weakly referable: ended at close() only
+        pass
     return True
 
 
@@ -166,13 +169,15 @@ class ObskitMiddleware:
             return iterable
         # The server's own file wrapper makes its instances itself (werkzeug's wrap_file,
         # Django's handler): their class is the one in the environ.
+        # The request's context: current while the server reads the body, reset by its end.
+        context = _ctx.get_current()
         if iterable.__class__ is environ.get("wsgi.file_wrapper") and _finish_on_close(
-            iterable, request
+            iterable, request, context
         ):
             # Returned as it is, so that the server can still send the file its own way
             # (sendfile); the request ends when the server closes it.
             return iterable
-        return _Finishing(iterable, request)
+        return _Finishing(iterable, request, context)
 
     def _resolve(self, environ: dict[str, Any], request: Request) -> None:
         if request.route is None and self.route_resolver is not None:

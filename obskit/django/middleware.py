@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 try:
@@ -18,8 +18,11 @@ from obskit.http._pipeline import (
     Request,
     ensure_configured,
     environ_facts,
+    finishing_chunks,
+    finishing_chunks_async,
     header_getter_from_environ,
 )
+from obskit.tracing import _fastctx as _ctx
 from obskit.wsgi import ENVIRON_KEY
 
 __all__ = ["ObskitMiddleware", "route_of"]
@@ -124,10 +127,11 @@ class ObskitMiddleware:
             # A file is left to the server's file wrapper (sendfile); the close above ends it.
             if getattr(response, "file_to_stream", None) is None or not isinstance(closers, list):
                 content = response.streaming_content
+                context = _ctx.get_current()
                 if hasattr(content, "__aiter__"):
-                    response.streaming_content = _afinish(content, obs)
+                    response.streaming_content = finishing_chunks_async(content, obs, context)
                 else:
-                    response.streaming_content = _finish(content, obs)
+                    response.streaming_content = finishing_chunks(content, obs, context)
             obs.detach()
             return response
         obs.finish(status)
@@ -150,26 +154,3 @@ class ObskitMiddleware:
         obs: Request | None = getattr(request, _ATTR, None)
         if obs is not None:
             obs.handled = exception
-
-
-# The request's context was restored in _done: finishing here only releases what it holds.
-def _finish(content: Iterator[bytes], obs: Request) -> Iterator[bytes]:
-    try:
-        yield from content
-    except GeneratorExit:  # the client went away; the response still ended here
-        obs.finish()
-        raise
-    except BaseException as exc:
-        obs.finish(None, exc)
-        raise
-    obs.finish()
-
-
-async def _afinish(content: AsyncIterator[bytes], obs: Request) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in content:
-            yield chunk
-    except BaseException as exc:
-        obs.finish(None, exc)
-        raise
-    obs.finish()

@@ -13,7 +13,15 @@ import contextvars
 import secrets
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from opentelemetry import trace
@@ -32,7 +40,7 @@ from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
 from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server_span
 
-__all__ = ["HttpTelemetry", "Request"]
+__all__ = ["HttpTelemetry", "Request", "finishing_chunks", "finishing_chunks_async"]
 
 _perf = time.perf_counter
 _get_current = _ctx.get_current
@@ -739,6 +747,109 @@ class Request:
         _mark_outcome(span, code, exc)
         span.end(end)
         _selfmetrics.traces_kept()
+
+
+def finishing_chunks(
+    content: Iterable[bytes],
+    request: Request,
+    context: Context | None = None,
+    *,
+    unanswered: bool = False,
+) -> Iterator[bytes]:
+    """``content``'s chunks for a streamed response, ending ``request`` at the last one, with
+    the exception that stops them, or when the consumer closes early (the client went away:
+    not a failure). Every adapter's streamed body goes through here.
+
+    ``context``: the request's, made current only while ``content`` produces each chunk (so
+    that what the body logs carries the trace), for an adapter that restored the caller's
+    context before handing the body over (Django: its body may be read in another task).
+    None: the request's context is current already, and stays so while the server reads the
+    body (WSGI: the same thread, no cost per chunk). ``unanswered``: nothing reaches the client
+    before the first chunk (WSGI), so an exception before it is answered with a 500 whatever
+    status the app had started.
+    """
+    iterator: Iterator[bytes] | None = None
+    try:
+        if context is None:
+            iterator = iter(content)
+            first = next(iterator)  # StopIteration: an empty body
+            unanswered = False
+            yield first
+            yield from iterator
+        else:
+            token = _ctx.attach(context)
+            try:
+                iterator = iter(content)
+            finally:
+                _ctx.detach(token)
+            while True:
+                token = _ctx.attach(context)
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    break
+                finally:
+                    _ctx.detach(token)
+                unanswered = False
+                yield chunk
+    except StopIteration:
+        pass
+    except GeneratorExit:
+        close = getattr(iterator, "close", None) if context is not None else None
+        try:
+            if close is not None:  # as ``yield from`` would, with the request's context
+                token = _ctx.attach(context)  # type: ignore[arg-type]
+                try:
+                    close()
+                finally:
+                    _ctx.detach(token)
+        finally:
+            request.finish()
+        raise
+    except BaseException as exc:
+        if unanswered:
+            request.status = None
+        request.finish(None, exc)
+        raise
+    request.finish()
+
+
+async def finishing_chunks_async(
+    content: AsyncIterable[bytes], request: Request, context: Context
+) -> AsyncIterator[bytes]:
+    """:func:`finishing_chunks` for an asynchronous body."""
+    iterator = None
+    try:
+        token = _ctx.attach(context)
+        try:
+            iterator = aiter(content)
+        finally:
+            _ctx.detach(token)
+        while True:
+            token = _ctx.attach(context)
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            finally:
+                _ctx.detach(token)
+            yield chunk
+    except GeneratorExit:
+        close = getattr(iterator, "aclose", None)
+        try:
+            if close is not None:
+                token = _ctx.attach(context)
+                try:
+                    await close()
+                finally:
+                    _ctx.detach(token)
+        finally:
+            request.finish()
+        raise
+    except BaseException as exc:
+        request.finish(None, exc)
+        raise
+    request.finish()
 
 
 _environ_keys: dict[str, str] = {}

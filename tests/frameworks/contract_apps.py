@@ -14,6 +14,7 @@ The routes, in every framework (Django's are in tests/frameworks/django_app/urls
     /unavailable                503 without an exception
     /files/<path:rest>          a catch-all route
     /stream                     three chunks, CHUNK_DELAY seconds apart
+    /stream/ids                 two chunks, each the trace id current while it was produced
     /healthz, /private          plain text
 """
 
@@ -179,6 +180,14 @@ def build_flask_app() -> Flask:
 
         return Response(stream_with_context(chunks()))
 
+    @app.get("/stream/ids")
+    def stream_ids() -> Response:
+        def chunks() -> Iterator[str]:  # a plain generator: no Flask context of its own
+            for _ in range(2):
+                yield current_ids()["trace_id"] + "\n"
+
+        return Response(chunks())
+
     @app.get("/healthz")
     def healthz() -> Any:
         return "ok"
@@ -292,6 +301,15 @@ def build_fastapi_app() -> FastAPI:
             for index in range(3):
                 await asyncio.sleep(CHUNK_DELAY)
                 yield b"chunk %d\n" % index
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.get("/stream/ids")
+    async def stream_ids() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(2):
+                await asyncio.sleep(0)
+                yield (current_ids()["trace_id"] + "\n").encode()
 
         return StreamingResponse(chunks(), media_type="text/plain")
 

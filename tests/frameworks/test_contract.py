@@ -364,6 +364,15 @@ def test_streamed_response_is_timed_to_the_last_chunk(web: Web, cap: Capture) ->
     assert 0.0 == get_sample_value("http_requests_in_flight", labels)
 
 
+def test_a_streamed_body_is_produced_in_the_request_trace(web: Web, cap: Capture) -> None:
+    """The chunks of a streamed body are made in the request's trace (what they log carries
+    it), though the server reads them after the view returned -- and not after it."""
+    lines = web.get("/stream/ids").text.split()
+    (span,) = cap.spans()
+    assert [span.trace_id.hex()] * 2 == lines
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
 # 8. Context inside and after the request.
 
 

@@ -14,6 +14,7 @@ urlpatterns = [
     path("unavailable", views.unavailable),
     path("files/<path:rest>", views.catch_all),
     path("stream", views.stream),
+    path("stream/ids", views.stream_ids),
     path("async/items/<int:item_id>", views.async_item),
     path("async/boom", views.async_boom),
     path("async/stream", views.async_stream),

@@ -52,6 +52,16 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
+def stream_ids(request: HttpRequest) -> StreamingHttpResponse:
+    """Two chunks, each the trace id current while it was produced."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(2):
+            yield (current_ids()["trace_id"] + "\n").encode()
+
+    return StreamingHttpResponse(chunks())
+
+
 async def async_item(request: HttpRequest, item_id: int) -> JsonResponse:
     """An async view; reports the span current inside it."""
     await asyncio.sleep(0)
