@@ -23,15 +23,22 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.flask needs Flask: pip install 'obskit[flask]'") from exc
 
-from obskit.http._pipeline import HttpTelemetry, Request, ensure_configured
+from obskit.http._pipeline import (
+    HttpTelemetry,
+    NestedRequest,
+    Request,
+    ensure_configured,
+    nested_request,
+)
 from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
 
 __all__ = ["Obskit"]
 
 
-def _current() -> Request | None:
+def _current() -> Request | NestedRequest | None:
     request: Request | None = flask.request.environ.get(ENVIRON_KEY)
-    return request
+    # None: an excluded path, or an app nested in another instrumented app's request.
+    return request if request is not None else nested_request()
 
 
 def _set_route() -> None:
@@ -42,7 +49,9 @@ def _set_route() -> None:
     if rule is None and current.routing_exception is not None:
         rule = _rule_of_wrong_method(current.routing_exception)
     if rule is not None:
-        request: Request | None = current.environ.get(ENVIRON_KEY)
+        request: Request | NestedRequest | None = current.environ.get(ENVIRON_KEY)
+        if request is None:
+            request = nested_request()
         if request is not None:
             request.set_route(rule.rule)
 

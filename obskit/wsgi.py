@@ -62,7 +62,11 @@ class _Finishing:
             self._request.finish()
 
     def __del__(self) -> None:
-        _freed(self._request, self._context)
+        if not self._request._finished:  # read or closed: nothing to do (the usual case)
+            try:
+                _freed(self._request, self._context)
+            except Exception:  # at interpreter exit, this module's globals may be gone
+                pass
 
 
 def _freed(request: Request, context: Context) -> None:

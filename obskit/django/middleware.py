@@ -15,12 +15,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from obskit.http._pipeline import (
     HttpTelemetry,
+    NestedRequest,
     Request,
     ensure_configured,
     environ_facts,
     finishing_chunks,
     finishing_chunks_async,
     header_getter_from_environ,
+    nested_request,
 )
 from obskit.tracing import _fastctx as _ctx
 from obskit.wsgi import ENVIRON_KEY
@@ -139,7 +141,7 @@ class ObskitMiddleware:
 
     def process_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         """Route template known before the view runs: span name and in-flight gauge."""
-        obs: Request | None = getattr(request, _ATTR, None)
+        obs: Request | NestedRequest | None = getattr(request, _ATTR, None) or nested_request()
         if obs is not None:
             route = route_of(request)
             if route:
@@ -151,6 +153,6 @@ class ObskitMiddleware:
         It is recorded when the request finishes with a 5xx status (``Http404`` and friends
         become 4xx responses, which are not server errors).
         """
-        obs: Request | None = getattr(request, _ATTR, None)
+        obs: Request | NestedRequest | None = getattr(request, _ATTR, None) or nested_request()
         if obs is not None:
             obs.handled = exception

@@ -40,7 +40,14 @@ from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
 from obskit.tracing.server_span import _MAX_ATTRIBUTES, ServerSpan, start_server_span
 
-__all__ = ["HttpTelemetry", "Request", "finishing_chunks", "finishing_chunks_async"]
+__all__ = [
+    "HttpTelemetry",
+    "NestedRequest",
+    "Request",
+    "finishing_chunks",
+    "finishing_chunks_async",
+    "nested_request",
+]
 
 _perf = time.perf_counter
 _get_current = _ctx.get_current
@@ -747,6 +754,48 @@ class Request:
         _mark_outcome(span, code, exc)
         span.end(end)
         _selfmetrics.traces_kept()
+
+
+#: The tail of a mount's route template (``/v1/{path}``): what the app mounted there matches.
+_MOUNT_TAIL = "/{path}"
+
+
+class NestedRequest:
+    """What an instrumented app nested in another one's request has instead of a request of
+    its own (a Flask app mounted in FastAPI, Django under obskit's WSGI middleware): the
+    outer request counts and traces it once, and what only the inner app knows -- its route,
+    the exception it answered -- goes to the outer one."""
+
+    __slots__ = ("outer",)
+
+    def __init__(self, outer: Request) -> None:
+        self.outer = outer
+
+    def set_route(self, route: str, *, in_flight: bool = True) -> None:
+        """The inner app's route: joined to the outer's mount (``/v1/{path}`` and
+        ``/items/<int:i>`` give ``/v1/items/<int:i>``), or the outer's route when it has none."""
+        known = self.outer.route
+        if known is None:
+            self.outer.set_route(route, in_flight=in_flight)
+        elif known.endswith(_MOUNT_TAIL) and route.startswith("/"):
+            self.outer.set_route(known[: -len(_MOUNT_TAIL)] + route, in_flight=in_flight)
+
+    @property
+    def handled(self) -> BaseException | None:
+        return self.outer.handled
+
+    @handled.setter
+    def handled(self, exc: BaseException | None) -> None:
+        self.outer.handled = exc
+
+
+def nested_request() -> NestedRequest | None:
+    """For an adapter whose :meth:`HttpTelemetry.begin` returned None: the outer
+    instrumented app's request this one is nested in, or None (an excluded path)."""
+    outer: Any = _get_current().get(_REQUEST_KEY)
+    if outer is None or outer._finished:
+        return None
+    return NestedRequest(outer)
 
 
 def finishing_chunks(
