@@ -270,6 +270,19 @@ def _flushing_at_shutdown(send: Send) -> Send:
     return forward
 
 
+def _native_telemetry_off(app: Any) -> bool:
+    """Switch FastAPI's own request tracing and metrics (0.165+) off for ``app``, as
+    ``FastAPI(telemetry={"tracing": False, "metrics": False})`` does; whether either was on.
+    Left on, they would start a second SERVER span around obskit's (they run outside every
+    user middleware)."""
+    config = getattr(app, "_telemetry", None)
+    if not isinstance(config, dict) or not (config.get("tracing") or config.get("metrics")):
+        return False
+    config["tracing"] = False
+    config["metrics"] = False
+    return True
+
+
 def _native_tracing_off(scope: Scope) -> bool:
     """Whether FastAPI's own telemetry started this request's SERVER span around obskit's
     middleware (added with ``app.add_middleware``, inside FastAPI's telemetry). If so, obskit
@@ -283,10 +296,7 @@ def _native_tracing_off(scope: Scope) -> bool:
         native.tracer = None
     except Exception:  # a FastAPI whose record is not as expected: they are exported
         pass
-    config = getattr(scope.get("app"), "_telemetry", None)
-    if isinstance(config, dict) and (config.get("tracing") or config.get("metrics")):
-        config["tracing"] = False
-        config["metrics"] = False
+    if _native_telemetry_off(scope.get("app")):
         _selfmetrics.warn_once(
             "fastapi_native_telemetry",
             "obskit: FastAPI's own telemetry traced a request around obskit's middleware; "

@@ -32,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.fastapi needs FastAPI: pip install 'obskit[fastapi]'") from exc
 
-from obskit.asgi import ObskitMiddleware
+from obskit.asgi import ObskitMiddleware, _native_telemetry_off
 from obskit.http._pipeline import HttpTelemetry, ensure_configured
 
 __all__ = ["instrument"]
@@ -68,12 +68,7 @@ def instrument(
         functools.wraps(build)(build_middleware_stack), app
     )
     setattr(app, _INSTRUMENTED, True)
-    telemetry_config = getattr(app, "_telemetry", None)
-    if isinstance(telemetry_config, dict):
-        # FastAPI's native telemetry runs outside every user middleware; left on it would start
-        # a second SERVER span around obskit's.
-        telemetry_config["metrics"] = False
-        telemetry_config["tracing"] = False
+    _native_telemetry_off(app)
     return app
 
 

@@ -95,7 +95,7 @@ class HttpTelemetry:
         self.tracer = provider.get_tracer("obskit.http", __version__)
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self._sampler = _runtime._install_global().sampler
-        self._span_names = {label: _span_name(label) for label in (*sc.METHODS, sc.OTHER_METHOD)}
+        self._span_names = {label: sc.span_name(label) for label in (*sc.METHODS, sc.OTHER_METHOD)}
         self._excluded_paths = None if excluded_paths is None else frozenset(excluded_paths)
         self._buckets = list(buckets or config.http_buckets)
         self.requests = counter(
@@ -227,7 +227,7 @@ class HttpTelemetry:
             # traced once there. (A finished request left current does not count.)
             return None
         try:
-            label = method if method in sc.METHODS else sc.OTHER_METHOD
+            label = method if method in sc.METHODS else sc.OTHER_METHOD  # sanitize_method
             processor = runtime.processor if runtime is not None else None
             try:
                 parent = None if adopt else extract(get_header)
@@ -328,7 +328,7 @@ class _RouteSeries:
                 self._share(duration, in_flight)
         self.observe = Observer(duration)
         #: The SERVER span's name for this route (semantic conventions: ``METHOD route``).
-        self.span_name = _span_name(*key)
+        self.span_name = sc.span_name(*key)
         self.in_flight = adder(in_flight)
 
     def _share(self, duration: Any, in_flight: Any) -> None:
@@ -407,12 +407,6 @@ class _RouteSeries:
             self._buckets[bucket - self._bucket0].set_exemplar(
                 _new_tuple(Exemplar, (exemplar, duration, time.time()))
             )
-
-
-def _span_name(method: str, route: str | None = None) -> str:
-    """``METHOD route``; ``HTTP`` stands for a non-standard method (semantic conventions)."""
-    name = "HTTP" if method == sc.OTHER_METHOD else method
-    return f"{name} {route}" if route else name
 
 
 def _server_attributes(
@@ -736,7 +730,7 @@ class Request:
         parent, method, path, describe, source = unsampled
         parent_ctx = _ctx.current_span(parent).get_span_context() if parent else None
         span = ServerSpan(
-            _span_name(self.method, self.route),
+            sc.span_name(self.method, self.route),
             self.span.get_span_context(),
             parent_ctx if parent_ctx is not None and parent_ctx.is_valid else None,
             _SERVER,

@@ -15,6 +15,7 @@ __all__ = [
     "port",
     "protocol_version",
     "sanitize_method",
+    "span_name",
     "status_label",
 ]
 
@@ -46,6 +47,13 @@ _STATUS = {code: str(code) for code in range(100, 600)}
 def sanitize_method(method: str) -> str:
     """The method if it is a standard one, else ``_OTHER``."""
     return method if method in METHODS else OTHER_METHOD
+
+
+def span_name(method: str, route: str | None = None) -> str:
+    """An HTTP span's name: ``METHOD route``, or ``METHOD`` alone; ``method`` is sanitized
+    already, and ``HTTP`` stands for a non-standard one (semantic conventions)."""
+    name = "HTTP" if method == OTHER_METHOD else method
+    return f"{name} {route}" if route else name
 
 
 def status_label(status: int | None) -> str:

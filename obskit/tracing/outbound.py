@@ -86,7 +86,7 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
         return None
     original = method
     method = method.upper()
-    label = method if method in sc.METHODS else sc.OTHER_METHOD
+    label = sc.sanitize_method(method)
     parts = urllib.parse.urlsplit(url)
     # SplitResult parses the netloc again on every .hostname and .port: once each here.
     host = parts.hostname
@@ -105,7 +105,7 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
     port = given_port or {"http": 80, "https": 443}.get(parts.scheme)
     if port:
         attributes[sc.SERVER_PORT] = port
-    name = "HTTP" if label == sc.OTHER_METHOD else label
+    name = sc.span_name(label)
     # Straight to obskit's pipeline, as the request pipeline's SERVER spans.
     span = start_lean_span(name, SpanKind.CLIENT, _SCOPE)
     if span is None:
