@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -181,7 +181,6 @@ class Runtime:
     #: ``processor``: there is one, ``keep_whole_trace`` is off (it needs the SDK's recorded but
     #: unsampled spans) and no other span processor is on obskit's provider.
     lean_spans: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def shutdown(self, timeout: float, *, keep_json_handler: bool = False) -> bool:
         """Flush and stop everything, within ``timeout`` seconds overall.

@@ -117,7 +117,8 @@ async def async_generator(
 ) -> AsyncGenerator[Any, Any]:
     """``wrapped(*args, **kwargs)``, an async generator, run between ``hooks.begin`` and
     ``hooks.end``. An async generator cannot ``yield from``: sends, throws and ``aclose`` are
-    forwarded by hand, with ``hooks.context`` current only while the wrapped one runs."""
+    forwarded by hand, with the context ``hooks.begin()`` returned current only while the
+    wrapped one runs."""
     state, ctx = hooks.begin()
     try:
         agen = wrapped(*args, **kwargs)  # inside: bad arguments are a failed call too

@@ -1,8 +1,11 @@
-"""The one module holding obskit's process state; :func:`obskit.testing.reset` starts it afresh.
+"""obskit's process state (structlog's ``_CONFIG`` idea): the Prometheus registry obskit's
+metrics live in, the self-metrics, the configured runtime and the set of warnings already given;
+:func:`obskit.testing.reset` starts it afresh.
 
-Nothing else in obskit keeps module-level mutable state (structlog's ``_CONFIG`` idea): the
-Prometheus registry obskit's metrics live in, the self-metrics, the configured runtime and the
-set of warnings already given.
+Other modules keep only what follows from it or from the code itself: caches (encoded span names
+and attributes, route series, log formats), the installed OpenTelemetry provider and outbound
+hooks (installed once per process), the registered trackers and collectors. Those are bounded,
+and survive a reset on purpose.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ __all__ = ["Capture", "capture", "get_sample_value", "reset", "samples"]
 
 
 def reset() -> None:
-    """Shut obskit down and forget all process state: a fresh registry, no runtime, no warnings."""
+    """Shut obskit down and start its state afresh (:mod:`obskit._state`): a fresh registry
+    (metrics declared earlier rebound to it, zeroed), no runtime, no warnings given."""
     _runtime.shutdown(timeout=1.0)
     with _state.lock:
         _state.runtime = None

@@ -1,6 +1,6 @@
 """``path("", include("obskit.django.urls"))`` serves obskit's metrics endpoint.
 
-The path is the ``metrics_path`` option (default ``/metrics``); health endpoints join later.
+The path is the ``metrics_path`` option (default ``/metrics``), read when Django loads the URLs.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """The framework-neutral request pipeline every adapter drives.
 
-An adapter translates its protocol into three calls: :meth:`HttpTelemetry.start` when a request
-arrives, :meth:`Request.set_route` once the framework has matched a route template, and
-:meth:`Request.finish` after the last byte (or the exception). Everything else -- the SERVER span
-and its semantic-convention attributes, W3C extraction, exclusions, RED metrics with exemplars,
-the in-flight gauge, OTLP duration metrics -- lives here, once.
+An adapter translates its protocol into three calls: :meth:`HttpTelemetry.begin` (or the plainer
+:meth:`HttpTelemetry.start`) when a request arrives, :meth:`Request.set_route` once the framework
+has matched a route template, and :meth:`Request.finish` after the last byte (or the exception);
+a streamed body goes through :func:`finishing_chunks`, and an app nested in another's request
+reports to it through :func:`nested_request`. Everything else -- the SERVER span and its
+semantic-convention attributes, W3C extraction, exclusions, RED metrics with exemplars, the
+in-flight gauge, OTLP duration metrics, following a reconfiguration -- lives here, once.
 """
 
 from __future__ import annotations

@@ -379,11 +379,6 @@ class Guard(Generic[C]):
         """Distinct label sets admitted so far (the overflow series not included)."""
         return len(self._series)
 
-    @property
-    def overflowed(self) -> bool:
-        """Whether any observation has been folded."""
-        return self._overflow is not None
-
 
 _guards: weakref.WeakSet[Guard[Any]] = weakref.WeakSet()
 

@@ -4,7 +4,8 @@
 
     from obskit.metrics.runtime import instrument_runtime, start_loop_lag_monitor
 
-    instrument_runtime()                  # once, after configure()
+    instrument_runtime()   # configure() does it (runtime_metrics=True, the default); for
+                           # another registry, or after configure(runtime_metrics=False)
 
     async def main():
         lag = start_loop_lag_monitor(interval=0.5)
@@ -74,6 +75,7 @@ __all__ = [
     "RuntimeCollector",
     "instrument_runtime",
     "start_loop_lag_monitor",
+    "uninstrument_runtime",
 ]
 
 #: Upper bounds (seconds) of ``obskit_runtime_gc_pause_seconds``: a young collection takes tens of

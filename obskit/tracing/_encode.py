@@ -21,24 +21,19 @@ _pack_d = struct.Struct("<d").pack
 _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
 
-# Pre-computed tags: (field_number << 3) | wire_type.
-_T_SPAN_TRACE_ID = b"\x0a"  # 1, LEN
-_T_SPAN_SPAN_ID = b"\x12"  # 2, LEN
+# Pre-computed tags: (field_number << 3) | wire_type. encode_span writes the fixed-size fields
+# as literals of tag and length together: trace_id (1, LEN 16: b"\x0a\x10"), span_id (2, LEN
+# 8: b"\x12\x08"), parent_span_id (4, LEN 8: b"\x22\x08"), start/end time (7 and 8, I64:
+# 0x39, 0x41).
 _T_SPAN_TRACE_STATE = b"\x1a"  # 3, LEN
-_T_SPAN_PARENT = b"\x22"  # 4, LEN
 _T_SPAN_NAME = b"\x2a"  # 5, LEN
 _T_SPAN_KIND = b"\x30"  # 6, VARINT
-_T_SPAN_START = b"\x39"  # 7, I64
-_T_SPAN_END = b"\x41"  # 8, I64
 _T_SPAN_ATTR = b"\x4a"  # 9, LEN
 _T_SPAN_DROPPED_ATTRS = b"\x50"  # 10, VARINT
 _T_SPAN_EVENT = b"\x5a"  # 11, LEN
 _T_SPAN_LINK = b"\x6a"  # 13, LEN
 _T_SPAN_STATUS = b"\x7a"  # 15, LEN
 _T_SPAN_FLAGS = b"\x85\x01"  # 16, I32
-
-_ID_PREFIX_16 = b"\x10"  # length 16
-_ID_PREFIX_8 = b"\x08"  # length 8
 
 _VARINT_CACHE = [bytes([i]) for i in range(128)]
 

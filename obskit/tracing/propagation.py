@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
@@ -212,8 +212,3 @@ def inject(headers: MutableMapping[str, Any], context: Context | None = None) ->
         propagate.inject(headers, context)
     except Exception as exc:  # never break the caller's request
         _selfmetrics.internal_error("inject", exc)
-
-
-def current_baggage(context: Context | None = None) -> dict[str, object]:
-    """The baggage entries of ``context`` (the current one by default)."""
-    return dict(baggage.get_all(context))
