@@ -70,10 +70,17 @@ def test_a_raising_str_still_marks_the_sdk_server_span_failed() -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         raise Unprintable()
 
-    with capture() as cap:
-        obskit.tracer_provider().add_span_processor(SpanProcessor())  # the SDK span path
-        call(WsgiMiddleware(app))
-        rows = span_rows(cap)
+    provider = obskit.tracer_provider()
+    multi = provider._active_span_processor  # type: ignore[attr-defined]
+    before = multi._span_processors
+    try:
+        with capture() as cap:
+            provider.add_span_processor(SpanProcessor())  # the SDK span path
+            call(WsgiMiddleware(app))
+            rows = span_rows(cap)
+    finally:  # an application's processor turns obskit's lean spans off for good: undone here
+        multi._span_processors = before
+        provider.lean = True  # type: ignore[attr-defined]
     assert [(ERROR, f"{__name__}.Unprintable", ["exception"])] == [
         (status, attributes.get("error.type"), events) for _, attributes, status, events in rows
     ]
