@@ -398,6 +398,49 @@ def gunicorn(
     """Run gunicorn on ``app`` with ``args``; always stopped (SIGTERM, then SIGKILL)."""
     known = gunicorn_settings()
     write_site(site)
+    for _ in range(3):
+        server = _start_gunicorn(
+            site, name, app, args, known, child_exit, multiproc, metrics_port, env
+        )
+
+        def ready(server: Server = server) -> bool:
+            # Any answer on the app's port: a worker has loaded the app. (/metrics is excluded
+            # from the RED metrics; with a metrics port the app answers it 404.)
+            if "Connection in use" in server.output():
+                raise _PortTaken  # another process took the free port first: try another
+            server.check_alive()
+            return server.get("/metrics")[0] < 500
+
+        try:
+            wait_until(ready, server.tail, READY_TIMEOUT)
+        except _PortTaken:
+            stop(server)
+            continue
+        break
+    else:
+        pytest.fail(f"{name}: three free ports taken before gunicorn bound them")
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+class _PortTaken(Exception):
+    """The port a test picked was bound by another process before gunicorn bound it (another
+    test run on the same host picks from the same ephemeral range)."""
+
+
+def _start_gunicorn(
+    site: Path,
+    name: str,
+    app: str,
+    args: tuple[str, ...],
+    known: set[str],
+    child_exit: bool,
+    multiproc: bool,
+    metrics_port: bool,
+    env: dict[str, str],
+) -> Server:
     port = free_port()
     directory = site / f"{name}-prometheus" if multiproc else None
     if directory is not None:
@@ -433,19 +476,7 @@ def gunicorn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(name, process, port, site, log, directory, scrape_port)
-
-    def ready() -> bool:
-        # Any answer on the app's port: a worker has loaded the app. (/metrics is excluded from
-        # the RED metrics; with a metrics port the app answers it 404.)
-        server.check_alive()
-        return server.get("/metrics")[0] < 500
-
-    try:
-        wait_until(ready, server.tail, READY_TIMEOUT)
-        yield server
-    finally:
-        stop(server)
+    return Server(name, process, port, site, log, directory, scrape_port)
 
 
 # -- reading telemetry -------------------------------------------------------------------------
