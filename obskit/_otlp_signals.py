@@ -250,6 +250,13 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
         # for obskit, and an app run with -W error must not fail in configure() over it.
         warnings.simplefilter("ignore", DeprecationWarning)
         handler = _log_handler_class()(logger_provider=provider)
+    from obskit.logging import DEFAULT_SENSITIVE_KEYS, JsonFormatter
+
+    # The JSON lines' redaction rules, applied to what goes to the collector too.
+    handler.redactor = JsonFormatter(
+        sensitive_keys=(*DEFAULT_SENSITIVE_KEYS, *config.log_redact_keys),
+        redact_emails=config.log_redact_emails,
+    )
     handler.addFilter(_NOT_DURING_EXPORT)
     logging.getLogger().addHandler(handler)
     return provider, handler
@@ -303,15 +310,19 @@ def _log_handler_class() -> Any:
     if _handler_class is None:
         from opentelemetry.sdk._logs import LoggingHandler
 
-        # Attributes every LogRecord has come first; the rest came from extra= (or a filter).
-        from obskit.logging import _BASE_ATTRIBUTES, _safe_key
+        # _BASE_ATTRIBUTES: attributes every LogRecord has come first; the rest came from
+        # extra= (or a filter).
+        from obskit.logging import _BASE_ATTRIBUTES, MASK, JsonFormatter, _safe_key
 
         base = LoggingHandler._get_attributes
 
         class _LoggingHandler(LoggingHandler):
-            @staticmethod
-            def _get_attributes(record: logging.LogRecord) -> Any:
+            #: Masks sensitive keys and values as the JSON lines do (set by build_logs).
+            redactor = JsonFormatter()
+
+            def _get_attributes(self, record: logging.LogRecord) -> Any:  # type: ignore[override]
                 attributes = dict(base(record) or {})
+                redactor = self.redactor
                 for key in islice(vars(record), _BASE_ATTRIBUTES, None):
                     if key not in attributes:
                         continue
@@ -321,9 +332,18 @@ def _log_handler_class() -> Any:
                         key = _safe_key(key)
                     if key.startswith("obskit_"):
                         attributes.pop(key, None)
+                    elif redactor._is_sensitive(key):
+                        attributes[key] = MASK
                     else:
-                        attributes[key] = value if _carried(value) else _as_text(value)
+                        value = value if _carried(value) else _as_text(value)
+                        attributes[key] = redactor._redact(value)
                 return attributes
+
+            def _translate(self, record: logging.LogRecord) -> Any:
+                translated = super()._translate(record)
+                if isinstance(translated.body, str):
+                    translated.body = self.redactor._redact(translated.body)
+                return translated
 
         _handler_class = _LoggingHandler
     return _handler_class

@@ -365,3 +365,45 @@ def test_a_body_freed_late_ends_its_request_without_resetting_a_newer_context() 
         paths = [attributes["url.path"] for _, attributes, _, _ in span_rows(cap)]
     assert ["/held"] == paths
     assert [0.0] == [value for _, value in samples("http_requests_in_flight")]
+
+
+# -- A second read-through (configuration, OTLP signals, span pipeline, metrics, logging) ------
+
+
+# A bug this test found, since fixed: obskit/_otlp_signals.py's OTLP log handler sent the record
+# as it was: the JSON line masked the card number, the bearer token and the password extra, the
+# collector got them in clear.
+def test_logs_exported_over_otlp_are_redacted_as_the_json_lines_are() -> None:
+    import logging
+
+    from tests.otlp_receiver import OtlpHttpReceiver
+
+    message = "paid with 4111 1111 1111 1111, Authorization: Bearer abcdefghijklmnop"
+    with OtlpHttpReceiver() as rx:
+        with capture(
+            traces_exporter="none",
+            logs_exporter="otlp",
+            otlp_endpoint=rx.endpoint,
+            log_redact_keys=("card",),
+        ):
+            logging.getLogger("review.payments").warning(
+                message, extra={"password": "hunter2", "card": "4111", "note": "mail a@b.example"}
+            )
+            assert obskit.force_flush(5.0)
+        records = [
+            record
+            for request in rx.requests("logs")
+            for rl in request.resource_logs
+            for sl in rl.scope_logs
+            for record in sl.log_records
+            if sl.scope.name == "review.payments"
+        ]
+    ((body, attributes),) = [
+        (r.body.string_value, {a.key: a.value.string_value for a in r.attributes}) for r in records
+    ]
+    assert "paid with ************1111, Authorization: Bearer [REDACTED]" == body
+    assert ("[REDACTED]", "[REDACTED]", "mail a@b.example") == (
+        attributes["password"],
+        attributes["card"],
+        attributes["note"],  # e-mail addresses are masked only with log_redact_emails
+    )
