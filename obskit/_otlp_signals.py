@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
-from obskit.config import Config
+from obskit.config import Config, signal_url
 
 __all__ = ["build_logs", "build_metrics"]
 
@@ -37,19 +37,25 @@ def _protocol(config: Config, signal: str) -> str:
     own = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "").strip().lower()
     if own in ("grpc", "http/protobuf"):
         return own
-    return config.otlp_protocol if _shared(config, "otlp_protocol") else "http/protobuf"
+    if _shared(config, "otlp_protocol"):
+        return config.otlp_protocol
+    # The traces' own variable set the option; the generic one still applies to this signal.
+    generic = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip().lower()
+    return generic if generic in ("grpc", "http/protobuf") else "http/protobuf"
 
 
 def _endpoint(config: Config, signal: str) -> str | None:
     # The per-signal variable (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, ..._LOGS_ENDPOINT) wins and is
-    # used as it is: None lets the SDK's exporter read it, as the spec says.
-    if _signal_variable(signal, "ENDPOINT"):
+    # used as it is: None lets the SDK's exporter read it, as the spec says. None too for the
+    # default collector address obskit filled in for traces: its port is the traces' protocol's,
+    # and the SDK's exporter knows the default of its own.
+    if _signal_variable(signal, "ENDPOINT") or config.source_of("otlp_endpoint") == "default":
         return None
     if not config.otlp_endpoint:
         return None
     if _protocol(config, signal) == "grpc":
         return config.otlp_endpoint
-    return config.otlp_endpoint.rstrip("/") + f"/v1/{signal}"
+    return signal_url(config.otlp_endpoint, signal)
 
 
 class _NotDuringExport(logging.Filter):

@@ -27,7 +27,7 @@ from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
-from obskit.config import Config, bounded_wait, load_config
+from obskit.config import Config, bounded_wait, load_config, masked_url
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
 from obskit.tracing.sampling import SwitchableSampler, build_sampler, find_adaptive
 
@@ -449,7 +449,7 @@ def _summary(config: Config) -> None:
         return
     where = {
         "jsonl": f"file {config.traces_file}",
-        "otlp": f"OTLP {config.otlp_protocol} {config.traces_endpoint}",
+        "otlp": f"OTLP {config.otlp_protocol} {masked_url(config.traces_endpoint or '')}",
         "none": "nowhere (traces off)",
     }[config.traces_exporter]
     logger.info(

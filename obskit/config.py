@@ -139,14 +139,52 @@ class Config:
 
     @property
     def traces_endpoint(self) -> str | None:
-        """The URL spans are sent to over OTLP (signal path appended for http/protobuf)."""
+        """The URL spans are sent to over OTLP: the per-signal endpoint as it is (the root path
+        when it has none, as the spec says), else the shared one with ``/v1/traces`` appended
+        for http/protobuf."""
         if self.otlp_traces_endpoint:
-            return self.otlp_traces_endpoint
+            if self.otlp_protocol != "http/protobuf":
+                return self.otlp_traces_endpoint
+            parts = urllib.parse.urlsplit(self.otlp_traces_endpoint)
+            return urllib.parse.urlunsplit(parts._replace(path=parts.path or "/"))
         if not self.otlp_endpoint:
             return None
         if self.otlp_protocol == "http/protobuf":
-            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+            return signal_url(self.otlp_endpoint, "traces")
         return self.otlp_endpoint
+
+
+def signal_url(endpoint: str, signal: str) -> str:
+    """The OTLP/HTTP URL of ``signal`` under the shared ``endpoint``: ``/v1/<signal>`` appended
+    to its path, its query kept where it was (``https://c:4318/otlp?tenant=a`` gives
+    ``https://c:4318/otlp/v1/traces?tenant=a``)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + f"/v1/{signal}"))
+
+
+#: What stands for a secret in what obskit shows (a URL's password or query value).
+MASK = "***"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any password in its user info and every query value replaced by ***, for
+    what obskit logs or prints (a collector URL's query, when it has one, most often carries a
+    token)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.query:
+            query = "&".join(
+                f"{name}={MASK}" if sep else name
+                for name, sep, _ in (item.partition("=") for item in parts.query.split("&"))
+            )
+            parts = parts._replace(query=query)
+        if parts.password is not None:
+            netloc = parts.netloc.rsplit("@", 1)
+            user = netloc[0].split(":", 1)[0]
+            parts = parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}")
+        return urllib.parse.urlunsplit(parts)
+    except ValueError:  # not a URL urllib can take apart: nothing of it is shown
+        return MASK
 
 
 # -- parsers: each takes the raw value (str from the environment or any object from an argument) ---

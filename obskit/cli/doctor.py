@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Literal, TextIO
 
 from obskit.cli._output import safe_output
-from obskit.config import Config, ConfigError, describe, load_config
+from obskit.config import MASK, Config, ConfigError, describe, load_config, masked_url
 
 __all__ = ["CHECKS", "CheckResult", "run"]
 
 Level = Literal["OK", "WARN", "FAIL"]
-MASK = "***"
 _TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -44,23 +43,6 @@ Check = Callable[[Config, float], CheckResult | None]
 # -- configuration table ------------------------------------------------------------------------
 
 
-def _mask_url(url: str) -> str:
-    """``url`` with any password in its user info and every query value replaced by *** (a
-    collector URL's query, when it has one, most often carries a token)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.query:
-        query = "&".join(
-            f"{name}={MASK}" if sep else name
-            for name, sep, _ in (item.partition("=") for item in parts.query.split("&"))
-        )
-        parts = parts._replace(query=query)
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        parts = parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}")
-    return urllib.parse.urlunsplit(parts)
-
-
 def format_value(option: str, value: object) -> str:
     """A config value as shown by doctor; header values and URL passwords masked."""
     if value is None:
@@ -69,7 +51,7 @@ def format_value(option: str, value: object) -> str:
         masked = option.endswith("headers")
         return ",".join(f"{k}={MASK if masked else v}" for k, v in value.items()) or "-"
     if isinstance(value, str) and "://" in value:
-        return _mask_url(value)
+        return masked_url(value)
     return str(value)
 
 
@@ -186,7 +168,7 @@ def check_traces_file(path: str) -> CheckResult:
 
 def check_http(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
     """POST an empty ExportTraceServiceRequest to the OTLP/HTTP traces URL; OK on 2xx."""
-    shown = _mask_url(url)
+    shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "localhost"
     conn: http.client.HTTPConnection
@@ -213,7 +195,7 @@ def check_http(url: str, headers: Mapping[str, str], timeout: float) -> CheckRes
 
 def check_grpc(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
     """Connect to the OTLP/gRPC endpoint; with grpcio, also call Export with an empty request."""
-    shown = _mask_url(url)
+    shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "localhost", parts.port or 4317
     try:
@@ -287,7 +269,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     print("Effective configuration", file=out)
     _table(config_rows(config), out)
     if config.traces_exporter == "otlp" and config.traces_endpoint:
-        where = f"{_mask_url(config.traces_endpoint)} ({config.otlp_protocol})"
+        where = f"{masked_url(config.traces_endpoint)} ({config.otlp_protocol})"
     else:
         where = os.path.abspath(config.traces_file)
     print(f"\nSpans go to: {where if config.traces_exporter != 'none' else 'nowhere'}", file=out)

@@ -249,7 +249,7 @@ class HttpSpanSink:
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._https else 80)
-        self._path = parts.path or "/v1/traces"
+        self._path = parts.path or "/"  # a URL with no path: the root (the OTLP spec's rule)
         if parts.query:
             self._path += "?" + parts.query
         self._headers = {

@@ -407,3 +407,72 @@ def test_logs_exported_over_otlp_are_redacted_as_the_json_lines_are() -> None:
         attributes["card"],
         attributes["note"],  # e-mail addresses are masked only with log_redact_emails
     )
+
+
+# Bugs this test found, since fixed: obskit/config.py and obskit/_otlp_signals.py appended
+# "/v1/<signal>" to the endpoint string, inside its query (".../otlp?tenant=acme/v1/traces").
+def test_a_signal_path_goes_into_the_path_not_the_query() -> None:
+    from obskit._otlp_signals import _endpoint
+    from obskit.config import load_config
+
+    config = load_config(otlp_endpoint="https://collector.example:4318/otlp?tenant=acme")
+    assert "https://collector.example:4318/otlp/v1/traces?tenant=acme" == config.traces_endpoint
+    assert "https://collector.example:4318/otlp/v1/metrics?tenant=acme" == _endpoint(
+        config, "metrics"
+    )
+
+
+# A deviation this test found, since fixed: a per-signal traces endpoint must be used as it is,
+# the root path when it has none (the OTLP exporter spec); obskit sent to /v1/traces, the SDK's
+# exporters (obskit's metrics and logs) and `obskit doctor` to /.
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("http://collector:4318", "http://collector:4318/"),
+        ("http://collector:4318/custom/traces", "http://collector:4318/custom/traces"),
+    ],
+)
+def test_a_per_signal_traces_endpoint_is_used_as_it_is(given: str, used: str) -> None:
+    from obskit.config import load_config
+
+    assert used == load_config(otlp_traces_endpoint=given).traces_endpoint
+
+
+# Bugs this test found, since fixed: with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and the generic
+# OTEL_EXPORTER_OTLP_PROTOCOL both grpc, metrics and logs went over http/protobuf (the generic
+# variable was ignored); with no endpoint at all, they were sent to the traces' default port
+# (localhost:4317/v1/metrics over HTTP).
+def test_metrics_and_logs_take_the_generic_protocol_and_their_own_default_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from obskit._otlp_signals import _endpoint, _protocol
+    from obskit.config import load_config
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    config = load_config()
+    assert ("grpc", "grpc") == (_protocol(config, "metrics"), _protocol(config, "logs"))
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+    config = load_config()
+    assert "http://localhost:4317" == config.traces_endpoint  # the traces' (gRPC) default
+    assert "http/protobuf" == _protocol(config, "metrics")
+    assert None is _endpoint(config, "metrics")  # the SDK exporter's own default: port 4318
+
+
+# A bug this test found, since fixed: obskit/_runtime.py's configure summary (an INFO line)
+# wrote the collector URL's password and query token; `obskit doctor` masked them.
+def test_the_configure_summary_masks_the_collectors_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="obskit"), capture():
+        obskit.configure(
+            otlp_endpoint="https://svc:S3cr3t@collector.invalid:4318/?api_key=abc123",
+            traces_exporter="otlp",
+        )
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "https://svc:***@collector.invalid:4318/v1/traces?api_key=***" in text
+    assert "S3cr3t" not in text
+    assert "abc123" not in text
