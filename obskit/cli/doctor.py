@@ -21,6 +21,7 @@ from typing import Literal, TextIO
 
 from obskit.cli._output import safe_output
 from obskit.config import MASK, Config, ConfigError, describe, load_config, masked_url
+from obskit.exporters.otlp import grpc_target
 
 __all__ = ["CHECKS", "CheckResult", "run"]
 
@@ -206,7 +207,7 @@ def check_grpc(url: str, headers: Mapping[str, str], timeout: float) -> CheckRes
         import grpc
     except ImportError:
         return CheckResult("OK", "traces", f"{shown} accepts connections (grpcio not installed)")
-    target = f"{host}:{port}"
+    target = grpc_target(parts)
     if parts.scheme == "https":
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
     else:

@@ -343,6 +343,15 @@ class HttpSpanSink:
         self._close()
 
 
+def grpc_target(parts: urllib.parse.SplitResult) -> str:
+    """The gRPC target (``host:port``) of an OTLP/gRPC endpoint URL; an IPv6 literal keeps its
+    brackets, the port defaults to 4317."""
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port or 4317}"
+
+
 class GrpcSpanSink:
     """Call ``TraceService/Export`` on an OTLP/gRPC endpoint with the pre-encoded request."""
 
@@ -360,10 +369,7 @@ class GrpcSpanSink:
         import grpc
 
         parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or "localhost"
-        if ":" in host:  # an IPv6 literal keeps its brackets in a gRPC target
-            host = f"[{host}]"
-        target = f"{host}:{parts.port or 4317}"
+        target = grpc_target(parts)
         secure = parts.scheme == "https" if insecure is None else not insecure
         options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _USER_AGENT)]
         comp = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression

@@ -476,3 +476,35 @@ def test_the_configure_summary_masks_the_collectors_credentials(
     assert "https://svc:***@collector.invalid:4318/v1/traces?api_key=***" in text
     assert "S3cr3t" not in text
     assert "abc123" not in text
+
+
+# A bug this test found, since fixed: obskit/cli/doctor.py check_grpc built the gRPC target
+# without an IPv6 literal's brackets ("::1:4317"), so doctor reported FAIL for a collector the
+# exporter reached (one grpc_target for both now).
+def test_doctor_checks_an_ipv6_grpc_collector_as_the_exporter_reaches_it() -> None:
+    import socket
+    from concurrent import futures
+
+    grpc = pytest.importorskip("grpc")
+    from obskit.cli.doctor import check_grpc
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("[::1]:0")
+    server.start()
+    try:
+        result = check_grpc(f"http://[::1]:{port}", {}, 5.0)
+    finally:
+        server.stop(None).wait(5)
+    assert ("OK", f"http://[::1]:{port} accepted an empty Export") == (
+        result.level,
+        result.reason,
+    )
