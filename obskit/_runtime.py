@@ -352,6 +352,28 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
         instrument_runtime()
     else:  # a reconfiguration that turns them off
         uninstrument_runtime()
+    # JSON logs are not an OpenTelemetry signal: they stay when the SDK is disabled.
+    if config.logging:
+        from obskit.logging import setup_logging
+
+        runtime.json_handler = setup_logging(
+            level=config.log_level,
+            levels=config.log_levels,
+            field_style=config.log_format,
+            static_fields={
+                "service.name": config.service_name,
+                "service.version": config.service_version,
+                "deployment.environment": config.environment,
+            },
+            sample_rate=config.log_sample_rate,
+            sample_rates=config.log_sample_rates,
+            follow_trace=config.log_follow_trace,
+            sensitive_keys=config.log_redact_keys,
+            redact_emails=config.log_redact_emails,
+            max_message_bytes=config.log_max_message_bytes,
+            flush_interval=config.log_flush_interval,
+            direct=config.log_direct,
+        )
     if config.disabled:
         glob.sampler.delegate = ALWAYS_OFF
         glob.processor.delegate = None
@@ -389,27 +411,6 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
     from obskit.tracing.outbound import install as install_outbound
 
     install_outbound()
-    if config.logging:
-        from obskit.logging import setup_logging
-
-        runtime.json_handler = setup_logging(
-            level=config.log_level,
-            levels=config.log_levels,
-            field_style=config.log_format,
-            static_fields={
-                "service.name": config.service_name,
-                "service.version": config.service_version,
-                "deployment.environment": config.environment,
-            },
-            sample_rate=config.log_sample_rate,
-            sample_rates=config.log_sample_rates,
-            follow_trace=config.log_follow_trace,
-            sensitive_keys=config.log_redact_keys,
-            redact_emails=config.log_redact_emails,
-            max_message_bytes=config.log_max_message_bytes,
-            flush_interval=config.log_flush_interval,
-            direct=config.log_direct,
-        )
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics
 
@@ -419,6 +420,14 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
             runtime.logger_provider, runtime.log_handler = build_logs(
                 config, resource_attributes(config)
             )
+            root = logging.getLogger()
+            if not config.logging and (
+                config.source_of("log_level") != "default" or root.level == logging.WARNING
+            ):
+                # Records below the root level are never made: without logging=True (which
+                # sets it), log_level still decides what is exported -- given, or over the
+                # stdlib's untouched WARNING; a level the app set itself is left alone.
+                root.setLevel(config.log_level)
 
 
 def _enable_multiprocess(directory: str) -> None:

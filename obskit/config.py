@@ -644,7 +644,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "log_flush_interval",
         ("OBSKIT_LOG_FLUSH_INTERVAL",),
-        lambda raw: _number(raw),
+        lambda raw: bounded_wait(_number(raw)),  # a wait: past MAX_WAIT the flusher would die
         "seconds between flushes of DEBUG/INFO lines (0: every line; WARNING+ always at once)",
     ),
     _O(
@@ -709,7 +709,8 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
         if attr in resource and option not in values and str(resource[attr]).strip():
             # An empty value (service.name=) is as good as none: the option's default stays.
             values[option] = resource[attr]
-            sources[option] = "env:OTEL_RESOURCE_ATTRIBUTES"
+            # Where resource_attributes came from: an argument, or OTEL_RESOURCE_ATTRIBUTES.
+            sources[option] = sources.get("resource_attributes", "env:OTEL_RESOURCE_ATTRIBUTES")
 
     if "traces_exporter" not in values:
         has_endpoint = values.get("otlp_endpoint") or values.get("otlp_traces_endpoint")

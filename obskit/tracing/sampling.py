@@ -78,11 +78,12 @@ class RateLimitedSampler(sampling.Sampler):
 class AdaptiveSampler(sampling.Sampler):
     """Trace-id ratio sampling whose ratio follows the error rate, as the seeds' SRE teams do.
 
-    Every ``interval`` seconds the error rate of the local root spans seen in that interval is
+    Every ``interval`` seconds the error rate of the HTTP requests served in that interval is
     compared with ``error_threshold``: above it the ratio doubles (up to ``max_ratio``), otherwise
     it halves (down to ``base``). The decision is still a function of the trace id, so services
-    running the same ratio keep or drop the same traces. Outcomes are fed by the span pipeline
-    (:meth:`record`).
+    running the same ratio keep or drop the same traces. Outcomes are fed by the HTTP request
+    pipeline (:meth:`record`, once per request, sampled or not); other local roots
+    (``@obskit.red`` calls, background jobs) do not move the ratio.
     """
 
     def __init__(

@@ -508,3 +508,56 @@ def test_doctor_checks_an_ipv6_grpc_collector_as_the_exporter_reaches_it() -> No
         result.level,
         result.reason,
     )
+
+
+# A bug this test found, since fixed: obskit/_runtime.py returned before setup_logging when the
+# SDK was disabled (OTEL_SDK_DISABLED), so logging=True wrote no JSON line at all -- and a
+# reconfiguration to disabled removed the JSON handler: INFO lines vanished.
+def test_json_logs_stay_when_the_sdk_is_disabled(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from tests.logging_state import preserved_logging
+
+    with preserved_logging():
+        with capture(logging=True, traces_exporter="none"):
+            obskit.configure(logging=True, traces_exporter="none", disabled=True)
+            logging.getLogger("review.disabled").info("still written")
+            obskit.force_flush()
+        written = capsys.readouterr().err  # obskit's JSON lines go to stderr by default
+    messages = [json.loads(line)["message"] for line in written.splitlines() if line[:1] == "{"]
+    assert "still written" in messages
+
+
+# A bug this test found, since fixed: log_level was applied only with logging=True; with OTLP
+# logs alone the root logger stayed at the stdlib's WARNING and no INFO record was exported.
+def test_log_level_decides_what_otlp_logs_export_without_json_logging() -> None:
+    import logging
+
+    from tests.logging_state import preserved_logging
+
+    options = {
+        "traces_exporter": "none",
+        "logs_exporter": "otlp",
+        "otlp_endpoint": "http://127.0.0.1:9",
+    }
+    root = logging.getLogger()
+    with preserved_logging():
+        root.setLevel(logging.WARNING)
+        with capture(**options):
+            assert logging.INFO == root.level
+        root.setLevel(logging.ERROR)  # the app's own choice is left alone
+        with capture(**options):
+            assert logging.ERROR == root.level
+
+
+# Bugs this test found, since fixed: obskit/config.py passed log_flush_interval unbounded to the
+# flusher thread's wait (1e10 killed it with OverflowError: INFO lines were then written only at
+# exit), and named OTEL_RESOURCE_ATTRIBUTES as the source of a service.name given by the
+# resource_attributes= argument.
+def test_log_flush_interval_is_a_bounded_wait_and_resource_sources_are_right() -> None:
+    from obskit.config import MAX_WAIT, load_config
+
+    assert MAX_WAIT == load_config(log_flush_interval=1e10).log_flush_interval
+    config = load_config(resource_attributes={"service.name": "from-arg"})
+    assert ("from-arg", "argument") == (config.service_name, config.source_of("service_name"))
