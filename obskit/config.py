@@ -725,6 +725,7 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
         sources["otlp_endpoint"] = "default"
 
     _check_sampler(values, sources)
+    _check_span_batches(values, sources)
     if values.get("logs_exporter") == "otlp":
         _check_log_batches(env)
     return Config(**values, sources=sources)
@@ -738,6 +739,27 @@ _BLRP_DEFAULTS = {
     "OTEL_BLRP_SCHEDULE_DELAY": 1000,
     "OTEL_BLRP_EXPORT_TIMEOUT": 30000,
 }
+
+
+def _check_span_batches(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """An export batch no larger than the span queue (the spec's rule for OTEL_BSP_*, which
+    the SDK enforces too): the default batch shrinks to a smaller queue; a batch given larger
+    than the queue is refused."""
+    defaults = Config()
+    queue = values.get("bsp_max_queue_size", defaults.bsp_max_queue_size)
+    batch = values.get("bsp_max_export_batch_size", defaults.bsp_max_export_batch_size)
+    if batch <= queue:
+        return
+    if "bsp_max_export_batch_size" not in values:
+        values["bsp_max_export_batch_size"] = queue
+        sources["bsp_max_export_batch_size"] = "derived"
+        return
+    raise ConfigError(
+        "bsp_max_export_batch_size",
+        batch,
+        f"at most bsp_max_queue_size ({queue})",
+        sources.get("bsp_max_export_batch_size", "argument"),
+    )
 
 
 def _check_log_batches(env: Mapping[str, str]) -> None:

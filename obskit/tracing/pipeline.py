@@ -115,7 +115,11 @@ class CompactSpanProcessor(SpanProcessor):
         self._resource = encode_resource(resource_attributes)
         self._max_queue = max_queue_size
         self._max_bytes = max_queue_bytes
-        self._batch = max_export_batch_size
+        # A batch never larger than the queue (the export thread is woken when a batch is
+        # ready: past the queue's size it never would be, and spans would drop until the
+        # timer), and woken by bytes before the queue's bytes run out.
+        self._batch = max(1, min(max_export_batch_size, max_queue_size))
+        self._wake_bytes = max(1, min(MAX_REQUEST_BYTES, max_queue_bytes // 2))
         self._delay = schedule_delay
         self._export_timeout = export_timeout
         self.keep = keep
@@ -250,7 +254,7 @@ class CompactSpanProcessor(SpanProcessor):
                 self._q_bytes += size
                 self._enqueued += 1
                 if len(self._q_data) == self._batch or (
-                    self._q_bytes >= MAX_REQUEST_BYTES > self._q_bytes - size
+                    self._q_bytes >= self._wake_bytes > self._q_bytes - size
                 ):
                     self._wake.notify()
         if dropped is not None:
@@ -343,7 +347,7 @@ class CompactSpanProcessor(SpanProcessor):
                 if (
                     not self._stopping
                     and len(self._q_data) < self._batch
-                    and self._q_bytes < MAX_REQUEST_BYTES
+                    and self._q_bytes < self._wake_bytes
                 ):
                     self._wake.wait(self._delay)
                 stopping = self._stopping

@@ -561,3 +561,29 @@ def test_log_flush_interval_is_a_bounded_wait_and_resource_sources_are_right() -
     assert MAX_WAIT == load_config(log_flush_interval=1e10).log_flush_interval
     config = load_config(resource_attributes={"service.name": "from-arg"})
     assert ("from-arg", "argument") == (config.service_name, config.source_of("service_name"))
+
+
+# A bug this test found, since fixed: obskit/tracing/pipeline.py woke its export thread when the
+# queue held max_export_batch_size spans or 4 MiB; a queue smaller than either (OTEL_BSP_MAX_
+# QUEUE_SIZE=100 with the default batch of 512, or a small bsp_max_queue_bytes) filled up and
+# dropped spans as queue_full until the schedule delay ran out (900 of 1,000 in the review).
+def test_a_small_span_queue_wakes_its_export_thread_before_it_fills() -> None:
+    from obskit.config import ConfigError, load_config
+    from obskit.exporters.jsonl import MemorySpanSink
+    from obskit.tracing.pipeline import CompactSpanProcessor
+
+    assert 100 == load_config(bsp_max_queue_size=100).bsp_max_export_batch_size
+    with pytest.raises(ConfigError, match="at most bsp_max_queue_size"):
+        load_config(bsp_max_queue_size=100, bsp_max_export_batch_size=200)
+    processor = CompactSpanProcessor(
+        MemorySpanSink(),
+        resource_attributes={},
+        max_queue_size=100,
+        max_export_batch_size=512,
+        max_queue_bytes=256 * 1024,
+        schedule_delay=60.0,
+    )
+    try:
+        assert (100, 128 * 1024) == (processor._batch, processor._wake_bytes)
+    finally:
+        processor.close(timeout=1.0)
