@@ -221,8 +221,12 @@ class ServerSpan(trace_api.Span):
             return
         events = self._events
         if len(events) >= _event_limit:
-            self._events = _dropped_one(events)
-            return
+            # As the SDK's BoundedList: the oldest goes, the newest (an exception at the end of
+            # a full span) stays.
+            events = self._events = _dropped_one(events)
+            if not events:
+                return  # a limit of 0
+            del events[0]
         clean = {k: v for k, v in (attributes or {}).items() if k.__class__ is str and _valid(v)}
         if len(clean) > _event_attribute_limit or _length_limit is not None:
             clean = _bounded(clean, _event_attribute_limit, _length_limit)
@@ -234,8 +238,10 @@ class ServerSpan(trace_api.Span):
         if self.end_time is None and context.is_valid:
             links = self._links
             if len(links) >= _link_limit:
-                self._links = _dropped_one(links)
-                return
+                links = self._links = _dropped_one(links)  # the oldest goes, as in the SDK
+                if not links:
+                    return
+                del links[0]
             if not isinstance(links, list):
                 links = self._links = []
             if attributes:

@@ -587,3 +587,32 @@ def test_a_small_span_queue_wakes_its_export_thread_before_it_fills() -> None:
         assert (100, 128 * 1024) == (processor._batch, processor._wake_bytes)
     finally:
         processor.close(timeout=1.0)
+
+
+# A deviation this test found, since fixed: obskit/tracing/server_span.py's lean spans kept the
+# first events (and links) past a limit and refused the newest, where the SDK's BoundedList
+# keeps the newest: on a full span, the exception event recorded at its end was the one lost.
+def test_a_full_lean_span_keeps_its_newest_events_as_sdk_spans_do() -> None:
+    """Two events allowed (OTEL_SPAN_EVENT_COUNT_LIMIT=2, as set_limits takes it from the SDK):
+    the SDK's BoundedList would keep step-2 and the exception, and count one dropped."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from obskit.tracing import server_span
+
+    @obskit.red(trace=True)
+    def work() -> None:
+        span = trace.get_current_span()
+        span.add_event("step-1")
+        span.add_event("step-2")
+        raise LookupError("boom")
+
+    with capture(sampler="always_on") as cap:
+        server_span.set_limits(SpanLimits(max_events=2))
+        try:
+            with pytest.raises(LookupError):
+                work()
+        finally:
+            server_span.set_limits(SpanLimits())
+        kept = [([e.name for e in s.events], s.dropped_events_count) for s in cap.spans()]
+    assert [(["step-2", "exception"], 1)] == kept

@@ -122,10 +122,11 @@ def test_lean_span_limits_cut_and_count_what_they_drop() -> None:
     for key in "abcde":
         span.set_attribute(key, "long value")
     span.set_attributes({"f": 1, "a": ["long", "longer"]})
-    span.add_event("kept", {"x": "long value", "y": 2})
+    # Past a limit the oldest event or link goes, as from the SDK's BoundedList.
     span.add_event("dropped")
-    span.add_link(_span(scope).context, {"p": 1, "q": 2})
+    span.add_event("kept", {"x": "long value", "y": 2})
     span.add_link(_span(scope).context)
+    span.add_link(_span(scope).context, {"p": 1, "q": 2})
     span.end()
     decoded = SpanProto.FromString(encode_span(span))
     values = {kv.key: kv.value for kv in decoded.attributes}
