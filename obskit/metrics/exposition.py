@@ -261,6 +261,10 @@ def _parts(collector: Any) -> list[Any]:
 MAX_CONNECTIONS = 32
 
 
+#: How often the metrics server's thread checks whether it is to stop, in seconds.
+_POLL_INTERVAL = 0.05
+
+
 class MetricsServer:
     """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option).
 
@@ -349,8 +353,13 @@ class MetricsServer:
         self.port = int(self._server.server_address[1])
         self._pid = os.getpid()
         self.closed = False
+        # close() waits for serve_forever's next poll: at the default 0.5 s, obskit.shutdown()
+        # and every reconfiguration overran their timeout by that much.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="obskit-metrics", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL},
+            name="obskit-metrics",
+            daemon=True,
         )
         self._thread.start()
         _servers.add(self)

@@ -616,3 +616,21 @@ def test_a_full_lean_span_keeps_its_newest_events_as_sdk_spans_do() -> None:
             server_span.set_limits(SpanLimits())
         kept = [([e.name for e in s.events], s.dropped_events_count) for s in cap.spans()]
     assert [(["step-2", "exception"], 1)] == kept
+
+
+# A bug this test found, since fixed: obskit/metrics/exposition.py's metrics port server polled
+# for its stop every 0.5 s (socketserver's default), and close() waits for that poll:
+# obskit.shutdown(timeout=0.01) took 200-500 ms with a metrics_port (every reconfiguration too).
+def test_shutdown_with_a_metrics_port_stays_near_its_timeout() -> None:
+    import socket
+    import time
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with capture(traces_exporter="none", metrics_port=port):
+        started = time.monotonic()
+        obskit.shutdown(timeout=0.01)
+        took = time.monotonic() - started
+    assert took < 0.3, took
