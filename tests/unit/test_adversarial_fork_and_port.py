@@ -409,7 +409,9 @@ def _attributes(**extra: Any) -> dict[str, Any]:
     record = logging.getLogger("app").makeRecord(
         "app", logging.INFO, "f", 1, "m", (), None, extra=extra
     )
-    return dict(_otlp_signals._log_handler_class()._get_attributes(record))
+    handler_class = _otlp_signals._log_handler_class()
+    handler = handler_class.__new__(handler_class)  # its class-level redactor: the defaults
+    return dict(handler._get_attributes(record))
 
 
 class _Unprintable:
