@@ -340,9 +340,9 @@ def _log_handler_class() -> Any:
                         attributes.pop(key, None)
                     elif redactor._is_sensitive(key):
                         attributes[key] = MASK
-                    else:
-                        value = value if _carried(value) else _as_text(value)
-                        attributes[key] = redactor._redact(value)
+                    else:  # redacted as given (text, or inside a mapping), then made text
+                        value = redactor._redact(value)
+                        attributes[key] = value if _carried(value) else _as_text(value)
                 return attributes
 
             def _translate(self, record: logging.LogRecord) -> Any:
