@@ -12,6 +12,7 @@ value and what is allowed -- never at the first request.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -215,6 +216,44 @@ def _bool(raw: object) -> bool:
     if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off", ""):
         return False
     raise _Invalid("true or false")
+
+
+def _otel_bool(raw: object) -> bool:
+    """An OpenTelemetry boolean variable (OTEL_SDK_DISABLED): true only for ``true`` in any
+    case; anything else is false -- with a warning unless it is ``false`` or empty (the spec's
+    rule: no implementation may read ``1`` or ``yes`` as true)."""
+    if isinstance(raw, bool):
+        return raw
+    value = raw.strip().lower() if isinstance(raw, str) else raw
+    if value == "true":
+        return True
+    if value not in ("false", ""):
+        logging.getLogger("obskit").warning(
+            "obskit: %r is not a boolean OpenTelemetry reads as true (only 'true' is); taken "
+            "as false",
+            raw,
+        )
+    return False
+
+
+def _exporters(*allowed: str, both: str | None = None) -> Callable[[object], str]:
+    """An OTEL_*_EXPORTER value: one of ``allowed``, or the spec's comma-separated list of them
+    (``otlp,prometheus`` is ``both``; ``none`` in a list of others is ignored)."""
+    one = _choice(*allowed)
+
+    def parse(raw: object) -> str:
+        if not isinstance(raw, str) or "," not in raw:
+            return one(raw)
+        names = {one(item) for item in raw.split(",") if item.strip()}
+        if len(names) > 1:
+            names.discard("none")
+        if len(names) == 1:
+            return names.pop()
+        if both is not None and names == set(both.split("+")):
+            return both
+        raise _Invalid("one of " + ", ".join(allowed) + (f" (or both, {both})" if both else ""))
+
+    return parse
 
 
 def _number(
@@ -461,11 +500,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _key_values,
         "extra resource attributes",
     ),
-    _O("disabled", ("OTEL_SDK_DISABLED",), _bool, "turn every signal off (no-op SDK)"),
+    _O("disabled", ("OTEL_SDK_DISABLED",), _otel_bool, "turn every signal off (no-op SDK)"),
     _O(
         "traces_exporter",
         ("OTEL_TRACES_EXPORTER",),
-        _choice("otlp", "jsonl", "none"),
+        _exporters("otlp", "jsonl", "none"),
         "where spans go; default: otlp when an endpoint is set, else the local JSON-lines file",
     ),
     _O("otlp_endpoint", ("OTEL_EXPORTER_OTLP_ENDPOINT",), _endpoint, "OTLP collector base URL"),
@@ -567,7 +606,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "metrics_exporter",
         ("OTEL_METRICS_EXPORTER",),
-        _choice("prometheus", "otlp", "prometheus+otlp", "none"),
+        _exporters("prometheus", "otlp", "prometheus+otlp", "none", both="prometheus+otlp"),
         "prometheus: /metrics; otlp: push over OTLP; both with prometheus+otlp",
     ),
     _O("metrics_path", ("OBSKIT_METRICS_PATH",), _path, "path serving Prometheus metrics"),
@@ -653,7 +692,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _bool,
         "logging.getLogger lines skip the LogRecord when obskit's handler is the only listener",
     ),
-    _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _choice("otlp", "none"), "OTLP log export"),
+    _O("logs_exporter", ("OTEL_LOGS_EXPORTER",), _exporters("otlp", "none"), "OTLP log export"),
     _O(
         "shutdown_timeout",
         ("OBSKIT_SHUTDOWN_TIMEOUT",),

@@ -634,3 +634,63 @@ def test_shutdown_with_a_metrics_port_stays_near_its_timeout() -> None:
         obskit.shutdown(timeout=0.01)
         took = time.monotonic() - started
     assert took < 0.3, took
+
+
+# Deviations this test found, since fixed: obskit/config.py read OTEL_SDK_DISABLED=1 or =yes as
+# true (the OpenTelemetry spec: only "true", in any case; anything else is false, with a
+# warning), and refused the spec's comma-separated OTEL_*_EXPORTER lists ("otlp,prometheus").
+@pytest.mark.parametrize(
+    ("value", "disabled", "warned"),
+    [
+        ("true", True, False),
+        ("TRUE", True, False),
+        ("false", False, False),
+        ("", False, False),
+        ("1", False, True),
+        ("yes", False, True),
+    ],
+)
+def test_otel_sdk_disabled_reads_as_opentelemetry_does(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+    disabled: bool,
+    warned: bool,
+) -> None:
+    import logging
+
+    from obskit.config import load_config
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        assert disabled is load_config().disabled
+    assert warned == any("not a boolean" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "option", "read"),
+    [
+        ("OTEL_METRICS_EXPORTER", "otlp,prometheus", "metrics_exporter", "prometheus+otlp"),
+        ("OTEL_METRICS_EXPORTER", "prometheus, otlp", "metrics_exporter", "prometheus+otlp"),
+        ("OTEL_METRICS_EXPORTER", "none,otlp", "metrics_exporter", "otlp"),
+        ("OTEL_TRACES_EXPORTER", "otlp,otlp", "traces_exporter", "otlp"),
+        ("OTEL_LOGS_EXPORTER", "otlp", "logs_exporter", "otlp"),
+    ],
+)
+def test_otel_exporter_lists_are_read(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, option: str, read: str
+) -> None:
+    from obskit.config import load_config
+
+    monkeypatch.setenv(variable, value)
+    assert read == getattr(load_config(otlp_endpoint="http://127.0.0.1:4318"), option)
+
+
+def test_an_exporter_list_obskit_cannot_serve_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from obskit.config import ConfigError, load_config
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,jsonl")  # spans go to one destination
+    with pytest.raises(ConfigError, match="traces_exporter"):
+        load_config()

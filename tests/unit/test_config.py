@@ -98,7 +98,6 @@ def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "otlp_protocol", "grpc, http/protobuf"),
         ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "otlp_timeout", "> 0"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "otlp_headers", "key=value"),
-        ({"OTEL_SDK_DISABLED": "maybe"}, "disabled", "true or false"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "bsp_max_queue_size", "positive integer"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "bsp_max_queue_size", "positive integer"),
         ({"OBSKIT_METRICS_PORT": "70000"}, "metrics_port", "1-65535"),
