@@ -61,6 +61,7 @@ import asyncio
 import concurrent.futures
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -645,12 +646,26 @@ def _multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+def _forked_by_gunicorn_master() -> bool:
+    """Whether this fork is gunicorn's master starting a worker (``Arbiter.spawn_worker``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "spawn_worker" and (
+            frame.f_globals.get("__name__") == "gunicorn.arbiter"
+        ):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def _forget_children_before_fork() -> None:
     # Multi-process mode: a process's gauges live in files named by its pid, and prometheus_client
     # starts a forked child's values from zero. gunicorn's master forks workers after a
     # ``--preload`` import made the trackers: without this, the master's one copy of the
     # capacity counts among the live processes and the workers publish nothing until first used.
-    if not _multiprocess():
+    # Only the master stops counting: any other process that forks (a worker starting a helper
+    # through multiprocessing) still serves, and its gauges stay.
+    if not _multiprocess() or not _forked_by_gunicorn_master():
         return
     for tracker in list(_trackers.values()):
         with tracker._lock:
@@ -667,8 +682,16 @@ def _forget_children_before_fork() -> None:
 
 
 def _publish_after_fork() -> None:
-    # The worker shows its own capacity from its start, as a tracker made there would.
-    if _multiprocess() and _state.runtime is not None:
+    # The child shows its own capacity from its start, as a tracker made there would -- and
+    # none of its parent's units in use or waiters: those are the parent's, not its own.
+    if not _multiprocess():
+        return
+    for tracker in list(_trackers.values()):
+        with tracker._lock:
+            tracker._children = None
+            tracker._in_use = 0
+            tracker._waiters = 0
+    if _state.runtime is not None:
         for tracker in list(_trackers.values()):
             tracker.publish()
 

@@ -694,3 +694,46 @@ def test_an_exporter_list_obskit_cannot_serve_is_a_config_error(
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,jsonl")  # spans go to one destination
     with pytest.raises(ConfigError, match="traces_exporter"):
         load_config()
+
+
+# A bug this test found, since fixed: obskit/metrics/use.py's fork hooks, meant for gunicorn's
+# master under --preload, ran at every fork in multi-process mode: a worker that forked a helper
+# (multiprocessing) zeroed its own gauges, and the helper published the units its parent held.
+def test_a_worker_that_forks_a_helper_keeps_its_use_gauges(tmp_path: Any) -> None:
+    import os
+    import time
+
+    from obskit.metrics.exposition import render
+    from obskit.metrics.use import use
+
+    def gauges() -> dict[str, float]:
+        body, _ = render("text/plain")
+        found = {}
+        for line in body.decode().splitlines():
+            if line.startswith(
+                ('resource_in_use{resource="review-db"', 'resource_capacity{resource="review-db"')
+            ):
+                found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    with capture(traces_exporter="none", multiproc_dir=str(directory), runtime_metrics=False):
+        db = use("review-db", capacity=10)
+        db.acquired()
+        db.acquired()  # this worker holds 2 connections
+        assert {"resource_in_use": 2.0, "resource_capacity": 10.0} == gauges()
+        pid = os.fork()
+        if pid == 0:  # the helper: serves nothing, holds none of its parent's connections
+            time.sleep(1.0)
+            os._exit(0)
+        try:
+            time.sleep(0.3)
+            while_alive = gauges()
+        finally:
+            os.waitpid(pid, 0)
+        after = gauges()
+        db.released()
+        db.released()
+    assert {"resource_in_use": 2.0, "resource_capacity": 20.0} == while_alive  # 2 + 0, 10 + 10
+    assert {"resource_in_use": 2.0, "resource_capacity": 10.0} == after
