@@ -699,41 +699,59 @@ def test_an_exporter_list_obskit_cannot_serve_is_a_config_error(
 # A bug this test found, since fixed: obskit/metrics/use.py's fork hooks, meant for gunicorn's
 # master under --preload, ran at every fork in multi-process mode: a worker that forked a helper
 # (multiprocessing) zeroed its own gauges, and the helper published the units its parent held.
+_FORKING_WORKER = """
+import json, os, sys, time
+import obskit
+from obskit.metrics.exposition import render
+from obskit.metrics.use import use
+
+def gauges():
+    found = {}
+    for line in render("text/plain")[0].decode().splitlines():
+        if line.startswith(("resource_in_use{", "resource_capacity{")):
+            found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+obskit.configure(traces_exporter="none", multiproc_dir=sys.argv[1], runtime_metrics=False)
+db = use("review-db", capacity=10)
+db.acquired()
+db.acquired()  # this worker holds 2 connections
+seen = {"before": gauges()}
+pid = os.fork()
+if pid == 0:  # the helper: serves nothing, holds none of its parent's connections
+    time.sleep(1.0)
+    os._exit(0)
+time.sleep(0.3)
+seen["while_alive"] = gauges()
+os.waitpid(pid, 0)
+seen["after"] = gauges()
+print(json.dumps(seen))
+"""
+
+
 def test_a_worker_that_forks_a_helper_keeps_its_use_gauges(tmp_path: Any) -> None:
-    import os
-    import time
+    """Run in a child process: multi-process mode switches prometheus_client's value class for
+    the rest of the process."""
+    import json
+    import subprocess
+    import sys
 
-    from obskit.metrics.exposition import render
-    from obskit.metrics.use import use
-
-    def gauges() -> dict[str, float]:
-        body, _ = render("text/plain")
-        found = {}
-        for line in body.decode().splitlines():
-            if line.startswith(
-                ('resource_in_use{resource="review-db"', 'resource_capacity{resource="review-db"')
-            ):
-                found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
-        return found
+    from tests.child_process import child_env
 
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    with capture(traces_exporter="none", multiproc_dir=str(directory), runtime_metrics=False):
-        db = use("review-db", capacity=10)
-        db.acquired()
-        db.acquired()  # this worker holds 2 connections
-        assert {"resource_in_use": 2.0, "resource_capacity": 10.0} == gauges()
-        pid = os.fork()
-        if pid == 0:  # the helper: serves nothing, holds none of its parent's connections
-            time.sleep(1.0)
-            os._exit(0)
-        try:
-            time.sleep(0.3)
-            while_alive = gauges()
-        finally:
-            os.waitpid(pid, 0)
-        after = gauges()
-        db.released()
-        db.released()
-    assert {"resource_in_use": 2.0, "resource_capacity": 20.0} == while_alive  # 2 + 0, 10 + 10
-    assert {"resource_in_use": 2.0, "resource_capacity": 10.0} == after
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKING_WORKER, str(directory)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    held = {"resource_in_use": 2.0, "resource_capacity": 10.0}
+    assert held == seen["before"]
+    # The helper alive: its own capacity counts (a live process), none of its parent's units.
+    assert {"resource_in_use": 2.0, "resource_capacity": 20.0} == seen["while_alive"]
+    assert held == seen["after"]
