@@ -326,6 +326,14 @@ def _log_handler_class() -> Any:
             #: Masks sensitive keys and values as the JSON lines do (set by build_logs).
             redactor = JsonFormatter()
 
+            def flush(self) -> None:
+                # The SDK flushes on a new thread, which Python 3.12 refuses at interpreter
+                # shutdown (logging.shutdown at exit, after obskit's own exit flush).
+                try:
+                    super().flush()
+                except RuntimeError:
+                    pass
+
             def _get_attributes(self, record: logging.LogRecord) -> Any:  # type: ignore[override]
                 attributes = dict(base(record) or {})
                 redactor = self.redactor

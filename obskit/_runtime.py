@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import platform
+import queue
 import socket
 import sys
 import threading
@@ -223,8 +224,47 @@ def _bounded(fn: Any, timeout: float) -> bool:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="obskit-shutdown", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="obskit-shutdown", daemon=True).start()
+    except RuntimeError:  # Python 3.12 at interpreter shutdown: the thread started beforehand
+        if not _standby.alive():
+            return False
+        _standby.jobs.put(run)
     return done.wait(max(timeout, 0.0))
+
+
+class _Standby:
+    """A thread started ahead of exit for :func:`_bounded`: Python 3.12 starts no thread at
+    interpreter shutdown, where the atexit flush shuts the OTLP providers down."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self) -> None:
+        if not self.alive():
+            self.jobs = queue.SimpleQueue()
+            self.thread = threading.Thread(
+                target=self._run, args=(self.jobs,), name="obskit-standby", daemon=True
+            )
+            self.thread.start()
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue[Any]) -> None:
+        while True:
+            jobs.get()()
+
+    def after_fork(self) -> None:  # a forked child has no thread but the forking one
+        if self.thread is not None:
+            self.thread = None
+            self.start()
+
+
+_standby = _Standby()
+os.register_at_fork(after_in_child=_standby.after_fork)
 
 
 def _install_global() -> _Global:
@@ -309,6 +349,8 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
 
             retire_handler(old.json_handler)
         _register_atexit()
+        if runtime.meter_provider is not None or runtime.logger_provider is not None:
+            _standby.start()
     try:
         _summary(config)
     except Exception:  # an application handler that raises: the summary is lost, not configure()

@@ -53,15 +53,30 @@ class _Deadline:
         self._thread: threading.Thread | None = None
         self._stopped = False
 
+    def start(self) -> None:
+        """Start the watcher now, if it is not running: Python 3.12 starts no thread at
+        interpreter shutdown, where the exit flush may be a sink's first export."""
+        with self._cond:
+            self._started()
+
+    def _started(self) -> bool:
+        # Called with the condition held; whether the watcher runs.
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return True
+        thread = threading.Thread(target=self._run, name="obskit-otlp-deadline", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # Python 3.12, at interpreter shutdown
+            return False
+        self._thread = thread
+        return True
+
     def arm(self, conn: http.client.HTTPConnection, deadline: float) -> None:
         with self._cond:
-            self._armed = (conn, deadline)
-            thread = self._thread
-            if thread is None or not thread.is_alive():  # first use, or a forked child
-                thread = self._thread = threading.Thread(
-                    target=self._run, name="obskit-otlp-deadline", daemon=True
-                )
-                thread.start()
+            # First use, or a forked child: the watcher starts now. When it cannot (see start),
+            # the socket timeout still bounds each read.
+            self._armed = (conn, deadline) if self._started() else None
             self._cond.notify()
 
     def disarm(self) -> None:
@@ -75,10 +90,13 @@ class _Deadline:
             self._cond.notify()
 
     def after_fork(self) -> None:
-        # The child has no watcher thread, and the lock may have been held at the fork.
+        # The child has no watcher thread, and the lock may have been held at the fork; its own
+        # starts now, not at the child's first export (which may be its exit flush: start()).
         self._cond = threading.Condition()
         self._armed = None
         self._thread = None
+        if not self._stopped:
+            self.start()
 
     def _run(self) -> None:
         cond = self._cond
@@ -263,6 +281,7 @@ class HttpSpanSink:
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
         self._deadline = _Deadline()
+        self._deadline.start()
         #: Spans the collector refused in the last successful export's ``partial_success``,
         #: with its message (read by the span pipeline, which counts them as dropped).
         self.rejected: tuple[int, str] = (0, "")

@@ -755,3 +755,57 @@ def test_a_worker_that_forks_a_helper_keeps_its_use_gauges(tmp_path: Any) -> Non
     # The helper alive: its own capacity counts (a live process), none of its parent's units.
     assert {"resource_in_use": 2.0, "resource_capacity": 20.0} == seen["while_alive"]
     assert held == seen["after"]
+
+
+# -- Python 3.12 and 3.13 (a helper ran the whole suite on both) ----------------------------------
+
+_SHORT_SCRIPT = """
+import atexit, logging, sys, threading
+import obskit
+obskit.configure(otlp_endpoint=sys.argv[1], otlp_protocol=sys.argv[2], service_name="short",
+                 logs_exporter="otlp")
+
+def as_python_3_12_at_exit():
+    # Registered after obskit's exit flush, so run before it (atexit is last in, first out):
+    # from here on no thread can start, as on Python 3.12 at interpreter shutdown.
+    def refuse(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+    threading.Thread.start = refuse
+
+atexit.register(as_python_3_12_at_exit)
+with obskit.tracer_provider().get_tracer("short").start_as_current_span("short-script-span"):
+    logging.getLogger("short.app").warning("a log line")
+"""
+
+
+# A bug this test found, since fixed: on Python 3.12 no thread can start at interpreter shutdown
+# (gh-104690), and obskit started three there -- the OTLP/HTTP deadline watcher at a sink's first
+# export (often the exit flush), the bounded shutdown of the OTLP metrics and logs providers, and
+# the SDK log handler's flush: a short script or a recycled gunicorn worker lost its spans and log
+# records. The watcher starts with the sink now, the bounded shutdowns run on a thread started at
+# configure, and the handler's flush is quiet.
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_short_script_exports_its_span_and_log_where_no_thread_starts_at_exit(
+    protocol: str,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.child_process import child_env
+    from tests.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+
+    receiver = OtlpHttpReceiver() if protocol == "http/protobuf" else OtlpGrpcReceiver()
+    with receiver as rx:
+        done = subprocess.run(
+            [sys.executable, "-c", _SHORT_SCRIPT, rx.endpoint, rx.protocol],
+            env=child_env(OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BLRP_SCHEDULE_DELAY="600000"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert rx.wait_for(lambda: len(rx.requests("logs")) >= 1)
+        spans = [s.span.name for s in rx.wait_for_spans(1)]
+    assert 0 == done.returncode, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert ["short-script-span"] == spans
