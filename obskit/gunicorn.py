@@ -76,12 +76,12 @@ class Logger(glogging.Logger):  # type: ignore[misc]
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """Write the access line inside the logged request's trace context."""
-        # A level that drops the line (OBSKIT_LOG_LEVELS=gunicorn.access=WARNING): nothing to
-        # build the line's fields and context for.
-        if not self.access_log_enabled or not self.access_log.isEnabledFor(logging.INFO):
-            return
         token = None
         try:
+            # A level that drops the line (OBSKIT_LOG_LEVELS=gunicorn.access=WARNING): nothing
+            # to build the line's fields and context for.
+            if not self._access_enabled() or not self.access_log.isEnabledFor(logging.INFO):
+                return
             request = environ.get(ENVIRON_KEY)
             atoms = self.atoms(resp, req, environ, request_time)
             extra = {
@@ -100,6 +100,24 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    def _access_enabled(self) -> bool:
+        """Whether gunicorn writes access lines: its own flag (gunicorn 24+), else the test
+        gunicorn 22 and 23 make in their ``access()``."""
+        enabled = getattr(self, "access_log_enabled", None)
+        if enabled is not None:
+            return bool(enabled)
+        cfg = self.cfg
+        return bool(
+            cfg.accesslog
+            or getattr(cfg, "logconfig", None)
+            or getattr(cfg, "logconfig_dict", None)
+            or getattr(cfg, "logconfig_json", None)
+            or (
+                getattr(cfg, "syslog", False)
+                and not getattr(cfg, "disable_redirect_access_to_syslog", False)
+            )
+        )
 
 
 def _int(value: Any) -> int | None:

@@ -48,7 +48,7 @@ from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter as _PJLJsonFormatter
 
-from obskit import _selfmetrics
+from obskit import _selfmetrics, _state
 from obskit.tracing import _fastctx as _ctx
 from obskit.tracing._fastctx import current_span
 
@@ -1223,7 +1223,15 @@ def take_back_framework_loggers(names: Iterable[str]) -> None:
     Never raises: a failure is counted, the server goes on."""
     try:
         if any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers):
+            names = tuple(names)
             take_over_framework_loggers(names)
+            # The server set their levels anew too (gunicorn's setup at a reload, uvicorn's
+            # log_config): the log_levels option's ones for these loggers apply again.
+            runtime = _state.runtime
+            if runtime is not None and not runtime.closed:
+                for name, level in runtime.config.log_levels.items():
+                    if name in names:
+                        logging.getLogger(name).setLevel(level)
     except Exception as exc:
         _selfmetrics.internal_error("server_logging", exc)
 

@@ -8,6 +8,7 @@ real span pipeline, encoded to OTLP bytes and decoded back).
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
 import pytest
@@ -809,3 +810,80 @@ def test_a_short_script_exports_its_span_and_log_where_no_thread_starts_at_exit(
     assert 0 == done.returncode, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert ["short-script-span"] == spans
+
+
+# -- A third read-through (decorators, logging paths, gunicorn, the docs' promises) ---------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[Any] = []
+
+    def emit(self, record: Any) -> None:
+        self.records.append(record)
+
+
+# A bug this test found, since fixed: obskit/gunicorn.py Logger.access read gunicorn's
+# access_log_enabled, which gunicorn 22 and 23 (allowed by pyproject: gunicorn>=22) do not have:
+# an AttributeError on every request, outside the method's own guard -- no access line, and the
+# sync worker skipped the response's close() and went to its error handling.
+@pytest.mark.parametrize(("accesslog", "lines"), [("-", 1), (None, 0)])
+def test_access_lines_with_a_gunicorn_before_24(accesslog: str | None, lines: int) -> None:
+    import datetime
+
+    from gunicorn.config import Config
+
+    import obskit.gunicorn as og
+
+    class Gunicorn23Logger(og.Logger):  # type: ignore[misc]
+        access_log_enabled = None  # gunicorn 22 and 23 have no such attribute
+
+    config = Config()
+    config.set("accesslog", accesslog)
+    log = Gunicorn23Logger(config)
+    seen = _Records()
+    log.access_log.addHandler(seen)
+    try:
+
+        class Response:
+            status = "200 OK"
+            sent = 2
+            headers: list[Any] = []
+
+        class Request:
+            headers: list[Any] = []
+
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "RAW_URI": "/x",
+            "PATH_INFO": "/x",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        log.access(Response(), Request(), environ, datetime.timedelta(seconds=1))
+    finally:
+        log.access_log.removeHandler(seen)
+    assert lines == len(seen.records)
+
+
+# A bug this test found, since fixed: gunicorn's logger setup, which a reload (SIGHUP) runs
+# again, set the gunicorn loggers' levels anew: obskit handed their handlers back but not the
+# log_levels option's levels (gunicorn.access=WARNING stopped working after the first reload).
+def test_a_gunicorn_reload_keeps_the_configured_levels_of_its_loggers() -> None:
+    import logging
+
+    from gunicorn.config import Config
+
+    import obskit.gunicorn as og
+    from tests.logging_state import preserved_logging
+
+    with preserved_logging():
+        config = Config()
+        config.set("accesslog", "-")
+        log = og.Logger(config)
+        levels = {"gunicorn.access": "WARNING", "gunicorn.error": "ERROR"}
+        with capture(traces_exporter="none", logging=True, log_levels=levels):
+            log.setup(config)  # what gunicorn's Arbiter.reload does
+            access, error = (logging.getLogger(name) for name in levels)
+            assert (logging.WARNING, logging.ERROR) == (access.level, error.level)
