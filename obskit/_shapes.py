@@ -42,6 +42,9 @@ def shape_of(func: Any) -> Shape:
     if inspect.iscoroutinefunction(target):
         return "coroutine"
     if inspect.isgeneratorfunction(target):
+        code = getattr(target, "__code__", None)
+        if code is not None and code.co_flags & inspect.CO_ITERABLE_COROUTINE:
+            return "coroutine"  # @types.coroutine: awaited, not iterated
         return "generator"
     return "function"
 
@@ -139,15 +142,9 @@ async def async_generator(
                     otel_context.detach(token)
             try:
                 value = yield item
-            except GeneratorExit:
-                token = None if ctx is None else otel_context.attach(ctx)
-                try:
-                    await agen.aclose()
-                finally:
-                    if token is not None:
-                        otel_context.detach(token)
-                raise
             except BaseException as thrown:
+                # GeneratorExit too (aclose(), or athrow(GeneratorExit)): forwarded as it came,
+                # so a generator that handles it behaves as it does undecorated.
                 throw = thrown
     except GeneratorExit:
         hooks.end(state, None)

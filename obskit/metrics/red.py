@@ -65,6 +65,8 @@ class _Recorder:
         #: (provider, tracer): the SDK's get_tracer() costs microseconds, so it is called once.
         self._tracer: tuple[Any, Any] | None = None
         self.is_error: Callable[[BaseException], bool]
+        if isinstance(errors, (list, set, frozenset)):  # types given as a list: as a tuple
+            errors = tuple(errors)
         if isinstance(errors, (type, tuple)):
             error_types = errors
 
@@ -169,8 +171,13 @@ class _Recorder:
         except Exception as internal:
             _selfmetrics.internal_error("red_span", internal)
         finally:
-            # Always ended, so a span whose marking failed is still exported.
-            span.end()
+            # Always ended, so a span whose marking failed is still exported; an application's
+            # span processor that raises in on_end (the SDK does not catch it) must not take
+            # the place of what the call returned or raised.
+            try:
+                span.end()
+            except Exception as internal:
+                _selfmetrics.internal_error("red_span", internal)
 
     # -- a generator's call (obskit._shapes.CallHooks) ------------------------------------------
     # Its span is never current across a yield: only while the generator runs (context()).

@@ -232,7 +232,15 @@ def _declare(name: str) -> _Children:
 
 
 def _types(spec: ExceptionTypes) -> tuple[type[BaseException], ...]:
-    return spec if isinstance(spec, tuple) else (spec,)
+    """``spec`` as the tuple ``isinstance`` takes; a list or set of types is taken too, and
+    anything else is refused here, at declaration, not at the first exception (where it would
+    turn the application's exception into a TypeError)."""
+    if spec is None:
+        return ()
+    types = tuple(spec) if isinstance(spec, (tuple, list, set, frozenset)) else (spec,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise TypeError(f"expected exception types, got {spec!r}")
+    return types
 
 
 class Wait:
@@ -504,8 +512,11 @@ class UseTracker:
     # -- one unit of use ------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:
         """An exception escaped a unit of use: counted only if it is one of ``errors``."""
-        if self._errors and isinstance(exc, self._errors):
-            self.error("timeout" if isinstance(exc, self._timeouts) else "failure")
+        try:
+            if self._errors and isinstance(exc, self._errors):
+                self.error("timeout" if isinstance(exc, self._timeouts) else "failure")
+        except Exception as internal:  # never in place of the application's exception
+            _selfmetrics.internal_error("use", internal)
 
     def __enter__(self) -> UseTracker:
         self.acquired()

@@ -887,3 +887,107 @@ def test_a_gunicorn_reload_keeps_the_configured_levels_of_its_loggers() -> None:
             log.setup(config)  # what gunicorn's Arbiter.reload does
             access, error = (logging.getLogger(name) for name in levels)
             assert (logging.WARNING, logging.ERROR) == (access.level, error.level)
+
+
+# A bug this test found, since fixed: obskit/metrics/red.py ended a traced call's span in a bare
+# `finally`; an application's span processor whose on_end raises (the SDK does not catch it)
+# replaced what the decorated function returned or raised.
+def test_a_raising_span_processor_does_not_replace_the_calls_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from obskit import _state
+
+    monkeypatch.setattr(_state, "raise_internal_errors", False)  # as in production
+
+    class Raising(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            raise RuntimeError("processor on_end failed")
+
+    @obskit.red(trace=True)
+    def returns() -> str:
+        return "value"
+
+    @obskit.red(trace=True)
+    def raises() -> None:
+        raise KeyError("own")
+
+    provider = obskit.tracer_provider()
+    multi = provider._active_span_processor  # type: ignore[attr-defined]
+    before = multi._span_processors
+    try:
+        with capture(sampler="always_on"):
+            provider.add_span_processor(Raising())
+            assert "value" == returns()
+            with pytest.raises(KeyError, match="own"):
+                raises()
+            errors = {
+                labels["component"]: v for labels, v in samples("obskit_internal_errors_total")
+            }
+    finally:
+        multi._span_processors = before
+        provider.lean = True  # type: ignore[attr-defined]
+    assert 2.0 == errors.get("red_span")
+
+
+# A bug this test found, since fixed: obskit/metrics/use.py took errors=/timeouts= as isinstance's
+# second argument as given: a list of types turned every exception of the application into a
+# TypeError (and @obskit.red took a list as a predicate, counting every exception an error).
+def test_exception_types_given_as_a_list() -> None:
+    from obskit.metrics.use import use
+
+    with capture(traces_exporter="none"):
+        tracker = use("review-list", capacity=1, errors=[LookupError], timeouts=[TimeoutError])
+        with pytest.raises(LookupError, match="own"), tracker:
+            raise LookupError("own")
+
+        @obskit.red(errors=[KeyError])
+        def work(exc: BaseException) -> None:
+            raise exc
+
+        for exc in (KeyError("k"), ValueError("v")):
+            with pytest.raises(type(exc)):
+                work(exc)
+        results = {labels["result"]: v for labels, v in samples("function_calls_total")}
+        failures = {
+            labels["reason"]: v
+            for labels, v in samples("resource_errors_total")
+            if labels.get("resource") == "review-list" and v
+        }
+    assert (1.0, 1.0) == (results.get("error"), results.get("ok"))  # only the KeyError
+    assert {"failure": 1.0} == failures
+    with pytest.raises(TypeError, match="exception types"):
+        use("review-bad", errors=["not a type"])  # type: ignore[list-item]
+
+
+# Bugs this test found, since fixed: obskit/_shapes.py turned athrow(GeneratorExit) into a
+# decorated async generator into aclose() of the inner one (RuntimeError where the undecorated
+# generator yields its cleanup value), and took a @types.coroutine function for a generator
+# (its decorated form could not be awaited).
+def test_decorated_async_generators_and_legacy_coroutines_behave_as_undecorated() -> None:
+    import asyncio
+    import types
+
+    async def cleaning() -> Any:
+        try:
+            yield 1
+        except GeneratorExit:
+            yield "cleanup"
+
+    @types.coroutine
+    def legacy() -> Any:
+        yield from ()
+        return 42
+
+    async def main() -> tuple[Any, Any, Any]:
+        plain, decorated = cleaning(), obskit.red(cleaning)()
+        await plain.__anext__()
+        await decorated.__anext__()
+        thrown = (await plain.athrow(GeneratorExit), await decorated.athrow(GeneratorExit))
+        return thrown, await legacy(), await obskit.red(legacy)()
+
+    with capture(traces_exporter="none"):
+        thrown, plain_value, decorated_value = asyncio.run(main())
+    assert ("cleanup", "cleanup") == thrown
+    assert 42 == plain_value == decorated_value
