@@ -533,17 +533,13 @@ def test_json_logs_stay_when_the_sdk_is_disabled(capsys: pytest.CaptureFixture[s
 # A bug this test found, since fixed: log_level was applied only with logging=True; with OTLP
 # logs alone the root logger stayed at the stdlib's WARNING and no INFO record was exported.
 def test_log_level_decides_what_otlp_logs_export_without_json_logging() -> None:
-    import logging
-
     from tests.logging_state import preserved_logging
+    from tests.otlp_receiver import OtlpHttpReceiver
 
-    options = {
-        "traces_exporter": "none",
-        "logs_exporter": "otlp",
-        "otlp_endpoint": "http://127.0.0.1:9",
-    }
     root = logging.getLogger()
-    with preserved_logging():
+    # A collector that answers: a dead port's exporter would retry, and warn, into later tests.
+    with preserved_logging(), OtlpHttpReceiver() as rx:
+        options = {"traces_exporter": "none", "logs_exporter": "otlp", "otlp_endpoint": rx.endpoint}
         root.setLevel(logging.WARNING)
         with capture(**options):
             assert logging.INFO == root.level

@@ -455,10 +455,13 @@ def test_attribute_values_otlp_cannot_carry_are_written_as_text() -> None:
 # _otlp_signals._log_handler_class()._LoggingHandler._get_attributes calls key.startswith() on every
 # extra= key; the stdlib takes extra={1: ...}, and the AttributeError escapes the app's log call
 def test_a_non_text_extra_key_does_not_break_the_apps_log_call() -> None:
-    obskit.configure(
-        traces_exporter="none", otlp_endpoint="http://127.0.0.1:9", logs_exporter="otlp"
-    )
-    logging.getLogger("app").warning("with an odd key", extra={1: "one"})  # type: ignore[dict-item]
+    from tests.otlp_receiver import OtlpHttpReceiver
+
+    # A collector that answers: a dead port's exporter would retry, and warn, into later tests.
+    with OtlpHttpReceiver() as rx:
+        obskit.configure(traces_exporter="none", otlp_endpoint=rx.endpoint, logs_exporter="otlp")
+        logging.getLogger("app").warning("with an odd key", extra={1: "one"})  # type: ignore[dict-item]
+        obskit.shutdown()
 
 
 def test_the_export_filter_keeps_the_apps_records_from_other_threads_during_an_export() -> None:
