@@ -564,7 +564,11 @@ class JsonFormatter(_PJLJsonFormatter):
             }
         if isinstance(value, (list, tuple)):
             return [self._redact(v, depth + 1) for v in value]
-        return value
+        if value is None or isinstance(value, (int, float)):  # bool, IntEnum: as JSON has them
+            return value
+        # Written as text (bytes, a set, an exception, any object's repr): that text is
+        # redacted, nested as at top level.
+        return self._redact(_safe_default(value), depth + 1)
 
     def _timestamp(self, created: float) -> str:
         second = int(created)

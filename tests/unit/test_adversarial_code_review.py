@@ -987,3 +987,41 @@ def test_decorated_async_generators_and_legacy_coroutines_behave_as_undecorated(
         thrown, plain_value, decorated_value = asyncio.run(main())
     assert ("cleanup", "cleanup") == thrown
     assert 42 == plain_value == decorated_value
+
+
+# A bug this test found, since fixed: obskit/logging.py redacted the text it writes for bytes,
+# sets, exceptions and other objects at top level only: nested in a dict or list, a card number in
+# them reached the line in clear.
+def test_text_written_for_nested_values_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import enum
+    import json
+
+    from tests.logging_state import preserved_logging
+
+    card = "4111 1111 1111 1111"
+
+    class Obj:
+        def __repr__(self) -> str:
+            return f"Obj({card})"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    extra = {
+        "nested_bytes": {"raw": card.encode()},
+        "nested_set": [{card}],
+        "nested_obj": {"o": Obj()},
+        "nested_exc": [ValueError(card)],
+        "nested_level": {"l": Level.HIGH},
+    }
+    with preserved_logging(), capture(traces_exporter="none", logging=True):
+        logging.getLogger("review.redact").warning("m", extra=extra)
+        obskit.force_flush()
+        written = capsys.readouterr().err
+    (line,) = [json.loads(x) for x in written.splitlines() if '"review.redact"' in x]
+    masked = "************1111"
+    assert {"raw": masked} == line["nested_bytes"]
+    assert [[masked]] == line["nested_set"]
+    assert {"o": f"Obj({masked})"} == line["nested_obj"]
+    assert [f"ValueError: {masked}"] == line["nested_exc"]
+    assert {"l": 3} == line["nested_level"]  # numbers stay numbers
