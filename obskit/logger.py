@@ -171,7 +171,8 @@ def _sampled(sampler: Any, level: int, name: str) -> bool:
 class Logger:
     """A logger named like a stdlib logger, taking fields as keyword arguments.
 
-    A drop-in for ``logging.getLogger(name)``: calls written for the stdlib, with ``extra=``,
+    A drop-in for ``logging.getLogger(name)``'s logging calls (``debug`` to ``critical``,
+    ``exception``, ``log``, ``isEnabledFor``): calls written for the stdlib, with ``extra=``,
     ``exc_info``, ``stack_info`` or ``stacklevel``, keep their meaning; keyword arguments are
     fields too (``log.info("charged", order=42)``). A field named like a ``LogRecord``
     attribute (``name``, ``module``, ``message``...), which ``extra=`` refuses, is written with
@@ -196,6 +197,8 @@ class Logger:
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at ``level`` would be logged (the stdlib logger's answer)."""
         return self._std.isEnabledFor(level)
+
+    isEnabledFor = is_enabled_for  # the stdlib's spelling, for code written against it
 
     def debug(self, msg: Any, /, *args: Any, **fields: Any) -> None:
         """Log at DEBUG."""

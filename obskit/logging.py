@@ -613,6 +613,10 @@ class JsonFormatter(_PJLJsonFormatter):
             message_text = self._texts.get(message) or self._text(message)
         trace_id = getattr(record, "obskit_trace_id", None)
         span_id = flags = 0
+        if trace_id is not None and (
+            trace_id.__class__ is not int or not hasattr(record, "obskit_flags")
+        ):
+            trace_id = None  # not CorrelationFilter's stamps: an extra= of that name
         if trace_id is None:  # no CorrelationFilter on the way: read the context here
             context = _ctx.get_current()
             # A SpanContext is a tuple (trace_id, span_id, is_remote, trace_flags, trace_state,

@@ -1025,3 +1025,29 @@ def test_text_written_for_nested_values_is_redacted(capsys: pytest.CaptureFixtur
     assert {"o": f"Obj({masked})"} == line["nested_obj"]
     assert [f"ValueError: {masked}"] == line["nested_exc"]
     assert {"l": 3} == line["nested_level"]  # numbers stay numbers
+
+
+# A bug this test found, since fixed: obskit/logging.py JsonFormatter took an extra= named
+# obskit_trace_id for CorrelationFilter's stamp (the formatter used without the filter, as
+# dictConfig may set it up): the line lost its message and was counted as a format error.
+def test_an_extra_named_like_obskits_stamps_leaves_the_line_whole() -> None:
+    import io
+    import json
+
+    from obskit.logging import JsonFormatter
+
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("review.stamps")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("order %s paid", 43, extra={"obskit_trace_id": 7})
+        logger.warning("plain", extra={"obskit_request": "r-1", "kept": 1})
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [("order 43 paid", None), ("plain", 1)] == [(x["message"], x.get("kept")) for x in lines]
+    assert not any(key.startswith("obskit_") for line in lines for key in line)
