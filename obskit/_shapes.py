@@ -16,6 +16,7 @@ import inspect
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Literal, Protocol
 
+import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
@@ -47,6 +48,35 @@ def shape_of(func: Any) -> Shape:
             return "coroutine"  # @types.coroutine: awaited, not iterated
         return "generator"
     return "function"
+
+
+class _BoundDecorated(wrapt.BoundFunctionWrapper[..., Any]):
+    """A decorated method bound to its instance (or class): pickled as the method is, by
+    ``getattr(owner, name)``."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        owner = getattr(self, "__self__", None)
+        if owner is None:  # looked up on the class: the class owns it
+            owner = getattr(self, "_self_owner", None)
+        return (getattr, (owner, self.__name__))
+
+
+class Decorated(wrapt.FunctionWrapper[..., Any]):
+    """What obskit's decorators return (``wrapt``'s function wrapper): pickled by reference,
+    as the undecorated function is -- by its qualified name, which finds this wrapper again --
+    so a decorated function still goes to a process pool or ``multiprocessing``; copying
+    gives it back, as for a function."""
+
+    __bound_function_wrapper__ = _BoundDecorated
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__qualname__
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
 
 
 class CallHooks(Protocol):

@@ -197,7 +197,7 @@ class _Recorder:
 
 
 def _sync(rec: _Recorder) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         span = rec.start_span() if rec.trace else None
         started = _perf()
@@ -217,7 +217,7 @@ def _sync(rec: _Recorder) -> Any:
 
 
 def _async(rec: _Recorder) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         span = rec.start_span() if rec.trace else None
         started = _perf()
@@ -237,7 +237,7 @@ def _async(rec: _Recorder) -> Any:
 
 
 def _generator(rec: _Recorder) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return _shapes.generator(rec, wrapped, args, kwargs)
 
@@ -245,7 +245,7 @@ def _generator(rec: _Recorder) -> Any:
 
 
 def _async_generator(rec: _Recorder) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return _shapes.async_generator(rec, wrapped, args, kwargs)
 

@@ -567,7 +567,7 @@ def _check_capacity(capacity: float | None) -> float | None:
 
 
 def _sync(tracker: UseTracker) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tracker.acquired()
         try:
@@ -582,7 +582,7 @@ def _sync(tracker: UseTracker) -> Any:
 
 
 def _async(tracker: UseTracker) -> Any:
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tracker.acquired()
         try:
@@ -622,7 +622,7 @@ class _Unit:
 def _generator(tracker: UseTracker) -> Any:
     unit = _Unit(tracker)
 
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return _shapes.generator(unit, wrapped, args, kwargs)
 
@@ -632,7 +632,7 @@ def _generator(tracker: UseTracker) -> Any:
 def _async_generator(tracker: UseTracker) -> Any:
     unit = _Unit(tracker)
 
-    @wrapt.decorator
+    @wrapt.decorator(proxy=_shapes.Decorated)
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return _shapes.async_generator(unit, wrapped, args, kwargs)
 

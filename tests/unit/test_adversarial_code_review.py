@@ -1051,3 +1051,38 @@ def test_an_extra_named_like_obskits_stamps_leaves_the_line_whole() -> None:
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert [("order 43 paid", None), ("plain", 1)] == [(x["message"], x.get("kept")) for x in lines]
     assert not any(key.startswith("obskit_") for line in lines for key in line)
+
+
+@obskit.red
+def _picklable_red(x: int) -> int:
+    return x * 2
+
+
+class _PicklableMethods:
+    @obskit.red
+    def method(self, x: int) -> int:
+        return x + 1
+
+    @classmethod
+    @obskit.red
+    def class_method(cls, x: int) -> int:
+        return x + 2
+
+
+# A bug this test found, since fixed: a function decorated by @obskit.red or a USE tracker could
+# not be pickled or deep-copied (wrapt's proxy refuses), so it could not be handed to a process
+# pool or multiprocessing -- the docs say nothing about the function changes.
+def test_decorated_functions_pickle_and_copy_as_functions_do() -> None:
+    import copy
+    import pickle
+
+    from obskit.metrics.use import use
+
+    tracked = use("review-pickle", capacity=1)(_picklable_red)
+    assert pickle.loads(pickle.dumps(_picklable_red)) is _picklable_red
+    assert copy.deepcopy(_picklable_red) is _picklable_red
+    assert copy.copy(_picklable_red) is _picklable_red
+    assert 6 == pickle.loads(pickle.dumps(_PicklableMethods().method))(5)
+    assert 7 == pickle.loads(pickle.dumps(_PicklableMethods.class_method))(5)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(tracked)  # not reachable by its name: as for any function assigned elsewhere
