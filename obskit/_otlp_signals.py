@@ -10,6 +10,7 @@ import logging
 import os
 import warnings
 import weakref
+from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
@@ -297,6 +298,19 @@ def _carried(value: Any) -> bool:
     return False
 
 
+def _redacted_value(redactor: Any, value: Any) -> Any:
+    """An attribute value as OTLP carries it, redacted as the JSON line's: text, and text inside
+    a list or mapping, scanned; an object OTLP cannot carry written as its ``str()`` and that
+    scanned; a number past 64 bits written as its digits (no text to scan)."""
+    if _carried(value):
+        return redactor._redact(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        return _as_text(redactor._redact(value))
+    return redactor._redact(_as_text(value))
+
+
 def _as_text(value: Any) -> str:
     try:
         return str(value)
@@ -348,9 +362,8 @@ def _log_handler_class() -> Any:
                         attributes.pop(key, None)
                     elif redactor._is_sensitive(key):
                         attributes[key] = MASK
-                    else:  # redacted as given (text, or inside a mapping), then made text
-                        value = redactor._redact(value)
-                        attributes[key] = value if _carried(value) else _as_text(value)
+                    else:
+                        attributes[key] = _redacted_value(redactor, value)
                 return attributes
 
             def _translate(self, record: logging.LogRecord) -> Any:
