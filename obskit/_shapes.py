@@ -95,13 +95,31 @@ def generator(
     hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any
 ) -> Generator[Any, Any, Any]:
     """``wrapped(*args, **kwargs)``, a generator, run between ``hooks.begin`` and
-    ``hooks.end``: every ``send``, ``throw`` and ``close`` reaches it (``yield from``)."""
+    ``hooks.end``: every ``send``, ``throw`` and ``close`` reaches it (``yield from``).
+
+    The generator is made here, at the call, so that bad arguments raise where they do
+    undecorated (and count as a failed call); it is timed from its first item."""
+    return _run_generator(hooks, _made(hooks, wrapped, args, kwargs))
+
+
+def _made(hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """The (async) generator object of ``wrapped(*args, **kwargs)``: making one runs none of
+    its body, so only a bad call raises here -- a failed call of no duration."""
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        state, _ = hooks.begin()
+        hooks.end(state, exc)
+        raise
+
+
+def _run_generator(hooks: CallHooks, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     state, ctx = hooks.begin()
     try:
         if ctx is None:
-            result = yield from wrapped(*args, **kwargs)
+            result = yield from gen
         else:
-            result = yield from _current_while_running(ctx, wrapped(*args, **kwargs))
+            result = yield from _current_while_running(ctx, gen)
     except GeneratorExit:  # closed early by the consumer: not a failure of the call
         hooks.end(state, None)
         raise
@@ -145,16 +163,19 @@ def _current_while_running(ctx: Context, gen: Generator[Any, Any, Any]) -> Gener
             thrown = exc
 
 
-async def async_generator(
+def async_generator(
     hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any
 ) -> AsyncGenerator[Any, Any]:
     """``wrapped(*args, **kwargs)``, an async generator, run between ``hooks.begin`` and
-    ``hooks.end``. An async generator cannot ``yield from``: sends, throws and ``aclose`` are
-    forwarded by hand, with the context ``hooks.begin()`` returned current only while the
-    wrapped one runs."""
+    ``hooks.end``, made at the call as ``generator`` does. An async generator cannot
+    ``yield from``: sends, throws and ``aclose`` are forwarded by hand, with the context
+    ``hooks.begin()`` returned current only while the wrapped one runs."""
+    return _run_async_generator(hooks, _made(hooks, wrapped, args, kwargs))
+
+
+async def _run_async_generator(hooks: CallHooks, agen: Any) -> AsyncGenerator[Any, Any]:
     state, ctx = hooks.begin()
     try:
-        agen = wrapped(*args, **kwargs)  # inside: bad arguments are a failed call too
         value: Any = None
         throw: BaseException | None = None
         while True:

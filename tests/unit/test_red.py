@@ -351,7 +351,9 @@ def test_generator_send_and_throw_pass_through(traced: bool) -> None:
 
 @pytest.mark.parametrize("shape", ["generator", "async_generator"])
 def test_generator_called_with_bad_arguments_is_a_failed_call(shape: str) -> None:
-    """The TypeError surfaces when iteration starts (the wrapper is a generator) and counts."""
+    """As undecorated, the TypeError is raised by the call itself, not when iteration starts,
+    and the call counts as a failed one with an ERROR span. A generator made but never
+    started is not a call yet."""
 
     @obskit.red(trace=True)
     def numbers(n: int) -> Iterator[int]:
@@ -362,17 +364,20 @@ def test_generator_called_with_bad_arguments_is_a_failed_call(shape: str) -> Non
         for i in range(n):
             yield i
 
-    def run() -> object:
-        if shape == "generator":
-            return list(numbers(1, 2))  # type: ignore[call-arg]
-        return asyncio.run(collect(async_numbers(1, 2)))  # type: ignore[call-arg]
-
+    function = numbers if shape == "generator" else async_numbers
+    label = function.__qualname__
     with capture(sampler="always_on") as cap:
         with pytest.raises(TypeError, match="positional argument"):
-            run()
+            function(1, 2)  # type: ignore[call-arg]
         spans = cap.spans()
-    label = (numbers if shape == "generator" else async_numbers).__qualname__
-    assert (0.0, 1.0, 1.0) == counts(label)
+        assert (0.0, 1.0, 1.0) == counts(label)
+        made = function(2)
+        assert (0.0, 1.0, 1.0) == counts(label)
+        if shape == "generator":
+            assert [0, 1] == list(made)
+        else:
+            assert [0, 1] == asyncio.run(collect(made))
+    assert (1.0, 1.0, 2.0) == counts(label)
     assert [ERROR] == [s.status.code for s in spans]
 
 

@@ -193,6 +193,31 @@ async def test_decorator_generators_hold_a_unit_until_exhausted_or_closed() -> N
     assert inspect.isasyncgenfunction(arows)
 
 
+async def test_decorator_generators_with_bad_arguments_raise_at_the_call() -> None:
+    """A generator function called with bad arguments raises TypeError at the call, as
+    undecorated, counts one error and leaves no unit held."""
+    tracker = use("dec_gen_bad", capacity=2, errors=[TypeError])
+
+    @tracker
+    def rows(count: int) -> Iterator[int]:
+        yield from range(count)
+
+    @tracker
+    async def arows(count: int) -> AsyncGenerator[int, None]:
+        for index in range(count):
+            yield index
+
+    with pytest.raises(TypeError, match="count"):
+        rows()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="count"):
+        arows()  # type: ignore[call-arg]
+    assert 0.0 == in_use("dec_gen_bad")
+    assert 2.0 == errors("dec_gen_bad", "failure")
+    assert [0] == list(rows(1))
+    assert [0] == [row async for row in arows(1)]
+    assert 2.0 == errors("dec_gen_bad", "failure")
+
+
 async def test_decorated_callable_objects_and_partials_hold_a_unit_while_awaited() -> None:
     """A callable object whose ``__call__`` is a coroutine or an async generator, and a
     ``functools.partial`` of one, hold their unit until awaited or exhausted, as a coroutine
