@@ -123,14 +123,18 @@ class _Recorder:
     def new_span(self) -> Any:
         """An INTERNAL span (not made current), or None when the current trace is not recorded.
 
-        A child of a span that is not recording would be dropped by every parent-based or
-        trace-id-ratio sampler, so it is not created at all: with ``trace=True`` an unsampled
-        call costs one context lookup.
+        A child of a local span that is not recording would be dropped by every parent-based
+        or trace-id-ratio sampler (and gets its root's answer from the others), so it is not
+        created at all: with ``trace=True`` an unsampled call costs one context lookup. A
+        remote parent (a consumer that attached its producer's ``traceparent``) never records:
+        the sampler decides for it, as the SDK's does.
         """
         try:
             current = current_span()
-            if not current.is_recording() and current.get_span_context().is_valid:
-                return None
+            if not current.is_recording():
+                parent = current.get_span_context()
+                if parent.is_valid and not parent.is_remote:
+                    return None
             # On obskit's own pipeline: the lean span the HTTP pipeline uses for SERVER spans.
             span = start_lean_span(self.span_name, SpanKind.INTERNAL, _SCOPE)
             if span is None:
@@ -309,7 +313,7 @@ def red(
 
     Args:
         name: the ``function`` label (default: the function's ``__qualname__``).
-        trace: also wrap each call in an INTERNAL span (skipped inside unsampled traces).
+        trace: also wrap each call in an INTERNAL span (skipped inside unsampled local traces).
         errors: which exceptions make ``result="error"``: exception types, or a predicate.
             Anything else that escapes (a 404 exception you raise on purpose, cancellation)
             is recorded as ``result="ok"`` and re-raised unchanged.

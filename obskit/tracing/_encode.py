@@ -244,10 +244,16 @@ def encode_span(span: Any) -> bytes:
             + b"\x12\x08"
             + lctx.span_id.to_bytes(8, "big")
         )
+        if lctx.trace_state:
+            body += _str(b"\x1a", lctx.trace_state.to_header())  # Link.trace_state
         body += attributes(b"\x22", link.attributes)
         cut = getattr(link.attributes, "dropped", 0)
         if cut:
             body += b"\x28" + varint(cut)  # Link.dropped_attributes_count
+        # Link.flags (fixed32): the linked context's trace flags and whether it is remote,
+        # with the same SpanFlags bits as the span's own.
+        link_flags = (lctx.trace_flags & 0xFF) | (0x300 if lctx.is_remote else 0x100)
+        body += b"\x35" + _pack_i(link_flags)
         parts.append(_len(_T_SPAN_LINK, body))
     cut = getattr(links, "dropped", 0)
     if cut:

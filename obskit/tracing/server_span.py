@@ -18,10 +18,11 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import (
@@ -81,9 +82,13 @@ class _CountedList(list[Any]):
 _attribute_limit = 128
 _event_limit = 128
 _link_limit = 128
-_event_attribute_limit = 128
-_link_attribute_limit = 128
 _length_limit: int | None = None
+#: Events' and links' value-length limit: the general OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, as the
+#: SDK's spans use (the span's own limit is only for the span's attributes).
+_other_length_limit: int | None = None
+#: The event and link attribute count limits as the SDK's ``BoundedAttributes`` takes them.
+_event_attribute_maxlen: int | None = 128
+_link_attribute_maxlen: int | None = 128
 #: False when a limit is below the default or values are cut to a length: end() then checks
 #: what the pipeline's inlined writes added.
 _default_limits = True
@@ -91,8 +96,9 @@ _default_limits = True
 
 def set_limits(limits: Any) -> None:
     """Take an SDK ``SpanLimits`` (``None`` fields: no limit) for every lean span."""
-    global _attribute_limit, _event_limit, _link_limit, _event_attribute_limit
-    global _link_attribute_limit, _length_limit, _default_limits
+    global _attribute_limit, _event_limit, _link_limit
+    global _length_limit, _default_limits, _other_length_limit
+    global _event_attribute_maxlen, _link_attribute_maxlen
 
     def count(value: int | None) -> int:
         return 1 << 62 if value is None else value
@@ -100,9 +106,10 @@ def set_limits(limits: Any) -> None:
     _attribute_limit = count(limits.max_span_attributes)
     _event_limit = count(limits.max_events)
     _link_limit = count(limits.max_links)
-    _event_attribute_limit = count(limits.max_event_attributes)
-    _link_attribute_limit = count(limits.max_link_attributes)
     _length_limit = limits.max_span_attribute_length
+    _other_length_limit = limits.max_attribute_length
+    _event_attribute_maxlen = limits.max_event_attributes
+    _link_attribute_maxlen = limits.max_link_attributes
     _default_limits = _attribute_limit >= _MAX_ATTRIBUTES and _length_limit is None
 
 
@@ -127,12 +134,28 @@ def _bounded(attributes: dict[str, Any], limit: int, length: int | None) -> dict
     return attributes
 
 
-def _valid(value: Any) -> bool:
-    if isinstance(value, _VALID):
-        return True
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return all(isinstance(v, _VALID) for v in value)
-    return False
+#: What :func:`_cleaned` returns for a key or value the SDK's span would not keep.
+_REFUSED: Any = object()
+
+
+def _cleaned(key: Any, value: Any) -> Any:
+    """``value`` as the installed SDK's span keeps it under ``key`` (sequences copied to tuples,
+    bytes, maps or odd types as its ``BoundedAttributes`` takes them, cut to the span's length
+    limit), or ``_REFUSED``. For what the fast path (a non-empty str key, an exact str, bool,
+    int or float) does not take: the rules are the SDK's own, whichever version is installed."""
+    try:
+        bounded = BoundedAttributes(None, None, immutable=False, max_value_len=_length_limit)
+        bounded[key] = value
+        for kept in bounded.values():
+            return kept
+    except Exception:
+        pass
+    return _REFUSED
+
+
+def _bounded_attributes(attributes: Attributes, maxlen: int | None) -> Any:
+    """An event's or a link's attributes as the SDK's span makes them (same class, limits)."""
+    return BoundedAttributes(maxlen, attributes, immutable=True, max_value_len=_other_length_limit)
 
 
 class ServerSpan(trace_api.Span):
@@ -188,25 +211,25 @@ class ServerSpan(trace_api.Span):
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         if self.end_time is not None:
             return
-        own = self.attributes
         for key, value in attributes.items():
-            # Keys must be text (OTLP's are strings): a non-str key is skipped, as the SDK does,
-            # rather than failing the whole span when it is encoded.
-            if key.__class__ is str and (value.__class__ in _VALID_TYPES or _valid(value)):
-                if key in own or len(own) < _attribute_limit:
-                    own[key] = value
-                else:
-                    self._drop_attribute()
+            self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self.end_time is not None or key.__class__ is not str:
+        if self.end_time is not None:
             return
-        if value.__class__ in _VALID_TYPES or _valid(value):
-            own = self.attributes
-            if key in own or len(own) < _attribute_limit:
-                own[key] = value
-            else:
+        if key.__class__ is not str or not key or value.__class__ not in _VALID_TYPES:
+            # The SDK's rules for the rest: an empty or non-str key is refused and counted, a
+            # list is copied (a later change to it is not the span's), bytes, maps and other
+            # types are what the installed SDK makes of them.
+            value = _cleaned(key, value)
+            if value is _REFUSED:
                 self._drop_attribute()
+                return
+        own = self.attributes
+        if key in own or len(own) < _attribute_limit:
+            own[key] = value
+        else:
+            self._drop_attribute()
 
     def _drop_attribute(self) -> None:
         own = self.attributes
@@ -227,15 +250,19 @@ class ServerSpan(trace_api.Span):
             if not events:
                 return  # a limit of 0
             del events[0]
-        clean = {k: v for k, v in (attributes or {}).items() if k.__class__ is str and _valid(v)}
-        if len(clean) > _event_attribute_limit or _length_limit is not None:
-            clean = _bounded(clean, _event_attribute_limit, _length_limit)
+        clean = _bounded_attributes(attributes, _event_attribute_maxlen)
         if not isinstance(events, list):
             events = self._events = []
         events.append(_Event(name, timestamp or _time_ns(), clean))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if self.end_time is None and context.is_valid:
+        # The SDK's rule: a link to an invalid context is kept when it says something
+        # (attributes or a trace state).
+        if (
+            self.end_time is None
+            and context is not None
+            and (context.is_valid or attributes or context.trace_state)
+        ):
             links = self._links
             if len(links) >= _link_limit:
                 links = self._links = _dropped_one(links)  # the oldest goes, as in the SDK
@@ -244,11 +271,7 @@ class ServerSpan(trace_api.Span):
                 del links[0]
             if not isinstance(links, list):
                 links = self._links = []
-            if attributes:
-                attributes = {k: v for k, v in attributes.items() if k.__class__ is str}
-                if len(attributes) > _link_attribute_limit or _length_limit is not None:
-                    attributes = _bounded(attributes, _link_attribute_limit, _length_limit)
-            links.append(Link(context, attributes))
+            links.append(Link(context, _bounded_attributes(attributes, _link_attribute_maxlen)))
 
     def update_name(self, name: str) -> None:
         if self.end_time is None and name.__class__ is str:
@@ -258,8 +281,9 @@ class ServerSpan(trace_api.Span):
         if self.end_time is not None or self.status.status_code is StatusCode.OK:
             return  # OK is final (API spec)
         if isinstance(status, Status):
-            self.status = status
-        else:
+            if status.status_code is not StatusCode.UNSET:  # setting UNSET is ignored (API spec)
+                self.status = status
+        elif status is not StatusCode.UNSET:
             self.status = Status(status, description if status is StatusCode.ERROR else None)
 
     def record_exception(

@@ -135,8 +135,11 @@ def test_lean_span_limits_cut_and_count_what_they_drop() -> None:
     assert "long" == values["b"].string_value
     assert 3 == decoded.dropped_attributes_count
     assert (["kept"], 1) == ([e.name for e in decoded.events], decoded.dropped_events_count)
-    assert ("long", 1) == (
-        decoded.events[0].attributes[0].value.string_value,
+    # Events' and links' attributes are the SDK's BoundedAttributes: past the limit the oldest
+    # goes, the newest stays.
+    assert ("y", 2, 1) == (
+        decoded.events[0].attributes[0].key,
+        decoded.events[0].attributes[0].value.int_value,
         decoded.events[0].dropped_attributes_count,
     )
     assert (1, 1, 1) == (
