@@ -51,6 +51,7 @@ def _renew_locks_after_fork() -> None:
     global lock, self_metrics_lock
     lock = threading.RLock()
     self_metrics_lock = threading.RLock()
+    _renew_multiprocess_value_lock()
     for owner in (registry, REGISTRY):
         _renew(owner)
         for metric in list(getattr(owner, "_collector_to_names", None) or ()):
@@ -64,6 +65,20 @@ def _renew_locks_after_fork() -> None:
                         # value it still reads.
                         _renew(getattr(item, "_cells", None), "lock")
                         _renew(getattr(item, "_base", None))
+
+
+def _renew_multiprocess_value_lock() -> None:
+    """prometheus_client's multi-process values share one lock, a variable of the closure that
+    made their class (``values.MultiProcessValue``): renewed through that closure's cell, which
+    every method of the class shares."""
+    from prometheus_client import values
+
+    for cell in getattr(getattr(values.ValueClass, "inc", None), "__closure__", None) or ():
+        try:
+            if isinstance(cell.cell_contents, _LOCK_TYPES):
+                cell.cell_contents = threading.Lock()
+        except ValueError:  # an empty cell
+            pass
 
 
 def _renew(holder: Any, name: str = "_lock") -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -165,14 +164,15 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
         timeouts=(sa_exc.TimeoutError, *DEFAULT_TIMEOUTS),
     )
     out: set[int] = set()  # ids of the connection records counted as checked out
-    lock = threading.Lock()
     # Connections already out when instrumented: released on their (uncounted) checkin.
     unknown = [pool.checkedout() if hasattr(pool, "checkedout") else 0]
     if unknown[0]:
         tracker.set_in_use(unknown[0])
 
     def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        with lock:
+        # The tracker's own (re-entrant) lock, read at each call: a forked child gets a fresh
+        # one, where a lock another thread held at the fork would stay held for good.
+        with tracker._lock:
             key = id(record)
             if key in out:
                 return
@@ -180,7 +180,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
         tracker.acquired()
 
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
-        with lock:
+        with tracker._lock:
             key = id(record)
             if key in out:
                 out.discard(key)
@@ -249,15 +249,14 @@ def instrument_psycopg_pool(pool: Any, name: str | None = None) -> UseTracker:
     # The connections this wrapper handed out: one returned that was out before instrumenting
     # is not released (it was never counted). Weak: a connection the app drops is not kept.
     out: weakref.WeakSet[Any] = weakref.WeakSet()
-    out_lock = threading.Lock()
 
     def handed_out(conn: Any) -> None:
-        with out_lock:
+        with tracker._lock:  # renewed after a fork (see instrument_sqlalchemy_pool)
             out.add(conn)
         tracker.acquired()
 
     def returned(conn: Any) -> None:
-        with out_lock:
+        with tracker._lock:
             if conn not in out:
                 return
             out.discard(conn)

@@ -692,6 +692,15 @@ def _forget_children_before_fork() -> None:
                 _selfmetrics.internal_error("use", internal)
 
 
+def _renew_locks_after_fork() -> None:
+    # A child forked while another thread held a tracker's lock (inside `with tracker:`, in a
+    # pool's checkout hook) would wait on it for ever: the child has only the forking thread.
+    global _folded_lock
+    _folded_lock = threading.Lock()
+    for tracker in list(_trackers.values()):
+        tracker._lock = threading.RLock()
+
+
 def _publish_after_fork() -> None:
     # The child shows its own capacity from its start, as a tracker made there would -- and
     # none of its parent's units in use or waiters: those are the parent's, not its own.
@@ -707,6 +716,7 @@ def _publish_after_fork() -> None:
             tracker.publish()
 
 
+os.register_at_fork(after_in_child=_renew_locks_after_fork)  # before the publishing below
 os.register_at_fork(before=_forget_children_before_fork, after_in_child=_publish_after_fork)
 
 
