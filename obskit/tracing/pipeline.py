@@ -148,11 +148,16 @@ class CompactSpanProcessor(SpanProcessor):
         self._q_scope: list[int] = []
         self._q_data: list[bytes] = []
         self._q_bytes = 0
-        self._pending: dict[int, list[bytes]] = {}
+        # Spans of undecided local traces, by (trace id, local root's span id): two requests of
+        # one trace (a retry, two calls from one caller) each keep or drop their own spans.
+        self._pending: dict[tuple[int, int], list[bytes]] = {}
         #: The keep decision of recently ended local roots (oldest first, bounded like
         #: _pending), for their spans that end later.
-        self._settled: dict[int, bool] = {}
-        self._pending_scope: dict[int, list[int]] = {}
+        self._settled: dict[tuple[int, int], bool] = {}
+        self._pending_scope: dict[tuple[int, int], list[int]] = {}
+        #: The local root of each started, unsampled, not yet ended span (held spans only);
+        #: bounded: past it a span is buffered with its trace's first root, as before.
+        self._root_of: dict[int, int] = {}
         self._pending_bytes = 0
         self._enqueued = 0  # sequence numbers for force_flush
         self._exported = 0
@@ -184,7 +189,21 @@ class CompactSpanProcessor(SpanProcessor):
     # -- request thread ----------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Nothing to do at start."""
+        """With a keep policy: note the local root of a span that may be held at its end."""
+        if self.keep is None:
+            return
+        ctx = span.context
+        if ctx is None or ctx.trace_flags & 1:
+            return
+        parent = span.parent
+        span_id = ctx.span_id
+        roots = self._root_of
+        if parent is None or parent.is_remote:
+            root = span_id
+        else:
+            root = roots.get(parent.span_id, parent.span_id)
+        if len(roots) < self._max_pending_traces * self._max_spans_per_trace:
+            roots[span_id] = root
 
     def on_end(self, span: ReadableSpan) -> None:
         """Encode the span and queue it; never blocks on export, never raises."""
@@ -261,20 +280,32 @@ class CompactSpanProcessor(SpanProcessor):
             _selfmetrics.spans_dropped(dropped)
 
     def _hold(self, span: ReadableSpan, scope: int, data: bytes) -> None:
-        """Buffer a span of an undecided (head-dropped) trace until its local root ends."""
-        trace_id = span.context.trace_id
+        """Buffer a span of an undecided (head-dropped) local trace until its local root ends;
+        the root itself is never buffered: it decides for its spans and goes with them."""
+        ctx = span.context
+        span_id = ctx.span_id
         parent = span.parent
         is_local_root = parent is None or parent.is_remote
+        root = self._root_of.pop(span_id, None)
+        if root is None:  # started before the keep policy, or past the bound of _root_of
+            root = span_id if is_local_root else parent.span_id  # type: ignore[union-attr]
+        key = (ctx.trace_id, root)
         drop_reason = None
         dropped = 1
         held: list[bytes] = []
         scopes: list[int] = []
         with self._lock:
-            # A span that ends after its local root (a background task): the trace's fate is
-            # known, so no buffer is opened that nothing would ever close.
-            settled = None if is_local_root else self._settled.get(trace_id)
-            if settled is None:
-                spans = self._pending.get(trace_id)
+            if is_local_root:
+                held = self._pending.pop(key, [])
+                scopes = self._pending_scope.pop(key, [])
+                self._pending_bytes -= sum(map(len, held))
+                settled = None
+            else:
+                # A span that ends after its local root (a background task): the trace's fate
+                # is known, so no buffer is opened that nothing would ever close.
+                settled = self._settled.get(key)
+            if settled is None and not is_local_root:
+                spans = self._pending.get(key)
                 if spans is None:
                     if len(self._pending) >= self._max_pending_traces:
                         # Full: give up the oldest undecided trace (its root may never end)
@@ -284,20 +315,16 @@ class CompactSpanProcessor(SpanProcessor):
                         self._pending_scope.pop(oldest, None)
                         self._pending_bytes -= sum(map(len, evicted))
                         drop_reason, dropped = "pending_traces", len(evicted)
-                    spans = self._pending[trace_id] = []
-                    self._pending_scope[trace_id] = []
+                    spans = self._pending[key] = []
+                    self._pending_scope[key] = []
                 if len(spans) >= self._max_spans_per_trace:
                     drop_reason, dropped = "pending_spans_per_trace", 1
                 elif self._pending_bytes + len(data) > self._max_pending_bytes:
                     drop_reason, dropped = "pending_bytes", 1
                 else:
                     spans.append(data)
-                    self._pending_scope[trace_id].append(scope)
+                    self._pending_scope[key].append(scope)
                     self._pending_bytes += len(data)
-                if is_local_root:
-                    held = self._pending.pop(trace_id, [])
-                    scopes = self._pending_scope.pop(trace_id, [])
-                    self._pending_bytes -= sum(map(len, held))
         if settled is not None:
             if settled:  # kept: the late span follows its trace; dropped: as decided, uncounted
                 self._enqueue(scope, data)
@@ -314,13 +341,14 @@ class CompactSpanProcessor(SpanProcessor):
             kept = False
         with self._lock:
             settled_traces = self._settled
-            settled_traces[trace_id] = kept
+            settled_traces[key] = kept
             if len(settled_traces) > self._max_pending_traces:
                 del settled_traces[next(iter(settled_traces))]
         if kept:
             _selfmetrics.traces_kept()
             for s, d in zip(scopes, held, strict=True):
                 self._enqueue(s, d)
+            self._enqueue(scope, data)
 
     # -- export thread -----------------------------------------------------------------------
 

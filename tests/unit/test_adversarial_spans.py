@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry import trace as trace_api
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -27,6 +30,7 @@ from obskit.exporters.jsonl import MemorySpanSink
 from obskit.testing import capture
 from obskit.tracing._encode import encode_span
 from obskit.tracing.pipeline import CompactSpanProcessor
+from obskit.tracing.sampling import RecordDropped
 from obskit.tracing.server_span import ServerSpan, set_limits
 
 TRACE_ID = "4bf92f3577b34da60000000000000001"
@@ -214,3 +218,96 @@ def test_lean_span_status_and_links_are_the_sdks() -> None:
     assert described(sdk) == described(lean)
     assert (2, "payment declined") == described(lean)["status"]
     assert [("vendor=v1", 0x301)] == [(link.trace_state, link.flags) for link in lean.links][1:]
+
+
+# -- keep_whole_trace: buffers per local root ---------------------------------------------------
+
+NOT_SAMPLED = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+
+
+def failing(span: Any) -> bool:
+    return bool(span.status.status_code is StatusCode.ERROR)
+
+
+def keeping_processor(**bounds: int) -> tuple[CompactSpanProcessor, MemorySpanSink, Any]:
+    """A span processor with a keep-errors policy behind an SDK provider that records every
+    span and samples none, as with ``keep_whole_trace`` and a head decision of drop."""
+    sink = MemorySpanSink()
+    processor = CompactSpanProcessor(sink, resource_attributes={}, keep=failing, **bounds)
+    provider = TracerProvider(sampler=RecordDropped(ALWAYS_OFF))
+    provider.add_span_processor(processor)
+    return processor, sink, provider.get_tracer("t")
+
+
+def exported(processor: CompactSpanProcessor, sink: MemorySpanSink) -> list[str]:
+    processor.force_flush(5000)
+    return [
+        span.name
+        for request in sink.requests
+        for rs in ExportTraceServiceRequest.FromString(request).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+
+
+# A bug this test found, since fixed: keep_whole_trace buffered and decided per trace id
+# (obskit/tracing/pipeline.py _hold): when two requests of one trace reached the service (a
+# retry, two calls from one caller), a successful first one settled the trace as dropped and the
+# failing second one lost its child spans, uncounted; run at the same time, the root that ended
+# first took the other's finished children with its own decision.
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_two_requests_of_one_trace_keep_or_drop_their_own_spans(overlapping: bool) -> None:
+    processor, sink, tracer = keeping_processor()
+    remote = propagate.extract(NOT_SAMPLED)
+    try:
+        ok = tracer.start_span("GET /ok", context=remote, kind=SpanKind.SERVER)
+        with trace_api.use_span(ok):
+            tracer.start_span("db ok").end()
+        if not overlapping:
+            ok.end()
+        fail = tracer.start_span("GET /fail", context=remote, kind=SpanKind.SERVER)
+        with trace_api.use_span(fail):
+            tracer.start_span("db fail").end()
+        if overlapping:
+            ok.end()
+        fail.set_status(StatusCode.ERROR)
+        fail.end()
+        assert ["db fail", "GET /fail"] == exported(processor, sink)
+        assert {} == dict(processor._pending)
+    finally:
+        processor.close(1.0)
+
+
+# A bug this test found, since fixed: a local root that ended with nothing buffered opened a
+# buffer anyway -- with the buffer table full, evicting the oldest undecided trace, whose root
+# then failed and was exported without its children.
+def test_a_root_alone_evicts_no_other_traces_buffer() -> None:
+    processor, sink, tracer = keeping_processor(max_pending_traces=2)
+    try:
+        roots = [tracer.start_span(f"root {name}") for name in "AB"]
+        for root, name in zip(roots, "AB", strict=True):
+            with trace_api.use_span(root):
+                tracer.start_span(f"child {name}").end()
+        tracer.start_span("root C, alone").end()
+        roots[0].set_status(StatusCode.ERROR)
+        for root in roots:
+            root.end()
+        assert ["child A", "root A"] == exported(processor, sink)
+    finally:
+        processor.close(1.0)
+
+
+# A bug this test found, since fixed: a trace with max_spans_per_trace children buffered dropped
+# its root -- the failing SERVER span that decides to keep it -- and was exported as orphans.
+def test_a_full_trace_keeps_its_root() -> None:
+    processor, sink, tracer = keeping_processor(max_spans_per_trace=3)
+    try:
+        root = tracer.start_span("GET /checkout", kind=SpanKind.SERVER)
+        with trace_api.use_span(root):
+            for index in range(4):  # one more than the bound: dropped and counted
+                tracer.start_span(f"db {index}").end()
+        root.set_status(StatusCode.ERROR)
+        root.end()
+        assert ["db 0", "db 1", "db 2", "GET /checkout"] == exported(processor, sink)
+    finally:
+        processor.close(1.0)

@@ -234,7 +234,8 @@ def test_keep_buffer_bounds_spans_per_trace_and_bytes() -> None:
     for _ in range(10_000):
         tracer.start_span("child", context=ctx, attributes={"k": "v" * 20}).end()
     assert processor._pending_bytes <= 4096
-    assert len(processor._pending[root.get_span_context().trace_id]) <= 50
+    root_ctx = root.get_span_context()
+    assert len(processor._pending[root_ctx.trace_id, root_ctx.span_id]) <= 50
     dropped = sum(
         get_sample_value("obskit_spans_dropped_total", {"reason": r}) or 0.0
         for r in ("pending_spans_per_trace", "pending_bytes")
