@@ -275,12 +275,23 @@ def encode_resource(attrs: Mapping[str, Any]) -> bytes:
     return attributes(b"\x0a", attrs)
 
 
-def encode_scope(name: str, version: str | None) -> bytes:
-    """An ``InstrumentationScope`` message body."""
+def encode_scope(
+    name: str,
+    version: str | None,
+    attrs: Mapping[str, Any] | None = None,
+    schema_url: str | None = None,
+) -> bytes:
+    """The fields of a ``ScopeSpans`` message other than its spans: the
+    ``InstrumentationScope`` (name, version, attributes) and the schema URL."""
     body = _str(b"\x0a", name)
     if version:
         body += _str(b"\x12", version)
-    return body
+    if attrs:
+        body += attributes(b"\x1a", attrs)  # InstrumentationScope.attributes
+    header = _len(b"\x0a", body)  # ScopeSpans.scope
+    if schema_url:
+        header += _str(b"\x1a", schema_url)  # ScopeSpans.schema_url
+    return header
 
 
 def frame_span(span: Any) -> bytes:
@@ -296,10 +307,9 @@ def frame_span(span: Any) -> bytes:
 def encode_request(resource: bytes, scopes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
     """An ``ExportTraceServiceRequest`` with one ResourceSpans holding each scope's spans.
 
-    ``scopes`` pairs an encoded scope with spans from :func:`frame_span`. Repeated message fields
-    are concatenations on the wire, so spans encoded at span end are spliced in as they are.
+    ``scopes`` pairs a scope from :func:`encode_scope` with spans from :func:`frame_span`.
+    Repeated message fields are concatenations on the wire, so spans encoded at span end are
+    spliced in as they are.
     """
-    scope_spans = b"".join(
-        _len(b"\x12", _len(b"\x0a", scope) + b"".join(spans)) for scope, spans in scopes
-    )
+    scope_spans = b"".join(_len(b"\x12", scope + b"".join(spans)) for scope, spans in scopes)
     return _len(b"\x0a", _len(b"\x0a", resource) + scope_spans)

@@ -130,7 +130,7 @@ class CompactSpanProcessor(SpanProcessor):
         # object on every get_tracer() call, and some code calls it per request: scopes are
         # told apart by value, and only a bounded number of objects is remembered by id() (the
         # one-lookup fast path; the list keeps those ids from being reused).
-        self._scope_values: dict[tuple[str, str | None], int] = {}
+        self._scope_values: dict[tuple[str, str | None, str | None, str | None], int] = {}
         self._scope_index: dict[int, int] = {}
         self._scope_objects: list[object] = []
         self._scope_bytes: list[bytes] = []
@@ -244,12 +244,20 @@ class CompactSpanProcessor(SpanProcessor):
     def _scope_by_value(self, scope: Any) -> int:
         name = scope.name if scope is not None else "obskit"
         version = scope.version if scope is not None else None
-        key = (str(name), None if version is None else str(version))
+        schema_url = getattr(scope, "schema_url", None) or None
+        attrs = dict(getattr(scope, "attributes", None) or {})
+        # Scopes that differ only by schema URL or attributes are different scopes (OTLP).
+        key = (
+            str(name),
+            None if version is None else str(version),
+            None if schema_url is None else str(schema_url),
+            repr(sorted(attrs.items(), key=repr)) if attrs else None,
+        )
         with self._lock:
             index = self._scope_values.get(key)
             if index is None:
                 index = len(self._scope_bytes)
-                self._scope_bytes.append(encode_scope(*key))
+                self._scope_bytes.append(encode_scope(key[0], key[1], attrs, key[2]))
                 self._scope_values[key] = index
             if len(self._scope_objects) < _MAX_SCOPE_OBJECTS:
                 self._scope_objects.append(scope)

@@ -79,7 +79,7 @@ def run_script(
 def one_span_request() -> bytes:
     span = TracerProvider().get_tracer("adv").start_span("s")
     span.end()
-    return encode_request(b"", [(b"\x0a\x03adv", [frame_span(span)])])
+    return encode_request(b"", [(b"\x0a\x05\x0a\x03adv", [frame_span(span)])])
 
 
 # -- fork after configure (gunicorn --preload) -------------------------------------------------

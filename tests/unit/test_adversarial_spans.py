@@ -311,3 +311,35 @@ def test_a_full_trace_keeps_its_root() -> None:
         assert ["db 0", "db 1", "db 2", "GET /checkout"] == exported(processor, sink)
     finally:
         processor.close(1.0)
+
+
+# A bug this test found, since fixed: the span pipeline keyed instrumentation scopes by name and
+# version only and encoded neither ScopeSpans.schema_url nor the scope's attributes
+# (obskit/tracing/pipeline.py _scope_by_value, _encode.encode_scope): two tracers of one library
+# with different schema URLs were merged into one scope, and the URL was lost.
+def test_scopes_keep_their_schema_url_and_attributes() -> None:
+    schema = "https://opentelemetry.io/schemas/"
+    with capture(sampler="always_on") as cap:
+        provider = obskit.tracer_provider()
+        provider.get_tracer("lib", "1.0", f"{schema}1.26.0", {"scope.attr": "x"}).start_span(
+            "from-a"
+        ).end()
+        provider.get_tracer("lib", "1.0", f"{schema}1.11.0").start_span("from-b").end()
+        provider.get_tracer("lib", "1.0").start_span("from-c").end()
+        scopes = sorted(
+            (
+                ss.schema_url,
+                ss.scope.name,
+                ss.scope.version,
+                [(kv.key, kv.value.string_value) for kv in ss.scope.attributes],
+                [span.name for span in ss.spans],
+            )
+            for request in cap.requests()
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+        )
+    assert [
+        ("", "lib", "1.0", [], ["from-c"]),
+        (f"{schema}1.11.0", "lib", "1.0", [], ["from-b"]),
+        (f"{schema}1.26.0", "lib", "1.0", [("scope.attr", "x")], ["from-a"]),
+    ] == scopes
