@@ -32,9 +32,21 @@ class ConfigError(ValueError):
         self.value = value
         self.allowed = allowed
         self.source = source
-        # Header values carry credentials (a bearer token): never echoed back.
-        shown = "'***'" if "headers" in option else repr(value)
+        shown = _shown(option, value)
         super().__init__(f"obskit: invalid {option}={shown} (from {source}); allowed: {allowed}")
+
+
+def _shown(option: str, value: object) -> str:
+    """``value`` as a :class:`ConfigError` names it, without the secrets it may hold."""
+    if "headers" in option:  # header values carry credentials (a bearer token): never echoed
+        return repr(MASK)
+    if isinstance(value, str) and (option in _URL_OPTIONS or "://" in value):
+        # A URL's password and query values (a token) are masked as doctor masks them -- also,
+        # and above all, in a URL refused for a typo (a port of 99999).
+        return repr(masked_url(value))
+    if option in _URL_OPTIONS and not isinstance(value, (int, float)):
+        return f"<{type(value).__name__}>"  # bytes of a URL would show it whole
+    return repr(value)
 
 
 #: Samplers accepted by ``sampler=`` / ``OTEL_TRACES_SAMPLER``: the spec's names plus obskit's
@@ -173,6 +185,10 @@ def masked_url(url: str) -> str:
     token)."""
     try:
         parts = urllib.parse.urlsplit(url)
+        if not parts.netloc and "@" in url:
+            # No '//': a user:password@host whose scheme was left out (urlsplit reads 'user'
+            # as the scheme and the password as the path), so nothing of it is shown.
+            return MASK
         if parts.query:
             query = "&".join(
                 f"{name}={MASK}" if sep else name
@@ -184,8 +200,8 @@ def masked_url(url: str) -> str:
             user = netloc[0].split(":", 1)[0]
             parts = parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}")
         return urllib.parse.urlunsplit(parts)
-    except ValueError:  # not a URL urllib can take apart: nothing of it is shown
-        return MASK
+    except Exception:  # not a URL urllib can take apart: nothing of it is shown, and the
+        return MASK  # masking of what is printed must itself never fail
 
 
 # -- parsers: each takes the raw value (str from the environment or any object from an argument) ---
@@ -701,6 +717,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 OPTION_NAMES = frozenset(o.name for o in OPTIONS)
+#: Options whose value is a URL: a ConfigError shows their value masked (:func:`masked_url`).
+_URL_OPTIONS = frozenset(o.name for o in OPTIONS if o.parse is _endpoint)
 
 # OTEL_RESOURCE_ATTRIBUTES may carry these; they fill the matching options when no explicit
 # argument or dedicated variable set them (the spec gives OTEL_SERVICE_NAME precedence).

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, TextIO
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters shown escaped (``\\x1b``, ``\\n``): text the CLI
+    did not make (a spans file, a metrics page) printed raw could drive the terminal with escape
+    sequences -- retitle it, clear it, hide what follows."""
+    if text.isprintable():  # the common case, in C: nothing to escape
+        return text
+    return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
 class SafeOutput:

@@ -8,21 +8,24 @@ counter, and the number of series of every metric family on the page (obskit's o
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import math
+import threading
 import time
 import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from obskit.cli._output import safe_output
+from obskit.cli._output import escape_controls, safe_output
+from obskit.config import bounded_wait, masked_url
 
 __all__ = ["run"]
 
@@ -41,13 +44,82 @@ class _PageError(ValueError):
     """The page could not be read whole."""
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, the URL's credentials sent on to the same origin only: they are an
+    unredirected header (urllib would copy an ordinary one to wherever a redirect points, another
+    host included); curl and requests keep them to the origin too."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _origin(new.full_url) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A GET of ``url``; its user info, if any, sent as HTTP Basic credentials (RFC 7617) -- a
+    /metrics behind basic auth is common, and urllib would otherwise look ``user:pw@host`` up
+    as a host name."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=host)) if at else url,
+        headers={"Accept-Encoding": "gzip"},
+    )
+    if at:
+        user, _, password = (urllib.parse.unquote(p) for p in userinfo.partition(":"))
+        token = base64.b64encode(f"{user}:{password}".encode("utf-8", "surrogateescape"))
+        request.add_unredirected_header("Authorization", f"Basic {token.decode('ascii')}")
+    return request
+
+
+def _fetch_within(url: str, timeout: float) -> tuple[str, str]:
+    """:func:`_fetch` bounded as a whole by ``timeout`` (+ 0.25 s): urlopen's timeout bounds
+    each socket operation only, so headers trickled a byte at a time, a slow name lookup or a
+    chain of slow redirects would each hold the command far past it. The fetch runs in a daemon
+    thread, left behind at the deadline (the command ends soon after; _read's deadline ends
+    the read)."""
+    box: list[tuple[str, str] | Exception] = []
+
+    def fetch() -> None:
+        try:
+            box.append(_fetch(url, timeout))
+        except Exception as exc:  # handed to the caller, which reports it
+            box.append(exc)
+
+    thread = threading.Thread(target=fetch, name="obskit-cardinality-fetch", daemon=True)
+    thread.start()
+    # A moment's slack, as doctor's checks have: a socket timed out at the deadline, or _read
+    # stopping there, reports its own more precise reason.
+    thread.join(bounded_wait(timeout) + 0.25)
+    if not box:
+        raise TimeoutError(f"page not read within {timeout:g} s")  # as _read says it
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
 def _fetch(url: str, timeout: float) -> tuple[str, str]:
-    """The page at ``url`` and its media type, read within ``timeout`` seconds in all: urlopen's
-    own timeout bounds each socket operation only, so a URL that keeps streaming would hold the
-    command. A gzip answer (a proxy's) is inflated, within the same size cap."""
+    """The page at ``url`` and its media type, its body read within ``timeout`` seconds (a URL
+    that keeps streaming would hold the worker thread). A gzip answer (a proxy's) is inflated,
+    within the same size cap."""
     deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    opener = urllib.request.build_opener(_Redirects)
+    with opener.open(_request(url), timeout=timeout) as response:
         coding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
         if coding not in ("identity", "gzip", "x-gzip"):
             raise _PageError(f"answer in an encoding this command cannot read: {coding}")
@@ -75,7 +147,10 @@ def _read(response: Any, inflate: Any, deadline: float, timeout: float) -> bytes
             add(data)
         while inflate is not None and data:
             # At most one byte past the cap is inflated: a gzip bomb stops there.
-            add(inflate.decompress(data, _MAX_PAGE + 1 - len(page)))
+            try:
+                add(inflate.decompress(data, _MAX_PAGE + 1 - len(page)))
+            except zlib.error as exc:  # not gzip after all: zlib.error is no ValueError
+                raise _PageError(f"compressed page unreadable: {exc}") from None
             if inflate.eof:  # a gzip member ended; another may follow it
                 data = inflate.unused_data
                 if data:
@@ -101,13 +176,24 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     """Print the cardinality report; 1 if the page cannot be read, 2 for a URL that is not
     http(s), 0 otherwise."""
     out = safe_output(out)
-    if urllib.parse.urlsplit(args.url).scheme.lower() not in ("http", "https"):
-        out.write(f"obskit cardinality: {args.url} is not an http:// or https:// URL\n")
+    url = args.url.strip()
+    # What is printed of the URL: its password and query values (a token) masked, as doctor
+    # shows a collector URL, and its control characters escaped.
+    shown = escape_controls(masked_url(url))
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        out.write(f"obskit cardinality: {shown} is not an http:// or https:// URL\n")
+        return 2
+    if any(c <= " " or c == "\x7f" for c in url):
+        # Refused here, not by http.client: its message would quote the URL, query included.
+        out.write(
+            f"obskit cardinality: {shown} is not a valid URL (a space or control character)\n"
+        )
         return 2
     try:
-        text, media_type = _fetch(args.url, args.timeout)
+        text, media_type = _fetch_within(url, args.timeout)
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        out.write(f"cannot read {args.url}: {exc or type(exc).__name__}\n")
+        # The peer's text (an HTTP reason phrase) is escaped like the page's.
+        out.write(f"cannot read {shown}: {escape_controls(str(exc) or type(exc).__name__)}\n")
         return 1
     parse = (
         openmetrics_families
@@ -135,8 +221,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                     guarded[metric] = sample.value
                 elif sample.name == "obskit_cardinality_overflow_total":
                     overflow[metric] = sample.value
-    except ValueError as exc:  # not a metrics page (an HTML error page, a login form)
-        out.write(f"{args.url} is not a Prometheus metrics page: {exc}\n")
+    except Exception as exc:
+        # Not a metrics page (an HTML error page, a login form) -- whatever the parsers raise:
+        # ValueError mostly, but the OpenMetrics one raises KeyError on some malformed pages.
+        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        out.write(f"{shown} is not a Prometheus metrics page: {escape_controls(detail)}\n")
         return 1
     out.write(f"{'metric':48} {'series':>8} {'limit':>8} {'use':>6} {'folded':>8}\n")
 
@@ -150,8 +239,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         use = f"{share(metric):.0%}" if limit and math.isfinite(limit) else "-"
         folded = overflow.get(metric, 0.0)
         flag = "  <- over limit, folding" if folded else ""
+        name = escape_controls(metric)  # a label value of the page: it may hold escapes
         out.write(
-            f"{metric:48} {_count(guarded[metric]):>8} {_count(limit):>8} {use:>6} "
+            f"{name:48} {_count(guarded[metric]):>8} {_count(limit):>8} {use:>6} "
             f"{_count(folded):>8}{flag}\n"
         )
     series = {name: len(found) for name, found in keys.items()}
@@ -163,5 +253,5 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if others:
         out.write("\nunguarded families on the page (series incl. buckets):\n")
         for name, count in sorted(others.items(), key=lambda kv: -kv[1])[: args.top]:
-            out.write(f"  {name:46} {count:>8}\n")
+            out.write(f"  {escape_controls(name):46} {count:>8}\n")
     return 0

@@ -100,6 +100,9 @@ def _error_reason(exc: BaseException, timeout: float) -> str:
         return f"no answer within {timeout:g}s"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the collector running?)"
+    if isinstance(exc, http.client.InvalidURL):
+        # Its text quotes the request target, query (a token) included: not shown.
+        return "invalid URL: http.client refuses it (a space or a control character in it?)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host: {exc.strerror or exc}"
     if isinstance(exc, OSError) and exc.strerror:

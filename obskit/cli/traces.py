@@ -12,12 +12,11 @@ import dataclasses
 import json
 import math
 import os
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from obskit.cli._output import safe_output
+from obskit.cli._output import escape_controls, safe_output
 
 __all__ = ["Span", "Trace", "load_spans", "run"]
 
@@ -96,7 +95,12 @@ def _any_value(value: object) -> object:
     if "stringValue" in value:
         return value["stringValue"]
     if "intValue" in value:
-        return int(value["intValue"])
+        number = value["intValue"]
+        # OTLP/JSON writes an int64 as a string or a JSON integer; anything else (1e400, which
+        # json reads as inf and int() refuses with OverflowError) is a malformed value.
+        if isinstance(number, bool) or not isinstance(number, (int, str)):
+            raise TypeError(f"intValue is not an integer: {number!r}")
+        return int(number)
     if "doubleValue" in value:
         return value["doubleValue"]
     if "boolValue" in value:
@@ -116,7 +120,7 @@ def _attributes(items: object) -> dict[str, object]:
         if isinstance(item, dict) and isinstance(item.get("key"), str):
             try:
                 result[item["key"]] = _any_value(item.get("value"))
-            except (TypeError, ValueError, AttributeError):
+            except (TypeError, ValueError, AttributeError, ArithmeticError):
                 continue
     return result
 
@@ -169,7 +173,9 @@ def parse_span(line: str) -> Span | None:
         if not isinstance(doc, dict):
             return None
         return _span_from_doc(doc)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    # ArithmeticError: what a number the line holds may raise (OverflowError) is one more way
+    # for a line to be unreadable, skipped and counted like the others.
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, ArithmeticError):
         return None
 
 
@@ -412,7 +418,7 @@ class Style:
     def clean(self, text: str) -> str:
         """File text made safe to print: control characters (escape sequences included) shown
         escaped, characters the output cannot encode replaced."""
-        text = "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+        text = escape_controls(text)
         if self.encoding:
             text = text.encode(self.encoding, "replace").decode(self.encoding)
         return text

@@ -22,6 +22,7 @@ at fault and why); the others pin behaviour that holds.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -931,3 +932,217 @@ def test_traces_many_parent_cycles_render_at_once(hanging: dict[str, Future[Run]
     assert run.status is not None, f"no answer after {HANG} s"
     assert (run.status, run.clean) == (0, True), run.err
     assert shown_traces(run.out) == {"ab" * 16: (12_000, 12_000)}
+
+
+# =================================================================================================
+# fourth review: bounds, secrets and escapes
+# =================================================================================================
+
+
+def trickled_headers(conn: socket.socket) -> None:
+    """A status line, then one header byte every 0.2 s until the client leaves (or 10 s): each
+    socket read gets data well within any --timeout."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conn.sendall(b"X")
+        time.sleep(0.2)
+
+
+class SlowRedirects(QuietHandler):
+    """/N answers, after 0.6 s, a redirect to /N+1: each answer within --timeout 1, the chain
+    (urllib follows 10) far past it."""
+
+    def do_GET(self) -> None:
+        time.sleep(0.6)
+        self.send_response(302)
+        self.send_header("Location", f"/{int(self.path.strip('/') or 0) + 1}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+# A bug this test found, since fixed: cli/cardinality.py _fetch checks its deadline only in _read,
+# once the headers are in; urlopen's timeout bounds each socket operation, so headers trickled a
+# byte at a time never end the command and a chain of redirects answered in 0.6 s each takes 7 s
+# with --timeout 1 (the README says the whole read is bounded by S seconds)
+@pytest.mark.parametrize("case", ["trickled-headers", "redirect-chain"])
+def test_cardinality_timeout_bounds_headers_and_redirects(case: str) -> None:
+    """``--timeout 1``: exit 1 with 'not read within', well before 3x the timeout."""
+    with contextlib.ExitStack() as stack:
+        if case == "trickled-headers":
+            url = f"http://127.0.0.1:{stack.enter_context(raw_peer(trickled_headers))}/metrics"
+        else:
+            url = f"http://127.0.0.1:{stack.enter_context(serving(SlowRedirects))}/0"
+        run = obskit_cli("cardinality", url, "--timeout", "1", timeout=HANG)
+    assert run.status is not None, f"still running after {HANG} s"
+    assert (run.status, run.clean) == (1, True), run.out + run.err
+    assert "not read within 1 s" in run.out, run.out
+    assert run.seconds < 3, f"{run.seconds:.1f} s with --timeout 1"
+
+
+# A bug this test found, since fixed: config.py ConfigError shows an invalid value with repr(): an
+# endpoint refused for a port typo (or a left-out scheme, or a broken IPv6 bracket) is printed by
+# doctor and traces with its password and token in clear, though doctor masks a valid one
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        (
+            "https://tenant:S3CRET-PW@collector.example:99999/?api_key=S3CRET-KEY",
+            "'https://tenant:***@collector.example:99999/?api_key=***'",
+        ),
+        ("tenant:S3CRET-PW@collector.example:4318", "'***'"),
+        ("https://tenant:S3CRET-PW@[collector.example/?api_key=S3CRET-KEY", "'***'"),
+    ],
+    ids=["port-typo", "no-scheme", "ipv6-bracket"],
+)
+@pytest.mark.parametrize("command", ["doctor", "traces"])
+def test_an_invalid_endpoint_is_shown_masked(
+    command: str, endpoint: str, shown: str, tmp_path: Path
+) -> None:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` invalid and holding secrets: exit 2 naming the option,
+    the URL shown masked, no secret anywhere."""
+    run = obskit_cli(command, env=_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint), cwd=tmp_path)
+    assert (run.status, run.clean) == (2, True), run.out + run.err
+    assert "S3CRET" not in run.out + run.err
+    assert f"invalid otlp_endpoint={shown} (from env:OTEL_EXPORTER_OTLP_ENDPOINT)" in run.out
+
+
+# A bug this test found, since fixed: cli/doctor.py _error_reason gives http.client's InvalidURL as
+# its text, which quotes the request target: a space in the collector URL's path shows its query's
+# token in the FAIL line
+def test_doctor_invalid_url_reason_shows_no_token() -> None:
+    """A collector URL with a space in its path: FAIL, the token masked everywhere."""
+    endpoint = f"http://127.0.0.1:{free_port()}/otlp path?api_key=S3CRET-KEY"
+    run = obskit_cli("doctor", "--timeout", "1", env=_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint))
+    assert (run.status, run.clean) == (1, True), run.out + run.err
+    assert "FAIL  traces: " in run.out, run.out
+    assert "invalid URL" in run.out, run.out
+    assert "S3CRET" not in run.out + run.err
+
+
+class BasicAuthPage(QuietHandler):
+    """/metrics behind HTTP basic auth (admin / s3cr3t pass, percent-encoded in the URL);
+    /elsewhere redirects to the port in ?to= (another origin). Every Authorization header seen
+    is kept in ``seen``."""
+
+    seen: list[tuple[int, str | None]] = []
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization")
+        self.seen.append((self.server.server_address[1], auth))
+        path, _, query = self.path.partition("?")
+        if path == "/elsewhere":
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{query.partition('=')[2]}/metrics")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        expected = "Basic " + base64.b64encode(b"admin:s3cr3t pass").decode()
+        body = gauge_page("private_jobs", 4) if auth == expected else b"who are you?"
+        self.send_response(200 if auth == expected else 401)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+# A bug this test found, since fixed: cli/cardinality.py run prints the URL raw in its error
+# messages (password and ?token= in clear), and _fetch hands a URL's user info to urlopen, which
+# looks 'admin:pw@127.0.0.1' up as a host name instead of sending basic auth
+def test_cardinality_url_credentials_are_sent_as_basic_auth_never_printed() -> None:
+    """The URL's user info goes as HTTP basic credentials (the page behind it is read) and to
+    the same origin only (not through a redirect to another port); messages show the URL with
+    its password and query values masked."""
+    BasicAuthPage.seen = []
+    with serving(BasicAuthPage) as port, serving(BasicAuthPage) as other:
+        base = f"http://admin:s3cr3t%20pass@127.0.0.1:{port}"
+        ok = obskit_cli("cardinality", f"{base}/metrics?token=s3cr3t-token", "--timeout", "3")
+        elsewhere = obskit_cli("cardinality", f"{base}/elsewhere?to={other}", "--timeout", "3")
+    down = obskit_cli("cardinality", f"http://admin:s3cr3t@127.0.0.1:{free_port()}/m?token=s3cr3t")
+    assert (ok.status, ok.clean) == (0, True), ok.out + ok.err
+    assert unguarded(ok.out) == {"private_jobs": 4}
+    assert (elsewhere.status, elsewhere.clean) == (1, True), elsewhere.out + elsewhere.err
+    assert [auth for seen_port, auth in BasicAuthPage.seen if seen_port == other] == [None]
+    assert (down.status, down.clean) == (1, True), down.out + down.err
+    assert down.out.startswith("cannot read http://admin:***@127.0.0.1:"), down.out
+    assert "?token=***: " in down.out, down.out
+    assert "Connection refused" in down.out, down.out
+    for run in (ok, elsewhere, down):
+        assert "s3cr3t" not in run.out + run.err
+
+
+# A bug this test found, since fixed: cli/traces.py _any_value calls int() on any intValue; json
+# reads 1e400 (and Infinity) as a float infinity, and int() raises OverflowError, which neither
+# _attributes nor parse_span catches: one such line ends the command with a traceback
+@pytest.mark.parametrize("number", ["1e400", "Infinity", "-Infinity", "NaN", "1.5"])
+def test_traces_an_int_value_that_is_no_integer_is_no_crash(number: str, tmp_path: Path) -> None:
+    """A resource attribute and an event attribute whose intValue is not an integer: the span
+    is still shown (the attribute ignored), exit 0."""
+    good = span_line("ab" * 16, 1, 0, 1000)
+    bad = span_line(
+        "ab" * 16,
+        2,
+        100,
+        900,
+        parentSpanId=f"{1:016x}",
+        events=[{"name": "e", "attributes": [{"key": "n", "value": {"intValue": "X"}}]}],
+    ).replace(
+        '{"stringValue": "svc"}}]',
+        '{"stringValue": "svc"}}, {"key": "n", "value": {"intValue": "X"}}]',
+    )
+    path = tmp_path / "spans.jsonl"
+    path.write_text(good + "\n" + bad.replace('"X"', number) + "\n", encoding="utf-8")
+    run = obskit_cli("traces", str(path), "--no-color", cwd=tmp_path)
+    assert (run.status, run.clean) == (0, True), run.out + run.err
+    assert shown_traces(run.out) == {"ab" * 16: (2, 2)}
+
+
+# A bug this test found, since fixed: cli/cardinality.py run catches only ValueError around the
+# parse; prometheus_client's OpenMetrics parser raises KeyError on some malformed pages (a
+# histogram sample without a _bucket suffix), which ends the command with a traceback
+def test_cardinality_any_parser_error_is_not_a_metrics_page() -> None:
+    """An OpenMetrics answer the parser rejects with KeyError: exit 1, 'is not a Prometheus
+    metrics page', no traceback."""
+    page = Page(
+        b'# TYPE d histogram\nd {le="+Inf"} 2.0\n# EOF\n',
+        content_type="application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+    with pages({"/metrics": page}) as base:
+        run = obskit_cli("cardinality", base + "/metrics")
+    assert (run.status, run.clean) == (1, True), run.out + run.err
+    assert run.out.startswith(f"{base}/metrics is not a Prometheus metrics page: "), run.out
+
+
+# A bug this test found, since fixed: cli/cardinality.py _read hands a gzip answer's body to zlib;
+# zlib.error (a body that is not gzip after all) is no ValueError and ends the command with a
+# traceback
+def test_cardinality_a_corrupt_gzip_answer_is_reported() -> None:
+    """Content-Encoding: gzip on a body that is not gzip: exit 1, 'cannot read', no traceback."""
+    page = Page(b"not gzip at all", headers=(("Content-Encoding", "gzip"),))
+    with pages({"/metrics": page}) as base:
+        run = obskit_cli("cardinality", base + "/metrics")
+    assert (run.status, run.clean) == (1, True), run.out + run.err
+    assert run.out.startswith(f"cannot read {base}/metrics: compressed page unreadable"), run.out
+
+
+# A bug this test found, since fixed: cli/cardinality.py run writes label values, family names and
+# the parser's message from the page raw: escape sequences in a page retitle or clear the SRE's
+# terminal (obskit traces escapes them, Style.clean)
+@pytest.mark.parametrize("case", ["label-value", "parser-message"])
+def test_cardinality_escapes_control_characters_of_the_page(case: str) -> None:
+    """A page whose guarded metric name (a label value), or whose unparsable line, holds ESC and
+    BEL: the report shows them escaped, none raw."""
+    body = {
+        "label-value": "# TYPE obskit_cardinality_series gauge\n"
+        'obskit_cardinality_series{metric="orders\x1b]0;owned\x07\x1b[2J"} 3\n',
+        "parser-message": "\x1b[31mred_family 1\n",
+    }[case]
+    with pages({"/metrics": Page(body.encode())}) as base:
+        run = obskit_cli("cardinality", base + "/metrics")
+    assert run.clean, run.err
+    assert run.status == (0 if case == "label-value" else 1), run.out
+    assert "\x1b" not in run.out, repr(run.out)
+    assert "\x07" not in run.out, repr(run.out)
+    assert "\\x1b" in run.out, run.out
+    if case == "label-value":
+        assert "orders\\x1b]0;owned\\x07\\x1b[2J " in run.out, run.out
