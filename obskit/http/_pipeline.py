@@ -105,14 +105,23 @@ class HttpTelemetry:
             "HTTP requests handled, by method, route template and status code.",
             ["method", "route", "status"],
         )
-        # Its bounds are fixed with the adapter: a reconfiguration's http_buckets do not change
-        # an exposed histogram (Prometheus would see two series sets under one name).
-        self.duration = histogram(
-            "http_request_duration_seconds",
-            "Time from request arrival to the last response byte, in seconds.",
-            ["method", "route"],
-            buckets=self._buckets,
-        )
+        # Its bounds are fixed with the first adapter: a reconfiguration's http_buckets do not
+        # change an exposed histogram (Prometheus would see two series sets under one name). A
+        # later adapter asking for others gets the first's bounds and a warning, not an error
+        # from the app's start-up.
+        try:
+            self.duration = histogram(
+                "http_request_duration_seconds",
+                "Time from request arrival to the last response byte, in seconds.",
+                ["method", "route"],
+                buckets=self._buckets,
+            )
+        except ValueError as exc:
+            existing = _state.instruments.get("http_request_duration_seconds")
+            if existing is None or existing.label_names != ("method", "route"):
+                raise
+            _selfmetrics.warn_once("http_buckets", "obskit: %s; its first bounds are kept", exc)
+            self.duration = existing
         self.in_flight = gauge(
             "http_requests_in_flight",
             "HTTP requests being handled, by method and route template.",

@@ -11,7 +11,8 @@ per metric is logged.
 Per label, values can be closed further: an allow-list (a set of values or a regular expression;
 anything else becomes ``__other__``) and a maximum length. Label *names* that are unbounded by
 nature (``user_id``, ``request_id``, ``email``, ``ip``, ``trace_id``...) are refused when the metric
-is declared.
+is declared, in any spelling (``User.ID``, ``user-id``), and so are metric and label names outside
+Prometheus' classic character set (:func:`check_metric_name`, :func:`check_label_names`).
 
 The hot path -- a label set already seen -- is one tuple build and one dict lookup; everything
 else (normalising odd values, allow-lists, the cap) runs only for label sets not yet cached.
@@ -38,6 +39,8 @@ __all__ = [
     "CardinalityError",
     "Guard",
     "LabelRule",
+    "check_label_names",
+    "check_metric_name",
 ]
 
 OVERFLOW = "__overflow__"
@@ -100,8 +103,10 @@ class LabelRule:
         if isinstance(allow, str):
             object.__setattr__(self, "allow", re.compile(allow))
         elif allow is not None and not isinstance(allow, re.Pattern):
-            # A frozenset too: its values are compared with label text, so they must be text.
-            object.__setattr__(self, "allow", frozenset(str(v) for v in allow))
+            # A frozenset too: its values are compared with label text, so they must be text --
+            # the text a label value of the same object is recorded as (a (str, Enum) member
+            # as its value).
+            object.__setattr__(self, "allow", frozenset(map(_allowed_text, allow)))
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
 
@@ -116,13 +121,28 @@ class LabelRule:
             return cls(allow=spec)
         if isinstance(spec, str):
             return cls(allow=re.compile(spec))
-        return cls(allow=frozenset(str(v) for v in spec))
+        return cls(allow=frozenset(map(_allowed_text, spec)))
+
+
+def _allowed_text(value: object) -> str:
+    """An allow-list entry as the label text it matches (see :func:`_text`)."""
+    return str.__str__(value) if isinstance(value, str) else str(value)
+
+
+#: A lone surrogate (text decoded with ``surrogateescape``, as ``os.fsdecode`` does).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text(value: object, max_length: int) -> str:
     """Any value as a bounded label string; never raises."""
     if value.__class__ is str:
         text: str = value
+    elif isinstance(value, str):
+        # A str subclass -- a (str, Enum) member, the FastAPI/pydantic idiom -- is its string
+        # value, as the exact str equal to it: the cache is looked up by equality, so
+        # Status.ok and "ok" must be one series whichever is seen first (str() would give
+        # "Status.ok").
+        text = str.__str__(value)
     elif value is None:
         text = ""
     elif isinstance(value, bool):
@@ -140,7 +160,9 @@ def _text(value: object, max_length: int) -> str:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (os.fsdecode): every scrape would fail
-            text = text.encode("utf-8", "replace").decode("utf-8")
+            # U+FFFD, as a UTF-8 decoder writes what it cannot read -- not "?", which would
+            # merge "report-\udcff.csv" with a real "report-?.csv".
+            text = _SURROGATE.sub("\ufffd", text)
     return text
 
 
@@ -272,7 +294,7 @@ class Guard(Generic[C]):
             if known is not None:
                 child = known
             elif len(self._series) >= self.limit or not self._admitted_by_all(key, failure):
-                child = self._fold(count)
+                child = self._fold(count, failure)
             else:
                 try:
                     child = self.make_child(key)
@@ -334,11 +356,18 @@ class Guard(Generic[C]):
     def _report_series(self, count: int) -> None:
         _selfmetrics.current().cardinality_series.labels(self.metric).set(count)
 
-    def _fold(self, count: bool) -> C:
+    def _fold(self, count: bool, failure: list[Exception]) -> Any:
         # Called with the lock held.
         overflow = self._overflow
         if overflow is None:
-            overflow = self._overflow = self.make_child((OVERFLOW,) * len(self.label_names))
+            # Made as a new series is (see _admit): a failure -- the multi-process directory
+            # removed under the app -- gives the do-nothing child, not kept, and is reported
+            # by the caller; the next fold tries again.
+            try:
+                overflow = self._overflow = self.make_child((OVERFLOW,) * len(self.label_names))
+            except Exception as exc:
+                failure.append(exc)
+                return DETACHED
         if count:
             self._overflow_count.inc()
         return overflow
@@ -366,6 +395,11 @@ class Guard(Generic[C]):
             child = self._series.pop(key, None)
             if child is None:
                 return False
+            if child is self._overflow:
+                # A real label value "__overflow__" was admitted, and later folds were given
+                # its child: dropped now, it must not keep taking them (they would go to a
+                # child the metric no longer has). The next fold makes the series afresh.
+                self._overflow = None
             # Aliases of the key in the cache point at the same child; rare, so a scan is fine.
             for alias in [alias for alias, known in self._cache.items() if known is child]:
                 del self._cache[alias]
@@ -393,19 +427,80 @@ def _renew_locks() -> None:
 os.register_at_fork(after_in_child=_renew_locks)
 
 
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _suggest(name: str, label: bool) -> str:
+    """``name`` made a classic Prometheus name: what to write instead."""
+    text = re.sub(r"[^a-zA-Z0-9_]" if label else r"[^a-zA-Z0-9_:]", "_", name)
+    if label and text.startswith("__"):
+        text = text.lstrip("_")
+    if not text or text[0].isdigit():
+        text = "_" + text
+    return text
+
+
+def _normalised(name: str) -> str:
+    """A label name as the deny-list compares it: lowercased, anything else as ``_``."""
+    return _NOT_NAME.sub("_", name.lower())
+
+
+def check_metric_name(metric: object) -> str:
+    """Refuse a metric name outside Prometheus' classic ``[a-zA-Z_:][a-zA-Z0-9_:]*``.
+
+    prometheus_client accepts any UTF-8 name and escapes it when it writes the exposition
+    (``orders.completed`` as ``orders_completed``): two names that escape alike -- or one that
+    escapes onto obskit's own ``function_calls`` -- would give two families of one name, which
+    promtool and the OpenMetrics parser refuse and Prometheus keeps only one of.
+    """
+    if isinstance(metric, str) and _METRIC_NAME.fullmatch(metric):
+        return metric
+    if not isinstance(metric, str):
+        raise ValueError(f"obskit: a metric name must be a str, got {metric!r}")
+    raise ValueError(
+        f"obskit: metric name {metric!r} is not a Prometheus metric name "
+        f"([a-zA-Z_:][a-zA-Z0-9_:]*). The exposition would write it escaped, where it can "
+        f"collide with another metric of the escaped name (two HELP/TYPE blocks for one "
+        f"name: scrapers refuse it or keep one of them). Name it "
+        f"{_suggest(metric, label=False)!r} instead."
+    )
+
+
 def check_label_names(
     metric: str, label_names: Iterable[str], allow_unbounded: Iterable[str] = ()
 ) -> tuple[str, ...]:
-    """Refuse label names that are unbounded by nature, with what to do instead."""
+    """Refuse label names that are unbounded by nature, in any spelling (compared lowercased,
+    with anything outside ``[a-z0-9_]`` as ``_``: ``User.ID`` as ``user_id``), and names
+    outside Prometheus' classic ``[a-zA-Z_][a-zA-Z0-9_]*`` or reserved (a leading ``__``),
+    each with what to do instead."""
     names = tuple(label_names)
     allowed = set(allow_unbounded)
     for name in names:
-        if name.lower() in DENIED_LABELS and name not in allowed:
+        if not isinstance(name, str):
+            raise ValueError(f"obskit: metric {metric!r}: a label name must be a str, got {name!r}")
+        if _normalised(name) in DENIED_LABELS and name not in allowed:
+            vouched = name if _LABEL_NAME.fullmatch(name) else _suggest(name, label=True)
+            rename = "" if vouched == name else f"name it {vouched!r}, "
             raise CardinalityError(
                 f"obskit: metric {metric!r} declares label {name!r}, whose values are unbounded "
                 f"by nature (one series per {name}); it would exhaust Prometheus memory. Record "
                 f"it as a span attribute or a log field instead, or replace it with a bounded "
                 f"category (e.g. a tier or a route template). If its values really are bounded, "
-                f"pass allow_unbounded=[{name!r}] and an allow-list for it."
+                f"{rename}pass allow_unbounded=[{vouched!r}] and an allow-list for it."
+            )
+        if not _LABEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"obskit: metric {metric!r} declares label {name!r}, which is not a Prometheus "
+                f"label name ([a-zA-Z_][a-zA-Z0-9_]*). The exposition would write it escaped, "
+                f"where it can collide with another label of the escaped name. Name it "
+                f"{_suggest(name, label=True)!r} instead."
+            )
+        if name.startswith("__"):
+            raise ValueError(
+                f"obskit: metric {metric!r} declares label {name!r}: label names starting "
+                f"with '__' are reserved for Prometheus' internal use. Name it "
+                f"{_suggest(name, label=True)!r} instead."
             )
     return names

@@ -19,12 +19,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from obskit import _selfmetrics, _state
+from obskit.metrics.use import close_gone
 
 __all__ = [
     "MetricsPortRetry",
@@ -51,17 +52,27 @@ class _Union(Collector):
 # prometheus_client names a process's live gauge files gauge_livesum_<pid>.db and so on.
 _LIVE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
+#: Every live gauge mode: each one prometheus_client knows (as its mark_process_dead takes
+#: them), and those of 0.26 should a version not say.
+_LIVE_MODES = tuple(
+    sorted(
+        {mode for mode in getattr(Gauge, "_MULTIPROC_MODES", ()) if mode.startswith("live")}
+        | {"livemin", "livemax", "livesum", "liveall", "livemostrecent"}
+    )
+)
+
 
 def forget_process(pid: int, directory: str | None = None) -> None:
-    """Remove the live gauges (``livesum``, ``livemax``...) of a process that has ended from the
-    multi-process directory, so they stop counting in ``/metrics``.
+    """Remove the live gauges (``livesum``, ``livemax``, ``livemostrecent``... every ``live*``
+    mode) of a process that has ended from the multi-process directory, so they stop counting
+    in ``/metrics``.
 
     As prometheus_client's ``mark_process_dead``, file by file: a file another scrape (a second
     Prometheus replica) removed first is not an error."""
     directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         return
-    for mode in ("livemin", "livemax", "livesum", "liveall"):
+    for mode in _LIVE_MODES:
         try:
             os.remove(os.path.join(directory, f"gauge_{mode}_{pid}.db"))
         except FileNotFoundError:
@@ -214,6 +225,7 @@ def render(accept: str | None) -> tuple[bytes, str]:
     written family by family, without the ones that fail (counted as
     ``obskit_internal_errors_total{component="metrics_render"}``)."""
     encoder, content_type = _negotiate(accept or "")
+    close_gone()  # resources freed since the last scrape: their series go before this one
     collector = _collector()
     try:
         return encoder(collector), content_type

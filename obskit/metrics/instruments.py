@@ -6,8 +6,10 @@ Each instrument wraps a prometheus_client metric in obskit's registry behind a
     orders = obskit.counter("orders_completed", "Orders completed.", ["payment_method"])
     orders.labels("card").inc()
 
-Declaring the same name again with the same kind and labels returns the same instrument, so
-decorators and modules can declare what they use without coordinating.
+Declaring the same name again with the same definition (kind, labels, buckets, rules, limit,
+gauge mode) returns the same instrument, so decorators and modules can declare what they use
+without coordinating; another definition under that name is refused. Names are Prometheus'
+classic ones (``[a-zA-Z_:][a-zA-Z0-9_:]*``; labels ``[a-zA-Z_][a-zA-Z0-9_]*``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from obskit import _selfmetrics, _state
-from obskit.metrics.cardinality import Guard, LabelRule, check_label_names
+from obskit.metrics.cardinality import Guard, LabelRule, check_label_names, check_metric_name
 
 __all__ = ["Instrument", "counter", "counting", "gauge", "histogram", "instruments"]
 
@@ -211,6 +213,46 @@ def _default_limit() -> int:
         return 1000  # configure() will report the bad value
 
 
+def _bounds(kind: type[Any], kwargs: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """A histogram's bucket bounds as prometheus_client makes them (floats, ``+Inf`` last)."""
+    if kind is not Histogram:
+        return None
+    bounds = [float(bound) for bound in kwargs.get("buckets", Histogram.DEFAULT_BUCKETS)]
+    if not bounds or bounds[-1] != float("inf"):
+        bounds.append(float("inf"))
+    return tuple(bounds)
+
+
+def _differences(
+    existing: Instrument[Any],
+    limit: int | None,
+    rules: Mapping[str, LabelRule],
+    kwargs: Mapping[str, Any],
+) -> list[str]:
+    """What a re-declaration of ``existing`` (same kind and labels) asks for differently, each
+    as ``what first-value (now new-value)``; the help text aside."""
+    names = existing.label_names
+    differences = []
+    first_bounds = _bounds(existing.kind, existing._kwargs)
+    now_bounds = _bounds(existing.kind, kwargs)
+    if first_bounds != now_bounds:
+        differences.append(f"buckets {list(first_bounds or ())} (now {list(now_bounds or ())})")
+    # A label without a rule has the default one: LabelRule() given or not is the same.
+    changed = [n for n in names if existing.rules.get(n, LabelRule()) != rules.get(n, LabelRule())]
+    if changed:
+        first_rules = {n: existing.rules.get(n, LabelRule()) for n in changed}
+        now_rules = {n: rules.get(n, LabelRule()) for n in changed}
+        differences.append(f"rules {first_rules} (now {now_rules})")
+    # No limit given means the default one: whatever it is now (configure() may have changed
+    # it since), the declaration does not ask for another one.
+    if limit is not None and limit != existing.limit:
+        differences.append(f"limit {existing.limit} (now {limit})")
+    mode = existing._kwargs.get("multiprocess_mode")
+    if mode != kwargs.get("multiprocess_mode"):
+        differences.append(f"multiprocess_mode {mode!r} (now {kwargs.get('multiprocess_mode')!r})")
+    return differences
+
+
 def _declare(
     kind: type[M],
     name: str,
@@ -221,28 +263,63 @@ def _declare(
     allow_unbounded: Iterable[str],
     kwargs: dict[str, Any],
 ) -> Instrument[M]:
+    name = check_metric_name(name)
     label_names = check_label_names(name, labels, allow_unbounded)
+    parsed = {k: LabelRule.of(v) for k, v in (rules or {}).items()}
+    unknown = set(parsed) - set(label_names)
+    if unknown:
+        raise ValueError(f"rules name labels {sorted(unknown)} that {name!r} does not declare")
     with _state.lock:
         existing = _state.instruments.get(name)
-        if existing is not None:
-            if existing.kind is not kind or existing.label_names != label_names:
-                raise ValueError(
-                    f"metric {name!r} is already declared as {existing.kind.__name__}"
-                    f"{list(existing.label_names)}; cannot redeclare it as "
-                    f"{kind.__name__}{list(label_names)}"
-                )
-            return existing
-        if limit is None:
-            limit = _default_limit()
-        if limit <= 0:
-            raise ValueError(f"limit for metric {name!r} must be a positive integer, got {limit}")
-        parsed = {k: LabelRule.of(v) for k, v in (rules or {}).items()}
-        unknown = set(parsed) - set(label_names)
-        if unknown:
-            raise ValueError(f"rules name labels {sorted(unknown)} that {name!r} does not declare")
-        instrument = Instrument(kind, name, documentation, label_names, limit, parsed, kwargs)
-        _state.instruments[name] = instrument
-        return instrument
+        if existing is None:
+            return _create(kind, name, documentation, label_names, limit, parsed, kwargs)
+        if existing.kind is not kind or existing.label_names != label_names:
+            raise ValueError(
+                f"metric {name!r} is already declared as {existing.kind.__name__}"
+                f"{list(existing.label_names)}; cannot redeclare it as "
+                f"{kind.__name__}{list(label_names)}"
+            )
+        differences = _differences(existing, limit, parsed, kwargs)
+        if differences:
+            # Returning the first declaration would silently record with what this one did not
+            # ask for (other buckets, no allow-list, another limit or gauge mode).
+            raise ValueError(
+                f"metric {name!r} is already declared with {'; '.join(differences)}: one name "
+                f"has one definition. Declare the metric once (at module level) and import it "
+                f"where it is used, or declare it alike everywhere."
+            )
+        first_help = existing._kwargs.get("documentation")
+    if documentation != first_help:
+        # The help text changes no sample: the first is kept (the exposition has one), with a
+        # warning -- given outside the lock, as it runs the application's log handlers.
+        _selfmetrics.warn_once(
+            f"redeclared_help:{name}",
+            "obskit: metric %s is declared again with another help text (%r); the first one "
+            "(%r) is kept",
+            name,
+            documentation,
+            first_help,
+        )
+    return existing
+
+
+def _create(
+    kind: type[M],
+    name: str,
+    documentation: str,
+    label_names: tuple[str, ...],
+    limit: int | None,
+    rules: dict[str, LabelRule],
+    kwargs: dict[str, Any],
+) -> Instrument[M]:
+    """A new instrument, in the declaration table; called with ``_state.lock`` held."""
+    if limit is None:
+        limit = _default_limit()
+    if limit <= 0:
+        raise ValueError(f"limit for metric {name!r} must be a positive integer, got {limit}")
+    instrument = Instrument(kind, name, documentation, label_names, limit, rules, kwargs)
+    _state.instruments[name] = instrument
+    return instrument
 
 
 def counter(
@@ -279,7 +356,16 @@ def gauge(
     rules: Mapping[str, RuleSpec] | None = None,
     allow_unbounded: Iterable[str] = (),
     multiprocess_mode: Literal[
-        "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent"
+        "all",
+        "liveall",
+        "min",
+        "livemin",
+        "max",
+        "livemax",
+        "sum",
+        "livesum",
+        "mostrecent",
+        "livemostrecent",
     ] = "livesum",
 ) -> Instrument[Gauge]:
     """Declare a gauge; see :func:`counter`. ``multiprocess_mode`` applies under gunicorn."""

@@ -206,6 +206,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
     _wrap_do_get(pool, tracker)
     setattr(owner, _MARK, tracker)
     setattr(pool, _MARK, tracker)
+    tracker._follow(owner)  # an engine gone (recreated): its series go too
     tracker.publish()
     return tracker
 
@@ -241,6 +242,10 @@ def instrument_psycopg_pool(pool: Any, name: str | None = None) -> UseTracker:
         kind="psycopg_pool",
         timeouts=(psycopg_pool.PoolTimeout, *DEFAULT_TIMEOUTS),
     )
+
+    # A pool freed (closed and replaced): its series go. Not at close(): what fails while it
+    # closes (a waiter's PoolClosed, connections returned) is still counted.
+    tracker._follow(pool)
 
     def follow_resize() -> None:
         if pool.max_size != tracker.capacity:
@@ -374,6 +379,7 @@ def instrument_executor(executor: ThreadPoolExecutor, name: str | None = None) -
 
     wrapt.wrap_function_wrapper(executor, "submit", submit)
     setattr(executor, _MARK, tracker)
+    tracker._follow(executor)  # freed: its series go, and its name is free again
     tracker.publish()
     return tracker
 
@@ -423,6 +429,7 @@ def instrument_asyncio_queue(queue: asyncio.Queue[Any], name: str | None = None)
     wrapt.wrap_function_wrapper(queue, "put_nowait", put_nowait)
     wrapt.wrap_function_wrapper(queue, "get_nowait", get_nowait)
     setattr(queue, _MARK, tracker)
+    tracker._follow(queue)  # freed: its series go, and its name is free again
     tracker.publish()
     return tracker
 
@@ -460,5 +467,6 @@ def instrument_asyncio_semaphore(
     wrapt.wrap_function_wrapper(sem, "acquire", acquire)
     wrapt.wrap_function_wrapper(sem, "release", release)
     setattr(sem, _MARK, tracker)
+    tracker._follow(sem)  # freed: its series go, and its name is free again
     tracker.publish()
     return tracker

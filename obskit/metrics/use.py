@@ -58,6 +58,7 @@ Design choices, each for a reason:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import math
 import os
@@ -173,8 +174,9 @@ def _folded_ratio(set_ratio: Callable[[float], None]) -> Callable[[float], None]
     return write
 
 
-def _declare(name: str) -> _Children:
-    from obskit.metrics.instruments import counter, counting, gauge, histogram
+def _instruments() -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The resource_* instruments (declared on first use, the same objects after)."""
+    from obskit.metrics.instruments import counter, gauge, histogram
 
     label = ["resource"]
     in_use = gauge("resource_in_use", "Units of the resource in use.", label)
@@ -200,6 +202,13 @@ def _declare(name: str) -> _Children:
         ["resource", "reason"],
         rules={"reason": REASONS},
     )
+    return in_use, capacity, utilization, waiters, wait, errors
+
+
+def _declare(name: str) -> _Children:
+    from obskit.metrics.instruments import counting
+
+    in_use, capacity, utilization, waiters, wait, errors = _instruments()
 
     # Kept children are written directly; a write to an overflow series (this tracker is past
     # a metric's series limit) is counted as one folded observation.
@@ -312,7 +321,9 @@ class UseTracker:
         "__weakref__",
         "_capacity",
         "_children",
+        "_closed",
         "_errors",
+        "_holders",
         "_in_use",
         "_lock",
         "_settings",
@@ -343,6 +354,9 @@ class UseTracker:
         # while a caller that already holds the lock is updating one.
         self._lock = threading.RLock()
         self._children: _Children | None = None
+        #: Live resources (pools, executors, queues) reporting through this tracker.
+        self._holders = 0
+        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -372,6 +386,8 @@ class UseTracker:
         if children is None or children.generation != _state.generation:
             with self._lock:
                 children = self._children
+                if self._closed:  # its resource is gone: nothing it says is published
+                    return _INERT
                 if children is None or children.generation != _state.generation:
                     # First use, or obskit was reset (fresh registry): declare and publish every
                     # value the tracker holds, so the new series start from the true counts.
@@ -408,6 +424,52 @@ class UseTracker:
                 self._publish_all(kids)
         except Exception as internal:
             _selfmetrics.internal_error("use", internal)
+
+    def close(self) -> None:
+        """The resource is gone: its gauges go to 0 and its ``resource_*`` series are removed
+        (the next scrape no longer shows them; under multi-process metrics they stay at 0 until
+        the worker exits), and its name is free for a new resource (``use(name)`` makes a new
+        tracker). The instrumentation of pools, executors and queues calls this when the object
+        it follows is closed or freed. What the closed tracker is told afterwards (a connection
+        returned to a closed pool) is not published."""
+        try:
+            with self._lock:
+                self._closed = True
+                kids = self._children
+                if kids is not None and kids.generation == _state.generation:
+                    for zero in (kids.in_use, kids.waiters, kids.capacity, kids.utilization):
+                        zero(0.0)
+                    in_use, capacity, utilization, waiters, wait, errors = _instruments()
+                    for instrument in (in_use, capacity, utilization, waiters, wait):
+                        instrument.remove(self.name)
+                    for reason in REASONS:
+                        errors.remove(self.name, reason)
+                self._children = None
+            with _state.lock:
+                if _trackers.get(self.name) is self:
+                    del _trackers[self.name]
+        except Exception as internal:
+            _selfmetrics.internal_error("use", internal)
+
+    def _follow(self, resource: Any) -> None:
+        """Close this tracker once ``resource`` (and every other resource it follows) is
+        freed: at the next scrape or :func:`use` after that (:func:`close_gone`)."""
+        with self._lock:
+            self._holders += 1
+        weakref.finalize(resource, self._let_go)
+
+    def _let_go(self) -> None:
+        # A finalizer: it may run inside a garbage collection, anywhere -- while this thread
+        # holds a metric's or a guard's lock that close() would take again. So it only queues
+        # the tracker (deque.append takes no lock); close_gone() does the work at a safe point.
+        _gone.append(self)
+
+    def _release_holder(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders <= 0
+        if last:
+            self.close()
 
     # -- low-level API ------------------------------------------------------------------------
     def acquired(self) -> None:
@@ -599,6 +661,24 @@ def _async(tracker: UseTracker) -> Any:
 _NOTHING = (None, None)
 
 
+def _ignore(value: float) -> None:
+    pass
+
+
+class _NoErrors:
+    """What a closed tracker counts other errors with: nothing."""
+
+    def labels(self, *values: Any) -> Any:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+#: A closed tracker's writers: they write nowhere.
+_INERT = _Children(-1, _ignore, _ignore, _ignore, _ignore, _ignore, _ignore, _ignore, _NoErrors())
+
+
 class _Unit:
     """A unit of ``tracker`` held for a whole generator call (``obskit._shapes.CallHooks``)."""
 
@@ -647,8 +727,24 @@ _WRAPPERS: dict[_shapes.Shape, Callable[[UseTracker], Any]] = {
 }
 
 
+#: Trackers whose followed resource was closed or freed, waiting for :func:`close_gone`.
+_gone: collections.deque[UseTracker] = collections.deque()
+
+
+def close_gone() -> None:
+    """Close the trackers whose resources went away since the last call (see
+    :meth:`UseTracker.close`). Called by each scrape and by :func:`use`."""
+    while _gone:
+        try:
+            tracker = _gone.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        tracker._release_holder()
+
+
 def tracked_names() -> set[str]:
     """The names of the resources tracked now."""
+    close_gone()
     with _state.lock:
         return set(_trackers.keys())
 
@@ -745,6 +841,7 @@ def use(
     Raises:
         ValueError: ``name`` is already tracked with other settings, or ``capacity`` is negative.
     """
+    close_gone()
     tracker = UseTracker(name, capacity, kind=kind, timeouts=timeouts, errors=errors)
     with _state.lock:
         existing = _trackers.get(name)

@@ -834,3 +834,82 @@ def test_gunicorn_logger_under_the_asgi_worker_writes_the_access_line(tmp_path: 
     assert "Exception in post_request hook" not in log, log
     assert "/adv-asgi" in access
     assert (tmp_path / "post_request.log").exists()
+
+
+# -- resources that go away ----------------------------------------------------------------------
+
+
+def _resource_series() -> dict[str, float]:
+    """resource_capacity by resource, as a scrape now shows it."""
+    from obskit.metrics.exposition import render
+
+    page = render("text/plain")[0].decode()
+    return {
+        sample.labels["resource"]: sample.value
+        for family in text_string_to_metric_families(page)
+        if family.name == "resource_capacity"
+        for sample in family.samples
+    }
+
+
+# A bug this test found, since fixed: the USE series of an instrumented resource stayed for good
+# after it was gone (obskit/metrics/pools.py), and unnamed ones took a new name each time
+# (ThreadPoolExecutor-N, pool-N, #2...): short-lived executors left one series each --
+# sum(resource_capacity) counted them all -- until the metrics' series limit folded every new
+# resource, a real pool included, into __overflow__. A resource freed now takes its series
+# with it at the next scrape, and its name is free again.
+def test_freed_executors_take_their_series_with_them() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from obskit.metrics.pools import instrument_executor
+
+    for _ in range(50):
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batch") as executor:
+            instrument_executor(executor)
+            executor.submit(int).result()
+        del executor
+    gc.collect()
+    assert {} == {k: v for k, v in _resource_series().items() if k.startswith("batch")}
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="batch") as executor:
+        assert "batch" == instrument_executor(executor).name  # not batch#51
+        assert 3.0 == _resource_series()["batch"]
+
+
+def test_a_freed_sqlalchemy_engine_takes_its_series_and_name_with_it() -> None:
+    require_postgres()
+    import sqlalchemy as sa
+
+    first = sa.create_engine(URL, pool_size=2, max_overflow=0)
+    second = sa.create_engine(URL, pool_size=3, max_overflow=0)
+    names = [instrument_sqlalchemy_pool(engine).name for engine in (first, second)]
+    assert ["sqlalchemy:test", "sqlalchemy:test#2"] == names
+    first.dispose()
+    del first
+    gc.collect()
+    assert {"sqlalchemy:test#2": 3.0} == {
+        k: v for k, v in _resource_series().items() if k.startswith("sqlalchemy")
+    }
+    third = sa.create_engine(URL, pool_size=4, max_overflow=0)
+    assert "sqlalchemy:test" == instrument_sqlalchemy_pool(third).name
+    second.dispose()
+    third.dispose()
+
+
+def test_a_freed_psycopg_pool_takes_its_series_with_it_and_a_closed_one_counts_to_the_end() -> None:
+    require_postgres()
+    import psycopg_pool
+
+    pool = psycopg_pool.ConnectionPool(DSN, min_size=1, max_size=4, open=True, name="adv-gone")
+    tracker = instrument_psycopg_pool(pool)
+    conn = pool.getconn()
+    pool.close()
+    assert {"adv-gone": 4.0} == {
+        k: v for k, v in _resource_series().items() if k.startswith("adv-gone")
+    }
+    pool.putconn(conn)  # returned to a closed pool: still released, still counted
+    assert 0 == tracker.in_use
+    del pool, conn
+    gc.collect()
+    assert {} == {k: v for k, v in _resource_series().items() if k.startswith("adv-gone")}
+    tracker.acquired()  # a closed tracker's writes are not published
+    assert {} == {k: v for k, v in _resource_series().items() if k.startswith("adv-gone")}
