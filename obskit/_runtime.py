@@ -23,14 +23,13 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.config import Config, bounded_wait, load_config, masked_url
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
-from obskit.tracing.sampling import SwitchableSampler, build_sampler, find_adaptive
+from obskit.tracing.sampling import TRACES_OFF, SwitchableSampler, build_sampler, find_adaptive
 
 __all__ = ["Runtime", "configure", "get_config", "shutdown"]
 
@@ -281,7 +280,7 @@ def _install_global() -> _Global:
 def _install_global_locked() -> _Global:
     global _global
     if _global is None:
-        sampler = SwitchableSampler(ALWAYS_OFF)
+        sampler = SwitchableSampler(TRACES_OFF)
         provider = _Provider(sampler=sampler, shutdown_on_exit=False)
         processor = _SwitchableProcessor()
         provider.add_span_processor(processor)
@@ -417,7 +416,7 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
             direct=config.log_direct,
         )
     if config.disabled:
-        glob.sampler.delegate = ALWAYS_OFF
+        glob.sampler.delegate = TRACES_OFF
         glob.processor.delegate = None
         return
     if sink is None:
@@ -433,7 +432,7 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
             export_timeout=min(config.otlp_timeout, config.bsp_export_timeout),
             keep=keep_policy(config),
         )
-    sampler = build_sampler(config) if sink is not None else ALWAYS_OFF
+    sampler = build_sampler(config) if sink is not None else TRACES_OFF
     adaptive = find_adaptive(sampler)
     if adaptive is not None:
         runtime.record_outcome = adaptive.record
@@ -541,7 +540,7 @@ def shutdown(timeout: float | None = None) -> bool:
                 return True
             if _global is not None:
                 _global.processor.delegate = None
-                _global.sampler.delegate = ALWAYS_OFF
+                _global.sampler.delegate = TRACES_OFF
         limit = runtime.config.shutdown_timeout if timeout is None else timeout
         return runtime.shutdown(bounded_wait(limit))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.trace import StatusCode
@@ -73,26 +75,41 @@ def error_type(exc: BaseException) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
-def status_description(exc: BaseException) -> str:
+def status_description(exc: BaseException, scrub: Callable[[str], str] | None = None) -> str:
     """An ERROR status' description: ``Type: message``, bounded; an exception whose own
-    ``__str__`` fails still gets one (the span must still be ended and exported)."""
+    ``__str__`` fails still gets one (the span must still be ended and exported). ``scrub``:
+    what redacts the text first (an outbound call's URL secrets)."""
     try:
         text = str(exc)
     except Exception:
         text = f"<unprintable {type(exc).__name__}>"
-    return f"{type(exc).__name__}: {text}"[:256]
+    text = f"{type(exc).__name__}: {text}"
+    return (text if scrub is None else scrub(text))[:256]
 
 
-def mark_exception(span: Any, exc: BaseException) -> None:
+def mark_exception(
+    span: Any, exc: BaseException, scrub: Callable[[str], str] | None = None
+) -> None:
     """``error.type``, ERROR status and an ``exception`` event on ``span`` (any span: SERVER,
     CLIENT or a decorated function's). The exception's ``__str__`` is user code and may raise:
     the status and type are set first, and the SDK's ``record_exception`` (which calls it
-    unguarded) falls back to an event with the type alone."""
+    unguarded) falls back to an event with the type alone.
+
+    ``scrub`` (a CLIENT span whose ``url.full`` had credentials or signatures redacted): applied
+    to the status description and the event's message and stack trace, which may name the URL.
+    """
     kind = error_type(exc)
     span.set_attribute(ERROR_TYPE, kind)
-    span.set_status(StatusCode.ERROR, status_description(exc))
+    span.set_status(StatusCode.ERROR, status_description(exc, scrub))
     try:
-        span.record_exception(exc)
+        if scrub is None:
+            span.record_exception(exc)
+        else:
+            stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            span.record_exception(
+                exc,
+                {"exception.message": scrub(str(exc)), "exception.stacktrace": scrub(stack)},
+            )
     except Exception:
         span.add_event("exception", {"exception.type": kind})
 

@@ -60,6 +60,10 @@ class Value(str):
         made.properties = properties
         return made
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle (a process pool's, Celery's) make it again with both.
+        return type(self), (str(self), self.properties)
+
 
 def _member(text: str) -> tuple[str, str] | None:
     """``(key, value)`` of one list-member, the value decoded (a :class:`Value` when it has
@@ -104,19 +108,24 @@ def extract(value: str, context: Context | None, invalid: Callable[[str], None])
 
 def serialize(entries: Iterable[tuple[str, object]], invalid: Callable[[str], None]) -> str:
     """The ``baggage`` header value of ``entries``, within the limits (whole entries from the
-    left); an entry whose key is not a token is skipped."""
+    left); an entry whose key is not a token, or whose value cannot be written (a lone surrogate
+    of ``os.fsdecode``, which UTF-8 cannot encode; a ``__str__`` that raises), is skipped."""
     members: list[str] = []
     size = -1  # no comma before the first member
     for key, value in entries:
         if not isinstance(key, str) or _TOKEN.match(key) is None:
             invalid("member")
             continue
-        text = str(value)
-        member = f"{key}={quote(text, safe=_SAFE)}"
-        properties = getattr(value, "properties", None)
-        if properties:
-            member += ";" + properties
-        size += len(member.encode()) + 1
+        try:
+            member = f"{key}={quote(str(value), safe=_SAFE)}"
+            properties = getattr(value, "properties", None)
+            if properties:
+                member += ";" + properties
+            length = len(member.encode())
+        except Exception:
+            invalid("member")
+            continue
+        size += length + 1
         if len(members) >= MAX_MEMBERS or size > MAX_BYTES:
             invalid("members" if len(members) >= MAX_MEMBERS else "length")
             break
@@ -165,15 +174,22 @@ class BaggagePropagator(TextMapPropagator):
 
 def install(textmap: Any) -> Any:
     """``textmap`` with OpenTelemetry's own W3C baggage propagator replaced by
-    :class:`BaggagePropagator`; ``textmap`` itself when it holds none (another setup)."""
+    :class:`BaggagePropagator`, and its W3C trace-context propagator by obskit's
+    (:class:`obskit.tracing.propagation.TraceContextPropagator`, which forwards the incoming
+    context while traces are off); ``textmap`` itself when it holds neither (another setup)."""
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from obskit.tracing.propagation import TraceContextPropagator  # imports this module
 
     parts = getattr(textmap, "_propagators", None)
     if not isinstance(textmap, CompositePropagator) or not isinstance(parts, list):
         return textmap
-    if not any(type(p) is W3CBaggagePropagator for p in parts):
+    ours = {
+        W3CBaggagePropagator: BaggagePropagator,
+        TraceContextTextMapPropagator: TraceContextPropagator,
+    }
+    if not any(type(p) in ours for p in parts):
         return textmap
-    return CompositePropagator(
-        [BaggagePropagator() if type(p) is W3CBaggagePropagator else p for p in parts]
-    )
+    return CompositePropagator([ours[type(p)]() if type(p) in ours else p for p in parts])

@@ -12,8 +12,11 @@ raised.
 
 from __future__ import annotations
 
+import copy as _copy
 import functools
+import re
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import wrapt
@@ -25,6 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
 from obskit.http import _semconv as sc
+from obskit.tracing.propagation import outgoing_span_context
 from obskit.tracing.server_span import start_lean_span
 
 __all__ = ["install"]
@@ -37,6 +41,11 @@ _SUPPRESS_HTTP = otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY
 _CLIENT_DONE = otel_context.create_key("obskit-client-span")
 #: Query keys whose values ``url.full`` redacts (semantic conventions): presigned-URL credentials.
 _SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+#: The same query values in an error's text (``url: /key?Signature=...`` of urllib3's
+#: messages): up to the next ``&``, white space, quote or ``#``.
+_SECRET_IN_TEXT = re.compile(
+    "([?&](?:" + "|".join(map(re.escape, sorted(_SECRET_QUERY_KEYS))) + r")=)[^&\s'\"#<>]*"
+)
 
 
 _cached_tracer: trace.Tracer | None = None
@@ -61,21 +70,41 @@ def _tracing() -> bool:
     return runtime is not None and not runtime.closed and runtime.processor is not None
 
 
-def _full_url(parts: urllib.parse.SplitResult) -> str:
-    """``url.full`` without credentials and with presigned-URL signatures redacted (semantic
-    conventions: never record credentials; ``REDACTED`` for those query values)."""
-    netloc = parts.netloc.rpartition("@")[2]
+def _full_url(parts: urllib.parse.SplitResult) -> tuple[str, Callable[[str], str] | None]:
+    """``url.full`` as the semantic conventions write it -- credentials as
+    ``REDACTED:REDACTED@``, the values of presigned-URL query keys as ``REDACTED``, the fragment
+    kept --, and how to scrub the same out of an error's text (None: nothing was redacted)."""
+    netloc = parts.netloc
     query = parts.query
+    userinfo = None
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = "REDACTED:REDACTED@" + host
+    secret = False
     if query and any(key in query for key in _SECRET_QUERY_KEYS):
-        query = "&".join(
+        redacted = "&".join(
             f"{name}=REDACTED" if name in _SECRET_QUERY_KEYS and sep else item
             for item in query.split("&")
             for name, sep, _ in (item.partition("="),)
         )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        secret = redacted != query
+        query = redacted
+    full = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if userinfo is None and not secret:
+        return full, None
+    return full, functools.partial(_scrub, userinfo, secret)
 
 
-def _start(method: str, url: str) -> tuple[Any, object] | None:
+def _scrub(userinfo: str | None, secret: bool, text: str) -> str:
+    """``text`` (an error's message or traceback) with what ``url.full`` redacted redacted."""
+    if userinfo:
+        text = text.replace(userinfo + "@", "REDACTED:REDACTED@")
+    if secret:
+        text = _SECRET_IN_TEXT.sub(r"\1REDACTED", text)
+    return text
+
+
+def _start(method: str, url: str) -> tuple[Any, object, Any] | None:
     """Start a CLIENT span for ``method url``; None when suppressed, nested or not tracing."""
     if otel_context.get_value(_SUPPRESS) or otel_context.get_value(_CLIENT_DONE):
         return None
@@ -94,10 +123,8 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
         given_port = parts.port
     except ValueError:  # past 65535: httpx sends it, urllib.parse refuses it
         given_port = None
-    attributes: dict[str, Any] = {
-        sc.HTTP_REQUEST_METHOD: label,
-        "url.full": _full_url(parts),
-    }
+    full, scrub = _full_url(parts)
+    attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: label, "url.full": full}
     if label == sc.OTHER_METHOD:
         attributes[sc.HTTP_REQUEST_METHOD_ORIGINAL] = original[:64]
     if host:
@@ -116,10 +143,10 @@ def _start(method: str, url: str) -> tuple[Any, object] | None:
     # While the client sends, the HTTP layers below it (urllib3, httpx's transport) are not
     # traced again by OpenTelemetry's contrib instrumentations: this span is the request's.
     token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
-    return span, token
+    return span, token, scrub
 
 
-def _inject(headers: Any) -> None:
+def _inject(headers: Any, context: Any = None) -> None:
     # Inject from the context that holds the CLIENT span, so the server's parent is this span.
     # A tracestate the caller set belongs to another trace context: it must not go out beside
     # this traceparent (the propagator writes none when this trace has no state).
@@ -127,11 +154,11 @@ def _inject(headers: Any) -> None:
         del headers["tracestate"]  # both clients' headers are case-insensitive
     except KeyError:
         pass
-    propagate.inject(headers)
+    propagate.inject(headers, context)
 
 
-def _end(state: tuple[Any, object], status: Any, exc: BaseException | None) -> None:
-    span, token = state
+def _end(state: tuple[Any, object, Any], status: Any, exc: BaseException | None) -> None:
+    span, token, scrub = state
     try:
         try:
             code = None if status is None else int(status)
@@ -144,7 +171,9 @@ def _end(state: tuple[Any, object], status: Any, exc: BaseException | None) -> N
                     span.set_attribute(sc.ERROR_TYPE, str(code))
                     span.set_status(StatusCode.ERROR)
             if exc is not None:
-                sc.mark_exception(span, exc)
+                # An error's text names the URL too (urllib3's "Max retries exceeded with url:
+                # /key?Signature=..."): redacted as url.full is, when it had something to.
+                sc.mark_exception(span, exc, scrub)
         finally:
             span.end()
     finally:
@@ -154,7 +183,7 @@ def _end(state: tuple[Any, object], status: Any, exc: BaseException | None) -> N
             pass
 
 
-def _safe_start(request: Any, copy: Any) -> tuple[tuple[Any, object] | None, Any]:
+def _safe_start(request: Any, copy: Any) -> tuple[tuple[Any, object, Any] | None, Any]:
     """Start the CLIENT span of ``request`` (or none) and write the trace headers, when there
     are any to write, into ``copy(request)``: ``(span state, the copy or None)``."""
     state = None
@@ -169,14 +198,20 @@ def _safe_start(request: Any, copy: Any) -> tuple[tuple[Any, object] | None, Any
             # Inside a CLIENT span (a redirect hop, a call a response hook or an auth refresh
             # makes): no span of its own, but the request stays in the trace.
             or (otel_context.get_value(_CLIENT_DONE) and not otel_context.get_value(_SUPPRESS))
-            # Traces off, inside a request that carried a trace context: the request pipeline
-            # made that remote context current; forward it unchanged so the trace (and its
-            # sampling decision) continues downstream.
-            or (not _tracing() and trace.get_current_span().get_span_context().is_valid)
         ):
             own = copy(request)
             _inject(own.headers)
             return state, own
+        if not _tracing():
+            # Traces off, inside a request that carried a trace context: the request pipeline
+            # made that remote context current; forward it unchanged so the trace (and its
+            # sampling decision) continues downstream -- also from inside a span opened on the
+            # way, which nobody exports (obskit.tracing.sampling.Forwarded).
+            sent = outgoing_span_context(trace.get_current_span().get_span_context())
+            if sent.is_valid:
+                own = copy(request)
+                _inject(own.headers, trace.set_span_in_context(trace.NonRecordingSpan(sent)))
+                return None, own
         return state, None
     except Exception as exc:
         if state is not None:  # its context must not stay current in the caller's code
@@ -185,7 +220,9 @@ def _safe_start(request: Any, copy: Any) -> tuple[tuple[Any, object] | None, Any
         return None, None
 
 
-def _safe_end(state: tuple[Any, object] | None, status: Any, exc: BaseException | None) -> None:
+def _safe_end(
+    state: tuple[Any, object, Any] | None, status: Any, exc: BaseException | None
+) -> None:
     if state is None:
         return
     try:
@@ -203,7 +240,9 @@ def _copier(request: Any) -> Any:
     send of it no stale one."""
     copy = _COPIERS.get(type(request))
     if copy is None:
-        for kind, maker in _COPIERS.items():
+        # A subclass (a custom adapter's or transport's request type): copied as its own class,
+        # with its own attributes.
+        for kind, maker in _SUBCLASS_COPIERS.items():
             if isinstance(request, kind):
                 return maker
     return copy
@@ -257,6 +296,8 @@ async def _async_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
 
 #: How each client's own request type is copied (filled in as the clients are imported).
 _COPIERS: dict[type, Any] = {}
+#: How a subclass of one is copied.
+_SUBCLASS_COPIERS: dict[type, Any] = {}
 
 
 def _copy_httpx(kind: Any, request: Any) -> Any:
@@ -275,6 +316,28 @@ def _copy_httpx(kind: Any, request: Any) -> Any:
     return copy
 
 
+def _copy_prepared_subclass(request: Any) -> Any:
+    """A copy of a ``requests.PreparedRequest`` subclass, of its class: what
+    ``PreparedRequest.copy`` copies (headers, cookie jar) copied, the rest shared as there."""
+    own = _copy.copy(request)
+    headers = request.headers
+    own.headers = None if headers is None else headers.copy()
+    jar = getattr(request, "_cookies", None)
+    if jar is not None:
+        own._cookies = jar.copy() if hasattr(jar, "copy") else _copy.copy(jar)
+    return own
+
+
+def _copy_httpx_subclass(request: Any) -> Any:
+    """A copy of an ``httpx.Request`` subclass, of its class, sending the same (as
+    :func:`_copy_httpx`): a copy of the headers and extensions, the same body stream."""
+    own = _copy.copy(request)
+    own.stream = request.stream  # httpx.Request's __getstate__ leaves the stream out
+    own.headers = request.headers.copy()
+    own.extensions = dict(request.extensions)
+    return own
+
+
 def install() -> None:
     """Hook ``requests`` and ``httpx`` when (or if already) imported. Idempotent."""
     global _installed
@@ -285,10 +348,12 @@ def install() -> None:
     @wrapt.when_imported("requests")
     def _hook_requests(module: Any) -> None:
         _COPIERS[module.PreparedRequest] = module.PreparedRequest.copy
+        _SUBCLASS_COPIERS[module.PreparedRequest] = _copy_prepared_subclass
         wrapt.wrap_function_wrapper(module, "Session.send", _sync_send)
 
     def _hook_httpx(module: Any) -> None:
         _COPIERS[module.Request] = functools.partial(_copy_httpx, module.Request)
+        _SUBCLASS_COPIERS[module.Request] = _copy_httpx_subclass
         wrapt.wrap_function_wrapper(module, "Client.send", _sync_send)
         wrapt.wrap_function_wrapper(module, "AsyncClient.send", _async_send)
 

@@ -11,23 +11,45 @@ input never raises: it starts a new trace and is counted in
 ``baggage`` is read and written by obskit's own W3C Baggage codec (:mod:`obskit.tracing._baggage`,
 which also replaces OpenTelemetry's baggage propagator in the global one at configure()).
 
-Outbound, :func:`inject` writes the current context into any mutable header mapping.
+Outbound, :func:`inject` writes the current context into any mutable header mapping. While obskit
+records no spans (traces off), a span made on the way (the application's, another
+instrumentation's) does not go out: the context it was made under does, unchanged
+(:class:`~obskit.tracing.sampling.Forwarded`), through :func:`inject`, obskit's outbound hooks and
+:class:`TraceContextPropagator`, which replaces OpenTelemetry's ``tracecontext`` propagator in the
+global one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.propagators import textmap as _textmap
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from obskit import _selfmetrics, _state
 from obskit.tracing import _baggage
+from obskit.tracing.sampling import Forwarded
 
-__all__ = ["extract", "inject", "parse_traceparent", "parse_tracestate"]
+__all__ = [
+    "TraceContextPropagator",
+    "extract",
+    "inject",
+    "outgoing_span_context",
+    "parse_traceparent",
+    "parse_tracestate",
+]
 
 _TRACEPARENT_LEN = 55
 _HEX = frozenset("0123456789abcdef")
@@ -156,11 +178,7 @@ def extract(get: Getter, context: Context | None = None) -> Context | None:
     if not (
         cached[1] if cached is not None and cached[0] is textmap else _default_propagators(textmap)
     ):
-        carrier = {k: v for k in ("traceparent", "tracestate", "baggage") if (v := get(k))}
-        for name in textmap.fields:
-            if name not in carrier and (v := get(name)):
-                carrier[name] = v
-        return propagate.extract(carrier, context) if carrier else None
+        return _extract_other(textmap, get, context)
     traceparent = get("traceparent")
     bag = get("baggage")
     if traceparent is None and bag is None:
@@ -207,8 +225,116 @@ def inject(headers: MutableMapping[str, Any], context: Context | None = None) ->
         headers = {}
         obskit.inject(headers)
         client.send(url, headers=headers)
+
+    Into a plain ``dict`` (``dict(request.headers)`` of an incoming request, spelled
+    ``Traceparent``), the fields written replace those already there in any case -- and a
+    ``tracestate`` goes with the ``traceparent`` it belonged to --, as HTTP header names are
+    case-insensitive. While obskit records no spans, the context a span was made under is
+    written, not the span (see :func:`outgoing_span_context`).
     """
     try:
-        propagate.inject(headers, context)
+        context = _outgoing_context(context)
+        if type(headers) is dict:
+            _inject_dict(headers, context)
+        else:
+            propagate.inject(headers, context)
     except Exception as exc:  # never break the caller's request
         _selfmetrics.internal_error("inject", exc)
+
+
+def _inject_dict(headers: dict[Any, Any], context: Context | None) -> None:
+    written: dict[str, str] = {}
+    propagate.inject(written, context)
+    if not written:
+        return
+    replaced = {name.lower() for name in written}
+    if "traceparent" in replaced:  # a tracestate belongs to the traceparent it came with
+        replaced.add("tracestate")
+    for key in [k for k in headers if isinstance(k, str) and k.lower() in replaced]:
+        if key not in written:
+            del headers[key]
+    headers.update(written)
+
+
+def outgoing_span_context(span_context: SpanContext) -> SpanContext:
+    """What a call made under a span of ``span_context`` sends downstream: the span itself, or
+    -- for a span made while obskit recorded no spans (traces off), which nobody exports -- the
+    context that span was made under, unchanged (``INVALID_SPAN_CONTEXT``, nothing, under a
+    root span)."""
+    state = span_context.trace_state
+    if type(state) is Forwarded and not span_context.trace_flags.sampled:
+        return state.forward or INVALID_SPAN_CONTEXT
+    return span_context
+
+
+def _outgoing_context(context: Context | None) -> Context | None:
+    """``context`` (the current one by default) with its span replaced by what goes downstream,
+    when that is another (:func:`outgoing_span_context`); ``context`` itself otherwise."""
+    span_context = trace.get_current_span(context).get_span_context()
+    sent = outgoing_span_context(span_context)
+    if sent is span_context:
+        return context
+    span = NonRecordingSpan(sent) if sent.is_valid else INVALID_SPAN
+    return trace.set_span_in_context(span, context)
+
+
+class TraceContextPropagator(TraceContextTextMapPropagator):
+    """OpenTelemetry's W3C ``tracecontext`` propagator (the global one holds this one once obskit
+    is configured), injecting what :func:`outgoing_span_context` says goes downstream: so that
+    ``opentelemetry.propagate.inject`` and every instrumentation that calls it forward the
+    incoming context while obskit's traces are off. Extraction is OpenTelemetry's own."""
+
+    def inject(
+        self,
+        carrier: _textmap.CarrierT,
+        context: Context | None = None,
+        setter: _textmap.Setter[_textmap.CarrierT] = _textmap.default_setter,
+    ) -> None:
+        span_context = trace.get_current_span(context).get_span_context()
+        state = span_context.trace_state
+        if type(state) is Forwarded and not span_context.trace_flags.sampled:
+            span_context = state.forward or INVALID_SPAN_CONTEXT
+        if not span_context.is_valid:
+            return
+        setter.set(
+            carrier,
+            "traceparent",
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}",
+        )
+        state = span_context.trace_state
+        if state:
+            setter.set(carrier, "tracestate", state.to_header())
+
+
+class _HeaderGetter(_textmap.Getter[Mapping[str, str]]):
+    """A Getter over a request's headers (lowercase name -> combined value): case-insensitive,
+    as the Propagators API requires of a Getter over HTTP headers; ``keys`` lists them all."""
+
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key.lower())
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_HEADERS = _HeaderGetter()
+_W3C_FIELDS = ("traceparent", "tracestate", "baggage")
+
+
+def _extract_other(textmap: Any, get: Getter, context: Context | None) -> Context | None:
+    """:func:`extract` through another ``OTEL_PROPAGATORS`` setting: the propagators get the
+    headers they name (and W3C's), looked up lowercase -- an ASGI request spells every name
+    lowercase, and X-Ray's field is ``X-Amzn-Trace-Id`` -- through a case-insensitive Getter,
+    as the Propagators API requires of one over HTTP headers. Headers a propagator finds only
+    through ``keys()`` (Jaeger's ``uberctx-*`` baggage) are not passed on."""
+    headers: dict[str, str] = {}
+    for name in (*_W3C_FIELDS, *textmap.fields):
+        lower = name.lower()
+        if lower not in headers:
+            # As spelled too, for a getter of the caller's own that is case-sensitive.
+            value = get(lower) or (get(name) if name != lower else None)
+            if value:
+                headers[lower] = value
+    return propagate.extract(headers, context, getter=_HEADERS) if headers else None

@@ -27,10 +27,13 @@ from opentelemetry.util.types import Attributes
 from obskit.config import ADAPTIVE_DEFAULT_BASE, Config
 
 __all__ = [
+    "TRACES_OFF",
     "AdaptiveSampler",
+    "Forwarded",
     "RateLimitedSampler",
     "RecordDropped",
     "SwitchableSampler",
+    "TracesOffSampler",
     "build_sampler",
     "fast_decision",
 ]
@@ -274,6 +277,61 @@ def fast_decision(sampler: sampling.Sampler) -> FastDecision | None:
         return chosen(parent, trace_id)  # type: ignore[misc]
 
     return decide
+
+
+class Forwarded(TraceState):
+    """The trace state of a span made while obskit records no spans: the parent's members, and
+    :attr:`forward`, what a call made under the span sends downstream.
+
+    The SDK gives every span a new span id and, for a dropped one, flags without the sampled bit:
+    injected as it is, such a span would name a parent nobody exports and turn tracing off
+    downstream. obskit's injectors (:func:`obskit.inject`, the outbound hooks, and the
+    ``tracecontext`` propagator obskit puts in the global one) send :attr:`forward` instead --
+    the context the span was made under, unchanged, as a W3C "forwarding" service does.
+    """
+
+    def __init__(self, state: TraceState, forward: SpanContext | None) -> None:
+        super().__init__(list(state.items()) if state else None)
+        #: The parent's span context (a remote one: the incoming request's), passed on by every
+        #: span below; None under a root span (nothing to forward).
+        self.forward = forward
+
+
+class TracesOffSampler(sampling.Sampler):
+    """The sampler while obskit records no spans (traces off, disabled, not configured yet or
+    shut down): every span is dropped, and marked (:class:`Forwarded`) so that a call made
+    under it forwards the context it came under instead of the span's own, unexported, id.
+
+    A sampler cannot keep the parent's span id or sampled flag (the SDK makes a new id and sets
+    the flag from the decision), so the forwarding is done where the headers are written."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        parent = get_current_span(parent_context).get_span_context()
+        if not parent.is_valid:
+            return _ROOT_OFF
+        state = parent.trace_state
+        if type(state) is not Forwarded or parent.trace_flags.sampled:
+            # The first span below the parent: forward the parent (a span below it forwards
+            # the same, through the same state).
+            state = Forwarded(state, parent)
+        return sampling.SamplingResult(sampling.Decision.DROP, None, state)
+
+    def get_description(self) -> str:
+        return "TracesOff"
+
+
+_ROOT_OFF = sampling.SamplingResult(sampling.Decision.DROP, None, Forwarded(TraceState(), None))
+#: The sampler obskit's provider uses whenever no span pipeline is configured.
+TRACES_OFF = TracesOffSampler()
 
 
 class SwitchableSampler(sampling.Sampler):
