@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -558,8 +559,31 @@ def force_flush(timeout: float = 5.0) -> bool:
         ok = runtime.processor.force_flush(int(timeout * 1000))
     for provider in (runtime.meter_provider, runtime.logger_provider):
         if provider is not None:
-            ok = _bounded(provider.force_flush, deadline - time.monotonic()) and ok
+            ok = _flush_provider(provider, deadline - time.monotonic()) and ok
     return ok
+
+
+#: Each provider's flush still running in its own thread (a collector that does not answer):
+#: one at a time, so that a caller flushing after every job does not pile up threads behind it.
+_flushing: weakref.WeakKeyDictionary[Any, threading.Event] = weakref.WeakKeyDictionary()
+
+
+def _flush_provider(provider: Any, timeout: float) -> bool:
+    """``provider.force_flush()`` within ``timeout``; False at once while an earlier one has
+    not finished."""
+    with _state.lock:
+        running = _flushing.get(provider)
+        if running is not None and not running.is_set():
+            return False
+        done = _flushing[provider] = threading.Event()
+
+    def flush() -> None:
+        try:
+            provider.force_flush()
+        finally:
+            done.set()
+
+    return _bounded(flush, timeout)
 
 
 def flush_at_shutdown() -> None:

@@ -137,7 +137,7 @@ class CompactSpanProcessor(SpanProcessor):
         self._init_state()
         _live.add(self)
 
-    def _init_state(self) -> None:
+    def _init_state(self, closed: bool = False) -> None:
         # Re-entrant: a SIGTERM handler calling obskit.shutdown() runs on the main thread, maybe
         # while that thread is inside one of the sections below (close() must not hang there).
         self._lock = threading.RLock()
@@ -168,12 +168,20 @@ class CompactSpanProcessor(SpanProcessor):
         self._closed = False
         self._aborted = False
         self._inflight = 0
+        if closed:
+            # Closed before a fork (obskit.shutdown(), a reconfiguration): it stays closed in the
+            # child -- no export thread, and what the child's code still ends is counted.
+            self._closed = self._stopping = True
+            return
         self._thread = threading.Thread(target=self._run, name="obskit-span-export", daemon=True)
         self._thread.start()
 
     def _after_fork(self) -> None:
         # A forked worker (gunicorn --preload) inherits no running thread and maybe a held lock.
-        self._init_state()
+        closed = self._closed or self._stopping
+        self._init_state(closed)
+        if closed:
+            return
         after_fork = getattr(self.sink, "after_fork", None)
         if after_fork is not None:
             try:

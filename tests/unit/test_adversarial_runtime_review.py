@@ -1,0 +1,104 @@
+"""Findings of a read-through review of the export side and the process lifecycle
+(2026-11-25), each pinned by a test. Each runs in a child interpreter: they fork, configure OTLP
+signals or shut obskit down, all process-global."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.child_process import child_env
+
+
+def _run(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 0 == done.returncode, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+# A bug this test found, since fixed: the span pipeline's fork hook re-initialised every live
+# processor, closed ones included (obskit/tracing/pipeline.py _after_fork): a process forked
+# after obskit.shutdown() got a new export thread and a processor that took spans again -- a
+# failing request in the child was exported although obskit had been shut down.
+def test_a_child_forked_after_shutdown_exports_nothing(tmp_path: object) -> None:
+    out = _run(
+        f"""
+        import json, logging, os, threading, time
+        logging.disable(logging.CRITICAL)
+        import obskit
+        from obskit.wsgi import ObskitMiddleware
+
+        path = os.path.join({str(tmp_path)!r}, "t.jsonl")
+        obskit.configure(service_name="s", traces_file=path)
+
+        def app(environ, start_response):
+            start_response("500 Internal Server Error", [])
+            return [b"boom"]
+
+        wrapped = ObskitMiddleware(app)
+
+        def request(path_info):
+            environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "SERVER_NAME": "x",
+                        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": None}}
+            body = wrapped(environ, lambda *a: None)
+            b"".join(body)
+            getattr(body, "close", lambda: None)()
+
+        obskit.shutdown(1)
+        pid = os.fork()
+        if pid == 0:
+            threads = [t.name for t in threading.enumerate() if "span-export" in t.name]
+            request("/child-after-shutdown")
+            time.sleep(1.2)  # longer than the pipeline's schedule delay
+            print(threads, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.path.exists(path) and open(path).read().count("child-after-shutdown"))
+        """
+    )
+    assert ["[]", "False"] == out.splitlines()
+
+
+# A bug this test found, since fixed: obskit.force_flush(timeout) returned on time with OTLP
+# metrics or logs on a collector that does not answer, but left the SDK provider's flush running
+# in a thread of its own -- a new one per call, queued behind each other (the SDK exports one at
+# a time): a worker that flushed after every job piled up threads without bound. One flush per
+# provider runs at a time now; a call while it runs returns False at once.
+def test_force_flush_on_a_hung_collector_leaves_no_pile_of_threads() -> None:
+    out = _run(
+        """
+        import logging, os, socket, threading
+        logging.disable(logging.CRITICAL)
+        hang = socket.socket()
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(512)
+        held = []
+        threading.Thread(
+            target=lambda: [held.append(hang.accept()) for _ in iter(int, 1)], daemon=True
+        ).start()
+        import obskit
+
+        obskit.configure(
+            service_name="ff", traces_exporter="none", metrics_exporter="otlp",
+            logs_exporter="otlp", otlp_endpoint=f"http://127.0.0.1:{hang.getsockname()[1]}",
+            metric_export_interval=3600,
+        )
+        jobs = obskit.meter_provider().get_meter("job").create_counter("jobs")
+        results = []
+        for _ in range(100):
+            jobs.add(1)
+            logging.getLogger("job").warning("job done")
+            results.append(obskit.force_flush(0.01))
+        flushing = sum(t.name == "obskit-shutdown" for t in threading.enumerate())
+        print(flushing <= 2, results.count(True))
+        os._exit(0)
+        """
+    )
+    assert "True 0" == out
