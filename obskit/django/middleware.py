@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.django needs Django: pip install 'obskit[django]'") from exc
 
 from obskit.http._pipeline import (
+    CLIENT_CLOSED,
     HttpTelemetry,
     NestedRequest,
     Request,
@@ -101,6 +103,11 @@ class ObskitMiddleware:
         setattr(request, _ATTR, obs)
         try:
             response = await get_response(request)
+        except asyncio.CancelledError:
+            # Django's ASGI handler cancels the view when the client disconnects: nobody is
+            # answered, and the server did not fail (no 500, no ERROR span).
+            obs.finish(obs.status or CLIENT_CLOSED)
+            raise
         except BaseException as exc:
             obs.finish(None, exc)
             raise

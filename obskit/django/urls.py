@@ -1,6 +1,8 @@
 """``path("", include("obskit.django.urls"))`` serves obskit's metrics endpoint.
 
-The path is the ``metrics_path`` option (default ``/metrics``), read when Django loads the URLs.
+The path is the ``metrics_path`` option (default ``/metrics``), read when Django loads the URLs:
+from ``settings.OBSKIT`` first, as the middleware will configure obskit with it -- Django's system
+checks (``runserver``, ``manage.py test``) load the URLs before the middleware is made.
 """
 
 from __future__ import annotations
@@ -21,5 +23,14 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=content_type)
 
 
-_path = (get_config() or load_config()).metrics_path.lstrip("/")
+def _metrics_path() -> str:
+    from django.conf import settings
+
+    options = dict(getattr(settings, "OBSKIT", {}) or {})
+    if "metrics_path" in options:
+        return load_config(metrics_path=options["metrics_path"]).metrics_path
+    return (get_config() or load_config()).metrics_path
+
+
+_path = _metrics_path().lstrip("/")
 urlpatterns = [path(_path, metrics, name="obskit-metrics")]

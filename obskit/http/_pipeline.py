@@ -11,6 +11,7 @@ in-flight gauge, OTLP duration metrics, following a reconfiguration -- lives her
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import secrets
 import time
@@ -65,10 +66,21 @@ _ERROR = StatusCode.ERROR
 
 
 def ensure_configured(options: dict[str, Any] | None = None) -> Config:
-    """The running configuration; configure obskit (with ``options``) if nobody has yet."""
+    """The running configuration; configure obskit (with ``options``) if nobody has yet.
+
+    ``options`` given to an adapter (``instrument(app, service_name=...)``, Django's
+    ``settings.OBSKIT``) go over what the application passed to ``obskit.configure()`` -- they
+    do not replace it: a collector endpoint or ``logging=True`` set in code stays."""
     config = _runtime.get_config()
     if config is None or options:
-        config = _runtime.configure(**(options or {}))
+        given: dict[str, Any] = {}
+        if config is not None:
+            given = {
+                name: getattr(config, name)
+                for name, source in config.sources.items()
+                if source == "argument"
+            }
+        config = _runtime.configure(**{**given, **(options or {})})
     return config
 
 
@@ -900,10 +912,20 @@ async def finishing_chunks_async(
         finally:
             request.finish()
         raise
+    except asyncio.CancelledError:
+        # The task streaming it was cancelled -- Django's ASGI handler does so when the client
+        # disconnects --: the client went away, not a failure of the request.
+        request.finish()
+        raise
     except BaseException as exc:
         request.finish(None, exc)
         raise
     request.finish()
+
+
+#: The status a request is recorded with when its client went away before any response
+#: (nginx's "client closed request"): not a 5xx -- the server did not fail, nobody was answered.
+CLIENT_CLOSED = 499
 
 
 _environ_keys: dict[str, str] = {}

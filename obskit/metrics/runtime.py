@@ -373,6 +373,7 @@ class LoopLagMonitor:
     def _forget(self) -> None:
         # A closed or stopped loop has no lag: a gauge kept at its last value would show a
         # stale saturation forever. The lateness histogram is cumulative and stays.
+        _active.discard(self)
         try:
             gauge, _ = self._instruments()
             child, folded = gauge.kept(self.name)
@@ -397,6 +398,7 @@ class LoopLagMonitor:
     def _start(self) -> None:
         if not self._stopped and self._task is None:
             self._task = self.loop.create_task(self._run(), name=f"obskit-loop-lag-{self.name}")
+            _active.add(self)
 
     def stop(self) -> None:
         """Stop measuring; safe from any thread, and more than once."""
@@ -410,6 +412,19 @@ class LoopLagMonitor:
             self.loop.call_soon_threadsafe(task.cancel)
         else:  # closed with the task pending: its finally never runs, so forget here
             self._forget()
+
+
+#: Monitors whose task runs: a loop closed with it still pending (``run_until_complete`` then
+#: ``close()``) never runs its ``finally``, so each scrape looks for those (forget_closed_loops).
+_active: set[LoopLagMonitor] = set()
+
+
+def forget_closed_loops() -> None:
+    """Remove the lag gauge of monitors whose loop was closed without stopping them."""
+    for monitor in list(_active):
+        if monitor.loop.is_closed():
+            monitor._stopped = True
+            monitor._forget()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -435,6 +450,7 @@ def start_loop_lag_monitor(
     Raises:
         RuntimeError: no ``loop`` given and none running in this thread.
     """
+    forget_closed_loops()
     running = _running_loop()
     if loop is None:
         if running is None:

@@ -156,3 +156,66 @@ async def test_asgi_handler_serves_an_async_view(cap: Capture) -> None:
     assert PARENT_ID == span.parent_span_id.hex()
     assert "10.1.2.3" == attrs(span)["client.address"]
     assert span.span_id.hex() in b"".join(m.get("body", b"") for m in sent[1:]).decode()
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"example.test")],
+        "client": ("10.1.2.3", 40000),
+        "server": ("example.test", 8000),
+    }
+
+
+async def _served_until_the_client_leaves(path: str, leave_after: float) -> list[dict[str, Any]]:
+    """Django's ASGIHandler serving ``path`` to a client that disconnects after
+    ``leave_after`` seconds: Django then cancels the view (or the stream)."""
+    sent: list[dict[str, Any]] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(leave_after)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(ASGIHandler()(_scope(path), receive, send), 10)
+    return sent
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): Django's ASGI handler cancels the
+# view when the client disconnects, and the middleware took the CancelledError for a failure --
+# a 500 in the RED metrics and an ERROR span for a request nobody was answered (before a slow
+# view answered), an ERROR span for a stream the client left (obskit/django/middleware.py,
+# obskit/http/_pipeline.py finishing_chunks_async). The client going away is not a failure:
+# no answer is recorded as 499 (nginx's "client closed request"), a stream with what it sent.
+async def test_a_client_that_leaves_is_no_failure(cap: Capture) -> None:
+    sent = await _served_until_the_client_leaves("/async/slow", 0.05)
+    assert [] == [m for m in sent if m["type"] == "http.response.start"]
+    sent = await _served_until_the_client_leaves("/async/stream", CHUNK_DELAY * 1.5)
+    assert 200 == sent[0]["status"]
+    spans = {span.name: span for span in cap.spans()}
+    assert {"GET /async/slow", "GET /async/stream"} == set(spans)
+    assert [0, 0] == [span.status.code for span in spans.values()]
+    assert 499 == attrs(spans["GET /async/slow"])["http.response.status_code"]
+    assert (1.0, 1.0, None) == (
+        requests_total("GET", "/async/slow", "499"),
+        requests_total("GET", "/async/stream", "200"),
+        requests_total("GET", "/async/slow", "500"),
+    )
+    assert 0.0 == get_sample_value(
+        "http_requests_in_flight", {"method": "GET", "route": "/async/slow"}
+    )

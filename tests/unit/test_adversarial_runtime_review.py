@@ -102,3 +102,33 @@ def test_force_flush_on_a_hung_collector_leaves_no_pile_of_threads() -> None:
         """
     )
     assert "True 0" == out
+
+
+# A bug this test found, since fixed: a loop-lag monitor whose loop was closed without stop()
+# (run_until_complete, then close(), as a worker thread's loop is) kept its
+# asyncio_event_loop_lag_seconds series at the last lag for good: only the monitor task's
+# `finally` or stop() removed it, and a closed loop runs neither. Each scrape now removes the
+# series of monitors whose loop is closed (obskit/metrics/runtime.py forget_closed_loops).
+def test_the_lag_series_of_a_loop_closed_under_its_monitor_goes_at_the_next_scrape() -> None:
+    import asyncio
+    import warnings
+
+    import obskit
+    from obskit.metrics.exposition import render
+    from obskit.metrics.runtime import start_loop_lag_monitor
+    from obskit.testing import get_sample_value
+
+    obskit.configure(service_name="lag", traces_exporter="none")
+    loop = asyncio.new_event_loop()
+
+    async def work() -> None:
+        start_loop_lag_monitor(interval=0.01, name="review-worker")
+        await asyncio.sleep(0.05)
+
+    loop.run_until_complete(work())
+    assert get_sample_value("asyncio_event_loop_lag_seconds", {"loop": "review-worker"}) is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Task was destroyed but it is pending"
+        loop.close()
+    render(None)  # a scrape
+    assert None is get_sample_value("asyncio_event_loop_lag_seconds", {"loop": "review-worker"})

@@ -18,6 +18,7 @@ urlpatterns = [
     path("async/items/<int:item_id>", views.async_item),
     path("async/boom", views.async_boom),
     path("async/stream", views.async_stream),
+    path("async/slow", views.async_slow),
     path("healthz", views.healthz),
     path("private", views.private),
 ]

@@ -85,6 +85,12 @@ async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
+async def async_slow(request: HttpRequest) -> HttpResponse:
+    """An async view slower than any test waits for: a client that leaves gets no answer."""
+    await asyncio.sleep(30)
+    return HttpResponse("late")
+
+
 def healthz(request: HttpRequest) -> HttpResponse:
     """A health endpoint (excluded from telemetry by default)."""
     return HttpResponse("ok")
