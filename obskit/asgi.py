@@ -17,6 +17,11 @@ routing table a second time:
 - elsewhere (Starlette, other routers that set ``scope["route"]``), the app gets a scope that
   notices that assignment (:class:`_RouteScope`, a dict subclass: slower, as every scope access
   then leaves CPython's exact-dict fast path).
+
+Either way a request ends with the last message of its response (its last body chunk; its
+trailers, if it announced them; an ``http.response.pathsend``), and the rules for the rarer
+statuses (:func:`_ended`: a trailing-slash redirect labelled with its target, a 5xx ended before
+its background tasks) are the same on both paths.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from obskit import _selfmetrics
+from obskit import _selfmetrics, _state
 from obskit._runtime import flush_at_shutdown
 from obskit.http._pipeline import (
     HttpTelemetry,
@@ -98,30 +103,31 @@ def _reports_every_route(router: Any, fastapi_app: Any, depth: int = 0) -> bool:
     return True
 
 
-def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
+def _fastapi_route_hook(app: Any) -> tuple[Callable[[Request], Any] | None, bool]:
     """For an app that routes with FastAPI: ``record(request)`` gives the value of
-    ``scope["fastapi.telemetry"]`` through which FastAPI's router reports the route; else None.
+    ``scope["fastapi.telemetry"]`` through which FastAPI's router reports the route, the
+    exceptions its error handling answers and the target of its trailing-slash redirects; else
+    None. Also whether that record learns every route: not if a mount hands requests to a
+    non-FastAPI app, whose routes the generic :class:`_RouteScope` must then learn.
 
     The record is FastAPI's private ``_RequestTelemetry`` (its router checks the type). With no
     tracer and no logger in it, FastAPI starts no span and emits no log of its own; its presence
     also tells FastAPI's native telemetry that this request is instrumented already. If a later
-    FastAPI changes that record, or a mount hands requests to a non-FastAPI app, this returns
-    None and the generic :class:`_RouteScope` is used.
+    FastAPI changes that record, this returns None and :class:`_RouteScope` alone is used.
     """
     routing = sys.modules.get("fastapi.routing")
     applications = sys.modules.get("fastapi.applications")
     if routing is None or applications is None:
-        return None  # FastAPI was never imported: the app is not a FastAPI app
+        return None, False  # FastAPI was never imported: the app is not a FastAPI app
     kinds = (routing.APIRouter, applications.FastAPI)
     level = app
     for _ in range(64):  # down the middleware chain (each holds the next as ``.app``)
         if level is None or isinstance(level, kinds):
             break
         level = getattr(level, "app", None)
-    if not isinstance(level, kinds) or not _reports_every_route(
-        getattr(level, "router", level), applications.FastAPI
-    ):
-        return None
+    if not isinstance(level, kinds):
+        return None, False
+    every_route = _reports_every_route(getattr(level, "router", level), applications.FastAPI)
     try:
         from fastapi.telemetry._api import _RequestTelemetry
 
@@ -134,7 +140,7 @@ def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
             or not factories <= {"data", "_exceptions"}
             or hasattr(_RequestTelemetry, "__post_init__")
         ):
-            return None
+            return None, False
         # Built from a template rather than through the dataclass' __init__ (a third of the
         # cost): the same fields, a fresh exception list, and the listener as the "span".
         template = dict(
@@ -143,7 +149,7 @@ def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
             )
         )
     except Exception:  # another FastAPI: the generic path
-        return None
+        return None, False
     new = object.__new__
 
     def record(request: Request) -> Any:
@@ -155,7 +161,27 @@ def _fastapi_route_hook(app: Any) -> Callable[[Request], Any] | None:
         fields["_exceptions"] = []
         return made
 
-    return record
+    return record, every_route
+
+
+class _RouteIfUnknown:
+    """The "span" of FastAPI's record on the :class:`_RouteScope` path (a FastAPI app that
+    mounts a non-FastAPI app): a route FastAPI's router reports is taken only while the request
+    has none -- the target of a trailing-slash redirect, which only FastAPI's router knows (its
+    included routers are its own). Every other route is learnt from the scope, which also sees
+    the prefixes of the non-FastAPI mounts FastAPI's record does not."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if key == "http.route" and isinstance(value, str) and self._request.route is None:
+            self._request.set_route(value)
+
+    def update_name(self, name: str) -> None:
+        pass
 
 
 class _RouteScope(dict):  # type: ignore[type-arg]
@@ -231,15 +257,73 @@ class _RouteScope(dict):  # type: ignore[type-arg]
             return fastapi_scope.get("effective_route_context")
         return None
 
+    def _redirected(self) -> None:
+        """Report the route a trailing-slash redirect of Starlette's router leads to.
+
+        The router answers a path no route matches with a redirect when one of its routes
+        matches the path with its trailing slash added or removed -- the first such route, as
+        the router chose it. FastAPI's router reports its own (see :class:`_RouteIfUnknown`).
+        Called for a redirect answered with no route known.
+        """
+        router = dict.get(self, "router")
+        routing = sys.modules.get("starlette.routing")
+        if routing is None or not getattr(router, "redirect_slashes", False):
+            return
+        try:
+            redirect = dict(self)
+            path = redirect["path"]
+            redirect["path"] = path.rstrip("/") if path.endswith("/") else path + "/"
+            for route in getattr(router, "routes", None) or ():
+                if route.matches(redirect)[0] is not routing.Match.NONE:
+                    self._route(route)
+                    return
+        except Exception:  # a router unlike Starlette's: the request stays unmatched
+            pass
+
     def copy(self) -> dict[str, Any]:
         return dict(self)
 
 
-def _facts(scope: Scope) -> tuple[str, str | None, int | None, str | None, str | None]:
-    """The connection facts of a SERVER span (see :meth:`HttpTelemetry.begin`)."""
+def _facts(
+    scope: Scope,
+) -> tuple[str, str | None, int | None, str | None, str | None, str | None]:
+    """The connection facts of a SERVER span (see :meth:`HttpTelemetry.begin`); the query
+    string's bytes as latin-1 text, as a WSGI server hands them over."""
     server = scope.get("server") or (None, None)
     client = scope.get("client") or (None, None)
-    return (scope.get("scheme", "http"), server[0], server[1], client[0], scope.get("http_version"))
+    raw = scope.get("query_string")
+    query = raw.decode("latin-1") if raw and raw.__class__ is bytes else None
+    scheme = scope.get("scheme", "http")
+    return (scheme, server[0], server[1], client[0], scope.get("http_version"), query)
+
+
+def _ended(request: Request, status: int, scope: Scope) -> None:
+    """End ``request`` at the last message of its response (sent), whose status is 300 or
+    more: the rarer statuses, with the rules of both route paths (FastAPI's hook and
+    :class:`_RouteScope`).
+
+    - A redirect with no route known: Starlette's trailing-slash redirect, labelled with the
+      route it leads to (FastAPI's router reported its own already).
+    - A 5xx ends here too, before the response's background tasks run, with the exception it
+      answers. Under FastAPI, its ExceptionTelemetryMiddleware, just inside
+      ServerErrorMiddleware, has put that exception in the request's record already. Otherwise
+      -- no record, or an app FastAPI mounts that answered its exception itself (a Starlette
+      app's own ServerErrorMiddleware) -- the exception is still being handled: a framework
+      answers it from the ``except`` block that caught it, in the request's task. The request
+      then ends in the frame below, a moment later, as the exception is re-raised (or the
+      exception handler returns), with the exception seen.
+    """
+    if status < 400:
+        if request.route is None and scope.__class__ is _RouteScope:
+            scope._redirected()
+    elif status >= 500:
+        errors = getattr(scope.get("fastapi.telemetry"), "_exceptions", None)
+        if errors:
+            request.finish(None, errors[-1], detach=False)
+            return
+        if sys.exc_info()[1] is not None:
+            return
+    request.finish(detach=False)
 
 
 def _untraced(scope: Scope) -> Scope:
@@ -336,7 +420,11 @@ class ObskitMiddleware:
         self.app = app
         self.telemetry = telemetry or HttpTelemetry()
         self.serve_metrics = serve_metrics
-        self._fastapi_record = _fastapi_route_hook(app)
+        record, every_route = _fastapi_route_hook(app)
+        self._fastapi_record = record if every_route else None
+        #: FastAPI's record on the _RouteScope path, for what only FastAPI's router knows: the
+        #: exceptions it answers, the targets of its redirects (see _RouteIfUnknown).
+        self._watched_record = None if every_route else record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -356,12 +444,18 @@ class ObskitMiddleware:
         headers = scope.get("headers") or ()
         root = scope.get("root_path")
         telemetry = self.telemetry
+        # Behind a proxy's prefix (uvicorn --root-path) the path carries the root path: the
+        # metrics path and the excluded paths are the app's own, matched without it.
+        route_path = _route_path(root, path) if root else path
         if (
-            (_route_path(root, path) if root else path) == telemetry.metrics_path
+            route_path == telemetry.metrics_path
             and self.serve_metrics
             and telemetry.answers_metrics()
         ):
             await self._metrics(headers, send)
+            return
+        if route_path is not path and self._excluded(route_path):
+            await self.app(_untraced(scope), receive, send)
             return
         adopt = False
         if "fastapi.telemetry" in scope:  # rare: a FastAPI layer outside this middleware
@@ -391,35 +485,40 @@ class ObskitMiddleware:
             if not adopt:
                 # FastAPI apps below this middleware (mounted sub-applications) skip their
                 # native telemetry when this key is present: obskit's span is the one SERVER span.
-                inner["fastapi.telemetry"] = None
+                watched = self._watched_record
+                if watched is None:
+                    inner["fastapi.telemetry"] = None
+                else:
+                    record = watched(request)
+                    record.span = _RouteIfUnknown(request)
+                    inner["fastapi.telemetry"] = record
         inner[SCOPE_KEY] = request
+        # The message that ends the response: its last body chunk, or its last trailers if
+        # http.response.start announced trailers; or an http.response.pathsend.
+        ending = "http.response.body"
+        more = "more_body"
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal ending, more
             kind = message["type"]
             if kind == "http.response.start":
                 request.status = message.get("status")
+                if message.get("trailers"):  # rare: the http.response.trailers extension
+                    ending, more = "http.response.trailers", "more_trailers"
                 await send(message)
                 return
-            if kind != "http.response.body" or message.get("more_body", False):
+            if (kind != ending or message.get(more, False)) and kind != "http.response.pathsend":
                 await send(message)
                 return
-            # The last chunk: sent outside the request's context (see Request.suspend).
+            # The last message: sent outside the request's context (see Request.suspend).
             outside = request.suspend()
             try:
                 await send(message)
             finally:
                 request.resume(outside)
             status = request.status
-            if status.__class__ is int and status >= 500:
-                # FastAPI: its ExceptionTelemetryMiddleware, just inside ServerErrorMiddleware,
-                # has put any exception that 500 answers in the request's record already: the
-                # request ends at its last byte, before the response's background tasks run.
-                errors = getattr(inner.get("fastapi.telemetry"), "_exceptions", None)
-                if errors is None:
-                    # Possibly Starlette's ServerErrorMiddleware answering an exception it
-                    # re-raises next: the request ends in the frame below, where it is seen.
-                    return
-                request.finish(None, errors[-1] if errors else None, detach=False)
+            if status.__class__ is int and status >= 300:
+                _ended(request, status, inner)
                 return
             request.finish(detach=False)
 
@@ -429,9 +528,18 @@ class ObskitMiddleware:
             request.finish(None, exc, detach=False)
             raise
         finally:
-            if not request._finished:  # no last body chunk went out
+            if not request._finished:  # no last message went out
                 request.finish(detach=False)
             request.detach()
+
+    def _excluded(self, path: str) -> bool:
+        """Whether ``path`` is one of the excluded paths (health endpoints), under the settings
+        of the running configuration (as :meth:`HttpTelemetry.begin` checks them)."""
+        telemetry = self.telemetry
+        runtime = _state.runtime
+        if runtime is not telemetry._runtime:
+            telemetry.follow(runtime)
+        return path in telemetry.excluded
 
     async def _metrics(self, headers: Any, send: Send) -> None:
         accept = header_getter_from_pairs(headers)("accept")

@@ -124,6 +124,19 @@ class Config:
         7.5,
         10.0,
     )
+    #: The HTTP methods SERVER spans and RED metrics name; any other is ``_OTHER``. The default:
+    #: RFC 9110's and PATCH (RFC 5789), as the semantic conventions define "known".
+    http_known_methods: tuple[str, ...] = (
+        "CONNECT",
+        "DELETE",
+        "GET",
+        "HEAD",
+        "OPTIONS",
+        "PATCH",
+        "POST",
+        "PUT",
+        "TRACE",
+    )
     multiproc_dir: str | None = None
     include_default_registry: bool = True
     cardinality_limit: int = 1000
@@ -439,6 +452,27 @@ def _paths(raw: object) -> tuple[str, ...]:
     return paths
 
 
+#: An HTTP method: an RFC 9110 token.
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _methods(raw: object) -> tuple[str, ...]:
+    """``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``: comma-separated, case-sensitive, the whole
+    list (it replaces the default, it does not add to it)."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    allowed = "HTTP method names (case-sensitive), e.g. 'GET,POST,PROPFIND'"
+    if not isinstance(items, (list, tuple, set, frozenset)) or not all(
+        isinstance(item, str) for item in items
+    ):
+        raise _Invalid(allowed)
+    if isinstance(items, (set, frozenset)):
+        items = sorted(items)
+    methods = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not methods or not all(_METHOD.fullmatch(method) for method in methods):
+        raise _Invalid(allowed)
+    return methods
+
+
 def _buckets(raw: object) -> tuple[float, ...]:
     items = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)):
@@ -644,6 +678,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OBSKIT_HTTP_BUCKETS",),
         _buckets,
         "http_request_duration_seconds bucket bounds",
+    ),
+    _O(
+        "http_known_methods",
+        ("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",),
+        _methods,
+        "HTTP methods named in spans and RED metrics (others are _OTHER); replaces the default",
     ),
     _O(
         "multiproc_dir",

@@ -69,6 +69,17 @@ class _Finishing:
                 pass
 
 
+def _text(value: str) -> str:
+    """A PEP 3333 path (``PATH_INFO``, ``SCRIPT_NAME``) as text: the server hands its bytes over
+    decoded as latin-1, and URLs are UTF-8 (as Django and ASGI servers decode them; an invalid
+    byte becomes U+FFFD). Called for a path that is not ASCII only; one a server already decoded
+    (characters beyond latin-1) is kept as it is."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except Exception:
+        return value
+
+
 def _freed(request: Request, context: Context) -> None:
     """A body freed unclosed: an outer middleware dropped it for one of its own (PEP 3333 says
     it must close it; not all do). The request still ends, and its context (``context``), left
@@ -130,6 +141,8 @@ class ObskitMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        if not path.isascii():
+            path = _text(path)
         telemetry = self.telemetry
         if path == telemetry.metrics_path and self.serve_metrics and telemetry.answers_metrics():
             body, content_type = render(environ.get("HTTP_ACCEPT"))
@@ -138,6 +151,8 @@ class ObskitMiddleware:
             )
             return [body]
         script = environ.get("SCRIPT_NAME")
+        if script and not script.isascii():
+            script = _text(script)
         request = telemetry.begin(
             environ.get("REQUEST_METHOD") or "GET",
             # url.path is the path the client asked for: the mount point too (as Django's

@@ -45,9 +45,11 @@ def route_of(request: HttpRequest) -> str | None:
     return route if route.startswith("/") else "/" + route
 
 
-def _facts(request: HttpRequest) -> tuple[str, str | None, int | None, str | None, str | None]:
+def _facts(
+    request: HttpRequest,
+) -> tuple[str, str | None, int | None, str | None, str | None, str | None]:
     """The connection facts of a SERVER span; the scheme as Django sees it (which honours
-    ``SECURE_PROXY_SSL_HEADER``)."""
+    ``SECURE_PROXY_SSL_HEADER``), the query string from ``META`` (under ASGI too)."""
     return (request.scheme or "http", *environ_facts(request.META)[1:])
 
 

@@ -109,7 +109,6 @@ class HttpTelemetry:
         self.tracer = provider.get_tracer("obskit.http", __version__)
         self.tracer_scope = InstrumentationScope("obskit.http", __version__)
         self._sampler = _runtime._install_global().sampler
-        self._span_names = {label: sc.span_name(label) for label in (*sc.METHODS, sc.OTHER_METHOD)}
         self._excluded_paths = None if excluded_paths is None else frozenset(excluded_paths)
         self._buckets = list(buckets or config.http_buckets)
         self.requests = counter(
@@ -152,6 +151,9 @@ class HttpTelemetry:
         before it honour the new options (what ``configure()`` promises)."""
         config = self.config if runtime is None or runtime.closed else runtime.config
         self.config = config
+        # The methods named in spans and RED labels (http_known_methods); any other is _OTHER.
+        self._methods = frozenset(config.http_known_methods)
+        self._span_names = {m: sc.span_name(m) for m in (*self._methods, sc.OTHER_METHOD)}
         given = self._excluded_paths
         self.excluded = frozenset(config.excluded_paths) if given is None else given
         # With a separate metrics port, the app's own path is left to the app.
@@ -212,9 +214,12 @@ class HttpTelemetry:
         client_address: str | None = None,
         protocol: str | None = None,
         route: str | None = None,
+        query: str | None = None,
     ) -> Request | None:
-        """Begin a request; None when its path is excluded. Never raises."""
-        facts = (scheme, server_address, server_port, client_address, protocol)
+        """Begin a request; None when its path is excluded. Never raises. ``server_address``
+        and ``server_port``: the listening socket's, used when the request has no valid
+        ``Host`` header; ``query``: the URL's query string, as received (no ``?``)."""
+        facts = (scheme, server_address, server_port, client_address, protocol, query)
         return self.begin(method, path, get_header, _given, facts, route)
 
     def begin(
@@ -230,12 +235,12 @@ class HttpTelemetry:
         adopt: bool = False,
     ) -> Request | None:
         """:meth:`start`, with the connection facts given as ``describe(source)``: a tuple
-        ``(scheme, server_address, server_port, client_address, protocol)`` computed only for a
-        request whose span records them (or that the tail policy may keep), not for every
-        unsampled request. ``request_type``: an adapter's subclass of :class:`Request`.
-        ``adopt``: the current span is a SERVER span another tracer started for this request
-        (FastAPI's own, around the middleware): it is the request's span, which obskit neither
-        changes nor ends. Never raises.
+        ``(scheme, server_address, server_port, client_address, protocol, query)``
+        (:data:`Facts`) computed only for a request whose span records them (or that the tail
+        policy may keep), not for every unsampled request. ``request_type``: an adapter's
+        subclass of :class:`Request`. ``adopt``: the current span is a SERVER span another
+        tracer started for this request (FastAPI's own, around the middleware): it is the
+        request's span, which obskit neither changes nor ends. Never raises.
         """
         runtime = _state.runtime
         if runtime is not self._runtime:
@@ -250,7 +255,7 @@ class HttpTelemetry:
             # traced once there. (A finished request left current does not count.)
             return None
         try:
-            label = method if method in sc.METHODS else sc.OTHER_METHOD  # sanitize_method
+            label = method if method in self._methods else sc.OTHER_METHOD  # http_known_methods
             processor = runtime.processor if runtime is not None else None
             try:
                 parent = None if adopt else extract(get_header)
@@ -294,10 +299,15 @@ class HttpTelemetry:
             return None
 
 
+#: A request's connection facts: ``(scheme, server_address, server_port, client_address,
+#: protocol, query)`` -- the address and port of the listening socket (the ``Host`` header, read
+#: through the header getter, comes first), the query string as received, without ``?``.
+Facts = tuple[str, str | None, int | None, str | None, str | None, str | None]
+#: What an adapter gives :meth:`HttpTelemetry.begin` to compute the facts of a sampled request.
+Describe = Callable[[Any], Facts]
+
+
 #: ``describe`` of the connection facts :meth:`HttpTelemetry.start` was given as they are.
-Describe = Callable[[Any], tuple[str, str | None, int | None, str | None, str | None]]
-
-
 def _given(facts: Any) -> Any:
     return facts
 
@@ -435,15 +445,29 @@ class _RouteSeries:
 def _server_attributes(
     label: str, method: str, path: str, facts: tuple[Any, ...], get_header: Getter
 ) -> dict[str, Any]:
-    """The SERVER span's request attributes (stable HTTP semantic conventions)."""
-    scheme, address, port, client, protocol = facts
+    """The SERVER span's request attributes (stable HTTP semantic conventions).
+
+    ``url.query`` when a query was received, the values of presigned-URL keys redacted as
+    CLIENT spans' ``url.full`` has them. ``server.address`` and ``server.port`` name the host the
+    client asked for: the ``Host`` header (HTTP/2's ``:authority``, which ASGI servers pass as
+    ``host``; a port it omits is the scheme's), else the listening socket. ``Forwarded`` and
+    ``X-Forwarded-Host`` are not read: any client can send them.
+    """
+    scheme, address, port, client, protocol, query = facts
     attrs: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
         sc.URL_PATH: path,
         sc.URL_SCHEME: scheme,
     }
+    if query and query.__class__ is str:
+        attrs[sc.URL_QUERY] = sc.redact_query(query)
     if label == sc.OTHER_METHOD:
         attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
+    host = get_header("host")
+    if host:
+        named = sc.server_authority(host, scheme)
+        if named is not None:
+            address, port = named
     if address:
         attrs[sc.SERVER_ADDRESS] = address
     if port:
@@ -948,9 +972,7 @@ def header_getter_from_environ(environ: Mapping[str, Any]) -> Callable[[str], st
     return get
 
 
-def environ_facts(
-    environ: Mapping[str, Any],
-) -> tuple[str, str | None, int | None, str | None, str | None]:
+def environ_facts(environ: Mapping[str, Any]) -> Facts:
     """The connection facts of a WSGI environ (see :meth:`HttpTelemetry.begin`)."""
     return (
         environ.get("wsgi.url_scheme", "http"),
@@ -958,6 +980,7 @@ def environ_facts(
         sc.port(environ.get("SERVER_PORT")),
         environ.get("REMOTE_ADDR"),
         sc.protocol_version(environ.get("SERVER_PROTOCOL")),
+        environ.get("QUERY_STRING"),
     )
 
 

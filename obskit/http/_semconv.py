@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.trace import StatusCode
 
+from obskit.config import Config
+
 __all__ = [
     "METHODS",
     "OTHER_METHOD",
+    "SECRET_QUERY_KEYS",
     "UNMATCHED",
     "error_type",
     "mark_exception",
     "port",
     "protocol_version",
+    "redact_query",
     "sanitize_method",
+    "server_authority",
     "span_name",
     "status_label",
 ]
@@ -28,6 +34,7 @@ HTTP_ROUTE = "http.route"
 HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 URL_PATH = "url.path"
 URL_SCHEME = "url.scheme"
+URL_QUERY = "url.query"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 CLIENT_ADDRESS = "client.address"
@@ -36,19 +43,104 @@ NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 ERROR_TYPE = "error.type"
 
 #: The methods of RFC 9110 and RFC 5789; anything else is recorded as ``_OTHER`` (semconv rule).
-METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
+#: The default of the ``http_known_methods`` option (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``),
+#: which replaces it for SERVER spans and the RED metrics.
+METHODS = frozenset(Config.http_known_methods)
 OTHER_METHOD = "_OTHER"
 #: The ``route`` label and span name suffix of a request no route matched.
 UNMATCHED = "__unmatched__"
 
 _STATUS = {code: str(code) for code in range(100, 600)}
 
+#: Query keys whose values ``url.query`` (SERVER spans) and ``url.full`` (CLIENT spans) redact, as
+#: the semantic conventions list them: presigned-URL credentials.
+SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+#: A query item of one of those keys with a value (``sig=...``): what :func:`redact_query` finds.
+_SECRET_ITEM = re.compile("(?:^|&)(?:" + "|".join(map(re.escape, sorted(SECRET_QUERY_KEYS))) + ")=")
+#: The port a URL scheme implies when an authority names none.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+#: A Host header's host: a DNS name or IPv4 address (RFC 3986's unreserved characters and
+#: percent-encoding: not the sub-delimiters, so that two Host headers joined by a comma name
+#: none), or an IPv6 address (hex, colons, dots, then a zone id).
+_REG_NAME = re.compile(r"[A-Za-z0-9._~%-]+")
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._~%-]+)?")
+#: A Host header this long names no host (DNS names stop at 253 characters).
+_MAX_AUTHORITY = 300
+#: Host header values already parsed: (address, port), port 0 when none is given and -1 when the
+#: given one is not a port; ("", -1) when the value names no host. A service sees few values;
+#: past the bound they are parsed every time.
+_authorities: dict[str, tuple[str, int]] = {}
+_MAX_AUTHORITIES = 256
+
 
 def sanitize_method(method: str) -> str:
-    """The method if it is a standard one, else ``_OTHER``."""
+    """The method if it is a standard one, else ``_OTHER`` (CLIENT spans; SERVER spans and the
+    RED metrics follow the ``http_known_methods`` option)."""
     return method if method in METHODS else OTHER_METHOD
+
+
+def redact_query(query: str) -> str:
+    """``query`` with the values of :data:`SECRET_QUERY_KEYS` replaced by ``REDACTED``, the
+    keys kept (``q=a&sig=REDACTED``), as the semantic conventions say for ``url.query`` and
+    ``url.full``; the same string when it has none."""
+    if _SECRET_ITEM.search(query) is None:
+        return query
+    return "&".join(
+        f"{name}=REDACTED" if name in SECRET_QUERY_KEYS and sep else item
+        for item in query.split("&")
+        for name, sep, _ in (item.partition("="),)
+    )
+
+
+def _parse_authority(value: str) -> tuple[str, int]:
+    """:data:`_authorities`' entry of a Host header value (``host[:port]``, ``[v6]:port``)."""
+    if len(value) > _MAX_AUTHORITY:
+        return "", -1
+    if value.startswith("["):  # an IPv6 literal: [::1]:8080
+        end = value.find("]")
+        if end < 0:
+            return "", -1
+        address, rest = value[1:end], value[end + 1 :]
+        if not _IPV6.fullmatch(address) or rest[:1] not in ("", ":"):
+            return "", -1
+        given = rest[1:]
+    else:
+        address, sep, given = value.rpartition(":")
+        if not sep:
+            address, given = value, ""
+        if ":" in address:  # an IPv6 address without its brackets: no port of its own
+            address, given = value, ""
+            valid = _IPV6.fullmatch(address)
+        else:
+            valid = _REG_NAME.fullmatch(address)
+        if valid is None:
+            return "", -1
+    if not given:
+        return address, 0
+    if given.isascii() and given.isdigit() and 0 < int(given) <= 65535:
+        return address, int(given)
+    return address, -1  # a host with a port that is not one: the host alone
+
+
+def server_authority(value: str, scheme: str) -> tuple[str, int | None] | None:
+    """``server.address`` and ``server.port`` from a ``Host`` header (or HTTP/2's
+    ``:authority``, which ASGI servers pass as ``host``): ``[::1]:8080`` gives ``("::1", 8080)``,
+    a host without a port the port ``scheme`` implies (80, 443), a host with a bad port no port;
+    None when ``value`` names no host (empty, malformed, too long). Never raises."""
+    try:
+        found = _authorities.get(value)
+        if found is None:
+            found = _parse_authority(value)
+            if len(_authorities) < _MAX_AUTHORITIES:
+                _authorities[value] = found
+        address, given = found
+        if given > 0:  # the common case: host and port given, the cached pair as it is
+            return found
+        if not address:
+            return None
+        return address, (DEFAULT_PORTS.get(scheme) if given == 0 else None)
+    except Exception:  # not text (a Getter of start() that returns bytes)
+        return None
 
 
 def span_name(method: str, route: str | None = None) -> str:

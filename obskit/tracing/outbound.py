@@ -39,12 +39,11 @@ _SUPPRESS = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the key contrib instru
 #: around its own): the HTTP layers below must not trace it again.
 _SUPPRESS_HTTP = otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY
 _CLIENT_DONE = otel_context.create_key("obskit-client-span")
-#: Query keys whose values ``url.full`` redacts (semantic conventions): presigned-URL credentials.
-_SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
-#: The same query values in an error's text (``url: /key?Signature=...`` of urllib3's
+#: The values of the query keys ``url.full`` redacts (``sc.SECRET_QUERY_KEYS``, which SERVER
+#: spans' ``url.query`` redacts too) in an error's text (``url: /key?Signature=...`` of urllib3's
 #: messages): up to the next ``&``, white space, quote or ``#``.
 _SECRET_IN_TEXT = re.compile(
-    "([?&](?:" + "|".join(map(re.escape, sorted(_SECRET_QUERY_KEYS))) + r")=)[^&\s'\"#<>]*"
+    "([?&](?:" + "|".join(map(re.escape, sorted(sc.SECRET_QUERY_KEYS))) + r")=)[^&\s'\"#<>]*"
 )
 
 
@@ -81,12 +80,8 @@ def _full_url(parts: urllib.parse.SplitResult) -> tuple[str, Callable[[str], str
         userinfo, _, host = netloc.rpartition("@")
         netloc = "REDACTED:REDACTED@" + host
     secret = False
-    if query and any(key in query for key in _SECRET_QUERY_KEYS):
-        redacted = "&".join(
-            f"{name}=REDACTED" if name in _SECRET_QUERY_KEYS and sep else item
-            for item in query.split("&")
-            for name, sep, _ in (item.partition("="),)
-        )
+    if query:
+        redacted = sc.redact_query(query)
         secret = redacted != query
         query = redacted
     full = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -172,6 +172,14 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
         "",
     ),
     ("http_buckets", "OTel's HTTP buckets", OTEL_HTTP_BUCKETS, "0.1,1", (0.1, 1.0), ""),
+    (
+        "http_known_methods",
+        "RFC 9110's and `PATCH`",
+        ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"),
+        "GET,PROPFIND",
+        ("GET", "PROPFIND"),
+        "",
+    ),
     ("logs_exporter", "`none`", "none", "otlp", "otlp", ""),
     ("shutdown_timeout", "5 s", 5.0, "2", 2.0, "s"),
 ]
