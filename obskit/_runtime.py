@@ -136,11 +136,16 @@ def make_sink(config: Config) -> SpanSink | None:
         return JsonLinesSpanSink(config.traces_file, max_bytes=config.traces_file_max_bytes)
     url = config.traces_endpoint
     assert url is not None  # load_config fills the default endpoint
-    from obskit.exporters.otlp import GrpcSpanSink, HttpSpanSink
+    from obskit.exporters.otlp import GrpcSpanSink, HttpSpanSink, Tls
 
+    tls = Tls(config.otlp_certificate, config.otlp_client_key, config.otlp_client_certificate)
     if config.otlp_protocol == "grpc":
-        return GrpcSpanSink(url, headers=config.otlp_headers, compression=config.otlp_compression)
-    return HttpSpanSink(url, headers=config.otlp_headers, compression=config.otlp_compression)
+        return GrpcSpanSink(
+            url, headers=config.otlp_headers, compression=config.otlp_compression, tls=tls
+        )
+    return HttpSpanSink(
+        url, headers=config.otlp_headers, compression=config.otlp_compression, tls=tls
+    )
 
 
 def keep_policy(config: Config) -> Any:

@@ -87,6 +87,11 @@ class Config:
     otlp_headers: Mapping[str, str] = field(default_factory=dict)
     otlp_timeout: float = 10.0
     otlp_compression: Literal["gzip", "none"] = "none"
+    #: PEM files for TLS to the collector: its CA (a private one), and this client's key and
+    #: certificate for mutual TLS. None: the system's CAs, no client certificate.
+    otlp_certificate: str | None = None
+    otlp_client_key: str | None = None
+    otlp_client_certificate: str | None = None
     traces_file: str = "obskit-traces.jsonl"
     traces_file_max_bytes: int = 64 * 1024 * 1024
     sampler: str = "parentbased_always_on"
@@ -229,6 +234,22 @@ def _str(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise _Invalid("a non-empty string")
     return raw.strip()
+
+
+def _pem_file(raw: object) -> str | None:
+    """A path to a readable file (a PEM certificate or key), checked at configure: a typo
+    found when the first export fails would lose every span until then."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise _Invalid("a path to a PEM file")
+    path = raw.strip()
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _Invalid(f"a readable PEM file ({exc.strerror or exc})") from None
+    return path
 
 
 def _opt_str(raw: object) -> str | None:
@@ -587,6 +608,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
         _choice("gzip", "none"),
         "compression of export requests",
+    ),
+    _O(
+        "otlp_certificate",
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        _pem_file,
+        "CA certificate (PEM) that signs the collector's TLS certificate",
+    ),
+    _O(
+        "otlp_client_key",
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        _pem_file,
+        "client private key (PEM) for mutual TLS",
+    ),
+    _O(
+        "otlp_client_certificate",
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        _pem_file,
+        "client certificate chain (PEM) for mutual TLS",
     ),
     _O(
         "traces_file", ("OBSKIT_TRACES_FILE",), _str, "JSON-lines file used when no endpoint is set"

@@ -4,8 +4,10 @@ Both send the ``ExportTraceServiceRequest`` bytes the pipeline already built, so
 re-encoding. The HTTP sink uses ``http.client`` rather than ``requests`` so the export itself is
 never seen by obskit's outbound instrumentation. Retries follow the OTLP spec's retryable statuses
 (429, 502, 503, 504; gRPC UNAVAILABLE and friends, RESOURCE_EXHAUSTED only with a RetryInfo) with
-backoff, within the export timeout; a ``partial_success`` answer's refused spans are reported to
-the pipeline (``rejected``), which counts them as dropped.
+an exponential backoff with jitter (exporter.md "Retry"), within the export timeout; the backoff
+and a collector's ``Retry-After``/``RetryInfo`` outlive the batch that met them (see
+:class:`_Retry`). A ``partial_success`` answer's refused spans are reported to the pipeline
+(``rejected``), which counts them as dropped.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from __future__ import annotations
 import email.utils
 import gzip
 import http.client
+import random
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from obskit._version import __version__
 
-__all__ = ["GrpcSpanSink", "HttpSpanSink"]
+__all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 _USER_AGENT = f"obskit/{__version__}"
@@ -224,30 +228,111 @@ def _grpc_retry_delay(error: Any) -> float | None:
     return None
 
 
-def _with_retries(
-    timeout: float,
-    closed: Callable[[], bool],
-    attempt: Callable[[float], tuple[bool | None, float | None]],
-) -> bool:
-    """Call ``attempt(seconds left)`` until it answers True (delivered) or False (not to be
-    retried), the sink is closed, or ``timeout`` runs out. ``(None, wait)`` asks for a retry:
-    after the collector's own ``wait`` (Retry-After, RetryInfo) when it gave one, never less than
-    the exponential backoff -- a Retry-After of 0 must not make a tight loop of requests at a
-    collector shedding load -- and never past the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or closed():
-            return False
-        outcome, asked = attempt(left)
-        if outcome is not None:
-            return outcome
-        wait = delay if asked is None else max(asked, delay)
-        if deadline - time.monotonic() <= wait:
-            return False
-        time.sleep(wait)
-        delay = min(delay * 2, 2.0)
+#: The backoff between retries: 0.1 s, doubled after each retryable failure up to 2 s, each wait
+#: spread by +-20 % so that the services of a fleet that lost their collector together do not
+#: come back in lockstep (exporter.md "Retry": "exponential back-off with jitter").
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 2.0
+_JITTER = 0.2
+#: The longest quiet a collector's ``Retry-After`` (or gRPC ``RetryInfo``) is granted: a bad
+#: header (a day, forty nines, a date years ahead) must not stop export for good.
+MAX_RETRY_AFTER = 300.0
+
+
+class _Retry:
+    """The retry state of one sink, kept across its exports (all on the export thread).
+
+    After a retryable failure the next request is not sent before ``not_before``: the jittered
+    backoff, or the collector's ``Retry-After``/``RetryInfo`` when it asked for longer (at most
+    :data:`MAX_RETRY_AFTER`). That holds for the next *batch* too: an export that would have to
+    wait past its own timeout fails at once without a request (the pipeline counts the batch as a
+    failed export, as it counts any other); one that can wait, waits. Any answer that is not a
+    retryable failure (a success, or a refusal: the collector is up) resets the backoff.
+    """
+
+    def __init__(self) -> None:
+        self.delay = _BACKOFF_FIRST
+        self.not_before = 0.0  # time.monotonic()
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Ends a wait under way and every later export (the sink is shut down)."""
+        self._closed.set()
+
+    def after_fork(self) -> None:
+        # The event's lock may have been held at the fork (by a thread that no longer exists).
+        closed = self._closed.is_set()
+        self._closed = threading.Event()
+        if closed:
+            self._closed.set()
+
+    def run(
+        self, timeout: float, attempt: Callable[[float], tuple[bool | None, float | None]]
+    ) -> bool:
+        """Call ``attempt(seconds left)`` until it answers True (delivered) or False (not to be
+        retried), the sink is closed, or ``timeout`` runs out. ``(None, wait)`` asks for a retry:
+        after the collector's own ``wait`` (Retry-After, RetryInfo) when it gave one, never less
+        than the backoff -- a Retry-After of 0 must not make a tight loop of requests at a
+        collector shedding load -- and never past the deadline."""
+        deadline = time.monotonic() + timeout
+        closed = self._closed
+        while True:
+            if closed.is_set():
+                return False
+            now = time.monotonic()
+            wait = self.not_before - now
+            if wait > 0:
+                if now + wait >= deadline:
+                    return False  # the collector's quiet (or the backoff) outlasts this export
+                if closed.wait(wait):
+                    return False
+                continue
+            left = deadline - now
+            if left <= 0:
+                return False
+            outcome, asked = attempt(left)
+            if outcome is not None:
+                self.delay = _BACKOFF_FIRST
+                self.not_before = 0.0
+                return outcome
+            step = self.delay * random.uniform(1.0 - _JITTER, 1.0 + _JITTER)
+            self.delay = min(self.delay * 2, _BACKOFF_MAX)
+            if asked is not None:
+                step = max(min(asked, MAX_RETRY_AFTER), step)
+            self.not_before = time.monotonic() + step
+
+
+@dataclass(frozen=True)
+class Tls:
+    """PEM files for TLS to the collector (``OTEL_EXPORTER_OTLP_CERTIFICATE``,
+    ``..._CLIENT_KEY``, ``..._CLIENT_CERTIFICATE``): the CA that signs its certificate (None:
+    the system's), and this client's certificate chain and key for mutual TLS."""
+
+    certificate: str | None = None
+    client_key: str | None = None
+    client_certificate: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.certificate)
+        if self.client_certificate:
+            context.load_cert_chain(self.client_certificate, self.client_key)
+        return context
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as file:
+                return file.read()
+
+        chain = read(self.client_certificate)
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.certificate),
+            private_key=read(self.client_key) if chain else None,
+            certificate_chain=chain,
+        )
 
 
 class HttpSpanSink:
@@ -261,10 +346,14 @@ class HttpSpanSink:
         *,
         headers: Mapping[str, str] | None = None,
         compression: str = "none",
+        tls: Tls | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.url = url
         self._https = parts.scheme == "https"
+        # Made once (its files read now): a file that cannot be read fails configure(), not
+        # every export.
+        self._ssl = (tls or Tls()).ssl_context() if self._https else None
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._https else 80)
         self._path = parts.path or "/"  # a URL with no path: the root (the OTLP spec's rule)
@@ -279,7 +368,7 @@ class HttpSpanSink:
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
-        self._closed = False
+        self._retry = _Retry()
         self._deadline = _Deadline()
         self._deadline.start()
         #: Spans the collector refused in the last successful export's ``partial_success``,
@@ -291,6 +380,7 @@ class HttpSpanSink:
         parent (responses could be read by the wrong process), so it is neither used nor shut
         down here -- only dropped; the child opens its own."""
         self._conn = None
+        self._retry.after_fork()
         self._deadline.after_fork()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
@@ -298,7 +388,7 @@ class HttpSpanSink:
         if conn is None:
             if self._https:
                 conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+                    self._host, self._port, timeout=timeout, context=self._ssl
                 )
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
@@ -350,11 +440,11 @@ class HttpSpanSink:
                 return False, None
             return None, retry_after  # OTLP/HTTP: the client SHOULD honour Retry-After
 
-        return _with_retries(timeout, lambda: self._closed, attempt)
+        return self._retry.run(timeout, attempt)
 
     def shutdown(self) -> None:
         """Close the connection, interrupting an export blocked on a hanging collector."""
-        self._closed = True
+        self._retry.close()
         self._deadline.stop()
         conn = self._conn
         if conn is not None:
@@ -384,22 +474,31 @@ class GrpcSpanSink:
         headers: Mapping[str, str] | None = None,
         compression: str = "none",
         insecure: bool | None = None,
+        tls: Tls | None = None,
     ) -> None:
         import grpc
 
         parts = urllib.parse.urlsplit(url)
-        target = grpc_target(parts)
-        secure = parts.scheme == "https" if insecure is None else not insecure
-        options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _USER_AGENT)]
-        comp = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
-        if secure:
-            self._channel = grpc.secure_channel(
-                target, grpc.ssl_channel_credentials(), options=options, compression=comp
-            )
-        else:
-            self._channel = grpc.insecure_channel(target, options=options, compression=comp)
-        # No (de)serializers: grpcio passes bytes through as they are.
-        self._call = self._channel.unary_unary(self._METHOD)
+        self._target = grpc_target(parts)
+        self._secure = parts.scheme == "https" if insecure is None else not insecure
+        self._credentials = (tls or Tls()).grpc_credentials() if self._secure else None
+        self._options: list[tuple[str, Any]] = [
+            ("grpc.primary_user_agent", _USER_AGENT),
+            # grpc's own reconnection backoff grows to 120 s, and while a channel waits it out
+            # every RPC fails at once with UNAVAILABLE (wait_for_ready is off): kept short, and
+            # the channel is replaced after an UNAVAILABLE anyway (see export).
+            ("grpc.initial_reconnect_backoff_ms", 1000),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+            # Not shared with other channels to the same target: a replaced channel's
+            # subchannel, still backing off, is not handed to the new one.
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        self._compression = (
+            grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+        )
+        # Guards the channel: replaced on the export thread (see _reopen), closed by shutdown.
+        self._lock = threading.Lock()
+        self._channel, self._call = self._open()
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         # OTLP's retryable codes; RESOURCE_EXHAUSTED only with a RetryInfo (see export).
         self._retryable = {
@@ -410,10 +509,48 @@ class GrpcSpanSink:
             grpc.StatusCode.DATA_LOSS,
             grpc.StatusCode.CANCELLED,
         }
+        self._unavailable = grpc.StatusCode.UNAVAILABLE
         self._exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
         self.url = url
         self._closed = False
+        self._retry = _Retry()
         self.rejected: tuple[int, str] = (0, "")
+
+    def _open(self) -> tuple[Any, Any]:
+        """A new channel and its Export method."""
+        import grpc
+
+        if self._secure:
+            channel = grpc.secure_channel(
+                self._target,
+                self._credentials,
+                options=self._options,
+                compression=self._compression,
+            )
+        else:
+            channel = grpc.insecure_channel(
+                self._target, options=self._options, compression=self._compression
+            )
+        # No (de)serializers: grpcio passes bytes through as they are.
+        return channel, channel.unary_unary(self._METHOD)
+
+    def _reopen(self) -> None:
+        """A new channel in place of one that answered UNAVAILABLE: a channel that failed to
+        connect waits out grpc's reconnection backoff, failing every RPC meanwhile, while a
+        new one connects at its first RPC -- so a collector that is back is reached at the next
+        retry (as the SDK's exporter does)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                channel, call = self._open()
+            except Exception:
+                return  # the old one, then
+            old, self._channel, self._call = self._channel, channel, call
+            try:
+                old.close()
+            except Exception:
+                pass
 
     def export(self, request: bytes, count: int, timeout: float) -> bool:
         """Send one request, retrying retryable status codes until ``timeout`` runs out."""
@@ -425,15 +562,21 @@ class GrpcSpanSink:
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 asked = _grpc_retry_delay(exc)  # the spec: SHOULD honour a RetryInfo
+                if code is self._unavailable:
+                    self._reopen()
                 if code in self._retryable or (code is self._exhausted and asked is not None):
                     return None, asked
+                return False, None
+            except ValueError:  # the channel was closed under it: shut down
                 return False, None
             self.rejected = rejected_spans(answer if isinstance(answer, bytes) else b"", count)
             return True, None
 
-        return _with_retries(timeout, lambda: self._closed, attempt)
+        return self._retry.run(timeout, attempt)
 
     def shutdown(self) -> None:
         """Close the channel; an RPC under way is cancelled."""
-        self._closed = True
-        self._channel.close()
+        self._retry.close()
+        with self._lock:
+            self._closed = True
+            self._channel.close()

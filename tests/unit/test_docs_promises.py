@@ -128,6 +128,9 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
     ("otlp_headers", "", {}, "api-key=a%3Db", {"api-key": "a=b"}, ""),
     ("otlp_timeout", "10 s", 10.0, "2500", 2.5, "ms"),
     ("otlp_compression", "`none`", "none", "gzip", "gzip", ""),
+    ("otlp_certificate", "", None, "/dev/null", "/dev/null", ""),
+    ("otlp_client_key", "", None, "/dev/null", "/dev/null", ""),
+    ("otlp_client_certificate", "", None, "/dev/null", "/dev/null", ""),
     ("traces_file", "`obskit-traces.jsonl`", "obskit-traces.jsonl", "t.jsonl", "t.jsonl", ""),
     ("traces_file_max_bytes", "64 MiB", 64 * MIB, "1024", 1024, ""),
     ("sampler", "`parentbased_always_on`", "parentbased_always_on", "always_off", "always_off", ""),
@@ -190,6 +193,10 @@ OTHER_TEXT = {
     "otlp_headers": "x=1",
     "otlp_timeout": "9000",
     "otlp_compression": "none",
+    # Any other readable file: the signal-specific variable's must win.
+    "otlp_certificate": "/dev/zero",
+    "otlp_client_key": "/dev/zero",
+    "otlp_client_certificate": "/dev/zero",
 }
 
 
