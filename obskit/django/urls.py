@@ -25,8 +25,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 def _metrics_path() -> str:
     from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
 
-    options = dict(getattr(settings, "OBSKIT", {}) or {})
+    try:
+        options = dict(getattr(settings, "OBSKIT", {}) or {})
+    except ImproperlyConfigured:  # URLs declared before settings.configure() (a script)
+        options = {}
     if "metrics_path" in options:
         return load_config(metrics_path=options["metrics_path"]).metrics_path
     return (get_config() or load_config()).metrics_path
