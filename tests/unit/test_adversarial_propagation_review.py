@@ -12,7 +12,6 @@ import asyncio
 import copy
 import os
 import pickle
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -331,42 +330,6 @@ class XRayLike(TextMapPropagator):
     @property
     def fields(self) -> set[str]:
         return {self.KEY}
-
-
-class JaegerLike(TextMapPropagator):
-    """opentelemetry-propagator-jaeger's extraction, cut down: ``uber-trace-id``, and baggage
-    from every ``uberctx-*`` header it finds through ``getter.keys()``."""
-
-    def extract(
-        self,
-        carrier: CarrierT,
-        context: Context | None = None,
-        getter: Getter[CarrierT] = default_getter,
-    ) -> Context:
-        header = getter.get(carrier, "uber-trace-id")
-        if not header:
-            return context or Context()
-        for key in getter.keys(carrier):
-            if key.startswith("uberctx-"):
-                (value,) = getter.get(carrier, key) or [""]
-                context = baggage.set_baggage(key[8:], urllib.parse.unquote(value), context)
-        trace_id, span_id, _, flags = header[0].split(":")
-        found = SpanContext(
-            int(trace_id, 16), int(span_id, 16), True, trace_flags=TraceFlags(int(flags) & 1)
-        )
-        return trace.set_span_in_context(NonRecordingSpan(found), context)
-
-    def inject(
-        self,
-        carrier: CarrierT,
-        context: Context | None = None,
-        setter: Setter[CarrierT] = default_setter,
-    ) -> None:
-        pass
-
-    @property
-    def fields(self) -> set[str]:
-        return {"uber-trace-id"}
 
 
 def _seen_by_wsgi_and_asgi(headers: dict[str, str]) -> list[tuple[int, dict[str, object]]]:
