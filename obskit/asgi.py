@@ -31,7 +31,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from obskit import _selfmetrics, _state
+from obskit import _selfmetrics
 from obskit._runtime import flush_at_shutdown
 from obskit.http._pipeline import (
     HttpTelemetry,
@@ -454,7 +454,7 @@ class ObskitMiddleware:
         ):
             await self._metrics(headers, send)
             return
-        if route_path is not path and self._excluded(route_path):
+        if route_path is not path and self.telemetry.excludes(route_path):
             await self.app(_untraced(scope), receive, send)
             return
         adopt = False
@@ -531,15 +531,6 @@ class ObskitMiddleware:
             if not request._finished:  # no last message went out
                 request.finish(detach=False)
             request.detach()
-
-    def _excluded(self, path: str) -> bool:
-        """Whether ``path`` is one of the excluded paths (health endpoints), under the settings
-        of the running configuration (as :meth:`HttpTelemetry.begin` checks them)."""
-        telemetry = self.telemetry
-        runtime = _state.runtime
-        if runtime is not telemetry._runtime:
-            telemetry.follow(runtime)
-        return path in telemetry.excluded
 
     async def _metrics(self, headers: Any, send: Send) -> None:
         accept = header_getter_from_pairs(headers)("accept")

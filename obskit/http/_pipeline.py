@@ -184,6 +184,15 @@ class HttpTelemetry:
         )
         self._runtime = runtime
 
+    def excludes(self, path: str) -> bool:
+        """Whether ``path`` is one of the excluded paths, under the running configuration's
+        settings (:meth:`begin` checks the same, inline): for an adapter that matches another
+        spelling of the path too (ASGI's, without the root path)."""
+        runtime = _state.runtime
+        if runtime is not self._runtime:
+            self.follow(runtime)
+        return path in self.excluded
+
     def answers_metrics(self) -> bool:
         """Whether the app's own :attr:`metrics_path` still answers the scrape: not once the
         separate metrics port (``metrics_port``), busy when this process started, has been

@@ -124,7 +124,7 @@ def _start(method: str, url: str) -> tuple[Any, object, Any] | None:
         attributes[sc.HTTP_REQUEST_METHOD_ORIGINAL] = original[:64]
     if host:
         attributes[sc.SERVER_ADDRESS] = host
-    port = given_port or {"http": 80, "https": 443}.get(parts.scheme)
+    port = given_port or sc.DEFAULT_PORTS.get(parts.scheme)
     if port:
         attributes[sc.SERVER_PORT] = port
     name = sc.span_name(label)

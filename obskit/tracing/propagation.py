@@ -290,10 +290,7 @@ class TraceContextPropagator(TraceContextTextMapPropagator):
         context: Context | None = None,
         setter: _textmap.Setter[_textmap.CarrierT] = _textmap.default_setter,
     ) -> None:
-        span_context = trace.get_current_span(context).get_span_context()
-        state = span_context.trace_state
-        if type(state) is Forwarded and not span_context.trace_flags.sampled:
-            span_context = state.forward or INVALID_SPAN_CONTEXT
+        span_context = outgoing_span_context(trace.get_current_span(context).get_span_context())
         if not span_context.is_valid:
             return
         setter.set(
