@@ -6,6 +6,7 @@ periodic or batched already and do not sit on the request path, so the SDK's com
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -228,8 +229,14 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     return provider
 
 
-def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any, logging.Handler]:
-    """A LoggerProvider exporting stdlib log records over OTLP, and the handler feeding it."""
+def build_logs(
+    config: Config,
+    resource_attributes: dict[str, Any],
+    *,
+    replacing: logging.Handler | None = None,
+) -> tuple[Any, logging.Handler]:
+    """A LoggerProvider exporting stdlib log records over OTLP, and the handler feeding it, put
+    on the root logger in the place of ``replacing`` (a previous configuration's handler)."""
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
@@ -265,7 +272,16 @@ def build_logs(config: Config, resource_attributes: dict[str, Any]) -> tuple[Any
         redact_emails=config.log_redact_emails,
     )
     handler.addFilter(_NOT_DURING_EXPORT)
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    # In one assignment, under addHandler's lock: a line another thread logs meanwhile is
+    # exported through one of the two handlers, never through neither or both.
+    with getattr(logging, "_lock", None) or contextlib.nullcontext():
+        handlers = list(root.handlers)
+        if replacing is not None and replacing in handlers:
+            handlers[handlers.index(replacing)] = handler
+        elif handler not in handlers:
+            handlers.append(handler)
+        root.handlers = handlers
     return provider, handler
 
 

@@ -201,9 +201,7 @@ class Runtime:
         ok = True
         if self.processor is not None:
             ok = self.processor.close(timeout=max(deadline - time.monotonic(), 0.0)) and ok
-        for server in (self.metrics_server, self.metrics_retry):
-            if server is not None:
-                server.close()
+        self.release_port()
         for handler in (self.log_handler, None if keep_json_handler else self.json_handler):
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
@@ -215,6 +213,17 @@ class Runtime:
             if provider is not None:
                 ok = _bounded(provider.shutdown, deadline - time.monotonic()) and ok
         return ok
+
+    def release_port(self) -> None:
+        """Close the metrics port (or stop waiting for it), for a new runtime to open."""
+        servers, self.metrics_server, self.metrics_retry = (
+            (self.metrics_server, self.metrics_retry),
+            None,
+            None,
+        )
+        for server in servers:
+            if server is not None:
+                server.close()
 
 
 def _bounded(fn: Any, timeout: float) -> bool:
@@ -343,11 +352,22 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
             old = _state.runtime
             if old is not None and not old.closed and old.config == config and sink is None:
                 return old.config
+        # The new runtime is built and installed before the old one is shut down: that waits on
+        # its collectors (up to shutdown_timeout), and spans and log lines that end meanwhile
+        # go to the new pipeline instead of to a closed one. Only the metrics port cannot be
+        # held by both.
         if old is not None:
-            old.shutdown(timeout=config.shutdown_timeout, keep_json_handler=True)
-        runtime = _build(config, sink)
+            old.release_port()
+        try:
+            runtime = _build(config, sink, previous=old)
+        except BaseException:
+            if old is not None:
+                old.shutdown(timeout=config.shutdown_timeout, keep_json_handler=True)
+            raise
         with _state.lock:
             _state.runtime = runtime
+        if old is not None:
+            old.shutdown(timeout=config.shutdown_timeout, keep_json_handler=True)
         if old is not None and old.json_handler is not None and runtime.json_handler is None:
             logging.getLogger().removeHandler(old.json_handler)  # logging turned off
             from obskit.logging import retire_handler
@@ -363,10 +383,12 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
     return config
 
 
-def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
+def _build(
+    config: Config, sink: SpanSink | None = None, previous: Runtime | None = None
+) -> Runtime:
     runtime = Runtime(config)
     try:
-        _build_into(runtime, config, sink)
+        _build_into(runtime, config, sink, previous)
     except BaseException:
         # What started (the export thread, the metrics port, OTLP providers) stops with the
         # error; the JSON handler stays, so that the app's lines are still written.
@@ -378,7 +400,9 @@ def _build(config: Config, sink: SpanSink | None = None) -> Runtime:
     return runtime
 
 
-def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None:
+def _build_into(
+    runtime: Runtime, config: Config, sink: SpanSink | None, previous: Runtime | None
+) -> None:
     glob = _install_global()
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
@@ -465,7 +489,9 @@ def _build_into(runtime: Runtime, config: Config, sink: SpanSink | None) -> None
             runtime.meter_provider = build_metrics(config, resource_attributes(config))
         if config.logs_exporter == "otlp":
             runtime.logger_provider, runtime.log_handler = build_logs(
-                config, resource_attributes(config)
+                config,
+                resource_attributes(config),
+                replacing=None if previous is None else previous.log_handler,
             )
             root = logging.getLogger()
             if not config.logging and (

@@ -827,6 +827,45 @@ def test_a_hanging_collector_never_slows_the_app_and_shutdown_and_reconfigure_ke
     assert [] == thread_errors
 
 
+# A bug this test found, since fixed: obskit._runtime._configure shut the old runtime down before
+# building the new one, so spans that ended while the old MeterProvider's shutdown waited on a
+# hanging collector (up to shutdown_timeout) went to the closed span processor and were dropped
+def test_spans_that_end_during_a_reconfigure_held_up_by_a_hanging_collector_are_exported() -> None:
+    from obskit.testing import capture
+
+    with HangingServer() as hanging:
+        options: dict[str, Any] = {
+            "service_name": "adv",
+            "otlp_endpoint": hanging.endpoint,
+            "otlp_timeout": 5.0,
+            "metrics_exporter": "otlp",
+            "metric_export_interval": 30.0,
+            "shutdown_timeout": 1.5,
+        }
+        with capture(**options) as spans:
+            counter().add(1)  # the old provider's shutdown exports it, and hangs
+            reconfigure = threading.Thread(
+                target=obskit.configure, kwargs={**options, "service_version": "2.0"}
+            )
+            started = time.monotonic()
+            reconfigure.start()
+            tracer = trace.get_tracer("adv")
+            ended = 0
+            while reconfigure.is_alive() and time.monotonic() - started < 1.2:
+                with tracer.start_as_current_span("during"):
+                    ended += 1
+                time.sleep(0.02)
+            reconfigure.join(5.0)
+            took = time.monotonic() - started
+            assert True is obskit.force_flush(5.0)
+            exported = [s.name for s in spans.spans()].count("during")
+            connections = hanging.connections
+    assert took > 1.0  # the reconfigure did wait on the hanging collector
+    assert connections >= 1
+    assert ended > 20
+    assert ended == exported
+
+
 FLOOD_SCRIPT = """
     import gc, json, logging, sys, time, tracemalloc
     import obskit

@@ -183,7 +183,7 @@ def test_a_configure_that_fails_half_way_stops_what_it_started(
 
     from obskit import _otlp_signals
 
-    def broken(*args: object) -> object:
+    def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("the logs exporter cannot be made")
 
     monkeypatch.setattr(_otlp_signals, "build_logs", broken)
