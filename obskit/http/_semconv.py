@@ -21,7 +21,6 @@ __all__ = [
     "port",
     "protocol_version",
     "redact_query",
-    "sanitize_method",
     "server_authority",
     "span_name",
     "status_label",
@@ -44,7 +43,7 @@ ERROR_TYPE = "error.type"
 
 #: The methods of RFC 9110 and RFC 5789; anything else is recorded as ``_OTHER`` (semconv rule).
 #: The default of the ``http_known_methods`` option (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``),
-#: which replaces it for SERVER spans and the RED metrics.
+#: which replaces it for SERVER and CLIENT spans and the RED metrics.
 METHODS = frozenset(Config.http_known_methods)
 OTHER_METHOD = "_OTHER"
 #: The ``route`` label and span name suffix of a request no route matched.
@@ -71,12 +70,6 @@ _MAX_AUTHORITY = 300
 #: past the bound they are parsed every time.
 _authorities: dict[str, tuple[str, int]] = {}
 _MAX_AUTHORITIES = 256
-
-
-def sanitize_method(method: str) -> str:
-    """The method if it is a standard one, else ``_OTHER`` (CLIENT spans; SERVER spans and the
-    RED metrics follow the ``http_known_methods`` option)."""
-    return method if method in METHODS else OTHER_METHOD
 
 
 def redact_query(query: str) -> str:

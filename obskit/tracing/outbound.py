@@ -103,14 +103,16 @@ def _start(method: str, url: str) -> tuple[Any, object, Any] | None:
     """Start a CLIENT span for ``method url``; None when suppressed, nested or not tracing."""
     if otel_context.get_value(_SUPPRESS) or otel_context.get_value(_CLIENT_DONE):
         return None
-    if not _tracing():
+    runtime = _state.runtime
+    if runtime is None or runtime.closed or runtime.processor is None:
         # Not configured, shut down, disabled or traces off: the hooks stay installed but
         # leave the request untouched -- no span, and no traceparent of an unsampled span that
         # would turn tracing off downstream or overwrite one the caller set.
         return None
     original = method
+    # requests and httpx send the method upper-cased whatever the caller gave.
     method = method.upper()
-    label = sc.sanitize_method(method)
+    label = method if method in runtime.http_methods else sc.OTHER_METHOD
     parts = urllib.parse.urlsplit(url)
     # SplitResult parses the netloc again on every .hostname and .port: once each here.
     host = parts.hostname

@@ -334,8 +334,12 @@ def test_a_full_queue_is_counted_and_warned_about_once(caplog: pytest.LogCapture
         tracer = obskit.tracer_provider().get_tracer("docs")
         for index in range(5):
             tracer.start_span(f"span-{index}").end()
-        assert 3.0 == get_sample_value("obskit_spans_dropped_total", {"reason": "queue_full"})
-        assert 2 == len(cap.spans())
+        dropped = get_sample_value("obskit_spans_dropped_total", {"reason": "queue_full"})
+        # A full batch (2 spans here) wakes the export thread, which may empty the queue
+        # before the last spans end: 1 to 3 are dropped, and each span is either.
+        assert dropped is not None
+        assert dropped >= 1.0
+        assert 5 == dropped + len(cap.spans())
     warnings = [r for r in caplog.records if r.name == "obskit" and "queue_full" in r.getMessage()]
     assert [logging.WARNING] == [r.levelno for r in warnings]
 

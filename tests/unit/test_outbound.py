@@ -405,3 +405,29 @@ def test_traces_off_forwards_the_incoming_trace_context_unchanged() -> None:
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_TRACEPARENT": incoming}
     list(wrapped(environ, lambda *args: None))
     assert incoming == seen["traceparent"]
+
+
+@pytest.mark.parametrize("library", ["requests", "httpx"])
+def test_client_spans_name_the_methods_of_http_known_methods(server: Server, library: str) -> None:
+    """``http_known_methods`` (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``) decides what CLIENT
+    spans name too, as the HTTP semantic conventions say of every HTTP span: a method it lists
+    is named, any other is ``_OTHER`` with ``http.request.method_original``."""
+    send = requests.request if library == "requests" else httpx.request
+    with capture(service_name="outbound-test", http_known_methods="GET,PROPFIND") as cap:
+        with tracer().start_as_current_span("parent"):
+            for method in ("PROPFIND", "PUT", "GET"):
+                send(method, server.url(), timeout=TIMEOUT)
+        assert True is obskit.force_flush(5.0)
+        spans = [span for span in cap.spans() if CLIENT == span.kind]
+    assert [
+        ("PROPFIND", "PROPFIND", None),
+        ("HTTP", "_OTHER", "PUT"),
+        ("GET", "GET", None),
+    ] == [
+        (
+            span.name,
+            attributes(span)["http.request.method"],
+            attributes(span).get("http.request.method_original"),
+        )
+        for span in spans
+    ]
