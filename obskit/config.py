@@ -142,6 +142,11 @@ class Config:
         "PUT",
         "TRACE",
     )
+    #: How many reverse proxies in front of the service append to ``X-Forwarded-For``/``-Host``/
+    #: ``-Proto`` (Werkzeug ``ProxyFix``'s count): SERVER spans take ``client.address``,
+    #: ``server.address``/``port`` and ``url.scheme`` from the value the outermost of them wrote.
+    #: 0: those headers are not read (any client can send them).
+    trusted_proxy_hops: int = 0
     multiproc_dir: str | None = None
     include_default_registry: bool = True
     cardinality_limit: int = 1000
@@ -399,6 +404,21 @@ def _positive_int(raw: object) -> int:
         raise _Invalid("a positive integer") from None
     if value <= 0 or (isinstance(raw, float) and raw != value):
         raise _Invalid("a positive integer")
+    return value
+
+
+def _hops(raw: object) -> int:
+    allowed = "a number of proxies, 0 (forwarded headers not read) to 16"
+    if isinstance(raw, str):
+        raw = raw.strip()
+    if raw == "0" or (raw == 0 and not isinstance(raw, bool)):
+        return 0
+    try:
+        value = _positive_int(raw)
+    except _Invalid:
+        raise _Invalid(allowed) from None
+    if value > 16:
+        raise _Invalid(allowed)
     return value
 
 
@@ -723,6 +743,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         ("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS",),
         _methods,
         "HTTP methods named in spans and RED metrics (others are _OTHER); replaces the default",
+    ),
+    _O(
+        "trusted_proxy_hops",
+        ("OBSKIT_TRUSTED_PROXY_HOPS",),
+        _hops,
+        "reverse proxies whose X-Forwarded-For/-Host/-Proto SERVER spans trust (0: none)",
     ),
     _O(
         "multiproc_dir",

@@ -154,6 +154,7 @@ class HttpTelemetry:
         # The methods named in spans and RED labels (http_known_methods); any other is _OTHER.
         self._methods = frozenset(config.http_known_methods)
         self._span_names = {m: sc.span_name(m) for m in (*self._methods, sc.OTHER_METHOD)}
+        self.proxy_hops = config.trusted_proxy_hops
         given = self._excluded_paths
         self.excluded = frozenset(config.excluded_paths) if given is None else given
         # With a separate metrics port, the app's own path is left to the app.
@@ -291,7 +292,10 @@ class HttpTelemetry:
             if not adopt and span.is_recording():
                 request._recording = True
                 _set_attributes(
-                    span, _server_attributes(label, method, path, describe(source), get_header)
+                    span,
+                    _server_attributes(
+                        label, method, path, describe(source), get_header, self.proxy_hops
+                    ),
                 )
             elif (processor is not None and self._keeps) or (
                 runtime is not None and runtime.meter_provider is not None
@@ -452,17 +456,28 @@ class _RouteSeries:
 
 
 def _server_attributes(
-    label: str, method: str, path: str, facts: tuple[Any, ...], get_header: Getter
+    label: str,
+    method: str,
+    path: str,
+    facts: tuple[Any, ...],
+    get_header: Getter,
+    hops: int = 0,
 ) -> dict[str, Any]:
     """The SERVER span's request attributes (stable HTTP semantic conventions).
 
     ``url.query`` when a query was received, the values of presigned-URL keys redacted as
     CLIENT spans' ``url.full`` has them. ``server.address`` and ``server.port`` name the host the
     client asked for: the ``Host`` header (HTTP/2's ``:authority``, which ASGI servers pass as
-    ``host``; a port it omits is the scheme's), else the listening socket. ``Forwarded`` and
-    ``X-Forwarded-Host`` are not read: any client can send them.
+    ``host``; a port it omits is the scheme's), else the listening socket. Behind ``hops``
+    trusted proxies (``trusted_proxy_hops``), what they wrote in ``X-Forwarded-For``/``-Host``/
+    ``-Proto`` comes first, and the socket's peer is ``network.peer.address``; otherwise those
+    headers are not read: any client can send them.
     """
     scheme, address, port, client, protocol, query = facts
+    host = origin = None
+    if hops:
+        origin, host, proto = sc.forwarded(get_header, hops)
+        scheme = proto or scheme
     attrs: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
         sc.URL_PATH: path,
@@ -472,15 +487,23 @@ def _server_attributes(
         attrs[sc.URL_QUERY] = sc.redact_query(query)
     if label == sc.OTHER_METHOD:
         attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
-    host = get_header("host")
+    named = None
     if host:
         named = sc.server_authority(host, scheme)
-        if named is not None:
-            address, port = named
+    if named is None:
+        host = get_header("host")
+        if host:
+            named = sc.server_authority(host, scheme)
+    if named is not None:
+        address, port = named
     if address:
         attrs[sc.SERVER_ADDRESS] = address
     if port:
         attrs[sc.SERVER_PORT] = port
+    if hops and origin is not None and origin != client:
+        if client:
+            attrs[sc.NETWORK_PEER_ADDRESS] = client
+        client = origin
     if client:
         attrs[sc.CLIENT_ADDRESS] = client
     if protocol:
@@ -687,7 +710,8 @@ class Request:
             scheme = (getattr(self.span, "attributes", None) or {}).get(sc.URL_SCHEME)
         elif self._unsampled is not None:
             describe, source = self._unsampled[3:]
-            scheme = describe(source)[0]
+            hops = self.telemetry.proxy_hops
+            scheme = (hops and sc.forwarded(self._get_header, hops)[2]) or describe(source)[0]
         attributes[sc.URL_SCHEME] = scheme or "http"
         if code is not None:
             attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
@@ -797,7 +821,10 @@ class Request:
         span.start_time = end - int(duration * 1e9)
         facts = describe(source)
         _set_attributes(
-            span, _server_attributes(self.method, method, path, facts, self._get_header)
+            span,
+            _server_attributes(
+                self.method, method, path, facts, self._get_header, self.telemetry.proxy_hops
+            ),
         )
         if self.route is not None:
             span.set_attribute(sc.HTTP_ROUTE, route)

@@ -17,6 +17,7 @@ __all__ = [
     "SECRET_QUERY_KEYS",
     "UNMATCHED",
     "error_type",
+    "forwarded",
     "mark_exception",
     "port",
     "protocol_version",
@@ -37,6 +38,7 @@ URL_QUERY = "url.query"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 CLIENT_ADDRESS = "client.address"
+NETWORK_PEER_ADDRESS = "network.peer.address"
 USER_AGENT = "user_agent.original"
 NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 ERROR_TYPE = "error.type"
@@ -134,6 +136,44 @@ def server_authority(value: str, scheme: str) -> tuple[str, int | None] | None:
         return address, (DEFAULT_PORTS.get(scheme) if given == 0 else None)
     except Exception:  # not text (a Getter of start() that returns bytes)
         return None
+
+
+#: An X-Forwarded-For entry: an IPv4 or IPv6 address, an IPv6 one possibly in brackets, with or
+#: without a port (some proxies add it). Anything else (``unknown``, a name) is not an address.
+_FORWARDED_FOR = re.compile(
+    r"(?P<v4>[0-9]{1,3}(?:\.[0-9]{1,3}){3})(?::[0-9]{1,5})?"
+    r"|\[(?P<v6b>[0-9A-Fa-f:.]+)\](?::[0-9]{1,5})?"
+    r"|(?P<v6>[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)"
+)
+
+
+def _hop(value: str | None, hops: int) -> str | None:
+    """The entry of a comma-separated forwarded list that the outermost of ``hops`` trusted
+    proxies appended (the ``hops``-th from the right); None when the list is shorter, as
+    Werkzeug's ``ProxyFix`` does: entries further left are whatever the client sent."""
+    if not value or len(value) > 4096:
+        return None
+    items = value.split(",")
+    if len(items) < hops:
+        return None
+    return items[-hops].strip() or None
+
+
+def forwarded(get_header: Any, hops: int) -> tuple[str | None, str | None, str | None]:
+    """``(client address, host, scheme)`` from ``X-Forwarded-For``, ``X-Forwarded-Host`` and
+    ``X-Forwarded-Proto``, each as ``hops`` trusted proxies wrote it (see :func:`_hop`); None
+    for what they did not send or what is not an address, a host or ``http``/``https``."""
+    client = _hop(get_header("x-forwarded-for"), hops)
+    if client is not None:
+        found = _FORWARDED_FOR.fullmatch(client)
+        client = None if found is None else found["v4"] or found["v6b"] or found["v6"]
+    host = _hop(get_header("x-forwarded-host"), hops)
+    scheme = _hop(get_header("x-forwarded-proto"), hops)
+    if scheme is not None:
+        scheme = scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            scheme = None
+    return client, host, scheme
 
 
 def span_name(method: str, route: str | None = None) -> str:

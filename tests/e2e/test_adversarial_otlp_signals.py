@@ -476,6 +476,34 @@ def test_http_server_request_duration_carries_the_required_semconv_attributes() 
     assert [("http", "503")] == [(a.get("url.scheme"), a.get("error.type")) for a in points]
 
 
+def test_the_otlp_duration_names_the_scheme_a_trusted_proxy_saw() -> None:
+    """trusted_proxy_hops: an unsampled request's ``url.scheme`` is X-Forwarded-Proto's too."""
+    with SignalCollector() as collector:
+        obskit.configure(
+            service_name="shop",
+            traces_exporter="none",
+            otlp_endpoint=collector.endpoint,
+            metrics_exporter="otlp",
+            metric_export_interval=30.0,
+            trusted_proxy_hops=1,
+        )
+        app = FastAPI()
+
+        @app.get("/pay")
+        def pay() -> None:
+            return None
+
+        with TestClient(instrument(app)) as client:
+            assert 200 == client.get("/pay", headers={"X-Forwarded-Proto": "https"}).status_code
+            assert 200 == client.get("/pay").status_code
+        assert True is obskit.force_flush(10.0)
+        rows = metric_rows(
+            [h.message for h in collector.hits("metrics")], "http.server.request.duration"
+        )
+    points = [attributes_dict(p.attributes) for p in rows[-1].metric.histogram.data_points]
+    assert ["http", "https"] == sorted(a["url.scheme"] for a in points)
+
+
 def test_otel_variables_alone_turn_on_otlp_metrics_and_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

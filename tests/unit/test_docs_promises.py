@@ -183,6 +183,7 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
         ("GET", "PROPFIND"),
         "",
     ),
+    ("trusted_proxy_hops", "0", 0, "1", 1, ""),
     ("logs_exporter", "`none`", "none", "otlp", "otlp", ""),
     ("shutdown_timeout", "5 s", 5.0, "2", 2.0, "s"),
 ]
