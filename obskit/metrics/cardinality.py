@@ -427,14 +427,18 @@ def _renew_locks() -> None:
 os.register_at_fork(after_in_child=_renew_locks)
 
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+#: Prometheus' classic metric names, without the colon: it is reserved for recording rules
+#: ("should not be used by exporters or direct instrumentation", Prometheus' naming guide).
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: Where a camelCase or PascalCase name has a word boundary: ``requestId``, ``IPAddress``.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def _suggest(name: str, label: bool) -> str:
     """``name`` made a classic Prometheus name: what to write instead."""
-    text = re.sub(r"[^a-zA-Z0-9_]" if label else r"[^a-zA-Z0-9_:]", "_", name)
+    text = re.sub(r"[^a-zA-Z0-9_]", "_", name)
     if label and text.startswith("__"):
         text = text.lstrip("_")
     if not text or text[0].isdigit():
@@ -443,17 +447,19 @@ def _suggest(name: str, label: bool) -> str:
 
 
 def _normalised(name: str) -> str:
-    """A label name as the deny-list compares it: lowercased, anything else as ``_``."""
-    return _NOT_NAME.sub("_", name.lower())
+    """A label name as the deny-list compares it: camelCase words split (``requestId`` as
+    ``request_Id``), lowercased, anything outside ``[a-z0-9_]`` as ``_``."""
+    return _NOT_NAME.sub("_", _CAMEL.sub("_", name).lower())
 
 
 def check_metric_name(metric: object) -> str:
-    """Refuse a metric name outside Prometheus' classic ``[a-zA-Z_:][a-zA-Z0-9_:]*``.
+    """Refuse a metric name outside Prometheus' classic ``[a-zA-Z_][a-zA-Z0-9_]*``.
 
     prometheus_client accepts any UTF-8 name and escapes it when it writes the exposition
     (``orders.completed`` as ``orders_completed``): two names that escape alike -- or one that
     escapes onto obskit's own ``function_calls`` -- would give two families of one name, which
-    promtool and the OpenMetrics parser refuse and Prometheus keeps only one of.
+    promtool and the OpenMetrics parser refuse and Prometheus keeps only one of. Colons are
+    left to recording rules, as Prometheus' naming guide asks of direct instrumentation.
     """
     if isinstance(metric, str) and _METRIC_NAME.fullmatch(metric):
         return metric
@@ -461,9 +467,9 @@ def check_metric_name(metric: object) -> str:
         raise ValueError(f"obskit: a metric name must be a str, got {metric!r}")
     raise ValueError(
         f"obskit: metric name {metric!r} is not a Prometheus metric name "
-        f"([a-zA-Z_:][a-zA-Z0-9_:]*). The exposition would write it escaped, where it can "
-        f"collide with another metric of the escaped name (two HELP/TYPE blocks for one "
-        f"name: scrapers refuse it or keep one of them). Name it "
+        f"([a-zA-Z_][a-zA-Z0-9_]*; colons are for recording rules). The exposition would "
+        f"write it escaped, where it can collide with another metric of the escaped name (two "
+        f"HELP/TYPE blocks for one name: scrapers refuse it or keep one of them). Name it "
         f"{_suggest(metric, label=False)!r} instead."
     )
 
@@ -477,6 +483,14 @@ def check_label_names(
     each with what to do instead."""
     names = tuple(label_names)
     allowed = set(allow_unbounded)
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=str)
+    if repeated:
+        # prometheus_client takes them, and writes two series of one label set whenever the
+        # values differ only in a repeated label's position: Prometheus drops one of them.
+        raise ValueError(
+            f"obskit: metric {metric!r} declares label {repeated[0]!r} more than once; "
+            f"each label name can appear once"
+        )
     for name in names:
         if not isinstance(name, str):
             raise ValueError(f"obskit: metric {metric!r}: a label name must be a str, got {name!r}")

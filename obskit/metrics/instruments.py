@@ -9,7 +9,7 @@ Each instrument wraps a prometheus_client metric in obskit's registry behind a
 Declaring the same name again with the same definition (kind, labels, buckets, rules, limit,
 gauge mode) returns the same instrument, so decorators and modules can declare what they use
 without coordinating; another definition under that name is refused. Names are Prometheus'
-classic ones (``[a-zA-Z_:][a-zA-Z0-9_:]*``; labels ``[a-zA-Z_][a-zA-Z0-9_]*``).
+classic ones (``[a-zA-Z_][a-zA-Z0-9_]*``, colons left to recording rules; labels the same).
 """
 
 from __future__ import annotations
@@ -264,7 +264,12 @@ def _declare(
     kwargs: dict[str, Any],
 ) -> Instrument[M]:
     name = check_metric_name(name)
+    if kind is Counter and name.endswith("_total"):
+        # prometheus_client drops the suffix (and writes it back on exposition): ``orders`` and
+        # ``orders_total`` are one counter, and one declaration.
+        name = name[: -len("_total")]
     label_names = check_label_names(name, labels, allow_unbounded)
+    _check_not_obskits(kind, name, label_names)
     parsed = {k: LabelRule.of(v) for k, v in (rules or {}).items()}
     unknown = set(parsed) - set(label_names)
     if unknown:
@@ -301,6 +306,41 @@ def _declare(
             first_help,
         )
     return existing
+
+
+#: obskit's own families (RED, USE, event-loop lag): declared again, they must be declared as
+#: obskit declares them -- which gives obskit's instrument -- or obskit's own declaration would
+#: fail later, its metrics lost with only a warning.
+_OBSKITS: dict[str, tuple[type[Any], tuple[str, ...], str]] = {
+    "function_calls": (Counter, ("function", "module", "result"), "@obskit.red"),
+    "function_duration_seconds": (Histogram, ("function", "module"), "@obskit.red"),
+    "http_requests": (Counter, ("method", "route", "status"), "the HTTP adapters"),
+    "http_request_duration_seconds": (Histogram, ("method", "route"), "the HTTP adapters"),
+    "http_requests_in_flight": (Gauge, ("method", "route"), "the HTTP adapters"),
+    **dict.fromkeys(
+        ("resource_in_use", "resource_capacity", "resource_utilization_ratio", "resource_waiters"),
+        (Gauge, ("resource",), "the USE trackers"),
+    ),
+    "resource_wait_seconds": (Histogram, ("resource",), "the USE trackers"),
+    "resource_errors": (Counter, ("resource", "reason"), "the USE trackers"),
+    "asyncio_event_loop_lag_seconds": (Gauge, ("loop",), "the runtime metrics"),
+    "asyncio_event_loop_lateness_seconds": (Histogram, ("loop",), "the runtime metrics"),
+}
+
+
+def _check_not_obskits(kind: type[Any], name: str, label_names: tuple[str, ...]) -> None:
+    """Refuse a declaration that would take one of obskit's own metric names."""
+    if name.startswith("obskit_"):
+        raise ValueError(
+            f"obskit: metric name {name!r}: the obskit_ prefix is for obskit's self-metrics; "
+            f"name it without it"
+        )
+    own = _OBSKITS.get(name)
+    if own is not None and (kind, label_names) != own[:2]:
+        raise ValueError(
+            f"obskit: metric {name!r} is obskit's own (recorded by {own[2]}, a "
+            f"{own[0].__name__} with labels {list(own[1])}); declare yours under another name"
+        )
 
 
 def _create(
