@@ -7,7 +7,7 @@
 
 One JSON object per line: ``timestamp`` (RFC 3339, UTC), ``level``, ``logger``, ``message``,
 ``service.*``, ``trace_id``/``span_id``/``trace_flags``, inside a request ``request_id``,
-``http.method``, ``http.route``; ``extra`` fields at top level; exceptions as ``exception.*``.
+``http.request.method``, ``http.route``; ``extra`` fields at top level; exceptions as ``exception.*``.
 ``log_format="ecs"`` renames the fields to Elastic Common Schema names.
 
 Three pieces, each usable alone:
@@ -268,7 +268,7 @@ _OTEL_FIELDS = {
     "span_id": "span_id",
     "trace_flags": "trace_flags",
     "request_id": "request_id",
-    "http.method": "http.method",
+    "http.method": "http.request.method",
     "http.route": "http.route",
     "exception.type": "exception.type",
     "exception.message": "exception.message",

@@ -204,7 +204,7 @@ def test_handler_line_carries_the_same_trace_id(servers: dict[str, Server], name
     for line in handler_lines.values():
         # The same server span: the access line is logged in the request's context.
         assert line["span_id"] == access[line["trace_id"]]["span_id"]
-        assert (route, "GET") == (line["http.route"], line["http.method"])
+        assert (route, "GET") == (line["http.route"], line["http.request.method"])
         assert line["span_id"] == line["request_id"]
         assert 1 == int(line["trace_flags"], 16) & 0x01  # the incoming traceparent was sampled
 

@@ -116,7 +116,7 @@ def test_the_line_equals_the_stdlib_line_and_makes_no_record() -> None:
     assert "01" == line["trace_flags"]
     assert ("req-1", "GET", "/items/{id}") == (
         line["request_id"],
-        line["http.method"],
+        line["http.request.method"],
         line["http.route"],
     )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["timestamp"])

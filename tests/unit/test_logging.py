@@ -239,7 +239,7 @@ def test_request_fields_inside_a_flask_request(flask_client: tuple[Any, io.Strin
     assert 200 == status
     line = only(buffer, "shop.view")
     assert "/items/<int:item_id>" == line["http.route"]
-    assert "GET" == line["http.method"]
+    assert "GET" == line["http.request.method"]
     assert "req-abc-123" == line["request_id"]
     assert json.loads(body)["span_id"] == line["span_id"]
 
@@ -259,7 +259,7 @@ def test_no_request_fields_after_the_request(flask_client: tuple[Any, io.StringI
     assert 200 == fetch(client, "/items/9")[0]
     logging.getLogger("shop.after").info("later")
     line = only(buffer, "shop.after")
-    assert set() == {"request_id", "http.method", "http.route", "trace_id"} & set(line)
+    assert set() == {"request_id", "http.request.method", "http.route", "trace_id"} & set(line)
 
 
 # -- ECS -------------------------------------------------------------------------------------
