@@ -364,11 +364,16 @@ def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tup
     """For a line logged outside any span: the span context and obskit request of the request
     the record names in its ``request`` extra, if obskit's Django middleware handled it --
     Django logs a 4xx/5xx response ("Not Found: /x") after the middleware chain returned and
-    obskit restored the caller's context. Else ``ctx`` and ``request`` unchanged."""
+    obskit restored the caller's context -- or of the request whose exception the record
+    carries: servers log an app's exception ("Exception in ASGI application", gunicorn's
+    "Error handling request") after it left obskit's middleware. Else ``ctx`` and ``request``
+    unchanged."""
     try:
         # Any object can be the extra: an unbound proxy (flask.request outside a request)
         # raises from getattr, which must neither reach the caller nor spoil the line.
         owner = getattr(getattr(record, "request", None), "_obskit_request", None)
+        if owner is None and record.exc_info:
+            owner = getattr(record.exc_info[1], "_obskit_request", None)
         span = getattr(owner, "span", None)
         if span is None:
             return ctx, request

@@ -650,6 +650,13 @@ class Request:
             status = self.status
         if exc is None and self.handled is not None and (status is None or status >= 500):
             exc = self.handled
+        if exc is not None:
+            try:
+                # The server logs the exception after it left the middleware and the request's
+                # context: its line finds the request here (obskit.logging._after_the_request).
+                exc._obskit_request = self  # type: ignore[attr-defined]
+            except Exception:  # an exception type without a __dict__
+                pass
         # The recording is inline rather than a method of its own: one call less per request.
         try:
             telemetry = self.telemetry

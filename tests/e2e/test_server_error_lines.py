@@ -1,0 +1,120 @@
+"""The line a server writes about an app's exception carries the request's trace.
+
+uvicorn logs "Exception in ASGI application" and gunicorn "Error handling request" after the
+exception has left obskit's middleware, and with it the request's context: the JSON line of
+that traceback -- the one an on-call engineer searches for -- must still name the request's
+``trace_id``/``span_id``, and its ``request_id`` and route. Real servers on loopback, a known
+``traceparent`` sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.child_process import child_env
+from tests.loopback import free_port
+
+pytestmark = pytest.mark.e2e
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+ASGI_APP = """
+import obskit
+from fastapi import FastAPI
+from obskit.fastapi import instrument
+
+obskit.configure(service_name="boom", logging=True)
+app = FastAPI()
+
+@app.get("/boom/{n}")
+def boom(n: int) -> None:
+    raise RuntimeError(f"boom {n}")
+
+instrument(app)
+"""
+
+WSGI_APP = """
+import obskit
+from obskit.wsgi import ObskitMiddleware
+
+obskit.configure(service_name="boom", logging=True)
+
+def plain(environ, start_response):
+    raise RuntimeError("boom " + environ["PATH_INFO"])
+
+app = ObskitMiddleware(plain)
+"""
+
+SERVERS = {
+    "uvicorn": (ASGI_APP, ["-m", "uvicorn", "--host", "127.0.0.1", "--port"], "uvicorn.error"),
+    "gunicorn": (WSGI_APP, ["-m", "gunicorn", "-w", "1", "-b"], "gunicorn.error"),
+}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def error_lines(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
+    name = request.param
+    source, argv, logger = SERVERS[name]
+    (tmp_path / "boom_app.py").write_text(textwrap.dedent(source))
+    port = free_port()
+    bind = [str(port)] if name == "uvicorn" else [f"127.0.0.1:{port}"]
+    output = tmp_path / "server.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, *argv, *bind, "boom_app:app"],
+            cwd=tmp_path,
+            env=child_env(PYTHONPATH=f"{tmp_path}:{child_env()['PYTHONPATH']}"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            status = _get(port, "/boom/7", {"traceparent": TRACEPARENT, "X-Request-ID": "req-7"})
+            untraced = _get(port, "/boom/8", {})
+        finally:
+            server.terminate()
+            server.wait(15)
+    lines = [json.loads(line) for line in output.read_text().splitlines() if line.startswith("{")]
+    return name, (status, untraced, [line for line in lines if line.get("logger") == logger])
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path, headers=headers)
+            return conn.getresponse().status
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        finally:
+            conn.close()
+
+
+def test_the_servers_traceback_line_names_the_requests_trace(error_lines: tuple[str, Any]) -> None:
+    name, (status, untraced, lines) = error_lines
+    assert (500, 500) == (status, untraced)
+    tracebacks = [line for line in lines if line.get("exception.type") == "RuntimeError"]
+    assert 2 == len(tracebacks), lines
+    first, second = tracebacks
+    assert "boom" in first["exception.message"]
+    assert TRACE_ID == first["trace_id"]
+    assert 16 == len(first["span_id"])
+    assert "req-7" == first["request_id"]
+    # A request that came without a trace has one of its own, which its line names too.
+    assert len(second["trace_id"]) == 32
+    assert TRACE_ID != second["trace_id"]
+    if name == "uvicorn":
+        assert "/boom/{n}" == first["http.route"]
