@@ -20,7 +20,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 from obskit import _selfmetrics
 from obskit.config import Config, signal_url
 
-__all__ = ["build_logs", "build_metrics"]
+__all__ = ["build_logs", "build_metrics", "destination"]
 
 
 def _signal_variable(signal: str, setting: str) -> bool:
@@ -58,6 +58,32 @@ def _endpoint(config: Config, signal: str) -> str | None:
     if _protocol(config, signal) == "grpc":
         return config.otlp_endpoint
     return signal_url(config.otlp_endpoint, signal)
+
+
+def destination(config: Config, signal: str) -> tuple[str, str, dict[str, str]]:
+    """Where ``signal`` ("metrics" or "logs") goes over OTLP, as the SDK's exporter will send
+    it: ``(URL, protocol, headers)`` -- what ``obskit doctor`` shows and checks."""
+    from obskit.config import _headers
+
+    protocol = _protocol(config, signal)
+    grpc = protocol == "grpc"
+    own = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    endpoint = _endpoint(config, signal)
+    if own:
+        url = own
+    elif endpoint is not None:
+        url = endpoint
+    else:  # the SDK exporter's own default
+        url = "http://localhost:4317" if grpc else f"http://localhost:4318/v1/{signal}"
+    own_headers = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", "").strip()
+    if own_headers:
+        try:
+            headers = _headers(own_headers)
+        except Exception:  # the SDK's exporter reads it as it can
+            headers = {}
+    else:
+        headers = dict(config.otlp_headers) if _shared(config, "otlp_headers") else {}
+    return url, protocol, headers
 
 
 class _NotDuringExport(logging.Filter):

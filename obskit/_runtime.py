@@ -28,7 +28,7 @@ from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
 from obskit._version import __version__
-from obskit.config import Config, bounded_wait, load_config, masked_url
+from obskit.config import Config, bounded_wait, load_config, masked_url, unknown_variables
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
 from obskit.tracing.sampling import TRACES_OFF, SwitchableSampler, build_sampler, find_adaptive
 
@@ -531,6 +531,12 @@ def _enable_multiprocess(directory: str) -> None:
 
 
 def _summary(config: Config) -> None:
+    for variable in unknown_variables():
+        _selfmetrics.warn_once(
+            f"unknown_variable:{variable}",
+            "obskit: %s is set but is not a variable obskit reads; it is ignored",
+            variable,
+        )
     if config.disabled:
         logger.info("obskit: disabled by OTEL_SDK_DISABLED; no spans are recorded")
         return

@@ -12,6 +12,7 @@ value and what is allowed -- never at the first request.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
@@ -822,6 +823,29 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 OPTION_NAMES = frozenset(o.name for o in OPTIONS)
+#: Every environment variable an option reads.
+VARIABLES = frozenset(name for o in OPTIONS for name in o.env)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``OBSKIT_*`` variables set in ``environ`` that no option reads (a typo, or a name
+    obskit does not have, such as ``OBSKIT_SERVICE_NAME``), each with the likely one meant:
+    ``"OBSKIT_SERVICE_NAME (did you mean OTEL_SERVICE_NAME?)"``. A mistyped argument raises;
+    a variable cannot, as a stale one must not stop a deployment, so this is for a warning."""
+    env = os.environ if environ is None else environ
+    found = []
+    for name in sorted(env):
+        if not name.startswith("OBSKIT_") or name in VARIABLES:
+            continue
+        otel = "OTEL_" + name.removeprefix("OBSKIT_")
+        guess = otel if otel in VARIABLES else None
+        if guess is None:
+            close = difflib.get_close_matches(name, sorted(VARIABLES), n=1, cutoff=0.8)
+            guess = close[0] if close else None
+        found.append(f"{name} (did you mean {guess}?)" if guess else name)
+    return found
+
+
 #: Options whose value is a URL: a ConfigError shows their value masked (:func:`masked_url`).
 _URL_OPTIONS = frozenset(o.name for o in OPTIONS if o.parse is _endpoint)
 

@@ -20,13 +20,27 @@ from dataclasses import dataclass
 from typing import Literal, TextIO
 
 from obskit.cli._output import safe_output
-from obskit.config import MASK, Config, ConfigError, describe, load_config, masked_url
+from obskit.config import (
+    MASK,
+    Config,
+    ConfigError,
+    describe,
+    load_config,
+    masked_url,
+    unknown_variables,
+)
 from obskit.exporters.otlp import grpc_target
 
 __all__ = ["CHECKS", "CheckResult", "run"]
 
 Level = Literal["OK", "WARN", "FAIL"]
-_TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_EXPORT = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+#: The OTLP ports of each protocol: an endpoint on the other one's port is the usual mistake.
+_PORTS = {"grpc": 4317, "http/protobuf": 4318}
 
 
 @dataclass(frozen=True)
@@ -143,9 +157,51 @@ def check_traces(config: Config, timeout: float) -> CheckResult | None:
     url = config.traces_endpoint
     if not url:
         return CheckResult("FAIL", "traces", "traces_exporter=otlp but no endpoint is set")
-    if config.otlp_protocol == "grpc":
-        return _within(timeout, "traces", lambda: check_grpc(url, config.otlp_headers, timeout))
-    return _within(timeout, "traces", lambda: check_http(url, config.otlp_headers, timeout))
+    return _check_otlp("traces", url, config.otlp_protocol, config.otlp_headers, timeout)
+
+
+def _check_otlp(
+    signal: str, url: str, protocol: str, headers: Mapping[str, str], timeout: float
+) -> CheckResult:
+    if protocol == "grpc":
+        result = _within(timeout, signal, lambda: check_grpc(url, headers, timeout, signal))
+    else:
+        result = _within(timeout, signal, lambda: check_http(url, headers, timeout, signal))
+    port = urllib.parse.urlsplit(url).port
+    other = next((p for p, n in _PORTS.items() if n == port and p != protocol), None)
+    if result.level == "FAIL" and other is not None:
+        hint = f" ({port} is OTLP's {other} port; {protocol} listens on {_PORTS[protocol]})"
+        return CheckResult(result.level, result.name, result.reason + hint)
+    return result
+
+
+def check_metrics(config: Config, timeout: float) -> CheckResult | None:
+    """With OTLP metrics on: can they reach their endpoint?"""
+    if "otlp" not in config.metrics_exporter or config.disabled:
+        return None
+    return _check_signal(config, "metrics", timeout)
+
+
+def check_logs(config: Config, timeout: float) -> CheckResult | None:
+    """With OTLP logs on: can they reach their endpoint?"""
+    if config.logs_exporter != "otlp" or config.disabled:
+        return None
+    return _check_signal(config, "logs", timeout)
+
+
+def _check_signal(config: Config, signal: str, timeout: float) -> CheckResult:
+    from obskit._otlp_signals import destination
+
+    url, protocol, headers = destination(config, signal)
+    return _check_otlp(signal, url, protocol, headers, timeout)
+
+
+def check_variables(config: Config, timeout: float) -> CheckResult | None:
+    """Are ``OBSKIT_*`` variables set that obskit does not read (a typo)?"""
+    unknown = unknown_variables()
+    if not unknown:
+        return None
+    return CheckResult("WARN", "variables", "not read by obskit: " + "; ".join(unknown))
 
 
 def check_traces_file(path: str) -> CheckResult:
@@ -170,8 +226,10 @@ def check_traces_file(path: str) -> CheckResult:
     return CheckResult("OK", "traces", f"file {full} is writable")
 
 
-def check_http(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
-    """POST an empty ExportTraceServiceRequest to the OTLP/HTTP traces URL; OK on 2xx."""
+def check_http(
+    url: str, headers: Mapping[str, str], timeout: float, signal: str = "traces"
+) -> CheckResult:
+    """POST an empty export request to the signal's OTLP/HTTP URL; OK on 2xx."""
     shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "localhost"
@@ -188,28 +246,31 @@ def check_http(url: str, headers: Mapping[str, str], timeout: float) -> CheckRes
         response = conn.getresponse()
         response.read()
     except (OSError, http.client.HTTPException) as exc:
-        return CheckResult("FAIL", "traces", f"{shown}: {_error_reason(exc, timeout)}")
+        return CheckResult("FAIL", signal, f"{shown}: {_error_reason(exc, timeout)}")
     finally:
         conn.close()
     if 200 <= response.status < 300:
-        return CheckResult("OK", "traces", f"{shown} answered {response.status}")
+        return CheckResult("OK", signal, f"{shown} answered {response.status}")
     why = f"HTTP {response.status} {response.reason}".rstrip()
-    return CheckResult("FAIL", "traces", f"{shown} answered {why}")
+    return CheckResult("FAIL", signal, f"{shown} answered {why}")
 
 
-def check_grpc(url: str, headers: Mapping[str, str], timeout: float) -> CheckResult:
-    """Connect to the OTLP/gRPC endpoint; with grpcio, also call Export with an empty request."""
+def check_grpc(
+    url: str, headers: Mapping[str, str], timeout: float, signal: str = "traces"
+) -> CheckResult:
+    """Connect to the OTLP/gRPC endpoint; with grpcio, also call the signal's Export with an
+    empty request."""
     shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "localhost", parts.port or 4317
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        return CheckResult("FAIL", "traces", f"{shown}: {_error_reason(exc, timeout)}")
+        return CheckResult("FAIL", signal, f"{shown}: {_error_reason(exc, timeout)}")
     try:
         import grpc
     except ImportError:
-        return CheckResult("OK", "traces", f"{shown} accepts connections (grpcio not installed)")
+        return CheckResult("OK", signal, f"{shown} accepts connections (grpcio not installed)")
     target = grpc_target(parts)
     if parts.scheme == "https":
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
@@ -217,15 +278,15 @@ def check_grpc(url: str, headers: Mapping[str, str], timeout: float) -> CheckRes
         channel = grpc.insecure_channel(target)
     try:
         metadata = tuple((k.lower(), v) for k, v in headers.items())
-        channel.unary_unary(_TRACE_EXPORT)(b"", timeout=timeout, metadata=metadata)
+        channel.unary_unary(_EXPORT[signal])(b"", timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         detail = exc.details() if hasattr(exc, "details") else str(exc)
         name = code.name if code is not None else "error"
-        return CheckResult("FAIL", "traces", f"{shown}: Export failed: {name} {detail}".rstrip())
+        return CheckResult("FAIL", signal, f"{shown}: Export failed: {name} {detail}".rstrip())
     finally:
         channel.close()
-    return CheckResult("OK", "traces", f"{shown} accepted an empty Export")
+    return CheckResult("OK", signal, f"{shown} accepted an empty Export")
 
 
 def check_multiproc_dir(config: Config, timeout: float) -> CheckResult | None:
@@ -242,7 +303,13 @@ def check_multiproc_dir(config: Config, timeout: float) -> CheckResult | None:
 
 
 #: Checks run in order; cardinality and health checks go here.
-CHECKS: list[Check] = [check_traces, check_multiproc_dir]
+CHECKS: list[Check] = [
+    check_traces,
+    check_metrics,
+    check_logs,
+    check_multiproc_dir,
+    check_variables,
+]
 
 
 def run_checks(
@@ -277,6 +344,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     else:
         where = os.path.abspath(config.traces_file)
     print(f"\nSpans go to: {where if config.traces_exporter != 'none' else 'nowhere'}", file=out)
+    if not config.disabled:
+        from obskit._otlp_signals import destination
+
+        for signal, on in (
+            ("Metrics", "otlp" in config.metrics_exporter),
+            ("Logs", config.logs_exporter == "otlp"),
+        ):
+            if on:
+                url, protocol, _ = destination(config, signal.lower())
+                print(f"{signal} go to: {masked_url(url)} ({protocol})", file=out)
     print("\nChecks", file=out)
     results = run_checks(config, timeout)
     for r in results:

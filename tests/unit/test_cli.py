@@ -682,3 +682,72 @@ def test_traces_blank_trace_filter_is_no_filter() -> None:
     traces = group_traces(spans)
     assert select_traces(traces, " ", 2) == traces[-2:]
     assert [f"{3:032x}"] == [t.trace_id for t in select_traces(traces, f" {3:032X} ", 2)]
+
+
+# A gap a new user's read-through found, since filled: doctor checked the traces endpoint only;
+# OTLP metrics and logs aimed at a dead port were "No problems found", and not shown
+def test_doctor_shows_and_checks_the_otlp_metrics_and_logs_endpoints(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    collector: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = collector
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", dead + "/v1/logs")
+    status, out = doctor(capsys, "--timeout", "5")
+    assert 1 == status, out
+    assert f"Metrics go to: {url}/v1/metrics (http/protobuf)" in out
+    assert f"Logs go to: {dead}/v1/logs (http/protobuf)" in out
+    # The tiny collector answers 404 off /v1/traces: the metrics request was sent there.
+    assert f"FAIL  metrics: {url}/v1/metrics answered HTTP 404" in out
+    assert "FAIL  logs:" in out
+    assert "refused" in out
+    assert ["/v1/traces", "/v1/metrics"] == [r["path"] for r in received]
+    assert "s3cret" == received[1]["headers"]["api-key"]
+    assert "s3cret" not in out
+
+
+def test_doctor_names_the_protocols_port_when_a_grpc_endpoint_is_on_the_http_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC aimed at :4318 (OTLP/HTTP's port) fails with a hint, not just "refused"."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    status, out = doctor(capsys, "--timeout", "2")
+    assert 1 == status
+    assert "(4318 is OTLP's http/protobuf port; grpc listens on 4317)" in out
+
+
+# A gap a new user's read-through found, since filled: OBSKIT_SERVICE_NAME (there is no such
+# variable) or a misspelled OBSKIT_* variable was ignored without a word
+def test_unknown_obskit_variables_are_reported_with_the_name_meant(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import obskit
+
+    monkeypatch.setenv("OBSKIT_SERVICE_NAME", "typo-service")
+    monkeypatch.setenv("OBSKIT_METRIC_PATH", "/m")
+    monkeypatch.setenv("OBSKIT_WHATEVER", "1")
+    status, out = doctor(capsys)
+    assert 0 == status, out
+    assert (
+        "WARN  variables: not read by obskit: OBSKIT_METRIC_PATH (did you mean "
+        "OBSKIT_METRICS_PATH?); OBSKIT_SERVICE_NAME (did you mean OTEL_SERVICE_NAME?); "
+        "OBSKIT_WHATEVER"
+    ) in out
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        obskit.configure(traces_exporter="none")
+        obskit.configure(traces_exporter="none", service_version="2")
+    warned = [
+        r.getMessage() for r in caplog.records if "not a variable obskit reads" in r.getMessage()
+    ]
+    assert 3 == len(warned), warned
+    assert any("did you mean OTEL_SERVICE_NAME?" in message for message in warned)
