@@ -981,6 +981,17 @@ def _check_log_batches(env: Mapping[str, str]) -> None:
 ADAPTIVE_DEFAULT_BASE = 0.001
 
 
+def sampler_arg_default(sampler: str) -> float | None:
+    """The argument ``sampler`` takes when ``sampler_arg`` is not set (None: it takes none)."""
+    if sampler.endswith("traceidratio"):
+        return 1.0
+    if sampler.endswith("adaptive"):
+        return ADAPTIVE_DEFAULT_BASE
+    if sampler.endswith("ratelimited"):
+        return 100.0
+    return None
+
+
 def _check_sampler(values: dict[str, Any], sources: dict[str, str]) -> None:
     sampler = values.get("sampler", Config.sampler)
     arg = values.get("sampler_arg")

@@ -27,6 +27,7 @@ from obskit.config import (
     describe,
     load_config,
     masked_url,
+    sampler_arg_default,
     unknown_variables,
 )
 from obskit.exporters.otlp import grpc_target
@@ -71,8 +72,17 @@ def format_value(option: str, value: object) -> str:
 
 
 def config_rows(config: Config) -> list[tuple[str, str, str]]:
-    """(option, shown value, source) for every option."""
-    return [(name, format_value(name, value), source) for name, value, source in describe(config)]
+    """(option, shown value, source) for every option; an unset ``sampler_arg`` shows what the
+    sampler takes instead."""
+    rows = []
+    for name, value, source in describe(config):
+        shown = format_value(name, value)
+        if name == "sampler_arg" and value is None:
+            default = sampler_arg_default(config.sampler)
+            if default is not None:
+                shown = f"{default:g} (the sampler's default)"
+        rows.append((name, shown, source))
+    return rows
 
 
 def _table(rows: list[tuple[str, str, str]], out: TextIO) -> None:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceState, get_current_span
 from opentelemetry.util.types import Attributes
 
-from obskit.config import ADAPTIVE_DEFAULT_BASE, Config
+from obskit.config import Config, sampler_arg_default
 
 __all__ = [
     "TRACES_OFF",
@@ -374,7 +374,8 @@ class SwitchableSampler(sampling.Sampler):
 def build_sampler(config: Config) -> sampling.Sampler:
     """The head sampler the configuration asks for."""
     name = config.sampler
-    arg = config.sampler_arg
+    given = config.sampler_arg
+    arg: float = given if given is not None else sampler_arg_default(name) or 0.0
     root: sampling.Sampler
     base = name.removeprefix("parentbased_")
     if base == "always_on":
@@ -382,16 +383,16 @@ def build_sampler(config: Config) -> sampling.Sampler:
     elif base == "always_off":
         root = sampling.ALWAYS_OFF
     elif base == "traceidratio":
-        root = sampling.TraceIdRatioBased(1.0 if arg is None else arg)
+        root = sampling.TraceIdRatioBased(arg)
     elif base == "adaptive":
         root = AdaptiveSampler(
-            ADAPTIVE_DEFAULT_BASE if arg is None else arg,
+            arg,
             max_ratio=config.adaptive_max_ratio,
             error_threshold=config.adaptive_error_threshold,
             interval=config.adaptive_interval,
         )
     else:  # ratelimited
-        root = RateLimitedSampler(100.0 if arg is None else arg)
+        root = RateLimitedSampler(arg)
     sampler: sampling.Sampler = (
         sampling.ParentBased(root) if name.startswith("parentbased_") else root
     )

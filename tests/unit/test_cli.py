@@ -751,3 +751,25 @@ def test_unknown_obskit_variables_are_reported_with_the_name_meant(
     ]
     assert 3 == len(warned), warned
     assert any("did you mean OTEL_SERVICE_NAME?" in message for message in warned)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "shown"),
+    [
+        ("parentbased_traceidratio", "1 (the sampler's default)"),
+        ("adaptive", "0.001 (the sampler's default)"),
+        ("ratelimited", "100 (the sampler's default)"),
+        ("always_on", "-"),
+    ],
+)
+def test_doctor_shows_the_argument_a_sampler_takes_by_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sampler: str, shown: str
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    status, out = doctor(capsys)
+    assert 0 == status, out
+    (row,) = [
+        line.split(None, 1)[1] for line in out.splitlines() if line.split()[:1] == ["sampler_arg"]
+    ]
+    assert shown == row.rsplit(None, 1)[0].strip()
+    assert row.endswith("default")
