@@ -7,7 +7,8 @@
 
 One JSON object per line: ``timestamp`` (RFC 3339, UTC), ``level``, ``logger``, ``message``,
 ``service.*``, ``trace_id``/``span_id``/``trace_flags``, inside a request ``request_id``,
-``http.request.method``, ``http.route``; ``extra`` fields at top level; exceptions as ``exception.*``.
+``http.request.method``, ``http.route``; ``extra`` fields at top level; exceptions as
+``exception.*``.
 ``log_format="ecs"`` renames the fields to Elastic Common Schema names.
 
 Three pieces, each usable alone:
