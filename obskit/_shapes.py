@@ -13,31 +13,113 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+import types
 from collections.abc import AsyncGenerator, Callable, Generator
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-__all__ = ["CallHooks", "Shape", "async_generator", "generator", "shape_of"]
+__all__ = [
+    "CallHooks",
+    "Decorated",
+    "Pending",
+    "Shape",
+    "Wrapper",
+    "async_generator",
+    "checked",
+    "generator",
+    "named",
+    "names_of",
+    "shape_of",
+    "wrap",
+]
 
 Shape = Literal["function", "coroutine", "generator", "async_generator"]
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+#: A ``wrapt`` wrapper: ``wrapper(wrapped, instance, args, kwargs)``.
+Wrapper = Callable[[Callable[..., Any], Any, Any, Any], Any]
+
+
+#: Names Python makes classmethods of by itself, but only for a plain function.
+_IMPLICIT_CLASSMETHODS = frozenset({"__init_subclass__", "__class_getitem__"})
+
+
+def _property_like(func: Any) -> bool:
+    """Whether ``func`` is a property of some kind: its class's name says so (Django's and
+    SQLAlchemy's have no common base with the standard library's)."""
+    if isinstance(func, (property, functools.cached_property)):
+        return True
+    return type(func).__name__.lower().endswith("property")
+
+
+def checked(func: Any, decorator: str) -> Any:
+    """``func`` as ``decorator`` should wrap it, refused here, at decoration, when it cannot be
+    called: a wrapped property would hand out a proxy of its value, and a wrapped number would
+    fail at every call. A descriptor that gives a method (classmethod, staticmethod,
+    ``functools.partialmethod``, ``functools.singledispatchmethod``...) is taken. A plain
+    ``__init_subclass__``/``__class_getitem__`` is made the classmethod Python would make of it
+    undecorated.
+
+    Raises:
+        TypeError: ``func`` is a property, or neither callable nor a descriptor.
+    """
+    if not callable(func):
+        kind = type(func).__name__
+        if _property_like(func):
+            raise TypeError(
+                f"{decorator} cannot wrap a {kind} object: put {decorator} below @{kind}, "
+                "on the function it wraps"
+            )
+        if not hasattr(type(func), "__get__"):
+            raise TypeError(
+                f"{decorator} decorates functions, methods, classmethods and staticmethods, "
+                f"not {func!r} ({kind})"
+            )
+    if type(func) is types.FunctionType and func.__name__ in _IMPLICIT_CLASSMETHODS:
+        return _ImplicitClassmethod(func)
+    return func
+
+
+class _ImplicitClassmethod(classmethod):  # type: ignore[type-arg]
+    """The classmethod Python makes of a plain ``__init_subclass__``/``__class_getitem__``, made
+    by the decorator, which Python sees in its place. Callable with the class first, for an
+    explicit ``@classmethod`` above the decorator (which calls it so on Python 3.13+)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(*args, **kwargs)
+
+
+def _runs(func: Any) -> Any:
+    """What calling ``func`` runs: through bound methods, ``classmethod``/``staticmethod``,
+    ``functools.partial``/``partialmethod``/``singledispatchmethod``, and a callable object's
+    ``__call__``."""
+    target = func
+    for _ in range(100):  # bounded: an object's __func__ may be anything, itself included
+        inner = getattr(target, "__func__", None)
+        if inner is None and isinstance(
+            target, (functools.partial, functools.partialmethod, functools.singledispatchmethod)
+        ):
+            inner = target.func
+        if inner is None:
+            break
+        target = inner
+    if not (inspect.isroutine(target) or isinstance(target, type)) and callable(target):
+        target = type(target).__call__
+    return target
 
 
 def shape_of(func: Any) -> Shape:
     """What calling ``func`` gives: a value, a coroutine, a generator or an async generator.
 
-    Looks through bound methods, ``classmethod``/``staticmethod`` objects and
-    ``functools.partial``, and at a callable object's ``__call__``: an object whose
-    ``async def __call__`` returns a coroutine is timed when awaited, not when called.
+    Looks through bound methods, ``classmethod``/``staticmethod`` objects,
+    ``functools.partial``/``partialmethod``/``singledispatchmethod``, and at a callable object's
+    ``__call__``: an object whose ``async def __call__`` returns a coroutine is timed when
+    awaited, not when called.
     """
-    target = getattr(func, "__func__", func)
-    while isinstance(target, functools.partial):
-        target = target.func
-    target = getattr(target, "__func__", target)
-    if not (inspect.isroutine(target) or isinstance(target, type)) and callable(target):
-        target = type(target).__call__
+    target = _runs(func)
     if inspect.isasyncgenfunction(target):
         return "async_generator"
     if inspect.iscoroutinefunction(target):
@@ -48,6 +130,38 @@ def shape_of(func: Any) -> Shape:
             return "coroutine"  # @types.coroutine: awaited, not iterated
         return "generator"
     return "function"
+
+
+def names_of(func: Any) -> tuple[str, str]:
+    """``(__name__, __qualname__)`` of what ``func`` runs: the names the coroutine or generator
+    of an undecorated call carries."""
+    target = _runs(func)
+    name = getattr(target, "__name__", None)
+    if not isinstance(name, str):
+        name = type(target).__name__
+    qualname = getattr(target, "__qualname__", None)
+    return name, qualname if isinstance(qualname, str) else name
+
+
+def named(function: _Function, names: tuple[str, str]) -> _Function:
+    """``function`` (made for one decoration) given ``names``: the coroutine or generator objects
+    it makes take them (repr, "never awaited" warnings, task reprs), set once here rather than
+    on each object. Its code keeps its own names, so tracebacks still show obskit's frame."""
+    function.__name__, function.__qualname__ = names
+    return function
+
+
+def _copy_named(function: Any, names: tuple[str, str]) -> Any:
+    """A copy of the module-level ``function`` under ``names`` (see :func:`named`)."""
+    copy = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        names[0],
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return named(copy, names)
 
 
 class _BoundDecorated(wrapt.BoundFunctionWrapper[..., Any]):
@@ -64,19 +178,70 @@ class _BoundDecorated(wrapt.BoundFunctionWrapper[..., Any]):
 class Decorated(wrapt.FunctionWrapper[..., Any]):
     """What obskit's decorators return (``wrapt``'s function wrapper): pickled by reference,
     as the undecorated function is -- by its qualified name, which finds this wrapper again --
-    so a decorated function still goes to a process pool or ``multiprocessing``; copying
-    gives it back, as for a function."""
+    so a decorated function still goes to a process pool or ``multiprocessing``; a decorated
+    partial or callable object, which has no name, is pickled by value. Copying gives it back,
+    as for a function.
 
+    ``_self_obskit_key`` (what the decoration records, so that the same decoration applied
+    again is not applied twice) and ``_self_obskit_remake`` (``(factory, options)``:
+    ``factory(wrapped, *options)`` decorates again) are set by the decorator.
+    """
+
+    # No annotations in this body: the class's own __annotations__ would hide the function's.
     __bound_function_wrapper__ = _BoundDecorated
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return self.__qualname__
+        try:
+            return self.__qualname__
+        except AttributeError:
+            # A partial or a callable object has no name to be found by: pickled by value and
+            # decorated again on loading (the decorator left how in _self_obskit_remake).
+            factory, options = getattr(self, "_self_obskit_remake")  # noqa: B009
+            return factory, (self.__wrapped__, *options)
 
     def __copy__(self) -> Any:
         return self
 
     def __deepcopy__(self, memo: Any) -> Any:
         return self
+
+
+def wrap(func: Any, wrapper: Wrapper, key: tuple[Any, ...] | None, remake: tuple[Any, ...]) -> Any:
+    """``func`` decorated with ``wrapper``, or ``func`` itself when it is already decorated so:
+    applying the same decoration twice (``red(red(f))``, a decorator applied by a library and
+    again by the application) would record each call twice.
+
+    ``key`` says what a decoration records (decorator, labels, options), None for a decoration
+    that is applied again each time; ``remake`` is ``(factory, options)``, with
+    ``factory(func, *options)`` decorating again (pickling).
+    """
+    if key is not None and getattr(func, "_self_obskit_key", None) == key:
+        return func
+    decorated = Decorated(func, wrapper)
+    # setattr: Decorated declares no attributes (see its class body); wrapt keeps _self_*
+    # names on the wrapper itself, not on the function.
+    setattr(decorated, "_self_obskit_key", key)  # noqa: B010
+    setattr(decorated, "_self_obskit_remake", remake)  # noqa: B010
+    return decorated
+
+
+class Pending:
+    """A coroutine handed to the coroutine a decorator returns in its place, closed when that
+    one is done with it.
+
+    That one may never run: a task cancelled before its first step, a coroutine closed or
+    dropped unawaited. The coroutine it holds would then warn "never awaited" on its own,
+    where undecorated there is no warning (or one: the decorator's own coroutine, which carries
+    the function's name, gives that one).
+    """
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+
+    def __del__(self) -> None:
+        self.coro.close()  # a no-op once the coroutine has finished
 
 
 class CallHooks(Protocol):
@@ -91,15 +256,19 @@ class CallHooks(Protocol):
         ended by ``exc``. Must not raise."""
 
 
-def generator(
-    hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any
-) -> Generator[Any, Any, Any]:
-    """``wrapped(*args, **kwargs)``, a generator, run between ``hooks.begin`` and
-    ``hooks.end``: every ``send``, ``throw`` and ``close`` reaches it (``yield from``).
+def generator(hooks: CallHooks, names: tuple[str, str]) -> Wrapper:
+    """The ``wrapt`` wrapper, for one decoration, of a generator function: each call's
+    generator runs between ``hooks.begin`` and ``hooks.end``, and every ``send``, ``throw`` and
+    ``close`` reaches it (``yield from``). The generators it returns carry ``names``.
 
-    The generator is made here, at the call, so that bad arguments raise where they do
-    undecorated (and count as a failed call); it is timed from its first item."""
-    return _run_generator(hooks, _made(hooks, wrapped, args, kwargs))
+    The generator is made at the call, so that bad arguments raise where they do undecorated
+    (and count as a failed call); it is timed from its first item."""
+    run = _copy_named(_run_generator, names)
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        return run(hooks, _made(hooks, wrapped, args, kwargs))
+
+    return wrapper
 
 
 def _made(hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -163,40 +332,66 @@ def _current_while_running(ctx: Context, gen: Generator[Any, Any, Any]) -> Gener
             thrown = exc
 
 
-def async_generator(
-    hooks: CallHooks, wrapped: Callable[..., Any], args: Any, kwargs: Any
-) -> AsyncGenerator[Any, Any]:
-    """``wrapped(*args, **kwargs)``, an async generator, run between ``hooks.begin`` and
-    ``hooks.end``, made at the call as ``generator`` does. An async generator cannot
-    ``yield from``: sends, throws and ``aclose`` are forwarded by hand, with the context
-    ``hooks.begin()`` returned current only while the wrapped one runs."""
-    return _run_async_generator(hooks, _made(hooks, wrapped, args, kwargs))
+def async_generator(hooks: CallHooks, names: tuple[str, str]) -> Wrapper:
+    """The ``wrapt`` wrapper, for one decoration, of an async generator function, as
+    :func:`generator`. An async generator cannot ``yield from``: sends, throws and ``aclose``
+    are forwarded by hand, with the context ``hooks.begin()`` returned current only while the
+    wrapped one runs."""
+    run = _copy_named(_run_async_generator, names)
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        return run(hooks, _made(hooks, wrapped, args, kwargs))
+
+    return wrapper
+
+
+def _unhooked_start(agen: Any) -> Any:
+    """``agen.asend(None)``, the first step of the wrapped async generator, made while the
+    thread's async generator hooks are unset.
+
+    The event loop's ``firstiter`` hook registers every async generator started under it, and
+    ``shutdown_asyncgens()`` closes all the registered ones at once: the wrapper *and* the one it
+    wraps, concurrently, so the wrapper would forward its close into a generator that is running
+    or already closed (``RuntimeError``, an error counted, a cleanup run twice). Unregistered, the
+    wrapped generator is closed by its wrapper only, as ``yield from`` would do. The hooks are
+    the thread's own, and nothing awaits between unsetting and restoring them: no other task
+    sees them unset.
+    """
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    if firstiter is None and finalizer is None:
+        return agen.asend(None)
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+    try:
+        return agen.asend(None)
+    finally:
+        sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
 
 
 async def _run_async_generator(hooks: CallHooks, agen: Any) -> AsyncGenerator[Any, Any]:
     state, ctx = hooks.begin()
     try:
-        value: Any = None
-        throw: BaseException | None = None
+        step = _unhooked_start(agen)
         while True:
             token = None if ctx is None else otel_context.attach(ctx)
             try:
-                if throw is not None:
-                    item = await agen.athrow(throw)
-                else:
-                    item = await agen.asend(value)
+                item = await step
             except StopAsyncIteration:
                 break
             finally:
-                throw = None
                 if token is not None:
                     otel_context.detach(token)
             try:
                 value = yield item
             except BaseException as thrown:
+                if agen.ag_frame is None:
+                    # Already finished (closed behind the wrapper's back): forwarding would get
+                    # None back from athrow() on 3.11 and yield it after a close.
+                    raise
                 # GeneratorExit too (aclose(), or athrow(GeneratorExit)): forwarded as it came,
                 # so a generator that handles it behaves as it does undecorated.
-                throw = thrown
+                step = agen.athrow(thrown)
+            else:
+                step = agen.asend(value)
     except GeneratorExit:
         hooks.end(state, None)
         raise

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import functools
 import time
+import types
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -56,7 +57,13 @@ class _Recorder:
 
     __slots__ = ("_children", "_tracer", "function", "is_error", "module", "span_name", "trace")
 
-    def __init__(self, function: str, module: str, errors: Errors, trace: bool) -> None:
+    def __init__(
+        self,
+        function: str,
+        module: str,
+        is_error: Callable[[BaseException], bool],
+        trace: bool,
+    ) -> None:
         self.function = function
         self.module = module
         self.trace = trace
@@ -64,18 +71,7 @@ class _Recorder:
         self._children: tuple[int, Any, Any, Any] | None = None
         #: (provider, tracer): the SDK's get_tracer() costs microseconds, so it is called once.
         self._tracer: tuple[Any, Any] | None = None
-        self.is_error: Callable[[BaseException], bool]
-        if isinstance(errors, (list, set, frozenset)):  # types given as a list: as a tuple
-            errors = tuple(errors)
-        if isinstance(errors, (type, tuple)):
-            error_types = errors
-
-            def is_error(exc: BaseException) -> bool:
-                return isinstance(exc, error_types)
-
-            self.is_error = is_error
-        else:
-            self.is_error = errors
+        self.is_error = is_error
 
     def children(self) -> tuple[int, Any, Any, Any]:
         children = self._children
@@ -104,8 +100,9 @@ class _Recorder:
         return children
 
     def failed(self, exc: BaseException) -> bool:
-        """Whether ``exc`` counts as an error (the ``errors`` option), asked once per call so
-        that the metric and the span agree; a predicate that raises counts as an error."""
+        """Whether ``exc`` counts as an error (the ``errors`` option, see :func:`_error_rule`),
+        asked once per call so that the metric and the span agree; a predicate that raises
+        counts as an error."""
         try:
             return bool(self.is_error(exc))
         except Exception:
@@ -183,6 +180,30 @@ class _Recorder:
             except Exception as internal:
                 _selfmetrics.internal_error("red_span", internal)
 
+    def hand_over(self, state: Any) -> Any:
+        """The span of :meth:`start_span`'s ``state`` (or None), no longer current: the call
+        returned a coroutine, which makes it current again while it is awaited (elsewhere,
+        maybe in another task) and ends it."""
+        if state is None:
+            return None
+        span, token = state
+        try:
+            otel_context.detach(token)
+        except Exception as internal:
+            _selfmetrics.internal_error("red_span", internal)
+        return span
+
+    def take_over(self, span: Any) -> Any:
+        """:meth:`hand_over`'s span made current in the awaiting coroutine: ``(span, token)``
+        for :meth:`end_span`, or None."""
+        if span is None:
+            return None
+        try:
+            return span, otel_context.attach(otel_trace.set_span_in_context(span))
+        except Exception as internal:
+            _selfmetrics.internal_error("red_span", internal)
+            return span, None
+
     # -- a generator's call (obskit._shapes.CallHooks) ------------------------------------------
     # Its span is never current across a yield: only while the generator runs (context()).
 
@@ -200,8 +221,27 @@ class _Recorder:
             self.end_span((span, None), exc, failed)
 
 
-def _sync(rec: _Recorder) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
+def _sync(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
+    coroutine = types.CoroutineType
+
+    async def awaited(pending: _shapes.Pending, started: float, span: Any) -> Any:
+        # A sync function that returned a coroutine (an async function behind a plain
+        # decorator): the call ends when the coroutine does.
+        state = rec.take_over(span)
+        try:
+            result = await pending.coro
+        except BaseException as exc:
+            failed = rec.failed(exc)
+            rec.record(started, failed)
+            rec.end_span(state, exc, failed)
+            raise
+        rec.record(started, False)
+        if state is not None:
+            rec.end_span(state, None)
+        return result
+
+    _shapes.named(awaited, names)
+
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         span = rec.start_span() if rec.trace else None
         started = _perf()
@@ -212,6 +252,8 @@ def _sync(rec: _Recorder) -> Any:
             rec.record(started, failed)
             rec.end_span(span, exc, failed)
             raise
+        if type(result) is coroutine:
+            return awaited(_shapes.Pending(result), started, rec.hand_over(span))
         rec.record(started, False)
         if span is not None:
             rec.end_span(span, None)
@@ -220,8 +262,7 @@ def _sync(rec: _Recorder) -> Any:
     return wrapper
 
 
-def _async(rec: _Recorder) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
+def _async(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         span = rec.start_span() if rec.trace else None
         started = _perf()
@@ -237,57 +278,132 @@ def _async(rec: _Recorder) -> Any:
             rec.end_span(span, None)
         return result
 
-    return wrapper
-
-
-def _generator(rec: _Recorder) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return _shapes.generator(rec, wrapped, args, kwargs)
-
-    return wrapper
-
-
-def _async_generator(rec: _Recorder) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return _shapes.async_generator(rec, wrapped, args, kwargs)
-
-    return wrapper
+    return _shapes.named(wrapper, names)
 
 
 def _underlying(func: Any) -> Any:
     return getattr(func, "__func__", func)
 
 
-def _describe(target: Any) -> tuple[str, str]:
-    """``(qualname, module)`` of what ``target`` runs: a partial's function, a callable's class.
+def _describe(target: Any) -> tuple[str, str, Any]:
+    """``(qualname, module, what)`` of what ``target`` runs: a partial's (or partialmethod's,
+    or singledispatchmethod's) function, a callable's class.
 
     Without this every ``functools.partial`` would be labelled ``?`` in module ``functools``, and
     every callable object ``?``: unrelated functions merged into one series.
     """
-    while isinstance(target, functools.partial):
-        target = target.func
+    while isinstance(
+        target, (functools.partial, functools.partialmethod, functools.singledispatchmethod)
+    ):
+        target = _underlying(target.func)
     if not hasattr(target, "__qualname__") and not hasattr(target, "__name__"):
         target = type(target)
     qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or "?"
-    return str(qualname), str(getattr(target, "__module__", None) or "")
+    return str(qualname), str(getattr(target, "__module__", None) or ""), target
+
+
+def _error_rule(errors: Errors, end: type[BaseException] | None) -> Callable[[BaseException], bool]:
+    """The test ``failed()`` puts an exception to, for the ``errors`` option (checked).
+
+    A predicate is only asked about an ``Exception``: cancellation, ``KeyboardInterrupt``,
+    ``SystemExit`` and ``GeneratorExit`` are never errors of the call. ``end`` is the exception
+    that ends iteration normally out of this function (``StopIteration`` out of ``__next__``,
+    ``StopAsyncIteration`` out of ``__anext__``): not an error, unless the types given name it.
+    """
+    if isinstance(errors, (type, tuple)):
+        types_ = errors if isinstance(errors, tuple) else (errors,)
+        if end is not None and not any(issubclass(t, end) for t in types_):
+            normal_end = end
+
+            def is_error_but_end(exc: BaseException) -> bool:
+                return isinstance(exc, types_) and not isinstance(exc, normal_end)
+
+            return is_error_but_end
+
+        def is_error(exc: BaseException) -> bool:
+            return isinstance(exc, types_)
+
+        return is_error
+    predicate = errors
+    not_asked = (end,) if end is not None else ()
+
+    def asked(exc: BaseException) -> bool:
+        return (
+            isinstance(exc, Exception) and not isinstance(exc, not_asked) and bool(predicate(exc))
+        )
+
+    return asked
+
+
+def _checked_errors(errors: Any) -> Errors:
+    """``errors`` as :func:`_error_rule` takes it (a list or set of types as a tuple), refused
+    here, at decoration, when it is not an exception type, a tuple or list of them, or a
+    predicate: at the first exception it would count every call as an error."""
+    if isinstance(errors, (list, set, frozenset)):
+        errors = tuple(errors)
+    if isinstance(errors, type):
+        if issubclass(errors, BaseException):
+            return errors
+    elif isinstance(errors, tuple):
+        if all(isinstance(t, type) and issubclass(t, BaseException) for t in errors):
+            return errors
+    elif callable(errors):
+        return cast("Callable[[BaseException], bool]", errors)
+    raise TypeError(
+        "errors= takes an exception type, a tuple or list of exception types, or a predicate "
+        f"(a function of the exception returning whether it is an error), not {errors!r}"
+    )
+
+
+#: What ends iteration normally out of a function of this name.
+_ITERATION_ENDS: dict[str, type[BaseException]] = {
+    "__next__": StopIteration,
+    "__anext__": StopAsyncIteration,
+}
+#: The first lambda decorated without name= under each (function, module) label pair.
+_lambdas: dict[tuple[str, str], Any] = {}
+
+
+def _warn_if_merged(qualname: str, module: str, target: Any) -> None:
+    """Warn (at the decoration) when a lambda gets the labels another lambda already has: they
+    would share one series."""
+    code = getattr(target, "__code__", None)
+    if _lambdas.setdefault((qualname, module), code) is not code:
+        warnings.warn(
+            f"@obskit.red: this lambda is recorded under function={qualname!r}, "
+            f"module={module!r}, as another lambda there already is, so their calls share one "
+            "series; give it a name of its own with name=...",
+            UserWarning,
+            stacklevel=4,  # the decoration: _make, then red() or decorate()
+        )
 
 
 def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
-    qualname, module = _describe(_underlying(func))
+    func = _shapes.checked(func, "@obskit.red")
+    qualname, module, target = _describe(_underlying(func))
     if name:
         qualname = str(name)
-    rec = _Recorder(qualname, module, errors, trace)
-    wrapped: F = _WRAPPERS[_shapes.shape_of(func)](rec)(func)
+    elif getattr(target, "__name__", None) == "<lambda>":
+        _warn_if_merged(qualname, module, target)
+    names = _shapes.names_of(func)
+    rec = _Recorder(qualname, module, _error_rule(errors, _ITERATION_ENDS.get(names[0])), trace)
+    wrapper = _WRAPPERS[_shapes.shape_of(func)](rec, names)
+    key = ("red", qualname, module, trace, errors)
+    wrapped: F = _shapes.wrap(func, wrapper, key, (_remake, (name, trace, errors)))
     return wrapped
 
 
-_WRAPPERS: dict[_shapes.Shape, Callable[[_Recorder], Any]] = {
+def _remake(func: Any, name: str | None, trace: bool, errors: Errors) -> Any:
+    """``func`` decorated again with these options: how a decorated partial or callable object
+    comes back from a pickle."""
+    return red(name=name, trace=trace, errors=errors)(func)
+
+
+_WRAPPERS: dict[_shapes.Shape, Callable[[_Recorder, tuple[str, str]], _shapes.Wrapper]] = {
     "function": _sync,
     "coroutine": _async,
-    "generator": _generator,
-    "async_generator": _async_generator,
+    "generator": _shapes.generator,
+    "async_generator": _shapes.async_generator,
 }
 
 
@@ -314,10 +430,21 @@ def red(
     Args:
         name: the ``function`` label (default: the function's ``__qualname__``).
         trace: also wrap each call in an INTERNAL span (skipped inside unsampled local traces).
-        errors: which exceptions make ``result="error"``: exception types, or a predicate.
-            Anything else that escapes (a 404 exception you raise on purpose, cancellation)
-            is recorded as ``result="ok"`` and re-raised unchanged.
+        errors: which exceptions make ``result="error"``: exception types, or a predicate
+            (asked about ``Exception`` instances only). Anything else that escapes (a 404
+            exception you raise on purpose, cancellation, ``StopIteration`` out of a
+            ``__next__``) is recorded as ``result="ok"`` and re-raised unchanged.
+
+    Raises:
+        TypeError: at decoration, for something that is not a function (a property, a name
+            given positionally) or an ``errors`` that is neither types nor a predicate.
     """
+    errors = _checked_errors(errors)
+    if isinstance(func, str):
+        raise TypeError(
+            f"@obskit.red got the string {func!r} where it takes a function: to set the "
+            f"function label, pass it as name=, as in @obskit.red(name={func!r})"
+        )
     if func is not None:
         return _make(func, name, trace, errors)
 

@@ -65,12 +65,11 @@ import os
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
-
-import wrapt
 
 from obskit import _selfmetrics, _shapes, _state
 from obskit.metrics._direct import Observer, adder, setter
@@ -611,8 +610,16 @@ class UseTracker:
     def __call__(self, func: F) -> F:
         """Decorate ``func``: one unit is in use while each call runs (to exhaustion for
         generators). The shape is chosen here, once; signature, name and
-        ``inspect.iscoroutinefunction`` are preserved (wrapt)."""
-        wrapped: F = _WRAPPERS[_shapes.shape_of(func)](self)(func)
+        ``inspect.iscoroutinefunction`` are preserved (wrapt).
+
+        Raises:
+            TypeError: ``func`` is not a function (a property, a string, a number).
+        """
+        func = _shapes.checked(func, "a USE tracker")
+        wrapper = _WRAPPERS[_shapes.shape_of(func)](self, _shapes.names_of(func))
+        # No key: the same tracker applied twice is nested use, each level one unit.
+        remake = (_remake, (self.name, *self._settings))
+        wrapped: F = _shapes.wrap(func, wrapper, None, remake)
         return wrapped
 
 
@@ -628,23 +635,43 @@ def _check_capacity(capacity: float | None) -> float | None:
     return capacity
 
 
-def _sync(tracker: UseTracker) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+def _sync(tracker: UseTracker, names: tuple[str, str]) -> _shapes.Wrapper:
+    coroutine = types.CoroutineType
+
+    async def held(pending: _shapes.Pending) -> Any:
+        # A sync function that returned a coroutine (an async function behind a plain
+        # decorator): the unit is in use again while the coroutine runs, as for an async
+        # function; one never awaited holds none.
         tracker.acquired()
         try:
-            return wrapped(*args, **kwargs)
+            return await pending.coro
         except BaseException as exc:
             tracker._failed(exc)
             raise
         finally:
             tracker.released()
 
+    _shapes.named(held, names)
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tracker.acquired()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            try:
+                tracker._failed(exc)
+            finally:
+                tracker.released()
+            raise
+        tracker.released()
+        if type(result) is coroutine:
+            return held(_shapes.Pending(result))
+        return result
+
     return wrapper
 
 
-def _async(tracker: UseTracker) -> Any:
-    @wrapt.decorator(proxy=_shapes.Decorated)
+def _async(tracker: UseTracker, names: tuple[str, str]) -> _shapes.Wrapper:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tracker.acquired()
         try:
@@ -655,7 +682,20 @@ def _async(tracker: UseTracker) -> Any:
         finally:
             tracker.released()
 
-    return wrapper
+    return _shapes.named(wrapper, names)
+
+
+def _remake(func: Any, name: str, *settings: Any) -> Any:
+    """``func`` decorated again with the tracker ``name``, made with these settings
+    (:func:`use`'s) in a process that has none: how a decorated partial or callable object
+    comes back from a pickle."""
+    tracker = _trackers.get(name)
+    if tracker is None:
+        # Pickle protocols 0-2 may bring exception types back as others (TimeoutError as
+        # OSError): the settings only make a tracker, never refuse the one already there.
+        capacity, kind, timeouts, errors = settings
+        tracker = use(name, capacity, kind=kind, timeouts=timeouts, errors=errors)
+    return tracker(func)
 
 
 _NOTHING = (None, None)
@@ -699,27 +739,15 @@ class _Unit:
             self.tracker.released()
 
 
-def _generator(tracker: UseTracker) -> Any:
-    unit = _Unit(tracker)
-
-    @wrapt.decorator(proxy=_shapes.Decorated)
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return _shapes.generator(unit, wrapped, args, kwargs)
-
-    return wrapper
+def _generator(tracker: UseTracker, names: tuple[str, str]) -> _shapes.Wrapper:
+    return _shapes.generator(_Unit(tracker), names)
 
 
-def _async_generator(tracker: UseTracker) -> Any:
-    unit = _Unit(tracker)
-
-    @wrapt.decorator(proxy=_shapes.Decorated)
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return _shapes.async_generator(unit, wrapped, args, kwargs)
-
-    return wrapper
+def _async_generator(tracker: UseTracker, names: tuple[str, str]) -> _shapes.Wrapper:
+    return _shapes.async_generator(_Unit(tracker), names)
 
 
-_WRAPPERS: dict[_shapes.Shape, Callable[[UseTracker], Any]] = {
+_WRAPPERS: dict[_shapes.Shape, Callable[[UseTracker, tuple[str, str]], _shapes.Wrapper]] = {
     "function": _sync,
     "coroutine": _async,
     "generator": _generator,
