@@ -469,15 +469,12 @@ def _server_attributes(
     CLIENT spans' ``url.full`` has them. ``server.address`` and ``server.port`` name the host the
     client asked for: the ``Host`` header (HTTP/2's ``:authority``, which ASGI servers pass as
     ``host``; a port it omits is the scheme's), else the listening socket. Behind ``hops``
-    trusted proxies (``trusted_proxy_hops``), what they wrote in ``X-Forwarded-For``/``-Host``/
-    ``-Proto`` comes first, and the socket's peer is ``network.peer.address``; otherwise those
-    headers are not read: any client can send them.
+    trusted proxies see :func:`_proxied_attributes`; otherwise ``X-Forwarded-*`` are not read:
+    any client can send them.
     """
-    scheme, address, port, client, protocol, query = facts
-    host = origin = None
     if hops:
-        origin, host, proto = sc.forwarded(get_header, hops)
-        scheme = proto or scheme
+        return _proxied_attributes(label, method, path, facts, get_header, hops)
+    scheme, address, port, client, protocol, query = facts
     attrs: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
         sc.URL_PATH: path,
@@ -487,23 +484,15 @@ def _server_attributes(
         attrs[sc.URL_QUERY] = sc.redact_query(query)
     if label == sc.OTHER_METHOD:
         attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
-    named = None
+    host = get_header("host")
     if host:
         named = sc.server_authority(host, scheme)
-    if named is None:
-        host = get_header("host")
-        if host:
-            named = sc.server_authority(host, scheme)
-    if named is not None:
-        address, port = named
+        if named is not None:
+            address, port = named
     if address:
         attrs[sc.SERVER_ADDRESS] = address
     if port:
         attrs[sc.SERVER_PORT] = port
-    if hops and origin is not None and origin != client:
-        if client:
-            attrs[sc.NETWORK_PEER_ADDRESS] = client
-        client = origin
     if client:
         attrs[sc.CLIENT_ADDRESS] = client
     if protocol:
@@ -511,6 +500,30 @@ def _server_attributes(
     agent = get_header("user-agent")
     if agent:
         attrs[sc.USER_AGENT] = agent[:512]
+    return attrs
+
+
+def _proxied_attributes(
+    label: str, method: str, path: str, facts: tuple[Any, ...], get_header: Getter, hops: int
+) -> dict[str, Any]:
+    """:func:`_server_attributes` behind ``hops`` trusted proxies (``trusted_proxy_hops``): what
+    they wrote in ``X-Forwarded-For``/``-Host``/``-Proto`` comes first, and the socket's peer
+    (the nearest proxy) is ``network.peer.address``. Apart, so the usual request pays nothing."""
+    origin, host, proto = sc.forwarded(get_header, hops)
+    scheme, address, port, peer, protocol, query = facts
+    scheme = proto or scheme
+    getter = get_header
+    if host is not None and sc.server_authority(host, scheme) is not None:
+
+        def getter(name: str) -> str | None:
+            return host if name == "host" else get_header(name)
+
+    client = peer if origin is None else origin
+    attrs = _server_attributes(
+        label, method, path, (scheme, address, port, client, protocol, query), getter
+    )
+    if peer and client != peer:
+        attrs[sc.NETWORK_PEER_ADDRESS] = peer
     return attrs
 
 
