@@ -236,12 +236,13 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
     exporter = _exporter(config, "metrics")
-    reader = PeriodicExportingMetricReader(
-        exporter, export_interval_millis=config.metric_export_interval * 1000
+    reader = _bridging_reader_class()(
+        exporter,
+        export_interval_millis=config.metric_export_interval * 1000,
+        resource_attributes=resource_attributes,
     )
     # Not installed as the global MeterProvider: OpenTelemetry lets that be set once per process,
     # and obskit must be able to reconfigure. obskit's instruments use this provider directly;
@@ -253,6 +254,86 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
     )
     _renew_at_fork(provider, exporter)
     return provider
+
+
+_reader_class: Any = None
+
+
+def _bridging_reader_class() -> Any:
+    """The SDK's periodic reader, adding obskit's Prometheus metrics to each export
+    (:mod:`obskit.metrics.otlp_bridge`), whether or not the SDK's own instruments recorded
+    anything. A failure to convert them is counted and leaves the SDK's export as it was."""
+    global _reader_class
+    if _reader_class is not None:
+        return _reader_class
+    import threading
+
+    from opentelemetry.sdk.metrics.export import (
+        MetricsData,
+        PeriodicExportingMetricReader,
+        ResourceMetrics,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    from obskit.metrics.otlp_bridge import prometheus_scope
+
+    class _BridgingReader(PeriodicExportingMetricReader):
+        def __init__(self, *args: Any, resource_attributes: dict[str, Any], **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._obskit_attributes = resource_attributes
+            self._obskit_lock = threading.Lock()
+            self._obskit_received = False
+
+        # Final in the SDK's typing, overridden all the same: it calls _receive_metrics only
+        # when its own instruments have data, and obskit's metrics must go out regardless.
+        # This override still runs the SDK's collect() first, unchanged.
+        def collect(self, timeout_millis: float = 10_000) -> None:  # type: ignore[misc]
+            # One collection at a time (the ticker, force_flush, shutdown): the flag is its own.
+            with self._obskit_lock:
+                self._obskit_received = False
+                super().collect(timeout_millis=timeout_millis)
+                if self._obskit_received or getattr(self, "_collect", None) is None:
+                    return
+                # The SDK's instruments had nothing: obskit's metrics go out on their own.
+                added = self._with_obskit(None)
+                if added is not None:
+                    super()._receive_metrics(added, timeout_millis=timeout_millis)
+
+        def _receive_metrics(
+            self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> None:
+            self._obskit_received = True
+            metrics_data = self._with_obskit(metrics_data) or metrics_data
+            super()._receive_metrics(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+        def _with_obskit(self, metrics_data: Any) -> Any:
+            try:
+                scope = prometheus_scope()
+                if scope is None:
+                    return metrics_data
+                if metrics_data is not None and metrics_data.resource_metrics:
+                    first, *rest = metrics_data.resource_metrics
+                    first = ResourceMetrics(
+                        resource=first.resource,
+                        scope_metrics=[*first.scope_metrics, scope],
+                        schema_url=first.schema_url,
+                    )
+                    return MetricsData(resource_metrics=[first, *rest])
+                # The provider's resource, as a forked child's is: with its own process.pid.
+                resource = Resource.create(self._obskit_attributes).merge(
+                    Resource({"process.pid": os.getpid()})
+                )
+                return MetricsData(
+                    resource_metrics=[
+                        ResourceMetrics(resource=resource, scope_metrics=[scope], schema_url="")
+                    ]
+                )
+            except Exception as exc:  # the SDK's own metrics still go out
+                _selfmetrics.internal_error("otlp_metrics_bridge", exc)
+                return metrics_data
+
+    _reader_class = _BridgingReader
+    return _reader_class
 
 
 def build_logs(

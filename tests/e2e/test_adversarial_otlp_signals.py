@@ -504,6 +504,59 @@ def test_the_otlp_duration_names_the_scheme_a_trusted_proxy_saw() -> None:
     assert ["http", "https"] == sorted(a["url.scheme"] for a in points)
 
 
+# A gap a new user's read-through found, since filled: with metrics_exporter=otlp only the SDK's
+# http.server.request.duration was pushed; business metrics, @obskit.red, USE and the
+# self-metrics, which live in obskit's Prometheus registry, never left the process
+@pytest.mark.parametrize("with_http", [True, False], ids=["beside-sdk-metrics", "alone"])
+def test_obskits_prometheus_metrics_go_out_over_otlp_too(with_http: bool) -> None:
+    with SignalCollector() as collector:
+        obskit.configure(
+            service_name="shop",
+            traces_exporter="none",
+            otlp_endpoint=collector.endpoint,
+            metrics_exporter="otlp",
+            metric_export_interval=30.0,
+        )
+        orders = obskit.counter("bridge_orders", "Orders.", ["payment_method"])
+        orders.labels("card").inc(3)
+        latency = obskit.histogram("bridge_pay_seconds", "Pay.", ["provider"], buckets=[0.1, 1])
+        for value in (0.05, 0.5, 5.0):
+            latency.labels("stripe").observe(value)
+        obskit.gauge("bridge_queue_depth", "Queue.").set(4)
+        if with_http:
+            app = FastAPI()
+
+            @app.get("/ping")
+            def ping() -> dict[str, bool]:
+                return {"ok": True}
+
+            with TestClient(instrument(app)) as client:
+                assert 200 == client.get("/ping").status_code
+        assert True is obskit.force_flush(10.0)
+        rows = metric_rows([h.message for h in collector.hits("metrics")])
+    last = {row.metric.name: row for row in rows}  # each push carries every series
+    assert ("http.server.request.duration" in last) is with_http
+    bridged = {name: row for name, row in last.items() if row.scope == "obskit.prometheus"}
+    assert {"bridge_orders", "bridge_pay_seconds", "bridge_queue_depth"} <= set(bridged)
+    assert "shop" == bridged["bridge_orders"].resource["service.name"]
+    orders_sum = bridged["bridge_orders"].metric.sum
+    assert orders_sum.is_monotonic
+    assert 2 == orders_sum.aggregation_temporality  # CUMULATIVE
+    ((point),) = orders_sum.data_points
+    assert ({"payment_method": "card"}, 3.0) == (attributes_dict(point.attributes), point.as_double)
+    assert point.start_time_unix_nano < point.time_unix_nano
+    ((histogram),) = bridged["bridge_pay_seconds"].metric.histogram.data_points
+    assert ([0.1, 1.0], [1, 1, 1], 3) == (
+        list(histogram.explicit_bounds),
+        list(histogram.bucket_counts),
+        histogram.count,
+    )
+    assert 5.55 == pytest.approx(histogram.sum)
+    assert not histogram.HasField("min")
+    ((gauge),) = bridged["bridge_queue_depth"].metric.gauge.data_points
+    assert 4.0 == gauge.as_double
+
+
 def test_otel_variables_alone_turn_on_otlp_metrics_and_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -872,9 +925,9 @@ def test_spans_that_end_during_a_reconfigure_held_up_by_a_hanging_collector_are_
         }
         with capture(**options) as spans:
             counter().add(1)  # the old provider's shutdown exports it, and hangs
-            reconfigure = threading.Thread(
-                target=obskit.configure, kwargs={**options, "service_version": "2.0"}
-            )
+            # The new configuration pushes no metrics: only the old one's shutdown hangs.
+            renewed = {**options, "service_version": "2.0", "metrics_exporter": "prometheus"}
+            reconfigure = threading.Thread(target=obskit.configure, kwargs=renewed)
             started = time.monotonic()
             reconfigure.start()
             tracer = trace.get_tracer("adv")
