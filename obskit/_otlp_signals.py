@@ -442,6 +442,8 @@ def _as_text(value: Any) -> str:
 
 
 _handler_class: Any = None
+#: The attributes of the exception's text the SDK's LoggingHandler adds to a record.
+_EXCEPTION_TEXT = ("exception.message", "exception.stacktrace")
 
 
 def _log_handler_class() -> Any:
@@ -455,7 +457,7 @@ def _log_handler_class() -> Any:
 
         # _BASE_ATTRIBUTES: attributes every LogRecord has come first; the rest came from
         # extra= (or a filter).
-        from obskit.logging import _BASE_ATTRIBUTES, MASK, JsonFormatter, _safe_key
+        from obskit.logging import _BASE_ATTRIBUTES, MASK, JsonFormatter, _mappings, _safe_key
 
         base = LoggingHandler._get_attributes
 
@@ -474,6 +476,12 @@ def _log_handler_class() -> Any:
             def _get_attributes(self, record: logging.LogRecord) -> Any:  # type: ignore[override]
                 attributes = dict(base(record) or {})
                 redactor = self.redactor
+                # The exception's text (message, stack trace): the SDK adds it; the JSON line
+                # redacts the same text.
+                for key in _EXCEPTION_TEXT:
+                    value = attributes.get(key)
+                    if value.__class__ is str:
+                        attributes[key] = redactor._redact(value)
                 for key in islice(vars(record), _BASE_ATTRIBUTES, None):
                     if key not in attributes:
                         continue
@@ -491,8 +499,19 @@ def _log_handler_class() -> Any:
 
             def _translate(self, record: logging.LogRecord) -> Any:
                 translated = super()._translate(record)
-                if isinstance(translated.body, str):
-                    translated.body = self.redactor._redact(translated.body)
+                body, redactor = translated.body, self.redactor
+                if isinstance(record.msg, str) and record.args and _mappings(record.args):
+                    # log.info("payload %s", {...}): the mapping's sensitive keys masked before
+                    # it becomes text, as in the JSON line.
+                    translated.body = redactor._redact(
+                        redactor._structured_message(record.msg, record.args)
+                    )
+                elif isinstance(body, (str, Mapping, list, tuple)):
+                    # A mapping or list message (log.info({...})) keeps its structure, its
+                    # sensitive keys masked and its text scanned.
+                    translated.body = redactor._redact(body)
+                elif body is not None:
+                    translated.body = _redacted_value(redactor, body)
                 return translated
 
         _handler_class = _LoggingHandler

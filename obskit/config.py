@@ -143,11 +143,15 @@ class Config:
         "PUT",
         "TRACE",
     )
-    #: How many reverse proxies in front of the service append to ``X-Forwarded-For``/``-Host``/
-    #: ``-Proto`` (Werkzeug ``ProxyFix``'s count): SERVER spans take ``client.address``,
-    #: ``server.address``/``port`` and ``url.scheme`` from the value the outermost of them wrote.
-    #: 0: those headers are not read (any client can send them).
+    #: How many reverse proxies in front of the service append to ``X-Forwarded-For`` and
+    #: ``-Proto`` (Werkzeug ``ProxyFix``'s count): SERVER spans take ``client.address`` and
+    #: ``url.scheme`` from the value the outermost of them wrote (``server.address``/``port``
+    #: from ``X-Forwarded-Host`` too with ``trust_forwarded_host``). 0: those headers are not
+    #: read (any client can send them).
     trusted_proxy_hops: int = 0
+    #: Whether those proxies write ``X-Forwarded-Host`` too (many do not: AWS ALB, nginx by
+    #: default), so that the client's own, passed through, cannot name the server.
+    trust_forwarded_host: bool = False
     multiproc_dir: str | None = None
     include_default_registry: bool = True
     cardinality_limit: int = 1000
@@ -219,10 +223,14 @@ def masked_url(url: str) -> str:
                 for name, sep, _ in (item.partition("=") for item in parts.query.split("&"))
             )
             parts = parts._replace(query=query)
-        if parts.password is not None:
-            netloc = parts.netloc.rsplit("@", 1)
-            user = netloc[0].split(":", 1)[0]
-            parts = parts._replace(netloc=f"{user}:{MASK}@{netloc[1]}")
+        if "@" in parts.netloc:
+            userinfo, host = parts.netloc.rsplit("@", 1)
+            # A password is masked; a user name alone may be the token itself
+            # (https://<token>@collector), so it goes too.
+            user, colon, _ = userinfo.partition(":")
+            parts = parts._replace(netloc=f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}")
+        if parts.fragment:
+            parts = parts._replace(fragment=MASK)
         return urllib.parse.urlunsplit(parts)
     except Exception:  # not a URL urllib can take apart: nothing of it is shown, and the
         return MASK  # masking of what is printed must itself never fail
@@ -749,7 +757,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "trusted_proxy_hops",
         ("OBSKIT_TRUSTED_PROXY_HOPS",),
         _hops,
-        "reverse proxies whose X-Forwarded-For/-Host/-Proto SERVER spans trust (0: none)",
+        "reverse proxies whose X-Forwarded-For/-Proto SERVER spans trust (0: none)",
+    ),
+    _O(
+        "trust_forwarded_host",
+        ("OBSKIT_TRUST_FORWARDED_HOST",),
+        _bool,
+        "the trusted proxies write X-Forwarded-Host: SERVER spans' server.address reads it",
     ),
     _O(
         "multiproc_dir",

@@ -84,11 +84,31 @@ DEFAULT_SENSITIVE_KEYS = (
     "cvv",
     "ssn",
     "private_key",
+    "credential",
+    "access_key",
+    "dsn",
+    "jwt",
 )
+#: Keys sensitive only as a whole (as part of a longer key they mean other things: author).
+_SENSITIVE_NAMES = frozenset({"auth", "pwd"})
 MASK = "[REDACTED]"
 _CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|digest)\s+[A-Za-z0-9._~+/=-]{8,}")
+# A match starts only where a run of local-part characters starts (the lookbehind): without it
+# a long run with no domain after its @ was tried from each of its characters, quadratic time
+# on text a client can send (a query string in an access line).
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
+#: ``password=hunter2``, ``token: abc``, ``DbSettings(password='hunter2')``: the value masked.
+_KEY_VALUE = re.compile(
+    r"(?i)\b(passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
+    r"(\s*[=:]\s*)(['\"]?)((?:bearer|basic|digest|token)\s+)?([^\s'\",;)&]+)"
+)
+#: A URL's password: ``postgresql://app:hunter2@db`` as ``postgresql://app:[REDACTED]@db``.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s:@]*):([^/\s@]+)@")
+#: Whether :data:`_KEY_VALUE` or :data:`_USERINFO` can match at all (most text: no).
+_HINT = re.compile(r"(?i)passw|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|://")
 # Quick pre-checks: most messages have no long digit run and no "earer"/"asic", so the regexes
 # above never run for them.
 _DIGITS = re.compile(r"[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9]")
@@ -117,12 +137,16 @@ def _mask_card(match: re.Match[str]) -> str:
 
 
 def redact_text(text: str, *, emails: bool = False) -> str:
-    """Mask card numbers (Luhn-valid, last 4 kept), bearer/basic credentials and optionally
-    e-mail addresses in free text."""
+    """Mask card numbers (Luhn-valid, last 4 kept), bearer/basic/digest credentials, the value
+    of ``password=``/``token:``/``api_key=``-like pairs, a URL's password and optionally e-mail
+    addresses in free text."""
     if _DIGITS.search(text) is not None:
         text = _CARD.sub(_mask_card, text)
-    if "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text:
+    if "earer" in text or "asic" in text or "igest" in text or "EARER" in text or "ASIC" in text:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if _HINT.search(text) is not None:
+        text = _KEY_VALUE.sub(lambda m: "".join(m.group(1, 2, 3)) + (m[4] or "") + MASK, text)
+        text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
     if emails and "@" in text:
         text = _EMAIL.sub(MASK, text)
     return text
@@ -352,6 +376,13 @@ def call_message(msg: Any, args: Any) -> str:
     return text
 
 
+def _mappings(args: Any) -> bool:
+    """Whether a call's ``args`` is or holds a mapping (whose keys may be sensitive)."""
+    return isinstance(args, Mapping) or (
+        isinstance(args, tuple) and any(isinstance(a, Mapping) for a in args)
+    )
+
+
 def _mismatch(msg: Any, args: Any) -> str:
     """The message written when ``msg % args`` fails: both sides, each part printed safely."""
     if isinstance(args, tuple):
@@ -546,8 +577,9 @@ class JsonFormatter(_PJLJsonFormatter):
     def _is_sensitive(self, key: str) -> bool:
         hit = self._key_sensitive.get(key)
         if hit is None:
-            lowered = key.lower()
-            hit = any(s in lowered for s in self.sensitive)
+            # X-Api-Key as x_api_key, user.password as user_password: one spelling compared.
+            lowered = key.lower().replace("-", "_").replace(".", "_")
+            hit = lowered in _SENSITIVE_NAMES or any(s in lowered for s in self.sensitive)
             if len(self._key_sensitive) < 4096:
                 self._key_sensitive[key] = hit
         return hit
@@ -576,6 +608,18 @@ class JsonFormatter(_PJLJsonFormatter):
         # redacted, nested as at top level.
         return self._redact(_safe_default(value), depth + 1)
 
+    def _structured_message(self, msg: Any, args: Any) -> str:
+        """The message of a call that logs a mapping, or formats one in (``log.info({...})``,
+        ``log.info("payload %s", {...})``): its sensitive keys masked before it becomes text,
+        where only the text patterns could still find them."""
+        if isinstance(msg, Mapping):
+            msg = self._redact(msg)
+        if isinstance(args, Mapping):  # LogRecord's one-mapping form, as call_message takes it
+            args = (self._redact(args),)
+        elif isinstance(args, tuple):
+            args = tuple(self._redact(a) if isinstance(a, Mapping) else a for a in args)
+        return call_message(msg, args)
+
     def _timestamp(self, created: float) -> str:
         second = int(created)
         cached = self._second  # one tuple: another thread never sees a half-updated cache
@@ -596,10 +640,14 @@ class JsonFormatter(_PJLJsonFormatter):
             return _dumps({"level": record.levelname, "logger": record.name, "message": "?"})
 
     def _format(self, record: logging.LogRecord) -> str:
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = _mismatch(record.msg, record.args)
+        msg, args = record.msg, record.args
+        if (msg.__class__ is not str and isinstance(msg, Mapping)) or (args and _mappings(args)):
+            message = self._structured_message(msg, args)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:
+                message = _mismatch(msg, args)
         limit = self.max_message
         truncated = redacted = False
         if len(message) * 4 > limit:  # may be over the limit in UTF-8 bytes
@@ -680,7 +728,12 @@ class JsonFormatter(_PJLJsonFormatter):
             tail.append("}")
         else:
             tail = ["}"]
-        message = msg if msg.__class__ is str and not args else call_message(msg, args)
+        if msg.__class__ is str and not args:
+            message = msg
+        elif isinstance(msg, Mapping) or (args and _mappings(args)):
+            message = self._structured_message(msg, args)
+        else:
+            message = call_message(msg, args)
         if len(message) * 4 > self.max_message:
             return None
         message_text = self._texts.get(message) or self._text(message)

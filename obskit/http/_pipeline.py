@@ -154,7 +154,12 @@ class HttpTelemetry:
         # The methods named in spans and RED labels (http_known_methods); any other is _OTHER.
         self._methods = frozenset(config.http_known_methods)
         self._span_names = {m: sc.span_name(m) for m in (*self._methods, sc.OTHER_METHOD)}
-        self.proxy_hops = config.trusted_proxy_hops
+        #: ``(hops, read X-Forwarded-Host)`` behind trusted proxies, else None.
+        self.proxies = (
+            (config.trusted_proxy_hops, config.trust_forwarded_host)
+            if config.trusted_proxy_hops
+            else None
+        )
         given = self._excluded_paths
         self.excluded = frozenset(config.excluded_paths) if given is None else given
         # With a separate metrics port, the app's own path is left to the app.
@@ -294,7 +299,7 @@ class HttpTelemetry:
                 _set_attributes(
                     span,
                     _server_attributes(
-                        label, method, path, describe(source), get_header, self.proxy_hops
+                        label, method, path, describe(source), get_header, self.proxies
                     ),
                 )
             elif (processor is not None and self._keeps) or (
@@ -461,19 +466,19 @@ def _server_attributes(
     path: str,
     facts: tuple[Any, ...],
     get_header: Getter,
-    hops: int = 0,
+    proxies: tuple[int, bool] | None = None,
 ) -> dict[str, Any]:
     """The SERVER span's request attributes (stable HTTP semantic conventions).
 
     ``url.query`` when a query was received, the values of presigned-URL keys redacted as
     CLIENT spans' ``url.full`` has them. ``server.address`` and ``server.port`` name the host the
     client asked for: the ``Host`` header (HTTP/2's ``:authority``, which ASGI servers pass as
-    ``host``; a port it omits is the scheme's), else the listening socket. Behind ``hops``
-    trusted proxies see :func:`_proxied_attributes`; otherwise ``X-Forwarded-*`` are not read:
-    any client can send them.
+    ``host``; a port it omits is the scheme's), else the listening socket. Behind trusted
+    proxies (``proxies``) see :func:`_proxied_attributes`; otherwise ``X-Forwarded-*`` are not
+    read: any client can send them.
     """
-    if hops:
-        return _proxied_attributes(label, method, path, facts, get_header, hops)
+    if proxies is not None:
+        return _proxied_attributes(label, method, path, facts, get_header, *proxies)
     scheme, address, port, client, protocol, query = facts
     attrs: dict[str, Any] = {
         sc.HTTP_REQUEST_METHOD: label,
@@ -504,12 +509,21 @@ def _server_attributes(
 
 
 def _proxied_attributes(
-    label: str, method: str, path: str, facts: tuple[Any, ...], get_header: Getter, hops: int
+    label: str,
+    method: str,
+    path: str,
+    facts: tuple[Any, ...],
+    get_header: Getter,
+    hops: int,
+    with_host: bool,
 ) -> dict[str, Any]:
     """:func:`_server_attributes` behind ``hops`` trusted proxies (``trusted_proxy_hops``): what
-    they wrote in ``X-Forwarded-For``/``-Host``/``-Proto`` comes first, and the socket's peer
-    (the nearest proxy) is ``network.peer.address``. Apart, so the usual request pays nothing."""
+    they wrote in ``X-Forwarded-For`` and ``-Proto`` -- and ``-Host`` if ``with_host``
+    (``trust_forwarded_host``) -- comes first, and the socket's peer (the nearest proxy) is
+    ``network.peer.address``. Apart, so the usual request pays nothing."""
     origin, host, proto = sc.forwarded(get_header, hops)
+    if not with_host:
+        host = None
     scheme, address, port, peer, protocol, query = facts
     scheme = proto or scheme
     getter = get_header
@@ -730,8 +744,10 @@ class Request:
             scheme = (getattr(self.span, "attributes", None) or {}).get(sc.URL_SCHEME)
         elif self._unsampled is not None:
             describe, source = self._unsampled[3:]
-            hops = self.telemetry.proxy_hops
-            scheme = (hops and sc.forwarded(self._get_header, hops)[2]) or describe(source)[0]
+            proxies = self.telemetry.proxies
+            if proxies is not None:
+                scheme = sc.forwarded(self._get_header, proxies[0])[2]
+            scheme = scheme or describe(source)[0]
         attributes[sc.URL_SCHEME] = scheme or "http"
         if code is not None:
             attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
@@ -843,7 +859,7 @@ class Request:
         _set_attributes(
             span,
             _server_attributes(
-                self.method, method, path, facts, self._get_header, self.telemetry.proxy_hops
+                self.method, method, path, facts, self._get_header, self.telemetry.proxies
             ),
         )
         if self.route is not None:

@@ -55,9 +55,32 @@ _STATUS = {code: str(code) for code in range(100, 600)}
 
 #: Query keys whose values ``url.query`` (SERVER spans) and ``url.full`` (CLIENT spans) redact, as
 #: the semantic conventions list them: presigned-URL credentials.
-SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+SECRET_QUERY_KEYS = frozenset(
+    {
+        # The semantic conventions' list.
+        "AWSAccessKeyId",
+        "Signature",
+        "sig",
+        "X-Goog-Signature",
+        # AWS SigV4 presigned URLs (what boto3 makes by default), OAuth 2.0 and common API keys.
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "client_secret",
+        "api_key",
+        "apikey",
+        "password",
+    }
+)
+#: The same, compared case-insensitively (``X-AMZ-SIGNATURE``, ``Access_Token``).
+_SECRET_KEYS_FOLDED = frozenset(key.casefold() for key in SECRET_QUERY_KEYS)
 #: A query item of one of those keys with a value (``sig=...``): what :func:`redact_query` finds.
-_SECRET_ITEM = re.compile("(?:^|&)(?:" + "|".join(map(re.escape, sorted(SECRET_QUERY_KEYS))) + ")=")
+_SECRET_ITEM = re.compile(
+    "(?i)(?:^|&)(?:" + "|".join(map(re.escape, sorted(SECRET_QUERY_KEYS))) + ")="
+)
 #: The port a URL scheme implies when an authority names none.
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: A Host header's host: a DNS name or IPv4 address (RFC 3986's unreserved characters and
@@ -81,7 +104,7 @@ def redact_query(query: str) -> str:
     if _SECRET_ITEM.search(query) is None:
         return query
     return "&".join(
-        f"{name}=REDACTED" if name in SECRET_QUERY_KEYS and sep else item
+        f"{name}=REDACTED" if sep and name.casefold() in _SECRET_KEYS_FOLDED else item
         for item in query.split("&")
         for name, sep, _ in (item.partition("="),)
     )

@@ -43,7 +43,7 @@ _CLIENT_DONE = otel_context.create_key("obskit-client-span")
 #: spans' ``url.query`` redacts too) in an error's text (``url: /key?Signature=...`` of urllib3's
 #: messages): up to the next ``&``, white space, quote or ``#``.
 _SECRET_IN_TEXT = re.compile(
-    "([?&](?:" + "|".join(map(re.escape, sorted(sc.SECRET_QUERY_KEYS))) + r")=)[^&\s'\"#<>]*"
+    "(?i)([?&](?:" + "|".join(map(re.escape, sorted(sc.SECRET_QUERY_KEYS))) + r")=)[^&\s'\"#<>]*"
 )
 
 

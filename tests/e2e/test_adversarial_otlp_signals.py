@@ -557,6 +557,41 @@ def test_obskits_prometheus_metrics_go_out_over_otlp_too(with_http: bool) -> Non
     assert 4.0 == gauge.as_double
 
 
+# A bug a security review found, since fixed: obskit._otlp_signals' LoggingHandler redacted the
+# extra= fields and a str body only: the exception's message and stack trace (which the SDK adds)
+# and a mapping message went to the collector with the card numbers, bearer tokens and
+# passwords that the JSON line masks
+def test_otlp_log_records_are_redacted_as_the_json_line_is(fast_batches: None) -> None:
+    with SignalCollector() as collector:
+        obskit.configure(
+            service_name="pay",
+            traces_exporter="none",
+            otlp_endpoint=collector.endpoint,
+            logs_exporter="otlp",
+        )
+        log = logging.getLogger("adv.pay")
+        try:
+            raise RuntimeError("refused Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0 card 4111111111111111")
+        except RuntimeError:
+            log.exception("charge failed")
+        log.warning({"password": "hunter2", "card": "4111111111111111", "user": "ann"})
+        log.warning("payload %s", {"api_key": "sk_live_1", "n": 1})
+        assert True is obskit.force_flush(10.0)
+        rows = [
+            r for r in log_rows([h.message for h in collector.hits("logs")]) if r.scope == "adv.pay"
+        ]
+    assert 3 == len(rows)
+    exported = repr([row.record for row in rows])
+    for secret in ("eyJhbGciOiJIUzI1NiJ9", "4111111111111111", "hunter2", "sk_live_1"):
+        assert secret not in exported
+    failed = attributes_dict(rows[0].record.attributes)
+    assert failed["exception.message"].startswith("refused Bearer [REDACTED] card ")
+    assert "[REDACTED]" in failed["exception.stacktrace"]
+    mapping = {kv.key: kv.value.string_value for kv in rows[1].record.body.kvlist_value.values}
+    assert {"password": "[REDACTED]", "card": "[REDACTED]", "user": "ann"} == mapping
+    assert "payload {'api_key': '[REDACTED]', 'n': 1}" == rows[2].record.body.string_value
+
+
 def test_otel_variables_alone_turn_on_otlp_metrics_and_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

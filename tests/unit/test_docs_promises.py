@@ -184,6 +184,7 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
         "",
     ),
     ("trusted_proxy_hops", "0", 0, "1", 1, ""),
+    ("trust_forwarded_host", "`false`", False, "true", True, ""),
     ("logs_exporter", "`none`", "none", "otlp", "otlp", ""),
     ("shutdown_timeout", "5 s", 5.0, "2", 2.0, "s"),
 ]
@@ -976,6 +977,10 @@ DOCUMENTED_SENSITIVE = [
     "cvv",
     "ssn",
     "private_key",
+    "credential",
+    "access_key",
+    "dsn",
+    "jwt",
 ]
 
 

@@ -70,13 +70,13 @@ def origin(attributes: dict[str, Any]) -> tuple[Any, ...]:
 
 @pytest.fixture
 def one_hop() -> Iterator[Capture]:
-    with capture(service_name="edge", trusted_proxy_hops=1) as captured:
+    with capture(service_name="edge", trusted_proxy_hops=1, trust_forwarded_host=True) as captured:
         yield captured
 
 
 @pytest.mark.parametrize("name", sorted(WEBS))
 def test_every_adapter_names_the_client_host_and_scheme_the_proxy_saw(name: str) -> None:
-    with capture(service_name="edge", trusted_proxy_hops=1) as cap:
+    with capture(service_name="edge", trusted_proxy_hops=1, trust_forwarded_host=True) as cap:
         web: Web
         with WEBS[name].serving() as web:
             assert 200 == web.get("/items/7", headers=BEHIND_ONE_PROXY).status
@@ -109,9 +109,9 @@ def test_only_the_entries_the_trusted_proxies_appended_count() -> None:
         "X-Forwarded-Host": "evil.example, shop.example.com:8443",
         "X-Forwarded-Proto": "http,https",
     }
-    with capture(service_name="edge", trusted_proxy_hops=1) as cap:
+    with capture(service_name="edge", trusted_proxy_hops=1, trust_forwarded_host=True) as cap:
         one = recorded(cap, **sent)
-    with capture(service_name="edge", trusted_proxy_hops=2) as cap:
+    with capture(service_name="edge", trusted_proxy_hops=2, trust_forwarded_host=True) as cap:
         two = recorded(cap, **sent)
     assert ("203.0.113.9", "10.0.0.2", "shop.example.com", 8443, "https") == origin(one)
     assert ("1.1.1.1", "10.0.0.2", "evil.example", 80, "http") == origin(two)
@@ -120,7 +120,7 @@ def test_only_the_entries_the_trusted_proxies_appended_count() -> None:
 def test_fewer_entries_than_trusted_hops_are_ignored() -> None:
     """Two proxies trusted, one entry: the request did not come through both, and what the
     headers say is not trusted (the socket's facts stay)."""
-    with capture(service_name="edge", trusted_proxy_hops=2) as cap:
+    with capture(service_name="edge", trusted_proxy_hops=2, trust_forwarded_host=True) as cap:
         seen = recorded(cap, **BEHIND_ONE_PROXY)
     assert ("10.0.0.2", None, "internal", 8000, "http") == origin(seen)
 
@@ -168,7 +168,7 @@ def test_forwarded_host_and_proto_are_parsed_like_host_and_scheme(
 
 def test_the_client_the_proxy_saw_is_the_socket_peer_itself() -> None:
     """No proxy in between after all (the entry is the peer): no network.peer.address."""
-    with capture(service_name="edge", trusted_proxy_hops=1) as cap:
+    with capture(service_name="edge", trusted_proxy_hops=1, trust_forwarded_host=True) as cap:
         seen = recorded(cap, **{"X-Forwarded-For": "10.0.0.2"})
     assert ("10.0.0.2", None) == origin(seen)[:2]
 
@@ -181,3 +181,17 @@ def test_the_option_takes_a_small_count_from_argument_or_environment() -> None:
     for bad in ("-1", "17", "one", "1.5", True):
         with pytest.raises(ConfigError, match="trusted_proxy_hops"):
             load_config({}, trusted_proxy_hops=bad)
+
+
+# A gap a security review found, since closed: one count trusted all three headers, so behind
+# a proxy that appends X-Forwarded-For but writes no X-Forwarded-Host (AWS ALB, nginx's
+# default) the client's own X-Forwarded-Host named the server; Werkzeug's ProxyFix trusts it
+# only when asked (x_host=0 by default), and so does obskit now
+def test_x_forwarded_host_is_read_only_when_the_proxies_are_said_to_write_it() -> None:
+    sent = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Host": "login.attacker.example"}
+    with capture(service_name="edge", trusted_proxy_hops=1) as cap:
+        seen = recorded(cap, **sent, **{"X-Forwarded-Proto": "https"})
+    assert ("203.0.113.7", "10.0.0.2", "internal", 8000, "https") == origin(seen)
+    assert 1 == load_config({"OBSKIT_TRUSTED_PROXY_HOPS": "1"}).trusted_proxy_hops
+    assert load_config({"OBSKIT_TRUST_FORWARDED_HOST": "true"}).trust_forwarded_host
+    assert not load_config({}).trust_forwarded_host
