@@ -16,7 +16,7 @@ import inspect
 import sys
 import types
 from collections.abc import AsyncGenerator, Callable, Generator
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
@@ -164,7 +164,18 @@ def _copy_named(function: Any, names: tuple[str, str]) -> Any:
     return named(copy, names)
 
 
-class _BoundDecorated(wrapt.BoundFunctionWrapper[..., Any]):
+if TYPE_CHECKING:
+    _BoundBase = wrapt.BoundFunctionWrapper[..., Any]
+    _FunctionBase = wrapt.FunctionWrapper[..., Any]
+else:
+    try:
+        _BoundBase = wrapt.BoundFunctionWrapper[..., Any]
+        _FunctionBase = wrapt.FunctionWrapper[..., Any]
+    except TypeError:  # wrapt before 2.2: its wrappers are not generic
+        _BoundBase, _FunctionBase = wrapt.BoundFunctionWrapper, wrapt.FunctionWrapper
+
+
+class _BoundDecorated(_BoundBase):
     """A decorated method bound to its instance (or class): pickled as the method is, by
     ``getattr(owner, name)``."""
 
@@ -175,7 +186,7 @@ class _BoundDecorated(wrapt.BoundFunctionWrapper[..., Any]):
         return (getattr, (owner, self.__name__))
 
 
-class Decorated(wrapt.FunctionWrapper[..., Any]):
+class Decorated(_FunctionBase):
     """What obskit's decorators return (``wrapt``'s function wrapper): pickled by reference,
     as the undecorated function is -- by its qualified name, which finds this wrapper again --
     so a decorated function still goes to a process pool or ``multiprocessing``; a decorated

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
+
 from obskit.testing import get_sample_value, samples
 
 
@@ -22,3 +26,17 @@ def all_requests_total() -> dict[tuple[str, str, str], float]:
         (labels["method"], labels["route"], labels["status"]): value
         for labels, value in samples("http_requests_total")
     }
+
+
+def _has_fastapi_telemetry() -> bool:
+    try:
+        return importlib.util.find_spec("fastapi.telemetry") is not None
+    except ImportError:  # no FastAPI at all
+        return False
+
+
+#: Tests of how obskit cooperates with FastAPI's own telemetry (FastAPI 0.165+): skipped on an
+#: older FastAPI the ``fastapi`` extra admits, which has none to cooperate with.
+needs_fastapi_telemetry = pytest.mark.skipif(
+    not _has_fastapi_telemetry(), reason="this FastAPI has no fastapi.telemetry (0.165+)"
+)

@@ -50,6 +50,7 @@ from obskit.asgi import ObskitMiddleware
 from obskit.fastapi import instrument
 from obskit.flask import Obskit
 from obskit.testing import Capture, capture, get_sample_value, samples
+from tests.frameworks.helpers import needs_fastapi_telemetry
 from tests.otlp_receiver import attributes as attrs
 from tests.wsgi_environ import environ
 
@@ -506,6 +507,7 @@ def _native_variant(variant: str, file: Path, events: list[str]) -> Any:
         "middleware_list",
     ],
 )
+@needs_fastapi_telemetry
 def test_one_server_span_per_request_whatever_the_native_telemetry(
     cap: Capture, tmp_path: Path, variant: str
 ) -> None:

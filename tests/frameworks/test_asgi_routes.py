@@ -24,6 +24,7 @@ from obskit import _state
 from obskit.asgi import ObskitMiddleware
 from obskit.fastapi import instrument
 from obskit.testing import Capture, capture, get_sample_value
+from tests.frameworks.helpers import needs_fastapi_telemetry
 
 SERVER = 2
 
@@ -116,6 +117,7 @@ FASTAPI_PATHS = {
 }
 
 
+@needs_fastapi_telemetry
 def test_fastapi_reports_routes_through_its_own_hook(cap: Capture) -> None:
     """instrument(FastAPI): the route comes from FastAPI's route-selection hook."""
     app = instrument(_fastapi_app())
@@ -124,6 +126,7 @@ def test_fastapi_reports_routes_through_its_own_hook(cap: Capture) -> None:
         assert _middleware(app)._fastapi_record is not None
 
 
+@needs_fastapi_telemetry
 def test_middleware_around_a_fastapi_app_uses_the_hook(cap: Capture) -> None:
     """ObskitMiddleware(FastAPI()): the hook too, and FastAPI's native span stays off."""
     app = ObskitMiddleware(_fastapi_app())
@@ -155,6 +158,7 @@ def test_fastapi_slash_redirect_is_labelled_with_its_target_route(cap: Capture) 
     assert {("/tenants/{tenant}/api/v1/users/{user_id}", "307"): 1.0} == _requests_total()
 
 
+@needs_fastapi_telemetry
 def test_an_unexpected_fastapi_record_falls_back_to_watching_the_scope(
     cap: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,7 @@ from opentelemetry import baggage, trace
 from obskit import _state
 from obskit.fastapi import instrument
 from obskit.testing import Capture, capture, get_sample_value, samples
+from tests.frameworks.helpers import needs_fastapi_telemetry
 from tests.otlp_receiver import attributes
 
 INTERNAL = 1
@@ -193,6 +194,7 @@ def uvicorn_server(app: Any) -> Iterator[str]:
 # --- FastAPI's own telemetry and uvicorn -------------------------------------------------------
 
 
+@needs_fastapi_telemetry
 def test_fastapi_native_telemetry_is_off(cap: Capture, app: FastAPI, client: TestClient) -> None:
     """instrument() turns FastAPI's own spans off: no second SERVER span, no fastapi.* spans."""
     client.get("/items/1")
@@ -231,6 +233,7 @@ def test_one_server_span_per_request_under_uvicorn(cap: Capture, app: FastAPI) -
     assert 3.0 == requests_total()[("GET", ITEM, "200")]
 
 
+@needs_fastapi_telemetry
 def test_without_instrument_fastapi_exports_its_own_server_span(cap: Capture) -> None:
     """Without instrument(), FastAPI's native SERVER and INTERNAL spans go out through obskit."""
     app = build_app()
