@@ -281,28 +281,29 @@ def _bridging_reader_class() -> Any:
         def __init__(self, *args: Any, resource_attributes: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._obskit_attributes = resource_attributes
-            self._obskit_lock = threading.Lock()
-            self._obskit_received = False
+            # Per thread, not under a lock: collections run on the SDK's ticker thread, in
+            # force_flush and at shutdown, and a lock held at a fork would stay held in the
+            # forked worker.
+            self._obskit_calls = threading.local()
 
         # Final in the SDK's typing, overridden all the same: it calls _receive_metrics only
         # when its own instruments have data, and obskit's metrics must go out regardless.
         # This override still runs the SDK's collect() first, unchanged.
         def collect(self, timeout_millis: float = 10_000) -> None:  # type: ignore[misc]
-            # One collection at a time (the ticker, force_flush, shutdown): the flag is its own.
-            with self._obskit_lock:
-                self._obskit_received = False
-                super().collect(timeout_millis=timeout_millis)
-                if self._obskit_received or getattr(self, "_collect", None) is None:
-                    return
-                # The SDK's instruments had nothing: obskit's metrics go out on their own.
-                added = self._with_obskit(None)
-                if added is not None:
-                    super()._receive_metrics(added, timeout_millis=timeout_millis)
+            calls = self._obskit_calls
+            calls.received = False
+            super().collect(timeout_millis=timeout_millis)
+            if calls.received or getattr(self, "_collect", None) is None:
+                return
+            # The SDK's instruments had nothing: obskit's metrics go out on their own.
+            added = self._with_obskit(None)
+            if added is not None:
+                super()._receive_metrics(added, timeout_millis=timeout_millis)
 
         def _receive_metrics(
             self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
         ) -> None:
-            self._obskit_received = True
+            self._obskit_calls.received = True
             metrics_data = self._with_obskit(metrics_data) or metrics_data
             super()._receive_metrics(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
