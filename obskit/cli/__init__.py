@@ -48,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_traces = sub.add_parser("traces", help="render traces from a JSON-lines file as waterfalls")
-    p_traces.add_argument("file", nargs="?", help="spans file (default: the configured one)")
+    p_traces.add_argument(
+        "file",
+        nargs="*",
+        help="spans files, read as one (several services' files: their traces joined; "
+        "default: the configured one)",
+    )
     p_traces.add_argument("--trace", help="show only this trace id (prefix allowed)")
     p_traces.add_argument(
         "--last", type=int, default=10, help="show the N most recent traces (0: all)"

@@ -565,20 +565,30 @@ def _print_malformed(result: LoadResult, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    """``obskit traces [FILE] [--trace ID] [--last N] [--width W] [--no-color]``."""
+    """``obskit traces [FILE ...] [--trace ID] [--last N] [--width W] [--no-color]``: several
+    files (each service's own) are read as one, so a trace that crossed them is drawn whole."""
     out = safe_output(out)
-    path = getattr(args, "file", None) or _default_file(out)
-    if path is None:
-        return 2
-    try:
-        result = load_spans(path)
-    except FileNotFoundError:
-        print(_missing_message(path), file=out)
-        return 1
-    except OSError as exc:  # the file at fault may be FILE.1, read first
-        print(f"obskit: cannot read {exc.filename or path}: {exc.strerror or exc}", file=out)
-        return 1
-    status = _show(result, path, args, out)
+    given = getattr(args, "file", None)
+    paths = [given] if isinstance(given, str) else list(given or [])
+    if not paths:
+        default = _default_file(out)
+        if default is None:
+            return 2
+        paths = [default]
+    result = LoadResult()
+    for path in paths:
+        try:
+            part = load_spans(path)
+        except FileNotFoundError:
+            print(_missing_message(path), file=out)
+            return 1
+        except OSError as exc:  # the file at fault may be FILE.1, read first
+            print(f"obskit: cannot read {exc.filename or path}: {exc.strerror or exc}", file=out)
+            return 1
+        result.spans += part.spans
+        result.malformed += part.malformed
+        result.first_malformed = result.first_malformed or part.first_malformed
+    status = _show(result, ", ".join(paths), args, out)
     _print_malformed(result, out)
     return status
 

@@ -773,3 +773,27 @@ def test_doctor_shows_the_argument_a_sampler_takes_by_default(
     ]
     assert shown == row.rsplit(None, 1)[0].strip()
     assert row.endswith("default")
+
+
+# A gap a new user's read-through found, since filled: `obskit traces a b` was a usage error, so
+# two local services writing files of their own could not show a trace that crossed them
+def test_traces_reads_several_files_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orders = write_lines(
+        tmp_path / "orders.jsonl",
+        [
+            span_line(tid(1), sid(1), "GET /checkout", 0, 100, service="orders", kind=2),
+            span_line(tid(1), sid(2), "POST /pay", 10, 80, parent=sid(1), service="orders", kind=3),
+        ],
+    )
+    payments = write_lines(
+        tmp_path / "payments.jsonl",
+        [span_line(tid(1), sid(3), "POST /pay", 15, 75, parent=sid(2), service="payments", kind=2)],
+    )
+    status, out = traces_output(capsys, str(orders), str(payments))
+    assert 0 == status, out
+    assert ["[orders] GET /checkout", "└─ POST /pay", "   └─ [payments] POST /pay"] == labels(out)
+    status, out = traces_output(capsys, str(orders), str(tmp_path / "missing.jsonl"))
+    assert 1 == status
+    assert "missing.jsonl" in out
