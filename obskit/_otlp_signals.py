@@ -75,6 +75,8 @@ def destination(config: Config, signal: str) -> tuple[str, str, dict[str, str]]:
         url = endpoint
     else:  # the SDK exporter's own default
         url = "http://localhost:4317" if grpc else f"http://localhost:4318/v1/{signal}"
+    if grpc and "://" not in url:
+        url = "http://" + url  # host:port: the SDK's gRPC exporter takes it as an insecure target
     own_headers = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", "").strip()
     if own_headers:
         try:

@@ -93,25 +93,43 @@ DEFAULT_SENSITIVE_KEYS = (
 _SENSITIVE_NAMES = frozenset({"auth", "pwd"})
 MASK = "[REDACTED]"
 _CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
-_BEARER = re.compile(r"(?i)\b(bearer|basic|digest)\s+[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 # A match starts only where a run of local-part characters starts (the lookbehind): without it
 # a long run with no domain after its @ was tried from each of its characters, quadratic time
 # on text a client can send (a query string in an access line).
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 )
-#: ``password=hunter2``, ``token: abc``, ``DbSettings(password='hunter2')``: the value masked.
+#: ``password=hunter2``, ``DB_PASSWORD=x``, ``refresh_token=x``, ``"password": "x"``,
+#: ``DbSettings(password='two words')``, ``Authorization: Digest x``: the value masked, its
+#: quotes and an authorization scheme kept. The key may follow ``_`` (an environment variable,
+#: a query key) but not a letter, digit or ``/`` (``/etc/passwd: permission denied``), and is
+#: followed by ``=`` or ``:`` (``the token expired`` is left alone).
 _KEY_VALUE = re.compile(
-    r"(?i)\b(passw(?:or)?d|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
-    r"(\s*[=:]\s*)(['\"]?)((?:bearer|basic|digest|token)\s+)?([^\s'\",;)&]+)"
+    r"(?i)(?<![A-Za-z0-9/])(passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|authorization)"
+    r"(['\"]?\s*[=:]\s*)"
+    r"(?:(')([^']*)'|(\")([^\"]*)\"|((?:bearer|basic|digest|token)\s+)?([^\s'\",;)&]+))"
 )
-#: A URL's password: ``postgresql://app:hunter2@db`` as ``postgresql://app:[REDACTED]@db``.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s:@]*):([^/\s@]+)@")
+#: A URL's password: ``postgresql://app:hunter2@db`` as ``postgresql://app:[REDACTED]@db``. A
+#: match starts only where a scheme can (the lookbehind), so a long run before a ``://`` is not
+#: tried from each of its characters; a port and query (``host:8080?to=a@b``) are no password.
+_USERINFO = re.compile(
+    r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://)([^/?#\s:@]*):([^/?#\s@]+)@"
+)
 #: Whether :data:`_KEY_VALUE` or :data:`_USERINFO` can match at all (most text: no).
-_HINT = re.compile(r"(?i)passw|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|://")
+_HINT = re.compile(r"(?i)passw|secret|token|api[_-]?key|access[_-]?key|authorization|://")
 # Quick pre-checks: most messages have no long digit run and no "earer"/"asic", so the regexes
 # above never run for them.
 _DIGITS = re.compile(r"[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9]")
+
+
+def _masked_pair(match: re.Match[str]) -> str:
+    """A :data:`_KEY_VALUE` match with its value masked: a quoted one whole, quotes kept."""
+    key, sep = match[1], match[2]
+    quote = match[3] or match[5]
+    if quote:
+        return f"{key}{sep}{quote}{MASK}{quote}"
+    return f"{key}{sep}{match[7] or ''}{MASK}"
 
 
 def _luhn(digits: str) -> bool:
@@ -137,15 +155,15 @@ def _mask_card(match: re.Match[str]) -> str:
 
 
 def redact_text(text: str, *, emails: bool = False) -> str:
-    """Mask card numbers (Luhn-valid, last 4 kept), bearer/basic/digest credentials, the value
-    of ``password=``/``token:``/``api_key=``-like pairs, a URL's password and optionally e-mail
+    """Mask card numbers (Luhn-valid, last 4 kept), bearer/basic credentials, the value of
+    ``password=``/``token:``/``api_key=``-like pairs, a URL's password and optionally e-mail
     addresses in free text."""
     if _DIGITS.search(text) is not None:
         text = _CARD.sub(_mask_card, text)
-    if "earer" in text or "asic" in text or "igest" in text or "EARER" in text or "ASIC" in text:
+    if "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text:
         text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
     if _HINT.search(text) is not None:
-        text = _KEY_VALUE.sub(lambda m: "".join(m.group(1, 2, 3)) + (m[4] or "") + MASK, text)
+        text = _KEY_VALUE.sub(_masked_pair, text)
         text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
     if emails and "@" in text:
         text = _EMAIL.sub(MASK, text)
@@ -376,11 +394,14 @@ def call_message(msg: Any, args: Any) -> str:
     return text
 
 
-def _mappings(args: Any) -> bool:
-    """Whether a call's ``args`` is or holds a mapping (whose keys may be sensitive)."""
-    return isinstance(args, Mapping) or (
-        isinstance(args, tuple) and any(isinstance(a, Mapping) for a in args)
-    )
+def _mappings(args: Any, depth: int = 0) -> bool:
+    """Whether a call's ``args`` is or holds a mapping (directly, or in a list or tuple, 8
+    levels deep): its keys may be sensitive."""
+    if isinstance(args, Mapping):
+        return True
+    if depth < 8 and isinstance(args, (tuple, list)):
+        return any(_mappings(a, depth + 1) for a in args if isinstance(a, (Mapping, tuple, list)))
+    return False
 
 
 def _mismatch(msg: Any, args: Any) -> str:
@@ -405,7 +426,11 @@ def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tup
         # raises from getattr, which must neither reach the caller nor spoil the line.
         owner = getattr(getattr(record, "request", None), "_obskit_request", None)
         if owner is None and record.exc_info:
-            owner = getattr(record.exc_info[1], "_obskit_request", None)
+            from obskit.http._pipeline import EndedRequest
+
+            ended = getattr(record.exc_info[1], "_obskit_request", None)
+            if ended.__class__ is EndedRequest:
+                return ended.context, ended
         span = getattr(owner, "span", None)
         if span is None:
             return ctx, request
@@ -610,15 +635,41 @@ class JsonFormatter(_PJLJsonFormatter):
 
     def _structured_message(self, msg: Any, args: Any) -> str:
         """The message of a call that logs a mapping, or formats one in (``log.info({...})``,
-        ``log.info("payload %s", {...})``): its sensitive keys masked before it becomes text,
-        where only the text patterns could still find them."""
-        if isinstance(msg, Mapping):
-            msg = self._redact(msg)
-        if isinstance(args, Mapping):  # LogRecord's one-mapping form, as call_message takes it
-            args = (self._redact(args),)
-        elif isinstance(args, tuple):
-            args = tuple(self._redact(a) if isinstance(a, Mapping) else a for a in args)
-        return call_message(msg, args)
+        ``log.info("payload %s", {...})``): the values of its sensitive keys masked before it
+        becomes text, where only the text patterns could still find them; everything else as
+        ``str()`` writes it. A mapping that cannot be walked (a lazy proxy that raises) is
+        written as it would be unmasked, its text still redacted."""
+        try:
+            masked_msg = self._masked(msg)
+            if isinstance(args, Mapping):  # LogRecord's one-mapping form
+                masked_args: Any = (self._masked(args),)
+            else:
+                masked_args = self._masked(args)
+        except Exception:
+            masked_msg, masked_args = msg, ((args,) if isinstance(args, Mapping) else args)
+        return call_message(masked_msg, masked_args)
+
+    def _masked(self, value: Any, depth: int = 0) -> Any:
+        """``value`` itself when no mapping in it has a sensitive key; else a copy with those
+        keys' values as ``[REDACTED]`` -- mappings as dicts, lists and tuples as they were --
+        and every other value as it is."""
+        if depth > 8:
+            return value
+        if isinstance(value, Mapping):
+            masked = {
+                k: MASK
+                if isinstance(k, str) and self._is_sensitive(k)
+                else self._masked(v, depth + 1)
+                for k, v in value.items()
+            }
+            changed = any(masked[k] is not v for k, v in value.items())
+            return masked if changed else value
+        if isinstance(value, (list, tuple)):
+            items = [self._masked(v, depth + 1) for v in value]
+            if all(a is b for a, b in zip(items, value, strict=True)):
+                return value
+            return tuple(items) if isinstance(value, tuple) else items
+        return value
 
     def _timestamp(self, created: float) -> str:
         second = int(created)

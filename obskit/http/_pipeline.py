@@ -25,7 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -572,6 +572,34 @@ def _mark_outcome(span: Any, code: int | None, exc: BaseException | None) -> Non
         span.set_status(_ERROR)
 
 
+class EndedRequest(NamedTuple):
+    """What a line logged about a request's exception after the request ended (uvicorn's
+    "Exception in ASGI application", gunicorn's "Error handling request") needs of the request:
+    plain values, so that the exception stays picklable and copyable. Read by
+    ``obskit.logging._after_the_request``."""
+
+    #: The span context as a tuple: (trace_id, span_id, is_remote, trace_flags, -, is_valid).
+    context: tuple[int, int, bool, int, None, bool]
+    method: str
+    route: str | None
+    request_id: str
+
+
+def _tag(exc: BaseException, request: Request) -> None:
+    """Tag ``exc``, on its way out of the request, with what its log line will need."""
+    try:
+        ctx = request.span.get_span_context()
+        ended = EndedRequest(
+            (ctx[0], ctx[1], False, int(ctx[3]), None, bool(ctx[5])),
+            request.method,
+            request.route,
+            request.request_id,
+        )
+        exc._obskit_request = ended  # type: ignore[attr-defined]
+    except Exception:  # an exception type without a __dict__: its line goes without the ids
+        pass
+
+
 class Request:
     """One request in flight. Adapters call :meth:`set_route` and then :meth:`finish` once."""
 
@@ -678,12 +706,7 @@ class Request:
         if exc is None and self.handled is not None and (status is None or status >= 500):
             exc = self.handled
         if exc is not None:
-            try:
-                # The server logs the exception after it left the middleware and the request's
-                # context: its line finds the request here (obskit.logging._after_the_request).
-                exc._obskit_request = self  # type: ignore[attr-defined]
-            except Exception:  # an exception type without a __dict__
-                pass
+            _tag(exc, self)
         # The recording is inline rather than a method of its own: one call less per request.
         try:
             telemetry = self.telemetry

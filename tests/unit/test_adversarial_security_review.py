@@ -78,6 +78,7 @@ def test_the_direct_path_masks_a_mapping_message_too() -> None:
         "http://" * 30_000,
         "password " * 30_000,
         "x://" + "a:" * 100_000,
+        "a-" * 40_000 + "://",  # found by the review of the fixes: quadratic in _USERINFO
     ],
 )
 def test_redaction_stays_linear_on_hostile_text(hostile: str) -> None:
@@ -133,3 +134,97 @@ def test_secret_query_keys_of_presigned_urls_and_oauth_are_redacted(key: str) ->
 )
 def test_masked_urls_hide_any_user_info(url: str, shown: str) -> None:
     assert shown == masked_url(url)
+
+
+# Found by a review of the fixes above, since fixed: the first version of the new text patterns
+# masked ordinary words and let common spellings through; a mapping formatted into a message
+# was rewritten (ints as strings, a Counter as a dict) or, if it could not be walked, lost
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sending the weekly digest newsletter to 120 subscribers",
+        "Message digest computed for upload.bin",
+        "/etc/passwd: permission denied",
+        "pwd: /srv/app, python 3.11",
+        "GET http://api.internal:8080?email=bob@example.com returned 200",
+        "the token expired; max_tokens=100 tokenizer=bert",
+    ],
+)
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert text == redact_text(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "refresh_token=abc&client_secret=s3cr3t",
+            "refresh_token=[REDACTED]&client_secret=[REDACTED]",
+        ),
+        (
+            "env DB_PASSWORD=hunter2 AWS_SECRET_ACCESS_KEY=wJalr",
+            "env DB_PASSWORD=[REDACTED] AWS_SECRET_ACCESS_KEY=[REDACTED]",
+        ),
+        (
+            'body {"user": "bob", "password": "hunter2"}',
+            'body {"user": "bob", "password": "[REDACTED]"}',
+        ),
+        ("DbSettings(password='correct horse battery')", "DbSettings(password='[REDACTED]')"),
+        ("Authorization: Digest username=abc", "Authorization: Digest [REDACTED]"),
+        ("redis://:hunter2@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),
+    ],
+)
+def test_common_spellings_are_masked(text: str, masked: str) -> None:
+    assert masked == redact_text(text)
+
+
+def test_a_formatted_mapping_keeps_what_is_not_secret_as_str_writes_it() -> None:
+    import collections
+    import datetime
+
+    class Lazy(collections.abc.Mapping):  # type: ignore[type-arg]
+        def __getitem__(self, key: object) -> object:
+            raise RuntimeError("settings are not configured")
+
+        def __iter__(self) -> Any:
+            raise RuntimeError("settings are not configured")
+
+        def __len__(self) -> int:
+            return 1
+
+        def __repr__(self) -> str:
+            return "<Settings db=...>"
+
+    buffer, log = _lines()
+    counts = collections.Counter("aab")
+    log.info("counts %s", counts)
+    log.info("%s and %s", {"x": {1, 2}}, {"y": b"raw", "at": datetime.date(2024, 1, 2)})
+    log.info("users %s", [{"name": "bob", "password": "hunter2"}])
+    log.info("cfg %s", Lazy())
+    assert [
+        f"counts {counts}",
+        "{'x': {1, 2}} and {'y': b'raw', 'at': datetime.date(2024, 1, 2)}",
+        "users [{'name': 'bob', 'password': '[REDACTED]'}]",
+        "cfg <Settings db=...>",
+    ] == [line["message"] for line in _written(buffer)]
+
+
+def test_the_exception_tag_leaves_exceptions_picklable_and_copyable() -> None:
+    """The tag that lets a server's traceback line name its request holds plain values."""
+    import copy
+    import pickle
+
+    from obskit.testing import capture
+    from obskit.wsgi import ObskitMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise ValueError("boom")
+
+    from tests.wsgi_environ import environ
+
+    with capture(service_name="sec"), pytest.raises(ValueError, match="boom") as raised:
+        ObskitMiddleware(app)(environ("/x"), lambda *a: None)
+    exc = raised.value
+    assert 32 == len(f"{exc._obskit_request.context[0]:032x}")  # type: ignore[attr-defined]
+    assert "boom" == str(pickle.loads(pickle.dumps(exc)))
+    assert "boom" == str(copy.deepcopy(exc))

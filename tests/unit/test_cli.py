@@ -797,3 +797,19 @@ def test_traces_reads_several_files_as_one(
     status, out = traces_output(capsys, str(orders), str(tmp_path / "missing.jsonl"))
     assert 1 == status
     assert "missing.jsonl" in out
+
+
+# Found by a review of the doctor change, since fixed: a scheme-less gRPC endpoint
+# (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=host:port, which the SDK's gRPC exporter takes as an
+# insecure target) was read as a URL whose scheme is the host: doctor checked localhost:4317
+def test_doctor_checks_a_scheme_less_grpc_signal_endpoint_where_the_sdk_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from obskit._otlp_signals import destination
+    from obskit.config import load_config
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector.internal:4317")
+    url, protocol, _ = destination(load_config(), "metrics")
+    assert ("http://collector.internal:4317", "grpc") == (url, protocol)
