@@ -93,7 +93,12 @@ DEFAULT_SENSITIVE_KEYS = (
 _SENSITIVE_NAMES = frozenset({"auth", "pwd"})
 MASK = "[REDACTED]"
 _CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+#: ``Bearer <token>``, and ``Basic <base64>`` when it has a digit, a capital or one of ``+/=``
+#: as base64 of ``user:password`` does ("basic validation failed" is a word, left alone).
+_BEARER = re.compile(
+    r"\b(?:((?i:bearer))\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|((?i:basic))\s+(?=[A-Za-z0-9+/=]*[A-Z0-9+/=])[A-Za-z0-9+/=]{8,})"
+)
 # A match starts only where a run of local-part characters starts (the lookbehind): without it
 # a long run with no domain after its @ was tried from each of its characters, quadratic time
 # on text a client can send (a query string in an access line).
@@ -161,7 +166,7 @@ def redact_text(text: str, *, emails: bool = False) -> str:
     if _DIGITS.search(text) is not None:
         text = _CARD.sub(_mask_card, text)
     if "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text:
-        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+        text = _BEARER.sub(lambda m: f"{m[1] or m[2]} {MASK}", text)
     if _HINT.search(text) is not None:
         text = _KEY_VALUE.sub(_masked_pair, text)
         text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
