@@ -282,7 +282,9 @@ def _bridging_reader_class() -> Any:
     class _BridgingReader(PeriodicExportingMetricReader):
         def __init__(self, *args: Any, resource_attributes: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._obskit_attributes = resource_attributes
+            # Made once: Resource.create runs the SDK's detectors on a thread pool, which an
+            # interpreter at exit refuses -- the last push of a short job would be lost.
+            self._obskit_resource = Resource.create(resource_attributes)
             # Per thread, not under a lock: collections run on the SDK's ticker thread, in
             # force_flush and at shutdown, and a lock held at a fork would stay held in the
             # forked worker.
@@ -323,9 +325,7 @@ def _bridging_reader_class() -> Any:
                     )
                     return MetricsData(resource_metrics=[first, *rest])
                 # The provider's resource, as a forked child's is: with its own process.pid.
-                resource = Resource.create(self._obskit_attributes).merge(
-                    Resource({"process.pid": os.getpid()})
-                )
+                resource = self._obskit_resource.merge(Resource({"process.pid": os.getpid()}))
                 return MetricsData(
                     resource_metrics=[
                         ResourceMetrics(resource=resource, scope_metrics=[scope], schema_url="")

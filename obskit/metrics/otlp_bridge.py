@@ -91,7 +91,7 @@ def _convert(family: Any, now: int) -> Any:
                 attributes=dict(s.labels),
                 start_time_unix_nano=_ns(created.get(_key(s.labels))),
                 time_unix_nano=now,
-                value=s.value,
+                value=float(s.value),  # an int past 64 bits, which OTLP's int64 cannot carry
             )
             for s in family.samples
             if s.name == family.name + "_total"
@@ -104,7 +104,10 @@ def _convert(family: Any, now: int) -> Any:
     elif kind == "gauge":
         points = [
             NumberDataPoint(
-                attributes=dict(s.labels), start_time_unix_nano=0, time_unix_nano=now, value=s.value
+                attributes=dict(s.labels),
+                start_time_unix_nano=0,
+                time_unix_nano=now,
+                value=float(s.value),
             )
             for s in family.samples
             if s.name == family.name
@@ -152,12 +155,16 @@ def _histogram_points(family: Any, created: dict[Any, float], now: int) -> list[
             below = total
         if not cumulative or not math.isinf(cumulative[-1][0]):
             per_bucket.append(int(counts.get(key, below) - below))
+        if min(per_bucket) < 0:
+            # Not cumulative (an app's collector): OTLP's counts are unsigned, and one bad point
+            # would fail the whole push. The family is left out (and counted) instead.
+            raise ValueError(f"{family.name}: bucket counts that are not cumulative")
         points.append(
             HistogramDataPoint(
                 attributes=attributes[key],
                 start_time_unix_nano=_ns(created.get(key)),
                 time_unix_nano=now,
-                count=int(counts.get(key, below)),
+                count=sum(per_bucket),  # OTLP: the buckets add up to the count
                 sum=sums.get(key, 0.0),
                 bucket_counts=per_bucket,
                 explicit_bounds=bounds,

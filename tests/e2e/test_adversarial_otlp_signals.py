@@ -1416,3 +1416,35 @@ def test_the_process_exits_within_shutdown_timeout_while_the_collector_hangs(
         connections = (http_hang.connections, grpc_hang.connections)
     assert all(n >= 1 for n in connections)
     assert all(seconds < 4.0 for seconds in took.values()), took
+
+
+SHORT_JOB = """
+    import sys
+    import obskit
+
+    obskit.configure(service_name="job", traces_exporter="none", otlp_endpoint=sys.argv[1],
+                     metrics_exporter="otlp", metric_export_interval=3600)
+    obskit.counter("job_items", "Items done.").inc(3)
+    # exits without obskit.shutdown(): the exit flush pushes
+"""
+
+
+# Found by a run under real gunicorn, since fixed: the bridge made the resource of a push the SDK
+# had nothing for with Resource.create, whose detectors run on a thread pool that an interpreter
+# at exit refuses: a short job that only uses obskit's metrics pushed nothing, ever
+def test_a_short_jobs_metrics_are_pushed_at_exit(tmp_path: Path) -> None:
+    with SignalCollector() as collector:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SHORT_JOB), collector.endpoint],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        rows = metric_rows([h.message for h in collector.hits("metrics")], "job_items")
+    assert 0 == done.returncode, done.stderr
+    assert "otlp_metrics_bridge" not in done.stderr
+    assert [3.0] == [p.as_double for row in rows for p in row.metric.sum.data_points]
+    assert "job" == rows[-1].resource["service.name"]

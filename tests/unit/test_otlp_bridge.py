@@ -107,3 +107,26 @@ def test_each_gunicorn_worker_sends_its_own_values(tmp_path: Path) -> None:
         )
         sent.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert [[3.0], [5.0]] == sent
+
+
+# Found by a run under real gunicorn, since fixed: a histogram family of an app's collector whose
+# buckets were not cumulative became negative OTLP bucket counts, and a gauge of 2**64 an int
+# past int64: either failed the encoding of the whole push, obskit's and the SDK's metrics with it
+def test_values_otlp_cannot_carry_cost_only_their_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics
+    from opentelemetry.sdk.resources import Resource
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from obskit import _state
+
+    monkeypatch.setattr(_state, "raise_internal_errors", False)
+    odd = HistogramMetricFamily("odd_seconds", "Odd.", labels=[])
+    odd.add_metric([], [("1.0", 5.0), ("+Inf", 3.0)], sum_value=1.0)
+    huge = GaugeMetricFamily("huge", "Huge.", value=2**64)
+    fine = CounterMetricFamily("fine", "Fine.", value=1)
+    scope = prometheus_scope([odd, huge, fine])
+    assert ["huge", "fine"] == [metric.name for metric in scope.metrics]
+    encode_metrics(
+        MetricsData([ResourceMetrics(Resource({}), [scope], "")])
+    )  # the push encodes: nothing out of range
