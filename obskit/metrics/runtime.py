@@ -124,6 +124,23 @@ class _GcPauses:
 
 # gc.callbacks is process-wide: one hook for the process, shared by every collector.
 _gc_pauses: _GcPauses | None = None
+#: ``gc.get_stats()`` when this process was forked (None: not forked): a worker counts its own
+#: collections, not the ones it inherited from its parent (a gunicorn master under --preload),
+#: which each worker's OTLP push would otherwise send again.
+_gc_baseline: list[dict[str, Any]] | None = None
+
+
+def _start_counting_at_fork() -> None:
+    # No lock here: a fork hook runs in the child's only thread, before anything else.
+    global _gc_baseline
+    _gc_baseline = gc.get_stats()
+    pauses = _gc_pauses
+    if pauses is not None:
+        empty = (0,) * (len(pauses.bounds) + 1)
+        pauses.data = [(empty, 0.0)] * 3
+
+
+os.register_at_fork(after_in_child=_start_counting_at_fork)
 _gc_lock = threading.Lock()
 # The collector registered in each registry (``obskit.testing.reset()`` makes a new registry).
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, RuntimeCollector] = (
@@ -233,10 +250,14 @@ class RuntimeCollector(Collector):
         if limit is not None:
             max_fds.add_metric([], limit)
 
+        baseline = _gc_baseline
         for generation, stats in enumerate(gc.get_stats()):
             label = [str(generation)]
-            collections.add_metric(label, stats.get("collections", 0))
-            collected.add_metric(label, stats.get("collected", 0))
+            before = baseline[generation] if baseline else {}
+            collections.add_metric(
+                label, stats.get("collections", 0) - before.get("collections", 0)
+            )
+            collected.add_metric(label, stats.get("collected", 0) - before.get("collected", 0))
         bounds = self.gc_pauses.bounds
         for generation, (counts, total) in enumerate(list(self.gc_pauses.data)):
             cumulative = 0

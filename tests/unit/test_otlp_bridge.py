@@ -130,3 +130,39 @@ def test_values_otlp_cannot_carry_cost_only_their_family(monkeypatch: pytest.Mon
     encode_metrics(
         MetricsData([ResourceMetrics(Resource({}), [scope], "")])
     )  # the push encodes: nothing out of range
+
+
+_FORKED = """
+import gc, json, os
+import obskit
+from obskit.testing import get_sample_value
+
+obskit.configure(service_name="gc", traces_exporter="none")
+for _ in range(5):
+    gc.collect()
+parent = get_sample_value("obskit_runtime_gc_collections_total", {"generation": "2"})
+pid = os.fork()
+if pid == 0:
+    child = get_sample_value("obskit_runtime_gc_collections_total", {"generation": "2"})
+    pauses = get_sample_value("obskit_runtime_gc_pause_seconds_count", {"generation": "2"})
+    print(json.dumps({"parent": parent, "child": child, "pauses": pauses}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+# Found by a run under real gunicorn --preload, since fixed: a worker's GC collection counts and
+# pause histogram started with its master's, so each worker's OTLP push sent the master's
+# collections again (3 processes: 36 gen-1 collections for 12)
+def test_a_forked_worker_counts_its_own_gc_collections() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["parent"] >= 5
+    assert (0.0, 0.0) == (seen["child"], seen["pauses"])
