@@ -417,11 +417,38 @@ class Guard(Generic[C]):
 _guards: weakref.WeakSet[Guard[Any]] = weakref.WeakSet()
 
 
+#: Set in a forked child: its guards' self-metric gauges are to be written again.
+_republish = False
+
+
 def _renew_locks() -> None:
     # A child forked while another thread held a guard's lock (admitting a label set) would
     # wait on it forever: the child has only the forking thread.
+    global _republish
     for guard in list(_guards):
         guard._lock = threading.Lock()
+    _republish = True
+
+
+def republish_after_fork() -> None:
+    """In a forked child, before its first collection: write each guard's
+    ``obskit_cardinality_limit`` and ``_series`` again. Under prometheus_client's multi-process
+    mode a child's values start from nothing, and these gauges were set in the parent only (a
+    worker's OTLP push read 0 for every limit). Not done in the fork hook itself: writing takes
+    prometheus_client's value lock, which another fork hook renews."""
+    global _republish
+    if not _republish:
+        return
+    _republish = False
+    metrics = _selfmetrics.current()
+    for guard in list(_guards):
+        try:
+            metrics.cardinality_limit.labels(guard.metric).set(guard.limit)
+            shared = guard._shared
+            count = len(shared.known) if shared is not None else len(guard._series)
+            metrics.cardinality_series.labels(guard.metric).set(count)
+        except Exception as exc:
+            _selfmetrics.internal_error("cardinality_republish", exc)
 
 
 os.register_at_fork(after_in_child=_renew_locks)

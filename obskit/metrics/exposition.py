@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from obskit import _selfmetrics, _state
+from obskit.metrics.cardinality import republish_after_fork
 from obskit.metrics.runtime import forget_closed_loops
 from obskit.metrics.use import close_gone
 
@@ -228,6 +229,7 @@ def render(accept: str | None) -> tuple[bytes, str]:
     encoder, content_type = _negotiate(accept or "")
     close_gone()  # resources freed since the last scrape: their series go before this one
     forget_closed_loops()  # and loops closed under their lag monitor
+    republish_after_fork()  # a forked worker's guard gauges, which restart from nothing
     collector = _collector()
     try:
         return encoder(collector), content_type

@@ -1010,9 +1010,11 @@ os.waitpid(pid, 0)
 
 
 def test_gc_pauses_are_still_timed_in_a_forked_child() -> None:
-    """The ``gc.callbacks`` hook survives fork: the child times its own collections."""
+    """The ``gc.callbacks`` hook survives fork: the child times its own collections, counted
+    from the fork (not its parent's again)."""
     result = json.loads(_python(_FORK).splitlines()[-1])
-    assert result["child"] - result["before"] >= 5
+    assert result["before"] >= 1
+    assert result["child"] >= 5
 
 
 def test_unreadable_proc_leaves_the_other_runtime_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

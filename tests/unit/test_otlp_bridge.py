@@ -166,3 +166,40 @@ def test_a_forked_worker_counts_its_own_gc_collections() -> None:
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["parent"] >= 5
     assert (0.0, 0.0) == (seen["child"], seen["pauses"])
+
+
+_FORKED_GUARD = """
+import json, os
+import obskit
+from obskit.metrics.otlp_bridge import prometheus_scope
+
+orders = obskit.counter("guarded_orders", "Orders.", ["tier"], limit=50)
+orders.labels("gold").inc()
+pid = os.fork()
+if pid == 0:
+    found = {}
+    for metric in prometheus_scope().metrics:
+        if metric.name in ("obskit_cardinality_limit", "obskit_cardinality_series"):
+            for point in metric.data.data_points:
+                if point.attributes.get("metric") == "guarded_orders":
+                    found[metric.name] = point.value
+    print(json.dumps(found), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+# Found by a run under real gunicorn --preload, since fixed: prometheus_client's multi-process
+# values start from nothing in a forked worker, and the guards' limit and series gauges were set
+# in the master only: every worker's push said obskit_cardinality_limit 0
+def test_a_forked_workers_guard_gauges_are_its_own(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_GUARD],
+        env=child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"obskit_cardinality_limit": 50.0, "obskit_cardinality_series": 1.0} == seen
