@@ -14,6 +14,7 @@ its own ``process.pid``, for the backend to add up.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -25,9 +26,18 @@ __all__ = ["SCOPE", "prometheus_scope"]
 
 #: The instrumentation scope the bridged metrics are exported under.
 SCOPE = "obskit.prometheus"
-#: When a counter without a ``_created`` sample started (prometheus_client can be told to write
-#: none): this process's start, near enough.
+#: When a counter without a ``_created`` sample started (prometheus_client writes none under
+#: multi-process mode, or when told not to): this process's start, near enough -- a forked
+#: worker's own, as its counts are.
 _PROCESS_START_NS = time.time_ns()
+
+
+def _restart_at_fork() -> None:
+    global _PROCESS_START_NS
+    _PROCESS_START_NS = time.time_ns()
+
+
+os.register_at_fork(after_in_child=_restart_at_fork)
 
 
 def prometheus_scope(families: Iterable[Any] | None = None) -> Any:
