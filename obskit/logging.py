@@ -434,7 +434,9 @@ def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tup
             from obskit.http._pipeline import EndedRequest
 
             ended = getattr(record.exc_info[1], "_obskit_request", None)
-            if ended.__class__ is EndedRequest:
+            # The server logs it as the exception leaves (milliseconds); an exception object
+            # raised again later, or logged long after, is not that request's any more.
+            if ended.__class__ is EndedRequest and abs(record.created - ended.ended) < 5.0:
                 return ended.context, ended
         span = getattr(owner, "span", None)
         if span is None:

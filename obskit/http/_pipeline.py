@@ -583,6 +583,8 @@ class EndedRequest(NamedTuple):
     method: str
     route: str | None
     request_id: str
+    #: When the exception left the request (``time.time()``, as a LogRecord's ``created``).
+    ended: float
 
 
 def _tag(exc: BaseException, request: Request) -> None:
@@ -594,6 +596,7 @@ def _tag(exc: BaseException, request: Request) -> None:
             request.method,
             request.route,
             request.request_id,
+            time.time(),
         )
         exc._obskit_request = ended  # type: ignore[attr-defined]
     except Exception:  # an exception type without a __dict__: its line goes without the ids

@@ -229,3 +229,31 @@ def test_the_exception_tag_leaves_exceptions_picklable_and_copyable() -> None:
     assert 32 == len(f"{exc._obskit_request.context[0]:032x}")  # type: ignore[attr-defined]
     assert "boom" == str(pickle.loads(pickle.dumps(exc)))
     assert "boom" == str(copy.deepcopy(exc))
+
+
+def test_a_tag_from_long_ago_names_no_request() -> None:
+    """A pre-built exception raised by a request and logged much later (a background job that
+    raises the same object) does not carry that request's trace into the later line."""
+    import sys
+
+    from obskit.testing import capture
+    from obskit.wsgi import ObskitMiddleware
+    from tests.wsgi_environ import environ
+
+    shared = ValueError("shared")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise shared
+
+    with capture(service_name="sec"), pytest.raises(ValueError, match="shared"):
+        ObskitMiddleware(app)(environ("/x"), lambda *a: None)
+    buffer, log = _lines()
+    try:
+        raise shared
+    except ValueError:
+        log.error("right after", exc_info=True)  # as the server logs it: the request's trace
+        shared._obskit_request = shared._obskit_request._replace(ended=time.time() - 60)  # type: ignore[attr-defined]
+        log.error("a minute later", exc_info=sys.exc_info())
+    first, later = _written(buffer)
+    assert 32 == len(first["trace_id"])
+    assert "trace_id" not in later
