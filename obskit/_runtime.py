@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -187,11 +187,6 @@ class Runtime:
     #: ``processor``: there is one, ``keep_whole_trace`` is off (it needs the SDK's recorded but
     #: unsampled spans) and no other span processor is on obskit's provider.
     lean_spans: bool = False
-    #: ``config.http_known_methods`` as a set: what CLIENT spans name (SERVER spans keep their own).
-    http_methods: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.http_methods = frozenset(self.config.http_known_methods)
 
     def shutdown(self, timeout: float, *, keep_json_handler: bool = False) -> bool:
         """Flush and stop everything, within ``timeout`` seconds overall.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
 import math
 import os
@@ -177,6 +178,11 @@ class Config:
     def source_of(self, option: str) -> str:
         """Where ``option``'s value came from: ``argument``, ``env:NAME`` or ``default``."""
         return self.sources.get(option, "default")
+
+    @functools.cached_property
+    def known_methods(self) -> frozenset[str]:
+        """:attr:`http_known_methods` as a set, made once: what spans and RED labels test."""
+        return frozenset(self.http_known_methods)
 
     @property
     def traces_endpoint(self) -> str | None:

@@ -110,8 +110,9 @@ _EMAIL = re.compile(
 #: quotes and an authorization scheme kept. The key may follow ``_`` (an environment variable,
 #: a query key) but not a letter, digit or ``/`` (``/etc/passwd: permission denied``), and is
 #: followed by ``=`` or ``:`` (``the token expired`` is left alone).
+_SECRET_KEY = r"passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|authorization"
 _KEY_VALUE = re.compile(
-    r"(?i)(?<![A-Za-z0-9/])(passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|authorization)"
+    rf"(?i)(?<![A-Za-z0-9/])({_SECRET_KEY})"
     r"(['\"]?\s*[=:]\s*)"
     r"(?:(')([^']*)'|(\")([^\"]*)\"|((?:bearer|basic|digest|token)\s+)?([^\s'\",;)&]+))"
 )
@@ -122,7 +123,7 @@ _USERINFO = re.compile(
     r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://)([^/?#\s:@]*):([^/?#\s@]+)@"
 )
 #: Whether :data:`_KEY_VALUE` or :data:`_USERINFO` can match at all (most text: no).
-_HINT = re.compile(r"(?i)passw|secret|token|api[_-]?key|access[_-]?key|authorization|://")
+_HINT = re.compile(rf"(?i){_SECRET_KEY}|://")
 # Quick pre-checks: most messages have no long digit run and no "earer"/"asic", so the regexes
 # above never run for them.
 _DIGITS = re.compile(r"[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9][ -]?[0-9]")

@@ -152,7 +152,7 @@ class HttpTelemetry:
         config = self.config if runtime is None or runtime.closed else runtime.config
         self.config = config
         # The methods named in spans and RED labels (http_known_methods); any other is _OTHER.
-        self._methods = frozenset(config.http_known_methods)
+        self._methods = config.known_methods
         self._span_names = {m: sc.span_name(m) for m in (*self._methods, sc.OTHER_METHOD)}
         #: ``(hops, read X-Forwarded-Host)`` behind trusted proxies, else None.
         self.proxies = (
@@ -772,7 +772,7 @@ class Request:
             describe, source = self._unsampled[3:]
             proxies = self.telemetry.proxies
             if proxies is not None:
-                scheme = sc.forwarded(self._get_header, proxies[0])[2]
+                scheme = sc.forwarded_scheme(self._get_header, proxies[0])
             scheme = scheme or describe(source)[0]
         attributes[sc.URL_SCHEME] = scheme or "http"
         if code is not None:

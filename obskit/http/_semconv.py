@@ -190,13 +190,17 @@ def forwarded(get_header: Any, hops: int) -> tuple[str | None, str | None, str |
     if client is not None:
         found = _FORWARDED_FOR.fullmatch(client)
         client = None if found is None else found["v4"] or found["v6b"] or found["v6"]
-    host = _hop(get_header("x-forwarded-host"), hops)
+    return client, _hop(get_header("x-forwarded-host"), hops), forwarded_scheme(get_header, hops)
+
+
+def forwarded_scheme(get_header: Any, hops: int) -> str | None:
+    """:func:`forwarded`'s scheme alone: what an unsampled request's OTLP duration needs."""
     scheme = _hop(get_header("x-forwarded-proto"), hops)
     if scheme is not None:
         scheme = scheme.lower()
         if scheme not in DEFAULT_PORTS:
-            scheme = None
-    return client, host, scheme
+            return None
+    return scheme
 
 
 def span_name(method: str, route: str | None = None) -> str:

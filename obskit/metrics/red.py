@@ -215,10 +215,16 @@ class _Recorder:
 
     def end(self, state: tuple[float, Any], exc: BaseException | None) -> None:
         started, span = state
+        self.finish(started, None if span is None else (span, None), exc)
+
+    def finish(self, started: float, state: Any, exc: BaseException | None) -> None:
+        """Record a call that began at ``started`` and end its span ``state`` (see
+        :meth:`end_span`); ``exc`` is what it raised, or None. The wrappers' success paths
+        inline this, as they are the hot ones."""
         failed = exc is not None and self.failed(exc)
         self.record(started, failed)
-        if span is not None:
-            self.end_span((span, None), exc, failed)
+        if state is not None:
+            self.end_span(state, exc, failed)
 
 
 def _sync(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
@@ -231,13 +237,9 @@ def _sync(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
         try:
             result = await pending.coro
         except BaseException as exc:
-            failed = rec.failed(exc)
-            rec.record(started, failed)
-            rec.end_span(state, exc, failed)
+            rec.finish(started, state, exc)
             raise
-        rec.record(started, False)
-        if state is not None:
-            rec.end_span(state, None)
+        rec.finish(started, state, None)
         return result
 
     _shapes.named(awaited, names)
@@ -248,9 +250,7 @@ def _sync(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            failed = rec.failed(exc)
-            rec.record(started, failed)
-            rec.end_span(span, exc, failed)
+            rec.finish(started, span, exc)
             raise
         if type(result) is coroutine:
             return awaited(_shapes.Pending(result), started, rec.hand_over(span))
@@ -269,9 +269,7 @@ def _async(rec: _Recorder, names: tuple[str, str]) -> _shapes.Wrapper:
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            failed = rec.failed(exc)
-            rec.record(started, failed)
-            rec.end_span(span, exc, failed)
+            rec.finish(started, span, exc)
             raise
         rec.record(started, False)
         if span is not None:

@@ -112,7 +112,7 @@ def _start(method: str, url: str) -> tuple[Any, object, Any] | None:
     original = method
     # requests and httpx send the method upper-cased whatever the caller gave.
     method = method.upper()
-    label = method if method in runtime.http_methods else sc.OTHER_METHOD
+    label = method if method in runtime.config.known_methods else sc.OTHER_METHOD
     parts = urllib.parse.urlsplit(url)
     # SplitResult parses the netloc again on every .hostname and .port: once each here.
     host = parts.hostname
