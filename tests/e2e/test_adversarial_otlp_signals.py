@@ -286,6 +286,30 @@ def counter(name: str = "adv.jobs") -> Any:
     return provider.get_meter("adv").create_counter(name)
 
 
+def configure_signals(endpoint: str, **options: Any) -> None:
+    """obskit with OTLP metrics (pushed every 0.1 s) and logs to ``endpoint``, no traces, a
+    0.5 s export timeout; ``options`` change any of these."""
+    settings: dict[str, Any] = {
+        "service_name": "adv",
+        "traces_exporter": "none",
+        "otlp_endpoint": endpoint,
+        "otlp_timeout": 0.5,
+        "metrics_exporter": "otlp",
+        "metric_export_interval": 0.1,
+        "logs_exporter": "otlp",
+    }
+    obskit.configure(**{**settings, **options})
+
+
+def warned_once(records: list[logging.LogRecord], exporter: str = "otlp_http") -> tuple[int, int]:
+    """How many times obskit's logger warned about failed metric and log exports."""
+    warned = [r.getMessage() for r in records if r.name == "obskit"]
+    return (
+        sum(f"exporting metrics to {exporter} failed" in m for m in warned),
+        sum(f"exporting logs to {exporter} failed" in m for m in warned),
+    )
+
+
 def histogram(name: str = "adv.latency") -> Any:
     provider = obskit.meter_provider()
     assert provider is not None
@@ -453,12 +477,12 @@ def test_a_fastapi_apps_metrics_and_logs_arrive_with_resource_semconv_and_trace_
 # missing
 def test_http_server_request_duration_carries_the_required_semconv_attributes() -> None:
     with SignalCollector() as collector:
-        obskit.configure(
+        configure_signals(
+            collector.endpoint,
             service_name="shop",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            metrics_exporter="otlp",
             metric_export_interval=30.0,
+            otlp_timeout=10.0,
+            logs_exporter="none",
         )
         app = FastAPI()
 
@@ -479,12 +503,12 @@ def test_http_server_request_duration_carries_the_required_semconv_attributes() 
 def test_the_otlp_duration_names_the_scheme_a_trusted_proxy_saw() -> None:
     """trusted_proxy_hops: an unsampled request's ``url.scheme`` is X-Forwarded-Proto's too."""
     with SignalCollector() as collector:
-        obskit.configure(
+        configure_signals(
+            collector.endpoint,
             service_name="shop",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            metrics_exporter="otlp",
             metric_export_interval=30.0,
+            otlp_timeout=10.0,
+            logs_exporter="none",
             trusted_proxy_hops=1,
         )
         app = FastAPI()
@@ -510,12 +534,12 @@ def test_the_otlp_duration_names_the_scheme_a_trusted_proxy_saw() -> None:
 @pytest.mark.parametrize("with_http", [True, False], ids=["beside-sdk-metrics", "alone"])
 def test_obskits_prometheus_metrics_go_out_over_otlp_too(with_http: bool) -> None:
     with SignalCollector() as collector:
-        obskit.configure(
+        configure_signals(
+            collector.endpoint,
             service_name="shop",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            metrics_exporter="otlp",
             metric_export_interval=30.0,
+            otlp_timeout=10.0,
+            logs_exporter="none",
         )
         orders = obskit.counter("bridge_orders", "Orders.", ["payment_method"])
         orders.labels("card").inc(3)
@@ -765,15 +789,7 @@ def test_a_hostile_collector_costs_the_app_nothing_and_is_counted_and_warned_onc
         return OK if healthy.is_set() else bad
 
     with SignalCollector(answer) as collector, caplog.at_level(logging.WARNING, logger="obskit"):
-        obskit.configure(
-            service_name="adv",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            otlp_timeout=0.5,
-            metrics_exporter="otlp",
-            metric_export_interval=0.1,
-            logs_exporter="otlp",
-        )
+        configure_signals(collector.endpoint)
         latency, log = histogram(), logging.getLogger("adv.app")
         worst = 0.0
 
@@ -802,17 +818,13 @@ def test_a_hostile_collector_costs_the_app_nothing_and_is_counted_and_warned_onc
         came_back = wait_until(recovered, timeout=10.0)
         failed_at_heal = (failures("metrics"), failures("logs"))
         assert True is obskit.shutdown(timeout=5.0)
-        warned = [r.getMessage() for r in caplog.records if r.name == "obskit"]
 
     assert failed, f"failures: metrics {failures('metrics')}, logs {failures('logs')}"
     assert came_back
     assert failed_at_heal == (failures("metrics"), failures("logs"))  # none once healed
     assert worst < 0.5, f"a log call and a metric write took {worst:.3f}s"
     assert [] == thread_errors
-    assert (1, 1) == (
-        sum("exporting metrics to otlp_http failed" in m for m in warned),
-        sum("exporting logs to otlp_http failed" in m for m in warned),
-    )
+    assert (1, 1) == warned_once(caplog.records)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -826,16 +838,7 @@ def test_refused_connections_cost_the_app_nothing_and_are_counted_and_warned_onc
     log calls and metric writes stay fast, shutdown keeps its bound."""
     exporter = "otlp_grpc" if protocol == "grpc" else "otlp_http"
     with caplog.at_level(logging.WARNING, logger="obskit"):
-        obskit.configure(
-            service_name="adv",
-            traces_exporter="none",
-            otlp_endpoint=f"http://{LOOPBACK}:{closed_port()}",
-            otlp_protocol=protocol,
-            otlp_timeout=0.5,
-            metrics_exporter="otlp",
-            metric_export_interval=0.1,
-            logs_exporter="otlp",
-        )
+        configure_signals(f"http://{LOOPBACK}:{closed_port()}", otlp_protocol=protocol)
         latency, log = histogram(), logging.getLogger("adv.app")
         worst = 0.0
 
@@ -851,15 +854,11 @@ def test_refused_connections_cost_the_app_nothing_and_are_counted_and_warned_onc
         started = time.monotonic()
         obskit.shutdown(timeout=1.0)
         took = time.monotonic() - started
-        warned = [r.getMessage() for r in caplog.records if r.name == "obskit"]
     assert failed, (failures("metrics", exporter), failures("logs", exporter))
     assert worst < 0.5, f"a log call and a metric write took {worst:.3f}s"
     assert took < 1.5, f"shutdown(timeout=1.0) took {took:.2f}s"
     assert [] == thread_errors
-    assert (1, 1) == (
-        sum(f"exporting metrics to {exporter} failed" in m for m in warned),
-        sum(f"exporting logs to {exporter} failed" in m for m in warned),
-    )
+    assert (1, 1) == warned_once(caplog.records, exporter)
 
 
 @pytest.mark.xfail(
@@ -871,15 +870,7 @@ def test_refused_connections_cost_the_app_nothing_and_are_counted_and_warned_onc
 )
 def test_a_trickling_collector_is_given_up_on_after_otlp_timeout(fast_batches: None) -> None:
     with SignalCollector(lambda n, signal: TRICKLE) as collector:
-        obskit.configure(
-            service_name="adv",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            otlp_timeout=0.5,
-            metrics_exporter="otlp",
-            metric_export_interval=0.1,
-            logs_exporter="otlp",
-        )
+        configure_signals(collector.endpoint)
         counter().add(1)
         logging.getLogger("adv").warning("a line")
         gave_up = wait_until(lambda: failures("metrics") >= 1 and failures("logs") >= 1, 3.0)
@@ -1116,14 +1107,7 @@ def test_a_refused_log_export_does_not_queue_its_own_failure_for_export(
 # long as the collector is down, where obskit promises a single warning
 def test_failed_metric_exports_are_warned_about_once_not_logged_per_failure(spy: Spy) -> None:
     with SignalCollector(lambda n, signal: http_answer(500)) as collector:
-        obskit.configure(
-            service_name="adv",
-            traces_exporter="none",
-            otlp_endpoint=collector.endpoint,
-            otlp_timeout=0.5,
-            metrics_exporter="otlp",
-            metric_export_interval=0.1,
-        )
+        configure_signals(collector.endpoint, logs_exporter="none")
         counter().add(1)
         assert wait_until(lambda: failures("metrics") >= 5)
         complaints = spy.about_export()
