@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -204,8 +205,8 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
     """In a forked child (a gunicorn worker under ``--preload``), ``provider``'s resource names
     the child's ``process.pid``, and ``exporter`` lets go of the parent's kept-alive connection:
     written to from two processes, it would mix their requests. Registered after the SDK's own
-    fork hooks of ``provider`` (they renew its locks first). The SDK's providers keep their
-    pre-fork data (a MeterProvider's cumulative counts): that is not undone here."""
+    fork hooks of ``provider`` (they renew its locks first). A MeterProvider's child starts its
+    counts afresh (:func:`_start_afresh`)."""
     provider_ref = weakref.ref(provider)
     exporter_ref = weakref.ref(exporter)
 
@@ -217,6 +218,9 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
                 from opentelemetry.sdk.resources import Resource
 
                 update(Resource({"process.pid": os.getpid()}))
+            consumer = getattr(found, "_measurement_consumer", None)
+            if consumer is not None:
+                _start_afresh(consumer)
             found = exporter_ref()
             # Where the SDK keeps its requests Session, by version: exporter._client._transport
             # (1.4x), exporter._transport, exporter itself.
@@ -233,6 +237,32 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
             pass
 
     os.register_at_fork(after_in_child=renew)
+
+
+def _start_afresh(consumer: Any) -> None:
+    """Drop a forked child's copy of its MeterProvider's aggregations (the SDK's measurement
+    consumer), so that each gunicorn worker exports its own counts from its own start, as its
+    Prometheus metrics do, rather than its master's pre-fork points again as if they were its
+    own (the SDK keeps them: open-telemetry/opentelemetry-python#2767). The locks are made anew
+    as well: one held by the parent's export thread at the fork would stay held in the child,
+    and the SDK renews only its provider's. The dictionaries are replaced, not cleared, so that
+    nothing iterating over the old ones can fail. On another layout of the SDK's internals
+    nothing is changed."""
+    storages = getattr(consumer, "_reader_storages", None)
+    if not isinstance(storages, dict):
+        return
+    for storage in storages.values():
+        matches = getattr(storage, "_instrument_view_instrument_matches", None)
+        if not isinstance(matches, dict) or not hasattr(storage, "_lock"):
+            return
+        storage._lock = threading.RLock()
+        for views in matches.values():
+            for match in views:
+                if hasattr(match, "_attributes_aggregation") and hasattr(match, "_lock"):
+                    match._lock = threading.Lock()
+                    match._attributes_aggregation = {}
+    if hasattr(consumer, "_lock"):
+        consumer._lock = threading.Lock()
 
 
 def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
@@ -268,7 +298,6 @@ def _bridging_reader_class() -> Any:
     global _reader_class
     if _reader_class is not None:
         return _reader_class
-    import threading
 
     from opentelemetry.sdk.metrics.export import (
         MetricsData,
