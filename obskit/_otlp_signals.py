@@ -165,10 +165,15 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
         and config.source_of("otlp_compression") != "default"
     ):
         kwargs["compression"] = _compression(config.otlp_compression, grpc)
+    kwargs.update(_tls(config, signal, grpc))
     if signal == "metrics" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         return OTLPMetricExporter(insecure=True, **kwargs)
+    if not grpc and not any(os.environ.get(name) for name in _credential_providers(signal)):
+        from obskit.exporters.otlp import deadline_session
+
+        kwargs["session"] = deadline_session()
     if signal == "metrics":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as HttpMetricExporter,
@@ -184,6 +189,56 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
     )
 
     return HttpLogExporter(**kwargs)
+
+
+def _credential_providers(signal: str, transport: str = "HTTP") -> tuple[str, str]:
+    """The variables naming a credential provider's entry point for the SDK's exporter (a
+    ``requests`` Session for HTTP, channel credentials for gRPC): where one is set, what it
+    gives is used rather than what obskit would pass."""
+    return (
+        f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_CREDENTIAL_PROVIDER",
+        f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_{signal.upper()}_CREDENTIAL_PROVIDER",
+    )
+
+
+#: The TLS options and the part of their variables' names after the signal.
+_TLS_OPTIONS = (
+    ("otlp_certificate", "CERTIFICATE"),
+    ("otlp_client_key", "CLIENT_KEY"),
+    ("otlp_client_certificate", "CLIENT_CERTIFICATE"),
+)
+
+
+def _tls(config: Config, signal: str, grpc: bool) -> dict[str, Any]:
+    """The SDK exporter's TLS arguments from ``otlp_certificate``, ``otlp_client_key`` and
+    ``otlp_client_certificate`` given as arguments (the SDK's exporters read only the
+    variables): ``certificate_file``... for HTTP, ``credentials`` for gRPC (used for an
+    ``https`` endpoint only). Left to the SDK where the signal's own variables or a credential
+    provider say otherwise."""
+    files = {
+        option: value
+        for option, setting in _TLS_OPTIONS
+        if (value := getattr(config, option))
+        and not _signal_variable(signal, setting)
+        and _shared(config, option)
+    }
+    if not files:
+        return {}
+    if not grpc:
+        return {f"{option.removeprefix('otlp_')}_file": path for option, path in files.items()}
+    if _signal_variable(signal, "CERTIFICATE") or any(
+        os.environ.get(name) for name in _credential_providers(signal, "GRPC")
+    ):
+        return {}
+    from obskit.exporters.otlp import Tls
+
+    return {
+        "credentials": Tls(
+            files.get("otlp_certificate"),
+            files.get("otlp_client_key"),
+            files.get("otlp_client_certificate"),
+        ).grpc_credentials()
+    }
 
 
 def _compression(name: str, grpc: bool) -> Any:
@@ -231,7 +286,11 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
             ):
                 session = getattr(holder, "_session", None)
                 if session is not None:
-                    session.close()  # closes this process's copies of the sockets only
+                    renew_session = getattr(session, "obskit_after_fork", None)
+                    if renew_session is not None:
+                        renew_session()
+                    else:
+                        session.close()  # closes this process's copies of the sockets only
                     break
         except Exception:  # the SDK laid out otherwise: its pid and connection stay as they are
             pass

@@ -282,20 +282,23 @@ class _LogsServicer(_Servicer, logs_service_pb2_grpc.LogsServiceServicer):
 
 
 class OtlpGrpcReceiver(_Receiver):
-    """An OTLP/gRPC collector on 127.0.0.1:<ephemeral port> (insecure: ``http://`` endpoint)."""
+    """An OTLP/gRPC collector on 127.0.0.1:<ephemeral port>: insecure (an ``http://``
+    endpoint), or with ``tls=(server key, server certificate, CA)`` (PEM bytes) over TLS
+    requiring a client certificate that CA signed (an ``https://`` endpoint)."""
 
     protocol = "grpc"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[bytes, bytes, bytes] | None = None) -> None:
         super().__init__()
         self.port = 0
+        self._tls = tls
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
 
     @property
     def endpoint(self) -> str:
         """The base URL to configure the exporter with."""
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'http' if self._tls is None else 'https'}://{LOOPBACK}:{self.port}"
 
     def fail_next(
         self,
@@ -317,7 +320,14 @@ class OtlpGrpcReceiver(_Receiver):
             _MetricsServicer(self), server
         )
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), server)
-        self.port = server.add_insecure_port(f"{LOOPBACK}:0")
+        if self._tls is None:
+            self.port = server.add_insecure_port(f"{LOOPBACK}:0")
+        else:
+            key, certificate, ca = self._tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, certificate)], root_certificates=ca, require_client_auth=True
+            )
+            self.port = server.add_secure_port(f"{LOOPBACK}:0", credentials)
         server.start()
         self._server = server
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from obskit._version import __version__
 
-__all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls"]
+__all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls", "deadline_session"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 _USER_AGENT = f"obskit/{__version__}"
@@ -56,6 +56,7 @@ class _Deadline:
         self._armed: tuple[http.client.HTTPConnection, float] | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._fired = False
 
     def start(self) -> None:
         """Start the watcher now, if it is not running: Python 3.12 starts no thread at
@@ -81,11 +82,14 @@ class _Deadline:
             # First use, or a forked child: the watcher starts now. When it cannot (see start),
             # the socket timeout still bounds each read.
             self._armed = (conn, deadline) if self._started() else None
+            self._fired = False
             self._cond.notify()
 
-    def disarm(self) -> None:
+    def disarm(self) -> bool:
+        """Whether the deadline was reached (and the socket shut down) since :meth:`arm`."""
         with self._cond:
             self._armed = None
+            return self._fired
 
     def stop(self) -> None:
         with self._cond:
@@ -115,7 +119,89 @@ class _Deadline:
                     cond.wait(left)
                     continue
                 self._armed = None
+                self._fired = True
                 _interrupt(armed[0])
+
+
+def deadline_session() -> Any:
+    """A ``requests`` Session for the SDK's OTLP/HTTP metric and log exporters whose every
+    exchange ends at its timeout, as obskit's own span sink's does (see :class:`_Deadline`):
+    ``requests`` bounds each socket read, so a collector trickling its answer would hold the
+    SDK's export thread for ever. The watcher arms when urllib3 writes a request and disarms
+    when the whole answer has been read (``Session.send`` reads the body)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    deadline = _Deadline()
+    until = threading.local()
+
+    def arming(base: Any) -> Any:
+        class _Connection(base):  # type: ignore[misc]
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                at = getattr(until, "at", None)
+                if at is not None:
+                    deadline.arm(self, at)
+                return super().request(*args, **kwargs)
+
+        return _Connection
+
+    class _Pool(HTTPConnectionPool):
+        ConnectionCls = arming(HTTPConnection)
+
+    class _HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = arming(HTTPSConnection)
+
+    class _Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HttpsPool}
+
+    class _Session(requests.Session):
+        _obskit_deadline = deadline
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mount("http://", _Adapter())
+            self.mount("https://", _Adapter())
+
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            timeout = kwargs.get("timeout")
+            if isinstance(timeout, tuple):  # (connect, read): the connect phase is bounded alone
+                timeout = timeout[1]
+            if not isinstance(timeout, (int, float)) or timeout <= 0:
+                return super().send(request, **kwargs)
+            until.at = time.monotonic() + timeout
+            try:
+                response = super().send(request, **kwargs)
+            finally:
+                until.at = None
+                fired = deadline.disarm()
+            if fired:  # a shut-down socket can read as an answer cut short, not as an error
+                response.close()
+                raise requests.exceptions.ReadTimeout(f"no whole answer within {timeout} s")
+            return response
+
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            # requests lets REQUESTS_CA_BUNDLE (set in many container images) take the place
+            # of the session's own CA file: the exporter's OTLP certificate must win.
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+        def close(self) -> None:
+            super().close()
+            deadline.stop()
+
+        def obskit_after_fork(self) -> None:
+            """In a forked child: the watcher runs again and the parent's kept-alive
+            connections are let go (this process's copies of their sockets closed)."""
+            deadline.after_fork()
+            super().close()
+
+    return _Session()
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -861,13 +861,9 @@ def test_refused_connections_cost_the_app_nothing_and_are_counted_and_warned_onc
     assert (1, 1) == warned_once(caplog.records, exporter)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="obskit._otlp_signals._sdk_exporter relies on the SDK's requests-based HTTP "
-    "exporters, whose timeout bounds each socket read, not the request: a collector that "
-    "trickles its answer holds the metrics and log export threads for ever -- otlp_timeout is "
-    "never reached, no failure is counted, metrics stop and log lines pile up to the queue bound",
-)
+# A bug this test found, since fixed: obskit._otlp_signals._sdk_exporter relied on the SDK's
+# requests-based HTTP exporters, whose timeout bounds each socket read, not the request: a
+# collector that trickled its answer held the metrics and log export threads for ever
 def test_a_trickling_collector_is_given_up_on_after_otlp_timeout(fast_batches: None) -> None:
     with SignalCollector(lambda n, signal: TRICKLE) as collector:
         configure_signals(collector.endpoint)
@@ -1479,3 +1475,39 @@ def test_a_fork_during_a_collection_leaves_the_child_able_to_collect(tmp_path: P
     assert 0 == done.returncode, done.stderr
     assert "0" == done.stdout.strip(), done.stderr  # the child's flush returned True
     assert {"child": 1} in pushed
+
+
+TRICKLED_AFTER_FORK = """
+    import os, sys, time
+    import obskit
+
+    obskit.configure(service_name="trickled", traces_exporter="none", otlp_endpoint=sys.argv[1],
+                     otlp_timeout=0.5, metrics_exporter="otlp", metric_export_interval=3600)
+    jobs = obskit.meter_provider().get_meter("adv").create_counter("adv.jobs")
+    pid = os.fork()
+    if pid == 0:
+        jobs.add(1, {"by": "child"})
+        started = time.monotonic()
+        obskit.force_flush(10.0)  # True once collected, whatever the export's fate
+        took = time.monotonic() - started
+        print(f"{took:.2f}", file=sys.stderr, flush=True)
+        os._exit(0 if took < 3.0 else 3)
+    print(os.waitpid(pid, 0)[1])
+"""
+
+
+def test_a_forked_child_gives_up_on_a_trickling_collector_too(tmp_path: Path) -> None:
+    """The watcher that ends an exchange at otlp_timeout runs again in a forked worker."""
+    with SignalCollector(lambda n, signal: TRICKLE) as collector:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(TRICKLED_AFTER_FORK), collector.endpoint],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        collector.stopped.set()
+    assert 0 == done.returncode, done.stderr
+    assert "0" == done.stdout.strip(), done.stderr

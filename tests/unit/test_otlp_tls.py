@@ -1,10 +1,12 @@
-"""OTLP span export over TLS with a private CA and mutual TLS: OTEL_EXPORTER_OTLP_CERTIFICATE,
-..._CLIENT_KEY and ..._CLIENT_CERTIFICATE (the OTLP exporter specification's configuration
-options, which obskit's span sinks ignored: a review of 2026-11-25)."""
+"""OTLP export over TLS with a private CA and mutual TLS: OTEL_EXPORTER_OTLP_CERTIFICATE,
+..._CLIENT_KEY and ..._CLIENT_CERTIFICATE or obskit's options (the OTLP exporter specification's
+configuration options, which obskit's span sinks ignored: a review of 2026-11-25), for spans,
+metrics and logs, over HTTP and gRPC."""
 
 from __future__ import annotations
 
 import http.server
+import logging
 import shutil
 import ssl
 import subprocess
@@ -12,11 +14,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import pytest
 
 import obskit
 from obskit.config import ConfigError
 from obskit.testing import get_sample_value
+from tests.otlp_receiver import OtlpGrpcReceiver
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -120,3 +124,83 @@ def test_a_grpc_sink_takes_the_same_files(pki: Path) -> None:
 def test_a_certificate_file_that_cannot_be_read_fails_configure(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="otlp_certificate"):
         obskit.configure(otlp_certificate=str(tmp_path / "missing.pem"))
+
+
+@pytest.mark.parametrize("how", ["variables", "options"])
+def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
+    how: str, pki: Path, collector: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's metric and log exporters, on obskit's session (whose watcher ends an exchange
+    at otlp_timeout), take the CA and the client certificate as the span sink does."""
+    endpoint, paths = collector
+    files = {
+        "certificate": str(pki / "ca.pem"),
+        "client_key": str(pki / "client.key"),
+        "client_certificate": str(pki / "client.pem"),
+    }
+    options: dict[str, object] = {}
+    for name, path in files.items():
+        if how == "variables":
+            monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name.upper()}", path)
+        else:
+            options[f"otlp_{name}"] = path
+    # Set in many container images; requests would let it take the OTLP certificate's place.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    obskit.configure(
+        service_name="tls",
+        otlp_endpoint=endpoint,
+        otlp_timeout=3,
+        traces_exporter="none",
+        metrics_exporter="otlp",
+        metric_export_interval=3600,
+        logs_exporter="otlp",
+        **options,  # type: ignore[arg-type]
+    )
+    obskit.counter("tls_jobs", "Jobs.").inc()
+    logging.getLogger("tls").warning("over mutual TLS")
+    assert obskit.force_flush(5)
+    assert {"/v1/metrics", "/v1/logs"} == set(paths)
+    for signal in ("metrics", "logs"):
+        failures = {"signal": signal, "exporter": "otlp_http"}
+        assert None is get_sample_value("obskit_export_failures_total", failures)
+
+
+@pytest.mark.parametrize("how", ["variables", "options"])
+def test_every_signal_reaches_a_grpc_collector_over_mutual_tls(
+    how: str, pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans (obskit's gRPC sink), metrics and logs (the SDK's gRPC exporters) to a collector
+    of the private CA that requires a client certificate, with the files given either way."""
+    files = {
+        "certificate": str(pki / "ca.pem"),
+        "client_key": str(pki / "client.key"),
+        "client_certificate": str(pki / "client.pem"),
+    }
+    options: dict[str, object] = {}
+    for name, path in files.items():
+        if how == "variables":
+            monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name.upper()}", path)
+        else:
+            options[f"otlp_{name}"] = path
+    tls = tuple((pki / name).read_bytes() for name in ("server.key", "server.pem", "ca.pem"))
+    with OtlpGrpcReceiver(tls=tls) as receiver:  # type: ignore[arg-type]
+        try:
+            obskit.configure(
+                service_name="tls",
+                otlp_endpoint=receiver.endpoint,
+                otlp_protocol="grpc",
+                otlp_timeout=3,
+                metrics_exporter="otlp",
+                metric_export_interval=3600,
+                logs_exporter="otlp",
+                **options,  # type: ignore[arg-type]
+            )
+            with obskit.tracer_provider().get_tracer("t").start_as_current_span("over TLS"):
+                logging.getLogger("tls").warning("over mutual TLS")
+            obskit.counter("tls_jobs", "Jobs.").inc()
+            assert obskit.force_flush(5)
+        finally:
+            obskit.shutdown(2)
+        assert ["over TLS"] == [s.span.name for s in receiver.spans()]
+        assert receiver.requests("metrics")
+        assert receiver.requests("logs")
