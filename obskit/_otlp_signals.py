@@ -209,6 +209,26 @@ _TLS_OPTIONS = (
 )
 
 
+def tls_files(config: Config, signal: str) -> tuple[str | None, str | None, str | None]:
+    """The CA, client key and client certificate files ``signal`` is sent with, as its
+    exporter takes them: the signal's own variable, else obskit's option (unless only the
+    traces' variable set it), else the generic variable -- what ``obskit doctor`` uses."""
+    if signal == "traces":
+        return config.otlp_certificate, config.otlp_client_key, config.otlp_client_certificate
+
+    def pick(option: str, setting: str) -> str | None:
+        own = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_{setting}", "").strip()
+        if own:
+            return own
+        if _shared(config, option):
+            value: str | None = getattr(config, option)
+            return value
+        return os.environ.get(f"OTEL_EXPORTER_OTLP_{setting}", "").strip() or None
+
+    ca, key, chain = (pick(option, setting) for option, setting in _TLS_OPTIONS)
+    return ca, key, chain
+
+
 def _tls(config: Config, signal: str, grpc: bool) -> dict[str, Any]:
     """The SDK exporter's TLS arguments from ``otlp_certificate``, ``otlp_client_key`` and
     ``otlp_client_certificate`` given as arguments (the SDK's exporters read only the

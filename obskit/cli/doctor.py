@@ -30,7 +30,7 @@ from obskit.config import (
     sampler_arg_default,
     unknown_variables,
 )
-from obskit.exporters.otlp import grpc_target
+from obskit.exporters.otlp import Tls, grpc_target
 
 __all__ = ["CHECKS", "CheckResult", "run"]
 
@@ -167,16 +167,24 @@ def check_traces(config: Config, timeout: float) -> CheckResult | None:
     url = config.traces_endpoint
     if not url:
         return CheckResult("FAIL", "traces", "traces_exporter=otlp but no endpoint is set")
-    return _check_otlp("traces", url, config.otlp_protocol, config.otlp_headers, timeout)
+    return _check_otlp(config, "traces", url, config.otlp_protocol, config.otlp_headers, timeout)
 
 
 def _check_otlp(
-    signal: str, url: str, protocol: str, headers: Mapping[str, str], timeout: float
+    config: Config,
+    signal: str,
+    url: str,
+    protocol: str,
+    headers: Mapping[str, str],
+    timeout: float,
 ) -> CheckResult:
+    from obskit._otlp_signals import tls_files
+
+    tls = Tls(*tls_files(config, signal))
     if protocol == "grpc":
-        result = _within(timeout, signal, lambda: check_grpc(url, headers, timeout, signal))
+        result = _within(timeout, signal, lambda: check_grpc(url, headers, timeout, signal, tls))
     else:
-        result = _within(timeout, signal, lambda: check_http(url, headers, timeout, signal))
+        result = _within(timeout, signal, lambda: check_http(url, headers, timeout, signal, tls))
     port = urllib.parse.urlsplit(url).port
     other = next((p for p, n in _PORTS.items() if n == port and p != protocol), None)
     if result.level == "FAIL" and other is not None:
@@ -203,7 +211,7 @@ def _check_signal(config: Config, signal: str, timeout: float) -> CheckResult:
     from obskit._otlp_signals import destination
 
     url, protocol, headers = destination(config, signal)
-    return _check_otlp(signal, url, protocol, headers, timeout)
+    return _check_otlp(config, signal, url, protocol, headers, timeout)
 
 
 def check_variables(config: Config, timeout: float) -> CheckResult | None:
@@ -237,15 +245,23 @@ def check_traces_file(path: str) -> CheckResult:
 
 
 def check_http(
-    url: str, headers: Mapping[str, str], timeout: float, signal: str = "traces"
+    url: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    signal: str = "traces",
+    tls: Tls | None = None,
 ) -> CheckResult:
-    """POST an empty export request to the signal's OTLP/HTTP URL; OK on 2xx."""
+    """POST an empty export request to the signal's OTLP/HTTP URL; OK on 2xx. ``tls``: the
+    CA and client certificate files an ``https`` URL is reached with (the system's CAs)."""
     shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "localhost"
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
-        context = ssl.create_default_context()
+        try:
+            context = (tls or Tls()).ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            return CheckResult("FAIL", signal, f"{shown}: TLS files: {exc}")
         conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
@@ -266,10 +282,14 @@ def check_http(
 
 
 def check_grpc(
-    url: str, headers: Mapping[str, str], timeout: float, signal: str = "traces"
+    url: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    signal: str = "traces",
+    tls: Tls | None = None,
 ) -> CheckResult:
     """Connect to the OTLP/gRPC endpoint; with grpcio, also call the signal's Export with an
-    empty request."""
+    empty request (over TLS for an ``https`` URL, with ``tls``' files)."""
     shown = masked_url(url)
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "localhost", parts.port or 4317
@@ -283,7 +303,11 @@ def check_grpc(
         return CheckResult("OK", signal, f"{shown} accepts connections (grpcio not installed)")
     target = grpc_target(parts)
     if parts.scheme == "https":
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        try:
+            credentials = (tls or Tls()).grpc_credentials()
+        except OSError as exc:
+            return CheckResult("FAIL", signal, f"{shown}: TLS files: {exc}")
+        channel = grpc.secure_channel(target, credentials)
     else:
         channel = grpc.insecure_channel(target)
     try:

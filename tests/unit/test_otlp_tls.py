@@ -204,3 +204,34 @@ def test_every_signal_reaches_a_grpc_collector_over_mutual_tls(
         assert ["over TLS"] == [s.span.name for s in receiver.spans()]
         assert receiver.requests("metrics")
         assert receiver.requests("logs")
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_doctor_reaches_a_private_ca_collector_with_the_configured_files(
+    protocol: str, pki: Path, collector: tuple[str, list[str]]
+) -> None:
+    """``obskit doctor`` checks each signal's endpoint with the TLS files its exporter uses;
+    it used the system's CAs and no client certificate, and failed where export worked."""
+    from obskit.cli.doctor import run_checks
+    from obskit.config import load_config
+
+    files = {
+        "otlp_certificate": str(pki / "ca.pem"),
+        "otlp_client_key": str(pki / "client.key"),
+        "otlp_client_certificate": str(pki / "client.pem"),
+    }
+    tls = tuple((pki / name).read_bytes() for name in ("server.key", "server.pem", "ca.pem"))
+    with OtlpGrpcReceiver(tls=tls) as receiver:  # type: ignore[arg-type]
+        endpoint = receiver.endpoint if protocol == "grpc" else collector[0]
+        config = load_config(
+            otlp_endpoint=endpoint,
+            otlp_protocol=protocol,
+            metrics_exporter="otlp",
+            logs_exporter="otlp",
+            **files,  # type: ignore[arg-type]
+        )
+        results = {r.name: r for r in run_checks(config, timeout=3.0)}
+        without = load_config(otlp_endpoint=endpoint, otlp_protocol=protocol)
+        refused = {r.name: r for r in run_checks(without, timeout=3.0)}
+    assert {"OK"} == {results[s].level for s in ("traces", "metrics", "logs")}, results
+    assert "FAIL" == refused["traces"].level  # the system's CAs do not know the private one
