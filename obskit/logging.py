@@ -1038,6 +1038,35 @@ FRAMEWORK_LOGGERS = (
     "werkzeug",
 )
 
+#: ANSI colour and style codes (SGR): werkzeug's development server colours the request line of
+#: every answer but a 200 for a terminal, and in a JSON line they are noise to every reader.
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _ServerLineFilter(logging.Filter):
+    """Tidies what development servers write for a terminal: ANSI codes out of the message
+    and its string arguments, a trailing newline off the message (uvicorn's "Exception in ASGI
+    application\n"). On their loggers only, so that no other line pays for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.msg
+            if isinstance(msg, str) and ("\x1b" in msg or msg.endswith("\n")):
+                record.msg = _ANSI_STYLE.sub("", msg).rstrip("\n")
+            args = record.args
+            if isinstance(args, tuple) and any(isinstance(a, str) and "\x1b" in a for a in args):
+                record.args = tuple(
+                    _ANSI_STYLE.sub("", a) if isinstance(a, str) else a for a in args
+                )
+        except Exception as exc:  # the line is written as it came
+            _selfmetrics.internal_error("server_logging", exc)
+        return True
+
+
+_SERVER_LINES = _ServerLineFilter()
+#: The loggers :data:`_SERVER_LINES` tidies.
+_TIDIED_LOGGERS = frozenset({"werkzeug", "uvicorn.error"})
+
 _HANDLER_NAME = "obskit-json"
 #: What a handler without a formatter uses (the stdlib's ``logging._defaultFormatter``).
 _DEFAULT_FORMATTER = logging.Formatter()
@@ -1340,6 +1369,8 @@ def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> Non
             continue
         framework.handlers = []  # a new list: a shared one stays its other owner's
         framework.propagate = True
+        if framework.name in _TIDIED_LOGGERS and _SERVER_LINES not in framework.filters:
+            framework.addFilter(_SERVER_LINES)
     _drop_flask_default_handler()
 
 

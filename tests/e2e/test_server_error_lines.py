@@ -118,3 +118,5 @@ def test_the_servers_traceback_line_names_the_requests_trace(error_lines: tuple[
     assert TRACE_ID != second["trace_id"]
     if name == "uvicorn":
         assert "/boom/{n}" == first["http.route"]
+        # uvicorn's message ends in a newline, for its console: not in the JSON line.
+        assert "Exception in ASGI application" == first["message"]

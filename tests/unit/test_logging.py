@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import decimal
 import http
+import http.client
 import io
 import json
 import logging
@@ -1367,3 +1368,31 @@ def test_log_sampling_draws_differ_in_a_forked_child() -> None:
         child = pipe.read()
     os.waitpid(pid, 0)
     assert repr([obskit_logging._random_bits(64) for _ in range(4)]) != child
+
+
+def test_werkzeugs_request_lines_come_without_terminal_colours() -> None:
+    """werkzeug's development server (``flask run``) colours the request line of every answer
+    but a 200 with ANSI codes, for a terminal; the JSON line carries the plain text."""
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    buffer = io.StringIO()
+    setup_logging(stream=buffer)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return Response("gone", status=404)(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+        conn.request("GET", "/missing")
+        assert 404 == conn.getresponse().status
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (line,) = [line for line in lines(buffer) if line["logger"] == "werkzeug"]
+    assert "\x1b" not in line["message"]
+    assert line["message"].endswith('"GET /missing HTTP/1.1" 404 -')
