@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -1046,10 +1047,14 @@ _ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 class _ServerLineFilter(logging.Filter):
     """Tidies what development servers write for a terminal: ANSI codes out of the message
     and its string arguments, a trailing newline off the message (uvicorn's "Exception in ASGI
-    application\n"). On their loggers only, so that no other line pays for it."""
+    application\n"), and the socket Django's ``runserver`` passes as its lines' ``request``
+    extra (its repr names file descriptors and addresses, and leads to no request). On their
+    loggers only, so that no other line pays for it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
+            if isinstance(getattr(record, "request", None), socket.socket):
+                del record.request
             msg = record.msg
             if isinstance(msg, str) and ("\x1b" in msg or msg.endswith("\n")):
                 record.msg = _ANSI_STYLE.sub("", msg).rstrip("\n")
@@ -1065,7 +1070,7 @@ class _ServerLineFilter(logging.Filter):
 
 _SERVER_LINES = _ServerLineFilter()
 #: The loggers :data:`_SERVER_LINES` tidies.
-_TIDIED_LOGGERS = frozenset({"werkzeug", "uvicorn.error"})
+_TIDIED_LOGGERS = frozenset({"werkzeug", "uvicorn.error", "django.server"})
 
 _HANDLER_NAME = "obskit-json"
 #: What a handler without a formatter uses (the stdlib's ``logging._defaultFormatter``).
