@@ -1054,7 +1054,7 @@ class _ServerLineFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             if isinstance(getattr(record, "request", None), socket.socket):
-                del record.request
+                delattr(record, "request")
             msg = record.msg
             if isinstance(msg, str) and ("\x1b" in msg or msg.endswith("\n")):
                 record.msg = _ANSI_STYLE.sub("", msg).rstrip("\n")

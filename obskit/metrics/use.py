@@ -168,7 +168,7 @@ def _folded_ratio(set_ratio: Callable[[float], None]) -> Callable[[float], None]
     def write(value: float) -> None:
         with _folded_lock:
             capacity = _folded_total("capacity", 0.0)
-            set_ratio(_folded_total("in_use", 0.0) / capacity if capacity else 0.0)
+            set_ratio(_ratio(_folded_total("in_use", 0.0), capacity))
 
     return write
 
@@ -202,6 +202,11 @@ def _instruments() -> tuple[Any, Any, Any, Any, Any, Any]:
         rules={"reason": REASONS},
     )
     return in_use, capacity, utilization, waiters, wait, errors
+
+
+def _ratio(in_use: float, capacity: float) -> float:
+    """``resource_utilization_ratio``: units in use over the capacity; 0 for a capacity of 0."""
+    return in_use / capacity if capacity else 0.0
 
 
 def _declare(name: str) -> _Children:
@@ -401,7 +406,7 @@ class UseTracker:
         capacity = self._capacity
         if capacity is not None:
             kids.capacity(float(capacity))
-            kids.utilization(self._in_use / capacity if capacity else 0.0)
+            kids.utilization(_ratio(self._in_use, capacity))
 
     def _publish_in_use(self) -> None:
         """Push ``in_use`` and the utilization; the caller holds ``_lock``."""
@@ -411,7 +416,7 @@ class UseTracker:
             kids.in_use(float(in_use))
             capacity = self._capacity
             if capacity is not None:
-                kids.utilization(in_use / capacity if capacity else 0.0)
+                kids.utilization(_ratio(in_use, capacity))
         except Exception as internal:
             _selfmetrics.internal_error("use", internal)
 
@@ -501,7 +506,7 @@ class UseTracker:
                     kids.utilization(0.0)
                 else:
                     kids.capacity(float(capacity))
-                    kids.utilization(self._in_use / capacity if capacity else 0.0)
+                    kids.utilization(_ratio(self._in_use, capacity))
             except Exception as internal:
                 _selfmetrics.internal_error("use", internal)
 
