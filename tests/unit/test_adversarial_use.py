@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import http.client
+import importlib.util
 import os
 import signal
 import subprocess
@@ -811,6 +812,10 @@ def post_request(worker, req, environ, resp):
 
 
 @pytest.mark.e2e
+@pytest.mark.skipif(
+    importlib.util.find_spec("gunicorn.workers.gasgi") is None,
+    reason="this gunicorn has no ASGI worker of its own (-k asgi)",
+)
 # A bug this test found, since fixed: gunicorn.py Logger.access: calls request_time.total_seconds()
 # outside  its try, but gunicorn's own ASGI worker (-k asgi) passes a _RequestTime with only
 # .seconds/.microseconds (all glogging's atoms use); the AttributeError escapes access(),  gunicorn
