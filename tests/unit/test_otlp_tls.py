@@ -29,14 +29,22 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private CA, a server certificate for 127.0.0.1 and a client certificate it signed."""
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate it signed,
+    with the extensions Python 3.13's strict verification (``VERIFY_X509_STRICT``) asks for:
+    the CA's key usage, the leaves' authority key identifier."""
     if shutil.which("openssl") is None:
         pytest.fail("openssl is needed to make the test certificates")
     d = tmp_path_factory.mktemp("pki")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=obskit test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, extra in (("server", ["-extfile", "san.cnf"]), ("client", [])):
+             "/CN=obskit test CA", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    leaf = "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+    (d / "server.cnf").write_text(leaf + "subjectAltName=IP:127.0.0.1\n")
+    (d / "client.cnf").write_text(leaf + "extendedKeyUsage=clientAuth\n")
+    for name, extra in (
+        ("server", ["-extfile", "server.cnf"]),
+        ("client", ["-extfile", "client.cnf"]),
+    ):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
                  "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
