@@ -1330,9 +1330,13 @@ def _shared_by_two_tasks() -> list[tuple[str, str]]:
     sent: list[tuple[str, str]] = []
 
     async def run() -> None:
-        both = asyncio.Barrier(2)  # both sends are in flight before either is written
+        # Both sends are in flight before either is written (asyncio.Barrier is 3.11+).
+        both, arrived = asyncio.Event(), []
 
         async def handler(request: httpx.Request) -> httpx.Response:
+            arrived.append(request)
+            if len(arrived) == 2:
+                both.set()
             await both.wait()
             sent.append((parse(request.headers["traceparent"])[1], _current_span_id()))
             return httpx.Response(200)
