@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install tools lint typecheck pytest bench clean
+.PHONY: demo test install tools lint typecheck pytest pythons bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ pytest: install tools
 
 test: lint typecheck pytest
 
+# The test suite on the other Pythons the package declares, each in its own venv (.venv-python3.X),
+# where the interpreter is found (on PATH or under pyenv): CI runs 3.11 only, for time.
+PYTHONS ?= python3.10 python3.12 python3.13
+pythons:
+	@for py in $(PYTHONS); do \
+		exe=$$(command -v $$py); \
+		{ [ -n "$$exe" ] && $$exe -c '' 2>/dev/null; } \
+			|| exe=$$(ls $(HOME)/.pyenv/versions/*/bin/$$py 2>/dev/null | tail -1); \
+		if [ -z "$$exe" ]; then echo "$$py: not found, skipped"; continue; fi; \
+		echo "== $$py ($$exe)"; \
+		$(MAKE) --no-print-directory pytest PYTHON=$$exe VENV=.venv-$$py || exit 1; \
+	done
+
 # Benchmarks (not part of the tests): the alternative stack and wrk are installed here only.
 bench: install
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
@@ -45,4 +58,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_latency.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache obskit-traces.jsonl*
+	rm -rf $(VENV) .venv-python3.* .mypy_cache .ruff_cache .pytest_cache obskit-traces.jsonl*
