@@ -1019,7 +1019,11 @@ def test_a_log_flood_while_the_collector_hangs_keeps_memory_bounded(tmp_path: Pa
     assert 0 == done.returncode, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
     assert connections >= 1
-    assert result["growth"] < 6_000_000, f"memory grew by {result['growth'] / 1e6:.1f} MB"
+    # Bounded, what is left is the queue (2048) and the batch in export (512) of records made
+    # while measuring, ~2.0 KB each on 3.11+, ~2.2 KB on 3.10 (larger instance dicts), plus the
+    # batch's encoded request: ~5.8 MB, ~6.3 MB on 3.10. Unbounded, the 10,000 lines are 21-23
+    # MB; a queue twice as long, 10-11 MB.
+    assert result["growth"] < 8_000_000, f"memory grew by {result['growth'] / 1e6:.1f} MB"
     assert result["worst"] < 0.5, f"a log call took {result['worst']:.3f}s"
     assert result["failed"] >= 1
 
