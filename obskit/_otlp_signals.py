@@ -296,6 +296,11 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
             consumer = getattr(found, "_measurement_consumer", None)
             if consumer is not None:
                 _start_afresh(consumer)
+            for reader in getattr(found, "_metric_readers", ()):
+                # Held by the parent's export (a whole exchange with the collector) at the
+                # fork: the child's exports would wait for it for ever.
+                if hasattr(reader, "_export_lock"):
+                    reader._export_lock = threading.Lock()
             found = exporter_ref()
             # Where the SDK keeps its requests Session, by version: exporter._client._transport
             # (1.4x), exporter._transport, exporter itself.

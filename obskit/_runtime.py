@@ -605,6 +605,16 @@ def force_flush(timeout: float = 5.0) -> bool:
 _flushing: weakref.WeakKeyDictionary[Any, threading.Event] = weakref.WeakKeyDictionary()
 
 
+def _no_flush_running() -> None:
+    # A forked child: a flush the parent had under way is not running here, and its unset
+    # event would make every flush in the child return False at once.
+    global _flushing
+    _flushing = weakref.WeakKeyDictionary()
+
+
+os.register_at_fork(after_in_child=_no_flush_running)
+
+
 def _flush_provider(provider: Any, timeout: float) -> bool:
     """``provider.force_flush()`` within ``timeout``; False at once while an earlier one has
     not finished."""

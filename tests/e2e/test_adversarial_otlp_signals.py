@@ -1438,14 +1438,20 @@ LOCKED_AT_FORK = """
                      otlp_timeout=3.0, metrics_exporter="otlp", metric_export_interval=3600)
     jobs = obskit.meter_provider().get_meter("adv").create_counter("adv.jobs")
     jobs.add(1, {"by": "parent"})
-    # What the export thread holds while it collects, held at the fork as it would be when the
-    # fork falls in the middle of a collection.
-    consumer = obskit.meter_provider()._measurement_consumer
+    # What the export thread holds while it collects and exports, held at the fork as it would
+    # be when the fork falls in the middle of an export to a slow collector; and the mark of a
+    # flush under way in the parent (obskit.force_flush in another thread).
+    import threading
+    from obskit import _runtime
+    provider = obskit.meter_provider()
+    consumer = provider._measurement_consumer
     storage = next(iter(consumer._reader_storages.values()))
     (match,) = next(iter(storage._instrument_view_instrument_matches.values()))
-    held = [consumer._lock, storage._lock, match._lock]
+    (reader,) = provider._metric_readers
+    held = [consumer._lock, storage._lock, match._lock, reader._export_lock]
     for lock in held:
         lock.acquire()
+    _runtime._flushing[provider] = threading.Event()
     pid = os.fork()
     if pid == 0:
         jobs.add(1, {"by": "child"})
@@ -1459,9 +1465,11 @@ LOCKED_AT_FORK = """
 
 # A bug this test found, since fixed: obskit._otlp_signals: the SDK renews its MeterProvider's own
 # locks in a forked child, not those of its measurement consumer, reader storage and aggregations,
-# which its export thread holds while it collects: a fork during a collection left the child's
-# first collection (and each instrument's first use of a label set) waiting for ever
-def test_a_fork_during_a_collection_leaves_the_child_able_to_collect(tmp_path: Path) -> None:
+# which its export thread holds while it collects, nor its reader's export lock, held for a whole
+# exchange with the collector: a fork during an export left the child's collections (and each
+# instrument's first use of a label set) waiting for ever. And obskit._runtime._flushing carried
+# the parent's flush under way into the child, whose every force_flush then returned False
+def test_a_fork_during_an_export_leaves_the_child_able_to_export(tmp_path: Path) -> None:
     with SignalCollector() as collector:
         done = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(LOCKED_AT_FORK), collector.endpoint],
