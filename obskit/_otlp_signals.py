@@ -252,13 +252,9 @@ def _tls(config: Config, signal: str, grpc: bool) -> dict[str, Any]:
         return {}
     from obskit.exporters.otlp import Tls
 
-    return {
-        "credentials": Tls(
-            files.get("otlp_certificate"),
-            files.get("otlp_client_key"),
-            files.get("otlp_client_certificate"),
-        ).grpc_credentials()
-    }
+    # Every file as the signal takes it: a key named by the signal's own variable goes with a
+    # certificate given as an option (gRPC ignores the variables once credentials are given).
+    return {"credentials": Tls(*tls_files(config, signal)).grpc_credentials()}
 
 
 def _compression(name: str, grpc: bool) -> Any:

@@ -305,7 +305,7 @@ def check_grpc(
     if parts.scheme == "https":
         try:
             credentials = (tls or Tls()).grpc_credentials()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: ConfigError, a certificate alone
             return CheckResult("FAIL", signal, f"{shown}: TLS files: {exc}")
         channel = grpc.secure_channel(target, credentials)
     else:

@@ -16,6 +16,7 @@ import email.utils
 import gzip
 import http.client
 import random
+import re
 import socket
 import ssl
 import threading
@@ -30,6 +31,11 @@ from obskit._version import __version__
 __all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls", "deadline_session"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+#: A PEM private key block (PKCS#8, RSA, EC, encrypted), in a file with the certificate chain.
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ((?:ENCRYPTED |RSA |EC |DSA )?PRIVATE KEY)-----.*?-----END \1-----\s*",
+    re.DOTALL,
+)
 _USER_AGENT = f"obskit/{__version__}"
 
 
@@ -118,8 +124,13 @@ class _Deadline:
                 if left > 0:
                     cond.wait(left)
                     continue
-                self._armed = None
                 self._fired = True
+                if armed[0].sock is None:
+                    # Still connecting (a slow name lookup, which no timeout bounds): shut the
+                    # socket down as soon as there is one.
+                    cond.wait(0.05)
+                    continue
+                self._armed = None
                 _interrupt(armed[0])
 
 
@@ -157,6 +168,13 @@ def deadline_session() -> Any:
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HttpsPool}
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            # Through HTTP(S)_PROXY the exchange goes through a proxy manager's own pools.
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if not proxy.lower().startswith("socks"):  # SOCKS pools have their own connections
+                manager.pool_classes_by_scheme = {"http": _Pool, "https": _HttpsPool}
+            return manager
 
     class _Session(requests.Session):
         _obskit_deadline = deadline
@@ -414,9 +432,26 @@ class Tls:
                 return file.read()
 
         chain = read(self.client_certificate)
+        key = read(self.client_key) if chain else None
+        if chain and not key:
+            # One file with the certificate and its key, as requests and the ssl module take
+            # it: gRPC wants them apart, and aborts the whole process (not an exception) on a
+            # certificate without its key.
+            found = _PEM_KEY.search(chain)
+            if found is None:
+                from obskit.config import ConfigError
+
+                raise ConfigError(
+                    "otlp_client_key",
+                    None,
+                    "a key file: over gRPC the client certificate "
+                    f"{self.client_certificate} needs its private key (otlp_client_key), "
+                    "or the key in the same file",
+                )
+            key = found.group(0)
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.certificate),
-            private_key=read(self.client_key) if chain else None,
+            private_key=key,
             certificate_chain=chain,
         )
 

@@ -29,6 +29,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import requests
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from opentelemetry import trace
@@ -150,7 +152,9 @@ class _SignalHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        signal, request_class, response_class = _SIGNALS[self.path]
+        # The path alone of a proxy's absolute-form target (the collector standing in for one).
+        path = urllib.parse.urlsplit(self.path).path
+        signal, request_class, response_class = _SIGNALS[path]
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -874,6 +878,63 @@ def test_a_trickling_collector_is_given_up_on_after_otlp_timeout(fast_batches: N
         collector.stopped.set()  # ends the trickles, so that the stuck exports end too
     assert {"metrics", "logs"} == reached  # the requests were sent and trickled on
     assert gave_up, "the exports were still waiting 3 s into a 0.5 s otlp_timeout"
+
+
+# Found by a review, since fixed: obskit.exporters.otlp.deadline_session armed its watcher on its
+# own pools only: through HTTP_PROXY (a proxy manager's pools) a trickled answer was bounded per
+# read only, and the export thread held for ever again
+def test_a_trickling_proxy_is_given_up_on_after_otlp_timeout(
+    fast_batches: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SignalCollector(lambda n, signal: TRICKLE) as collector:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, collector.endpoint)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "")
+        configure_signals("http://collector.invalid:4318")
+        counter().add(1)
+        logging.getLogger("adv").warning("a line")
+        gave_up = wait_until(lambda: failures("metrics") >= 1 and failures("logs") >= 1, 3.0)
+        reached = {h.signal for h in collector.hits()}
+        collector.stopped.set()
+    assert {"metrics", "logs"} == reached  # through the proxy, which trickled its answer
+    assert gave_up, "the exports were still waiting 3 s into a 0.5 s otlp_timeout"
+
+
+# Found by a review, since fixed: obskit.exporters.otlp._Deadline: a deadline that passed while
+# the connection was still being made (a slow name lookup, which no timeout bounds) found no
+# socket to shut down and was dropped; the trickled answer that followed was bounded per read only
+def test_the_deadline_holds_when_it_passes_before_the_connection_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from obskit.exporters.otlp import deadline_session
+
+    lookup = socket.getaddrinfo
+
+    def slow_lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "collector.slow-dns.invalid":
+            time.sleep(0.6)  # past the 0.5 s timeout before there is a socket
+            host = LOOPBACK
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    with SignalCollector(lambda n, signal: TRICKLE) as collector:
+        port = collector.endpoint.rsplit(":", 1)[1]
+        session = deadline_session()
+        ending = threading.Timer(4.0, collector.stopped.set)  # the trickle ends, bug or not
+        ending.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(requests.RequestException):
+                session.post(
+                    f"http://collector.slow-dns.invalid:{port}/v1/metrics", data=b"", timeout=0.5
+                )
+            took = time.monotonic() - started
+        finally:
+            session.close()
+            ending.cancel()
+            collector.stopped.set()
+    assert took < 2.0, f"a 0.5 s exchange took {took:.2f} s"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -10,6 +10,7 @@ import logging
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import obskit
 from obskit.config import ConfigError
 from obskit.testing import get_sample_value
+from tests.child_process import child_env
 from tests.otlp_receiver import OtlpGrpcReceiver
 
 
@@ -173,12 +175,16 @@ def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
         assert None is get_sample_value("obskit_export_failures_total", failures)
 
 
-@pytest.mark.parametrize("how", ["variables", "options"])
+# Found by a review, since fixed: obskit._otlp_signals._tls gave the SDK's gRPC exporters
+# credentials made from obskit's options alone, leaving out a key named by the signal's own
+# variable ("mixed"), and obskit.exporters.otlp.Tls.grpc_credentials passed a certificate without
+# its key ("combined": both in one file, as requests takes them): grpc aborts the whole process
+@pytest.mark.parametrize("how", ["variables", "options", "mixed", "combined"])
 def test_every_signal_reaches_a_grpc_collector_over_mutual_tls(
     how: str, pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spans (obskit's gRPC sink), metrics and logs (the SDK's gRPC exporters) to a collector
-    of the private CA that requires a client certificate, with the files given either way."""
+    of the private CA that requires a client certificate, with the files given each way."""
     files = {
         "certificate": str(pki / "ca.pem"),
         "client_key": str(pki / "client.key"),
@@ -188,7 +194,14 @@ def test_every_signal_reaches_a_grpc_collector_over_mutual_tls(
     for name, path in files.items():
         if how == "variables":
             monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name.upper()}", path)
-        else:
+        elif how == "mixed" and name == "client_key":  # each signal's own variable
+            for signal in ("TRACES", "METRICS", "LOGS"):
+                monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal}_CLIENT_KEY", path)
+        elif how == "combined" and name == "client_key":
+            combined = pki / "client-with-key.pem"
+            combined.write_bytes((pki / "client.pem").read_bytes() + Path(path).read_bytes())
+            options["otlp_client_certificate"] = str(combined)
+        elif how != "combined" or name != "client_certificate":
             options[f"otlp_{name}"] = path
     tls = tuple((pki / name).read_bytes() for name in ("server.key", "server.pem", "ca.pem"))
     with OtlpGrpcReceiver(tls=tls) as receiver:  # type: ignore[arg-type]
@@ -243,3 +256,28 @@ def test_doctor_reaches_a_private_ca_collector_with_the_configured_files(
         refused = {r.name: r for r in run_checks(without, timeout=3.0)}
     assert {"OK"} == {results[s].level for s in ("traces", "metrics", "logs")}, results
     assert "FAIL" == refused["traces"].level  # the system's CAs do not know the private one
+
+
+def test_a_grpc_client_certificate_without_its_key_is_a_config_error(pki: Path) -> None:
+    """Not a crash: gRPC aborts the process (no exception) on a certificate without its key.
+    In a child process, so that a regression cannot take the test run down with it."""
+    script = f"""
+import obskit
+from obskit.config import ConfigError
+for exporters in ({{}}, {{"traces_exporter": "none", "metrics_exporter": "otlp"}}):
+    try:
+        obskit.configure(otlp_protocol="grpc", otlp_endpoint="https://127.0.0.1:4317",
+                         otlp_client_certificate={str(pki / "client.pem")!r}, **exporters)
+    except ConfigError as exc:
+        print("refused:", exc.option)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr[-2000:]
+    assert ["refused: otlp_client_key"] * 2 == done.stdout.splitlines()
