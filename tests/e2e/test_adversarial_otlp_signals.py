@@ -290,6 +290,21 @@ def counter(name: str = "adv.jobs") -> Any:
     return provider.get_meter("adv").create_counter(name)
 
 
+def run_script(
+    script: str, endpoint: str, cwd: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` (indented source) in a fresh interpreter with ``endpoint`` as its argument."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), endpoint],
+        cwd=cwd,
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def configure_signals(endpoint: str, **options: Any) -> None:
     """obskit with OTLP metrics (pushed every 0.1 s) and logs to ``endpoint``, no traces, a
     0.5 s export timeout; ``options`` change any of these."""
@@ -1068,14 +1083,7 @@ def test_a_log_flood_while_the_collector_hangs_keeps_memory_bounded(tmp_path: Pa
     (~20 MB as queued records) grow memory by far less; no call waits for the export. In a
     child process: pytest keeps every captured record in memory."""
     with HangingServer() as hanging:
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(FLOOD_SCRIPT), hanging.endpoint],
-            cwd=tmp_path,
-            env=child_env(OTEL_BLRP_SCHEDULE_DELAY="50"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_script(FLOOD_SCRIPT, hanging.endpoint, tmp_path, OTEL_BLRP_SCHEDULE_DELAY="50")
         connections = hanging.connections
     assert 0 == done.returncode, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
@@ -1475,15 +1483,7 @@ SHORT_JOB = """
 # at exit refuses: a short job that only uses obskit's metrics pushed nothing, ever
 def test_a_short_jobs_metrics_are_pushed_at_exit(tmp_path: Path) -> None:
     with SignalCollector() as collector:
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SHORT_JOB), collector.endpoint],
-            cwd=tmp_path,
-            env=child_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_script(SHORT_JOB, collector.endpoint, tmp_path)
         rows = metric_rows([h.message for h in collector.hits("metrics")], "job_items")
     assert 0 == done.returncode, done.stderr
     assert "otlp_metrics_bridge" not in done.stderr
@@ -1532,15 +1532,7 @@ LOCKED_AT_FORK = """
 # the parent's flush under way into the child, whose every force_flush then returned False
 def test_a_fork_during_an_export_leaves_the_child_able_to_export(tmp_path: Path) -> None:
     with SignalCollector() as collector:
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(LOCKED_AT_FORK), collector.endpoint],
-            cwd=tmp_path,
-            env=child_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_script(LOCKED_AT_FORK, collector.endpoint, tmp_path, timeout=30)
         pushed = [
             {attributes_dict(p.attributes)["by"]: p.as_int for p in row.metric.sum.data_points}
             for row in metric_rows([h.message for h in collector.hits("metrics")], "adv.jobs")
@@ -1572,15 +1564,7 @@ TRICKLED_AFTER_FORK = """
 def test_a_forked_child_gives_up_on_a_trickling_collector_too(tmp_path: Path) -> None:
     """The watcher that ends an exchange at otlp_timeout runs again in a forked worker."""
     with SignalCollector(lambda n, signal: TRICKLE) as collector:
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(TRICKLED_AFTER_FORK), collector.endpoint],
-            cwd=tmp_path,
-            env=child_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = run_script(TRICKLED_AFTER_FORK, collector.endpoint, tmp_path, timeout=30)
         collector.stopped.set()
     assert 0 == done.returncode, done.stderr
     assert "0" == done.stdout.strip(), done.stderr

@@ -136,13 +136,14 @@ def test_a_certificate_file_that_cannot_be_read_fails_configure(tmp_path: Path) 
         obskit.configure(otlp_certificate=str(tmp_path / "missing.pem"))
 
 
-@pytest.mark.parametrize("how", ["variables", "options"])
-def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
-    how: str, pki: Path, collector: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The SDK's metric and log exporters, on obskit's session (whose watcher ends an exchange
-    at otlp_timeout), take the CA and the client certificate as the span sink does."""
-    endpoint, paths = collector
+#: How a test gives the CA, client key and client certificate files (see tls_files_given).
+TLS_WAYS = ["variables", "options", "mixed", "combined"]
+
+
+def tls_files_given(how: str, pki: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The CA, client key and client certificate, given ``how``: the generic variables, obskit's
+    options, options with the key in each signal's own variable (``mixed``), or options with the
+    certificate and its key in one file (``combined``). Returns the options to configure with."""
     files = {
         "certificate": str(pki / "ca.pem"),
         "client_key": str(pki / "client.key"),
@@ -152,8 +153,26 @@ def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
     for name, path in files.items():
         if how == "variables":
             monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name.upper()}", path)
-        else:
+        elif how == "mixed" and name == "client_key":
+            for signal in ("TRACES", "METRICS", "LOGS"):
+                monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal}_CLIENT_KEY", path)
+        elif how == "combined" and name == "client_key":
+            combined = pki / "client-with-key.pem"
+            combined.write_bytes((pki / "client.pem").read_bytes() + Path(path).read_bytes())
+            options["otlp_client_certificate"] = str(combined)
+        elif how != "combined" or name != "client_certificate":
             options[f"otlp_{name}"] = path
+    return options
+
+
+@pytest.mark.parametrize("how", TLS_WAYS)
+def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
+    how: str, pki: Path, collector: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's metric and log exporters, on obskit's session (whose watcher ends an exchange
+    at otlp_timeout), take the CA and the client certificate as the span sink does."""
+    endpoint, paths = collector
+    options = tls_files_given(how, pki, monkeypatch)
     # Set in many container images; requests would let it take the OTLP certificate's place.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     obskit.configure(
@@ -179,30 +198,13 @@ def test_metrics_and_logs_reach_the_same_collector_over_mutual_tls(
 # credentials made from obskit's options alone, leaving out a key named by the signal's own
 # variable ("mixed"), and obskit.exporters.otlp.Tls.grpc_credentials passed a certificate without
 # its key ("combined": both in one file, as requests takes them): grpc aborts the whole process
-@pytest.mark.parametrize("how", ["variables", "options", "mixed", "combined"])
+@pytest.mark.parametrize("how", TLS_WAYS)
 def test_every_signal_reaches_a_grpc_collector_over_mutual_tls(
     how: str, pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spans (obskit's gRPC sink), metrics and logs (the SDK's gRPC exporters) to a collector
     of the private CA that requires a client certificate, with the files given each way."""
-    files = {
-        "certificate": str(pki / "ca.pem"),
-        "client_key": str(pki / "client.key"),
-        "client_certificate": str(pki / "client.pem"),
-    }
-    options: dict[str, object] = {}
-    for name, path in files.items():
-        if how == "variables":
-            monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{name.upper()}", path)
-        elif how == "mixed" and name == "client_key":  # each signal's own variable
-            for signal in ("TRACES", "METRICS", "LOGS"):
-                monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal}_CLIENT_KEY", path)
-        elif how == "combined" and name == "client_key":
-            combined = pki / "client-with-key.pem"
-            combined.write_bytes((pki / "client.pem").read_bytes() + Path(path).read_bytes())
-            options["otlp_client_certificate"] = str(combined)
-        elif how != "combined" or name != "client_certificate":
-            options[f"otlp_{name}"] = path
+    options = tls_files_given(how, pki, monkeypatch)
     tls = tuple((pki / name).read_bytes() for name in ("server.key", "server.pem", "ca.pem"))
     with OtlpGrpcReceiver(tls=tls) as receiver:  # type: ignore[arg-type]
         try:
