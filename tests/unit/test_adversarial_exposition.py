@@ -804,7 +804,10 @@ def test_non_finite_gauges_and_an_infinite_observation_keep_the_exposition_parse
     "in a histogram without negative buckets, as plain prometheus_client does; the _sum/_total "
     "then stays NaN or negative and the OpenMetrics parser refuses the scrape. Checking "
     "every value would put a wrapper on the hot path of every business metric; obskit's own "
-    "RED and USE writers never write such values (durations come from perf_counter)",
+    "RED and USE writers never write such values (durations come from perf_counter). Real "
+    "Prometheus (2.42, Debian's) scrapes such an exposition without error (checked "
+    "2026-11-25: a NaN counter, a NaN and a negative histogram _sum, the target stayed up); "
+    "strict OpenMetrics parsers, prometheus_client's among them, refuse it",
 )
 @pytest.mark.parametrize(
     ("kind", "values"),
