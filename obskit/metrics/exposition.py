@@ -219,6 +219,13 @@ def _negotiate(accept: str) -> tuple[Callable[[Collector], bytes], str]:
 _OPENMETRICS_VERSIONS = frozenset({"1.0.0", "2.0.0"})
 
 
+def before_collection() -> None:
+    """Bring obskit's registry up to date before it is read, by a scrape or an OTLP push."""
+    close_gone()  # resources freed since the last collection: their series go first
+    forget_closed_loops()  # and loops closed under their lag monitor
+    republish_after_fork()  # a forked worker's guard gauges, which restart from nothing
+
+
 def render(accept: str | None) -> tuple[bytes, str]:
     """Return ``(body, content_type)`` for a scrape that sent ``Accept: accept``.
 
@@ -227,9 +234,7 @@ def render(accept: str | None) -> tuple[bytes, str]:
     written family by family, without the ones that fail (counted as
     ``obskit_internal_errors_total{component="metrics_render"}``)."""
     encoder, content_type = _negotiate(accept or "")
-    close_gone()  # resources freed since the last scrape: their series go before this one
-    forget_closed_loops()  # and loops closed under their lag monitor
-    republish_after_fork()  # a forked worker's guard gauges, which restart from nothing
+    before_collection()
     collector = _collector()
     try:
         return encoder(collector), content_type

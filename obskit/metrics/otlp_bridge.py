@@ -48,14 +48,9 @@ def prometheus_scope(families: Iterable[Any] | None = None) -> Any:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     if families is None:
-        from obskit.metrics.cardinality import republish_after_fork
-        from obskit.metrics.runtime import forget_closed_loops
-        from obskit.metrics.use import close_gone
+        from obskit.metrics.exposition import before_collection
 
-        # As before a scrape: series of resources freed and loops closed since go first.
-        close_gone()
-        forget_closed_loops()
-        republish_after_fork()
+        before_collection()  # as a scrape does
         families = _state.registry.collect()
     now = time.time_ns()
     metrics = []
