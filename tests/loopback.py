@@ -99,3 +99,15 @@ def http_get(
         return response.status, answer, response.read()
     finally:
         conn.close()
+
+
+def get_from(server: Any, path: str) -> int:
+    """Serve one ``GET path`` with ``server`` (a stdlib ``socketserver`` server already bound on
+    loopback: werkzeug's, Django's ``runserver``), then shut it down; the answer's status."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        return http_get(f"http://127.0.0.1:{server.server_port}{path}")[0]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -230,15 +230,14 @@ def test_runserver_lines_carry_no_socket(cap: Capture) -> None:
     """Django's development server (``manage.py runserver``) passes its socket as the
     ``request`` extra of each ``django.server`` line: its repr (file descriptors, addresses)
     is not written into the JSON line."""
-    import http.client
     import io
-    import threading
 
     from django.core.servers.basehttp import WSGIRequestHandler, WSGIServer
     from django.core.wsgi import get_wsgi_application
 
     from obskit.logging import setup_logging
     from tests.logging_state import preserved_logging
+    from tests.loopback import get_from
 
     with preserved_logging():
         app = get_wsgi_application()  # django.setup() again: Django's LOGGING applied
@@ -246,16 +245,7 @@ def test_runserver_lines_carry_no_socket(cap: Capture) -> None:
         setup_logging(stream=buffer)
         server = WSGIServer(("127.0.0.1", 0), WSGIRequestHandler)
         server.set_app(app)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
-            conn.request("GET", "/missing-page")
-            assert 404 == conn.getresponse().status
-            conn.close()
-        finally:
-            server.shutdown()
-            server.server_close()
+        assert 404 == get_from(server, "/missing-page")
         written = [json.loads(line) for line in buffer.getvalue().splitlines()]
     (line,) = [line for line in written if line["logger"] == "django.server"]
     assert "request" not in line

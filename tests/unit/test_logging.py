@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import decimal
 import http
-import http.client
 import io
 import json
 import logging
@@ -43,6 +42,7 @@ from obskit.testing import capture
 from obskit.tracing._fastctx import with_span
 from tests.child_process import child_env
 from tests.logging_state import preserved_logging
+from tests.loopback import get_from
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -1382,17 +1382,7 @@ def test_werkzeugs_request_lines_come_without_terminal_colours() -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return Response("gone", status=404)(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
-        conn.request("GET", "/missing")
-        assert 404 == conn.getresponse().status
-        conn.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert 404 == get_from(make_server("127.0.0.1", 0, app), "/missing")
     (line,) = [line for line in lines(buffer) if line["logger"] == "werkzeug"]
     assert "\x1b" not in line["message"]
     assert line["message"].endswith('"GET /missing HTTP/1.1" 404 -')
