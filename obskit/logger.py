@@ -251,8 +251,9 @@ class Logger:
             handler = _direct_handler(self._std, level)
             if handler is not None:
                 done = _write(handler, level, self.name, msg, args, fields)
-                if done is not _NOT_WRITTEN:
+                if done.__class__ is bool:
                     return
+                msg, args = done  # type: ignore[misc]
                 kept = bool(handler.filters)
         if kept:  # sampled in already: the record path must not draw again
             _decided.kept = True
@@ -285,9 +286,6 @@ class Logger:
 #: from the frame above ``Logger._log``'s caller, one of them already.
 _OWN_FRAMES = 3 if sys.version_info >= (3, 11) else 2
 
-#: :func:`_write`'s answer when the line needs the record path after all.
-_NOT_WRITTEN = None
-
 
 def _write(
     handler: JsonStreamHandler,
@@ -296,31 +294,36 @@ def _write(
     msg: Any,
     args: Any,
     fields: Mapping[str, Any] | None,
-) -> bool | None:
+) -> bool | tuple[Any, Any]:
     """Write the line of a call straight to ``handler`` (see :func:`_direct_handler`): True
-    when written, False when log sampling dropped it, :data:`_NOT_WRITTEN` when it needs the
-    record path after all (a field or a message the line cannot carry as it is; a line that
-    log sampling kept has been kept by then)."""
-    line = None
+    when written, False when log sampling dropped it, else the ``(msg, args)`` the record path
+    is to take (a field or a message the line cannot carry as it is; a line that log sampling
+    kept has been kept by then): the message already built, with no arguments, so that their
+    ``str()`` runs once."""
+    built = line = None
     try:
         if handler.filters and not _sampled(handler.filters[0], level, name):
             return False  # log sampling (setup_logging's CorrelationFilter) dropped it
-        line = handler.formatter.format_event(  # type: ignore[union-attr]
+        formatter: Any = handler.formatter
+        # A message with no arguments, the usual line, without the call.
+        built = msg if msg.__class__ is str and not args else formatter.event_message(msg, args)
+        line = formatter.format_event(
             time.time(),  # looked up per call, as LogRecord does: a test may pin the clock
             _LEVEL_NAMES.get(level) or logging.getLevelName(level),
             name,
-            msg,
-            args,
+            built,
             fields,
         )
         if line is None:
-            return _NOT_WRITTEN
+            return built, ()
         with handler.lock:  # type: ignore[union-attr]
             handler.write_line(line, level)
         return True
     except Exception:
+        if built is None:  # the message could not be built: the record path reports it
+            return msg, args
         if line is None:
-            return _NOT_WRITTEN  # not formatted: the record path formats and reports it
+            return built, ()
         # Formatted, not written: reported as the stdlib reports it (handleError, with a
         # record made now for its message) and counted; not retried.
         _dropped(handler, name, level, msg, args)
@@ -356,8 +359,10 @@ class DirectLogger(logging.Logger):
         ):
             handler = _direct_handler(self, level)
             if handler is not None:
-                if _write(handler, level, self.name, msg, args, extra) is not _NOT_WRITTEN:
+                done = _write(handler, level, self.name, msg, args, extra)
+                if done.__class__ is bool:
                     return
+                msg, args = done  # type: ignore[misc]
                 kept = bool(handler.filters)
         # Looked up per call, so that a patch of Logger._log made later is honoured; one
         # frame more (this one) between the caller and findCaller.

@@ -767,20 +767,32 @@ class JsonFormatter(_PJLJsonFormatter):
             record.created, level, name, message_text, trace_id, span_id, flags, request, tail
         )
 
+    def event_message(self, msg: Any, args: Any) -> str:
+        """The message of a call (``msg % args``), as :meth:`format` builds it from a record:
+        mappings' sensitive keys masked, arguments that do not fit written as the formatter
+        writes them. Raises what ``str()`` of an argument raises."""
+        if msg.__class__ is str and not args:
+            return msg
+        if isinstance(msg, Mapping) or (args and _mappings(args)):
+            return self._structured_message(msg, args)
+        return call_message(msg, args)
+
     def format_event(
         self,
         created: float,
         level: str,
         name: str,
-        msg: Any,
-        args: Any,
+        message: str,
         fields: Mapping[str, Any] | None,
     ) -> str | None:
-        """The line :meth:`format` would write for a record of this call (``msg % args`` and
-        ``fields``), built without a record (:class:`obskit.logger.Logger`'s direct path); None
-        when the line needs the record path: a field that is not a scalar under a plain key
-        (checked first, so that the message is then built once, by the record), or a message
-        long enough to be cut."""
+        """The line :meth:`format` would write for a record of this call (its message, from
+        :meth:`event_message`, and ``fields``), built without a record
+        (:class:`obskit.logger.Logger`'s direct path); None when the line needs the record
+        path: a field that is not a scalar under a plain key, or a message long enough to be
+        cut. The record path is then handed ``message`` with no arguments, so that the
+        arguments' ``str()`` runs once per line whichever path writes it."""
+        if len(message) * 4 > self.max_message:
+            return None
         if fields:
             tail = self._scalar_fields(fields.items())
             if tail is None:
@@ -788,14 +800,6 @@ class JsonFormatter(_PJLJsonFormatter):
             tail.append("}")
         else:
             tail = ["}"]
-        if msg.__class__ is str and not args:
-            message = msg
-        elif isinstance(msg, Mapping) or (args and _mappings(args)):
-            message = self._structured_message(msg, args)
-        else:
-            message = call_message(msg, args)
-        if len(message) * 4 > self.max_message:
-            return None
         message_text = self._texts.get(message) or self._text(message)
         context = _ctx.get_current()
         # current_span(context), inlined for the default runtime context (a call less per line,
