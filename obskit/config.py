@@ -932,9 +932,92 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
 
     _check_sampler(values, sources)
     _check_span_batches(values, sources)
+    _check_tls(values, sources)
     if values.get("logs_exporter") == "otlp":
         _check_log_batches(env)
     return Config(**values, sources=sources)
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL asked for a passphrase: the key file is encrypted."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal, blocking configure().
+    raise _EncryptedKey
+
+
+def tls_context(
+    certificate: str | None, client_key: str | None, client_certificate: str | None
+) -> Any:
+    """An ``ssl.SSLContext`` for a collector: ``certificate`` its CA's PEM (None: the system's
+    CAs), ``client_certificate`` (with ``client_key``, or the key in the same file) this
+    client's chain for mutual TLS. Raises :class:`ConfigError` naming the option whose file
+    does not hold what it should, and never asks for a passphrase (the OTLP exporters take no
+    encrypted key)."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=certificate)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            "otlp_certificate", certificate, f"a PEM file of CA certificates ({_reason(exc)})"
+        ) from None
+    if client_certificate:
+        if not client_key and not _holds_a_key(client_certificate):
+            raise ConfigError(
+                "otlp_client_key",
+                None,
+                f"a key file: the client certificate {client_certificate} needs its private "
+                "key (otlp_client_key), or the key in the same file",
+            )
+        try:
+            context.load_cert_chain(client_certificate, client_key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ConfigError(
+                "otlp_client_key" if client_key else "otlp_client_certificate",
+                client_key or client_certificate,
+                "an unencrypted private key (the OTLP exporters take no passphrase)",
+            ) from None
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                "otlp_client_certificate",
+                client_certificate,
+                f"a PEM certificate chain and its private key ({_reason(exc)})",
+            ) from None
+    return context
+
+
+def _holds_a_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return b"PRIVATE KEY-----" in file.read()
+    except OSError:
+        return True  # load_cert_chain says why it cannot be read
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+def _check_tls(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The TLS files hold a CA certificate, a certificate chain and its key, as their options
+    say: checked here, before anything is set up, where an exporter would fail in the middle
+    of configure() with an ``ssl.SSLError`` (HTTP) or abort the process (gRPC's C core)."""
+    files = [
+        values.get(o) for o in ("otlp_certificate", "otlp_client_key", "otlp_client_certificate")
+    ]
+    if files[0] is None and files[2] is None:
+        return
+    try:
+        tls_context(*files)
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.option,
+            exc.value,
+            exc.allowed,
+            sources.get(exc.option) or sources.get("otlp_client_certificate", "argument"),
+        ) from None
 
 
 #: The OpenTelemetry SDK's log batching variables, read by its BatchLogRecordProcessor when

@@ -11,7 +11,6 @@ import argparse
 import http.client
 import os
 import socket
-import ssl
 import tempfile
 import threading
 import urllib.parse
@@ -132,6 +131,16 @@ def _error_reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{type(exc).__name__}: {exc}"
+
+
+def _tls_problem(exc: BaseException) -> str:
+    """What is wrong with the TLS files a signal is sent with (from a variable of the signal's
+    own as often as from the option a ConfigError names)."""
+    if isinstance(exc, ConfigError):
+        if exc.value is None:
+            return exc.allowed
+        return f"{exc.value} is not {exc.allowed}"
+    return str(exc)
 
 
 def _probe_dir(directory: str) -> str | None:
@@ -260,8 +269,8 @@ def check_http(
     if parts.scheme == "https":
         try:
             context = (tls or Tls()).ssl_context()
-        except (OSError, ssl.SSLError) as exc:
-            return CheckResult("FAIL", signal, f"{shown}: TLS files: {exc}")
+        except (OSError, ValueError) as exc:  # ValueError: ConfigError, a file of the wrong kind
+            return CheckResult("FAIL", signal, f"{shown}: TLS files: {_tls_problem(exc)}")
         conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
@@ -306,7 +315,7 @@ def check_grpc(
         try:
             credentials = (tls or Tls()).grpc_credentials()
         except (OSError, ValueError) as exc:  # ValueError: ConfigError, a certificate alone
-            return CheckResult("FAIL", signal, f"{shown}: TLS files: {exc}")
+            return CheckResult("FAIL", signal, f"{shown}: TLS files: {_tls_problem(exc)}")
         channel = grpc.secure_channel(target, credentials)
     else:
         channel = grpc.insecure_channel(target)

@@ -417,9 +417,11 @@ class Tls:
     client_certificate: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.certificate)
-        if self.client_certificate:
-            context.load_cert_chain(self.client_certificate, self.client_key)
+        from obskit.config import tls_context
+
+        context: ssl.SSLContext = tls_context(
+            self.certificate, self.client_key, self.client_certificate
+        )
         return context
 
     def grpc_credentials(self) -> Any:

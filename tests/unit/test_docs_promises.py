@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import io
 import json
@@ -22,11 +23,13 @@ import logging
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+import certifi
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -128,9 +131,9 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
     ("otlp_headers", "", {}, "api-key=a%3Db", {"api-key": "a=b"}, ""),
     ("otlp_timeout", "10 s", 10.0, "2500", 2.5, "ms"),
     ("otlp_compression", "`none`", "none", "gzip", "gzip", ""),
-    ("otlp_certificate", "", None, "/dev/null", "/dev/null", ""),
+    ("otlp_certificate", "", None, "<CA>", "<CA>", ""),
     ("otlp_client_key", "", None, "/dev/null", "/dev/null", ""),
-    ("otlp_client_certificate", "", None, "/dev/null", "/dev/null", ""),
+    ("otlp_client_certificate", "", None, "<client>", "<client>", ""),
     ("traces_file", "`obskit-traces.jsonl`", "obskit-traces.jsonl", "t.jsonl", "t.jsonl", ""),
     ("traces_file_max_bytes", "64 MiB", 64 * MIB, "1024", 1024, ""),
     ("sampler", "`parentbased_always_on`", "parentbased_always_on", "always_off", "always_off", ""),
@@ -209,6 +212,25 @@ def test_every_option_has_a_row_checked_here() -> None:
     assert set(config_rows()) == {row[0] for row in CONFIG_ROWS}
 
 
+@functools.cache
+def _pem_file(kind: str) -> str:
+    """A file ``configure()`` takes for a TLS option (it reads them): a CA bundle, or a client
+    certificate with its key in the same file."""
+    if kind == "<CA>":
+        return str(certifi.where())
+    directory = Path(tempfile.mkdtemp(prefix="obskit-docs-pem-"))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=client", "-keyout", "client.key", "-out", "client.pem"],
+        cwd=directory, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    combined = directory / "client-with-key.pem"
+    combined.write_bytes(
+        (directory / "client.pem").read_bytes() + (directory / "client.key").read_bytes()
+    )
+    return str(combined)
+
+
 @pytest.mark.parametrize(
     ("option", "default_cell", "default", "text", "value", "unit"),
     CONFIG_ROWS,
@@ -221,6 +243,8 @@ def test_configuration_reference_row(
     the variable's unit ("env in ms" rows: milliseconds in the environment, seconds as an
     argument; the other durations are seconds), and the source "env:NAME"."""
     variables, cell, row = config_rows()[option]
+    if text in ("<CA>", "<client>"):  # configure() reads the TLS files: real ones
+        text = value = _pem_file(text)
     assert spec_env(option) == variables
     assert default_cell == cell
     assert default == getattr(load_config({}), option)

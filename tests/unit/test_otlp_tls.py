@@ -283,3 +283,76 @@ for exporters in ({{}}, {{"traces_exporter": "none", "metrics_exporter": "otlp"}
     )
     assert 0 == done.returncode, done.stderr[-2000:]
     assert ["refused: otlp_client_key"] * 2 == done.stdout.splitlines()
+
+
+def _encrypted_key(pki: Path) -> Path:
+    path = pki / "client-encrypted.key"
+    if not path.exists():
+        _openssl("pkey", "-in", "client.key", "-aes256", "-passout", "pass:secret",
+                 "-out", path.name, cwd=pki)  # fmt: skip
+    return path
+
+
+#: Files whose content is not what their option names, and the option the error names.
+_UNUSABLE = {
+    "a CA file with no certificate": ({"otlp_certificate": "garbage.pem"}, "otlp_certificate"),
+    "a client certificate with no key anywhere": (
+        {"otlp_client_certificate": "client.pem"},
+        "otlp_client_key",
+    ),
+    "a client certificate that is not one": (
+        {"otlp_client_certificate": "garbage.pem", "otlp_client_key": "client.key"},
+        "otlp_client_certificate",
+    ),
+    "a key of another certificate": (
+        {"otlp_client_certificate": "client.pem", "otlp_client_key": "server.key"},
+        "otlp_client_certificate",
+    ),
+    "an encrypted key": (
+        {"otlp_client_certificate": "client.pem", "otlp_client_key": "client-encrypted.key"},
+        "otlp_client_key",
+    ),
+}
+
+
+# A bug a review found, since fixed (2026-11-25): over HTTP an unusable PEM file raised the ssl
+# module's SSLError from the middle of configure(), after the running configuration had been
+# shut down (get_config() then answered None); a ConfigError, raised before anything changes,
+# is what every other unusable value gets
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+@pytest.mark.parametrize("case", list(_UNUSABLE))
+def test_an_unusable_tls_file_is_a_config_error_and_the_running_configuration_stays(
+    case: str, protocol: str, pki: Path
+) -> None:
+    (pki / "garbage.pem").write_text("not a certificate\n")
+    _encrypted_key(pki)
+    files, option = _UNUSABLE[case]
+    obskit.configure(service_name="running", traces_exporter="none")
+    with pytest.raises(ConfigError) as raised:
+        obskit.configure(
+            service_name="next",
+            otlp_protocol=protocol,
+            otlp_endpoint="https://127.0.0.1:4317",
+            **{name: str(pki / file) for name, file in files.items()},
+        )
+    assert option == raised.value.option
+    config = obskit.get_config()
+    assert config is not None
+    assert "running" == config.service_name
+
+
+def test_doctor_names_an_unusable_file_of_a_signals_own_variable(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal's own variable is not an obskit option, so configure() does not check it: the
+    exporter meets it, and ``obskit doctor`` says which file is wrong (it raised a ConfigError
+    from the middle of its checks, or named no file)."""
+    from obskit.cli.doctor import run_checks
+    from obskit.config import load_config
+
+    (pki / "garbage.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", str(pki / "garbage.pem"))
+    config = load_config(otlp_endpoint="https://127.0.0.1:9", metrics_exporter="otlp")
+    metrics = {r.name: r for r in run_checks(config, timeout=1.0)}["metrics"]
+    assert "FAIL" == metrics.level
+    assert f"{pki / 'garbage.pem'} is not a PEM file of CA certificates" in metrics.reason
