@@ -445,6 +445,11 @@ def _build_into(
             flush_interval=config.log_flush_interval,
             direct=config.log_direct,
         )
+    from obskit.tracing.outbound import install as install_outbound
+
+    # With traces off as with them on: a service with the SDK disabled still forwards the
+    # context it received (docs/tracing.md, "Traces off"), as OpenTelemetry's propagators do.
+    install_outbound()
     if config.disabled:
         glob.sampler.delegate = TRACES_OFF
         glob.processor.delegate = None
@@ -479,9 +484,6 @@ def _build_into(
         # The limits the SDK spans of this process get (OTEL_SPAN_*_LIMIT, read when the
         # provider was made), so a span's limits do not depend on which class recorded it.
         set_limits(getattr(glob.provider, "_span_limits", None) or SpanLimits())
-    from obskit.tracing.outbound import install as install_outbound
-
-    install_outbound()
     if "otlp" in config.metrics_exporter or config.logs_exporter == "otlp":
         from obskit._otlp_signals import build_logs, build_metrics
 

@@ -16,6 +16,8 @@ import re
 import shutil
 import socket
 import socketserver
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +42,7 @@ from urllib3.util.retry import Retry
 import obskit
 from obskit import _state, testing
 from obskit.testing import Capture, capture, get_sample_value
+from tests.child_process import child_env
 from tests.loopback import LoopbackServer, QuietHandler, free_port
 from tests.otlp_receiver import attributes
 
@@ -942,6 +945,42 @@ def test_traces_off_forwards_the_incoming_context_unchanged_on_every_hop(
         server.seen[-1].traceparent,
         server.seen[-1].tracestate,
     )
+
+
+# A bug a review found, since fixed (2026-11-25): under OTEL_SDK_DISABLED=true configure()
+# returned before it hooked requests and httpx, so a service forwarded no traceparent at all and
+# the trace broke there, where docs/tracing.md "Traces off" says it forwards the incoming one.
+# In a child process: the hooks, once installed by any earlier test, stay for the process.
+@pytest.mark.parametrize("off", ["traces_exporter='none'", "disabled=True"])
+def test_traces_off_forwards_the_incoming_context_in_a_fresh_process(
+    off: str, server: Server
+) -> None:
+    script = f"""
+import httpx, requests, obskit
+from obskit.wsgi import ObskitMiddleware
+obskit.configure(service_name="off", {off})
+def app(environ, start_response):
+    requests.get({server.url("/requests")!r}, timeout=10)
+    httpx.get({server.url("/httpx")!r}, timeout=10)
+    start_response("200 OK", [])
+    return [b""]
+environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http",
+           "HTTP_TRACEPARENT": "00-{T}-{P}-01", "HTTP_TRACESTATE": "congo=t61rcWkgMzE"}}
+list(ObskitMiddleware(app)(environ, lambda *args: None))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr[-2000:]
+    assert [
+        ("/requests", [f"00-{T}-{P}-01"], ["congo=t61rcWkgMzE"]),
+        ("/httpx", [f"00-{T}-{P}-01"], ["congo=t61rcWkgMzE"]),
+    ] == [(s.path, s.traceparent, s.tracestate) for s in server.seen]
 
 
 def test_traced_calls_from_concurrent_threads_and_asyncio_tasks_keep_their_own_trace(
