@@ -34,7 +34,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
 from obskit import _selfmetrics, _shapes, _state
-from obskit._runtime import tracer_provider
+from obskit._runtime import _install_global, tracer_provider
 from obskit._version import __version__
 from obskit.http._semconv import mark_exception
 from obskit.metrics._direct import Observer, adder
@@ -124,14 +124,20 @@ class _Recorder:
         or trace-id-ratio sampler (and gets its root's answer from the others), so it is not
         created at all: with ``trace=True`` an unsampled call costs one context lookup. A
         remote parent (a consumer that attached its producer's ``traceparent``) never records:
-        the sampler decides for it, as the SDK's does.
+        the sampler decides for it, as the SDK's does -- and where a stock sampler's answer is
+        a drop, no span is made either, as under a local unsampled parent: the SDK's would be a
+        ``NonRecordingSpan`` with an id of its own, never exported.
         """
         try:
             current = current_span()
             if not current.is_recording():
                 parent = current.get_span_context()
-                if parent.is_valid and not parent.is_remote:
-                    return None
+                if parent.is_valid:
+                    if not parent.is_remote:
+                        return None
+                    decide = _install_global().sampler.fast
+                    if decide is not None and not decide(parent, parent.trace_id):
+                        return None
             # On obskit's own pipeline: the lean span the HTTP pipeline uses for SERVER spans.
             span = start_lean_span(self.span_name, SpanKind.INTERNAL, _SCOPE)
             if span is None:

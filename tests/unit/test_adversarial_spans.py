@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 import obskit
 from obskit.exporters.jsonl import MemorySpanSink
-from obskit.testing import capture
+from obskit.testing import capture, samples
 from obskit.tracing._encode import encode_span
 from obskit.tracing.pipeline import CompactSpanProcessor
 from obskit.tracing.sampling import RecordDropped
@@ -70,6 +70,48 @@ def test_red_span_under_a_remote_parent_is_the_samplers_decision(
         spans = cap.spans()
     expected = [(bytes.fromhex(TRACE_ID), bytes.fromhex(PARENT_ID))] if kept else []
     assert expected == [(s.trace_id, s.parent_span_id) for s in spans]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "minted"),
+    [
+        ("parentbased_always_on", None, False),  # a stock sampler's drop: no span, as locally
+        ("parentbased_traceidratio", 1.0, False),
+        ("ratelimited", 10.0, True),  # asked through should_sample: the sampler's own span
+    ],
+)
+def test_under_a_remote_unsampled_parent_a_dropped_red_span_is_not_made(
+    sampler: str, arg: float | None, minted: bool
+) -> None:
+    """The call inside a consumer's unsampled trace runs under the producer's context itself,
+    as a call inside this process's own unsampled trace does, and its RED metrics are
+    recorded; a span is made (by the sampler, which may sample it) only where the sampler is
+    not one whose decision obskit knows."""
+    seen: list[tuple[int, bool]] = []
+
+    @obskit.red(name="consume", trace=True)
+    def consume() -> None:
+        context = trace_api.get_current_span().get_span_context()
+        seen.append((context.span_id, context.is_remote))
+
+    carrier = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+    with capture(sampler=sampler, sampler_arg=arg) as cap:
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            consume()
+        finally:
+            otel_context.detach(token)
+        exported = cap.spans()
+        calls = [
+            v
+            for labels, v in samples("function_calls_total")
+            if labels["function"] == "consume" and labels["result"] == "ok"
+        ]
+    ((span_id, remote),) = seen
+    assert minted == (span_id != int(PARENT_ID, 16))
+    assert remote is not minted
+    assert minted == bool(exported)  # ratelimited samples this new trace of its own
+    assert [1.0] == calls
 
 
 def test_red_span_inside_an_unsampled_local_trace_is_still_skipped() -> None:
