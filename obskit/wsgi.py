@@ -39,8 +39,8 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class _Finishing:
-    """A streamed response body (see :func:`~obskit.http._pipeline.finishing_chunks`), read
-    by the server with the request's context current; its ``close()`` -- which the server
+    """A streamed response body (see :func:`~obskit.http._pipeline.finishing_chunks`), whose
+    chunks are made with the request's context current; its ``close()`` -- which the server
     calls, sent or not -- ends the request too."""
 
     __slots__ = ("_context", "_iterable", "_request")
@@ -51,7 +51,9 @@ class _Finishing:
         self._context = context
 
     def __iter__(self) -> Iterator[bytes]:
-        return finishing_chunks(self._iterable, self._request, unanswered=True)
+        return finishing_chunks(
+            self._iterable, self._request, self._context, unanswered=True, closes=False
+        )
 
     def close(self) -> None:
         try:
@@ -186,10 +188,14 @@ class ObskitMiddleware:
             # The body is already in memory: nothing is left to time.
             request.finish()
             return iterable
+        # The request's context is not left current on this thread once the app has returned:
+        # until the body was read to its end or closed, every later request here would be
+        # taken for one nested in it and not counted (a test client's response kept, partly
+        # read, while the next request is made). It is current again while a chunk is made.
+        context = _ctx.get_current()
+        request.restore()
         # The server's own file wrapper makes its instances itself (werkzeug's wrap_file,
         # Django's handler): their class is the one in the environ.
-        # The request's context: current while the server reads the body, reset by its end.
-        context = _ctx.get_current()
         if iterable.__class__ is environ.get("wsgi.file_wrapper") and _finish_on_close(
             iterable, request, context
         ):

@@ -940,53 +940,50 @@ def nested_request() -> NestedRequest | None:
 def finishing_chunks(
     content: Iterable[bytes],
     request: Request,
-    context: Context | None = None,
+    context: Context,
     *,
     unanswered: bool = False,
+    closes: bool = True,
 ) -> Iterator[bytes]:
     """``content``'s chunks for a streamed response, ending ``request`` at the last one, with
     the exception that stops them, or when the consumer closes early (the client went away:
     not a failure). Every adapter's streamed body goes through here.
 
     ``context``: the request's, made current only while ``content`` produces each chunk (so
-    that what the body logs carries the trace), for an adapter that restored the caller's
-    context before handing the body over (Django: its body may be read in another task).
-    None: the request's context is current already, and stays so while the server reads the
-    body (WSGI: the same thread, no cost per chunk). ``unanswered``: nothing reaches the client
-    before the first chunk (WSGI), so an exception before it is answered with a 500 whatever
-    status the app had started.
+    that what the body logs carries the trace); the adapter restored the caller's context
+    before handing the body over, so that it is not left current between chunks (Django's
+    body may be read in another task; a WSGI test client reads the first chunk and returns).
+    ``unanswered``: nothing reaches the client before the first chunk (WSGI), so an exception
+    before it is answered with a 500 whatever status the app had started. ``closes``: an early
+    stop closes ``content``, as ``yield from`` would; False where the adapter's body object
+    closes it itself (WSGI: the server calls its ``close()``), so that it is closed once.
     """
     iterator: Iterator[bytes] | None = None
     try:
-        if context is None:
+        token = _ctx.attach(context)
+        try:
             iterator = iter(content)
             first = next(iterator)  # StopIteration: an empty body
-            unanswered = False
-            yield first
-            yield from iterator
-        else:
+        finally:
+            _ctx.detach(token)
+        unanswered = False
+        yield first
+        while True:
             token = _ctx.attach(context)
             try:
-                iterator = iter(content)
+                chunk = next(iterator)
+            except StopIteration:
+                break
             finally:
                 _ctx.detach(token)
-            while True:
-                token = _ctx.attach(context)
-                try:
-                    chunk = next(iterator)
-                except StopIteration:
-                    break
-                finally:
-                    _ctx.detach(token)
-                unanswered = False
-                yield chunk
+            yield chunk
     except StopIteration:
         pass
     except GeneratorExit:
-        close = getattr(iterator, "close", None) if context is not None else None
+        close = getattr(iterator, "close", None) if closes else None
         try:
             if close is not None:  # as ``yield from`` would, with the request's context
-                token = _ctx.attach(context)  # type: ignore[arg-type]
+                token = _ctx.attach(context)
                 try:
                     close()
                 finally:

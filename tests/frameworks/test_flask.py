@@ -99,3 +99,72 @@ def test_keyword_options_override_app_config(any_config_capture: Capture) -> Non
     Obskit(app, service_name="from-keyword")
     get(app.test_client(), "/items/1")
     assert "from-keyword" == _resource(any_config_capture)["service.name"]
+
+
+# A bug a review found, since fixed (2026-11-25): the WSGI middleware left the request's
+# context current on the calling thread from the app's return until its body was read to the
+# end or closed, so a request made while an earlier response was kept partly read -- Flask's
+# test client reads the first chunk -- was taken for one nested in it: no span, not counted.
+def test_a_request_made_while_an_earlier_response_is_kept_is_counted(cap: Capture) -> None:
+    from opentelemetry import trace
+
+    from obskit.testing import samples
+
+    app = Flask(__name__)
+    Obskit(app)
+    seen: list[int] = []
+
+    @app.get("/a")
+    def a() -> str:
+        return "a"
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[str]:
+            # Made while the server reads the body: in the request's trace.
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            yield "x"
+
+        return app.response_class(chunks())
+
+    client = app.test_client()
+    first = client.get("/a")
+    assert not trace.get_current_span().get_span_context().is_valid  # not the request's
+    second = client.get("/a")
+    streamed = client.get("/stream")
+    assert b"x" == streamed.get_data()
+    for response in (first, second, streamed):
+        response.close()
+    counts = {labels["route"]: value for labels, value in samples("http_requests_total")}
+    assert {"/a": 2.0, "/stream": 1.0} == counts
+    spans = {s.span_id: s for s in cap.spans()}.values()  # in the order they ended
+    assert ["GET /a", "GET /a", "GET /stream"] == sorted(s.name for s in spans)
+    (streamed_span,) = (s for s in spans if s.name == "GET /stream")
+    assert [streamed_span.trace_id] == [t.to_bytes(16, "big") for t in seen]
+
+
+def test_a_body_closed_before_its_end_is_closed_once(cap: Capture) -> None:
+    """The server's ``close()`` closes the body; the chunk generator, freed after it, does not
+    close it again (Flask's ``call_on_close`` callbacks would run twice)."""
+    import gc
+
+    from obskit.testing import samples
+
+    app = Flask(__name__)
+    Obskit(app)
+    closed: list[str] = []
+
+    @app.get("/stream")
+    def stream() -> Any:
+        response = app.response_class(iter(["a", "b", "c"]))
+        response.call_on_close(lambda: closed.append("closed"))
+        return response
+
+    response = app.test_client().get("/stream")  # the test client reads the first chunk
+    response.close()
+    del response
+    gc.collect()
+    assert ["closed"] == closed
+    assert [1.0] == [
+        v for labels, v in samples("http_requests_total") if labels["route"] == "/stream"
+    ]
