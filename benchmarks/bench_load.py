@@ -170,6 +170,10 @@ def _gc(base: str) -> list[int]:
 _LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _TOTAL = re.compile(r"(\d+) requests in")
+#: wrk's lines for answers that were not 2xx/3xx, and for connections that failed. A server
+#: that closes after each answer (gunicorn's sync worker) makes no read errors: wrk reconnects.
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
 #: CPUs for the server and for the load side (wrk and the OTLP receiver in this process), when
@@ -205,6 +209,11 @@ def _wrk(url: str, connections: int, duration: int) -> dict[str, float]:
         check=True,
         preexec_fn=_pinned("load"),
     ).stdout
+    # A failed request must not count as served: wrk counts it in its rate and latencies.
+    failed = _NON_2XX.search(out)
+    errors = _SOCKET_ERRORS.search(out)
+    if failed is not None or (errors is not None and any(int(n) for n in errors.groups())):
+        raise RuntimeError(f"wrk against {url}: requests failed\n{out}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     lat = {p: float(v) * scale[u] for p, v, u in _LAT.findall(out)}
     rps = float(_RPS.search(out).group(1))  # type: ignore[union-attr]

@@ -98,6 +98,7 @@ static long long one(server_t *s) {
     size_t head = (size_t)(end - buf) + 4;
     *end = 0; /* headers as a C string for the searches below */
     char *cl = strcasestr(buf, "\r\ncontent-length:");
+    int chunked = strcasestr(buf, "\r\ntransfer-encoding: chunked") != NULL;
     int close_after = strcasestr(buf, "\r\nconnection: close") != NULL;
     if (strncmp(buf, "HTTP/1.1 200", 12) != 0) {
         fprintf(stderr, "unexpected response: %.80s\n", buf);
@@ -111,18 +112,48 @@ static long long one(server_t *s) {
             if (n <= 0) die("recv (body)");
             body += (size_t)n;
         }
+    } else if (chunked) {
+        /* gunicorn answers a body of no length (Django's JsonResponse without
+         * CommonMiddleware) in chunks, then closes: the response ends at the last chunk, as
+         * wrk reads it; what the server does before it closes is not the request's latency.
+         * The end is the last-chunk line after a chunk's CRLF (or first): no trailers, and no
+         * body that itself ends in that sequence at a read's end, which holds for these apps. */
+        static const char last[] = "\r\n0\r\n\r\n";
+        char tail[sizeof last] = "\r\n"; /* the headers' end stands for a chunk's CRLF */
+        size_t kept = 2;
+        char *body = buf + head;
+        size_t length = got - head;
+        for (;;) {
+            for (size_t i = 0; i < length; i++) {
+                if (kept == sizeof last - 1) {
+                    memmove(tail, tail + 1, kept - 1);
+                    kept--;
+                }
+                tail[kept++] = body[i];
+            }
+            if (kept == sizeof last - 1 && memcmp(tail, last, kept) == 0) break;
+            ssize_t n = recv(s->fd, buf, BUF, 0);
+            if (n <= 0) die("recv (chunked body)");
+            body = buf;
+            length = (size_t)n;
+        }
     } else if (close_after) {
-        /* No length (Django's JsonResponse without CommonMiddleware): the body ends at EOF. */
+        /* No length and not chunked: the body ends at EOF. */
         ssize_t n;
         while ((n = recv(s->fd, buf, BUF, 0)) > 0) {
         }
         if (n < 0) die("recv (body to EOF)");
     } else {
-        fprintf(stderr, "neither content-length nor connection: close: %.80s\n", buf);
+        fprintf(stderr, "no content-length, chunks or connection: close: %.80s\n", buf);
         exit(2);
     }
     long long elapsed = now_ns() - start;
     if (close_after) {
+        if (chunked) { /* read to the server's close, untimed, before the next request */
+            ssize_t n;
+            while ((n = recv(s->fd, buf, BUF, 0)) > 0) {
+            }
+        }
         close(s->fd);
         s->fd = -1;
     }
