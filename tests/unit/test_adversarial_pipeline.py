@@ -420,7 +420,9 @@ def test_the_queue_is_bounded_in_bytes_and_what_it_kept_is_exported_at_shutdown(
     obskit.configure(
         service_name="adv",
         traces_file=str(path),
-        bsp_schedule_delay=30.0,  # nothing leaves the queue before shutdown
+        # No export on the timer: one only when half the bytes are queued, by the export
+        # thread, which may or may not get the GIL during the loop below (host-dependent).
+        bsp_schedule_delay=30.0,
         bsp_max_queue_bytes=20_000,
     )
     tracer = trace.get_tracer("adv")
@@ -433,10 +435,13 @@ def test_the_queue_is_bounded_in_bytes_and_what_it_kept_is_exported_at_shutdown(
     assert runtime.processor is not None
     queued = runtime.processor.queued()
     assert 0 < queued <= 20  # more than 1000 bytes each
-    assert 100 - queued == sample("obskit_spans_dropped_total", reason="queue_full")
+    dropped = sample("obskit_spans_dropped_total", reason="queue_full")
+    assert dropped > 0  # 100 KB into 20 KB: an export thread that got the GIL cannot keep up
     assert 1 == sum("dropping spans (queue_full)" in r.getMessage() for r in caplog.records)
     assert True is obskit.shutdown(timeout=2.0)
-    assert queued == len(path.read_text().splitlines())
+    written = len(path.read_text().splitlines())
+    assert queued <= written  # what was queued is exported at shutdown
+    assert 100 == dropped + written  # every span written or counted, none lost silently
 
 
 # -- answers of the collector ------------------------------------------------------------------
