@@ -46,6 +46,7 @@ from typing import Any
 
 import wrapt
 
+from obskit import _selfmetrics
 from obskit.metrics.use import DEFAULT_TIMEOUTS, UseTracker, tracked_names, use
 
 __all__ = [
@@ -63,6 +64,10 @@ _MARK = "_obskit_use_tracker"
 # slot; the nested call must not count a second waiter. A ContextVar rather than a thread-local:
 # SQLAlchemy's asyncio pools run callers as greenlets on one thread, each with its own context.
 _in_do_get: contextvars.ContextVar[bool] = contextvars.ContextVar("obskit_in_do_get", default=False)
+#: Whether the checkout under way had its failure counted by its wait (``_do_get``) already.
+_wait_failed: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "obskit_wait_failed", default=False
+)
 
 
 def _existing(obj: Any) -> UseTracker | None:
@@ -99,7 +104,8 @@ def _sqlalchemy_capacity(pool: Any) -> float | None:
 
 
 def _wrap_do_get(pool: Any, tracker: UseTracker) -> None:
-    """Count waiters and time the wait inside this pool object's ``_do_get``.
+    """Count waiters and time the wait inside this pool object's ``_do_get``, and the failures
+    of its ``connect`` that happen after the wait.
 
     ``Pool._do_get`` is where a checkout blocks: QueuePool waits there on its queue (up to
     ``pool_timeout``, then raises ``sqlalchemy.exc.TimeoutError``) or opens a new connection when
@@ -117,10 +123,33 @@ def _wrap_do_get(pool: Any, tracker: UseTracker) -> None:
         try:
             with tracker.waiting():
                 return wrapped(*args, **kwargs)
+        except BaseException:
+            _wait_failed.set(True)  # counted by the wait: not again by connect() below
+            raise
         finally:
             _in_do_get.reset(token)
 
+    def connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        # A pool that holds connections hands one out from _do_get; reconnecting it (after an
+        # invalidation, or a failed pre-ping) happens after, here: a database that went down
+        # under a warm pool fails every checkout outside the wait.
+        token = _wait_failed.set(False)
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if not _wait_failed.get():
+                try:
+                    reason = tracker.classify(exc)
+                    if reason is not None:
+                        tracker.error(reason)
+                except Exception as internal:  # never in place of the application's exception
+                    _selfmetrics.internal_error("use", internal)
+            raise
+        finally:
+            _wait_failed.reset(token)
+
     wrapt.wrap_function_wrapper(pool, "_do_get", do_get)
+    wrapt.wrap_function_wrapper(pool, "connect", connect)
     pool._obskit_do_get_wrapped = True
 
 

@@ -12,6 +12,7 @@ growing) appear *before* the first request fails, and that the failures are then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -263,3 +264,93 @@ def test_async_psycopg_pool_is_counted() -> None:
             await pool.close()
 
     assert (1.0, 0.0) == asyncio.run(main())
+
+
+class _CuttableProxy:
+    """A TCP proxy to PostgreSQL on loopback whose ``cut()`` closes it and every connection
+    through it: the database going away under a pool that holds connections."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = port
+        self.sockets: list[Any] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                return
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):  # wakes the accept() under way (close() alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+
+# A bug a review found, since fixed (2026-11-25): a failure to get a connection was counted
+# only when _do_get opened a new one; a pool that holds connections hands one out from _do_get
+# and reconnects it after (an invalidated connection, a failed pre-ping), so a database that
+# went down under a warm pool -- the outage of docs/use.md's "database down" -- counted nothing
+@pytest.mark.parametrize("pre_ping", [False, True])
+def test_a_database_gone_under_a_warm_pool_counts_each_failed_checkout(pre_ping: bool) -> None:
+    require_postgres()
+    import sqlalchemy as sa
+
+    proxy = _CuttableProxy(sa.make_url(URL).port or 5432)
+    url = sa.make_url(URL).set(host="127.0.0.1", port=proxy.port)
+    engine = sa.create_engine(
+        url, pool_size=2, max_overflow=0, pool_timeout=1.0, pool_pre_ping=pre_ping,
+        connect_args={"connect_timeout": 2},
+    )  # fmt: skip
+    name = f"gone-db-{pre_ping}"
+    try:
+        instrument_sqlalchemy_pool(engine, name=name)
+        with engine.connect() as one, engine.connect() as two:  # the pool holds two now
+            one.exec_driver_sql("SELECT 1")
+            two.exec_driver_sql("SELECT 1")
+        proxy.cut()
+        failed_checkouts = 0
+        for _ in range(4):
+            try:
+                conn = engine.connect()
+            except sa.exc.OperationalError:
+                failed_checkouts += 1
+                continue
+            with conn, contextlib.suppress(sa.exc.OperationalError):
+                conn.exec_driver_sql("SELECT 1")  # a dead connection handed out: invalidated
+        assert failed_checkouts >= 3
+        assert failed_checkouts == scrape(name)["errors_failure"]
+        assert 0.0 == scrape(name)["in_use"]
+    finally:
+        proxy.cut()
+        engine.dispose()
