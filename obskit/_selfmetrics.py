@@ -26,9 +26,30 @@ logger = logging.getLogger("obskit")
 
 
 class SelfMetrics:
-    """The ``obskit_*`` instruments, registered in one registry."""
+    """The ``obskit_*`` instruments, registered in one registry -- all of them or none: made
+    first, registered after, so that one that cannot be made (a label-less counter's file, in a
+    multi-process directory removed under the app) leaves no half of them registered, whose
+    names every later attempt would then find taken."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        made = self._make()
+        if registry is None:
+            return
+        done: list[Any] = []
+        try:
+            for metric in made:
+                registry.register(metric)
+                done.append(metric)
+        except BaseException:
+            for metric in done:
+                try:
+                    registry.unregister(metric)
+                except Exception:
+                    pass
+            raise
+
+    def _make(self) -> list[Any]:
+        registry = None  # registered by __init__, all at once
         self.spans_exported = Counter(
             "obskit_spans_exported",
             "Spans successfully exported.",
@@ -90,17 +111,70 @@ class SelfMetrics:
             ["reason"],
             registry=registry,
         )
+        return [
+            self.spans_exported,
+            self.spans_dropped,
+            self.export_failures,
+            self.traces_kept,
+            self.internal_errors,
+            self.cardinality_overflow,
+            self.cardinality_series,
+            self.cardinality_limit,
+            self.propagation_invalid,
+            self.dropped_logs,
+        ]
+
+
+class _Nothing:
+    """A self-metric that records nothing: what :func:`current` hands out when obskit's own
+    metrics cannot be made."""
+
+    def labels(self, *args: Any, **kwargs: Any) -> _Nothing:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+class _NoSelfMetrics:
+    """Every self-metric of :class:`SelfMetrics`, recording nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _NOTHING
+
+
+_NOTHING = _Nothing()
 
 
 def current() -> SelfMetrics:
-    """The self-metrics of the current registry, created on first use."""
+    """The self-metrics of the current registry, created on first use. Where they cannot be
+    made (a multi-process directory removed under the app), instruments that record nothing,
+    with one warning: obskit's own bookkeeping must not fail the application's calls."""
     metrics = _state.self_metrics
-    if metrics is None:
-        with _state.self_metrics_lock:
-            if _state.self_metrics is None:
-                _state.self_metrics = SelfMetrics(_state.registry)
-            metrics = _state.self_metrics
-    return metrics
+    if metrics is not None:
+        return metrics
+    with _state.self_metrics_lock:
+        found = _state.self_metrics
+        if found is None:
+            found = _state.self_metrics = _made()
+        return found
+
+
+def _made() -> SelfMetrics:
+    try:
+        return SelfMetrics(_state.registry)
+    except Exception as exc:
+        warn_once(
+            "self_metrics",
+            "obskit: its own obskit_* metrics could not be made (%s: %s); they are not recorded "
+            "in this process",
+            type(exc).__name__,
+            exc,
+        )
+        return _NoSelfMetrics()  # type: ignore[return-value]
 
 
 def warn_once(key: str, message: str, *args: Any) -> None:
@@ -120,16 +194,16 @@ def internal_error(component: str, exc: BaseException) -> None:
         raise exc
     try:
         current().internal_errors.labels(component).inc()
-        warn_once(
-            f"internal:{component}",
-            "obskit: %s failed (%s: %s); the application is unaffected, further errors are "
-            "counted in obskit_internal_errors_total",
-            component,
-            type(exc).__name__,
-            exc,
-        )
-    except Exception:  # pragma: no cover - the counter itself cannot fail in practice
+    except Exception:  # its child's file, in a multi-process directory removed: still warned
         pass
+    warn_once(
+        f"internal:{component}",
+        "obskit: %s failed (%s: %s); the application is unaffected, further errors are "
+        "counted in obskit_internal_errors_total",
+        component,
+        type(exc).__name__,
+        exc,
+    )
 
 
 def spans_dropped(reason: str, count: int = 1) -> None:

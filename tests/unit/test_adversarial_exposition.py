@@ -729,6 +729,55 @@ def test_requests_keep_being_counted_after_the_directory_is_removed(
     assert 4.0 == removed_directory["requests"]
 
 
+_REMOVED_FIRST = """
+import json, logging, shutil, sys
+import obskit
+
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("obskit").addHandler(Keep())
+
+directory = sys.argv[1]
+obskit.configure(traces_exporter="none", runtime_metrics=False, multiproc_dir=directory)
+shutil.rmtree(directory)  # before any metric, obskit's own included, was made
+out = {}
+for name in ("adv_first", "adv_second"):
+    try:
+        obskit.counter(name, "First.", ["k"])
+        out[name] = "ok"
+    except Exception as exc:
+        out[name] = f"raised {type(exc).__name__}"
+
+@obskit.red
+def charge():
+    return "ch_1"
+
+try:
+    out["red"] = [charge(), charge()]
+except Exception as exc:
+    out["red"] = f"raised {type(exc).__name__}"
+out["warnings"] = [w for w in warnings if "obskit_* metrics could not be made" in w]
+print(json.dumps(out))
+"""
+
+
+# A bug a review found, since fixed (2026-11-25): obskit/_selfmetrics.py SelfMetrics registered
+# its counters one by one and failed at the first label-less one (its file cannot be made in a
+# directory that is gone): the FileNotFoundError reached the application's first metric
+# declaration, and every later one raised DuplicateTimeseries for the half left registered,
+# with no warning
+def test_a_directory_removed_before_the_first_metric_raises_nothing_and_warns_once(
+    tmp_path: Path,
+) -> None:
+    out = json.loads(_python(_REMOVED_FIRST, str(tmp_path / "multiproc")).splitlines()[-1])
+    assert {"adv_first": "ok", "adv_second": "ok", "red": ["ch_1", "ch_1"]} == {
+        k: out[k] for k in ("adv_first", "adv_second", "red")
+    }
+    assert 1 == len(out["warnings"])
+
+
 # A bug this test found, since fixed: obskit/metrics/cardinality.py Guard._admit: make_child
 # (prometheus_client opening its file for a gauge mode this worker had not used) raises
 # FileNotFoundError into the app's labels() call; only the shared-limit file's failure is caught
