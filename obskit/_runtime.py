@@ -558,7 +558,34 @@ def _register_atexit() -> None:
     global _atexit_registered
     if not _atexit_registered:
         atexit.register(_at_exit)
+        import wrapt
+
+        wrapt.when_imported("uvicorn.server")(_flush_after_uvicorn_shutdown)
         _atexit_registered = True
+
+
+def _flush_after_uvicorn_shutdown(module: Any) -> None:
+    """Export what is queued when uvicorn's graceful shutdown is over.
+
+    uvicorn re-raises SIGTERM once it has shut down (the exit status a supervisor expects), so
+    the process ends by the signal and no ``atexit`` handler runs. obskit's ASGI middleware
+    flushes when the app's lifespan shutdown completes, but an app without lifespan support
+    -- Django's ``ASGIHandler`` -- never gets there: every rolling deploy would lose the last
+    second of spans. ``Server.shutdown`` is where uvicorn (0.13 to today) ends the graceful
+    part, whatever the app.
+    """
+    import wrapt
+
+    async def shutdown(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            flush_at_shutdown()  # bounded by the shutdown_timeout option; never raises
+
+    try:
+        wrapt.wrap_function_wrapper(module, "Server.shutdown", shutdown)
+    except Exception as exc:  # a uvicorn without it: atexit and the lifespan hook remain
+        _selfmetrics.internal_error("uvicorn_shutdown_hook", exc)
 
 
 def _at_exit() -> None:

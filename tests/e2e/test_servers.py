@@ -60,7 +60,9 @@ def command(framework: str, port: int, workers: int = 1) -> list[str]:
         return _gunicorn("flask_service:app", port, workers)
     if framework == "django":
         return _gunicorn("django_service.wsgi:application", port, workers)
-    assert "fastapi" == framework
+    # Django under uvicorn: its ASGIHandler has no lifespan support.
+    app = "django_service.asgi:application" if framework == "django_asgi" else "fastapi_service:app"
+    assert framework in ("fastapi", "django_asgi")
     return [
         sys.executable,
         "-m",
@@ -73,7 +75,7 @@ def command(framework: str, port: int, workers: int = 1) -> list[str]:
         str(SERVICES_DIR),
         "--timeout-graceful-shutdown",
         "5",
-        "fastapi_service:app",
+        app,
     ]
 
 
@@ -202,12 +204,14 @@ def only(spans: list[dict[str, Any]], what: str) -> dict[str, Any]:
     return spans[0]
 
 
-@pytest.mark.parametrize("framework", ["fastapi", "flask", "django"])
+@pytest.mark.parametrize("framework", ["fastapi", "flask", "django", "django_asgi"])
 def test_sigterm_exports_the_spans_still_queued(tmp_path: Path, framework: str) -> None:
     """A span still waiting for its batch when the server gets SIGTERM (a Kubernetes pod
     ending) is exported before the process exits. uvicorn re-raises SIGTERM after its graceful
-    shutdown, so no ``atexit`` handler runs there: the ASGI middleware flushes when the app's
-    lifespan shutdown completes. gunicorn's worker exits normally and ``atexit`` flushes."""
+    shutdown, so no ``atexit`` handler runs there: obskit flushes when uvicorn's shutdown is
+    over, for an app without lifespan support (Django's ASGIHandler) too -- a bug a review
+    found on 2026-11-25: only the ASGI middleware's lifespan hook flushed. gunicorn's worker
+    exits normally and ``atexit`` flushes."""
     # A batch delay far longer than the test: only the shutdown flush can write the span.
     with running(tmp_path, framework, f"drain-{framework}", OTEL_BSP_SCHEDULE_DELAY="600000") as s:
         wait_ready(s)

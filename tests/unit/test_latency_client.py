@@ -74,10 +74,10 @@ def _serve(listener: socket.socket, style: str, served: list[int]) -> None:
             if not request:
                 break
             assert request.startswith(b"GET /items/1 HTTP/1.1\r\n")
+            served.append(1)  # before the answer: the client may be gone once it has it all
             for piece in _response(style):
                 conn.sendall(piece)
                 time.sleep(0.001)
-            served.append(1)
             answered += 1
             if style == "idle-close" and answered == 3:
                 break  # closed unannounced, before the next request arrives
