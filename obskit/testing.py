@@ -42,12 +42,20 @@ def reset() -> None:
 
 
 def get_sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:
-    """The current value of one sample in obskit's registry (prometheus_client's helper)."""
+    """The current value of one sample in obskit's registry (prometheus_client's helper), as a
+    scrape would read it now (the series of resources freed since are gone)."""
+    from obskit.metrics.exposition import before_collection
+
+    before_collection()
     return _state.registry.get_sample_value(name, labels or {})
 
 
 def samples(name: str) -> list[tuple[dict[str, str], float]]:
-    """Every ``(labels, value)`` of the sample ``name`` in obskit's registry (all its series)."""
+    """Every ``(labels, value)`` of the sample ``name`` in obskit's registry (all its series),
+    as a scrape would read them now."""
+    from obskit.metrics.exposition import before_collection
+
+    before_collection()
     return [
         (dict(sample.labels), sample.value)
         for family in _state.registry.collect()

@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import gc
 import math
 import os
 import sys
@@ -876,16 +877,26 @@ def use(
     """
     close_gone()
     tracker = UseTracker(name, capacity, kind=kind, timeouts=timeouts, errors=errors)
-    with _state.lock:
-        existing = _trackers.get(name)
-        if existing is not None:
-            if existing._settings != tracker._settings:
+    collected = False
+    while True:
+        with _state.lock:
+            existing = _trackers.get(name)
+            if existing is None:
+                _trackers[name] = tracker
+                break
+            if existing._settings == tracker._settings:
+                return existing
+            if collected or existing._holders <= 0:
                 raise ValueError(
                     f"resource {name!r} is already tracked (capacity={existing._settings[0]}, "
                     f"kind={existing.kind!r}); give this one another name"
                 )
-            return existing
-        _trackers[name] = tracker
+        # The name's resource may be dropped but not freed yet: a SQLAlchemy engine sits in
+        # reference cycles, which only a full collection frees -- an engine replaced with a new
+        # pool size, on a configuration reload, would be refused until then. Once, on a clash.
+        gc.collect()
+        close_gone()
+        collected = True
     if _state.runtime is not None:
         # Configured already: show the capacity before the first use. Before configure(), wait
         # for the first use, so metrics land in the registry configure() chose (multi-process).

@@ -900,6 +900,26 @@ def test_a_freed_sqlalchemy_engine_takes_its_series_and_name_with_it() -> None:
     third.dispose()
 
 
+# A bug a review found, since fixed (2026-11-25): an engine dropped for a new one under the same
+# name with another pool size (a configuration reload) kept its name until a full garbage
+# collection freed it -- SQLAlchemy engines sit in reference cycles -- so instrumenting the new
+# one raised ValueError ("already tracked") into the application
+def test_an_engine_replaced_under_its_name_with_a_new_pool_size_is_tracked() -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(URL, pool_size=2, max_overflow=0)  # lazy: no connection made
+    instrument_sqlalchemy_pool(engine, name="adv-reloaded")
+    gc.collect()  # long-lived: in the oldest generation, as after hours of running
+    engine.dispose()
+    assert any(o is engine for o in gc.get_objects(generation=2))
+    engine = sa.create_engine(URL, pool_size=5, max_overflow=0)  # the old one dropped
+    try:
+        assert 5.0 == instrument_sqlalchemy_pool(engine, name="adv-reloaded").capacity
+        assert 5.0 == value("resource_capacity", "adv-reloaded")
+    finally:
+        engine.dispose()
+
+
 def test_a_freed_psycopg_pool_takes_its_series_with_it_and_a_closed_one_counts_to_the_end() -> None:
     require_postgres()
     import psycopg_pool
