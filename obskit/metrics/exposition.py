@@ -147,8 +147,24 @@ class _MultiProcess(Collector):
                 except FileNotFoundError:
                     continue  # removed since the listing (an ended worker's live gauge): no error
                 except Exception as exc:
-                    _selfmetrics.internal_error("multiprocess_read", exc)
+                    if not _being_made(path):
+                        _selfmetrics.internal_error("multiprocess_read", exc)
             return merge(readable, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+_OWNER = re.compile(r"_(\d+)\.db$")
+
+
+def _being_made(path: str) -> bool:
+    """Whether ``path`` is an empty file of a running process: prometheus_client creates a
+    value file empty and sizes it a moment later, and a scrape in between (a worker starting,
+    after a HUP) is not an error to count and warn about. An empty file whose process is gone
+    (killed while making it) is."""
+    found = _OWNER.search(path)
+    try:
+        return found is not None and os.path.getsize(path) == 0 and _running(int(found.group(1)))
+    except OSError:
+        return False
 
 
 def _regular(path: str) -> bool:

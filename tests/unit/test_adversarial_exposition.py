@@ -575,6 +575,23 @@ def test_one_broken_file_does_not_fail_the_scrape(
     assert _internal_errors() > 0
 
 
+# A false alert a review saw, since fixed (2026-11-25): a scrape during a gunicorn HUP read a new
+# worker's value file in the moment prometheus_client had created it empty and not yet sized
+# it, and counted and warned about an internal error (multiprocess_read), as for a worker
+# killed while making it. An empty file of a running process is left out quietly.
+def test_an_empty_file_of_a_running_worker_is_left_out_uncounted(
+    tmp_path: Path, worker_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (healthy,) = _dead_pids(1)
+    directory = _directory(tmp_path, worker_files, [healthy])
+    (directory / f"counter_{os.getpid()}.db").write_bytes(b"")  # this process: running
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    _state.raise_internal_errors = False
+    before = _internal_errors()
+    assert {(("route", "/a"),): 3.0} == _requests_of(render(None)[0])
+    assert before == _internal_errors()
+
+
 # A bug this test found, since fixed: obskit/metrics/exposition.py _collector: prometheus_client
 # opens every *.db path and a directory of that name raises IsADirectoryError out of render()
 def test_a_directory_named_like_a_db_file_does_not_fail_the_scrape(
