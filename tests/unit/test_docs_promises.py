@@ -872,18 +872,19 @@ def test_use_options_reasons_and_capacity() -> None:
         )
 
 
-def _unknown_capacity_tracker(kind: str) -> str:
-    """A resource whose capacity is unknown, one unit in use; its resource label."""
+def _unknown_capacity_tracker(kind: str) -> tuple[str, Any]:
+    """A resource whose capacity is unknown, one unit in use; its resource label, and the
+    resource (kept by the caller: a freed one's series go at the next read)."""
     if kind == "use":
         tracker = use("docs-unbounded")
         tracker.acquired()
-        return tracker.name
+        return tracker.name, tracker
 
-    async def unbounded_queue() -> str:
+    async def unbounded_queue() -> tuple[str, Any]:
         queue: asyncio.Queue[int] = asyncio.Queue()
         tracker = obskit.instrument_asyncio_queue(queue, name="docs-queue")
         await queue.put(1)
-        return tracker.name
+        return tracker.name, queue
 
     return asyncio.run(unbounded_queue())
 
@@ -895,7 +896,7 @@ def test_an_unknown_capacity_reads_0_with_its_ratio(kind: str) -> None:
     """use.md "Metrics" (`resource_capacity` and `resource_utilization_ratio`: 0 when the
     capacity is unknown) and "asyncio.Queue" (an unbounded queue: capacity and ratio read 0)."""
     obskit.configure(traces_exporter="none")
-    name = _unknown_capacity_tracker(kind)
+    name, _kept = _unknown_capacity_tracker(kind)
     assert 1.0 == get_sample_value("resource_in_use", {"resource": name})
     assert (0.0, 0.0) == (
         get_sample_value("resource_capacity", {"resource": name}),
