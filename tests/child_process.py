@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +23,18 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
+
+
+def run_python(script: str, timeout: float = 60.0) -> str:
+    """Run ``script`` in a fresh interpreter (:func:`child_env`); its output. Fails the test,
+    with the end of its stderr, if it did not exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr[-2000:]
+    return done.stdout

@@ -16,8 +16,6 @@ import re
 import shutil
 import socket
 import socketserver
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +40,7 @@ from urllib3.util.retry import Retry
 import obskit
 from obskit import _state, testing
 from obskit.testing import Capture, capture, get_sample_value
-from tests.child_process import child_env
+from tests.child_process import run_python
 from tests.loopback import LoopbackServer, QuietHandler, free_port
 from tests.otlp_receiver import attributes
 
@@ -968,15 +966,7 @@ environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"
            "HTTP_TRACEPARENT": "00-{T}-{P}-01", "HTTP_TRACESTATE": "congo=t61rcWkgMzE"}}
 list(ObskitMiddleware(app)(environ, lambda *args: None))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=False,
-    )
-    assert 0 == done.returncode, done.stderr[-2000:]
+    run_python(script)
     assert [
         ("/requests", [f"00-{T}-{P}-01"], ["congo=t61rcWkgMzE"]),
         ("/httpx", [f"00-{T}-{P}-01"], ["congo=t61rcWkgMzE"]),

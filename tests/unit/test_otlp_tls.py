@@ -10,7 +10,6 @@ import logging
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import obskit
 from obskit.config import ConfigError
 from obskit.testing import get_sample_value
-from tests.child_process import child_env
+from tests.child_process import run_python
 from tests.otlp_receiver import OtlpGrpcReceiver
 
 
@@ -273,16 +272,7 @@ for exporters in ({{}}, {{"traces_exporter": "none", "metrics_exporter": "otlp"}
     except ConfigError as exc:
         print("refused:", exc.option)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=False,
-    )
-    assert 0 == done.returncode, done.stderr[-2000:]
-    assert ["refused: otlp_client_key"] * 2 == done.stdout.splitlines()
+    assert ["refused: otlp_client_key"] * 2 == run_python(script).splitlines()
 
 
 def _encrypted_key(pki: Path) -> Path:
