@@ -373,7 +373,7 @@ def _configure(config: Config, sink: SpanSink | None = None) -> Config:
             from obskit.logging import retire_handler
 
             retire_handler(old.json_handler)
-        _register_atexit()
+        _register_exit_hooks()
         if runtime.meter_provider is not None or runtime.logger_provider is not None:
             _standby.start()
     try:
@@ -554,7 +554,7 @@ def _summary(config: Config) -> None:
     )
 
 
-def _register_atexit() -> None:
+def _register_exit_hooks() -> None:
     global _atexit_registered
     if not _atexit_registered:
         atexit.register(_at_exit)

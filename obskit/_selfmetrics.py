@@ -31,10 +31,8 @@ class SelfMetrics:
     multi-process directory removed under the app) leaves no half of them registered, whose
     names every later attempt would then find taken."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         made = self._make()
-        if registry is None:
-            return
         done: list[Any] = []
         try:
             for metric in made:

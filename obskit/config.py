@@ -965,12 +965,7 @@ def tls_context(
         ) from None
     if client_certificate:
         if not client_key and not _holds_a_key(client_certificate):
-            raise ConfigError(
-                "otlp_client_key",
-                None,
-                f"a key file: the client certificate {client_certificate} needs its private "
-                "key (otlp_client_key), or the key in the same file",
-            )
+            raise key_missing(client_certificate)
         try:
             context.load_cert_chain(client_certificate, client_key, password=_no_passphrase)
         except _EncryptedKey:
@@ -988,10 +983,28 @@ def tls_context(
     return context
 
 
+#: A PEM private key block (PKCS#8, RSA, EC, encrypted), in a file with the certificate chain.
+PEM_KEY = re.compile(
+    rb"-----BEGIN ((?:ENCRYPTED |RSA |EC |DSA )?PRIVATE KEY)-----.*?-----END \1-----\s*",
+    re.DOTALL,
+)
+
+
+def key_missing(client_certificate: str) -> ConfigError:
+    """The error for a client certificate given with no private key, in ``otlp_client_key``
+    or in its own file (gRPC's C core aborts the process on one; HTTP fails mid-configure)."""
+    return ConfigError(
+        "otlp_client_key",
+        None,
+        f"a key file: the client certificate {client_certificate} needs its private key "
+        "(otlp_client_key), or the key in the same file",
+    )
+
+
 def _holds_a_key(path: str) -> bool:
     try:
         with open(path, "rb") as file:
-            return b"PRIVATE KEY-----" in file.read()
+            return PEM_KEY.search(file.read()) is not None
     except OSError:
         return True  # load_cert_chain says why it cannot be read
 

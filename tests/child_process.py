@@ -25,14 +25,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(script: str, timeout: float = 60.0) -> str:
-    """Run ``script`` in a fresh interpreter (:func:`child_env`); its output. Fails the test,
-    with the end of its stderr, if it did not exit 0."""
+def run_python(script: str, timeout: float = 60.0, cwd: Path | None = None) -> str:
+    """Run ``script`` in a fresh interpreter (:func:`child_env`, in ``cwd``); its output. Fails
+    the test, with the end of its stderr, if it did not exit 0."""
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
         env=child_env(),
         check=False,
     )

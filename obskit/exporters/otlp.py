@@ -16,7 +16,6 @@ import email.utils
 import gzip
 import http.client
 import random
-import re
 import socket
 import ssl
 import threading
@@ -31,11 +30,6 @@ from obskit._version import __version__
 __all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls", "deadline_session"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
-#: A PEM private key block (PKCS#8, RSA, EC, encrypted), in a file with the certificate chain.
-_PEM_KEY = re.compile(
-    rb"-----BEGIN ((?:ENCRYPTED |RSA |EC |DSA )?PRIVATE KEY)-----.*?-----END \1-----\s*",
-    re.DOTALL,
-)
 _USER_AGENT = f"obskit/{__version__}"
 
 
@@ -439,17 +433,11 @@ class Tls:
             # One file with the certificate and its key, as requests and the ssl module take
             # it: gRPC wants them apart, and aborts the whole process (not an exception) on a
             # certificate without its key.
-            found = _PEM_KEY.search(chain)
-            if found is None:
-                from obskit.config import ConfigError
+            from obskit.config import PEM_KEY, key_missing
 
-                raise ConfigError(
-                    "otlp_client_key",
-                    None,
-                    "a key file: over gRPC the client certificate "
-                    f"{self.client_certificate} needs its private key (otlp_client_key), "
-                    "or the key in the same file",
-                )
+            found = PEM_KEY.search(chain)
+            if found is None:
+                raise key_missing(str(self.client_certificate))
             key = found.group(0)
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.certificate),

@@ -103,7 +103,7 @@ def _sqlalchemy_capacity(pool: Any) -> float | None:
     return None  # NullPool (no pooling), SingletonThreadPool (one per thread): no fixed bound
 
 
-def _wrap_do_get(pool: Any, tracker: UseTracker) -> None:
+def _wrap_pool(pool: Any, tracker: UseTracker) -> None:
     """Count waiters and time the wait inside this pool object's ``_do_get``, and the failures
     of its ``connect`` that happen after the wait.
 
@@ -161,7 +161,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
     checkout handler -- cannot push the count below the truth); capacity is
     ``pool_size + max_overflow`` for a ``QueuePool`` (unknown when ``max_overflow=-1``); waiters
     and ``resource_wait_seconds`` are measured around the pool's ``_do_get`` (see
-    :func:`_wrap_do_get`), so the wait includes opening a new connection when the pool grows;
+    :func:`_wrap_pool`), so the wait includes opening a new connection when the pool grows;
     ``sqlalchemy.exc.TimeoutError`` counts ``reason="timeout"``, any other failure to get a
     connection (database down) ``reason="failure"``.
 
@@ -222,7 +222,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
     def on_disposed(engine: Any) -> None:
         # Engine.dispose() replaced the pool: events carry over (recreate() copies the dispatch),
         # the instance wrapper and the mark do not.
-        _wrap_do_get(engine.pool, tracker)
+        _wrap_pool(engine.pool, tracker)
         setattr(engine.pool, _MARK, tracker)
 
     # Appended after the application's own checkout listeners: a listener that raises
@@ -232,7 +232,7 @@ def instrument_sqlalchemy_pool(engine: Any, name: str | None = None) -> UseTrack
     event.listen(owner, "detach", on_checkin)  # a detached connection is never checked in
     if owner is not pool:
         event.listen(owner, "engine_disposed", on_disposed)
-    _wrap_do_get(pool, tracker)
+    _wrap_pool(pool, tracker)
     setattr(owner, _MARK, tracker)
     setattr(pool, _MARK, tracker)
     tracker._follow(owner)  # an engine gone (recreated): its series go too

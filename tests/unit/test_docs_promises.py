@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,7 @@ from obskit.metrics.use import use
 from obskit.testing import capture, get_sample_value, samples
 from obskit.tracing.sampling import build_sampler, find_adaptive
 from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
-from tests.child_process import child_env
+from tests.child_process import run_python
 from tests.loopback import QuietHandler, free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -511,17 +510,7 @@ obskit.configure(traces_exporter="none", service_name="again")
 print(trace.get_tracer_provider() is theirs, obskit.tracer_provider() is not theirs)
 print(sum("already set" in line for line in buffer.getvalue().splitlines()))
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=child_env(),
-        timeout=60,
-        check=False,
-    )
-    assert 0 == result.returncode, result.stderr
-    assert ["True True", "1"] == result.stdout.split("\n")[:2]
+    assert ["True True", "1"] == run_python(code, cwd=tmp_path).split("\n")[:2]
 
 
 class _Collector(QuietHandler):
