@@ -37,6 +37,11 @@ class ConfigError(ValueError):
         shown = _shown(option, value)
         super().__init__(f"obskit: invalid {option}={shown} (from {source}); allowed: {allowed}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields (an exception unpickles from ``args``, the message alone):
+        # one raised in a process pool's worker reaches the parent instead of breaking the pool.
+        return (type(self), (self.option, self.value, self.allowed, self.source))
+
 
 def _shown(option: str, value: object) -> str:
     """``value`` as a :class:`ConfigError` names it, without the secrets it may hold."""
@@ -250,6 +255,18 @@ class _Invalid(Exception):
         self.allowed = allowed
 
 
+class _Unrecognised(_Invalid):
+    """A value outside an enumeration obskit reads (``known``: the value made of the items of
+    a list it does know, else None). From an ``OTEL_*`` variable it is ignored with a warning,
+    as the OpenTelemetry specification requires of an unrecognised enum value: the variables are
+    shared with other OpenTelemetry software (``console`` or ``zipkin`` exporters,
+    ``http/json``, the ``xray`` sampler), which must not stop the service from starting."""
+
+    def __init__(self, allowed: str, known: str | None = None) -> None:
+        super().__init__(allowed)
+        self.known = known
+
+
 def _str(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise _Invalid("a non-empty string")
@@ -310,18 +327,34 @@ def _exporters(*allowed: str, both: str | None = None) -> Callable[[object], str
     """An OTEL_*_EXPORTER value: one of ``allowed``, or the spec's comma-separated list of them
     (``otlp,prometheus`` is ``both``; ``none`` in a list of others is ignored)."""
     one = _choice(*allowed)
+    described = "one of " + ", ".join(allowed) + (f" (or both, {both})" if both else "")
 
-    def parse(raw: object) -> str:
-        if not isinstance(raw, str) or "," not in raw:
-            return one(raw)
-        names = {one(item) for item in raw.split(",") if item.strip()}
+    def combined(names: set[str]) -> str | None:
         if len(names) > 1:
             names.discard("none")
         if len(names) == 1:
             return names.pop()
         if both is not None and names == set(both.split("+")):
             return both
-        raise _Invalid("one of " + ", ".join(allowed) + (f" (or both, {both})" if both else ""))
+        return None
+
+    def parse(raw: object) -> str:
+        if not isinstance(raw, str) or "," not in raw:
+            return one(raw)
+        names: set[str] = set()
+        unknown = False
+        for item in raw.split(","):
+            if item.strip():
+                try:
+                    names.add(one(item))
+                except _Unrecognised:
+                    unknown = True
+        value = combined(names)
+        if unknown:  # ``otlp,console``: the part obskit knows, should the variable's source allow
+            raise _Unrecognised(described, value)
+        if value is None:
+            raise _Invalid(described)
+        return value
 
     return parse
 
@@ -450,7 +483,7 @@ def _choice(*allowed: str) -> Callable[[object], str]:
     def parse(raw: object) -> str:
         value = raw.strip().lower() if isinstance(raw, str) else raw
         if value not in allowed:
-            raise _Invalid("one of " + ", ".join(allowed))
+            raise _Unrecognised("one of " + ", ".join(allowed))
         return value
 
     return parse
@@ -906,6 +939,13 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
             parse = _seconds  # milliseconds are the environment's unit; arguments are seconds
         try:
             values[spec.name] = parse(raw)
+        except _Unrecognised as exc:
+            if not source.startswith("env:OTEL_"):  # an argument, or obskit's own variable
+                raise ConfigError(spec.name, raw, exc.allowed, source) from None
+            _ignored(spec.name, raw, exc, source)
+            if exc.known is None:
+                continue
+            values[spec.name] = exc.known
         except _Invalid as exc:
             raise ConfigError(spec.name, raw, exc.allowed, source) from None
         sources[spec.name] = source
@@ -932,6 +972,7 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
 
     _check_sampler(values, sources)
     _check_span_batches(values, sources)
+    _check_metrics_port(values, sources)
     _check_tls(values, sources)
     if values.get("logs_exporter") == "otlp":
         _check_log_batches(env)
@@ -1061,6 +1102,40 @@ def _check_span_batches(values: dict[str, Any], sources: dict[str, str]) -> None
         batch,
         f"at most bsp_max_queue_size ({queue})",
         sources.get("bsp_max_export_batch_size", "argument"),
+    )
+
+
+def _ignored(option: str, raw: object, exc: _Unrecognised, source: str) -> None:
+    """Warn that an ``OTEL_*`` variable's value (or part of a list) is not one obskit reads."""
+    if exc.known is None:
+        what = "ignored: the option keeps its default"
+    else:
+        what = f"obskit uses {exc.known!r} of it"
+    logging.getLogger("obskit").warning(
+        "obskit: %s=%s is not a value obskit reads for %s (%s); %s",
+        source.removeprefix("env:"),
+        _shown(option, raw),
+        option,
+        exc.allowed,
+        what,
+    )
+
+
+def _check_metrics_port(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A metrics port with no ``prometheus`` in the metrics exporter is not served: said, since
+    the exporter can come from a variable set for other software (``opentelemetry-instrument``
+    sets ``OTEL_METRICS_EXPORTER=otlp`` when it is unset)."""
+    exporter = values.get("metrics_exporter", "prometheus")
+    if values.get("metrics_port") is None or "prometheus" in exporter:
+        return
+    logging.getLogger("obskit").warning(
+        "obskit: metrics_port=%s (from %s) is not served: metrics_exporter=%r (from %s) does not "
+        "include prometheus; set it to prometheus+otlp (OTEL_METRICS_EXPORTER=otlp,prometheus) "
+        "to both serve and push the metrics",
+        values["metrics_port"],
+        sources.get("metrics_port", "argument"),
+        exporter,
+        sources.get("metrics_exporter", "default"),
     )
 
 

@@ -75,7 +75,6 @@ def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
 @pytest.mark.parametrize(
     ("env", "option", "allowed"),
     [
-        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "sampler", "one of always_on"),
         (
             {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "-0.5"},
             "sampler_arg",
@@ -95,14 +94,14 @@ def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "otlp_endpoint", "http://"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector"}, "otlp_endpoint", "http://"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:99999"}, "otlp_endpoint", "valid port"),
-        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "otlp_protocol", "grpc, http/protobuf"),
         ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "otlp_timeout", "> 0"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "otlp_headers", "key=value"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "bsp_max_queue_size", "positive integer"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "bsp_max_queue_size", "positive integer"),
         ({"OBSKIT_METRICS_PORT": "70000"}, "metrics_port", "1-65535"),
-        ({"OTEL_METRICS_EXPORTER": "statsd"}, "metrics_exporter", "prometheus"),
         ({"OBSKIT_SLOW_THRESHOLD": "nan"}, "slow_threshold", "finite"),
+        # obskit's own variables are not shared with other software: a typo there is an error.
+        ({"OBSKIT_LOG_FORMAT": "gelf"}, "log_format", "one of otel, ecs"),
     ],
 )
 def test_bad_environment_value_fails_at_configure_with_a_clear_message(
@@ -120,6 +119,98 @@ def test_bad_environment_value_fails_at_configure_with_a_clear_message(
     shown = "'***'" if "headers" in option else repr(info.value.value)
     assert shown in message
     assert "env:" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "option", "value"),
+    [
+        # Values other OpenTelemetry software reads from the same variables (the SDK's console
+        # exporter, as opentelemetry-instrument may be told to use; zipkin; JSON over HTTP;
+        # X-Ray's and Jaeger's remote samplers): the spec says warn and ignore.
+        ({"OTEL_TRACES_EXPORTER": "console"}, "traces_exporter", "jsonl"),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "traces_exporter", "jsonl"),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "traces_exporter", "otlp"),
+        ({"OTEL_METRICS_EXPORTER": "statsd"}, "metrics_exporter", "prometheus"),
+        ({"OTEL_METRICS_EXPORTER": "console,prometheus"}, "metrics_exporter", "prometheus"),
+        (
+            {"OTEL_METRICS_EXPORTER": "otlp,console,prometheus"},
+            "metrics_exporter",
+            "prometheus+otlp",
+        ),
+        ({"OTEL_LOGS_EXPORTER": "console"}, "logs_exporter", "none"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "otlp_protocol", "http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "deflate"}, "otlp_compression", "none"),
+        ({"OTEL_TRACES_SAMPLER": "xray"}, "sampler", "parentbased_always_on"),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_jaeger_remote"}, "sampler", "parentbased_always_on"),
+    ],
+)
+def test_an_otel_enum_value_obskit_does_not_read_is_warned_and_ignored(
+    env: dict[str, str], option: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The OpenTelemetry specification: an unrecognised value of an enum variable MUST be warned
+    about and ignored. The variables are shared with the zero-code agent and the SDK, whose
+    values must not stop the service from starting; of a list, the known part is used."""
+    with caplog.at_level("WARNING", logger="obskit"):
+        config = load_config(env)
+    assert value == getattr(config, option)
+    ((name, raw),) = env.items()
+    warned = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert 1 == len(warned), warned
+    assert repr(raw) in warned[0]
+    assert option in warned[0]
+    if "," not in raw:  # nothing of it known: the option is as if the variable were unset
+        assert "ignored" in warned[0]
+        assert load_config({}).source_of(option) == config.source_of(option)
+    else:
+        assert f"obskit uses {value!r}" in warned[0]
+        assert f"env:{name}" == config.source_of(option)
+
+
+def test_an_unrecognised_enum_value_as_an_argument_still_raises() -> None:
+    """A keyword argument is the application's own: a typo there is an error, not a warning."""
+    with pytest.raises(ConfigError, match=r"traces_exporter='console' \(from argument\)"):
+        load_config({}, traces_exporter="console")
+    with pytest.raises(ConfigError, match=r"sampler='xray' \(from argument\)"):
+        load_config({}, sampler="xray")
+
+
+def test_a_metrics_port_the_exporter_does_not_serve_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """opentelemetry-instrument sets OTEL_METRICS_EXPORTER=otlp when it is unset: a metrics_port
+    given in the code is then not served, which must not go unsaid."""
+    with caplog.at_level("WARNING", logger="obskit"):
+        load_config({"OTEL_METRICS_EXPORTER": "otlp"}, metrics_port=19464)
+        load_config({"OTEL_METRICS_EXPORTER": "otlp,prometheus"}, metrics_port=19464)
+        load_config({}, metrics_port=19464)
+    warned = [r.getMessage() for r in caplog.records if "metrics_port" in r.getMessage()]
+    assert 1 == len(warned), warned
+    assert "metrics_port=19464 (from argument) is not served" in warned[0]
+    assert "env:OTEL_METRICS_EXPORTER" in warned[0]
+
+
+def _configure_in_worker() -> None:
+    load_config({}, sampler="sometimes")
+
+
+def test_config_error_crosses_a_process_pool() -> None:
+    """A ConfigError raised in a worker of a process pool reaches the caller as itself (it
+    used to fail to unpickle, which broke the pool)."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with (
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool,
+        pytest.raises(ConfigError) as info,
+    ):
+        pool.submit(_configure_in_worker).result(timeout=60)
+    assert ("sampler", "sometimes", "argument") == (
+        info.value.option,
+        info.value.value,
+        info.value.source,
+    )
+    assert "one of always_on" in info.value.allowed
 
 
 def test_bad_argument_names_the_argument() -> None:

@@ -280,10 +280,12 @@ def test_config_error_message_sources_and_frozen_config() -> None:
     page's example; sources are `argument`, `env:NAME`, `derived` and `default`; configure()
     returns the frozen Config."""
     with pytest.raises(ConfigError) as info:
-        load_config({"OTEL_TRACES_SAMPLER": "sometimes"})
-    assert str(info.value).startswith(
-        "obskit: invalid sampler='sometimes' (from env:OTEL_TRACES_SAMPLER); allowed: one of "
-        "always_on, "
+        load_config(
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}
+        )
+    assert str(info.value) == (
+        "obskit: invalid sampler_arg=1.5 (from env:OTEL_TRACES_SAMPLER_ARG); allowed: a ratio "
+        "between 0 and 1 for parentbased_traceidratio"
     )
     config = load_config({"OTEL_SERVICE_NAME": "env-name"}, service_version="1.0")
     assert ("env:OTEL_SERVICE_NAME", "argument", "derived", "default") == (
