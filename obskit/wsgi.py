@@ -56,12 +56,16 @@ class _Finishing:
         )
 
     def close(self) -> None:
+        request = self._request
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
                 close()
-        finally:
-            self._request.finish()
+        except BaseException as exc:
+            request.finish()  # ends the request as a close() that returned would
+            request.finish(None, exc)  # then only tags exc: the server's traceback line is ours
+            raise
+        request.finish()
 
     def __del__(self) -> None:
         if not self._request._finished:  # read or closed: nothing to do (the usual case)
@@ -100,8 +104,11 @@ def _finish_on_close(iterable: Any, request: Request, context: Context) -> bool:
         try:
             if close is not None:
                 close()
-        finally:
+        except BaseException as exc:
             request.finish()
+            request.finish(None, exc)  # only tags exc, as in _Finishing.close
+            raise
+        request.finish()
 
     try:
         iterable.close = finishing_close

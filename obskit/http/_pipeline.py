@@ -699,6 +699,10 @@ class Request:
         another task, where the context token is not valid).
         """
         if self._finished:
+            if exc is not None:
+                # Raised after the answer (a background task, a dependency's teardown, a WSGI
+                # body's close()): the server's traceback line still belongs to this request.
+                _tag(exc, self)
             if detach:
                 self.detach()
             return

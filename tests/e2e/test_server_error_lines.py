@@ -27,10 +27,12 @@ pytestmark = pytest.mark.e2e
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+#: A request whose exception comes after its answer (a background task, a body's close()).
+LATE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4737"
 
 ASGI_APP = """
 import obskit
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from obskit.fastapi import instrument
 
 obskit.configure(service_name="boom", logging=True)
@@ -39,6 +41,14 @@ app = FastAPI()
 @app.get("/boom/{n}")
 def boom(n: int) -> None:
     raise RuntimeError(f"boom {n}")
+
+def fail_later(n: int) -> None:
+    raise RuntimeError(f"late {n}")
+
+@app.get("/late/{n}")
+def late(n: int, tasks: BackgroundTasks) -> str:
+    tasks.add_task(fail_later, n)
+    return "ok"
 
 instrument(app)
 """
@@ -49,8 +59,22 @@ from obskit.wsgi import ObskitMiddleware
 
 obskit.configure(service_name="boom", logging=True)
 
+class Body:
+    def __init__(self, path):
+        self.path = path
+
+    def __iter__(self):
+        yield b"ok"
+
+    def close(self):
+        raise RuntimeError("late " + self.path)
+
 def plain(environ, start_response):
-    raise RuntimeError("boom " + environ["PATH_INFO"])
+    path = environ["PATH_INFO"]
+    if path.startswith("/late"):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body(path)
+    raise RuntimeError("boom " + path)
 
 app = ObskitMiddleware(plain)
 """
@@ -81,11 +105,12 @@ def error_lines(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, An
         try:
             status = _get(port, "/boom/7", {"traceparent": TRACEPARENT, "X-Request-ID": "req-7"})
             untraced = _get(port, "/boom/8", {})
+            late = _get(port, "/late/9", {"traceparent": f"00-{LATE_TRACE_ID}-00f067aa0ba902b7-01"})
         finally:
             server.terminate()
             server.wait(15)
     lines = [json.loads(line) for line in output.read_text().splitlines() if line.startswith("{")]
-    return name, (status, untraced, [line for line in lines if line.get("logger") == logger])
+    return name, (status, untraced, late, [line for line in lines if line.get("logger") == logger])
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> int:
@@ -104,11 +129,14 @@ def _get(port: int, path: str, headers: dict[str, str]) -> int:
 
 
 def test_the_servers_traceback_line_names_the_requests_trace(error_lines: tuple[str, Any]) -> None:
-    name, (status, untraced, lines) = error_lines
-    assert (500, 500) == (status, untraced)
+    name, (status, untraced, late, lines) = error_lines
+    assert (500, 500, 200) == (status, untraced, late)
     tracebacks = [line for line in lines if line.get("exception.type") == "RuntimeError"]
-    assert 2 == len(tracebacks), lines
-    first, second = tracebacks
+    assert 3 == len(tracebacks), lines
+    first, second, third = tracebacks
+    # An exception after the answer is the request's too (it had ended: its trace was dropped).
+    assert third["exception.message"].endswith("9")
+    assert LATE_TRACE_ID == third["trace_id"]
     assert "boom" in first["exception.message"]
     assert TRACE_ID == first["trace_id"]
     assert 16 == len(first["span_id"])
