@@ -307,22 +307,20 @@ def _ended(request: Request, status: int, scope: Scope) -> None:
     - A 5xx ends here too, before the response's background tasks run, with the exception it
       answers. Under FastAPI, its ExceptionTelemetryMiddleware, just inside
       ServerErrorMiddleware, has put that exception in the request's record already. Otherwise
-      -- no record, or an app FastAPI mounts that answered its exception itself (a Starlette
-      app's own ServerErrorMiddleware) -- the exception is still being handled: a framework
-      answers it from the ``except`` block that caught it, in the request's task. The request
-      then ends in the frame below, a moment later, as the exception is re-raised (or the
-      exception handler returns), with the exception seen.
+      -- no record, an exception handler's answer (Starlette's ExceptionMiddleware, which
+      returns after it), or an app FastAPI mounts that answered its exception itself (a
+      Starlette app's own ServerErrorMiddleware) -- the exception is still being handled: a
+      framework answers it from the ``except`` block that caught it, in the request's task,
+      where ``sys.exc_info()`` is that exception. (An endpoint that returns a 5xx from its own
+      ``except`` block has left it by the time the response is sent.)
     """
     if status < 400:
         if request.route is None and scope.__class__ is _RouteScope:
             scope._redirected()
     elif status >= 500:
         errors = getattr(scope.get("fastapi.telemetry"), "_exceptions", None)
-        if errors:
-            request.finish(None, errors[-1], detach=False)
-            return
-        if sys.exc_info()[1] is not None:
-            return
+        request.finish(None, errors[-1] if errors else sys.exc_info()[1], detach=False)
+        return
     request.finish(detach=False)
 
 

@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.routing import Mount, Route
 
 from obskit import _state
@@ -564,6 +565,46 @@ def test_status_of_an_exception_handler_response_is_recorded(cap: Capture) -> No
     assert {("GET", "/flaky", "503"): 1.0} == requests_total()
     (span,) = server_spans(cap)
     assert 503 == attributes(span)["http.response.status_code"]
+
+
+class Unavailable(Exception):
+    pass
+
+
+# A bug a review found, since fixed: a 5xx sent by an exception handler (Starlette's
+# ExceptionMiddleware answers from inside its except block, and returns) ended only when the app
+# returned (obskit/asgi.py, _ended): after the response's background task, whose time went into
+# the request's duration and span, and without the exception on the span
+@pytest.mark.parametrize("framework", ["fastapi", "starlette"])
+def test_a_5xx_from_an_exception_handler_ends_before_its_background_task(
+    cap: Capture, framework: str
+) -> None:
+    counted: list[dict[tuple[str, str, str], float]] = []
+
+    async def handler(request: Any, exc: Exception) -> JSONResponse:
+        task = BackgroundTask(lambda: counted.append(requests_total()))
+        return JSONResponse({"detail": "down"}, status_code=503, background=task)
+
+    async def down(request: Any = None) -> None:
+        raise Unavailable("database down")
+
+    app: Any
+    if framework == "fastapi":
+        app = FastAPI()
+        app.add_exception_handler(Unavailable, handler)
+        app.get("/down")(down)
+        app = instrument(app)
+    else:
+        routes = [Route("/down", down)]
+        app = ObskitMiddleware(Starlette(routes=routes, exception_handlers={Unavailable: handler}))
+    with TestClient(app) as client:
+        assert 503 == client.get("/down").status_code
+    # The background task ran after the request had been counted: it had ended.
+    assert [{("GET", "/down", "503"): 1.0}] == counted
+    (span,) = server_spans(cap)
+    assert 503 == attributes(span)["http.response.status_code"]
+    assert ["exception"] == [event.name for event in span.events]
+    assert "database down" in str(span.events[0].attributes)
 
 
 # A bug this test found, since fixed: for the same reason (ObskitMiddleware inside
