@@ -34,6 +34,7 @@ from typing import Any
 from obskit import _selfmetrics
 from obskit._runtime import flush_at_shutdown
 from obskit.http._pipeline import (
+    CLIENT_CLOSED,
     HttpTelemetry,
     Request,
     ensure_configured,
@@ -319,9 +320,21 @@ def _ended(request: Request, status: int, scope: Scope) -> None:
             scope._redirected()
     elif status >= 500:
         errors = getattr(scope.get("fastapi.telemetry"), "_exceptions", None)
-        request.finish(None, errors[-1] if errors else sys.exc_info()[1], detach=False)
+        _end_failed(request, errors[-1] if errors else sys.exc_info()[1])
         return
     request.finish(detach=False)
+
+
+def _end_failed(request: Request, exc: BaseException | None) -> None:
+    """End ``request`` with ``exc`` (or tag ``exc`` with it, if it has ended). A client that
+    went away while the app read its request body -- Starlette's ``ClientDisconnect``, raised
+    when ``receive`` hands over ``http.disconnect``; matched by name, as this module does not
+    import Starlette -- is recorded as 499, as Django's adapter records it, not as the 500
+    that ServerErrorMiddleware sends to nobody: the server did not fail."""
+    kind = exc.__class__
+    if kind.__name__ == "ClientDisconnect" and kind.__module__.startswith("starlette."):
+        request.finish(CLIENT_CLOSED, detach=False)
+    request.finish(None, exc, detach=False)
 
 
 def _untraced(scope: Scope) -> Scope:
@@ -523,7 +536,7 @@ class ObskitMiddleware:
         try:
             await self.app(inner, receive, send_wrapper)
         except BaseException as exc:
-            request.finish(None, exc, detach=False)
+            _end_failed(request, exc)
             raise
         finally:
             if not request._finished:  # no last message went out

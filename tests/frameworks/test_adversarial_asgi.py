@@ -567,6 +567,45 @@ def test_status_of_an_exception_handler_response_is_recorded(cap: Capture) -> No
     assert 503 == attributes(span)["http.response.status_code"]
 
 
+# A bug a review found, since fixed: a client that left while sending its request body
+# (Starlette raises ClientDisconnect from request.body()) was recorded as a 500 server error
+# with an ERROR span (obskit/asgi.py), where the Django adapter records 499
+@pytest.mark.parametrize("framework", ["fastapi", "starlette"])
+async def test_a_client_that_leaves_mid_upload_is_499_not_a_server_error(
+    cap: Capture, framework: str
+) -> None:
+    async def upload(request: FastAPIRequest) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    app: Any
+    if framework == "fastapi":
+        app = FastAPI()
+        app.post("/upload")(upload)
+        app = instrument(app)
+    else:
+        app = ObskitMiddleware(Starlette(routes=[Route("/upload", upload, methods=["POST"])]))
+    messages = [
+        {"type": "http.request", "body": b"0123456789", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass  # what uvicorn does with a message for a client that left: ServerErrorMiddleware's
+
+    scope = http_scope("POST", "/upload", [(b"content-length", b"100000")])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - Starlette's, checked by name
+        await app(scope, receive, send)
+    assert "ClientDisconnect" == raised.type.__name__
+    assert {("POST", "/upload", "499"): 1.0} == requests_total()
+    (span,) = server_spans(cap)
+    assert 499 == attributes(span)["http.response.status_code"]
+    assert 2 != span.status.code  # not ERROR: the server did not fail
+    assert {} == in_flight()
+
+
 class Unavailable(Exception):
     pass
 
