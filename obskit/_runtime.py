@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
 
@@ -115,6 +116,23 @@ def resource_attributes(config: Config) -> dict[str, Any]:
     attrs["deployment.environment"] = config.environment
     attrs["deployment.environment.name"] = config.environment
     return attrs
+
+
+def _set_provider_resource(provider: TracerProvider, attributes: dict[str, Any]) -> None:
+    """Give ``provider`` (and the tracers it made) the configured resource. obskit's own span
+    pipeline stamps its batches with it, but a span processor or exporter the application adds
+    to ``obskit.tracer_provider()`` -- and the ``otelServiceName`` OpenTelemetry's logging
+    instrumentation reads -- see the provider's, which was the SDK's default
+    (``unknown_service:python``). The SDK has no public setter: its ``_update_resource`` merges,
+    and the service name of a reconfiguration must replace the earlier one."""
+    try:
+        resource = Resource({key: value for key, value in attributes.items() if value is not None})
+        with provider._tracers_lock:
+            provider._resource = resource
+            for tracer in provider._tracers.values():
+                tracer._set_resource(resource)
+    except Exception as exc:  # an SDK whose internals moved: the spans' own resource stays
+        _selfmetrics.internal_error("provider_resource", exc)
 
 
 def _otel_sdk_version() -> str:
@@ -404,6 +422,7 @@ def _build_into(
     runtime: Runtime, config: Config, sink: SpanSink | None, previous: Runtime | None
 ) -> None:
     glob = _install_global()
+    _set_provider_resource(glob.provider, resource_attributes(config))
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
     # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals

@@ -4,6 +4,7 @@ signals or shut obskit down, all process-global."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,45 @@ def test_the_lag_series_of_a_loop_closed_under_its_monitor_goes_at_the_next_scra
         loop.close()
     render(None)  # a scrape
     assert None is get_sample_value("asyncio_event_loop_lag_seconds", {"loop": "review-worker"})
+
+
+# A bug a review found, since fixed: obskit's global TracerProvider kept the SDK's default
+# resource (service.name=unknown_service:python) whatever configure() said (obskit/_runtime.py):
+# obskit's own exporter stamps the configured one, but a processor the application adds to
+# obskit.tracer_provider(), as docs/tracing.md invites, exported under the wrong service, and
+# OpenTelemetry's logging instrumentation wrote otelServiceName=unknown_service:python.
+def test_spans_seen_by_an_added_processor_carry_the_configured_resource(tmp_path: object) -> None:
+    out = _run(
+        f"""
+        import json, os
+        import obskit
+        from opentelemetry.sdk.trace import SpanProcessor
+
+        seen = []
+
+        class Recording(SpanProcessor):
+            def on_end(self, span):
+                attrs = span.resource.attributes
+                seen.append([attrs.get("service.name"), attrs.get("service.version")])
+
+        traces = os.path.join({str(tmp_path)!r}, "t.jsonl")
+        provider = obskit.tracer_provider()
+        early = provider.get_tracer("early")  # a tracer made before configure()
+        provider.add_span_processor(Recording())
+        obskit.configure(service_name="checkout", service_version="1.4.2", traces_file=traces)
+        with early.start_as_current_span("a"):
+            pass
+        with provider.get_tracer("late").start_as_current_span("b"):
+            pass
+        obskit.configure(service_name="billing", traces_file=traces)  # replaced, not merged
+        with early.start_as_current_span("c"):
+            pass
+        obskit.shutdown()
+        print(json.dumps(seen))
+        """
+    )
+    assert [
+        ["checkout", "1.4.2"],
+        ["checkout", "1.4.2"],
+        ["billing", "0.0.0"],
+    ] == json.loads(out.splitlines()[-1])
