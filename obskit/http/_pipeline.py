@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Span as _SdkSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 from prometheus_client.samples import Exemplar
@@ -54,6 +55,7 @@ __all__ = [
 
 _perf = time.perf_counter
 _get_current = _ctx.get_current
+_SPAN_KEY = _ctx.SPAN_KEY
 _REQUEST_KEY = _ctx.REQUEST_KEY
 _MISSING = contextvars.Token.MISSING
 #: What the context is when nothing was ever attached (the runtime context's default).
@@ -262,13 +264,22 @@ class HttpTelemetry:
             self.follow(runtime)
         if path in self.excluded:
             return None
-        outer: Any = _get_current().get(_REQUEST_KEY)
+        current: Any = _get_current()
+        outer: Any = current.get(_REQUEST_KEY)
         if outer is not None and not outer._finished:
             # An instrumented app inside an instrumented one (``init_app`` twice, two
             # instrumented apps behind a dispatcher, a Flask app mounted in FastAPI, Django's
             # middleware under obskit's WSGI/ASGI one): the outer has the request, counted and
             # traced once there. (A finished request left current does not count.)
             return None
+        if not adopt:
+            found = current.get(_SPAN_KEY)
+            # Another instrumentation's SERVER span open around this request -- OpenTelemetry's
+            # Django middleware, which puts itself first in MIDDLEWARE (and so before obskit's),
+            # or its WSGI/ASGI middleware outside obskit's -- is the request's span, as
+            # FastAPI's own is: one SERVER span per request, not two.
+            if found is not None and isinstance(found, _SdkSpan):
+                adopt = found.kind is _SERVER and found.is_recording()
         try:
             label = method if method in self._methods else sc.OTHER_METHOD  # http_known_methods
             processor = runtime.processor if runtime is not None else None

@@ -385,3 +385,37 @@ def test_trailers_announced_end_the_response(cap: Capture) -> None:
         ("after", {("GET", "__unmatched__", "200"): 1.0}),
     ] == notes
     assert 1 == len(server_spans(cap))
+
+
+# A bug a review found, since fixed: with OpenTelemetry's Django instrumentation (it puts its
+# middleware first in MIDDLEWARE) or a contrib WSGI/ASGI middleware outside obskit's, every
+# request had two SERVER spans -- siblings when a traceparent came in (obskit/http/_pipeline.py,
+# HttpTelemetry.begin extracted the parent from the headers past the open SERVER span). Another
+# instrumentation's open SERVER span is now the request's, as FastAPI's own is.
+def test_another_instrumentations_server_span_around_the_request_is_the_requests(
+    cap: Capture,
+) -> None:
+    from opentelemetry.trace import SpanKind
+
+    import obskit
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    wrapped = WsgiMiddleware(app, route_resolver=lambda env: "/items/{id}")
+    other = obskit.tracer_provider().get_tracer("opentelemetry.instrumentation.wsgi")
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with other.start_as_current_span("GET /items/{id}", kind=SpanKind.SERVER) as outer:
+        body = wrapped(environ("/items/1", HTTP_TRACEPARENT=traceparent), lambda *a: None)
+        assert [b"ok"] == list(body)
+        assert outer.is_recording()  # obskit did not end it: its owner does
+    (span,) = server_spans(cap)
+    assert outer.get_span_context().span_id == int.from_bytes(span.span_id, "big")
+    assert {("GET", "/items/{id}", "200"): 1.0} == counted()
+    # Around an INTERNAL span (the application's own), obskit's SERVER span is made as ever.
+    cap.clear()
+    with other.start_as_current_span("job"):
+        list(wrapped(environ("/items/2"), lambda *a: None))
+    assert ["GET /items/{id}"] == [span.name for span in server_spans(cap)]
+    assert 2 == len(cap.spans())  # and the job's own
