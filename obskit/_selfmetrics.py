@@ -109,6 +109,12 @@ class SelfMetrics:
             ["reason"],
             registry=registry,
         )
+        self.metrics_shadowed = Counter(
+            "obskit_metrics_shadowed",
+            "Metric families left out of an exposition: another of the same name came first.",
+            ["metric"],
+            registry=registry,
+        )
         return [
             self.spans_exported,
             self.spans_dropped,
@@ -120,6 +126,7 @@ class SelfMetrics:
             self.cardinality_limit,
             self.propagation_invalid,
             self.dropped_logs,
+            self.metrics_shadowed,
         ]
 
 

@@ -39,6 +39,12 @@ __all__ = [
 
 
 class _Union(Collector):
+    """The families of several registries, obskit's first. Two of one name cannot both be
+    served (Prometheus refuses an exposition with a name twice): the first is, and the other --
+    an application's own ``http_requests_total`` in prometheus_client's default registry, or
+    prometheus-fastapi-instrumentator's -- is left out, counted in
+    ``obskit_metrics_shadowed_total{metric}`` and warned about once."""
+
     def __init__(self, registries: Iterable[CollectorRegistry]) -> None:
         self.registries = tuple(registries)
 
@@ -46,9 +52,26 @@ class _Union(Collector):
         seen: set[str] = set()
         for registry in self.registries:
             for metric in registry.collect():
-                if metric.name not in seen:
-                    seen.add(metric.name)
+                name = metric.name
+                if name not in seen:
+                    seen.add(name)
                     yield metric
+                else:
+                    _shadowed(name)
+
+
+def _shadowed(name: str) -> None:
+    try:
+        _selfmetrics.current().metrics_shadowed.labels(name).inc()
+    except Exception:  # its child's file, in a multi-process directory removed: still warned
+        pass
+    _selfmetrics.warn_once(
+        f"shadowed:{name}",
+        "obskit: two metrics are named %s, obskit's and one in prometheus_client's default "
+        "registry (the application's own, or another exporter's): /metrics serves obskit's and "
+        "leaves the other out; rename one, or set include_default_registry=False",
+        name,
+    )
 
 
 # prometheus_client names a process's live gauge files gauge_livesum_<pid>.db and so on.

@@ -185,3 +185,36 @@ def test_a_process_serving_the_metrics_port_warns_once_when_it_forks(
         fork_and_reap()
         fork_and_reap()
     assert 1 == len([r for r in caplog.records if "has forked a child" in r.getMessage()])
+
+
+# A gap a review found, since fixed: an application's own metric in the default registry named
+# like one of obskit's (prometheus-fastapi-instrumentator's http_request_duration_seconds, a
+# hand-rolled http_requests_total) was left out of /metrics without a count or a word
+# (obskit/metrics/exposition.py, _Union).
+def test_a_default_registry_family_named_like_obskits_is_counted_and_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from obskit.testing import get_sample_value
+
+    obskit.configure(service_name="shadow", traces_exporter="none")
+    theirs = Counter("http_requests", "The app's own.", ["endpoint", "code"], registry=REGISTRY)
+    try:
+        theirs.labels("/a", "200").inc()
+        from obskit.http._pipeline import HttpTelemetry
+
+        request = HttpTelemetry().start("GET", "/a", lambda name: None, route="/a")
+        assert request is not None
+        request.finish(200)
+        with caplog.at_level("WARNING", logger="obskit"):
+            first, _ = render(None)
+            render(None)
+        text = first.decode()
+        assert 'http_requests_total{method="GET",route="/a",status="200"} 1.0' in text
+        assert 'endpoint="/a"' not in text  # left out: one family per name
+        warned = [r.getMessage() for r in caplog.records if "http_requests" in r.getMessage()]
+        assert 1 == len(warned), warned
+        assert 2.0 == get_sample_value("obskit_metrics_shadowed_total", {"metric": "http_requests"})
+    finally:
+        REGISTRY.unregister(theirs)
