@@ -373,7 +373,7 @@ def test_traces_bad_config_returns_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without FILE, a bad configuration is reported and exits 2."""
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "bogus")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "bogus")
     status, out = traces_output(capsys)
     assert status == 2
     assert "bogus" in out
@@ -626,12 +626,12 @@ def test_doctor_bad_env_returns_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bad environment value is printed (option, value, allowed) and exits 2."""
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "bogus")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "bogus")
     status, out = doctor(capsys)
     assert status == 2
-    assert "sampler" in out
+    assert "sampler_arg" in out
     assert "'bogus'" in out
-    assert "OTEL_TRACES_SAMPLER" in out
+    assert "OTEL_TRACES_SAMPLER_ARG" in out
 
 
 def test_doctor_multiproc_dir(
