@@ -226,9 +226,10 @@ def spans_exported(exporter: str, count: int) -> None:
     current().spans_exported.labels(exporter).inc(count)
 
 
-def export_failed(signal: str, exporter: str, count: int = 0) -> None:
+def export_failed(signal: str, exporter: str, count: int = 0, why: str | None = None) -> None:
     """Count a failed export request of ``signal`` and what it lost: ``count`` spans (traces)
-    or log records (logs); a metrics export loses one collection, counted as the request."""
+    or log records (logs); a metrics export loses one collection, counted as the request.
+    ``why``, when the exporter knows, goes into the warning."""
     metrics = current()
     metrics.export_failures.labels(signal, exporter).inc()
     if count and signal == "traces":
@@ -237,10 +238,12 @@ def export_failed(signal: str, exporter: str, count: int = 0) -> None:
         metrics.dropped_logs.labels("export_failed").inc(count)
     warn_once(
         f"export_failed:{signal}:{exporter}",
-        "obskit: exporting %s to %s failed; counted in obskit_export_failures_total (lost spans "
-        "and log records in obskit_spans_dropped_total and obskit_log_records_dropped_total)",
+        "obskit: exporting %s to %s failed%s; counted in obskit_export_failures_total (lost "
+        "spans and log records in obskit_spans_dropped_total and "
+        "obskit_log_records_dropped_total)",
         signal,
         exporter,
+        f" ({why})" if why else "",
     )
 
 

@@ -434,7 +434,8 @@ class CompactSpanProcessor(SpanProcessor):
                         "spans_rejected", "obskit: the collector rejected spans: %s", why or "?"
                     )
             else:
-                _selfmetrics.export_failed("traces", self.sink.name, len(data))
+                failure = getattr(self.sink, "failure", None)
+                _selfmetrics.export_failed("traces", self.sink.name, len(data), failure)
         except Exception as exc:
             _selfmetrics.internal_error("span_export", exc)
 

@@ -957,6 +957,9 @@ def test_a_traces_file_on_a_full_disk_counts_every_batch_and_warns_once(
         sample("obskit_spans_exported_total", exporter="jsonl"),
     )
     assert 1 == warnings_about(caplog, "exporting traces to jsonl failed")
+    # The warning says why (a full disk, a read-only directory and a permission need each a
+    # fix of its own; it said nothing before a soak review asked).
+    assert 1 == warnings_about(caplog, "(/dev/full: No space left on device)")
     assert processor()._thread.is_alive()
 
 
@@ -999,6 +1002,7 @@ def test_a_traces_file_that_is_a_directory_is_counted_and_left_alone(
     assert "mine" == (directory / "keep.txt").read_text()
     assert 2.0 == sample("obskit_export_failures_total", signal="traces", exporter="jsonl")
     assert 1 == warnings_about(caplog, "exporting traces to jsonl failed")
+    assert 1 == warnings_about(caplog, f"({directory}: Is a directory)")
 
 
 # A bug this test found, since fixed: JsonLinesSpanSink.export rotates by os.replace(path, path +
