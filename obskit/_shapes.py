@@ -11,6 +11,7 @@ lines each, on the hot path); the generator wrappers, which must forward ``send`
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import sys
@@ -175,15 +176,81 @@ else:
         _BoundBase, _FunctionBase = wrapt.BoundFunctionWrapper, wrapt.FunctionWrapper
 
 
+_bound_init: Any = _BoundBase.__init__  # wrapt's own: the seven arguments Decorated binds with
+_REBUILD: Any = object()
+
+
 class _BoundDecorated(_BoundBase):
     """A decorated method bound to its instance (or class): pickled as the method is, by
-    ``getattr(owner, name)``."""
+    ``getattr(owner, name)``.
+
+    Like a bound method, it is rebuilt by ``type(meth)(meth.__func__, meth.__self__)``:
+    ``weakref.WeakMethod`` does so, hence Django's and blinker's signals with a bound-method
+    receiver. Its ``__func__`` is therefore the decorated function, so a call through it is
+    recorded too.
+    """
+
+    def __init__(
+        self,
+        wrapped: Any,
+        instance: Any,
+        wrapper: Any = _REBUILD,
+        enabled: Any = None,
+        binding: str = "callable",
+        parent: Any = None,
+        owner: Any = None,
+    ) -> None:
+        if wrapper is not _REBUILD:  # bound by Decorated.__get__ (wrapt passes all seven)
+            _bound_init(self, wrapped, instance, wrapper, enabled, binding, parent, owner)
+            return
+        # (func, obj), as types.MethodType takes them: bound as obj.func would be.
+        if not isinstance(wrapped, Decorated):
+            raise TypeError(
+                f"{type(self).__name__}(func, obj) takes a function decorated by obskit, "
+                f"not {wrapped!r}"
+            )
+        binding = wrapped._self_binding
+        if binding == "classmethod":  # obj is the class: as Class.method binds
+            instance, owner = None, instance
+        else:
+            owner = type(instance)
+        function: Any = wrapped.__wrapped__
+        descriptor = function.__get__(instance, owner)
+        _bound_init(
+            self,
+            descriptor,
+            instance,
+            wrapped._self_wrapper,
+            wrapped._self_enabled,
+            binding,
+            wrapped,
+            owner,
+        )
+
+    @property
+    def __func__(self) -> Any:
+        """The decorated function of a method bound to an instance (``obj.method``, or a
+        ``@classmethod`` above the decorator), as ``weakref.WeakMethod`` takes it to rebuild
+        the method; otherwise what the bound method underneath has (a classmethod's function,
+        undecorated: the ``classmethod`` object the decorator wraps cannot be called)."""
+        if self._self_binding == "function" and self._self_instance is not None:
+            return self._self_parent
+        method: Any = self.__wrapped__
+        return method.__func__
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         owner = getattr(self, "__self__", None)
         if owner is None:  # looked up on the class: the class owns it
             owner = getattr(self, "_self_owner", None)
         return (getattr, (owner, self.__name__))
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        # As for a bound method: bound to a deep copy of its instance (wrapt's proxy refuses).
+        rebuild, args = self.__reduce_ex__(4)
+        return rebuild(*copy.deepcopy(args, memo))
 
 
 class Decorated(_FunctionBase):

@@ -18,6 +18,7 @@ import pickle
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -871,3 +872,110 @@ def test_a_decorated_partial_or_callable_object_pickles_by_value(decorator: str)
         assert (type(part), type(obj)) == (type(part_back), type(obj_back))
     if decorator == "red":
         assert [(3.0, 0.0)] * 2 == [outcomes("add"), outcomes("Adder")]
+
+
+# -- bound methods held weakly ------------------------------------------------------------------
+
+
+class Listener:
+    """A signal receiver with a decorated method."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    @obskit.red
+    def on_event(self, sender: object, **kwargs: object) -> str:
+        self.seen.append(sender)
+        return "handled"
+
+    @classmethod
+    @obskit.red
+    def on_class_event(cls, sender: object, **kwargs: object) -> str:
+        return cls.__name__
+
+
+def in_use(resource: str) -> float | None:
+    """resource_in_use of one USE tracker: 1 inside a decorated call of it."""
+    return get_sample_value("resource_in_use", {"resource": resource})
+
+
+# A bug this test found, since fixed: weakref.WeakMethod rebuilds a method as
+# type(meth)(meth.__func__, meth.__self__), and the bound wrapper raised "FunctionWrapperBase()
+# missing required argument 'wrapper'"; its __func__ was the undecorated function.
+@pytest.mark.parametrize("decorator", ["red", "use"])
+def test_a_decorated_method_held_by_weakmethod_comes_back_decorated(decorator: str) -> None:
+    """``WeakMethod(obj.m)()`` is ``obj.m`` again (equal, same type) and its calls are recorded,
+    as are those made through ``obj.m.__func__``; it dies with the object."""
+    tracker = use("review-weakmethod", capacity=2)
+
+    class Receiver:
+        def handle(self, value: int) -> tuple[int, float | None]:
+            return value + 1, in_use("review-weakmethod")
+
+    deco: Callable[[Any], Any] = obskit.red if decorator == "red" else tracker
+    Receiver.handle = deco(Receiver.__dict__["handle"])  # type: ignore[method-assign]
+    obj = Receiver()
+    ref = weakref.WeakMethod(obj.handle)
+    back = ref()
+    assert back is not None
+    assert (type(back), back.__self__, back.__func__) == (
+        type(obj.handle),
+        obj,
+        Receiver.__dict__["handle"],
+    )
+    unit = 1.0 if decorator == "use" else None  # held by the tracker during the call
+    assert (back == obj.handle, back(1), obj.handle.__func__(obj, 2)) == (
+        True,
+        (2, unit),
+        (3, unit),
+    )
+    if decorator == "red":
+        assert (2.0, 0.0) == outcomes(
+            "test_a_decorated_method_held_by_weakmethod_comes_back_decorated.<locals>"
+            ".Receiver.handle"
+        )
+    del back, obj
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_weakmethod_of_a_classmethod_above_the_decorator_comes_back_decorated() -> None:
+    """``@classmethod`` over ``@obskit.red``: bound to the class, rebuilt bound to it."""
+    back = weakref.WeakMethod(Listener.on_class_event)()
+    assert back is not None
+    assert ("Listener", Listener) == (back("s"), back.__self__)
+    assert (1.0, 0.0) == outcomes("Listener.on_class_event")
+
+
+@pytest.mark.parametrize("weak", [True, False])
+def test_a_decorated_method_receives_django_and_blinker_signals(weak: bool) -> None:
+    """Connected as a bound method (held weakly by default), it receives the signal and its
+    calls are recorded; disconnecting by the same bound method works."""
+    import blinker
+    import django.dispatch
+
+    listener = Listener()
+    django_signal = django.dispatch.Signal()
+    blinker_signal = blinker.Signal()
+    django_signal.connect(listener.on_event, weak=weak)
+    blinker_signal.connect(listener.on_event, weak=weak)
+    assert [(listener.on_event, "handled")] == django_signal.send(sender="d")
+    assert [(listener.on_event, "handled")] == blinker_signal.send("b")
+    assert (["d", "b"], (2.0, 0.0)) == (listener.seen, outcomes("Listener.on_event"))
+    assert django_signal.disconnect(listener.on_event)
+    blinker_signal.disconnect(listener.on_event)
+    assert ([], []) == (django_signal.send(sender="d"), blinker_signal.send("b"))
+
+
+def test_a_bound_decorated_method_pickles_and_copies_as_a_bound_method() -> None:
+    """Pickled by reference to its owner's attribute; a copy is the same bound method, a deep
+    copy is bound to a deep copy of its instance, as for an undecorated method."""
+    import copy
+
+    bound = Listener.on_class_event
+    assert pickle.loads(pickle.dumps(bound)) == bound
+    listener = Listener()
+    assert copy.copy(listener.on_event) == listener.on_event
+    deep = copy.deepcopy(listener.on_event)
+    assert (deep("x"), listener.seen, type(deep)) == ("handled", [], type(listener.on_event))
+    assert (deep.__self__ is not listener, deep.__self__.seen) == (True, ["x"])
