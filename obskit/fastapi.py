@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import starlette.applications
@@ -37,12 +37,13 @@ from obskit.http._pipeline import HttpTelemetry, ensure_configured
 
 __all__ = ["instrument"]
 
+#: The application's own class (``FastAPI``...), which ``instrument()`` returns it as.
+App = TypeVar("App", bound=starlette.applications.Starlette)
 
-def instrument(
-    app: starlette.applications.Starlette,
-    **options: Any,
-) -> starlette.applications.Starlette:
-    """Instrument a FastAPI or Starlette application in place and return it.
+
+def instrument(app: App, **options: Any) -> App:
+    """Instrument a FastAPI or Starlette application in place and return it (typed as the
+    application's own class: ``app = instrument(FastAPI())`` is still a ``FastAPI``).
 
     Call it before the app serves its first request (as ``add_middleware`` must be); a second
     call does nothing.

@@ -1,0 +1,84 @@
+"""What a type checker sees of obskit's public API: mypy --strict over the snippets in
+``typing_snippets/``, run once for them all.
+
+A snippet marks each line mypy must refuse with ``# mypy: <error code>`` and each
+``reveal_type`` with ``# revealed: <type>``; any other error, a missing one or another revealed
+type fails its test. The snippets are never run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPETS = Path(__file__).with_name("typing_snippets")
+FILES = sorted(SNIPPETS.glob("*.py"))
+
+_REPORTED = re.compile(
+    r"^(?P<file>[^:]+):(?P<line>\d+): (?:error: .*\[(?P<code>[a-z-]+)\]"
+    r'|note: Revealed type is "(?P<type>.*)")$'
+)
+_EXPECTED = re.compile(r"#\s*(?:mypy: (?P<code>[a-z-]+)|revealed: (?P<type>.+?))\s*$")
+
+Findings = dict[tuple[str, int], set[tuple[str, str]]]
+
+
+@pytest.fixture(scope="module")
+def reported() -> Findings:
+    """``(file name, line) -> {("error", code) or ("revealed", type)}`` of one mypy run over
+    every snippet, with this checkout's obskit (MYPYPATH, not an installed copy)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            os.devnull,
+            "--show-error-codes",
+            "--no-error-summary",
+            "--hide-error-context",
+            *map(str, FILES),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MYPYPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    found: Findings = {}
+    for line in result.stdout.splitlines():
+        match = _REPORTED.match(line)
+        if match is None:
+            assert ": error:" not in line, line  # an error without a code is not expected
+            continue
+        key = (Path(match["file"]).name, int(match["line"]))
+        kind = ("error", match["code"]) if match["code"] else ("revealed", match["type"])
+        found.setdefault(key, set()).add(kind)
+    return found
+
+
+def _expected(path: Path) -> Findings:
+    expected: Findings = {}
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        match = _EXPECTED.search(text)
+        if match is not None:
+            kind = ("error", match["code"]) if match["code"] else ("revealed", match["type"])
+            expected[path.name, number] = {kind}
+    return expected
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_mypy_sees_what_the_snippet_says(reported: Findings, path: Path) -> None:
+    """mypy refuses exactly the marked lines and reveals the marked types."""
+    found = {key: value for key, value in reported.items() if key[0] == path.name}
+    assert found == _expected(path)
