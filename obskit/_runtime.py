@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -32,6 +32,14 @@ from obskit._version import __version__
 from obskit.config import Config, bounded_wait, load_config, masked_url, unknown_variables
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
 from obskit.tracing.sampling import TRACES_OFF, SwitchableSampler, build_sampler, find_adaptive
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
+
+    from obskit._options import Options
 
 __all__ = ["Runtime", "configure", "get_config", "shutdown"]
 
@@ -346,8 +354,11 @@ def tracer_provider() -> TracerProvider:
     return _install_global().provider
 
 
-def configure(**options: Any) -> Config:
+def configure(**options: Unpack[Options]) -> Config:
     """Configure obskit from ``options``, then ``OTEL_*``/``OBSKIT_*`` variables, then defaults.
+
+    The options are those of ``docs/configuration.md``, typed (:class:`obskit._options.Options`)
+    so that a checker refuses a misspelt one or a value of the wrong type.
 
     Idempotent: calling again with the same options changes nothing; with other options, the
     previous pipeline is flushed and replaced.

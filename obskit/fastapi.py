@@ -24,8 +24,9 @@ exception. FastAPI's INTERNAL operation spans hang off its own SERVER span, so t
 from __future__ import annotations
 
 import functools
+import sys
 import types
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import starlette.applications
@@ -35,13 +36,21 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from obskit.asgi import ObskitMiddleware, _native_telemetry_off
 from obskit.http._pipeline import HttpTelemetry, ensure_configured
 
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
+
+    from obskit._options import Options
+
 __all__ = ["instrument"]
 
 #: The application's own class (``FastAPI``...), which ``instrument()`` returns it as.
 App = TypeVar("App", bound=starlette.applications.Starlette)
 
 
-def instrument(app: App, **options: Any) -> App:
+def instrument(app: App, **options: Unpack[Options]) -> App:
     """Instrument a FastAPI or Starlette application in place and return it (typed as the
     application's own class: ``app = instrument(FastAPI())`` is still a ``FastAPI``).
 
@@ -58,7 +67,7 @@ def instrument(app: App, **options: Any) -> App:
         )
     if getattr(app, _INSTRUMENTED, False):
         return app
-    ensure_configured(options)
+    ensure_configured(dict(options))
     telemetry = HttpTelemetry()
     build = app.build_middleware_stack
 

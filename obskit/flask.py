@@ -16,7 +16,8 @@ Options come from the keyword arguments, then ``app.config["OBSKIT"]``, then the
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 try:
     import flask
@@ -31,6 +32,14 @@ from obskit.http._pipeline import (
     nested_request,
 )
 from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
+
+    from obskit._options import Options
 
 __all__ = ["Obskit"]
 
@@ -90,8 +99,8 @@ def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> No
 class Obskit:
     """The Flask extension. State lives in ``app.extensions["obskit"]``."""
 
-    def __init__(self, app: flask.Flask | None = None, **options: Any) -> None:
-        self.options = options
+    def __init__(self, app: flask.Flask | None = None, **options: Unpack[Options]) -> None:
+        self.options: dict[str, Any] = dict(options)
         self.telemetry: HttpTelemetry | None = None
         if app is not None:
             self.init_app(app)

@@ -13,8 +13,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
+
+from obskit import config
+from obskit._options import LogLevel, Options, Sampler
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = Path(__file__).with_name("typing_snippets")
@@ -82,3 +86,32 @@ def test_mypy_sees_what_the_snippet_says(reported: Findings, path: Path) -> None
     """mypy refuses exactly the marked lines and reveals the marked types."""
     found = {key: value for key, value in reported.items() if key[0] == path.name}
     assert found == _expected(path)
+
+
+def _literals(annotation: object) -> set[object]:
+    """The values of the ``Literal`` types in ``annotation`` (a union of them, or one)."""
+    if get_origin(annotation) is Literal:
+        return set(get_args(annotation))
+    return {value for arg in get_args(annotation) for value in _literals(arg)}
+
+
+def test_the_typed_options_are_the_options_configure_takes() -> None:
+    """``Options`` has one key per option ``load_config()`` takes, none required, and its
+    ``Literal`` choices are those ``Config`` holds (the samplers: ``config.SAMPLERS``; the log
+    levels: the ones ``log_level`` takes), so the two cannot drift apart."""
+    hints = get_type_hints(Options)
+    assert set(hints) == set(config.OPTION_NAMES)
+    assert Options.__optional_keys__ == frozenset(config.OPTION_NAMES)
+    assert set(get_args(Sampler)) == set(config.SAMPLERS)
+    assert {level.upper() for level in get_args(LogLevel)} == set(config._LEVELS)
+    held = get_type_hints(config.Config, vars(config))  # its __module__ is "obskit"
+    with_choices = {name for name in hints if _literals(hints[name])}
+    assert {n for n in with_choices if n not in ("sampler", "log_level", "log_levels")} == {
+        name for name in held if _literals(held[name])
+    }
+    for name in with_choices:
+        if name not in ("sampler", "log_level", "log_levels"):
+            assert _literals(hints[name]) == _literals(held[name]), name
+        for value in _literals(hints[name]):
+            given = {"service": value} if name == "log_levels" else value
+            config.load_config({}, **{name: given})  # taken at run time too
