@@ -14,12 +14,15 @@ import warnings
 import weakref
 from collections.abc import Mapping
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
 from obskit.config import Config, signal_url
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
 
 __all__ = ["build_logs", "build_metrics", "destination"]
 
@@ -345,7 +348,7 @@ def _start_afresh(consumer: Any) -> None:
         consumer._lock = threading.Lock()
 
 
-def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> Any:
+def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> MeterProvider:
     """A MeterProvider pushing over OTLP every ``metric_export_interval`` seconds."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     else:
         from typing_extensions import Unpack
 
+    from opentelemetry.sdk.metrics import MeterProvider
+
     from obskit._options import Options
 
 __all__ = ["Runtime", "configure", "get_config", "shutdown"]
@@ -197,7 +199,7 @@ class Runtime:
 
     config: Config
     processor: CompactSpanProcessor | None = None
-    meter_provider: Any = None
+    meter_provider: MeterProvider | None = None
     logger_provider: Any = None
     log_handler: logging.Handler | None = None
     json_handler: logging.Handler | None = None
@@ -704,8 +706,9 @@ def flush_at_shutdown() -> None:
         _selfmetrics.internal_error("flush_at_shutdown", exc)
 
 
-def meter_provider() -> Any:
-    """The OpenTelemetry MeterProvider obskit pushes OTLP metrics with, or None when off."""
+def meter_provider() -> MeterProvider | None:
+    """The OpenTelemetry SDK MeterProvider obskit pushes OTLP metrics with, or None when OTLP
+    metrics are off (or before :func:`configure`)."""
     runtime = _state.runtime
     return None if runtime is None else runtime.meter_provider
 
