@@ -16,14 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import TypeVarTuple, Unpack
+    else:
+        from typing_extensions import TypeVarTuple, Unpack
 
 __all__ = ["ContextExecutor", "run_in_executor", "wrap"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+if TYPE_CHECKING:
+    Ts = TypeVarTuple("Ts")
 
 
 def wrap(fn: Callable[P, R]) -> Callable[P, R]:
@@ -47,9 +56,10 @@ class ContextExecutor(ThreadPoolExecutor):
 
 
 def run_in_executor(
-    executor: Executor | None, fn: Callable[..., R], *args: object
+    executor: Executor | None, fn: Callable[[Unpack[Ts]], R], *args: Unpack[Ts]
 ) -> asyncio.Future[R]:
-    """``loop.run_in_executor`` that keeps the caller's context (trace, baggage, log fields)."""
+    """``loop.run_in_executor`` that keeps the caller's context (trace, baggage, log fields).
+    Checkers match ``args`` against ``fn``'s parameters, as for ``loop.run_in_executor``."""
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
     return loop.run_in_executor(executor, functools.partial(ctx.run, fn, *args))
