@@ -83,32 +83,43 @@ class CardinalityError(ValueError):
     """A metric was declared with a label that would make its cardinality unbounded."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LabelRule:
     """Constraints on one label's values.
 
     Args:
-        allow: the values allowed (a collection) or a regular expression they must fully match;
-            anything else is recorded as ``__other__``.
+        allow: the values allowed (any collection of them) or a regular expression they must
+            fully match (a ``str`` or a compiled pattern); anything else is recorded as
+            ``__other__``. Held as a frozenset or a compiled pattern.
         max_length: longer values are truncated.
     """
 
-    allow: frozenset[str] | re.Pattern[str] | None = None
-    max_length: int = _DEFAULT_MAX_LENGTH
+    allow: frozenset[str] | re.Pattern[str] | None
+    max_length: int
 
-    def __post_init__(self) -> None:
+    # Not the dataclass's __init__: that would type ``allow`` as the form it is held in, and a
+    # checker would refuse the list or the str pattern the docs show.
+    def __init__(
+        self,
+        allow: Iterable[str] | str | re.Pattern[str] | None = None,
+        max_length: int = _DEFAULT_MAX_LENGTH,
+    ) -> None:
         # Accept what of() accepts, so LabelRule(allow=["a", "b"]) or allow=r"[0-9]+" cannot
         # fail later inside the caller's labels() call.
-        allow: Any = self.allow
-        if isinstance(allow, str):
-            object.__setattr__(self, "allow", re.compile(allow))
-        elif allow is not None and not isinstance(allow, re.Pattern):
+        held: frozenset[str] | re.Pattern[str] | None
+        if allow is None or isinstance(allow, re.Pattern):
+            held = allow
+        elif isinstance(allow, str):
+            held = re.compile(allow)
+        else:
             # A frozenset too: its values are compared with label text, so they must be text --
             # the text a label value of the same object is recorded as (a (str, Enum) member
             # as its value).
-            object.__setattr__(self, "allow", frozenset(map(_allowed_text, allow)))
-        if self.max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {self.max_length}")
+            held = frozenset(map(_allowed_text, allow))
+        object.__setattr__(self, "allow", held)
+        object.__setattr__(self, "max_length", max_length)
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
 
     @classmethod
     def of(cls, spec: LabelRule | Iterable[str] | str | re.Pattern[str] | None) -> LabelRule:

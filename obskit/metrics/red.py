@@ -25,7 +25,7 @@ import functools
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
@@ -45,7 +45,11 @@ from obskit.tracing.server_span import start_lean_span
 __all__ = ["red"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Errors = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+#: What ``errors=`` takes: an exception type, a tuple, list or any iterable of them, or a
+#: predicate.
+Errors = type[BaseException] | Iterable[type[BaseException]] | Callable[[BaseException], bool]
+#: ``errors=`` as checked: several types made one tuple.
+_Rule = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 _perf = time.perf_counter
 #: The instrumentation scope of the spans `trace=True` makes on obskit's own pipeline.
@@ -306,7 +310,7 @@ def _describe(target: Any) -> tuple[str, str, Any]:
     return str(qualname), str(getattr(target, "__module__", None) or ""), target
 
 
-def _error_rule(errors: Errors, end: type[BaseException] | None) -> Callable[[BaseException], bool]:
+def _error_rule(errors: _Rule, end: type[BaseException] | None) -> Callable[[BaseException], bool]:
     """The test ``failed()`` puts an exception to, for the ``errors`` option (checked).
 
     A predicate is only asked about an ``Exception``: cancellation, ``KeyboardInterrupt``,
@@ -339,11 +343,12 @@ def _error_rule(errors: Errors, end: type[BaseException] | None) -> Callable[[Ba
     return asked
 
 
-def _checked_errors(errors: Any) -> Errors:
-    """``errors`` as :func:`_error_rule` takes it (a list or set of types as a tuple), refused
-    here, at decoration, when it is not an exception type, a tuple or list of them, or a
-    predicate: at the first exception it would count every call as an error."""
-    if isinstance(errors, (list, set, frozenset)):
+def _checked_errors(errors: Any) -> _Rule:
+    """``errors`` as :func:`_error_rule` takes it (a list, set or other iterable of types as a
+    tuple), refused here, at decoration, when it is not an exception type, an iterable of them,
+    or a predicate: at the first exception it would count every call as an error."""
+    several = isinstance(errors, Iterable) and not isinstance(errors, (type, tuple, str))
+    if several and not callable(errors):
         errors = tuple(errors)
     if isinstance(errors, type):
         if issubclass(errors, BaseException):
@@ -382,7 +387,7 @@ def _warn_if_merged(qualname: str, module: str, target: Any) -> None:
         )
 
 
-def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
+def _make(func: F, name: str | None, trace: bool, errors: _Rule) -> F:
     func = _shapes.checked(func, "@obskit.red")
     qualname, module, target = _describe(_underlying(func))
     if name:
@@ -397,7 +402,7 @@ def _make(func: F, name: str | None, trace: bool, errors: Errors) -> F:
     return wrapped
 
 
-def _remake(func: Any, name: str | None, trace: bool, errors: Errors) -> Any:
+def _remake(func: Any, name: str | None, trace: bool, errors: _Rule) -> Any:
     """``func`` decorated again with these options: how a decorated partial or callable object
     comes back from a pickle."""
     return red(name=name, trace=trace, errors=errors)(func)
@@ -434,7 +439,8 @@ def red(
     Args:
         name: the ``function`` label (default: the function's ``__qualname__``).
         trace: also wrap each call in an INTERNAL span (skipped inside unsampled local traces).
-        errors: which exceptions make ``result="error"``: exception types, or a predicate
+        errors: which exceptions make ``result="error"``: an exception type, a tuple, list or
+            other iterable of them, or a predicate
             (asked about ``Exception`` instances only). Anything else that escapes (a 404
             exception you raise on purpose, cancellation, ``StopIteration`` out of a
             ``__next__``) is recorded as ``result="ok"`` and re-raised unchanged.

@@ -68,7 +68,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
@@ -78,7 +78,8 @@ from obskit.metrics._direct import Observer, adder, setter
 __all__ = ["DEFAULT_TIMEOUTS", "REASONS", "UseTracker", "Wait", "tracked_names", "use"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+#: What ``timeouts=``/``errors=`` take: an exception type, or a tuple, list or any iterable of them.
+ExceptionTypes = type[BaseException] | Iterable[type[BaseException]]
 
 #: Exceptions that mean "gave up waiting" (distinct classes on Python 3.10, one class since 3.11).
 DEFAULT_TIMEOUTS: tuple[type[BaseException], ...] = tuple(
@@ -245,13 +246,14 @@ def _declare(name: str) -> _Children:
     )
 
 
-def _types(spec: ExceptionTypes) -> tuple[type[BaseException], ...]:
-    """``spec`` as the tuple ``isinstance`` takes; a list or set of types is taken too, and
-    anything else is refused here, at declaration, not at the first exception (where it would
-    turn the application's exception into a TypeError)."""
+def _types(spec: Any) -> tuple[type[BaseException], ...]:
+    """``spec`` as the tuple ``isinstance`` takes; a list, set or other iterable of types is
+    taken too, and anything else is refused here, at declaration, not at the first exception
+    (where it would turn the application's exception into a TypeError)."""
     if spec is None:
         return ()
-    types = tuple(spec) if isinstance(spec, (tuple, list, set, frozenset)) else (spec,)
+    several = isinstance(spec, Iterable) and not isinstance(spec, (type, str))
+    types = tuple(spec) if several else (spec,)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
         raise TypeError(f"expected exception types, got {spec!r}")
     return types

@@ -460,7 +460,7 @@ def test_errors_that_are_neither_types_nor_a_predicate_are_refused(errors: Any) 
 
 
 def test_errors_given_as_a_list_or_a_set_of_types_still_work() -> None:
-    """A list or a set of exception types is taken as a tuple."""
+    """A list, a set or any other iterable of exception types is taken as a tuple."""
 
     @obskit.red(name="review_errors_list", errors=[KeyError])
     def listed(exc: Exception) -> None:
@@ -470,14 +470,29 @@ def test_errors_given_as_a_list_or_a_set_of_types_still_work() -> None:
     def in_a_set(exc: Exception) -> None:
         raise exc
 
-    for work in (listed, in_a_set):
+    @obskit.red(name="review_errors_iterable", errors=(t for t in [KeyError]))
+    def from_a_generator(exc: Exception) -> None:
+        raise exc
+
+    for work in (listed, in_a_set, from_a_generator):
         for exc in (KeyError("k"), ValueError("v")):
             with pytest.raises(type(exc)):
                 work(exc)
-    assert [(1.0, 1.0)] * 2 == [
+    assert [(1.0, 1.0)] * 3 == [
         outcomes("review_errors_list"),
         outcomes("review_errors_set"),
+        outcomes("review_errors_iterable"),
     ]
+
+
+def test_use_takes_exception_types_in_any_iterable() -> None:
+    """``timeouts=``/``errors=`` of a USE tracker: a type, or a tuple, list, set or any other
+    iterable of types, held as a tuple; a str is refused, not split into letters."""
+    tracker = use("review-iterables", errors=iter([KeyError]), timeouts={TimeoutError: 1}.keys())
+    assert ((KeyError,), (TimeoutError,)) == (tracker._errors, tracker._timeouts)
+    assert use("review-iterables", errors=[KeyError], timeouts=TimeoutError) is tracker
+    with pytest.raises(TypeError, match="expected exception types, got 'KeyError'"):
+        use("review-iterables-str", errors="KeyError")
 
 
 # -- the end of iteration ----------------------------------------------------------------------
