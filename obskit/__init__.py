@@ -25,7 +25,7 @@ from obskit.config import Config, ConfigError
 from obskit.logger import get_logger
 from obskit.logging import setup_logging
 from obskit.metrics.cardinality import CardinalityError, LabelRule
-from obskit.metrics.instruments import counter, gauge, histogram
+from obskit.metrics.instruments import Instrument, counter, gauge, histogram
 from obskit.metrics.pools import (
     instrument_asyncio_queue,
     instrument_asyncio_semaphore,
@@ -44,6 +44,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ContextExecutor",
+    "Instrument",
     "LabelRule",
     "UseTracker",
     "__version__",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -33,7 +33,9 @@ RuleSpec = LabelRule | Iterable[str] | str | re.Pattern[str] | None
 
 
 class Instrument(Generic[M]):
-    """A guarded metric. ``labels(*values)`` gives the child to ``inc``/``set``/``observe``."""
+    """A guarded metric of the prometheus_client class ``M`` (``Counter``, ``Gauge`` or
+    ``Histogram``). ``labels(*values)`` gives the child, an ``M`` too, to
+    ``inc``/``set``/``observe``; a label-less instrument has those of its kind itself."""
 
     __slots__ = (
         "_cache",
@@ -72,20 +74,21 @@ class Instrument(Generic[M]):
         )
         metric = self._metric
         if self.label_names:
-            self._guard: Guard[Any] | None = Guard(
+            self._guard: Guard[M] | None = Guard(
                 self.name,
                 self.label_names,
                 lambda values: metric.labels(*values),
                 limit=self.limit,
                 rules=self.rules,
             )
-            self._cache: dict[tuple[Any, ...], Any] = self._guard._cache
+            self._cache: dict[tuple[Any, ...], M] = self._guard._cache
         else:
             self._guard = None
             self._cache = {}
 
-    def labels(self, *values: Any) -> Any:
-        """The child for these label values (positional, in declaration order)."""
+    def labels(self, *values: Any) -> M:
+        """The child for these label values (positional, in declaration order): of the
+        instrument's class, the overflow series' too."""
         # The guard's cache is read here directly: one dict lookup is the whole hot path.
         try:
             return self._cache[values]
@@ -150,26 +153,34 @@ class Instrument(Generic[M]):
         """Distinct label sets recorded so far."""
         return 0 if self._guard is None else self._guard.series_count()
 
-    # Label-less shortcuts.
-    def inc(self, amount: float = 1.0) -> None:
+    # Label-less shortcuts, each for the kinds that have it: the self types tell a checker
+    # (orders.set(3) on a counter is an error); at run time prometheus_client's own method is
+    # called, as it was.
+    @overload
+    def inc(self: Instrument[Counter], amount: float = 1.0) -> None: ...
+    @overload
+    def inc(self: Instrument[Gauge], amount: float = 1.0) -> None: ...
+    def inc(self: Instrument[Any], amount: float = 1.0) -> None:
         """Increment a label-less counter or gauge."""
-        self._metric.inc(amount)  # type: ignore[attr-defined]
+        self._metric.inc(amount)
 
-    def dec(self, amount: float = 1.0) -> None:
+    def dec(self: Instrument[Gauge], amount: float = 1.0) -> None:
         """Decrement a label-less gauge."""
-        self._metric.dec(amount)  # type: ignore[attr-defined]
+        self._metric.dec(amount)
 
-    def set(self, value: float) -> None:
+    def set(self: Instrument[Gauge], value: float) -> None:
         """Set a label-less gauge."""
-        self._metric.set(value)  # type: ignore[attr-defined]
+        self._metric.set(value)
 
-    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
+    def observe(
+        self: Instrument[Histogram], value: float, exemplar: dict[str, str] | None = None
+    ) -> None:
         """Observe into a label-less histogram. An exemplar OpenMetrics cannot carry (a label
         name outside ``[a-zA-Z_][a-zA-Z0-9_]*``, text that is not UTF-8, more than 128
         characters in all) is left out, with one warning, instead of breaking every scrape."""
         if exemplar:
             exemplar = writable_exemplar(exemplar)
-        self._metric.observe(value, exemplar)  # type: ignore[attr-defined]
+        self._metric.observe(value, exemplar)
 
 
 _EXEMPLAR_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
+from prometheus_client import Counter, Gauge, Histogram
 
+import obskit
 from obskit import config
 from obskit._options import LogLevel, Options, Sampler
 
@@ -115,3 +117,14 @@ def test_the_typed_options_are_the_options_configure_takes() -> None:
         for value in _literals(hints[name]):
             given = {"service": value} if name == "log_levels" else value
             config.load_config({}, **{name: given})  # taken at run time too
+
+
+def test_an_instruments_children_are_of_its_class_the_overflow_one_too() -> None:
+    """What ``Instrument[M].labels() -> M`` says holds at run time: below and past the limit."""
+    for declare, kind in ((obskit.counter, Counter), (obskit.gauge, Gauge)):
+        metric = declare(f"typing_children_{kind.__name__.lower()}", "Children.", ["k"], limit=1)
+        assert isinstance(metric, obskit.Instrument)
+        first, past = metric.labels("a"), metric.labels("b")
+        assert (type(first), type(past), metric.folded(past)) == (kind, kind, True)
+    timed = obskit.histogram("typing_children_histogram", "Children.", ["k"], limit=1)
+    assert {type(timed.labels(v)) for v in "ab"} == {Histogram}
