@@ -518,7 +518,16 @@ def check_label_names(
     """Refuse label names that are unbounded by nature, in any spelling (compared lowercased,
     with anything outside ``[a-z0-9_]`` as ``_``: ``User.ID`` as ``user_id``), and names
     outside Prometheus' classic ``[a-zA-Z_][a-zA-Z0-9_]*`` or reserved (a leading ``__``),
-    each with what to do instead."""
+    each with what to do instead.
+
+    Raises:
+        TypeError: ``label_names`` is one str (which would be split into one-letter labels).
+    """
+    if isinstance(label_names, str):
+        raise TypeError(
+            f"obskit: metric {metric!r}: labels takes a list of label names, not the str "
+            f"{label_names!r} (it would declare one label per letter); write [{label_names!r}]"
+        )
     names = tuple(label_names)
     allowed = set(allow_unbounded)
     repeated = sorted({name for name in names if names.count(name) > 1}, key=str)

@@ -387,13 +387,15 @@ def counter(
     Args:
         name: Prometheus metric name (``_total`` is added on exposition).
         documentation: the HELP text.
-        labels: label names; each value later passes the cardinality guard.
+        labels: label names (a list or tuple, ``["method"]``: not one str); each value later
+            passes the cardinality guard.
         limit: distinct label sets at most (default: the ``cardinality_limit`` option).
         rules: per-label :class:`LabelRule`, allowed values or a pattern.
         allow_unbounded: label names from the deny-list you vouch are bounded.
 
     Raises:
         CardinalityError: a label name is unbounded by nature.
+        TypeError: ``labels`` is one str.
     """
     return _declare(Counter, name, documentation, labels, limit, rules, allow_unbounded, {})
 

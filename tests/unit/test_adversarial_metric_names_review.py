@@ -4,6 +4,8 @@ finding pinned by a test. Every test declares its metrics in a copy of the decla
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -97,6 +99,17 @@ def test_the_obskit_prefix_is_for_self_metrics() -> None:
 def test_a_label_name_declared_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="'tier' more than once"):
         obskit.counter("names_dup", "Dup.", ["tier", "region", "tier"])
+
+
+# A bug this test found, since fixed: labels="method" (a str is a Sequence[str], so a type checker
+# takes it) declared the labels m, e, t, h, o, d; labels("GET") then failed at the first use.
+@pytest.mark.parametrize("declare", [obskit.counter, obskit.gauge, obskit.histogram])
+def test_labels_given_as_one_str_are_refused_at_declaration(declare: Any) -> None:
+    """TypeError naming the fix; nothing is declared."""
+    with pytest.raises(TypeError, match=r"not the str 'method' .* write \['method'\]"):
+        declare("names_str_labels", "By method.", "method")
+    assert "names_str_labels" not in _state.instruments
+    assert declare("names_str_labels", "By method.", ["method"]).label_names == ("method",)
 
 
 # A bug this test found, since fixed: obskit/metrics/cardinality.py _normalised lowercased a name
