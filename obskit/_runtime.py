@@ -215,6 +215,8 @@ class Runtime:
     #: ``processor``: there is one, ``keep_whole_trace`` is off (it needs the SDK's recorded but
     #: unsampled spans) and no other span processor is on obskit's provider.
     lean_spans: bool = False
+    #: When (``time.monotonic()``) a flush of :func:`flush_at_shutdown` last ran out of time.
+    exit_flush_failed: float | None = None
 
     def shutdown(self, timeout: float, *, keep_json_handler: bool = False) -> bool:
         """Flush and stop everything, within ``timeout`` seconds overall.
@@ -609,10 +611,13 @@ def _flush_after_uvicorn_shutdown(module: Any) -> None:
     import wrapt
 
     async def shutdown(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        began = time.monotonic()
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            flush_at_shutdown()  # bounded by the shutdown_timeout option; never raises
+            # Bounded by the shutdown_timeout option, never raises; not run again when the
+            # lifespan's flush, inside this shutdown, ran out of time.
+            flush_at_shutdown(since=began)
 
     try:
         wrapt.wrap_function_wrapper(module, "Server.shutdown", shutdown)
@@ -694,14 +699,21 @@ def _flush_provider(provider: Any, timeout: float) -> bool:
     return _bounded(flush, timeout)
 
 
-def flush_at_shutdown() -> None:
+def flush_at_shutdown(since: float | None = None) -> None:
     """:func:`force_flush` within the ``shutdown_timeout`` option, for a server's shutdown
-    hook (ASGI lifespan). Never raises."""
+    hook (the ASGI lifespan's end, uvicorn's ``Server.shutdown``). Skipped when a flush of
+    this kind has run out of time after ``since`` (``time.monotonic()``): under uvicorn both
+    hooks run in one shutdown, and with the collector down each waited the whole timeout --
+    twice what a pod's grace period was sized for. Never raises."""
     runtime = _state.runtime
     if runtime is None:
         return
     try:
-        force_flush(runtime.config.shutdown_timeout)
+        failed = runtime.exit_flush_failed
+        if since is not None and failed is not None and failed >= since:
+            return
+        if not force_flush(runtime.config.shutdown_timeout):
+            runtime.exit_flush_failed = time.monotonic()
     except Exception as exc:
         _selfmetrics.internal_error("flush_at_shutdown", exc)
 

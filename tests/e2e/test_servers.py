@@ -222,6 +222,32 @@ def test_sigterm_exports_the_spans_still_queued(tmp_path: Path, framework: str) 
     assert 1 == sum(name.startswith("GET /items/") for name in names), names
 
 
+def test_uvicorn_exits_within_one_shutdown_timeout_when_the_collector_is_down(
+    tmp_path: Path,
+) -> None:
+    """Under uvicorn, the lifespan's end and ``Server.shutdown`` both flush; with the collector
+    refusing, each waited the whole ``shutdown_timeout`` (a soak review, 2026-11-25: 10 s to
+    exit with the default 5), past a pod's grace period sized on the documented "longest
+    flush at exit". The second is skipped when the first ran out of time."""
+    timeout = 3.0
+    with running(
+        tmp_path,
+        "fastapi",
+        "exit-bound",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",  # nothing listens
+        OBSKIT_SHUTDOWN_TIMEOUT=str(timeout),
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+    ) as s:
+        wait_ready(s)
+        assert 200 == get(f"{s.base}/items/7")[0]
+        began = time.monotonic()
+        s.process.send_signal(signal.SIGTERM)
+        s.process.wait(timeout=4 * timeout)
+        took = time.monotonic() - began
+    # One timeout and uvicorn's own shutdown, with room for a slow host; two were over 2x.
+    assert timeout <= took < 1.6 * timeout, (took, s.log_tail())
+
+
 @pytest.mark.parametrize(
     ("caller", "callee"),
     [("flask", "fastapi"), ("fastapi", "django"), ("django", "flask")],
