@@ -320,9 +320,21 @@ def _ended(request: Request, status: int, scope: Scope) -> None:
             scope._redirected()
     elif status >= 500:
         errors = getattr(scope.get("fastapi.telemetry"), "_exceptions", None)
-        _end_failed(request, errors[-1] if errors else sys.exc_info()[1])
+        exc = errors[-1] if errors else sys.exc_info()[1]
+        if exc is not None and _http_answer(exc):
+            exc = None  # HTTPException(503): the app's answer, not a failure of its code
+        _end_failed(request, exc)
         return
     request.finish(detach=False)
+
+
+def _http_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` is Starlette's ``HTTPException`` (FastAPI's is a subclass), which an app
+    raises to answer with a status: by name, as this module does not import Starlette."""
+    return any(
+        kind.__name__ == "HTTPException" and kind.__module__.startswith("starlette.")
+        for kind in exc.__class__.__mro__
+    )
 
 
 def _end_failed(request: Request, exc: BaseException | None) -> None:
