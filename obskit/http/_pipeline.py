@@ -305,7 +305,12 @@ class HttpTelemetry:
                 _selfmetrics.internal_error("http_span", exc)
                 parent, span = None, INVALID_SPAN
             request = (request_type or Request)(self, label, span, get_header)
-            if not adopt and span.is_recording():
+            if adopt:
+                request._adopted = True
+                if runtime is not None and runtime.meter_provider is not None:
+                    # The OTLP duration's url.scheme (never a span rebuilt: see _keep).
+                    request._unsampled = (parent, method, path, describe, source)
+            elif span.is_recording():
                 request._recording = True
                 _set_attributes(
                     span,
@@ -622,6 +627,9 @@ class Request:
     _token: object = None
     _finished = False
     _recording = False
+    #: The span is another instrumentation's SERVER span (see :meth:`HttpTelemetry.begin`):
+    #: obskit neither changes, ends nor rebuilds it, but its exemplars name its trace.
+    _adopted = False
     #: An exception the framework caught and answered with an error response (Flask's
     #: ``got_request_exception``, Django's ``process_exception``): recorded on the span if the
     #: request ends with a 5xx status, ignored if the framework answered 4xx (``Http404``).
@@ -738,7 +746,8 @@ class Request:
                 series = telemetry.series(method, route)
             span = self.span
             exemplar = None
-            if self._recording and telemetry.exemplars:  # an unsampled span never records
+            # An unsampled span never records; an adopted one may be sampled.
+            if (self._recording or self._adopted) and telemetry.exemplars:
                 ctx = span.get_span_context()  # a tuple: (trace_id, span_id, remote, flags, ...)
                 if ctx[3] & 1:
                     exemplar = {"trace_id": ctx[0].to_bytes(16, "big").hex()}
@@ -882,8 +891,8 @@ class Request:
         runtime = _state.runtime
         processor = runtime.processor if runtime is not None else None
         unsampled = self._unsampled
-        if processor is None or unsampled is None:
-            return
+        if processor is None or unsampled is None or self._adopted:
+            return  # (an adopted span is its instrumentation's to export: never twice)
         parent, method, path, describe, source = unsampled
         parent_ctx = _ctx.current_span(parent).get_span_context() if parent else None
         span = ServerSpan(

@@ -419,3 +419,37 @@ def test_another_instrumentations_server_span_around_the_request_is_the_requests
         list(wrapped(environ("/items/2"), lambda *a: None))
     assert ["GET /items/{id}"] == [span.name for span in server_spans(cap)]
     assert 2 == len(cap.spans())  # and the job's own
+
+
+# Bugs a review of the change above found, since fixed: with OTLP metrics on, a failing request
+# under an adopted span had its SERVER span rebuilt and exported again by the keep-errors policy
+# (same trace and span id: two spans), and an adopted sampled span gave no exemplar
+# (obskit/http/_pipeline.py, Request._keep and finish).
+def test_an_adopted_span_is_never_exported_twice_and_gives_the_exemplar() -> None:
+    from opentelemetry.trace import SpanKind
+
+    import obskit
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"no"]
+
+    with capture(
+        service_name="adapters-review",
+        metrics_exporter="prometheus+otlp",
+        metric_export_interval=3600.0,
+        otlp_endpoint="http://127.0.0.1:9",  # nothing listens: the exit push fails at once
+        otlp_timeout=0.5,
+        traces_exporter="otlp",
+    ) as cap:
+        wrapped = WsgiMiddleware(app, route_resolver=lambda env: "/items/{id}")
+        other = obskit.tracer_provider().get_tracer("opentelemetry.instrumentation.wsgi")
+        with other.start_as_current_span("GET /items/{id}", kind=SpanKind.SERVER) as outer:
+            assert [b"no"] == list(wrapped(environ("/items/1"), lambda *a: None))
+        (span,) = server_spans(cap)
+        assert outer.get_span_context().span_id == int.from_bytes(span.span_id, "big")
+        from obskit.metrics.exposition import render
+
+        text = render("application/openmetrics-text")[0].decode()
+    trace_id = format(outer.get_span_context().trace_id, "032x")
+    assert f'route="/items/{{id}}"}} 1.0 # {{trace_id="{trace_id}"}}' in text, text[:2000]
