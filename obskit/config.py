@@ -926,29 +926,52 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    ignored: set[str] = set()
     for spec in OPTIONS:
-        if spec.name in options and options[spec.name] is not None:
-            raw, source = options[spec.name], "argument"
-        else:
-            found = next((name for name in spec.env if env.get(name, "").strip() != ""), None)
-            if found is None:
-                continue
-            raw, source = env[found], f"env:{found}"
         parse = spec.parse
-        if parse is _seconds_from_ms and source == "argument":
-            parse = _seconds  # milliseconds are the environment's unit; arguments are seconds
-        try:
-            values[spec.name] = parse(raw)
-        except _Unrecognised as exc:
-            if not source.startswith("env:OTEL_"):  # an argument, or obskit's own variable
-                raise ConfigError(spec.name, raw, exc.allowed, source) from None
-            _ignored(spec.name, raw, exc, source)
-            if exc.known is None:
+        if spec.name in options and options[spec.name] is not None:
+            if parse is _seconds_from_ms:
+                parse = _seconds  # milliseconds are the environment's unit; arguments seconds
+            try:
+                values[spec.name] = parse(options[spec.name])
+            except _Invalid as exc:
+                raise ConfigError(spec.name, options[spec.name], exc.allowed) from None
+            sources[spec.name] = "argument"
+            continue
+        if spec.name == "sampler_arg" and "sampler" in ignored:
+            # The argument of a sampler obskit does not run (Jaeger's remote sampler takes
+            # "endpoint=...,pollingIntervalMs=..."): ignored with it, not a ConfigError.
+            found = next((name for name in spec.env if env.get(name, "").strip()), None)
+            if found is not None:
+                _warn_once(
+                    f"config:{found}",
+                    "obskit: %s is ignored with the sampler it is the argument of",
+                    found,
+                )
+            continue
+        # The first variable set (the signal's own before the generic one) whose value obskit
+        # reads: one it does not read is as if unset, and the next one applies.
+        for name in spec.env:
+            raw = env.get(name, "")
+            if not raw.strip():
                 continue
-            values[spec.name] = exc.known
-        except _Invalid as exc:
-            raise ConfigError(spec.name, raw, exc.allowed, source) from None
-        sources[spec.name] = source
+            source = f"env:{name}"
+            try:
+                values[spec.name] = parse(raw)
+            except _Unrecognised as exc:
+                if not name.startswith("OTEL_"):  # obskit's own variable: a typo is an error
+                    raise ConfigError(spec.name, raw, exc.allowed, source) from None
+                _ignored(spec.name, raw, exc, source)
+                if exc.known is None:
+                    continue
+                values[spec.name] = exc.known
+            except _Invalid as exc:
+                raise ConfigError(spec.name, raw, exc.allowed, source) from None
+            sources[spec.name] = source
+            break
+        else:
+            if any(env.get(name, "").strip() for name in spec.env):
+                ignored.add(spec.name)  # set, and ignored: the option keeps its default
 
     resource = dict(values.get("resource_attributes", {}))
     for attr, option in _RESOURCE_ALIASES.items():
@@ -1105,15 +1128,25 @@ def _check_span_batches(values: dict[str, Any], sources: dict[str, str]) -> None
     )
 
 
+def _warn_once(key: str, message: str, *args: object) -> None:
+    """Log ``message`` once per process (``load_config`` runs again at each ``configure()``
+    and for each metric declared before it): obskit's one-warning rule."""
+    from obskit import _state
+
+    if key in _state.warned:
+        return
+    _state.warned.add(key)
+    logging.getLogger("obskit").warning(message, *args)
+
+
 def _ignored(option: str, raw: object, exc: _Unrecognised, source: str) -> None:
     """Warn that an ``OTEL_*`` variable's value (or part of a list) is not one obskit reads."""
-    if exc.known is None:
-        what = "ignored: the option keeps its default"
-    else:
-        what = f"obskit uses {exc.known!r} of it"
-    logging.getLogger("obskit").warning(
+    what = "ignored, as if unset" if exc.known is None else f"obskit uses {exc.known!r} of it"
+    name = source.removeprefix("env:")
+    _warn_once(
+        f"config:{name}={raw}",
         "obskit: %s=%s is not a value obskit reads for %s (%s); %s",
-        source.removeprefix("env:"),
+        name,
         _shown(option, raw),
         option,
         exc.allowed,
@@ -1128,7 +1161,8 @@ def _check_metrics_port(values: dict[str, Any], sources: dict[str, str]) -> None
     exporter = values.get("metrics_exporter", "prometheus")
     if values.get("metrics_port") is None or "prometheus" in exporter:
         return
-    logging.getLogger("obskit").warning(
+    _warn_once(
+        f"config:metrics_port={values['metrics_port']}:{exporter}",
         "obskit: metrics_port=%s (from %s) is not served: metrics_exporter=%r (from %s) does not "
         "include prometheus; set it to prometheus+otlp (OTEL_METRICS_EXPORTER=otlp,prometheus) "
         "to both serve and push the metrics",

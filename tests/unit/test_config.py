@@ -166,6 +166,54 @@ def test_an_otel_enum_value_obskit_does_not_read_is_warned_and_ignored(
         assert f"env:{name}" == config.source_of(option)
 
 
+# Bugs a review of the change above found, since fixed: an unrecognised signal-specific value
+# made obskit drop the valid generic variable (and so the metrics' and logs' protocol too); an
+# ignored OTEL_TRACES_SAMPLER's argument still stopped configure(); each warning came again at
+# every load_config() (every configure(), every metric declared before it).
+def test_an_ignored_signal_variable_lets_the_generic_one_apply() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "deflate",
+    }
+    config = load_config(env)
+    assert ("grpc", "env:OTEL_EXPORTER_OTLP_PROTOCOL") == (
+        config.otlp_protocol,
+        config.source_of("otlp_protocol"),
+    )
+    assert ("gzip", "env:OTEL_EXPORTER_OTLP_COMPRESSION") == (
+        config.otlp_compression,
+        config.source_of("otlp_compression"),
+    )
+
+
+def test_the_argument_of_an_ignored_sampler_is_ignored_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {
+        "OTEL_TRACES_SAMPLER": "parentbased_jaeger_remote",
+        "OTEL_TRACES_SAMPLER_ARG": "endpoint=http://localhost:14250,pollingIntervalMs=5000",
+    }
+    with caplog.at_level("WARNING", logger="obskit"):
+        config = load_config(env)
+    assert ("parentbased_always_on", None) == (config.sampler, config.sampler_arg)
+    assert any("OTEL_TRACES_SAMPLER_ARG is ignored" in r.getMessage() for r in caplog.records)
+    # A sampler obskit runs still has its argument checked.
+    with pytest.raises(ConfigError):
+        load_config({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x=1"})
+
+
+def test_each_configuration_warning_is_given_once(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "otlp"}
+    with caplog.at_level("WARNING", logger="obskit"):
+        for _ in range(3):
+            load_config(env, metrics_port=19464)
+    messages = [r.getMessage() for r in caplog.records]
+    assert 1 == sum("OTEL_TRACES_EXPORTER='console'" in m for m in messages), messages
+    assert 1 == sum("metrics_port=19464" in m for m in messages), messages
+
+
 def test_an_unrecognised_enum_value_as_an_argument_still_raises() -> None:
     """A keyword argument is the application's own: a typo there is an error, not a warning."""
     with pytest.raises(ConfigError, match=r"traces_exporter='console' \(from argument\)"):
