@@ -52,12 +52,31 @@ class _Union(Collector):
         seen: set[str] = set()
         for registry in self.registries:
             for metric in registry.collect():
-                name = metric.name
-                if name not in seen:
-                    seen.add(name)
+                names = _exposed(metric)
+                if seen.isdisjoint(names):
+                    seen |= names
                     yield metric
                 else:
-                    _shadowed(name)
+                    _shadowed(metric.name)
+
+
+#: The names a family of each type writes besides its samples' (its HELP and TYPE lines').
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("", "_bucket", "_count", "_sum", "_created"),
+    "gaugehistogram": ("", "_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+
+
+def _exposed(metric: Metric) -> set[str]:
+    """Every name ``metric`` puts in an exposition: a gauge ``http_requests_total`` clashes with
+    the counter ``http_requests`` as surely as a second counter of that name does."""
+    name = metric.name
+    names = {name + suffix for suffix in _SUFFIXES.get(metric.type, ("",))}
+    names.update(sample.name for sample in metric.samples)
+    return names
 
 
 def _shadowed(name: str) -> None:

@@ -218,3 +218,32 @@ def test_a_default_registry_family_named_like_obskits_is_counted_and_warned(
         assert 2.0 == get_sample_value("obskit_metrics_shadowed_total", {"metric": "http_requests"})
     finally:
         REGISTRY.unregister(theirs)
+
+
+def test_a_default_registry_gauge_named_like_an_obskit_counters_samples_is_left_out() -> None:
+    """A review's finding, since fixed: a gauge named ``http_requests_total`` is a family of
+    another name than obskit's counter ``http_requests``, and both were served -- a second
+    HELP and TYPE for one name, which promtool and the OpenMetrics parser refuse."""
+    from prometheus_client import REGISTRY, Gauge
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from obskit.http._pipeline import HttpTelemetry
+    from obskit.testing import get_sample_value
+
+    obskit.configure(service_name="shadow", traces_exporter="none")
+    theirs = Gauge("http_requests_total", "The app's own.", registry=REGISTRY)
+    try:
+        theirs.set(3)
+        request = HttpTelemetry().start("GET", "/a", lambda name: None, route="/a")
+        assert request is not None
+        request.finish(200)
+        body, _ = render("application/openmetrics-text")
+        text = body.decode()
+        assert 1 == text.count("# TYPE http_requests ")
+        assert "# TYPE http_requests_total" not in text
+        list(text_string_to_metric_families(text))  # parses: one family per name
+        assert 1.0 == get_sample_value(
+            "obskit_metrics_shadowed_total", {"metric": "http_requests_total"}
+        )
+    finally:
+        REGISTRY.unregister(theirs)
