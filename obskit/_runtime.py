@@ -681,6 +681,17 @@ def _no_flush_running() -> None:
 os.register_at_fork(after_in_child=_no_flush_running)
 
 
+def _provider_resource_after_fork() -> None:
+    # A forked worker is its own process: the provider's resource names its process.pid, as
+    # obskit's span pipeline and the OTLP metrics and logs providers do.
+    runtime, found = _state.runtime, _global
+    if runtime is not None and found is not None and not runtime.closed:
+        _set_provider_resource(found.provider, resource_attributes(runtime.config))
+
+
+os.register_at_fork(after_in_child=_provider_resource_after_fork)
+
+
 def _flush_provider(provider: Any, timeout: float) -> bool:
     """``provider.force_flush()`` within ``timeout``; False at once while an earlier one has
     not finished."""

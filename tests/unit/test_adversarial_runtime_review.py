@@ -175,3 +175,34 @@ def test_spans_seen_by_an_added_processor_carry_the_configured_resource(tmp_path
         ["checkout", "1.4.2"],
         ["billing", "0.0.0"],
     ] == json.loads(out.splitlines()[-1])
+
+
+# Found by a review of the fix above, since fixed: in a forked worker the provider's resource
+# kept the parent's process.pid (obskit/_runtime.py, _provider_resource_after_fork).
+def test_a_forked_child_s_provider_resource_names_its_own_pid(tmp_path: object) -> None:
+    out = _run(
+        f"""
+        import os
+        import obskit
+        from opentelemetry.sdk.trace import SpanProcessor
+
+        seen = []
+
+        class Recording(SpanProcessor):
+            def on_end(self, span):
+                seen.append(span.resource.attributes.get("process.pid"))
+
+        obskit.configure(service_name="s", traces_file=os.path.join({str(tmp_path)!r}, "t.jsonl"))
+        provider = obskit.tracer_provider()
+        provider.add_span_processor(Recording())
+        tracer = provider.get_tracer("t")
+        pid = os.fork()
+        if pid == 0:
+            with tracer.start_as_current_span("child"):
+                pass
+            os._exit(0 if seen == [os.getpid()] else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert "0" == out.splitlines()[-1]
