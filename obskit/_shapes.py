@@ -231,12 +231,23 @@ class _BoundDecorated(_BoundBase):
     def __func__(self) -> Any:
         """The decorated function of a method bound to an instance (``obj.method``, or a
         ``@classmethod`` above the decorator), as ``weakref.WeakMethod`` takes it to rebuild
-        the method; otherwise what the bound method underneath has (a classmethod's function,
-        undecorated: the ``classmethod`` object the decorator wraps cannot be called)."""
-        if self._self_binding == "function" and self._self_instance is not None:
+        the method. For the decorator above ``@classmethod``, the ``classmethod`` object it
+        wraps cannot be called: the classmethod's function, decorated the same way (so that
+        ``C.m.__func__(C)`` runs and is recorded, and ``type(m)(m.__func__, C)`` rebinds)."""
+        binding = self._self_binding
+        if binding == "function" and self._self_instance is not None:
             return self._self_parent
         method: Any = self.__wrapped__
-        return method.__func__
+        function = method.__func__
+        parent: Any = self._self_parent
+        if binding == "classmethod" and isinstance(parent, Decorated):
+            # One per decorated classmethod, kept on it: WeakMethod holds it weakly.
+            found = getattr(parent, "_self_obskit_function", None)
+            if found is None:
+                found = Decorated(function, parent._self_wrapper, parent._self_enabled)
+                setattr(parent, "_self_obskit_function", found)  # noqa: B010
+            return found
+        return function
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         owner = getattr(self, "__self__", None)

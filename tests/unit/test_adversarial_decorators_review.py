@@ -908,6 +908,11 @@ class Listener:
     def on_class_event(cls, sender: object, **kwargs: object) -> str:
         return cls.__name__
 
+    @obskit.red  # the decorator above @classmethod, as docs/metrics.md shows it
+    @classmethod
+    def on_class_event_above(cls, sender: object, **kwargs: object) -> str:
+        return cls.__name__
+
 
 def in_use(resource: str) -> float | None:
     """resource_in_use of one USE tracker: 1 inside a decorated call of it."""
@@ -960,6 +965,24 @@ def test_a_weakmethod_of_a_classmethod_above_the_decorator_comes_back_decorated(
     assert back is not None
     assert ("Listener", Listener) == (back("s"), back.__self__)
     assert (1.0, 0.0) == outcomes("Listener.on_class_event")
+
+
+# Found by a review of the fix above, since fixed: with the decorator above @classmethod the
+# bound method's __func__ was the undecorated function, so WeakMethod (a Django signal) raised
+# TypeError into the sender (obskit/_shapes.py, _BoundDecorated.__func__).
+def test_a_weakmethod_of_the_decorator_above_classmethod_comes_back_decorated() -> None:
+    import django.dispatch
+
+    bound = Listener.on_class_event_above
+    back = weakref.WeakMethod(bound)()
+    assert back is not None
+    assert ("Listener", Listener) == (back("s"), back.__self__)
+    assert "Listener" == bound.__func__(Listener, "direct")  # callable, as a method's __func__
+    assert bound.__func__ is Listener.on_class_event_above.__func__  # one: held weakly
+    signal = django.dispatch.Signal()
+    signal.connect(Listener.on_class_event_above)
+    assert [(Listener.on_class_event_above, "Listener")] == signal.send(sender="d")
+    assert (3.0, 0.0) == outcomes("Listener.on_class_event_above")
 
 
 @pytest.mark.parametrize("weak", [True, False])
