@@ -48,7 +48,9 @@ def _batch(spans: int) -> bytes:
     return merged.SerializeToString()  # type: ignore[no-any-return]
 
 
-def _message_to_dict(request: bytes) -> list[str]:
+def message_to_dict_lines(request: bytes) -> list[str]:
+    """The lines as obskit wrote them until 2026-11-25: ``MessageToDict`` per span (ids in
+    hex), the resource and scope dicts in each line -- the reference the tests compare with."""
     from google.protobuf.json_format import MessageToDict
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
@@ -68,6 +70,8 @@ def _message_to_dict(request: bytes) -> list[str]:
             scope = MessageToDict(ss.scope)
             for span in ss.spans:
                 doc = ids(MessageToDict(span, use_integers_for_enums=True))
+                for link in doc.get("links", ()):
+                    ids(link)
                 doc["resource"] = resource
                 doc["scope"] = scope
                 lines.append(json.dumps(doc, separators=(",", ":"), ensure_ascii=False))
@@ -83,10 +87,10 @@ def main() -> None:
 
     batch = _batch(args.spans)
     variants: dict[str, Callable[[bytes], list[str]]] = {
-        "message_to_dict": _message_to_dict,
+        "message_to_dict": message_to_dict_lines,
         "obskit": request_to_json_lines,
     }
-    same = [json.loads(line) for line in _message_to_dict(batch)] == [
+    same = [json.loads(line) for line in message_to_dict_lines(batch)] == [
         json.loads(line) for line in request_to_json_lines(batch)
     ]
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -1,11 +1,12 @@
 """The keyword options of :func:`obskit.configure` and the adapters, typed for checkers.
 
 :class:`Options` names every option :func:`obskit.config.load_config` takes, each with the
-argument forms it accepts (a test holds the keys to ``config.OPTION_NAMES`` and :data:`Sampler`
-to ``config.SAMPLERS``), so that ``configure(service_nme=...)`` or ``sampler="ratio"`` is an
+argument forms it accepts (a test holds the keys to ``config.OPTION_NAMES``; ``config.SAMPLERS``
+is made from :data:`Sampler`), so that ``configure(service_nme=...)`` or ``sampler="ratio"`` is an
 error before the program runs, not only at ``configure()``. ``None`` is accepted everywhere, as
 at run time: an option given as None is not given (its variable or default applies). The
-values are checked at run time as before; this module adds no behaviour.
+values are checked at run time as before; this module adds no behaviour
+(and imports nothing of obskit's: ``config`` imports it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ __all__ = [
     "Sampler",
 ]
 
-#: ``config.SAMPLERS``.
+#: The samplers (``config.SAMPLERS`` is made from this list): the spec's names plus obskit's
+#: rate-limited and adaptive ones.
 Sampler = Literal[
     "always_on",
     "always_off",

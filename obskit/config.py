@@ -21,7 +21,9 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from obskit._options import Sampler
 
 __all__ = ["SAMPLERS", "Config", "ConfigError", "OptionSpec", "describe", "load_config"]
 
@@ -57,19 +59,8 @@ def _shown(option: str, value: object) -> str:
 
 
 #: Samplers accepted by ``sampler=`` / ``OTEL_TRACES_SAMPLER``: the spec's names plus obskit's
-#: rate-limited ones (argument: new traces per second).
-SAMPLERS = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-    "ratelimited",
-    "parentbased_ratelimited",
-    "adaptive",
-    "parentbased_adaptive",
-)
+#: rate-limited and adaptive ones -- :data:`obskit._options.Sampler`, the type checkers' list.
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 
 Protocol = Literal["grpc", "http/protobuf"]
 
