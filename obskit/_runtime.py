@@ -97,6 +97,9 @@ class _Global:
     provider: _Provider
     sampler: SwitchableSampler
     processor: _SwitchableProcessor
+    #: The class name of a global TracerProvider set before obskit's, warned about once
+    #: :func:`configure` has set up obskit's logging (so the warning is one of its JSON lines).
+    foreign: str | None = None
 
 
 _global: _Global | None = None
@@ -332,12 +335,7 @@ def _install_global_locked() -> _Global:
         _global = _Global(provider, sampler, processor)
         current = trace.get_tracer_provider()
         if type(current).__name__ != "ProxyTracerProvider":
-            _selfmetrics.warn_once(
-                "foreign_provider",
-                "obskit: a global TracerProvider (%s) was already set; obskit's spans go through "
-                "its own provider, pass obskit.tracer_provider() to other instrumentation",
-                type(current).__name__,
-            )
+            _global.foreign = type(current).__name__
         else:
             trace.set_tracer_provider(provider)
         # W3C Baggage as the Recommendation writes it, for every caller of propagate.inject
@@ -478,6 +476,13 @@ def _build_into(
             max_message_bytes=config.log_max_message_bytes,
             flush_interval=config.log_flush_interval,
             direct=config.log_direct,
+        )
+    if glob.foreign is not None:
+        _selfmetrics.warn_once(
+            "foreign_provider",
+            "obskit: a global TracerProvider (%s) was already set; obskit's spans go through "
+            "its own provider, pass obskit.tracer_provider() to other instrumentation",
+            glob.foreign,
         )
     from obskit.tracing.outbound import install as install_outbound
 

@@ -206,3 +206,24 @@ def test_a_forked_child_s_provider_resource_names_its_own_pid(tmp_path: object) 
         """
     )
     assert "0" == out.splitlines()[-1]
+
+
+# Found by a review of obskit next to other setups, since fixed: the warning about a global
+# TracerProvider set before obskit's was logged when obskit first touched tracing, before
+# configure() had set up its JSON logging: a plain-text line on stderr, or, under
+# opentelemetry-instrument, only in the agent's OTLP log stream.
+def test_the_foreign_provider_warning_is_one_of_obskits_json_lines() -> None:
+    out = _run(
+        """
+        import json, sys
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        trace.set_tracer_provider(TracerProvider())
+        sys.stderr = sys.stdout  # obskit's handler writes to the stderr of setup time
+        import obskit
+        obskit.configure(service_name="s", traces_exporter="none", logging=True)
+        """
+    )
+    warned = [line for line in out.splitlines() if "already set" in line]
+    assert 1 == len(warned), out
+    assert "WARNING" == json.loads(warned[0])["level"]
