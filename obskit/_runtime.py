@@ -435,7 +435,8 @@ def _build_into(
     runtime: Runtime, config: Config, sink: SpanSink | None, previous: Runtime | None
 ) -> None:
     glob = _install_global()
-    _set_provider_resource(glob.provider, resource_attributes(config))
+    resource = resource_attributes(config)
+    _set_provider_resource(glob.provider, resource)
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
     # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals
@@ -498,7 +499,7 @@ def _build_into(
     if sink is not None:
         runtime.processor = CompactSpanProcessor(
             sink,
-            resource_attributes=resource_attributes(config),
+            resource_attributes=resource,
             max_queue_size=config.bsp_max_queue_size,
             max_queue_bytes=config.bsp_max_queue_bytes,
             max_export_batch_size=config.bsp_max_export_batch_size,
@@ -527,11 +528,11 @@ def _build_into(
         from obskit._otlp_signals import build_logs, build_metrics
 
         if "otlp" in config.metrics_exporter:
-            runtime.meter_provider = build_metrics(config, resource_attributes(config))
+            runtime.meter_provider = build_metrics(config, resource)
         if config.logs_exporter == "otlp":
             runtime.logger_provider, runtime.log_handler = build_logs(
                 config,
-                resource_attributes(config),
+                resource,
                 replacing=None if previous is None else previous.log_handler,
             )
             root = logging.getLogger()

@@ -1120,14 +1120,11 @@ def _check_span_batches(values: dict[str, Any], sources: dict[str, str]) -> None
 
 
 def _warn_once(key: str, message: str, *args: object) -> None:
-    """Log ``message`` once per process (``load_config`` runs again at each ``configure()``
-    and for each metric declared before it): obskit's one-warning rule."""
-    from obskit import _state
+    """:func:`obskit._selfmetrics.warn_once` (``load_config`` runs again at each
+    ``configure()`` and for each metric declared before it), imported when first needed."""
+    from obskit._selfmetrics import warn_once
 
-    if key in _state.warned:
-        return
-    _state.warned.add(key)
-    logging.getLogger("obskit").warning(message, *args)
+    warn_once(key, message, *args)
 
 
 def _ignored(option: str, raw: object, exc: _Unrecognised, source: str) -> None:

@@ -149,8 +149,9 @@ def _span_json(span: Any) -> list[str]:
     """The members of a ``Span`` as ``MessageToDict(span, use_integers_for_enums=True)`` gives
     them -- the same keys, values and order (field number), ids in hex -- as JSON text, in a
     fraction of its time: protobuf's generic converter and ``json.dumps`` of its dict cost
-    about 120 us a span on the export thread under load, with the GIL, which the request
-    threads then waited for (a soak review: p99 5-7x with the default file)."""
+    about 60 us a span on the export thread (``benchmarks/bench_jsonl.py``), with the GIL,
+    which the request threads then waited for (a soak review: p99 5-7x with the default
+    file)."""
     parts = []
     if span.trace_id:
         parts.append(f'"traceId":"{span.trace_id.hex()}"')

@@ -13,14 +13,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
 import obskit
 from obskit import config
-from obskit._options import LogLevel, Options, Sampler
+from obskit._options import LogLevel, Options
+from obskit.tracing.sampling import build_sampler
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = Path(__file__).with_name("typing_snippets")
@@ -104,7 +105,19 @@ def test_the_typed_options_are_the_options_configure_takes() -> None:
     hints = get_type_hints(Options)
     assert set(hints) == set(config.OPTION_NAMES)
     assert Options.__optional_keys__ == frozenset(config.OPTION_NAMES)
-    assert set(get_args(Sampler)) == set(config.SAMPLERS)
+    # config.SAMPLERS is made from Sampler: each of its names must be one build_sampler builds
+    # (it takes any name it does not know for the rate-limited one).
+    roots = {
+        "always_on": "StaticSampler",
+        "always_off": "StaticSampler",
+        "traceidratio": "TraceIdRatioBased",
+        "adaptive": "AdaptiveSampler",
+        "ratelimited": "RateLimitedSampler",
+    }
+    for name in config.SAMPLERS:
+        built: Any = build_sampler(config.load_config({}, sampler=name))
+        root = built._root if name.startswith("parentbased_") else built
+        assert roots[name.removeprefix("parentbased_")] == type(root).__name__, name
     assert {level.upper() for level in get_args(LogLevel)} == set(config._LEVELS)
     held = get_type_hints(config.Config, vars(config))  # its __module__ is "obskit"
     with_choices = {name for name in hints if _literals(hints[name])}
