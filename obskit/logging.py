@@ -1279,10 +1279,11 @@ def setup_logging(
 ) -> logging.Handler:
     """Install obskit's JSON handler on the root logger (replacing a previous obskit handler).
 
-    Framework and server loggers lose their own handlers and propagate to the root, so uvicorn,
-    gunicorn, Django and Flask lines come out as JSON too; one that has no handler and does not
-    propagate was silenced on purpose (``uvicorn --no-access-log``) and stays so. Returns the
-    handler.
+    Framework and server loggers lose the handlers that write their lines to a stream and
+    propagate to the root, so uvicorn, gunicorn, Django and Flask lines come out as JSON too;
+    their other handlers (Django's ``mail_admins``, syslog) stay. One that has no handler and
+    does not propagate was silenced on purpose (``uvicorn --no-access-log``) and stays so.
+    Returns the handler.
 
     ``direct`` (default on): a ``logging.getLogger(name)`` line whose only listener is this
     handler is written as :func:`obskit.get_logger` writes it, without a ``LogRecord`` -- the
@@ -1362,7 +1363,8 @@ def retire_handler(handler: logging.Handler) -> None:
 
 def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> None:
     """Hand the server and framework loggers ``names`` to the root logger (obskit's handler):
-    each loses its own handlers and propagates, unless it was silenced on purpose. Called by
+    each loses its handlers that write lines to a stream and propagates, unless it was silenced
+    on purpose; other handlers (mail, syslog, a queue) stay. Called by
     :func:`setup_logging`, and through :func:`take_back_framework_loggers` by the adapters of
     servers that set their loggers up again."""
     # Every state is read before any logger changes: servers share handler lists between
@@ -1376,11 +1378,20 @@ def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> Non
             # propagating would bring those lines back, or at least their cost -- uvicorn
             # builds its access line whenever the logger has a handler to reach.
             continue
-        framework.handlers = []  # a new list: a shared one stays its other owner's
+        # A new list: a shared one stays its other owner's. Only handlers that write lines to
+        # a stream go (the console, a file): they would write each line again, as text. One
+        # that sends lines elsewhere (Django's mail_admins, syslog, a queue, an error tracker)
+        # does a job obskit's JSON line does not, and stays.
+        framework.handlers = [h for h in framework.handlers if not _writes_lines(h)]
         framework.propagate = True
         if framework.name in _TIDIED_LOGGERS and _SERVER_LINES not in framework.filters:
             framework.addFilter(_SERVER_LINES)
     _drop_flask_default_handler()
+
+
+def _writes_lines(handler: logging.Handler) -> bool:
+    """Whether a framework logger's ``handler`` writes its lines to a stream, as text."""
+    return isinstance(handler, logging.StreamHandler)
 
 
 def take_back_framework_loggers(names: Iterable[str]) -> None:

@@ -286,6 +286,11 @@ OBSKIT = {"logging": True}  # obskit is configured when Django builds its middle
 DATABASES = {}
 USE_TZ = True
 mode = os.environ["DJ_LOGGING"]
+# Django's default mail_admins handler (on 'django', ERROR, DEBUG off) mails these; the file
+# backend writes each mail to a file of this directory.
+ADMINS = [("Ops", "ops@example.com")]
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = os.path.join(here, mode + "-mail")
 if mode == "none":
     LOGGING_CONFIG = None
 else:
@@ -1112,15 +1117,32 @@ def test_django_disable_existing_loggers_stays(servers: dict[str, Server]) -> No
     assert found.probe["gunicorn.access"]["disabled"] is True
 
 
+# A bug this test found, since fixed: obskit.logging.take_over_framework_loggers took every
+# handler off 'django', Django's default mail_admins (AdminEmailHandler) among them: with
+# configure(logging=True) a production Django app stopped mailing its 500s to ADMINS
+def test_django_mail_admins_still_mails_errors(servers: dict[str, Server]) -> None:
+    """Django's default ``mail_admins`` handler stays on 'django': the 500 and the 503 are
+    mailed to ``ADMINS`` (through Django's file e-mail backend), and written as JSON once."""
+    found = served(servers, "dj-keep_existing")
+    mails = [path.read_text() for path in sorted((found.site / "keep_existing-mail").iterdir())]
+    subjects = [line for mail in mails for line in mail.splitlines() if line.startswith("Subject:")]
+    assert sorted(subjects) == [
+        "Subject: [Django] ERROR (EXTERNAL IP): Internal Server Error: /boom",
+        "Subject: [Django] ERROR (EXTERNAL IP): Service Unavailable: /busy",
+    ]
+    assert [] == found.plain_lines()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
         "known, left open (a design choice, documented in docs/logging.md, gunicorn): "
-        "obskit.logging.setup_logging replaces every handler of django.request, including one "
-        "the user configured in settings.LOGGING (and Django's default mail_admins on "
-        "'django'), as it does uvicorn's --log-config and gunicorn's logconfig_dict handlers: "
-        "those lines reach only the root's handlers. Keeping a user's handler while replacing "
-        "the servers' own needs telling them apart, which a logger's handlers do not record"
+        "obskit.logging.take_over_framework_loggers takes the handlers that write lines to a "
+        "stream (a StreamHandler, a FileHandler) off django.request, including a file the "
+        "user configured in settings.LOGGING, as it does uvicorn's --log-config and gunicorn's "
+        "logconfig_dict ones: those lines reach only the root's handlers. Keeping a user's file "
+        "while replacing the servers' own needs telling them apart, which a logger's handlers "
+        "do not record"
     ),
 )
 def test_django_user_handler_keeps_its_lines(servers: dict[str, Server]) -> None:

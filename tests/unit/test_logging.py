@@ -9,8 +9,10 @@ import http
 import io
 import json
 import logging
+import logging.handlers
 import os
 import pathlib
+import queue
 import random
 import re
 import subprocess
@@ -378,7 +380,34 @@ def test_framework_loggers_are_routed_to_the_json_handler() -> None:
     for name in FRAMEWORK_LOGGERS:
         logging.getLogger(name).warning("from %s", name)
     assert list(FRAMEWORK_LOGGERS) == [line["logger"] for line in lines(buffer)]
-    assert [] == [name for name in FRAMEWORK_LOGGERS if logging.getLogger(name).handlers]
+    streams = [
+        (name, handler)
+        for name in FRAMEWORK_LOGGERS
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    assert [] == streams
+
+
+def test_framework_loggers_keep_handlers_that_send_lines_elsewhere() -> None:
+    """A handler that does not write lines to a stream (Django's ``mail_admins``, syslog, a
+    queue) stays on its framework logger, which now also reaches the JSON handler; the console
+    and file handlers beside it go."""
+    mailed: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    django = logging.getLogger("django")
+    elsewhere = logging.handlers.QueueHandler(mailed)
+    console = logging.StreamHandler(io.StringIO())
+    django.handlers = [console, elsewhere]
+    buffer = io.StringIO()
+    try:
+        setup_logging(stream=buffer)
+        assert [elsewhere] == django.handlers
+        django.error("Internal Server Error: /boom")
+        assert ["Internal Server Error: /boom"] == [line["message"] for line in lines(buffer)]
+        assert "Internal Server Error: /boom" == mailed.get_nowait().getMessage()
+        assert "" == console.stream.getvalue()
+    finally:
+        django.handlers = []
 
 
 # A bug this test found, since fixed: setup_logging made every framework logger propagate,
