@@ -243,6 +243,82 @@ def test_sqlalchemy_engine_and_its_pool_instrumented_twice_count_once() -> None:
         engine.dispose()
 
 
+def test_sqlalchemy_async_engine_counts_checkouts_waiters_and_timeouts() -> None:
+    """An ``AsyncEngine`` (psycopg's async driver, SQLAlchemy's asyncio pool, callers as
+    greenlets on one thread): in_use follows the pool, a task waiting for a connection is one
+    waiter while it waits and its wait is observed, a pool timeout counts ``reason="timeout"``,
+    and everything returns to 0."""
+    require_postgres()
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = "adv-sa-async"
+    engine = create_async_engine(URL, pool_size=2, max_overflow=0, pool_timeout=0.3)
+    tracker = instrument_sqlalchemy_pool(engine, name=name)
+    assert tracker is instrument_sqlalchemy_pool(engine.sync_engine, name=name)
+    waits = {"resource": name}
+
+    async def until(check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 5
+        while not check():
+            assert time.monotonic() < deadline, "the pool never got there"
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> list[Any]:
+        seen: list[Any] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+                await release.wait()
+
+        async def query() -> int:
+            async with engine.connect() as conn:
+                return (await conn.exec_driver_sql("SELECT 7")).scalar_one()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await until(lambda: tracker.in_use == 2)
+        seen.append((engine.sync_engine.pool.checkedout(), value("resource_in_use", name)))
+        seen.append(value("resource_utilization_ratio", name))
+        waiting = asyncio.create_task(query())
+        await until(lambda: value("resource_waiters", name) == 1.0)
+        await asyncio.sleep(0.05)  # the waiter waits: its wait is at least this long
+        release.set()
+        seen.append(await waiting)
+        await asyncio.gather(*holders)
+        seen.append(
+            (tracker.in_use, value("resource_in_use", name), value("resource_waiters", name))
+        )
+
+        release.clear()
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await until(lambda: tracker.in_use == 2)
+        try:
+            await query()
+        except PoolTimeout:
+            seen.append("timed out")
+        release.set()
+        await asyncio.gather(*holders)
+        seen.append((tracker.in_use, value("resource_waiters", name)))
+        await engine.dispose()
+        return seen
+
+    count_before = get_sample_value("resource_wait_seconds_count", waits) or 0.0
+    sum_before = get_sample_value("resource_wait_seconds_sum", waits) or 0.0
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        engine.sync_engine.dispose()
+    assert [(2, 2.0), 1.0, 7, (0, 0.0, 0.0), "timed out", (0, 0.0)] == seen
+    assert 1.0 == value("resource_errors_total", name, reason="timeout")
+    assert 0.0 == value("resource_errors_total", name, reason="failure")
+    waited = (get_sample_value("resource_wait_seconds_sum", waits) or 0.0) - sum_before
+    # Every checkout's wait is observed (4 immediate ones, the waiter's, the timed-out one's).
+    assert 6.0 == (get_sample_value("resource_wait_seconds_count", waits) or 0.0) - count_before
+    assert waited >= 0.05 + 0.3
+
+
 # A bug this test found, since fixed: pools.py instrument_sqlalchemy_pool: the default name is
 # 'sqlalchemy:<database>' (host, port, URL options ignored) and use() returns the existing  tracker
 # for the same name and settings, so two engines on one database (a writer and a  reader) share one
