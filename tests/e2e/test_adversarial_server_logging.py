@@ -344,6 +344,19 @@ urlpatterns = [
 ]
 """
 
+DJANGO_ASGI = """
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djproj.settings")
+from django.core.asgi import get_asgi_application
+
+application = get_asgi_application()
+if os.environ.get("DJ_WRAP"):  # docs/logging.md, uvicorn: access lines in the request's trace
+    from obskit.asgi import ObskitMiddleware
+
+    application = ObskitMiddleware(application)
+"""
+
 DJANGO_WSGI = """
 import os
 
@@ -369,6 +382,7 @@ def write_site(site: Path) -> None:
         "djproj/settings.py": DJANGO_SETTINGS,
         "djproj/urls.py": DJANGO_URLS,
         "djproj/wsgi.py": DJANGO_WSGI,
+        "djproj/asgi.py": DJANGO_ASGI,
     }
     for name, text in files.items():
         path = site / name
@@ -500,6 +514,15 @@ def scenarios() -> dict[str, Scenario]:
                 paths=("/missing", "/busy", "/boom"),
             )
             for mode in ("none", "keep_existing", "disable_existing")
+        },
+        # Django under uvicorn, its ASGI application as it is and wrapped in obskit's
+        **{
+            name: Scenario(
+                [*UVICORN, "djproj.asgi:application"],
+                {"DJ_LOGGING": "none", **env},
+                paths=("/missing", "/busy", "/boom"),
+            )
+            for name, env in (("dj-uvicorn", {}), ("dj-uvicorn-wrapped", {"DJ_WRAP": "1"}))
         },
     }
 
@@ -1163,6 +1186,54 @@ def test_django_response_lines_carry_trace_id(servers: dict[str, Server]) -> Non
     by_path = {line["message"].split(": ")[1]: line for line in found.of("django.request")}
     for path in ("/missing", "/busy"):
         assert found.traces[path] == by_path[path].get("trace_id")
+
+
+# -- Django under uvicorn --------------------------------------------------------------------
+
+
+def server_spans(found: Server) -> dict[str, list[str]]:
+    """The SERVER spans' names per trace id, from the server's traces file."""
+    from obskit.cli.traces import load_spans
+
+    spans: dict[str, list[str]] = {}
+    for span in load_spans(str(found.site / f"{found.name}-traces.jsonl")).spans:
+        if span.kind == 2:  # SPAN_KIND_SERVER
+            spans.setdefault(span.trace_id, []).append(span.name)
+    return spans
+
+
+def test_django_under_uvicorn_lines_are_json_once(servers: dict[str, Server]) -> None:
+    """Django's ASGI application as it is, under uvicorn: every line JSON, once; the app's and
+    Django's request lines carry the trace; the access line does not (Django's middleware ended
+    the request before Django sends the response: documented, with the fix below)."""
+    found = served(servers, "dj-uvicorn")
+    assert [] == found.plain_lines()
+    assert_items_once(found, access="uvicorn.access", traced=False)
+    by_path = {line["message"].split(": ")[1]: line for line in found.of("django.request")}
+    for path in ("/missing", "/busy", "/boom"):
+        assert found.traces[path] == by_path[path].get("trace_id")
+
+
+def test_django_under_uvicorn_wrapped_access_lines_carry_trace_id(
+    servers: dict[str, Server],
+) -> None:
+    """Django's ASGI application wrapped in ``obskit.asgi.ObskitMiddleware`` (docs/logging.md,
+    uvicorn): each access line carries its request's trace id, as a FastAPI app's does; each
+    request is still one SERVER span, named by Django's route, and Django's request lines
+    keep their trace."""
+    found = served(servers, "dj-uvicorn-wrapped")
+    assert [] == found.plain_lines()
+    assert_items_once(found, access="uvicorn.access")
+    for path in ("/missing", "/busy", "/boom"):
+        (access,) = found.access_lines("uvicorn.access", path)
+        assert found.traces[path] == access["trace_id"]
+    by_path = {line["message"].split(": ")[1]: line for line in found.of("django.request")}
+    for path in ("/missing", "/busy", "/boom"):
+        assert found.traces[path] == by_path[path].get("trace_id")
+    spans = server_spans(found)
+    for item in ITEMS:
+        assert ["GET /items/<int:item_id>"] == spans[found.traces[f"/items/{item}"]]
+    assert ["GET /boom"] == spans[found.traces["/boom"]]
 
 
 # A bug this test found, since fixed: obskit.gunicorn.Logger.access re-enters the request's context

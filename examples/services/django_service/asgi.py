@@ -1,4 +1,9 @@
-"""The ASGI application: ``uvicorn django_service.asgi:application``."""
+"""The ASGI application: ``uvicorn django_service.asgi:application``.
+
+Wrapped in obskit's ASGI middleware so that uvicorn's access lines carry the request's trace
+(docs/logging.md, uvicorn); the Django middleware in settings.MIDDLEWARE then adds the route
+and the view's exception to the same request: one SERVER span per request.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from obskit.asgi import ObskitMiddleware
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", f"{__package__}.settings")
 
-application = get_asgi_application()
+application = ObskitMiddleware(get_asgi_application())
