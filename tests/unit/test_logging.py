@@ -15,6 +15,7 @@ import pathlib
 import queue
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -1218,6 +1219,42 @@ def test_gunicorn_access_lines_dropped_by_their_level_cost_nothing(
     logging.getLogger("gunicorn.access").setLevel(logging.INFO)
     logger.access(None, None, {}, None)
     assert 1 == len(built)
+
+
+def test_gunicorn_syslog_keeps_its_lines_beside_the_json_ones() -> None:
+    """gunicorn's ``--log-syslog`` with obskit's logger class and JSON logging: gunicorn's
+    syslog handler stays on its loggers (a datagram reaches a real UDP socket) and the same
+    line is written as JSON; its stream handler is gone (docs/logging.md)."""
+    import gunicorn.config
+
+    from obskit.gunicorn import Logger as GunicornLogger
+
+    obskit.configure(service_name="syslogged", traces_exporter="none", logging=True)
+    buffer = json_stream()
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    port = receiver.getsockname()[1]
+    cfg = gunicorn.config.Config()
+    cfg.set("syslog", True)
+    cfg.set("syslog_addr", f"udp://127.0.0.1:{port}")
+    error_log = logging.getLogger("gunicorn.error")
+    try:
+        logger = GunicornLogger(cfg)
+        kinds = [type(handler).__name__ for handler in error_log.handlers]
+        logger.error("worker %s exploded", 7)
+        receiver.settimeout(5)
+        datagram = receiver.recv(65536).decode()
+    finally:
+        receiver.close()
+        for name in ("gunicorn.error", "gunicorn.access"):
+            for handler in logging.getLogger(name).handlers:
+                handler.close()
+            logging.getLogger(name).handlers = []
+    assert ["SysLogHandler"] == kinds
+    assert "worker 7 exploded" in datagram
+    assert ["worker 7 exploded"] == [
+        line["message"] for line in lines(buffer) if line["logger"] == "gunicorn.error"
+    ]
 
 
 def test_log_flush_interval_option_is_validated() -> None:
