@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
+from obskit._resource import for_this_process
 from obskit.config import Config, signal_url
 
 if TYPE_CHECKING:
@@ -291,7 +292,9 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
             if callable(update):
                 from opentelemetry.sdk.resources import Resource
 
-                update(Resource({"process.pid": os.getpid()}))
+                resource = getattr(found, "_resource", None)
+                attributes = getattr(resource, "attributes", None) or {"process.pid": 0}
+                update(Resource(for_this_process(attributes)))
             consumer = getattr(found, "_measurement_consumer", None)
             if consumer is not None:
                 _start_afresh(consumer)
@@ -364,7 +367,7 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> MeterP
     # ``obskit.meter_provider()`` hands it to other libraries.
     provider = MeterProvider(
         metric_readers=[reader],
-        resource=Resource.create(resource_attributes),
+        resource=Resource(resource_attributes),
         shutdown_on_exit=False,
     )
     _renew_at_fork(provider, exporter)
@@ -394,9 +397,10 @@ def _bridging_reader_class() -> Any:
     class _BridgingReader(PeriodicExportingMetricReader):
         def __init__(self, *args: Any, resource_attributes: dict[str, Any], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # Made once: Resource.create runs the SDK's detectors on a thread pool, which an
-            # interpreter at exit refuses -- the last push of a short job would be lost.
-            self._obskit_resource = Resource.create(resource_attributes)
+            # The resource of every signal, as given: Resource.create would run the SDK's
+            # detectors again (another service.instance.id, OTEL_RESOURCE_ATTRIBUTES over the
+            # argument), on a thread pool that an interpreter at exit refuses.
+            self._obskit_resource = Resource(resource_attributes)
             # Per thread, not under a lock: collections run on the SDK's ticker thread, in
             # force_flush and at shutdown, and a lock held at a fork would stay held in the
             # forked worker.
@@ -436,8 +440,11 @@ def _bridging_reader_class() -> Any:
                         schema_url=first.schema_url,
                     )
                     return MetricsData(resource_metrics=[first, *rest])
-                # The provider's resource, as a forked child's is: with its own process.pid.
-                resource = self._obskit_resource.merge(Resource({"process.pid": os.getpid()}))
+                # The provider's resource, as a forked child's is: with its own process.pid
+                # and service.instance.id.
+                resource = self._obskit_resource.merge(
+                    Resource(for_this_process(self._obskit_resource.attributes))
+                )
                 return MetricsData(
                     resource_metrics=[
                         ResourceMetrics(resource=resource, scope_metrics=[scope], schema_url="")
@@ -477,7 +484,7 @@ def build_logs(
                 _queue_full()
             super().on_emit(log_record)
 
-    provider = LoggerProvider(resource=Resource.create(resource_attributes), shutdown_on_exit=False)
+    provider = LoggerProvider(resource=Resource(resource_attributes), shutdown_on_exit=False)
     exporter = _exporter(config, "logs")
     provider.add_log_record_processor(_CountingProcessor(exporter))
     _renew_at_fork(provider, exporter)

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
+from obskit._resource import SERVICE_INSTANCE_ID, instance_id
 from obskit._version import __version__
 from obskit.config import Config, bounded_wait, load_config, masked_url, unknown_variables
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
@@ -107,7 +108,8 @@ _atexit_registered = False
 
 
 def resource_attributes(config: Config) -> dict[str, Any]:
-    """The Resource sent with every batch: service, deployment, host, process, telemetry.sdk."""
+    """The resource of every signal (spans, OTLP metrics and logs, the tracer provider):
+    service, deployment, host, process, telemetry.sdk; ``resource_attributes`` over them."""
     attrs: dict[str, Any] = {
         "telemetry.sdk.name": "opentelemetry",
         "telemetry.sdk.language": "python",
@@ -121,6 +123,9 @@ def resource_attributes(config: Config) -> dict[str, Any]:
         "process.runtime.name": sys.implementation.name,
         "process.runtime.version": platform.python_version(),
         "process.executable.path": sys.executable,
+        # One per process, on every signal: backends join an instance's traces, metrics and
+        # logs on it (a user's own, in resource_attributes, wins).
+        SERVICE_INSTANCE_ID: instance_id(),
     }
     attrs.update(config.resource_attributes)
     attrs["service.name"] = config.service_name

@@ -918,6 +918,7 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     ignored: set[str] = set()
+    resource_from_argument: set[str] = set()  # the resource attributes given as an argument
     for spec in OPTIONS:
         parse = spec.parse
         if spec.name in options and options[spec.name] is not None:
@@ -928,6 +929,19 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
             except _Invalid as exc:
                 raise ConfigError(spec.name, options[spec.name], exc.allowed) from None
             sources[spec.name] = "argument"
+            if spec.name == "resource_attributes":
+                # Merged over the deployment's OTEL_RESOURCE_ATTRIBUTES, key by key, as the
+                # SDK's Resource.create does: the argument wins a key both set, and what the
+                # environment adds (k8s.pod.name, service.namespace) is not lost.
+                resource_from_argument = set(values[spec.name])
+                raw = env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+                if raw.strip():
+                    try:
+                        values[spec.name] = {**parse(raw), **values[spec.name]}
+                        sources[spec.name] = "argument+env:OTEL_RESOURCE_ATTRIBUTES"
+                    except _Invalid as exc:
+                        source = "env:OTEL_RESOURCE_ATTRIBUTES"
+                        raise ConfigError(spec.name, raw, exc.allowed, source) from None
             continue
         if spec.name == "sampler_arg" and "sampler" in ignored:
             # The argument of a sampler obskit does not run (Jaeger's remote sampler takes
@@ -969,8 +983,9 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
         if attr in resource and option not in values and str(resource[attr]).strip():
             # An empty value (service.name=) is as good as none: the option's default stays.
             values[option] = resource[attr]
-            # Where resource_attributes came from: an argument, or OTEL_RESOURCE_ATTRIBUTES.
-            sources[option] = sources.get("resource_attributes", "env:OTEL_RESOURCE_ATTRIBUTES")
+            # Where the key came from: the argument, or OTEL_RESOURCE_ATTRIBUTES.
+            from_argument = attr in resource_from_argument
+            sources[option] = "argument" if from_argument else "env:OTEL_RESOURCE_ATTRIBUTES"
 
     if "traces_exporter" not in values:
         has_endpoint = values.get("otlp_endpoint") or values.get("otlp_traces_endpoint")

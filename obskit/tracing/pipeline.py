@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from obskit import _selfmetrics
+from obskit._resource import for_this_process
 from obskit.config import bounded_wait
 from obskit.tracing._encode import encode_request, encode_scope, frame_span
 
@@ -188,10 +189,11 @@ class CompactSpanProcessor(SpanProcessor):
                 after_fork()
             except Exception as exc:
                 _selfmetrics.internal_error("after_fork", exc)
-        if "process.pid" in self._resource_attributes:  # the worker is its own process
+        fresh = for_this_process(self._resource_attributes)  # the worker is its own process
+        if fresh:
             from obskit.tracing._encode import encode_resource
 
-            self._resource_attributes = {**self._resource_attributes, "process.pid": os.getpid()}
+            self._resource_attributes = {**self._resource_attributes, **fresh}
             self._resource = encode_resource(self._resource_attributes)
 
     # -- request thread ----------------------------------------------------------------------

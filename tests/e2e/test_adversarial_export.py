@@ -912,7 +912,7 @@ def test_forked_workers_export_their_own_spans_and_the_masters_queue_once(
     protocol: str, tmp_path: Path
 ) -> None:
     """Two workers forked with a span queued and the exporter's connection or channel open: each
-    exports its own span under its own pid, none re-exports the master's queued span, which the
+    exports its own span under its own pid and service.instance.id, none re-exports the master's queued span, which the
     master exports once."""
     receiver_class = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
     with receiver_class() as rx:
@@ -937,6 +937,10 @@ def test_forked_workers_export_their_own_spans_and_the_masters_queue_once(
         pids["child-0"],
         pids["child-1"],
     ]
+    # Each worker is an instance of its own (service.instance.id), the master one too.
+    instances = {s.span.name: s.resource["service.instance.id"] for s in spans}
+    assert instances["parent-exported"] == instances["parent-queued"]
+    assert 3 == len({instances[name] for name in ("parent-queued", "child-0", "child-1")})
 
 
 # -- the JSON-lines file -----------------------------------------------------------------------

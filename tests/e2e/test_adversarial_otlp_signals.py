@@ -30,6 +30,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -1288,6 +1289,44 @@ FORK_SCRIPT = """
                       "child": pid, "parent": os.getpid()}))
     obskit.shutdown(timeout=2.0)
 """
+
+
+# A bug this test found, since fixed: spans went out under obskit's resource without
+# service.instance.id, while the OTLP metrics and logs providers were built with
+# Resource.create (obskit/_otlp_signals.py), which ran the SDK's detectors again: another
+# service.instance.id, and OTEL_RESOURCE_ATTRIBUTES read again -- the keys a
+# resource_attributes= argument had replaced came back on metrics and logs only, so one
+# process's signals arrived under two identities
+def test_spans_metrics_and_logs_go_out_under_one_resource(
+    receiver: OtlpGrpcReceiver | OtlpHttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span, a metric push and a log record of one configuration: the same resource on each
+    -- a service.instance.id (a UUID) included, the deployment's OTEL_RESOURCE_ATTRIBUTES
+    merged under the resource_attributes argument (which wins a key both set)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=shop,team=payments,k=env")
+    obskit.configure(
+        service_name="one-resource",
+        resource_attributes={"k8s.pod.name": "pod-1", "k": "argument"},
+        otlp_endpoint=receiver.endpoint,
+        otlp_protocol=receiver.protocol,
+        bsp_schedule_delay=0.05,
+        metrics_exporter="prometheus+otlp",
+        metric_export_interval=30.0,
+        logs_exporter="otlp",
+    )
+    obskit.counter("one_resource_jobs", "Jobs.").inc()
+    with obskit.tracer_provider().get_tracer("one").start_as_current_span("work"):
+        logging.getLogger("one.resource").warning("working")
+    assert True is obskit.force_flush(10.0)
+    (span,) = receiver.wait_for_spans(1)
+    (log,) = [row for row in log_rows(receiver.requests("logs")) if row.scope == "one.resource"]
+    metric = metric_rows(receiver.requests("metrics"))[-1]
+    assert span.resource == log.resource == metric.resource
+    resource = span.resource
+    assert 4 == uuid.UUID(resource["service.instance.id"]).version
+    assert ("shop", "payments", "pod-1", "argument", "one-resource") == tuple(
+        resource[k] for k in ("service.namespace", "team", "k8s.pod.name", "k", "service.name")
+    )
 
 
 class ForkRequest(NamedTuple):

@@ -1,0 +1,45 @@
+"""The per-process part of obskit's resource: ``service.instance.id`` and ``process.pid``.
+
+Every signal (spans, OTLP metrics and logs, the provider other instrumentation uses) goes out
+under one resource per configuration; a forked worker (gunicorn, ``--preload``) is an instance
+of its own, so these two attributes are renewed in the child wherever a resource was built
+before the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+SERVICE_INSTANCE_ID = "service.instance.id"
+PROCESS_PID = "process.pid"
+
+_current: tuple[int, str] = (-1, "")
+#: The ids obskit made (in this process or a parent): a copy of the parent's resource in a
+#: forked child holds one of them, to be replaced; an id the user set is theirs and stays.
+_made: set[str] = set()
+
+
+def instance_id() -> str:
+    """This process's ``service.instance.id``: a random UUID (semantic conventions: v4), made
+    on first use and again in a forked child."""
+    global _current
+    pid = os.getpid()
+    if _current[0] != pid:
+        _current = (pid, str(uuid.uuid4()))
+        _made.add(_current[1])
+    return _current[1]
+
+
+def for_this_process(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-process attributes of ``attributes`` (a resource built in this process or in a
+    parent before a fork) as they are in this process: ``process.pid`` if it is there, and
+    ``service.instance.id`` if obskit made it. Only those keys are returned."""
+    fresh: dict[str, Any] = {}
+    if PROCESS_PID in attributes:
+        fresh[PROCESS_PID] = os.getpid()
+    if attributes.get(SERVICE_INSTANCE_ID) in _made:
+        fresh[SERVICE_INSTANCE_ID] = instance_id()
+    return fresh
