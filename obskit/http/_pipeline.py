@@ -761,7 +761,7 @@ class Request:
                 telemetry.follow(runtime)
             otlp = telemetry._otlp_duration
             if otlp is not None:
-                otlp.record(duration, self._otlp_attributes(route, code, exc))
+                otlp.record(duration, self._otlp_attributes(self.route, code, exc))
             if self._recording:
                 _mark_outcome(span, code, exc)
             failed = exc is not None or (code is not None and code >= 500)
@@ -785,20 +785,31 @@ class Request:
             self.detach()
 
     def _otlp_attributes(
-        self, route: str, code: int | None, exc: BaseException | None
+        self, route: str | None, code: int | None, exc: BaseException | None
     ) -> dict[str, Any]:
-        """``http.server.request.duration``'s attributes (HTTP semantic conventions)."""
-        attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: self.method, sc.HTTP_ROUTE: route}
-        scheme = None
+        """``http.server.request.duration``'s attributes (HTTP semantic conventions):
+        ``http.route`` only when a route matched (the metric's is conditionally required, and
+        the path may not stand in for it; the Prometheus label's ``__unmatched__`` is
+        obskit's), the protocol version as on the span."""
+        attributes: dict[str, Any] = {sc.HTTP_REQUEST_METHOD: self.method}
+        if route is not None:
+            attributes[sc.HTTP_ROUTE] = route
+        scheme = protocol = None
         if self._recording:
-            scheme = (getattr(self.span, "attributes", None) or {}).get(sc.URL_SCHEME)
+            recorded = getattr(self.span, "attributes", None) or {}
+            scheme = recorded.get(sc.URL_SCHEME)
+            protocol = recorded.get(sc.NETWORK_PROTOCOL_VERSION)
         elif self._unsampled is not None:
             describe, source = self._unsampled[3:]
+            facts = describe(source)
             proxies = self.telemetry.proxies
             if proxies is not None:
                 scheme = sc.forwarded_scheme(self._get_header, proxies[0])
-            scheme = scheme or describe(source)[0]
+            scheme = scheme or facts[0]
+            protocol = facts[4]
         attributes[sc.URL_SCHEME] = scheme or "http"
+        if protocol:
+            attributes[sc.NETWORK_PROTOCOL_VERSION] = protocol
         if code is not None:
             attributes[sc.HTTP_RESPONSE_STATUS_CODE] = code
         if exc is not None:
