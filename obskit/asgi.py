@@ -545,14 +545,26 @@ class ObskitMiddleware:
                 return
             request.finish(detach=False)
 
+        disconnected = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
         try:
-            await self.app(inner, receive, send_wrapper)
+            await self.app(inner, receive_wrapper, send_wrapper)
         except BaseException as exc:
             _end_failed(request, exc)
             raise
         finally:
             if not request._finished:  # no last message went out
-                request.finish(detach=False)
+                # An app that returns unanswered after the client left (Django's ASGI handler
+                # cancels its view and returns) did not fail: nobody was there to answer.
+                unanswered = disconnected and request.status is None
+                request.finish(CLIENT_CLOSED if unanswered else None, detach=False)
             request.detach()
 
     async def _metrics(self, headers: Any, send: Send) -> None:

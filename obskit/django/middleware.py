@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings
+    from django.core.signals import got_request_exception
     from django.http import HttpRequest, HttpResponseBase
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("obskit.django needs Django: pip install 'obskit[django]'") from exc
@@ -53,6 +55,34 @@ def _facts(
     return (request.scheme or "http", *environ_facts(request.META)[1:])
 
 
+def _nested_route(request: HttpRequest, response: Any) -> Any:
+    """Under obskit's WSGI/ASGI middleware: the route of a request answered before its view
+    (an earlier middleware's ``process_view``: a CSRF refusal), as ``_done`` does it for a
+    request of the Django middleware's own."""
+    outer = nested_request()
+    if outer is not None and outer.outer.route is None:
+        route = route_of(request)
+        if route:
+            outer.set_route(route, in_flight=False)
+    return response
+
+
+def _exception_raised(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """``got_request_exception``: Django answers 500 for an exception raised anywhere below the
+    middleware (another middleware's ``__call__`` or ``process_view`` too, which
+    ``process_exception`` does not see); the span gets the exception, not just the status."""
+    try:
+        exc = sys.exc_info()[1]
+        obs: Request | NestedRequest | None = getattr(request, _ATTR, None) or nested_request()
+        if exc is not None and obs is not None and obs.handled is None:
+            obs.handled = exc
+    except Exception:  # a signal receiver must not turn Django's 500 into another error
+        pass
+
+
+got_request_exception.connect(_exception_raised, dispatch_uid="obskit.django.exception")
+
+
 class ObskitMiddleware:
     """Server span, W3C propagation and RED metrics for every Django request."""
 
@@ -68,9 +98,14 @@ class ObskitMiddleware:
             markcoroutinefunction(self)
 
     def _start(self, request: HttpRequest) -> Request | None:
-        if request.path_info == self.telemetry.metrics_path:
+        path_info = request.path_info
+        if path_info == self.telemetry.metrics_path:
             # The scrape (obskit.django.urls), wherever the site is mounted (SCRIPT_NAME): not
             # the service's traffic.
+            return None
+        if path_info != request.path and self.telemetry.excludes(path_info):
+            # Behind a mount prefix (SCRIPT_NAME, uvicorn --root-path) the excluded paths are
+            # the site's own, as for the ASGI middleware: /api/healthz is /healthz.
             return None
         return self.telemetry.begin(
             request.method or "GET",
@@ -85,7 +120,7 @@ class ObskitMiddleware:
             return self.__acall__(request)
         obs = self._start(request)
         if obs is None:
-            return self.get_response(request)
+            return _nested_route(request, self.get_response(request))
         setattr(request, _ATTR, obs)
         # Under WSGI, META is the environ: obskit.gunicorn.Logger finds the request there to
         # write its access line in the request's trace.
@@ -101,7 +136,7 @@ class ObskitMiddleware:
         obs = self._start(request)
         get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
         if obs is None:
-            return await get_response(request)
+            return _nested_route(request, await get_response(request))
         setattr(request, _ATTR, obs)
         try:
             response = await get_response(request)

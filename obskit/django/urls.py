@@ -23,6 +23,12 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=content_type)
 
 
+# Prometheus does not log in: under Django 5.1+'s LoginRequiredMiddleware the scrape would get
+# the login page's redirect. Served without a login like obskit's other metrics endpoints (the
+# WSGI/ASGI middleware's, metrics_port); docs/metrics.md says how to keep it off the internet.
+metrics.login_required = False  # type: ignore[attr-defined]  # what @login_not_required sets
+
+
 def _metrics_path() -> str:
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
