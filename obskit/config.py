@@ -619,6 +619,14 @@ class OptionSpec:
     doc: str
 
 
+#: Parsers whose failure on an ``OTEL_*`` variable is warned about and ignored, the variable as
+#: if unset: the specification's rule for a numeric value it cannot parse or that is out of
+#: range, and for a malformed ``OTEL_RESOURCE_ATTRIBUTES`` (discarded whole). A stale value of a
+#: variable shared with other OpenTelemetry software must not stop a deployment.
+#: ``OTEL_TRACES_SAMPLER_ARG`` is not among them: a sampling rate out of range stays a
+#: configure-time error (issue #6), as does every argument and ``OBSKIT_*`` variable.
+_LENIENT = frozenset({_seconds_from_ms, _positive_int, _key_values})
+
 _O = OptionSpec
 OPTIONS: tuple[OptionSpec, ...] = (
     _O("service_name", ("OTEL_SERVICE_NAME",), _str, "service.name resource attribute"),
@@ -939,9 +947,9 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
                     try:
                         values[spec.name] = {**parse(raw), **values[spec.name]}
                         sources[spec.name] = "argument+env:OTEL_RESOURCE_ATTRIBUTES"
-                    except _Invalid as exc:
+                    except _Invalid as exc:  # discarded whole, as without the argument
                         source = "env:OTEL_RESOURCE_ATTRIBUTES"
-                        raise ConfigError(spec.name, raw, exc.allowed, source) from None
+                        _ignored(spec.name, raw, _Unrecognised(exc.allowed), source)
             continue
         if spec.name == "sampler_arg" and "sampler" in ignored:
             # The argument of a sampler obskit does not run (Jaeger's remote sampler takes
@@ -971,7 +979,10 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
                     continue
                 values[spec.name] = exc.known
             except _Invalid as exc:
-                raise ConfigError(spec.name, raw, exc.allowed, source) from None
+                if not (name.startswith("OTEL_") and parse in _LENIENT):
+                    raise ConfigError(spec.name, raw, exc.allowed, source) from None
+                _ignored(spec.name, raw, _Unrecognised(exc.allowed), source)
+                continue
             sources[spec.name] = source
             break
         else:

@@ -912,8 +912,8 @@ def test_forked_workers_export_their_own_spans_and_the_masters_queue_once(
     protocol: str, tmp_path: Path
 ) -> None:
     """Two workers forked with a span queued and the exporter's connection or channel open: each
-    exports its own span under its own pid and service.instance.id, none re-exports the master's queued span, which the
-    master exports once."""
+    exports its own span under its own pid and service.instance.id, none re-exports the
+    master's queued span, which the master exports once."""
     receiver_class = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
     with receiver_class() as rx:
         done = subprocess.run(

@@ -217,17 +217,27 @@ def test_otel_millisecond_variables_become_seconds(
     assert seconds == getattr(load_config({variable: raw}), option)
 
 
-@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "1e999", "-0", "0x10", "0,5", "5ms"])
-@pytest.mark.parametrize(
-    "variable", ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE", "OBSKIT_METRICS_PORT"]
-)
+ODD_NUMERALS = ["nan", "inf", "-inf", "1e999", "-0", "0x10", "0,5", "5ms"]
+
+
+@pytest.mark.parametrize("raw", ODD_NUMERALS)
+@pytest.mark.parametrize("variable", ["OBSKIT_METRICS_PORT", "OBSKIT_BSP_MAX_QUEUE_BYTES"])
 def test_odd_numerals_are_config_errors(variable: str, raw: str) -> None:
-    """Non-finite, zero, hex, localized or suffixed numbers fail with a ConfigError naming the
-    variable and value, never another exception and never a silently odd value."""
+    """Non-finite, zero, hex, localized or suffixed numbers in obskit's own variables fail with
+    a ConfigError naming the variable and value, never another exception and never a silently
+    odd value."""
     with pytest.raises(ConfigError) as info:
         load_config({variable: raw})
     assert f"env:{variable}" == info.value.source
     assert repr(raw) in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ODD_NUMERALS)
+@pytest.mark.parametrize("variable", ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE"])
+def test_odd_numerals_in_otel_variables_are_ignored(variable: str, raw: str) -> None:
+    """The same in an OTEL_* variable (shared with other OpenTelemetry software): warned about
+    and ignored, as the specification says -- the default stands, never a silently odd value."""
+    assert load_config({}) == load_config({variable: raw})
 
 
 def test_case_and_whitespace_of_choices_are_normalized() -> None:

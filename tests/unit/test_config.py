@@ -94,11 +94,9 @@ def test_otlp_exporter_without_endpoint_uses_spec_default() -> None:
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "otlp_endpoint", "http://"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector"}, "otlp_endpoint", "http://"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:99999"}, "otlp_endpoint", "valid port"),
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "otlp_timeout", "> 0"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "otlp_headers", "key=value"),
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "bsp_max_queue_size", "positive integer"),
-        ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "bsp_max_queue_size", "positive integer"),
         ({"OBSKIT_METRICS_PORT": "70000"}, "metrics_port", "1-65535"),
+        ({"OBSKIT_BSP_MAX_QUEUE_BYTES": "lots"}, "bsp_max_queue_bytes", "positive integer"),
         ({"OBSKIT_SLOW_THRESHOLD": "nan"}, "slow_threshold", "finite"),
         # obskit's own variables are not shared with other software: a typo there is an error.
         ({"OBSKIT_LOG_FORMAT": "gelf"}, "log_format", "one of otel, ecs"),
@@ -164,6 +162,55 @@ def test_an_otel_enum_value_obskit_does_not_read_is_warned_and_ignored(
     else:
         assert f"obskit uses {value!r}" in warned[0]
         assert f"env:{name}" == config.source_of(option)
+
+
+# A deviation a review against the OpenTelemetry specification found, since changed: an OTEL_*
+# numeric variable obskit could not read (OTEL_BSP_SCHEDULE_DELAY=abc, a timeout of "10s") or a
+# malformed OTEL_RESOURCE_ATTRIBUTES stopped configure() -- and the service -- where the
+# specification says to warn and ignore it, as the SDK does
+@pytest.mark.parametrize(
+    ("env", "option"),
+    [
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10s"}, "otlp_timeout"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "otlp_timeout"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "abc"}, "bsp_schedule_delay"),
+        ({"OTEL_BSP_EXPORT_TIMEOUT": "nan"}, "bsp_export_timeout"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "bsp_max_queue_size"),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "lots"}, "bsp_max_export_batch_size"),
+        ({"OTEL_METRIC_EXPORT_INTERVAL": "1e999"}, "metric_export_interval"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "team=payments,oops"}, "resource_attributes"),
+    ],
+)
+def test_an_otel_numeric_value_obskit_cannot_read_is_warned_and_ignored(
+    env: dict[str, str], option: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The specification: a numeric value that cannot be parsed or is out of range SHOULD be
+    warned about and ignored (the option keeps its default), a malformed
+    OTEL_RESOURCE_ATTRIBUTES discarded whole."""
+    with caplog.at_level("WARNING", logger="obskit"):
+        config = load_config(env)
+    default = load_config({})
+    assert getattr(default, option) == getattr(config, option)
+    assert default.source_of(option) == config.source_of(option)
+    (name,) = env
+    warned = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert 1 == len(warned), warned
+    assert "ignored" in warned[0]
+    assert option in warned[0]
+
+
+def test_an_ignored_signal_timeout_lets_the_generic_one_apply() -> None:
+    """An unreadable OTEL_EXPORTER_OTLP_TRACES_TIMEOUT is as if unset: the generic one applies;
+    the sampler's argument out of range stays an error (issue #6)."""
+    config = load_config(
+        {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "5s", "OTEL_EXPORTER_OTLP_TIMEOUT": "2500"}
+    )
+    assert (2.5, "env:OTEL_EXPORTER_OTLP_TIMEOUT") == (
+        config.otlp_timeout,
+        config.source_of("otlp_timeout"),
+    )
+    with pytest.raises(ConfigError):
+        load_config({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"})
 
 
 # Bugs a review of the change above found, since fixed: an unrecognised signal-specific value
