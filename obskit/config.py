@@ -128,7 +128,8 @@ class Config:
         10.0,
     )
     #: The HTTP methods SERVER spans and RED metrics name; any other is ``_OTHER``. The default:
-    #: RFC 9110's and PATCH (RFC 5789), as the semantic conventions define "known".
+    #: RFC 9110's, PATCH (RFC 5789) and QUERY (the IETF's safe method with a body), as the
+    #: semantic conventions define "known".
     http_known_methods: tuple[str, ...] = (
         "CONNECT",
         "DELETE",
@@ -138,6 +139,7 @@ class Config:
         "PATCH",
         "POST",
         "PUT",
+        "QUERY",
         "TRACE",
     )
     #: How many reverse proxies in front of the service append to ``X-Forwarded-For`` and

@@ -110,6 +110,7 @@ class Obskit:
         options = {**app.config.get("OBSKIT", {}), **self.options}
         ensure_configured(options)
         self.telemetry = HttpTelemetry()
+        self.telemetry.methods_fold_case = True  # Werkzeug upper-cases the method it routes on
         app.wsgi_app = ObskitMiddleware(app.wsgi_app, telemetry=self.telemetry)  # type: ignore[method-assign]
         # First in line -- Flask runs URL value preprocessors before before_request hooks -- so
         # a preprocessor or hook that aborts or answers early still has its route.

@@ -105,6 +105,8 @@ class HttpTelemetry:
     ) -> None:
         config = _runtime.get_config() or load_config()
         self.config = config
+        #: Whether the framework serves methods case-insensitively (its adapter sets it).
+        self.methods_fold_case = False
         provider = tracer_provider or _runtime.tracer_provider()
         # obskit's own provider: SERVER spans take the lean path (obskit.tracing.server_span).
         self._lean = tracer_provider is None
@@ -191,6 +193,17 @@ class HttpTelemetry:
             )
         )
         self._runtime = runtime
+
+    def _unknown_method(self, method: str) -> str:
+        """The label of a method not in ``http_known_methods``: its canonical (upper-case)
+        spelling where the framework serves methods case-insensitively (``methods_fold_case``:
+        Flask serves a ``get`` as GET), as the semantic conventions ask; else ``_OTHER``.
+        ``http.request.method_original`` keeps what came."""
+        if self.methods_fold_case:
+            upper = method.upper()
+            if upper in self._methods:
+                return upper
+        return sc.OTHER_METHOD
 
     def excludes(self, path: str) -> bool:
         """Whether ``path`` is one of the excluded paths, under the running configuration's
@@ -281,7 +294,7 @@ class HttpTelemetry:
             if found is not None and isinstance(found, _SdkSpan):
                 adopt = found.kind is _SERVER and found.is_recording()
         try:
-            label = method if method in self._methods else sc.OTHER_METHOD  # http_known_methods
+            label = method if method in self._methods else self._unknown_method(method)
             processor = runtime.processor if runtime is not None else None
             try:
                 parent = None if adopt else extract(get_header)
@@ -503,7 +516,7 @@ def _server_attributes(
     }
     if query and query.__class__ is str:
         attrs[sc.URL_QUERY] = sc.redact_query(query)
-    if label == sc.OTHER_METHOD:
+    if label != method:  # _OTHER, or a canonical spelling of it
         attrs[sc.HTTP_REQUEST_METHOD_ORIGINAL] = method[:64]
     host = get_header("host")
     if host:

@@ -179,8 +179,8 @@ CONFIG_ROWS: list[tuple[str, str, object, str, object, str]] = [
     ("http_buckets", "OTel's HTTP buckets", OTEL_HTTP_BUCKETS, "0.1,1", (0.1, 1.0), ""),
     (
         "http_known_methods",
-        "RFC 9110's and `PATCH`",
-        ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"),
+        "RFC 9110's, `PATCH` and `QUERY`",
+        ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"),
         "GET,PROPFIND",
         ("GET", "PROPFIND"),
         "",
