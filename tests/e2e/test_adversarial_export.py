@@ -44,7 +44,7 @@ from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 
 import obskit
 from obskit import _state
-from obskit.config import ConfigError
+from obskit.config import ConfigError, load_config
 from obskit.testing import get_sample_value
 from obskit.tracing.pipeline import CompactSpanProcessor
 from tests.child_process import child_env
@@ -745,11 +745,6 @@ def test_an_ipv6_literal_endpoint_works_over_grpc() -> None:
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://127.0.0.1:21", "otlp_endpoint"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://:4318", "otlp_endpoint"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:99999", "otlp_traces_endpoint"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "otlp_timeout"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1000", "otlp_timeout"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten seconds", "otlp_timeout"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan", "otlp_timeout"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf", "otlp_timeout"),
         # (An enum value obskit does not read -- compression br, protocol http/json -- is warned
         # about and ignored, as the spec says: tests/unit/test_config.py.)
         ("OTEL_EXPORTER_OTLP_HEADERS", "authorization", "otlp_headers"),
@@ -757,9 +752,6 @@ def test_an_ipv6_literal_endpoint_works_over_grpc() -> None:
         ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=secret-\u2713", "otlp_headers"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=secret-%E2%9C%93", "otlp_headers"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=secret%0D%0AX-Evil: 1", "otlp_headers"),
-        ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "bsp_max_queue_size"),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1.5", "bsp_max_export_batch_size"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "-1", "bsp_schedule_delay"),
     ],
 )
 def test_unusable_exporter_variables_fail_in_configure_without_echoing_secrets(
@@ -773,6 +765,39 @@ def test_unusable_exporter_variables_fail_in_configure_without_echoing_secrets(
     assert f"env:{variable}" == raised.value.source
     if option == "otlp_headers":
         assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "option"),
+    [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "otlp_timeout"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1000", "otlp_timeout"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten seconds", "otlp_timeout"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan", "otlp_timeout"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf", "otlp_timeout"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "bsp_max_queue_size"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1.5", "bsp_max_export_batch_size"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "-1", "bsp_schedule_delay"),
+    ],
+)
+def test_unusable_numeric_exporter_variables_are_ignored_and_spans_still_go_out(
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: OtlpGrpcReceiver | OtlpHttpReceiver,
+    variable: str,
+    value: str,
+    option: str,
+) -> None:
+    """A number obskit cannot use in an ``OTEL_*`` variable is ignored with a warning, as the
+    specification says (tests/unit/test_config.py): the option keeps its default and spans are
+    exported as without it."""
+    monkeypatch.setenv(variable, value)
+    config = obskit.configure(
+        service_name="adv", otlp_endpoint=receiver.endpoint, otlp_protocol=receiver.protocol
+    )
+    assert getattr(load_config({}), option) == getattr(config, option)
+    end_spans(1)
+    assert True is obskit.force_flush(5.0)
+    assert 1 == len(receiver.wait_for_spans(1, timeout=2.0))
 
 
 def test_headers_from_the_environment_are_percent_decoded_once(
