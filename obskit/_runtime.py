@@ -373,7 +373,9 @@ def configure(**options: Unpack[Options]) -> Config:
     Raises:
         ConfigError: an option has an unusable value (named with what is allowed).
     """
-    return _configure(load_config(**options))
+    config = _configure(load_config(**options))
+    _state.app_options = dict(options)
+    return config
 
 
 #: Serialises configure() and shutdown(). Not ``_state.lock``: shutting the old runtime down
@@ -656,6 +658,7 @@ def shutdown(timeout: float | None = None) -> bool:
             if _global is not None:
                 _global.processor.delegate = None
                 _global.sampler.delegate = TRACES_OFF
+            _state.app_options = {}  # an adapter configuring afresh starts from its own
         limit = runtime.config.shutdown_timeout if timeout is None else timeout
         return runtime.shutdown(bounded_wait(limit))
 

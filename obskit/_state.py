@@ -35,6 +35,11 @@ instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()
 #: (global propagator, whether it is the default tracecontext+baggage) -- cached per propagator.
 default_propagators: tuple[object, bool] | None = None
+#: What the application itself passed to ``configure()`` (or ``testing.capture()``): an
+#: adapter's options (``settings.OBSKIT``, ``instrument(app, ...)``) go over these -- not over
+#: the options of an earlier adapter, which would otherwise stick (Django's
+#: ``override_settings(OBSKIT=...)`` in one test leaking into the next).
+app_options: dict[str, Any] = {}
 #: The span sink of an active ``obskit.testing.capture()``: every (re)configure uses it, so an
 #: adapter configuring obskit with its own options still reports to the capture.
 pinned_sink: object | None = None

@@ -34,6 +34,7 @@ def reset() -> None:
         _state.warned.clear()
         _state.generation += 1
         _state.pinned_sink = None
+        _state.app_options = {}
         from obskit.metrics.instruments import rebind_all
 
         # Metrics declared at import time (module-level business metrics, decorators) keep
@@ -103,7 +104,8 @@ def capture(**options: Any) -> Iterator[Capture]:
     _state.pinned_sink = sink
     try:
         _runtime._configure(load_config(**options), sink=sink)
+        _state.app_options = dict(options)
         yield Capture(sink)
     finally:
         _state.pinned_sink = None
-        _runtime.shutdown(timeout=1.0)
+        _runtime.shutdown(timeout=1.0)  # which forgets the options too

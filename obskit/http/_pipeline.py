@@ -75,14 +75,8 @@ def ensure_configured(options: dict[str, Any] | None = None) -> Config:
     do not replace it: a collector endpoint or ``logging=True`` set in code stays."""
     config = _runtime.get_config()
     if config is None or options:
-        given: dict[str, Any] = {}
-        if config is not None:
-            given = {
-                name: getattr(config, name)
-                for name, source in config.sources.items()
-                if source == "argument"
-            }
-        config = _runtime.configure(**{**given, **(options or {})})
+        merged = {**_state.app_options, **(options or {})}
+        config = _runtime._configure(load_config(**merged))
     return config
 
 

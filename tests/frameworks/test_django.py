@@ -20,6 +20,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, Client, override_settings
 from opentelemetry import trace
 
+import obskit
 from obskit.asgi import ObskitMiddleware as ObskitAsgiMiddleware
 from obskit.testing import Capture, capture, get_sample_value
 from tests.frameworks.contract_apps import CHUNK_DELAY, Boom
@@ -344,3 +345,24 @@ def test_login_required_middleware_lets_the_scrape_through() -> None:
 
     login_not_required(probe)
     assert vars(probe) == {"login_required": metrics.login_required}
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): obskit/http/_pipeline.py
+# ensure_configured merged an adapter's options over every option of the running configuration
+# that came as an argument -- an earlier adapter's among them: settings.OBSKIT overridden in one
+# test (override_settings) stuck in every later test
+def test_override_settings_of_obskit_do_not_stick(cap: Capture) -> None:
+    """A test client under ``override_settings(OBSKIT={..., "sampler": "always_off"})``
+    configures obskit so; the next client, under the project's settings again, configures it
+    back: the sampler is the default, and the capture's options stay."""
+    with override_settings(OBSKIT={**settings.OBSKIT, "sampler": "always_off"}):
+        Client().get("/items/1")
+        during = obskit.get_config()
+    Client().get("/items/2")
+    after = obskit.get_config()
+    assert during is not None
+    assert after is not None
+    assert ("always_off", "argument") == (during.sampler, during.source_of("sampler"))
+    assert ("parentbased_always_on", "default") == (after.sampler, after.source_of("sampler"))
+    assert "django-tests" == after.service_name
+    assert ["GET /items/<int:item_id>"] == [span.name for span in cap.spans()]
