@@ -30,7 +30,9 @@ from obskit._version import __version__
 __all__ = ["GrpcSpanSink", "HttpSpanSink", "Tls", "deadline_session"]
 
 _RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
-_USER_AGENT = f"obskit/{__version__}"
+#: What the OTLP specification asks an exporter to send: the exporter, its language and its
+#: version (the SDK's is ``OTel-OTLP-Exporter-Python/1.45.1``).
+_USER_AGENT = f"obskit-OTLP-Exporter-Python/{__version__}"
 
 
 def _interrupt(conn: http.client.HTTPConnection) -> None:

@@ -195,7 +195,8 @@ def test_configured_headers_arrive(receiver: OtlpGrpcReceiver | OtlpHttpReceiver
     assert ("s3cret", "acme") == (headers.get("x-api-key"), headers.get("x-tenant"))
     if receiver.protocol == "http/protobuf":
         assert "application/x-protobuf" == headers.get("content-type")
-        assert headers.get("user-agent", "").startswith("obskit/")
+        # The exporter, its language and version, as the OTLP specification asks.
+        assert f"obskit-OTLP-Exporter-Python/{obskit.__version__}" == headers.get("user-agent")
 
 
 def test_gzip_compression_is_decoded_by_the_collector(
