@@ -276,9 +276,11 @@ def _compression(name: str, grpc: bool) -> Any:
     return Compression.Gzip if name == "gzip" else Compression.NoCompression
 
 
-def _renew_at_fork(provider: Any, exporter: Any) -> None:
+def _renew_at_fork(provider: Any, exporter: Any, resource_attributes: dict[str, Any]) -> None:
     """In a forked child (a gunicorn worker under ``--preload``), ``provider``'s resource names
-    the child's ``process.pid``, and ``exporter`` lets go of the parent's kept-alive connection:
+    the child's ``process.pid`` and ``service.instance.id`` (those of obskit's other signals,
+    :func:`obskit._resource.for_this_process` of the configured ``resource_attributes``), and
+    ``exporter`` lets go of the parent's kept-alive connection:
     written to from two processes, it would mix their requests. Registered after the SDK's own
     fork hooks of ``provider`` (they renew its locks first). A MeterProvider's child starts its
     counts afresh (:func:`_start_afresh`)."""
@@ -292,9 +294,7 @@ def _renew_at_fork(provider: Any, exporter: Any) -> None:
             if callable(update):
                 from opentelemetry.sdk.resources import Resource
 
-                resource = getattr(found, "_resource", None)
-                attributes = getattr(resource, "attributes", None) or {"process.pid": 0}
-                update(Resource(for_this_process(attributes)))
+                update(Resource(for_this_process(resource_attributes)))
             consumer = getattr(found, "_measurement_consumer", None)
             if consumer is not None:
                 _start_afresh(consumer)
@@ -370,7 +370,7 @@ def build_metrics(config: Config, resource_attributes: dict[str, Any]) -> MeterP
         resource=Resource(resource_attributes),
         shutdown_on_exit=False,
     )
-    _renew_at_fork(provider, exporter)
+    _renew_at_fork(provider, exporter, resource_attributes)
     return provider
 
 
@@ -487,7 +487,7 @@ def build_logs(
     provider = LoggerProvider(resource=Resource(resource_attributes), shutdown_on_exit=False)
     exporter = _exporter(config, "logs")
     provider.add_log_record_processor(_CountingProcessor(exporter))
-    _renew_at_fork(provider, exporter)
+    _renew_at_fork(provider, exporter, resource_attributes)
     with warnings.catch_warnings():
         # The SDK deprecates its LoggingHandler (it moves to a contrib package); the warning is
         # for obskit, and an app run with -W error must not fail in configure() over it.

@@ -34,12 +34,15 @@ def instance_id() -> str:
 
 
 def for_this_process(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The per-process attributes of ``attributes`` (a resource built in this process or in a
-    parent before a fork) as they are in this process: ``process.pid`` if it is there, and
-    ``service.instance.id`` if obskit made it. Only those keys are returned."""
+    """The per-process attributes of ``attributes`` (the configured resource, built in this
+    process or in a parent before a fork) as they are in this process: ``process.pid`` if it is
+    there, and ``service.instance.id`` -- this process's if obskit made it, the configured one
+    if the user set it. Only those keys are returned: merged over a provider's resource after a
+    fork, they also undo the SDK's own fork hook, which gives each provider an id of its own."""
     fresh: dict[str, Any] = {}
     if PROCESS_PID in attributes:
         fresh[PROCESS_PID] = os.getpid()
-    if attributes.get(SERVICE_INSTANCE_ID) in _made:
-        fresh[SERVICE_INSTANCE_ID] = instance_id()
+    configured = attributes.get(SERVICE_INSTANCE_ID)
+    if configured is not None:
+        fresh[SERVICE_INSTANCE_ID] = instance_id() if configured in _made else configured
     return fresh

@@ -335,6 +335,9 @@ def _install_global_locked() -> _Global:
     if _global is None:
         sampler = SwitchableSampler(TRACES_OFF)
         provider = _Provider(sampler=sampler, shutdown_on_exit=False)
+        # After the provider's own fork hook (hooks run in the order registered), which gives
+        # the child's provider an id of the SDK's: obskit's resource is set back over it.
+        os.register_at_fork(after_in_child=_provider_resource_after_fork)
         processor = _SwitchableProcessor()
         provider.add_span_processor(processor)
         _global = _Global(provider, sampler, processor)
@@ -701,9 +704,6 @@ def _provider_resource_after_fork() -> None:
     runtime, found = _state.runtime, _global
     if runtime is not None and found is not None and not runtime.closed:
         _set_provider_resource(found.provider, resource_attributes(runtime.config))
-
-
-os.register_at_fork(after_in_child=_provider_resource_after_fork)
 
 
 def _flush_provider(provider: Any, timeout: float) -> bool:

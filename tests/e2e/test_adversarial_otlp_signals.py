@@ -1372,6 +1372,77 @@ def test_spans_metrics_and_logs_go_out_under_one_resource(
     )
 
 
+FORKED_RESOURCE_SCRIPT = """
+import json, logging, os, sys, time
+import obskit
+from tests.otlp_receiver import OtlpHttpReceiver, attributes_dict
+
+extra = {"resource_attributes": {"service.instance.id": sys.argv[1]}} if sys.argv[1] else {}
+with OtlpHttpReceiver() as rx:
+    obskit.configure(service_name="forked", otlp_endpoint=rx.endpoint, otlp_protocol=rx.protocol,
+                     bsp_schedule_delay=0.05, metrics_exporter="otlp",
+                     metric_export_interval=60.0, logs_exporter="otlp", **extra)
+    jobs = obskit.meter_provider().get_meter("adv").create_counter("adv.jobs")
+    parent = obskit.tracer_provider().resource.attributes["service.instance.id"]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            jobs.add(1)
+            logging.getLogger("adv").warning("child line")
+            with obskit.tracer_provider().get_tracer("adv").start_as_current_span("child"):
+                pass
+            code = 0 if obskit.force_flush(5.0) else 2
+            provider = obskit.tracer_provider().resource.attributes["service.instance.id"]
+            print(json.dumps({"provider": provider}), flush=True)
+        finally:
+            os._exit(code)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    time.sleep(0.3)
+
+    def ids(signal, field):
+        return sorted({
+            attributes_dict(r.resource.attributes).get("service.instance.id")
+            for message in rx.requests(signal) for r in getattr(message, field)
+            if attributes_dict(r.resource.attributes).get("process.pid") == pid
+        })
+
+    print(json.dumps({"status": status, "parent": parent,
+                      "spans": ids("traces", "resource_spans"),
+                      "metrics": ids("metrics", "resource_metrics"),
+                      "logs": ids("logs", "resource_logs")}))
+    obskit.shutdown(timeout=2.0)
+"""
+
+
+# A bug a review of the change above found, since fixed: in a forked worker the SDK's own fork
+# hooks gave the MeterProvider, the LoggerProvider and the TracerProvider a service.instance.id
+# of their own (its ServiceInstanceIdResourceDetector) after obskit's span pipeline had taken the
+# worker's: spans and metrics/logs named two instances, and a user's own id was replaced
+@pytest.mark.parametrize("given", ["", "pod-7"], ids=["made", "set-by-the-user"])
+def test_a_forked_worker_is_one_instance_on_every_signal(given: str, tmp_path: Path) -> None:
+    """A child forked after configure(): its spans, metrics and logs, and the tracer provider
+    other instrumentation uses, carry one service.instance.id -- a new one, or the user's."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORKED_RESOURCE_SCRIPT), given],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 0 == done.returncode, done.stderr
+    child, result = (json.loads(line) for line in done.stdout.splitlines()[-2:])
+    assert 0 == result["status"]
+    expected = given or child["provider"]
+    assert [expected] * 3 == [*result["spans"], *result["metrics"], *result["logs"]]
+    assert expected == child["provider"]
+    if given:
+        assert given == result["parent"]
+    else:
+        assert result["parent"] != expected
+
+
 class ForkRequest(NamedTuple):
     """One export request of the fork script, as the collector read it."""
 
