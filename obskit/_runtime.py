@@ -662,6 +662,7 @@ def shutdown(timeout: float | None = None) -> bool:
                 _global.processor.delegate = None
                 _global.sampler.delegate = TRACES_OFF
             _state.app_options = {}  # an adapter configuring afresh starts from its own
+            _state.adapter_options = {}
         limit = runtime.config.shutdown_timeout if timeout is None else timeout
         return runtime.shutdown(bounded_wait(limit))
 

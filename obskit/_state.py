@@ -40,6 +40,8 @@ default_propagators: tuple[object, bool] | None = None
 #: the options of an earlier adapter, which would otherwise stick (Django's
 #: ``override_settings(OBSKIT=...)`` in one test leaking into the next).
 app_options: dict[str, Any] = {}
+#: What each kind of adapter last asked (``"django"``: ``settings.OBSKIT``), over ``app_options``.
+adapter_options: dict[str, dict[str, Any]] = {}
 #: The span sink of an active ``obskit.testing.capture()``: every (re)configure uses it, so an
 #: adapter configuring obskit with its own options still reports to the capture.
 pinned_sink: object | None = None

@@ -439,7 +439,7 @@ class ObskitMiddleware:
         telemetry: HttpTelemetry | None = None,
         **options: Any,
     ) -> None:
-        ensure_configured(options)
+        ensure_configured(options, "asgi")
         self.app = app
         self.telemetry = telemetry or HttpTelemetry()
         self.serve_metrics = serve_metrics

@@ -67,7 +67,7 @@ def instrument(app: App, **options: Unpack[Options]) -> App:
         )
     if getattr(app, _INSTRUMENTED, False):
         return app
-    ensure_configured(dict(options))
+    ensure_configured(dict(options), "fastapi")
     telemetry = HttpTelemetry()
     build = app.build_middleware_stack
 

@@ -108,7 +108,7 @@ class Obskit:
     def init_app(self, app: flask.Flask) -> None:
         """Instrument ``app``."""
         options = {**app.config.get("OBSKIT", {}), **self.options}
-        ensure_configured(options)
+        ensure_configured(options, "flask")
         self.telemetry = HttpTelemetry()
         self.telemetry.methods_fold_case = True  # Werkzeug upper-cases the method it routes on
         app.wsgi_app = ObskitMiddleware(app.wsgi_app, telemetry=self.telemetry)  # type: ignore[method-assign]

@@ -35,6 +35,7 @@ def reset() -> None:
         _state.generation += 1
         _state.pinned_sink = None
         _state.app_options = {}
+        _state.adapter_options = {}
         from obskit.metrics.instruments import rebind_all
 
         # Metrics declared at import time (module-level business metrics, decorators) keep

@@ -142,7 +142,7 @@ class ObskitMiddleware:
         telemetry: HttpTelemetry | None = None,
         **options: Any,
     ) -> None:
-        ensure_configured(options)
+        ensure_configured(options, "wsgi")
         self.app = app
         self.route_resolver = route_resolver
         self.telemetry = telemetry or HttpTelemetry()

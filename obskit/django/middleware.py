@@ -91,7 +91,7 @@ class ObskitMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        ensure_configured(dict(getattr(settings, "OBSKIT", {}) or {}))
+        ensure_configured(dict(getattr(settings, "OBSKIT", {}) or {}), "django")
         self.telemetry = HttpTelemetry()
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:

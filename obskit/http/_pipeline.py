@@ -67,16 +67,29 @@ _SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
 
 
-def ensure_configured(options: dict[str, Any] | None = None) -> Config:
+def ensure_configured(options: dict[str, Any] | None = None, adapter: str = "") -> Config:
     """The running configuration; configure obskit (with ``options``) if nobody has yet.
 
     ``options`` given to an adapter (``instrument(app, service_name=...)``, Django's
-    ``settings.OBSKIT``) go over what the application passed to ``obskit.configure()`` -- they
-    do not replace it: a collector endpoint or ``logging=True`` set in code stays."""
+    ``settings.OBSKIT``; ``adapter`` names its kind) go over what the application passed to
+    ``obskit.configure()`` -- they do not replace it: a collector endpoint or ``logging=True`` set
+    in code stays -- and over what the other kinds of adapter asked (Django's middleware and the
+    ASGI wrapper around Django's application); they replace what the same kind asked before, so
+    that Django's ``override_settings(OBSKIT=...)`` holds for one test client only."""
     config = _runtime.get_config()
-    if config is None or options:
-        merged = {**_state.app_options, **(options or {})}
+    options = dict(options or {})
+    asked = _state.adapter_options
+    if config is None or options or asked.get(adapter):
+        merged = dict(_state.app_options)
+        for kind, given in asked.items():
+            if kind != adapter:
+                merged.update(given)
+        merged.update(options)
         config = _runtime._configure(load_config(**merged))
+        if options:
+            asked[adapter] = options
+        else:
+            asked.pop(adapter, None)
     return config
 
 

@@ -366,3 +366,33 @@ def test_override_settings_of_obskit_do_not_stick(cap: Capture) -> None:
     assert ("parentbased_always_on", "default") == (after.sampler, after.source_of("sampler"))
     assert "django-tests" == after.service_name
     assert ["GET /items/<int:item_id>"] == [span.name for span in cap.spans()]
+
+
+# Bugs a review of the change above found, since fixed: options given to the ASGI wrapper around
+# Django's application reconfigured obskit from the app's own options alone, dropping
+# settings.OBSKIT, which the Django middleware had just applied; and a project without OBSKIT
+# kept the override of one test (a client passing no options changed nothing)
+def test_the_asgi_wrappers_options_go_over_settings_obskit(cap: Capture) -> None:
+    """``ObskitMiddleware(get_asgi_application(), excluded_paths=...)``: settings.OBSKIT's
+    options stay, the wrapper's go over them."""
+    with override_settings(OBSKIT={**settings.OBSKIT, "environment": "staging"}):
+        ObskitAsgiMiddleware(ASGIHandler(), excluded_paths=["/private"])
+        config = obskit.get_config()
+    assert config is not None
+    assert ("staging", ("/private",)) == (config.environment, config.excluded_paths)
+
+
+def test_an_override_of_a_project_without_obskit_settings_does_not_stick(cap: Capture) -> None:
+    """A project whose settings have no options for obskit (``OBSKIT = {}``): the override's
+    sampler holds for its own client only."""
+    with override_settings(OBSKIT={}):
+        Client().get("/items/1")
+        with override_settings(OBSKIT={"sampler": "always_off"}):
+            Client().get("/items/2")
+            during = obskit.get_config()
+        Client().get("/items/3")
+        after = obskit.get_config()
+    assert during is not None
+    assert after is not None
+    assert ("always_off", "parentbased_always_on") == (during.sampler, after.sampler)
+    assert 2 == len(cap.spans())
