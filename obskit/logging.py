@@ -34,6 +34,7 @@ import datetime
 import decimal
 import json
 import logging
+import logging.handlers
 import os
 import random
 import re
@@ -1363,8 +1364,8 @@ def retire_handler(handler: logging.Handler) -> None:
 
 def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> None:
     """Hand the server and framework loggers ``names`` to the root logger (obskit's handler):
-    each loses its handlers that write lines to a stream and propagates, unless it was silenced
-    on purpose; other handlers (mail, syslog, a queue) stay. Called by
+    each loses its handlers that write lines to a stream and reaches the root's handlers,
+    unless it was silenced on purpose; other handlers (mail, syslog, a queue) stay. Called by
     :func:`setup_logging`, and through :func:`take_back_framework_loggers` by the adapters of
     servers that set their loggers up again."""
     # Every state is read before any logger changes: servers share handler lists between
@@ -1372,6 +1373,7 @@ def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> Non
     # emptying one must not make the other look silenced.
     frameworks = [logging.getLogger(name) for name in names]
     silenced = [not lg.handlers and not lg.propagate for lg in frameworks]
+    apart = [not lg.propagate for lg in frameworks]
     for framework, off in zip(frameworks, silenced, strict=True):
         if off:
             # Silenced on purpose (uvicorn --no-access-log, gunicorn without --access-logfile):
@@ -1383,15 +1385,71 @@ def take_over_framework_loggers(names: Iterable[str] = FRAMEWORK_LOGGERS) -> Non
         # that sends lines elsewhere (Django's mail_admins, syslog, a queue, an error tracker)
         # does a job obskit's JSON line does not, and stays.
         framework.handlers = [h for h in framework.handlers if not _writes_lines(h)]
-        framework.propagate = True
         if framework.name in _TIDIED_LOGGERS and _SERVER_LINES not in framework.filters:
             framework.addFilter(_SERVER_LINES)
+    # Then how each reaches the root's handlers, once every one has lost its stream handlers.
+    for framework, off, kept_apart in zip(frameworks, silenced, apart, strict=True):
+        if off:
+            continue
+        if kept_apart and _parents_listen(framework):
+            # Kept apart from its parents (uvicorn.access from uvicorn, django.server from
+            # django), one of which still has a handler of its own (syslog, mail_admins):
+            # propagating would send that handler lines it never had. It stays apart and
+            # reaches the root's handlers directly.
+            if _TO_ROOT not in framework.handlers:
+                framework.addHandler(_TO_ROOT)
+        else:
+            if _TO_ROOT in framework.handlers:
+                framework.removeHandler(_TO_ROOT)
+            framework.propagate = True
     _drop_flask_default_handler()
 
 
 def _writes_lines(handler: logging.Handler) -> bool:
-    """Whether a framework logger's ``handler`` writes its lines to a stream, as text."""
-    return isinstance(handler, logging.StreamHandler)
+    """Whether a framework logger's ``handler`` writes its lines to a stream, as text: a
+    ``StreamHandler`` (a ``FileHandler`` too), or a ``MemoryHandler`` or a ``QueueHandler``
+    whose target or listener (``dictConfig`` sets it, Python 3.12+) is one."""
+    if isinstance(handler, logging.StreamHandler):
+        return True
+    if isinstance(handler, logging.handlers.MemoryHandler):
+        return isinstance(handler.target, logging.StreamHandler)
+    if isinstance(handler, logging.handlers.QueueHandler):
+        listener = getattr(handler, "listener", None)
+        handlers = getattr(listener, "handlers", None) or ()
+        return any(isinstance(h, logging.StreamHandler) for h in handlers)
+    return False
+
+
+def _parents_listen(logger: logging.Logger) -> bool:
+    """Whether a parent of ``logger`` below the root has a handler of its own."""
+    parent = logger.parent
+    while isinstance(parent, logging.Logger) and parent is not logging.root:
+        if any(h is not _TO_ROOT for h in parent.handlers):
+            return True
+        if not parent.propagate:
+            return False
+        parent = parent.parent
+    return False
+
+
+class _ToRoot(logging.Handler):
+    """The handler of a framework logger kept apart from its parents: its lines go to the root
+    logger's handlers (obskit's JSON handler, and any of the application's), as propagation
+    would take them, without the parents' own handlers on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_name("obskit-to-root")
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        logging.root.callHandlers(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
+        logging.root.callHandlers(record)
+
+
+_TO_ROOT = _ToRoot()
 
 
 def take_back_framework_loggers(names: Iterable[str]) -> None:

@@ -1221,6 +1221,60 @@ def test_gunicorn_access_lines_dropped_by_their_level_cost_nothing(
     assert 1 == len(built)
 
 
+# A bug a review of the change above found, since fixed: keeping a parent's handler while making
+# every framework logger propagate sent the parent's handler lines it never had -- Django's
+# mail_admins on 'django' mailed runserver's django.server lines (Django keeps that logger apart),
+# and uvicorn's layout (uvicorn.access apart from uvicorn) wrote each access line twice to syslog
+def test_a_logger_kept_apart_does_not_reach_its_parents_kept_handlers() -> None:
+    """Django's layout: 'django' with a handler that stays (a queue standing in for mail_admins),
+    'django.server' apart from it with a console handler. After setup_logging: a django.server
+    line is JSON once and does not reach 'django''s handler; a django.request line (which
+    propagates in Django's layout) reaches both, JSON once; so does the application's own
+    handler on the root."""
+    mailed: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    mine: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    django, server = logging.getLogger("django"), logging.getLogger("django.server")
+    console = logging.StreamHandler(io.StringIO())
+    django.handlers = [logging.handlers.QueueHandler(mailed)]
+    server.handlers, server.propagate = [console], False
+    root_handler = logging.handlers.QueueHandler(mine)
+    buffer = io.StringIO()
+    try:
+        setup_logging(stream=buffer)
+        logging.getLogger().addHandler(root_handler)
+        server.error('"GET /boom HTTP/1.1" 500 145')
+        logging.getLogger("django.request").error("Internal Server Error: /boom")
+        written = [(line["logger"], line["message"]) for line in lines(buffer)]
+        mails = [mailed.get_nowait().name for _ in range(mailed.qsize())]
+        copies = [mine.get_nowait().name for _ in range(mine.qsize())]
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        django.handlers, server.handlers, server.propagate = [], [], True
+    assert [
+        ("django.server", '"GET /boom HTTP/1.1" 500 145'),
+        ("django.request", "Internal Server Error: /boom"),
+    ] == written
+    assert ["django.request"] == mails
+    assert ["django.server", "django.request"] == copies
+    assert "" == console.stream.getvalue()
+
+
+def test_handlers_that_write_to_the_console_through_another_are_taken_off() -> None:
+    """A ``MemoryHandler`` whose target is a console handler writes lines as text too: taken
+    off like the console handler itself."""
+    werkzeug = logging.getLogger("werkzeug")
+    target = logging.StreamHandler(io.StringIO())
+    werkzeug.handlers = [logging.handlers.MemoryHandler(1, target=target)]
+    buffer = io.StringIO()
+    try:
+        setup_logging(stream=buffer)
+        werkzeug.warning("GET /x 200")
+    finally:
+        werkzeug.handlers = []
+    assert ["GET /x 200"] == [line["message"] for line in lines(buffer)]
+    assert "" == target.stream.getvalue()
+
+
 def test_gunicorn_syslog_keeps_its_lines_beside_the_json_ones() -> None:
     """gunicorn's ``--log-syslog`` with obskit's logger class and JSON logging: gunicorn's
     syslog handler stays on its loggers (a datagram reaches a real UDP socket) and the same
