@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
 from obskit._resource import for_this_process
-from obskit.config import Config, signal_url
+from obskit.config import Config, log_batch_settings, signal_timeout, signal_url
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -160,8 +160,36 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
     kwargs: dict[str, Any] = {"endpoint": _endpoint(config, signal)}
     if not _signal_variable(signal, "HEADERS") and _shared(config, "otlp_headers"):
         kwargs["headers"] = dict(config.otlp_headers)
-    if not _signal_variable(signal, "TIMEOUT") and _shared(config, "otlp_timeout"):
+    # The signal's own timeout is read here, in milliseconds as the specification says (the
+    # SDK's exporters read it as seconds, and its gRPC ones fail on a value that is not a
+    # number, with a bare ValueError from inside configure()).
+    variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
+    own = os.environ.get(variable, "").strip()
+    seconds = signal_timeout(variable, own) if own else None
+    if seconds is not None:
+        kwargs["timeout"] = seconds
+    elif _shared(config, "otlp_timeout"):
         kwargs["timeout"] = config.otlp_timeout
+    with _unset(variable if own and seconds is None else None):
+        return _build_sdk_exporter(config, signal, kwargs)
+
+
+@contextlib.contextmanager
+def _unset(variable: str | None) -> Iterator[None]:
+    """``variable`` out of the environment while an SDK exporter reads it (an unreadable value
+    obskit ignores, which the SDK would fail on); configure() is serialised."""
+    if variable is None:
+        yield
+        return
+    value = os.environ.pop(variable, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[variable] = value
+
+
+def _build_sdk_exporter(config: Config, signal: str, kwargs: dict[str, Any]) -> Any:
     grpc = _protocol(config, signal) == "grpc"
     if (
         not _signal_variable(signal, "COMPRESSION")
@@ -486,7 +514,16 @@ def build_logs(
 
     provider = LoggerProvider(resource=Resource(resource_attributes), shutdown_on_exit=False)
     exporter = _exporter(config, "logs")
-    provider.add_log_record_processor(_CountingProcessor(exporter))
+    batches = log_batch_settings(os.environ)  # checked by configure() already
+    provider.add_log_record_processor(
+        _CountingProcessor(
+            exporter,
+            schedule_delay_millis=batches["OTEL_BLRP_SCHEDULE_DELAY"],
+            max_export_batch_size=batches["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"],
+            export_timeout_millis=batches["OTEL_BLRP_EXPORT_TIMEOUT"],
+            max_queue_size=batches["OTEL_BLRP_MAX_QUEUE_SIZE"],
+        )
+    )
     _renew_at_fork(provider, exporter, resource_attributes)
     with warnings.catch_warnings():
         # The SDK deprecates its LoggingHandler (it moves to a contrib package); the warning is

@@ -1017,7 +1017,7 @@ def load_config(environ: Mapping[str, str] | None = None, **options: Any) -> Con
     _check_metrics_port(values, sources)
     _check_tls(values, sources)
     if values.get("logs_exporter") == "otlp":
-        _check_log_batches(env)
+        log_batch_settings(env)
     return Config(**values, sources=sources)
 
 
@@ -1189,18 +1189,47 @@ def _check_metrics_port(values: dict[str, Any], sources: dict[str, str]) -> None
     )
 
 
-def _check_log_batches(env: Mapping[str, str]) -> None:
-    """The SDK refuses these with a bare ValueError from deep inside configure(), after other
-    parts started: checked here first, as obskit's own options are."""
+def signal_timeout(name: str, raw: str) -> float | None:
+    """``OTEL_EXPORTER_OTLP_{METRICS,LOGS}_TIMEOUT`` (milliseconds, as the specification says)
+    in seconds; None, warned about once, for a value that is not a number above 0."""
+    try:
+        return _seconds_from_ms(raw)
+    except _Invalid as exc:
+        _warn_once(
+            f"config:{name}={raw}",
+            "obskit: %s=%r is not a value obskit reads (%s); ignored, as if unset",
+            name,
+            raw,
+            exc.allowed,
+        )
+        return None
+
+
+def log_batch_settings(env: Mapping[str, str]) -> dict[str, int]:
+    """``OTEL_BLRP_*`` as obskit hands them to the SDK's log batch processor (so that it reads
+    none itself): a value that is not a whole number, or is not above 0, is warned about once
+    and ignored, as the specification says of a numeric value; a queue smaller than its export
+    batch is a :class:`ConfigError` (the SDK would raise a bare ``ValueError`` from deep inside
+    ``configure()``, after other parts started)."""
     sizes: dict[str, int] = {}
     for name, default in _BLRP_DEFAULTS.items():
         raw = env.get(name, "").strip()
+        sizes[name] = default
+        if not raw:
+            continue
         try:
-            sizes[name] = int(raw) if raw else default
+            value = int(raw)
         except ValueError:
-            raise ConfigError(name, raw, "a whole number", f"env:{name}") from None
-        if name != "OTEL_BLRP_EXPORT_TIMEOUT" and sizes[name] <= 0:
-            raise ConfigError(name, raw, "a whole number above 0", f"env:{name}")
+            value = 0
+        if value > 0 or (value == 0 and name == "OTEL_BLRP_EXPORT_TIMEOUT" and raw == "0"):
+            sizes[name] = value
+        else:
+            _warn_once(
+                f"config:{name}={raw}",
+                "obskit: %s=%r is not a whole number above 0; ignored, as if unset",
+                name,
+                raw,
+            )
     queue, batch = sizes["OTEL_BLRP_MAX_QUEUE_SIZE"], sizes["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"]
     if batch > queue:
         # The variable that was set (the queue's, if both were).
@@ -1216,6 +1245,7 @@ def _check_log_batches(env: Mapping[str, str]) -> None:
             "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE no larger than OTEL_BLRP_MAX_QUEUE_SIZE)",
             f"env:{name}",
         )
+    return sizes
 
 
 #: The adaptive sampler's base ratio when ``sampler_arg`` is not given.

@@ -52,7 +52,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 import obskit
-from obskit.config import ConfigError
+from obskit.config import ConfigError, load_config
 from obskit.fastapi import instrument
 from obskit.testing import get_sample_value
 from tests.child_process import child_env
@@ -1234,6 +1234,69 @@ def test_an_sdk_batch_variable_obskit_cannot_use_is_a_config_error(
     except Exception as exc:
         raised = exc
     assert raised is None or isinstance(raised, ConfigError), repr(raised)
+
+
+# Bugs a review found, since fixed: the numeric OTEL_* variables obskit says it ignores with a
+# warning (docs/configuration.md) still stopped configure() when they were the log batch
+# processor's (OTEL_BLRP_SCHEDULE_DELAY=abc: a ConfigError) or a metrics/logs exporter's own
+# timeout over gRPC (OTEL_EXPORTER_OTLP_LOGS_TIMEOUT=10s: a bare ValueError from the SDK); and
+# a valid per-signal timeout, which the specification gives in milliseconds, was read by the
+# SDK's exporters as seconds
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_BLRP_SCHEDULE_DELAY", "abc"),
+        ("OTEL_BLRP_EXPORT_TIMEOUT", "30s"),
+        ("OTEL_BLRP_MAX_QUEUE_SIZE", "-5"),
+        ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "10s"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "nan"),
+    ],
+)
+def test_unreadable_numeric_variables_of_the_metrics_and_logs_exporters_are_ignored(
+    receiver: OtlpGrpcReceiver | OtlpHttpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    value: str,
+) -> None:
+    """configure() goes on (the value warned about once and ignored, as the specification
+    says), and a log record and a metric push still arrive."""
+    monkeypatch.setenv(variable, value)
+    with caplog.at_level("WARNING", logger="obskit"):
+        obskit.configure(
+            service_name="adv",
+            traces_exporter="none",
+            otlp_endpoint=receiver.endpoint,
+            otlp_protocol=receiver.protocol,
+            metrics_exporter="otlp",
+            metric_export_interval=30.0,
+            logs_exporter="otlp",
+        )
+    assert 1 == len([r for r in caplog.records if variable in r.getMessage()])
+    assert value == os.environ[variable]  # left as it was for other software
+    obskit.meter_provider().get_meter("adv").create_counter("adv.kept").add(1)
+    logging.getLogger("adv").warning("still exported")
+    assert True is obskit.force_flush(10.0)
+    assert "still exported" in bodies(receiver.requests("logs"))
+    assert metric_rows(receiver.requests("metrics"), "adv.kept")
+
+
+@pytest.mark.parametrize("signal", ["logs", "metrics"])
+def test_a_signals_own_timeout_is_read_in_milliseconds(
+    monkeypatch: pytest.MonkeyPatch, signal: str
+) -> None:
+    """``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT=2500`` is 2.5 s, as the specification gives it (the
+    SDK's exporters would read 2,500 s)."""
+    from obskit._otlp_signals import _sdk_exporter
+
+    monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", "2500")
+    config = load_config(service_name="adv", otlp_endpoint="http://127.0.0.1:4318")
+    exporter = _sdk_exporter(config, signal)
+    try:
+        # Where the SDK keeps it (1.4x: its HTTP client's); another version may move it.
+        assert 2.5 == exporter._client._timeout
+    finally:
+        exporter.shutdown()
 
 
 # A bug this test found, since fixed: obskit._otlp_signals.build_logs constructs the SDK's
