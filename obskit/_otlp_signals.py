@@ -160,33 +160,59 @@ def _sdk_exporter(config: Config, signal: str) -> Any:
     kwargs: dict[str, Any] = {"endpoint": _endpoint(config, signal)}
     if not _signal_variable(signal, "HEADERS") and _shared(config, "otlp_headers"):
         kwargs["headers"] = dict(config.otlp_headers)
-    # The signal's own timeout is read here, in milliseconds as the specification says (the
-    # SDK's exporters read it as seconds, and its gRPC ones fail on a value that is not a
-    # number, with a bare ValueError from inside configure()).
+    # The timeout is always passed, read here in milliseconds as the specification gives it
+    # (the SDK's exporters read the variables as seconds), so that the SDK reads none itself:
+    # the signal's own variable first, then the option (when the generic variable or an
+    # argument set it), then the generic variable (when the traces' own set the option).
     variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
-    own = os.environ.get(variable, "").strip()
-    seconds = signal_timeout(variable, own) if own else None
+    own = os.environ.get(variable)
+    seconds = signal_timeout(variable, own.strip()) if own and own.strip() else None
     if seconds is not None:
         kwargs["timeout"] = seconds
     elif _shared(config, "otlp_timeout"):
         kwargs["timeout"] = config.otlp_timeout
-    with _unset(variable if own and seconds is None else None):
+    else:
+        generic = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "").strip()
+        found = signal_timeout("OTEL_EXPORTER_OTLP_TIMEOUT", generic) if generic else None
+        kwargs["timeout"] = found or _DEFAULT_TIMEOUT
+    # A value of the signal's own variable obskit does not use -- unreadable, or empty, which
+    # the specification treats as unset -- is kept from the SDK's gRPC exporters, which read it
+    # whatever they are given and fail with a bare ValueError.
+    with _hidden_from_sdk(variable if own is not None and seconds is None else None):
         return _build_sdk_exporter(config, signal, kwargs)
 
 
+#: The OTLP exporters' timeout when nothing sets one (the specification's 10 s).
+_DEFAULT_TIMEOUT = 10.0
+#: The SDK modules that read a signal's own timeout variable from ``environ`` whatever timeout
+#: they are given (opentelemetry-exporter-otlp-proto-grpc 1.4x).
+_TIMEOUT_READERS = (
+    "opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
+
+
 @contextlib.contextmanager
-def _unset(variable: str | None) -> Iterator[None]:
-    """``variable`` out of the environment while an SDK exporter reads it (an unreadable value
-    obskit ignores, which the SDK would fail on); configure() is serialised."""
+def _hidden_from_sdk(variable: str | None) -> Iterator[None]:
+    """The SDK's exporter modules read ``environ`` without ``variable`` while one is built:
+    their module-level ``environ`` is a copy without it for that while -- ``os.environ`` itself,
+    which other threads and child processes read, is left alone."""
     if variable is None:
         yield
         return
-    value = os.environ.pop(variable, None)
+    import importlib
+
+    patched: list[tuple[Any, Any]] = []
     try:
+        for name in _TIMEOUT_READERS:
+            module = importlib.import_module(name)
+            if hasattr(module, "environ"):
+                patched.append((module, module.environ))
+                module.environ = {k: v for k, v in os.environ.items() if k != variable}  # type: ignore[attr-defined]
         yield
     finally:
-        if value is not None:
-            os.environ[variable] = value
+        for module, environ in patched:
+            module.environ = environ
 
 
 def _build_sdk_exporter(config: Config, signal: str, kwargs: dict[str, Any]) -> Any:
@@ -318,11 +344,10 @@ def _renew_at_fork(provider: Any, exporter: Any, resource_attributes: dict[str, 
     def renew() -> None:
         try:
             found = provider_ref()
-            update = getattr(found, "_update_resource", None)
-            if callable(update):
-                from opentelemetry.sdk.resources import Resource
-
-                update(Resource(for_this_process(resource_attributes)))
+            if found is not None:
+                _set_resource(
+                    found, {**resource_attributes, **for_this_process(resource_attributes)}
+                )
             consumer = getattr(found, "_measurement_consumer", None)
             if consumer is not None:
                 _start_afresh(consumer)
@@ -351,6 +376,28 @@ def _renew_at_fork(provider: Any, exporter: Any, resource_attributes: dict[str, 
             pass
 
     os.register_at_fork(after_in_child=renew)
+
+
+def _set_resource(provider: Any, attributes: dict[str, Any]) -> None:
+    """Make ``attributes`` a forked child's provider's resource, replacing what the SDK's own
+    fork hook merged in (its detectors: another ``service.instance.id``, and the ``process``
+    detector's attributes when ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS`` names it). Read from
+    the SDK as it stands (1.4x: a MeterProvider's ``_sdk_config``, a LoggerProvider's
+    ``_resource`` and its loggers'); otherwise the attributes are merged over its resource."""
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource(attributes)
+    sdk_config = getattr(provider, "_sdk_config", None)
+    if sdk_config is not None and hasattr(sdk_config, "resource"):
+        sdk_config.resource = resource
+    elif hasattr(provider, "_resource") and hasattr(provider, "_active_loggers"):
+        provider._resource = resource
+        for logger in list(provider._active_loggers):
+            logger._set_resource(resource)
+    else:
+        update = getattr(provider, "_update_resource", None)
+        if callable(update):
+            update(resource)
 
 
 def _start_afresh(consumer: Any) -> None:

@@ -377,7 +377,10 @@ def configure(**options: Unpack[Options]) -> Config:
         ConfigError: an option has an unusable value (named with what is allowed).
     """
     config = _configure(load_config(**options))
+    # The configuration is the application's now: adapters' earlier options are forgotten (a
+    # later adapter's go over these, as ever).
     _state.app_options = dict(options)
+    _state.adapter_options = {}
     return config
 
 

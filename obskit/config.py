@@ -1208,10 +1208,12 @@ def signal_timeout(name: str, raw: str) -> float | None:
 def log_batch_settings(env: Mapping[str, str]) -> dict[str, int]:
     """``OTEL_BLRP_*`` as obskit hands them to the SDK's log batch processor (so that it reads
     none itself): a value that is not a whole number, or is not above 0, is warned about once
-    and ignored, as the specification says of a numeric value; a queue smaller than its export
-    batch is a :class:`ConfigError` (the SDK would raise a bare ``ValueError`` from deep inside
-    ``configure()``, after other parts started)."""
+    and ignored, as the specification says of a numeric value; the default export batch shrinks
+    to a smaller queue, and a batch given larger than the queue is a :class:`ConfigError` (the
+    SDK would raise a bare ``ValueError`` from deep inside ``configure()``, after other parts
+    started)."""
     sizes: dict[str, int] = {}
+    given: set[str] = set()  # the variables whose value is used
     for name, default in _BLRP_DEFAULTS.items():
         raw = env.get(name, "").strip()
         sizes[name] = default
@@ -1223,6 +1225,7 @@ def log_batch_settings(env: Mapping[str, str]) -> dict[str, int]:
             value = 0
         if value > 0 or (value == 0 and name == "OTEL_BLRP_EXPORT_TIMEOUT" and raw == "0"):
             sizes[name] = value
+            given.add(name)
         else:
             _warn_once(
                 f"config:{name}={raw}",
@@ -1231,7 +1234,10 @@ def log_batch_settings(env: Mapping[str, str]) -> dict[str, int]:
                 raw,
             )
     queue, batch = sizes["OTEL_BLRP_MAX_QUEUE_SIZE"], sizes["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"]
-    if batch > queue:
+    if batch > queue and "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE" not in given:
+        # The default batch shrinks to a smaller queue, as for spans (_check_span_batches).
+        sizes["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"] = queue
+    elif batch > queue:
         # The variable that was set (the queue's, if both were).
         name = (
             "OTEL_BLRP_MAX_QUEUE_SIZE"

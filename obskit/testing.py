@@ -106,6 +106,7 @@ def capture(**options: Any) -> Iterator[Capture]:
     try:
         _runtime._configure(load_config(**options), sink=sink)
         _state.app_options = dict(options)
+        _state.adapter_options = {}
         yield Capture(sink)
     finally:
         _state.pinned_sink = None

@@ -67,30 +67,42 @@ _SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
 
 
+#: The order adapters' options go over one another: Django's project settings first, a
+#: wrapper or an app's own adapter over them (obskit's ASGI middleware around Django's
+#: application names what Django's settings did not).
+_ADAPTER_ORDER = ("django", "flask", "fastapi", "wsgi", "asgi")
+
+
 def ensure_configured(options: dict[str, Any] | None = None, adapter: str = "") -> Config:
     """The running configuration; configure obskit (with ``options``) if nobody has yet.
 
     ``options`` given to an adapter (``instrument(app, service_name=...)``, Django's
     ``settings.OBSKIT``; ``adapter`` names its kind) go over what the application passed to
     ``obskit.configure()`` -- they do not replace it: a collector endpoint or ``logging=True`` set
-    in code stays -- and over what the other kinds of adapter asked (Django's middleware and the
-    ASGI wrapper around Django's application); they replace what the same kind asked before, so
-    that Django's ``override_settings(OBSKIT=...)`` holds for one test client only."""
+    in code stays -- and, kind by kind in :data:`_ADAPTER_ORDER`, over what the other kinds of
+    adapter asked. An adapter asking nothing changes nothing, except Django's middleware:
+    ``settings.OBSKIT`` is the project's one source, so what it says now replaces what it said
+    before, nothing included (``override_settings(OBSKIT=...)`` holds for one test client)."""
     config = _runtime.get_config()
     options = dict(options or {})
     asked = _state.adapter_options
-    if config is None or options or asked.get(adapter):
-        merged = dict(_state.app_options)
-        for kind, given in asked.items():
-            if kind != adapter:
-                merged.update(given)
-        merged.update(options)
-        config = _runtime._configure(load_config(**merged))
-        if options:
-            asked[adapter] = options
-        else:
-            asked.pop(adapter, None)
+    replaces = adapter == "django"
+    if config is not None and not options and not (replaces and asked.get(adapter)):
+        return config
+    wanted = options if replaces else {**asked.get(adapter, {}), **options}
+    merged = dict(_state.app_options)
+    for kind in sorted({*asked, adapter}, key=_adapter_rank):
+        merged.update(wanted if kind == adapter else asked[kind])
+    config = _runtime._configure(load_config(**merged))
+    if wanted:
+        asked[adapter] = wanted
+    else:
+        asked.pop(adapter, None)
     return config
+
+
+def _adapter_rank(kind: str) -> int:
+    return _ADAPTER_ORDER.index(kind) if kind in _ADAPTER_ORDER else len(_ADAPTER_ORDER)
 
 
 class HttpTelemetry:

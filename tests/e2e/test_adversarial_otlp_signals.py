@@ -1282,21 +1282,71 @@ def test_unreadable_numeric_variables_of_the_metrics_and_logs_exporters_are_igno
 
 
 @pytest.mark.parametrize("signal", ["logs", "metrics"])
-def test_a_signals_own_timeout_is_read_in_milliseconds(
-    monkeypatch: pytest.MonkeyPatch, signal: str
+@pytest.mark.parametrize(
+    ("env", "seconds"),
+    [
+        ({"SIGNAL": "2500"}, 2.5),
+        # The traces' own timeout sets the option; the generic variable is the signal's then.
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "3000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "5000"}, 3.0),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10s", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "5000"}, 10.0),
+        ({"SIGNAL": "  "}, 10.0),  # empty: as if unset, as the specification says
+    ],
+    ids=["own", "generic-beside-traces-own", "generic-unreadable", "own-empty"],
+)
+def test_a_signals_timeout_is_read_in_milliseconds(
+    monkeypatch: pytest.MonkeyPatch, signal: str, env: dict[str, str], seconds: float
 ) -> None:
     """``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT=2500`` is 2.5 s, as the specification gives it (the
-    SDK's exporters would read 2,500 s)."""
+    SDK's exporters would read 2,500 s), and so is the generic variable where obskit leaves it
+    to the signal; an empty or unreadable one is as if unset."""
     from obskit._otlp_signals import _sdk_exporter
 
-    monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", "2500")
+    for name, value in env.items():
+        monkeypatch.setenv(
+            name.replace("SIGNAL", f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"), value
+        )
     config = load_config(service_name="adv", otlp_endpoint="http://127.0.0.1:4318")
     exporter = _sdk_exporter(config, signal)
     try:
         # Where the SDK keeps it (1.4x: its HTTP client's); another version may move it.
-        assert 2.5 == exporter._client._timeout
+        assert seconds == exporter._client._timeout
     finally:
         exporter.shutdown()
+
+
+@pytest.mark.parametrize("value", ["", "  ", "10s"])
+def test_a_grpc_exporter_is_built_whatever_its_own_timeout_variable_says(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Over gRPC the SDK's metrics and logs exporters read their own timeout variable whatever
+    they are given (a bare ValueError on "" or "10s"): obskit builds them without it, and
+    leaves ``os.environ`` as it was for everything else."""
+    from obskit._otlp_signals import _sdk_exporter
+
+    for signal in ("METRICS", "LOGS"):
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", value)
+    config = load_config(
+        service_name="adv", otlp_endpoint="http://127.0.0.1:4317", otlp_protocol="grpc"
+    )
+    for signal in ("metrics", "logs"):
+        _sdk_exporter(config, signal).shutdown()
+        assert value == os.environ[f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"]
+
+
+def test_a_small_log_queue_shrinks_the_default_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_BLRP_MAX_QUEUE_SIZE=100`` alone: the default export batch (512) shrinks to it, as
+    for spans, instead of failing; a batch given larger than the queue is refused."""
+    from obskit.config import log_batch_settings
+
+    settings = log_batch_settings({"OTEL_BLRP_MAX_QUEUE_SIZE": "100"})
+    assert (100, 100) == (
+        settings["OTEL_BLRP_MAX_QUEUE_SIZE"],
+        settings["OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"],
+    )
+    with pytest.raises(ConfigError):
+        log_batch_settings(
+            {"OTEL_BLRP_MAX_QUEUE_SIZE": "100", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "200"}
+        )
 
 
 # A bug this test found, since fixed: obskit._otlp_signals.build_logs constructs the SDK's
@@ -1447,6 +1497,7 @@ with OtlpHttpReceiver() as rx:
                      metric_export_interval=60.0, logs_exporter="otlp", **extra)
     jobs = obskit.meter_provider().get_meter("adv").create_counter("adv.jobs")
     parent = obskit.tracer_provider().resource.attributes["service.instance.id"]
+    parent_keys = sorted(obskit.tracer_provider().resource.attributes)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -1470,10 +1521,22 @@ with OtlpHttpReceiver() as rx:
             if attributes_dict(r.resource.attributes).get("process.pid") == pid
         })
 
+    def keys(signal, field, child):
+        return sorted({
+            key
+            for message in rx.requests(signal) for r in getattr(message, field)
+            if (attributes_dict(r.resource.attributes).get("process.pid") == pid) == child
+            for key in attributes_dict(r.resource.attributes)
+        })
+
     print(json.dumps({"status": status, "parent": parent,
                       "spans": ids("traces", "resource_spans"),
                       "metrics": ids("metrics", "resource_metrics"),
-                      "logs": ids("logs", "resource_logs")}))
+                      "logs": ids("logs", "resource_logs"),
+                      "keys": [keys("metrics", "resource_metrics", True),
+                               keys("logs", "resource_logs", True),
+                               keys("traces", "resource_spans", True)],
+                      "parent_keys": parent_keys}))
     obskit.shutdown(timeout=2.0)
 """
 
@@ -1485,11 +1548,13 @@ with OtlpHttpReceiver() as rx:
 @pytest.mark.parametrize("given", ["", "pod-7"], ids=["made", "set-by-the-user"])
 def test_a_forked_worker_is_one_instance_on_every_signal(given: str, tmp_path: Path) -> None:
     """A child forked after configure(): its spans, metrics and logs, and the tracer provider
-    other instrumentation uses, carry one service.instance.id -- a new one, or the user's."""
+    other instrumentation uses, carry one service.instance.id -- a new one, or the user's --
+    and the resource keys of the parent's, whatever detectors OTEL_EXPERIMENTAL_RESOURCE_
+    DETECTORS names (the SDK's fork hook runs them; obskit's resource is set back over it)."""
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FORKED_RESOURCE_SCRIPT), given],
         cwd=tmp_path,
-        env=child_env(),
+        env=child_env(OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="process"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -1500,6 +1565,7 @@ def test_a_forked_worker_is_one_instance_on_every_signal(given: str, tmp_path: P
     expected = given or child["provider"]
     assert [expected] * 3 == [*result["spans"], *result["metrics"], *result["logs"]]
     assert expected == child["provider"]
+    assert [result["parent_keys"]] * 3 == result["keys"]
     if given:
         assert given == result["parent"]
     else:

@@ -69,3 +69,75 @@ def test_django_urls_take_metrics_path_from_settings_before_the_middleware_runs(
     finally:
         importlib.reload(urls)
     assert "metrics" == str(urls.urlpatterns[0].pattern)
+
+
+def _service() -> tuple[str, str]:
+    config = _runtime.get_config()
+    assert config is not None
+    return config.service_name, config.traces_exporter
+
+
+# Bugs a review found in a first version of the per-adapter options, since fixed: an adapter of
+# the same kind built later with no options -- an instrumented app mounted in another, or the
+# middleware instrument() and Obskit() build for themselves -- took the first one's options
+# back (its spans went to the local file as unknown_service); obskit.configure() after an
+# adapter, then another adapter, brought the forgotten adapter options back.
+@pytest.mark.usefixtures("unconfigured")
+def test_an_adapter_with_no_options_keeps_what_another_asked() -> None:
+    """``instrument(app, service_name=..., traces_exporter=...)`` then ``instrument(v1)``,
+    and a Starlette app under ``ObskitMiddleware(..., service_name=...)`` with an instrumented
+    FastAPI app mounted in it, served: the options given stay."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from obskit.asgi import ObskitMiddleware
+    from obskit.fastapi import instrument
+
+    instrument(FastAPI(), service_name="checkout", traces_exporter="none")
+    instrument(FastAPI())
+    assert ("checkout", "none") == _service()
+
+    obskit.shutdown()
+    v1 = FastAPI()
+    v1.get("/items")(lambda: {"ok": True})
+    instrument(v1)
+    outer = ObskitMiddleware(
+        Starlette(routes=[Mount("/v1", app=v1)]), service_name="shop", traces_exporter="none"
+    )
+    with TestClient(outer) as client:
+        assert 200 == client.get("/v1/items").status_code
+    assert ("shop", "none") == _service()
+
+
+@pytest.mark.usefixtures("unconfigured")
+def test_configure_after_an_adapter_is_the_configuration_from_then_on() -> None:
+    """``Obskit(app)`` with options, then ``obskit.configure(...)``: the application's
+    configuration; a later adapter's options go over it, not the forgotten ones."""
+    from flask import Flask
+
+    from obskit.flask import Obskit
+    from obskit.wsgi import ObskitMiddleware
+
+    Obskit(Flask("t"), service_name="shop", traces_exporter="none")
+    obskit.configure(service_name="checkout", traces_exporter="none")
+    ObskitMiddleware(lambda environ, start_response: [], log_level="DEBUG")
+    config = _runtime.get_config()
+    assert config is not None
+    assert ("checkout", "DEBUG") == (config.service_name, config.log_level)
+
+
+@pytest.mark.usefixtures("unconfigured")
+def test_the_asgi_wrapper_around_django_goes_over_settings_obskit_whatever_the_order() -> None:
+    """``ObskitMiddleware(get_asgi_application(), service_name=...)``, then a request through
+    Django's test client (which builds the middleware from settings.OBSKIT again): the
+    wrapper's service name stays."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.test import Client
+
+    from obskit.asgi import ObskitMiddleware
+
+    ObskitMiddleware(ASGIHandler(), service_name="from-wrapper", traces_exporter="none")
+    Client().get("/items/1")
+    assert "from-wrapper" == _service()[0]
