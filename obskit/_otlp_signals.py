@@ -205,7 +205,10 @@ def _hidden_from_sdk(variable: str | None) -> Iterator[None]:
     patched: list[tuple[Any, Any]] = []
     try:
         for name in _TIMEOUT_READERS:
-            module = importlib.import_module(name)
+            try:
+                module = importlib.import_module(name)
+            except ImportError:  # the gRPC exporters are not installed: nothing reads it
+                continue
             if hasattr(module, "environ"):
                 patched.append((module, module.environ))
                 module.environ = {k: v for k, v in os.environ.items() if k != variable}  # type: ignore[attr-defined]
