@@ -35,12 +35,11 @@ instruments: dict[str, Instrument[Any]] = {}
 warned: set[str] = set()
 #: (global propagator, whether it is the default tracecontext+baggage) -- cached per propagator.
 default_propagators: tuple[object, bool] | None = None
-#: What the application itself passed to ``configure()`` (or ``testing.capture()``): an
-#: adapter's options (``settings.OBSKIT``, ``instrument(app, ...)``) go over these -- not over
-#: the options of an earlier adapter, which would otherwise stick (Django's
-#: ``override_settings(OBSKIT=...)`` in one test leaking into the next).
+#: What the application itself passed to ``configure()`` (or ``testing.capture()``): the
+#: adapters' options (``settings.OBSKIT``, ``instrument(app, ...)``) go over these
+#: (:func:`obskit.http._pipeline.ensure_configured`).
 app_options: dict[str, Any] = {}
-#: What each kind of adapter last asked (``"django"``: ``settings.OBSKIT``), over ``app_options``.
+#: What each kind of adapter asked (``"django"``: ``settings.OBSKIT``), over ``app_options``.
 adapter_options: dict[str, dict[str, Any]] = {}
 #: The span sink of an active ``obskit.testing.capture()``: every (re)configure uses it, so an
 #: adapter configuring obskit with its own options still reports to the capture.

@@ -25,7 +25,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 # Prometheus does not log in: under Django 5.1+'s LoginRequiredMiddleware the scrape would get
 # the login page's redirect. Served without a login like obskit's other metrics endpoints (the
-# WSGI/ASGI middleware's, metrics_port); docs/metrics.md says how to keep it off the internet.
+# WSGI/ASGI middleware's, metrics_port); docs/http.md says how to keep it off the internet.
 metrics.login_required = False  # type: ignore[attr-defined]  # what @login_not_required sets
 
 
