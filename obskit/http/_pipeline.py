@@ -80,16 +80,17 @@ def ensure_configured(options: dict[str, Any] | None = None, adapter: str = "") 
     ``settings.OBSKIT``; ``adapter`` names its kind) go over what the application passed to
     ``obskit.configure()`` -- they do not replace it: a collector endpoint or ``logging=True`` set
     in code stays -- and, kind by kind in :data:`_ADAPTER_ORDER`, over what the other kinds of
-    adapter asked. An adapter asking nothing changes nothing, except Django's middleware:
-    ``settings.OBSKIT`` is the project's one source, so what it says now replaces what it said
-    before, nothing included (``override_settings(OBSKIT=...)`` holds for one test client)."""
+    adapter asked; they replace what an adapter of the same kind asked before (an app factory's
+    per-test options do not stick). An adapter asking nothing changes nothing, except Django's
+    middleware: ``settings.OBSKIT`` is the project's one source, so an empty one replaces what
+    it said before too (``override_settings(OBSKIT=...)`` holds for one test client)."""
     config = _runtime.get_config()
     options = dict(options or {})
     asked = _state.adapter_options
     replaces = adapter == "django"
     if config is not None and not options and not (replaces and asked.get(adapter)):
         return config
-    wanted = options if replaces else {**asked.get(adapter, {}), **options}
+    wanted = options  # what this kind asked before is replaced, not added to
     merged = dict(_state.app_options)
     for kind in sorted({*asked, adapter}, key=_adapter_rank):
         merged.update(wanted if kind == adapter else asked[kind])

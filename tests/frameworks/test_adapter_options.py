@@ -141,3 +141,32 @@ def test_the_asgi_wrapper_around_django_goes_over_settings_obskit_whatever_the_o
     ObskitMiddleware(ASGIHandler(), service_name="from-wrapper", traces_exporter="none")
     Client().get("/items/1")
     assert "from-wrapper" == _service()[0]
+
+
+# A bug a third review found in the second version, since fixed: a Flask or FastAPI adapter's
+# options were added to what an adapter of the same kind had asked before, so an app factory's
+# per-test options (a sampler, a metrics path) stuck to every later test's app.
+@pytest.mark.usefixtures("unconfigured")
+def test_an_app_factorys_options_replace_the_previous_apps() -> None:
+    """Three apps from one factory, the second with ``sampler=always_off`` and another
+    metrics path: the third, with the project's options again, has neither."""
+    from flask import Flask
+
+    from obskit.flask import Obskit
+
+    def create_app(**extra: str) -> Flask:
+        app = Flask("t")
+        app.config["OBSKIT"] = {"service_name": "shop", "traces_exporter": "none", **extra}
+        Obskit(app)
+        return app
+
+    create_app()
+    create_app(sampler="always_off", metrics_path="/m")
+    create_app()
+    config = _runtime.get_config()
+    assert config is not None
+    assert ("shop", "parentbased_always_on", "/metrics") == (
+        config.service_name,
+        config.sampler,
+        config.metrics_path,
+    )
