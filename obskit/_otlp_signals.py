@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 from obskit import _selfmetrics
-from obskit._resource import for_this_process
+from obskit._resource import for_this_process, set_provider_resource
 from obskit.config import Config, log_batch_settings, signal_timeout, signal_url
 
 if TYPE_CHECKING:
@@ -348,7 +348,7 @@ def _renew_at_fork(provider: Any, exporter: Any, resource_attributes: dict[str, 
         try:
             found = provider_ref()
             if found is not None:
-                _set_resource(
+                set_provider_resource(
                     found, {**resource_attributes, **for_this_process(resource_attributes)}
                 )
             consumer = getattr(found, "_measurement_consumer", None)
@@ -379,28 +379,6 @@ def _renew_at_fork(provider: Any, exporter: Any, resource_attributes: dict[str, 
             pass
 
     os.register_at_fork(after_in_child=renew)
-
-
-def _set_resource(provider: Any, attributes: dict[str, Any]) -> None:
-    """Make ``attributes`` a forked child's provider's resource, replacing what the SDK's own
-    fork hook merged in (its detectors: another ``service.instance.id``, and the ``process``
-    detector's attributes when ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS`` names it). Read from
-    the SDK as it stands (1.4x: a MeterProvider's ``_sdk_config``, a LoggerProvider's
-    ``_resource`` and its loggers'); otherwise the attributes are merged over its resource."""
-    from opentelemetry.sdk.resources import Resource
-
-    resource = Resource(attributes)
-    sdk_config = getattr(provider, "_sdk_config", None)
-    if sdk_config is not None and hasattr(sdk_config, "resource"):
-        sdk_config.resource = resource
-    elif hasattr(provider, "_resource") and hasattr(provider, "_active_loggers"):
-        provider._resource = resource
-        for logger in list(provider._active_loggers):
-            logger._set_resource(resource)
-    else:
-        update = getattr(provider, "_update_resource", None)
-        if callable(update):
-            update(resource)
 
 
 def _start_afresh(consumer: Any) -> None:

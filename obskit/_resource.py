@@ -46,3 +46,34 @@ def for_this_process(attributes: Mapping[str, Any]) -> dict[str, Any]:
     if configured is not None:
         fresh[SERVICE_INSTANCE_ID] = instance_id() if configured in _made else configured
     return fresh
+
+
+def set_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> None:
+    """Make ``attributes`` the resource of an OpenTelemetry SDK provider -- a TracerProvider,
+    MeterProvider or LoggerProvider -- and of the tracers and loggers it made. The SDK has no
+    public setter: its ``_update_resource`` merges, where a reconfiguration's service name must
+    replace the earlier one and a forked child's must drop what the SDK's own fork hook merged
+    in (another ``service.instance.id``; the detectors of
+    ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS``). Read from the SDK as it stands (1.4x); a provider
+    laid out otherwise gets the attributes merged over its resource. May raise: the callers
+    count a failure."""
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource({key: value for key, value in attributes.items() if value is not None})
+    tracers = getattr(provider, "_tracers", None)
+    sdk_config = getattr(provider, "_sdk_config", None)
+    if tracers is not None:  # TracerProvider
+        with provider._tracers_lock:
+            provider._resource = resource
+            for tracer in tracers.values():
+                tracer._set_resource(resource)
+    elif sdk_config is not None and hasattr(sdk_config, "resource"):  # MeterProvider
+        sdk_config.resource = resource
+    elif hasattr(provider, "_active_loggers"):  # LoggerProvider
+        provider._resource = resource
+        for logger in list(provider._active_loggers):
+            logger._set_resource(resource)
+    else:
+        update = getattr(provider, "_update_resource", None)
+        if callable(update):
+            update(resource)

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import StatusCode
 
 from obskit import _selfmetrics, _state
-from obskit._resource import SERVICE_INSTANCE_ID, instance_id
+from obskit._resource import SERVICE_INSTANCE_ID, instance_id, set_provider_resource
 from obskit._version import __version__
 from obskit.config import Config, bounded_wait, load_config, masked_url, unknown_variables
 from obskit.tracing.pipeline import CompactSpanProcessor, SpanSink
@@ -141,14 +140,9 @@ def _set_provider_resource(provider: TracerProvider, attributes: dict[str, Any])
     pipeline stamps its batches with it, but a span processor or exporter the application adds
     to ``obskit.tracer_provider()`` -- and the ``otelServiceName`` OpenTelemetry's logging
     instrumentation reads -- see the provider's, which was the SDK's default
-    (``unknown_service:python``). The SDK has no public setter: its ``_update_resource`` merges,
-    and the service name of a reconfiguration must replace the earlier one."""
+    (``unknown_service:python``)."""
     try:
-        resource = Resource({key: value for key, value in attributes.items() if value is not None})
-        with provider._tracers_lock:
-            provider._resource = resource
-            for tracer in provider._tracers.values():
-                tracer._set_resource(resource)
+        set_provider_resource(provider, attributes)
     except Exception as exc:  # an SDK whose internals moved: the spans' own resource stays
         _selfmetrics.internal_error("provider_resource", exc)
 
