@@ -15,7 +15,10 @@ obskit's JSON handler.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 import traceback
+from contextvars import Token
 from typing import Any
 
 try:
@@ -24,7 +27,10 @@ except ImportError as exc:  # pragma: no cover - exercised without gunicorn
     raise ImportError("obskit.gunicorn needs gunicorn: pip install gunicorn") from exc
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from obskit.http._pipeline import ended_request
 from obskit.logging import take_back_framework_loggers
 from obskit.tracing._fastctx import with_span
 from obskit.wsgi import ENVIRON_KEY
@@ -92,6 +98,8 @@ class Logger(glogging.Logger):  # type: ignore[misc]
             }
             if request is not None:
                 token = otel_context.attach(with_span(request.span, None, request))
+            else:
+                token = _attach_failed_request()
             self.access_log.info(
                 self.cfg.access_log_format, self.atoms_wrapper_class(atoms), extra=extra
             )
@@ -118,6 +126,20 @@ class Logger(glogging.Logger):  # type: ignore[misc]
                 and not getattr(cfg, "disable_redirect_access_to_syslog", False)
             )
         )
+
+
+def _attach_failed_request() -> Token[Context] | None:
+    """The context of the request whose exception gunicorn answers with its own 500: its
+    ``handle_error`` writes the access line with an environ of its own, from the ``except``
+    block that caught the exception as it left obskit's middleware (tagged with its request)."""
+    ended = ended_request(sys.exc_info()[1], time.time())
+    if ended is None:
+        return None
+    trace_id, span_id, _, flags, _, valid = ended.context
+    if not valid:
+        return None
+    span = NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(flags)))
+    return otel_context.attach(with_span(span, None, ended))
 
 
 def _int(value: Any) -> int | None:

@@ -434,12 +434,10 @@ def _after_the_request(record: logging.LogRecord, ctx: Any, request: Any) -> tup
         # raises from getattr, which must neither reach the caller nor spoil the line.
         owner = getattr(getattr(record, "request", None), "_obskit_request", None)
         if owner is None and record.exc_info:
-            from obskit.http._pipeline import EndedRequest
+            from obskit.http._pipeline import ended_request
 
-            ended = getattr(record.exc_info[1], "_obskit_request", None)
-            # The server logs it as the exception leaves (milliseconds); an exception object
-            # raised again later, or logged long after, is not that request's any more.
-            if ended.__class__ is EndedRequest and abs(record.created - ended.ended) < 5.0:
+            ended = ended_request(record.exc_info[1], record.created)
+            if ended is not None:
                 return ended.context, ended
         span = getattr(owner, "span", None)
         if span is None:

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import secrets
 import time
+from _thread import get_ident as _get_ident
 from bisect import bisect_left
 from collections.abc import (
     AsyncIterable,
@@ -636,8 +637,18 @@ class EndedRequest(NamedTuple):
     ended: float
 
 
+#: Threads whose tag an exception keeps at most (a shared exception object raised out of
+#: requests on many threads, under a thread-per-request server).
+_MAX_TAGS = 32
+
+
 def _tag(exc: BaseException, request: Request) -> None:
-    """Tag ``exc``, on its way out of the request, with what its log line will need."""
+    """Tag ``exc``, on its way out of the request, with what its log line will need.
+
+    One exception object can leave several requests at once (the failed result of a shared
+    future, a cached error): the tag is per thread, as the server logs the exception on the
+    thread it left the request on (gunicorn's "Error handling request", uvicorn's task).
+    """
     try:
         ctx = request.span.get_span_context()
         ended = EndedRequest(
@@ -647,9 +658,37 @@ def _tag(exc: BaseException, request: Request) -> None:
             request.request_id,
             time.time(),
         )
-        exc._obskit_request = ended  # type: ignore[attr-defined]
+        tags = exc.__dict__.get("_obskit_ended")
+        if tags.__class__ is not dict:
+            exc._obskit_ended = {_get_ident(): ended}  # type: ignore[attr-defined]
+            return
+        tags.pop(_get_ident(), None)  # the newest last, so the oldest goes first
+        if len(tags) >= _MAX_TAGS:
+            del tags[next(iter(tags))]
+        tags[_get_ident()] = ended
     except Exception:  # an exception type without a __dict__: its line goes without the ids
         pass
+
+
+def ended_request(exc: BaseException | None, created: float) -> EndedRequest | None:
+    """The request ``exc`` left on this thread, for a line logged at ``created`` about it.
+
+    Another thread's only when no other thread's request raised the same object; None when
+    the line comes more than 5 s after (the same object raised again later, or logged long
+    after, is not that request's any more).
+    """
+    try:
+        tags = getattr(exc, "_obskit_ended", None)
+        if tags.__class__ is not dict:
+            return None
+        ended = tags.get(_get_ident())
+        if ended is None and len(tags) == 1:
+            ended = next(iter(tags.values()))
+        if ended.__class__ is EndedRequest and abs(created - ended.ended) < 5.0:
+            return ended
+    except Exception:  # not obskit's after all
+        pass
+    return None
 
 
 class Request:

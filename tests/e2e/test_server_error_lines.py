@@ -148,3 +148,84 @@ def test_the_servers_traceback_line_names_the_requests_trace(error_lines: tuple[
         assert "/boom/{n}" == first["http.route"]
         # uvicorn's message ends in a newline, for its console: not in the JSON line.
         assert "Exception in ASGI application" == first["message"]
+
+
+SHARED_APP = """
+import concurrent.futures, threading
+import obskit
+from obskit.wsgi import ObskitMiddleware
+
+obskit.configure(service_name="boom", logging=True)
+lock = threading.Lock()
+shared = None
+
+def plain(environ, start_response):
+    # Requests coalesced on one failing computation: every waiter gets the same exception object.
+    global shared
+    with lock:
+        if shared is None or shared.done() and environ["PATH_INFO"].endswith("/0"):
+            shared = concurrent.futures.Future()
+            threading.Timer(0.005, shared.set_exception, [RuntimeError("backend down")]).start()
+        future = shared
+    future.result()
+
+app = ObskitMiddleware(plain)
+"""
+
+
+# Two bugs this test found, since fixed (a review of 2026-11-25): one exception object raised out
+# of concurrent requests (a shared future's failure) put whichever request tagged it last on the
+# "Error handling request" line of every other (two thirds of the lines named another request);
+# and gunicorn's access line for the 500 it answers such an exception with carried no trace at all
+# (gunicorn writes it with a fresh environ)
+def test_lines_of_an_exception_shared_by_concurrent_requests_name_each_request(
+    tmp_path: Path,
+) -> None:
+    import concurrent.futures
+
+    (tmp_path / "shared_app.py").write_text(textwrap.dedent(SHARED_APP))
+    port = free_port()
+    output = tmp_path / "server.log"
+    argv = ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "8", "--access-logfile", "-"]
+    argv += ["--logger-class", "obskit.gunicorn.Logger"]
+    requests = 160
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, *argv, "-b", f"127.0.0.1:{port}", "shared_app:app"],
+            cwd=tmp_path,
+            env=child_env(PYTHONPATH=f"{tmp_path}:{child_env()['PYTHONPATH']}"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            _get(port, "/warm/0", {"Connection": "close"})
+
+            def one(n: int) -> int:
+                headers = {"traceparent": f"00-{n:032x}-00f067aa0ba902b7-01", "Connection": "close"}
+                return _get(port, f"/shared/{n % 8}", headers)
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                statuses = list(pool.map(one, range(1, requests + 1)))
+        finally:
+            server.terminate()
+            server.wait(15)
+    assert {500} == set(statuses)
+    lines = [json.loads(line) for line in output.read_text().splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line.get("logger") == "gunicorn.error"]
+    access = [line for line in lines if line.get("logger") == "gunicorn.access"]
+    # Each request's lines name its own trace: the error line's path and the access line's
+    # path name the request (n % 8), and its trace id is n.
+    wrong = [
+        (line["message"], line.get("trace_id"))
+        for line in errors + access
+        if "/shared/" in line["message"]
+        and (
+            "trace_id" not in line
+            or int(line["trace_id"], 16) % 8
+            != int(line["message"].split("/shared/")[1].split()[0].strip('"'))
+        )
+    ]
+    assert requests == sum("/shared/" in line["message"] for line in errors)
+    assert requests == sum("/shared/" in line["message"] for line in access)
+    assert [] == wrong

@@ -226,7 +226,8 @@ def test_the_exception_tag_leaves_exceptions_picklable_and_copyable() -> None:
     with capture(service_name="sec"), pytest.raises(ValueError, match="boom") as raised:
         ObskitMiddleware(app)(environ("/x"), lambda *a: None)
     exc = raised.value
-    assert 32 == len(f"{exc._obskit_request.context[0]:032x}")  # type: ignore[attr-defined]
+    (tag,) = exc._obskit_ended.values()  # type: ignore[attr-defined]
+    assert 32 == len(f"{tag.context[0]:032x}")
     assert "boom" == str(pickle.loads(pickle.dumps(exc)))
     assert "boom" == str(copy.deepcopy(exc))
 
@@ -252,8 +253,69 @@ def test_a_tag_from_long_ago_names_no_request() -> None:
         raise shared
     except ValueError:
         log.error("right after", exc_info=True)  # as the server logs it: the request's trace
-        shared._obskit_request = shared._obskit_request._replace(ended=time.time() - 60)  # type: ignore[attr-defined]
+        tags = shared._obskit_ended  # type: ignore[attr-defined]
+        tags.update((thread, tag._replace(ended=time.time() - 60)) for thread, tag in tags.items())
         log.error("a minute later", exc_info=sys.exc_info())
     first, later = _written(buffer)
     assert 32 == len(first["trace_id"])
     assert "trace_id" not in later
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): the tag was one attribute of the
+# exception, so an exception object raised out of several requests at once (the failed result
+# of a shared future) named whichever request tagged it last -- under gunicorn's gthread
+# workers, two thirds of the "Error handling request" lines named another request
+def test_an_exception_shared_by_requests_on_two_threads_names_each_threads_request() -> None:
+    import contextlib
+    import threading
+
+    from obskit.testing import capture
+    from obskit.wsgi import ObskitMiddleware
+    from tests.wsgi_environ import environ
+
+    shared = RuntimeError("the shared future failed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise shared
+
+    ids = {"a": "0af7651916cd43dd8448eb211c80319a", "b": "0af7651916cd43dd8448eb211c80319b"}
+    a_raised, b_logged = threading.Event(), threading.Event()
+
+    def serve(name: str) -> None:  # as a server thread does: the request, then its error line
+        headers = {"HTTP_TRACEPARENT": f"00-{ids[name]}-b7ad6b7169203331-01"}
+        try:
+            ObskitMiddleware(app)(environ("/x", **headers), lambda *a: None)
+        except RuntimeError:
+            if name == "a":  # b's request raises the same object before a's line is written
+                a_raised.set()
+                b_logged.wait(5)
+            else:
+                a_raised.wait(5)
+            log.exception("Error handling request %s", name)
+            if name == "b":
+                b_logged.set()
+
+    with capture(service_name="sec"):
+        buffer, log = _lines()
+        threads = [threading.Thread(target=serve, args=(name,)) for name in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        lines = {line["message"][-1]: line["trace_id"] for line in _written(buffer)}
+        assert {"a": ids["a"], "b": ids["b"]} == lines
+        # An exception raised out of requests on many threads at once keeps a bounded number
+        # of tags (threads alive together: a finished thread's id is given to the next).
+        together = threading.Barrier(40, timeout=10)
+
+        def raise_and_wait() -> None:
+            with contextlib.suppress(RuntimeError):
+                ObskitMiddleware(app)(environ("/x"), lambda *a: None)
+            together.wait()
+
+        threads = [threading.Thread(target=raise_and_wait) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert 32 == len(shared._obskit_ended)  # type: ignore[attr-defined]
