@@ -38,7 +38,9 @@ import logging.handlers
 import os
 import random
 import re
+import select
 import socket
+import stat
 import sys
 import threading
 import time
@@ -1154,9 +1156,10 @@ class BufferedStreamHandler(JsonStreamHandler):
 
     The stdlib's StreamHandler flushes -- one ``write`` system call -- after every line, which
     inside a busy request costs more than formatting the line. Here DEBUG/INFO lines wait in the
-    handler's own buffer and a small daemon thread writes them in one piece every ``interval``
-    seconds (and ``logging.shutdown`` at exit); a line at WARNING or above is written at once,
-    after what waited before it. The buffer is the handler's, not the stream's, so this holds
+    handler's own buffer and a small daemon thread writes them together every ``interval``
+    seconds (and ``logging.shutdown`` at exit) -- to a pipe in writes of whole lines of at most
+    ``PIPE_BUF`` bytes; a line at WARNING or above is written at once, after what waited before
+    it. The buffer is the handler's, not the stream's, so this holds
     for a line-buffered stream too (``sys.stderr``, which flushes at every newline), and it is
     bounded: past :attr:`MAX_PENDING` lines they are written at once. A crash that kills the
     process outright can lose up to ``interval`` seconds of DEBUG/INFO lines; lines a write
@@ -1194,10 +1197,18 @@ class BufferedStreamHandler(JsonStreamHandler):
             pending = self._pending
             if pending:
                 self._pending = []
+                written = 0
                 try:
-                    self.stream.write("".join(pending))
+                    piece = self._piece_bytes()
+                    if not piece:
+                        self.stream.write("".join(pending))
+                    else:
+                        for written, end in _pieces(pending, piece):
+                            self.stream.write("".join(pending[written:end]))
+                            if end < len(pending):
+                                self.stream.flush()
                 except Exception as exc:  # a full disk, a closed pipe: lost, and counted
-                    _lines_lost(len(pending), exc)
+                    _lines_lost(len(pending) - written, exc)
                     return
             try:
                 super().flush()
@@ -1205,6 +1216,28 @@ class BufferedStreamHandler(JsonStreamHandler):
                 _selfmetrics.warn_once(
                     "log_flush", "obskit: buffered log lines could not be flushed (%r)", exc
                 )
+
+    #: ``(stream, bytes)``: the largest write to ``stream`` that no other process's write can
+    #: split (0: any size).
+    _piece_for: tuple[object, int] = (None, 0)
+
+    def _piece_bytes(self) -> int:
+        """``PIPE_BUF`` for a pipe, socket or terminal, 0 for a regular file or in-memory stream.
+
+        The workers of a server share one stdout, a pipe under Docker and Kubernetes: a write
+        longer than ``PIPE_BUF`` (4 KiB on Linux) can be split there by another worker's write
+        and a line torn in two, where one to a regular file in append mode cannot.
+        """
+        stream = self.stream
+        known, piece = self._piece_for
+        if known is not stream:
+            try:
+                regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+            except Exception:  # no file descriptor: StringIO and the like
+                regular = True
+            piece = 0 if regular else getattr(select, "PIPE_BUF", 512)
+            self._piece_for = (stream, piece)
+        return piece
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -1237,6 +1270,19 @@ class BufferedStreamHandler(JsonStreamHandler):
         # The child has no flusher thread, and the lines waiting are the parent's to write.
         self._pending = []
         self._start_flusher()
+
+
+def _pieces(lines: list[str], limit: int) -> Iterable[tuple[int, int]]:
+    """``(start, end)`` of runs of whole ``lines`` of at most ``limit`` bytes each (UTF-8; a
+    longer line alone)."""
+    start = size = 0
+    for index, line in enumerate(lines):
+        length = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+        if size + length > limit and index > start:
+            yield start, index
+            start, size = index, 0
+        size += length
+    yield start, len(lines)
 
 
 def _lines_lost(count: int, exc: BaseException) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import decimal
 import http
@@ -1506,3 +1507,53 @@ def test_werkzeugs_request_lines_come_without_terminal_colours() -> None:
     (line,) = [line for line in lines(buffer) if line["logger"] == "werkzeug"]
     assert "\x1b" not in line["message"]
     assert line["message"].endswith('"GET /missing HTTP/1.1" 404 -')
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): the flusher wrote every waiting line
+# in one write, far past PIPE_BUF; on the pipe a server's workers share as stdout (Docker,
+# Kubernetes) the kernel split it where the reader lagged, and another worker's lines landed
+# inside a line (13-38 lines of 6,000 torn under uvicorn --workers 3)
+def test_buffered_lines_of_workers_sharing_a_pipe_are_never_torn() -> None:
+    """Three processes flush 1,000 waiting lines each at the same moment into one pipe that a
+    slow reader drains: every line arrives whole."""
+    from tests.child_process import child_env
+
+    workers, lines_each = 3, 1000
+    start_at = time.time() + 1.5  # the children's interpreters start at different times
+    script = f"""
+import logging, sys, time
+import obskit
+handler = obskit.setup_logging(stream=sys.stdout, flush_interval=60.0)
+log = logging.getLogger("torn")
+for index in range({lines_each}):
+    log.info("w%s line %d %s", sys.argv[1], index, "x" * 250)
+time.sleep(max(0.0, {start_at} - time.time()))
+handler.flush()
+"""
+    read_end, write_end = os.pipe()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(worker)],
+            stdout=write_end,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+        )
+        for worker in range(workers)
+    ]
+    os.close(write_end)
+    received = bytearray()
+    try:
+        time.sleep(max(0.0, start_at - time.time()))
+        while chunk := os.read(read_end, 4096):  # a reader that lags: the pipe fills
+            received += chunk
+            time.sleep(0.0005)
+    finally:
+        os.close(read_end)
+        for child in children:
+            child.wait(30)
+    lines = received.decode(errors="replace").splitlines()
+    messages = set()
+    for line in lines:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn line
+            messages.add(json.loads(line)["message"].rsplit(" ", 1)[0])
+    assert (workers * lines_each,) * 2 == (len(lines), len(messages))
