@@ -17,6 +17,7 @@ import http.client
 import socket
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -778,9 +779,21 @@ def test_uvicorn_keep_alive_does_not_hold_finished_streaming_requests(cap: Captu
                 if not alive or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
-            assert 0 == len(alive)
+            # Seen twice in many runs, on loaded hosts (3.10, 3.11): a request held by a frame
+            # only. Which one, if it comes back:
+            assert 0 == len(alive), [_holders(request) for request in alive]
         finally:
             connection.close()
+
+
+def _holders(obj: Any) -> list[str]:
+    """What refers to ``obj``: frames by function and line (a suspended coroutine's too)."""
+    return [
+        f"{holder.f_code.co_filename}:{holder.f_code.co_name}:{holder.f_lineno}"
+        if isinstance(holder, types.FrameType)
+        else type(holder).__name__
+        for holder in gc.get_referrers(obj)
+    ]
 
 
 def test_client_disconnect_mid_stream_under_uvicorn(cap: Capture) -> None:
