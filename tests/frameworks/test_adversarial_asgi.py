@@ -787,13 +787,17 @@ def test_uvicorn_keep_alive_does_not_hold_finished_streaming_requests(cap: Captu
 
 
 def _holders(obj: Any) -> list[str]:
-    """What refers to ``obj``: frames by function and line (a suspended coroutine's too)."""
-    return [
-        f"{holder.f_code.co_filename}:{holder.f_code.co_name}:{holder.f_lineno}"
-        if isinstance(holder, types.FrameType)
-        else type(holder).__name__
-        for holder in gc.get_referrers(obj)
-    ]
+    """What refers to ``obj``: frames and suspended coroutines by function and line."""
+    named = []
+    for holder in gc.get_referrers(obj):
+        frame = holder if isinstance(holder, types.FrameType) else None
+        frame = frame or getattr(holder, "cr_frame", None) or getattr(holder, "ag_frame", None)
+        if frame is None:
+            named.append(type(holder).__name__)
+        else:
+            code = frame.f_code
+            named.append(f"{code.co_filename}:{code.co_name}:{frame.f_lineno}")
+    return named
 
 
 def test_client_disconnect_mid_stream_under_uvicorn(cap: Capture) -> None:
