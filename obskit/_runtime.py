@@ -446,6 +446,8 @@ def _build_into(
     _set_provider_resource(glob.provider, resource)
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
+    elif "prometheus" in config.metrics_exporter:
+        _warn_if_one_of_several_workers()
     # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals
     # off), so their scrape port and the runtime metrics do too.
     if config.metrics_port is not None and "prometheus" in config.metrics_exporter:
@@ -572,6 +574,43 @@ def _enable_multiprocess(directory: str) -> None:
             except Exception as exc:  # prometheus_client internals not as expected
                 _selfmetrics.internal_error("multiprocess_values", exc)
         _state.generation += 1
+
+
+def several_workers() -> str | None:
+    """The server this process is one of several workers of (``uvicorn --workers 3``), when it
+    can tell; else None."""
+    try:
+        # uvicorn's supervisor spawns each worker with its Config among the target's arguments.
+        import multiprocessing
+
+        config = getattr(multiprocessing.current_process(), "_kwargs", {}).get("config")
+        if type(config).__module__ == "uvicorn.config" and not getattr(config, "reload", True):
+            workers = getattr(config, "workers", None)
+            if isinstance(workers, int) and workers > 1:
+                return f"uvicorn --workers {workers}"
+        # gunicorn, when obskit's logger class has seen its settings (in the master, before
+        # the fork).
+        workers = getattr(sys.modules.get("obskit.gunicorn"), "workers", None)
+        if isinstance(workers, int) and workers > 1:
+            return f"gunicorn --workers {workers}"
+    except Exception:  # a server unlike these: nothing to tell
+        pass
+    return None
+
+
+def _warn_if_one_of_several_workers() -> None:
+    # Each worker has its own registry: a scrape reaches one of them, and the totals it reads
+    # jump between workers -- counter resets to Prometheus, which inflate rate() -- silently.
+    server = several_workers()
+    if server is not None:
+        _selfmetrics.warn_once(
+            "metrics_per_worker",
+            "obskit: this process is one of several workers (%s) and the multiproc_dir option "
+            "is not set: its /metrics shows this worker's counts only, and each scrape reaches "
+            "whichever worker answers it; set PROMETHEUS_MULTIPROC_DIR to an empty directory "
+            "before the server starts so that every scrape shows all of them",
+            server,
+        )
 
 
 def _summary(config: Config) -> None:

@@ -37,6 +37,10 @@ from obskit.wsgi import ENVIRON_KEY
 
 __all__ = ["Logger", "child_exit"]
 
+#: gunicorn's number of workers, as :class:`Logger` last saw its settings (None before that):
+#: obskit warns when several workers keep metrics of their own.
+workers: int | None = None
+
 
 def child_exit(server: Any, worker: Any) -> None:
     """gunicorn's ``child_exit`` server hook: a dead worker's live gauges leave ``/metrics``.
@@ -78,6 +82,8 @@ class Logger(glogging.Logger):  # type: ignore[misc]
         it: a reload (SIGHUP) runs this again and gunicorn would add its own text handlers
         beside obskit's, writing every line twice."""
         super().setup(cfg)
+        global workers
+        workers = getattr(cfg, "workers", None)
         take_back_framework_loggers(("gunicorn", "gunicorn.error", "gunicorn.access"))
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:

@@ -574,9 +574,14 @@ def start_metrics_server(
         busy = exc.errno == errno.EADDRINUSE
         _selfmetrics.warn_once(
             f"metrics_port:{port}",
-            "obskit: cannot serve metrics on port %d (%s); they stay on the app's path%s",
+            "obskit: cannot serve metrics on port %d (%s); they stay on the app's path%s%s",
             port,
             exc,
             f" and obskit tries the port again every {BIND_RETRY_INTERVAL:g} s" if busy else "",
+            # Another worker of the same server, most likely: its answers hold its own counts.
+            "; if another worker of this server holds it, set the multiproc_dir option so that "
+            "the port answers for every worker"
+            if busy and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            else "",
         )
         return MetricsPortRetry(port, path) if busy else None

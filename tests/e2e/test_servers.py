@@ -75,6 +75,7 @@ def command(framework: str, port: int, workers: int = 1) -> list[str]:
         str(SERVICES_DIR),
         "--timeout-graceful-shutdown",
         "5",
+        *(["--workers", str(workers)] if workers > 1 else []),
         app,
     ]
 
@@ -347,3 +348,52 @@ def test_gunicorn_workers_metrics_are_summed(tmp_path: Path) -> None:
     assert requests_sent == len(spans)
     pids = {s["res"]["process.pid"] for s in spans}
     assert 2 == len(pids), f"one worker served all {requests_sent} requests: {pids}"
+
+
+WORKERS_WARNING = "is one of several workers (uvicorn --workers 2)"
+
+
+def test_uvicorn_workers_metrics_are_summed(tmp_path: Path) -> None:
+    """``uvicorn --workers 2`` (a supervisor that spawns its workers) with PROMETHEUS_MULTIPROC_DIR:
+    every scrape counts the requests of both workers, and no worker warns."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    requests_sent = 40
+    with running(
+        tmp_path, "fastapi", "uworkers", workers=2, PROMETHEUS_MULTIPROC_DIR=str(multiproc)
+    ) as service:
+        wait_ready(service)
+        wait_for_workers(multiproc, 2)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(
+                pool.map(lambda i: get(f"{service.base}/items/{i}?delay_ms=20")[0], range(40))
+            )
+        assert [200] * requests_sent == statuses
+        wanted = {"method": "GET", "route": ITEM_ROUTE["fastapi"], "status": "200"}
+        scrapes = []
+        for _ in range(6):
+            text = get(f"{service.base}/metrics")[1].decode()
+            scrapes.append(
+                sum(
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if "http_requests_total" == sample.name and wanted == sample.labels
+                )
+            )
+    assert [float(requests_sent)] * 6 == scrapes
+    assert WORKERS_WARNING not in service.log_tail()
+    pids = {s["res"]["process.pid"] for s in service.spans() if SERVER == s["kind"]}
+    assert 2 == len(pids), f"one worker served all {requests_sent} requests: {pids}"
+
+
+# A gap this test found, since closed (a review of 2026-11-25): under uvicorn --workers without a
+# multi-process directory each scrape showed one worker's counts, whichever answered, and
+# nothing said so
+def test_uvicorn_workers_without_a_multiprocess_directory_warn(tmp_path: Path) -> None:
+    with running(tmp_path, "fastapi", "uworkers_alone", workers=2) as service:
+        wait_ready(service)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while service.log_tail().count(WORKERS_WARNING) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 2 == service.log_tail().count(WORKERS_WARNING), service.log_tail()

@@ -393,6 +393,32 @@ def test_reconfiguring_on_the_same_port_keeps_serving_and_a_busy_port_is_no_erro
     assert _state.runtime.metrics_server is None
     warned = [r for r in caplog.records if f"cannot serve metrics on port {busy}" in r.getMessage()]
     assert 1 == len(warned)
+    assert "set the multiproc_dir option" in warned[0].getMessage()
+
+
+# A gap this test found, since closed (a review of 2026-11-25): several workers, each with its own
+# registry, answered scrapes in turn and nothing said so (uvicorn --workers is tested under the
+# real server in tests/e2e/test_servers.py)
+def test_one_of_several_gunicorn_workers_without_a_directory_is_warned_about(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gunicorn.config import Config
+
+    import obskit.gunicorn as og
+    from tests.logging_state import preserved_logging
+
+    monkeypatch.setattr(og, "workers", None)
+    config = Config()
+    config.set("workers", 3)
+    with preserved_logging():
+        og.Logger(config)  # gunicorn's Arbiter makes it in the master, before the fork
+    warning = "is one of several workers (gunicorn --workers 3)"
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        obskit.configure(traces_exporter="none", metrics_exporter="otlp")  # no scrape
+    assert not [r for r in caplog.records if warning in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="obskit"):
+        obskit.configure(traces_exporter="none")
+    assert 1 == sum(warning in r.getMessage() for r in caplog.records)
 
 
 class _SlowCollector:
