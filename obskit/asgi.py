@@ -39,6 +39,7 @@ from obskit.http._pipeline import (
     Request,
     ensure_configured,
     header_getter_from_pairs,
+    untag,
 )
 from obskit.logging import take_back_framework_loggers
 from obskit.metrics.exposition import render
@@ -449,6 +450,14 @@ class ObskitMiddleware:
         #: exceptions it answers, the targets of its redirects (see _RouteIfUnknown).
         self._watched_record = None if every_route else record
 
+    async def _serve_untraced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request obskit does not trace (an excluded path, a WebSocket)."""
+        try:
+            await self.app(_untraced(scope), receive, send)
+        except BaseException as exc:
+            untag(exc)
+            raise
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
@@ -457,7 +466,7 @@ class ObskitMiddleware:
                 take_back_framework_loggers(("uvicorn", "uvicorn.error", "uvicorn.access"))
                 await self.app(scope, receive, _flushing_at_shutdown(send))
                 return
-            await self.app(_untraced(scope), receive, send)
+            await self._serve_untraced(scope, receive, send)
             return
         if SCOPE_KEY in scope:
             # An instrumented app mounted in an instrumented app: the outer one has the request.
@@ -478,7 +487,7 @@ class ObskitMiddleware:
             await self._metrics(headers, send)
             return
         if route_path is not path and self.telemetry.excludes(route_path):
-            await self.app(_untraced(scope), receive, send)
+            await self._serve_untraced(scope, receive, send)
             return
         adopt = False
         if "fastapi.telemetry" in scope:  # rare: a FastAPI layer outside this middleware
@@ -493,7 +502,7 @@ class ObskitMiddleware:
             adopt=adopt,
         )
         if request is None:  # an excluded path (health, metrics): no span of FastAPI's either
-            await self.app(_untraced(scope), receive, send)
+            await self._serve_untraced(scope, receive, send)
             return
         fastapi_record = self._fastapi_record
         inner: Scope

@@ -26,6 +26,7 @@ from obskit.http._pipeline import (
     environ_facts,
     finishing_chunks,
     header_getter_from_environ,
+    untag,
 )
 from obskit.metrics.exposition import render
 from obskit.tracing import _fastctx as _ctx
@@ -172,7 +173,11 @@ class ObskitMiddleware:
             environ,
         )
         if request is None:
-            return self.app(environ, start_response)
+            try:
+                return self.app(environ, start_response)
+            except BaseException as exc:
+                untag(exc)
+                raise
         environ[ENVIRON_KEY] = request
 
         def _start_response(status: str, headers: Any, exc_info: Any = None) -> Any:

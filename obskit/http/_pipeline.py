@@ -637,9 +637,9 @@ class EndedRequest(NamedTuple):
     ended: float
 
 
-#: Threads whose tag an exception keeps at most (a shared exception object raised out of
-#: requests on many threads, under a thread-per-request server).
-_MAX_TAGS = 32
+#: Threads whose tag an exception keeps at most: a shared exception object raised out of
+#: requests on many threads at once, as many as a server's threads (a tag is a small tuple).
+_MAX_TAGS = 256
 
 
 def _tag(exc: BaseException, request: Request) -> None:
@@ -658,14 +658,31 @@ def _tag(exc: BaseException, request: Request) -> None:
             request.request_id,
             time.time(),
         )
+    except Exception:  # pragma: no cover - a span context unlike OpenTelemetry's
+        return
+    _set_tag(exc, ended)
+
+
+def untag(exc: BaseException) -> None:
+    """Note that ``exc`` left a request obskit does not trace (an excluded path) on this thread:
+    its line names no request, not one the same object left before."""
+    _set_tag(exc, None)
+
+
+def _set_tag(exc: BaseException, ended: EndedRequest | None) -> None:
+    try:
         tags = exc.__dict__.get("_obskit_ended")
+        ident = _get_ident()
         if tags.__class__ is not dict:
-            exc._obskit_ended = {_get_ident(): ended}  # type: ignore[attr-defined]
+            exc._obskit_ended = {ident: ended}  # type: ignore[attr-defined]
             return
-        tags.pop(_get_ident(), None)  # the newest last, so the oldest goes first
-        if len(tags) >= _MAX_TAGS:
-            del tags[next(iter(tags))]
-        tags[_get_ident()] = ended
+        tags.pop(ident, None)
+        tags[ident] = ended  # the newest last: the oldest go first, never this thread's own
+        for _ in range(len(tags) - _MAX_TAGS):
+            oldest = next(iter(tags))
+            if oldest == ident:
+                break
+            tags.pop(oldest, None)  # another thread may have taken it out first
     except Exception:  # an exception type without a __dict__: its line goes without the ids
         pass
 
@@ -673,17 +690,21 @@ def _tag(exc: BaseException, request: Request) -> None:
 def ended_request(exc: BaseException | None, created: float) -> EndedRequest | None:
     """The request ``exc`` left on this thread, for a line logged at ``created`` about it.
 
-    Another thread's only when no other thread's request raised the same object; None when
-    the line comes more than 5 s after (the same object raised again later, or logged long
-    after, is not that request's any more).
+    Another thread's only when this thread has none and no other thread's request raised the
+    same object; None when the line comes more than 5 s after (the same object raised again
+    later, or logged long after, is not that request's any more).
     """
     try:
         tags = getattr(exc, "_obskit_ended", None)
         if tags.__class__ is not dict:
             return None
-        ended = tags.get(_get_ident())
-        if ended is None and len(tags) == 1:
+        ident = _get_ident()
+        if ident in tags:
+            ended = tags[ident]
+        elif len(tags) == 1:
             ended = next(iter(tags.values()))
+        else:
+            return None
         if ended.__class__ is EndedRequest and abs(created - ended.ended) < 5.0:
             return ended
     except Exception:  # not obskit's after all

@@ -269,6 +269,7 @@ def test_an_exception_shared_by_requests_on_two_threads_names_each_threads_reque
     import contextlib
     import threading
 
+    from obskit.http._pipeline import _MAX_TAGS
     from obskit.testing import capture
     from obskit.wsgi import ObskitMiddleware
     from tests.wsgi_environ import environ
@@ -306,16 +307,111 @@ def test_an_exception_shared_by_requests_on_two_threads_names_each_threads_reque
         assert {"a": ids["a"], "b": ids["b"]} == lines
         # An exception raised out of requests on many threads at once keeps a bounded number
         # of tags (threads alive together: a finished thread's id is given to the next).
-        together = threading.Barrier(40, timeout=10)
+        together = threading.Barrier(_MAX_TAGS + 8, timeout=30)
 
         def raise_and_wait() -> None:
             with contextlib.suppress(RuntimeError):
                 ObskitMiddleware(app)(environ("/x"), lambda *a: None)
             together.wait()
 
-        threads = [threading.Thread(target=raise_and_wait) for _ in range(40)]
+        threads = [threading.Thread(target=raise_and_wait) for _ in range(_MAX_TAGS + 8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(10)
-    assert 32 == len(shared._obskit_ended)  # type: ignore[attr-defined]
+    assert _MAX_TAGS == len(shared._obskit_ended)  # type: ignore[attr-defined]
+
+
+# Two bugs this test found, since fixed (a review of the fix above): a request obskit does not
+# trace (an excluded path: /readyz) that raised the same object named the request it had left
+# before on that thread; and with more than 32 threads tagging at once, a thread's own tag could
+# be evicted by another's
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_an_untraced_request_that_raises_a_shared_exception_names_no_request(kind: str) -> None:
+    import asyncio
+
+    from obskit.asgi import ObskitMiddleware as AsgiMiddleware
+    from obskit.testing import capture
+    from obskit.wsgi import ObskitMiddleware as WsgiMiddleware
+    from tests.wsgi_environ import environ
+
+    shared = RuntimeError("the cached failure")
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise shared
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        raise shared
+
+    def serve(path: str) -> None:
+        traceparent = "00-0af7651916cd43dd8448eb211c80319a-b7ad6b7169203331-01"
+        if kind == "wsgi":
+            env = environ(path, HTTP_TRACEPARENT=traceparent)
+            WsgiMiddleware(wsgi_app)(env, lambda *a: None)
+        else:
+            scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+            scope["headers"] = [(b"traceparent", traceparent.encode())]
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            asyncio.run(AsgiMiddleware(asgi_app)(scope, receive, send))
+
+    with capture(service_name="sec"):
+        buffer, log = _lines()
+        for path in ("/api/1", "/readyz"):
+            try:
+                serve(path)
+            except RuntimeError:
+                log.exception("Error handling request GET %s", path)
+    api, ready = _written(buffer)
+    assert "0af7651916cd43dd8448eb211c80319a" == api["trace_id"]
+    assert "trace_id" not in ready
+
+
+def test_a_threads_own_tag_survives_many_threads_tagging_at_once() -> None:
+    import sys
+    import threading
+
+    from obskit.http._pipeline import _tag, ended_request
+
+    missing: list[int] = []
+
+    class Span:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def get_span_context(self) -> tuple[int, int, bool, int, None, bool]:
+            return (self.n, self.n, False, 1, None, True)
+
+    class Request:
+        method, route, request_id = "GET", "/x", "r"
+
+        def __init__(self, n: int) -> None:
+            self.span = Span(n)
+
+    def tag_and_read(n: int, shared: BaseException, start: threading.Barrier) -> None:
+        start.wait()
+        _tag(shared, Request(n))  # type: ignore[arg-type]
+        ended = ended_request(shared, time.time())
+        if ended is None or ended.context[0] != n:
+            missing.append(n)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(100):  # each round a new object, past 32 tags as 64 threads tag it at once
+            shared, start = RuntimeError("shared"), threading.Barrier(64, timeout=10)
+            threads = [
+                threading.Thread(target=tag_and_read, args=(n, shared, start)) for n in range(1, 65)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert [] == missing

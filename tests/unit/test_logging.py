@@ -1519,23 +1519,26 @@ def test_buffered_lines_of_workers_sharing_a_pipe_are_never_torn() -> None:
     from tests.child_process import child_env
 
     workers, lines_each = 3, 1000
-    start_at = time.time() + 1.5  # the children's interpreters start at different times
+    # Each child says when its lines wait, then flushes when told: all three at once.
     script = f"""
-import logging, sys, time
+import logging, sys
 import obskit
 handler = obskit.setup_logging(stream=sys.stdout, flush_interval=60.0)
 log = logging.getLogger("torn")
 for index in range({lines_each}):
     log.info("w%s line %d %s", sys.argv[1], index, "x" * 250)
-time.sleep(max(0.0, {start_at} - time.time()))
+sys.stderr.write("ready\\n")
+sys.stderr.flush()
+sys.stdin.read()
 handler.flush()
 """
     read_end, write_end = os.pipe()
     children = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(worker)],
+            stdin=subprocess.PIPE,
             stdout=write_end,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             env=child_env(),
         )
         for worker in range(workers)
@@ -1543,7 +1546,10 @@ handler.flush()
     os.close(write_end)
     received = bytearray()
     try:
-        time.sleep(max(0.0, start_at - time.time()))
+        for child in children:
+            assert b"ready\n" == child.stderr.readline()  # type: ignore[union-attr]
+        for child in children:
+            child.stdin.close()  # type: ignore[union-attr]
         while chunk := os.read(read_end, 4096):  # a reader that lags: the pipe fills
             received += chunk
             time.sleep(0.0005)
@@ -1551,6 +1557,7 @@ handler.flush()
         os.close(read_end)
         for child in children:
             child.wait(30)
+            child.stderr.close()  # type: ignore[union-attr]
     lines = received.decode(errors="replace").splitlines()
     messages = set()
     for line in lines:
