@@ -55,6 +55,7 @@ _getrandbits = random.getrandbits
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _time_ns = time.time_ns
+_perf_ns = time.perf_counter_ns
 _new_tuple = tuple.__new__
 _get_current = _fastctx.get_current
 #: The status of a span no one set one on, shared: a Status is never changed in place
@@ -164,6 +165,7 @@ class ServerSpan(trace_api.Span):
     __slots__ = (
         "_events",
         "_links",
+        "_perf",
         "_processor",
         "attributes",
         "context",
@@ -193,6 +195,10 @@ class ServerSpan(trace_api.Span):
         self.status = _UNSET
         self.instrumentation_scope = scope
         self.start_time = _time_ns()
+        # The span's clock: wall time at the start, the monotonic clock from there (as the
+        # Java and JS SDKs' anchored clock), so that a step of the wall clock while the request
+        # runs (NTP, a VM resumed) gives neither a negative nor a made-up duration.
+        self._perf = _perf_ns()
         self.end_time: int | None = None
         self._processor = processor
         # Shared empty tuples until the first add_event/add_link: most spans have neither, and
@@ -253,7 +259,7 @@ class ServerSpan(trace_api.Span):
         clean = _bounded_attributes(attributes, _event_attribute_maxlen)
         if not isinstance(events, list):
             events = self._events = []
-        events.append(_Event(name, timestamp or _time_ns(), clean))
+        events.append(_Event(name, timestamp or self._now(), clean))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         # The SDK's rule: a link to an invalid context is kept when it says something
@@ -310,10 +316,14 @@ class ServerSpan(trace_api.Span):
             event.update(attributes)
         self.add_event("exception", event, timestamp)
 
+    def _now(self) -> int:
+        """Now on the span's clock (see ``__init__``)."""
+        return self.start_time + _perf_ns() - self._perf
+
     def end(self, end_time: int | None = None) -> None:
         if self.end_time is not None:
             return
-        self.end_time = end_time or _time_ns()
+        self.end_time = end_time or self.start_time + _perf_ns() - self._perf
         if not _default_limits:  # the pipeline's inlined writes assume the SDK's defaults
             self.attributes = _bounded(self.attributes, _attribute_limit, _length_limit)
         self._processor.submit(self)

@@ -170,3 +170,39 @@ def test_limits_apply_to_the_request_pipelines_own_attributes(
     assert 3 == len(span.attributes)
     assert span.dropped_attributes_count > 0
     assert all(len(kv.value.string_value) <= 4 for kv in span.attributes)
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): the lean span took its start and
+# end from the wall clock; a step back of that clock while a request ran (NTP, a VM resumed) gave
+# a SERVER span ending 57 s before it started, while the duration histogram read 3 s
+def test_a_wall_clock_step_during_a_request_leaves_its_span_duration_true(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A controlled wall clock that steps back a minute once the request has started: the span
+    ends after it starts, by what the request took; its exception event lies between."""
+    import time
+
+    from obskit.testing import capture
+    from obskit.tracing import server_span
+    from obskit.wsgi import ObskitMiddleware
+    from tests.wsgi_environ import environ
+
+    stepped = {"by": 0}
+
+    def wall_clock() -> int:
+        return time.time_ns() - stepped["by"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        stepped["by"] = 60 * 10**9  # the clock steps back a minute while the request runs
+        time.sleep(0.01)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_span, "_time_ns", wall_clock)
+    with capture(service_name="clock") as cap:
+        with pytest.raises(RuntimeError):
+            ObskitMiddleware(app)(environ("/x"), lambda *a: None)
+        (span,) = cap.spans()
+    duration = span.end_time_unix_nano - span.start_time_unix_nano
+    assert 10**7 <= duration < 10**9
+    (event,) = span.events
+    assert span.start_time_unix_nano <= event.time_unix_nano <= span.end_time_unix_nano
