@@ -559,6 +559,9 @@ def _enable_multiprocess(directory: str) -> None:
     # created after this point write to the shared directory (gunicorn workers).
     from prometheus_client import values
 
+    from obskit.metrics._mmap import allocate_before_mapping
+
+    allocate_before_mapping()
     os.makedirs(directory, exist_ok=True)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != directory:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory

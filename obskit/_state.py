@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from obskit.metrics._mmap import allocate_before_mapping
+
 if TYPE_CHECKING:
     from obskit._runtime import Runtime
     from obskit._selfmetrics import SelfMetrics
     from obskit.metrics.instruments import Instrument
+
+# Multi-process values made from here on survive a full disk (see obskit/metrics/_mmap.py);
+# configure(multiproc_dir=...) does the same when it turns multi-process mode on.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    allocate_before_mapping()
 
 lock = threading.RLock()
 #: Guards only the lazy creation of self-metrics; separate from ``lock`` because the export
