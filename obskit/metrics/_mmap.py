@@ -23,34 +23,34 @@ __all__ = ["allocate_before_mapping"]
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-def _allocate(fd: int, size: int) -> None:
+def _allocate(fd: int, offset: int, length: int) -> None:
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, offset, length)
     except OSError as exc:
         if exc.errno not in _UNSUPPORTED:
             raise
 
 
 class AllocatedMmapedDict(mmap_dict.MmapedDict):
-    """prometheus_client's ``MmapedDict``, its file's blocks allocated before they are written
-    through the map."""
+    """prometheus_client's ``MmapedDict``, the blocks it is about to write through the map
+    allocated first -- only those: the file keeps its holes (a tmpfs charges written pages
+    only, and dead workers' files stay in the directory)."""
 
     def __init__(self, filename: str, read_mode: bool = False) -> None:
         if not read_mode:
             with open(filename, "a+b") as file:  # made as prometheus_client makes it
-                if os.fstat(file.fileno()).st_size < mmap_dict._INITIAL_MMAP_SIZE:
-                    _allocate(file.fileno(), mmap_dict._INITIAL_MMAP_SIZE)
+                if os.fstat(file.fileno()).st_size == 0:
+                    file.truncate(mmap_dict._INITIAL_MMAP_SIZE)
+                # The header prometheus_client reads and writes at once: also when an earlier
+                # attempt made the file but could not allocate it.
+                _allocate(file.fileno(), 0, 8)
         super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
 
     def _init_value(self, key: str) -> Any:
-        # The entry's size as prometheus_client packs it: length, key padded to 8, two doubles.
+        # The entry as prometheus_client packs it at the end of what is used: its length, the
+        # key padded to 8 bytes, two doubles.
         encoded = len(key.encode("utf-8"))
-        needed = self._used + 4 + encoded + (8 - (encoded + 4) % 8) + 16
-        capacity = self._capacity
-        while needed > capacity:
-            capacity *= 2
-        if capacity != self._capacity:
-            _allocate(self._f.fileno(), capacity)
+        _allocate(self._f.fileno(), self._used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
         return super()._init_value(key)  # type: ignore[no-untyped-call]
 
 

@@ -59,3 +59,22 @@ def test_a_full_multiprocess_directory_leaves_the_process_alive(tmp_path: Path) 
     done = _in_full_tmpfs(tmp_path, CHILD)
     assert (0, "survived\n") == (done.returncode, done.stdout), done.stderr[-2000:]
     assert "No space left on device" in done.stderr
+
+
+def test_the_files_keep_their_holes(tmp_path: Path) -> None:
+    """Only the blocks written are allocated: a dead worker's files (which stay in the
+    directory) cost a tmpfs what they hold, not their 64 KiB each."""
+    from tests.child_process import run_python
+
+    directory = tmp_path / "prom"
+    run_python(
+        "import obskit\n"
+        f"obskit.configure(service_name='holes', multiproc_dir={str(directory)!r},"
+        " traces_exporter='none')\n"
+        "orders = obskit.counter('orders_completed', 'Orders.', ['payment_method'])\n"
+        "for n in range(20):\n"
+        "    orders.labels(f'method-{n}').inc()\n"
+    )
+    (counters,) = directory.glob("counter_*.db")
+    assert 65536 == counters.stat().st_size
+    assert counters.stat().st_blocks * 512 <= 16384
