@@ -161,8 +161,9 @@ def make_sink(config: Config) -> SpanSink | None:
     if config.traces_exporter == "none":
         return None
     if config.traces_exporter == "jsonl":
-        from obskit.exporters.jsonl import JsonLinesSpanSink
+        from obskit.exporters.jsonl import JsonLinesSpanSink, warn_if_unwritable
 
+        warn_if_unwritable(config.traces_file)  # now, not at the first export
         return JsonLinesSpanSink(config.traces_file, max_bytes=config.traces_file_max_bytes)
     url = config.traces_endpoint
     assert url is not None  # load_config fills the default endpoint

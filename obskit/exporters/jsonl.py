@@ -33,7 +33,9 @@ except ImportError:  # pragma: no cover - not POSIX: one process per file
 
 from google.protobuf.message import DecodeError
 
-__all__ = ["JsonLinesSpanSink", "request_to_json_lines"]
+from obskit import _selfmetrics
+
+__all__ = ["JsonLinesSpanSink", "request_to_json_lines", "unwritable", "warn_if_unwritable"]
 
 #: How many times a batch is retried on a file that another process rotated between this one's
 #: open and lock: once in practice.
@@ -223,6 +225,58 @@ def request_to_json_lines(request: bytes) -> list[str]:
     return lines
 
 
+def unwritable(path: str) -> str | None:
+    """Why the traces file ``path`` cannot be written, or None if it looks writable: the file
+    is not writable, or the nearest directory on its way that exists (the sink makes the
+    others) is not a writable directory."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):  # through a link (/dev/stdout): its target is what is written
+        if os.access(path, os.W_OK):
+            return None
+        return f"{path}: {_refusal(path)}"
+    directory = os.path.dirname(path)
+    while not os.path.exists(directory):
+        directory = os.path.dirname(directory)
+    if not os.path.isdir(directory):
+        return f"{directory}: {os.strerror(errno.ENOTDIR)}"
+    # access() says no even to root on a read-only file system (readOnlyRootFilesystem).
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory}: {_refusal(directory)}"
+    return None
+
+
+def _refusal(path: str) -> str:
+    """Why ``access()`` refused to write ``path``: the two need different fixes."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (not POSIX)
+        read_only = False
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)
+
+
+def warn_if_unwritable(path: str) -> None:
+    """Warn once, when the exporter is made, that the traces file cannot be written -- the
+    default ``obskit-traces.jsonl`` in the working directory of a container with a read-only
+    root file system, or of a non-root user in ``/`` -- rather than only at the first export,
+    a second or more after start. Never raises."""
+    try:
+        why = unwritable(path)
+        if why is None:
+            return
+        full = os.path.abspath(path)
+    except Exception:  # a check that cannot be made: the first export says what went wrong
+        return
+    _selfmetrics.warn_once(
+        f"traces_file_unwritable:{full}",
+        "obskit: the traces file %s cannot be written (%s); its spans will be dropped (counted "
+        "in obskit_spans_dropped_total). Set OBSKIT_TRACES_FILE to a writable path (such as "
+        "/tmp/obskit-traces.jsonl), an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT), or "
+        "OTEL_TRACES_EXPORTER=none",
+        full,
+        why,
+    )
+
+
 class JsonLinesSpanSink:
     """Append spans to ``path`` as JSON lines; rotate to ``path.1`` past ``max_bytes``."""
 
@@ -232,8 +286,14 @@ class JsonLinesSpanSink:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        #: Why the last failed export failed, for the warning about it.
+        #: Why the latest export failed (None after one that succeeded), for the warning about it.
         self.failure: str | None = None
+
+    def _failed(self, why: object) -> bool:
+        # The absolute path: a relative one (the default) says nothing of the directory the
+        # process ran in.
+        self.failure = f"{os.path.abspath(self.path)}: {why}"
+        return False
 
     def after_fork(self) -> None:
         """In a forked child: a lock the parent's export thread held at fork time stays held."""
@@ -254,13 +314,14 @@ class JsonLinesSpanSink:
                 for _ in range(_REOPENS):
                     written = self._write(data, deadline)
                     if written is not None:
+                        if written:
+                            self.failure = None
                         return written
-            return False  # rotated away under this writer again and again
+            return self._failed(f"rotated by another process {_REOPENS} times in a row")
         except (OSError, ValueError, DecodeError) as exc:  # DecodeError: bytes protobuf refuses
             # Named in the pipeline's one warning: a read-only directory, a full disk and a
             # permission problem call for different fixes.
-            self.failure = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
-            return False
+            return self._failed(getattr(exc, "strerror", None) or exc)
 
     def _write(self, data: bytes, deadline: float) -> bool | None:
         """One try at appending ``data``: True when written, False when it could not be, None
@@ -285,7 +346,7 @@ class JsonLinesSpanSink:
             readable = False
         try:
             if not self._lock_file(fd, deadline):
-                return False
+                return self._failed("locked by another process for the whole export timeout")
             here = os.fstat(fd)
             try:
                 now = os.lstat(self.path)
@@ -305,14 +366,14 @@ class JsonLinesSpanSink:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-            except OSError:
+            except OSError as exc:
                 # Disk full half-way through: no torn line is left behind (the lock keeps every
                 # other obskit writer from appending meanwhile).
                 try:
                     os.ftruncate(fd, size)
                 except OSError:
                     pass
-                return False
+                return self._failed(exc.strerror or exc)
             return True
         finally:
             os.close(fd)  # and the lock with it

@@ -487,6 +487,8 @@ class HttpSpanSink:
         #: Spans the collector refused in the last successful export's ``partial_success``,
         #: with its message (read by the span pipeline, which counts them as dropped).
         self.rejected: tuple[int, str] = (0, "")
+        #: Why the latest attempt failed (None after a success), for the pipeline's warning.
+        self.failure: str | None = None
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's connection. Its socket is shared with the
@@ -541,14 +543,20 @@ class HttpSpanSink:
                     self._close()
                 status = response.status
                 retry_after = _retry_after(response.getheader("Retry-After"))
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 self._close()
+                # A socket shut down at the deadline (see _Deadline) fails as a reset would.
+                late = self._deadline.disarm()
+                why = "no whole answer within the export timeout" if late else _reason(exc)
+                self.failure = f"{self._host}:{self._port}: {why}"
                 return None, None
             finally:
                 self._deadline.disarm()
             if 200 <= status < 300:
                 self.rejected = rejected_spans(answer, count)
+                self.failure = None
                 return True, None
+            self.failure = f"HTTP {status} {response.reason}".rstrip()
             if status not in _RETRYABLE_HTTP:
                 return False, None
             return None, retry_after  # OTLP/HTTP: the client SHOULD honour Retry-After
@@ -565,6 +573,13 @@ class HttpSpanSink:
         self._close()
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for a warning: an OSError's text without its errno, else the
+    exception's text, or its class when it has none (``RemoteDisconnected``...)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text if text else type(exc).__name__
+
+
 def grpc_target(parts: urllib.parse.SplitResult) -> str:
     """The gRPC target (``host:port``) of an OTLP/gRPC endpoint URL; an IPv6 literal keeps its
     brackets, the port defaults to 4317."""
@@ -572,6 +587,24 @@ def grpc_target(parts: urllib.parse.SplitResult) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parts.port or 4317}"
+
+
+#: How much of a gRPC error's details a warning quotes.
+_MAX_DETAILS = 300
+
+
+def _grpc_reason(target: str, code: Any, error: Any) -> str:
+    """``target: CODE (details)`` of a failed RPC, for a warning: the status code says what
+    kind of failure, grpc's details which (``failed to connect to all addresses; ...
+    Connection refused``)."""
+    name = getattr(code, "name", None) or "UNKNOWN"
+    try:
+        details = error.details() if hasattr(error, "details") else None
+    except Exception:
+        details = None
+    if details:
+        return f"{target}: {name} ({str(details)[:_MAX_DETAILS]})"
+    return f"{target}: {name}"
 
 
 class GrpcSpanSink:
@@ -628,6 +661,8 @@ class GrpcSpanSink:
         self._closed = False
         self._retry = _Retry()
         self.rejected: tuple[int, str] = (0, "")
+        #: Why the latest attempt failed (None after a success), for the pipeline's warning.
+        self.failure: str | None = None
 
     def _open(self) -> tuple[Any, Any]:
         """A new channel and its Export method."""
@@ -674,6 +709,7 @@ class GrpcSpanSink:
                 answer = self._call(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
+                self.failure = _grpc_reason(self._target, code, exc)
                 asked = _grpc_retry_delay(exc)  # the spec: SHOULD honour a RetryInfo
                 if code is self._unavailable:
                     self._reopen()
@@ -681,8 +717,10 @@ class GrpcSpanSink:
                     return None, asked
                 return False, None
             except ValueError:  # the channel was closed under it: shut down
+                self.failure = f"{self._target}: the exporter was shut down"
                 return False, None
             self.rejected = rejected_spans(answer if isinstance(answer, bytes) else b"", count)
+            self.failure = None
             return True, None
 
         return self._retry.run(timeout, attempt)

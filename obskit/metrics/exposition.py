@@ -343,6 +343,14 @@ MAX_CONNECTIONS = 32
 #: How often the metrics server's thread checks whether it is to stop, in seconds.
 _POLL_INTERVAL = 0.05
 
+#: What ``accept()`` fails with when the process (or the system) is out of descriptors or memory.
+#: The connection stays queued, so the listening socket reads as ready again at once: the server
+#: pauses before the next try -- _ACCEPT_PAUSE_FIRST seconds, doubled after each failure up to
+#: _ACCEPT_PAUSE_MAX -- as asyncio's accept loop does, instead of failing in a tight loop.
+_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE_FIRST = 0.05
+_ACCEPT_PAUSE_MAX = 1.0
+
 
 class MetricsServer:
     """``/metrics`` on its own port, served from a daemon thread (the ``metrics_port`` option).
@@ -388,9 +396,43 @@ class MetricsServer:
 
         open_connections: dict[socket.socket, None] = {}  # oldest first
         lock = threading.Lock()
+        # Set by close(): ends a pause after a failed accept at once (see get_request).
+        stopping = threading.Event()
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            #: The pause after the next accept that fails for want of descriptors or memory.
+            accept_pause = _ACCEPT_PAUSE_FIRST
+
+            def get_request(self) -> tuple[Any, Any]:
+                try:
+                    accepted = super().get_request()
+                except OSError as exc:
+                    if exc.errno in _STARVED:
+                        self._starved(exc)
+                    raise  # socketserver drops it; the connection waits in the queue
+                self.accept_pause = _ACCEPT_PAUSE_FIRST
+                return accepted
+
+            def _starved(self, exc: OSError) -> None:
+                # Without this pause the thread retried accept() as fast as it could: 50,000
+                # times a second, most of a core in an idle worker, for as long as the app
+                # held every descriptor.
+                try:
+                    _selfmetrics.current().internal_errors.labels("metrics_server").inc()
+                except Exception:  # its child's file cannot be made now, in a multi-process dir
+                    pass
+                _selfmetrics.warn_once(
+                    "metrics_port_accept",
+                    "obskit: the metrics port cannot accept a connection (%s): the process is "
+                    "out of file descriptors or memory; scrapes wait in the queue while obskit "
+                    "retries every %g s at most, counted in "
+                    'obskit_internal_errors_total{component="metrics_server"}',
+                    exc.strerror or exc,
+                    _ACCEPT_PAUSE_MAX,
+                )
+                stopping.wait(self.accept_pause)
+                self.accept_pause = min(self.accept_pause * 2, _ACCEPT_PAUSE_MAX)
 
             def process_request(self, request: Any, client_address: Any) -> None:
                 with lock:
@@ -428,6 +470,7 @@ class MetricsServer:
 
         self._connections = open_connections
         self._connections_lock = lock
+        self._stopping = stopping
         self._server = Server((host, port), Handler)
         self.port = int(self._server.server_address[1])
         self._pid = os.getpid()
@@ -451,6 +494,7 @@ class MetricsServer:
         if self.closed:
             return
         self.closed = True
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         with self._connections_lock:
