@@ -27,6 +27,7 @@ from obskit.http._pipeline import (
     finishing_chunks_async,
     header_getter_from_environ,
     nested_request,
+    untag,
 )
 from obskit.tracing import _fastctx as _ctx
 from obskit.wsgi import ENVIRON_KEY
@@ -200,3 +201,5 @@ class ObskitMiddleware:
         obs: Request | NestedRequest | None = getattr(request, _ATTR, None) or nested_request()
         if obs is not None:
             obs.handled = exception
+        else:  # an excluded path: Django's "Internal Server Error" line names no request
+            untag(exception)

@@ -18,6 +18,7 @@ import pytest
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, Client, override_settings
+from django.urls import path
 from opentelemetry import trace
 
 import obskit
@@ -385,3 +386,35 @@ def test_an_override_of_a_project_without_obskit_settings_does_not_stick(cap: Ca
     assert after is not None
     assert ("always_off", "parentbased_always_on") == (during.sampler, after.sampler)
     assert 2 == len(cap.spans())
+
+
+SHARED = RuntimeError("the cached failure")
+
+
+def _raise_shared(request: Any, **kwargs: Any) -> None:
+    raise SHARED
+
+
+urlpatterns = [path("api/<int:n>", _raise_shared), path("healthz", _raise_shared)]
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): Django's "Internal Server Error"
+# line for an excluded path (/healthz) whose view raised the same exception object as a traced
+# request before it named that request's trace
+def test_an_excluded_path_raising_a_shared_exception_names_no_request(cap: Capture) -> None:
+    import io
+
+    from obskit.logging import setup_logging
+    from tests.logging_state import preserved_logging
+
+    client = Client(raise_request_exception=False)
+    with preserved_logging(), override_settings(ROOT_URLCONF=__name__):
+        buffer = io.StringIO()
+        setup_logging(stream=buffer)
+        assert 500 == client.get("/api/1", HTTP_TRACEPARENT=TRACEPARENT).status_code
+        assert 500 == client.get("/healthz").status_code
+        written = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    api, health = [line for line in written if line["logger"] == "django.request"]
+    assert ("/api/1", TRACE_ID) == (api["message"].rsplit(" ", 1)[-1], api["trace_id"])
+    assert "/healthz" in health["message"]
+    assert "trace_id" not in health
