@@ -161,9 +161,8 @@ def make_sink(config: Config) -> SpanSink | None:
     if config.traces_exporter == "none":
         return None
     if config.traces_exporter == "jsonl":
-        from obskit.exporters.jsonl import JsonLinesSpanSink, warn_if_unwritable
+        from obskit.exporters.jsonl import JsonLinesSpanSink
 
-        warn_if_unwritable(config.traces_file)  # now, not at the first export
         return JsonLinesSpanSink(config.traces_file, max_bytes=config.traces_file_max_bytes)
     url = config.traces_endpoint
     assert url is not None  # load_config fills the default endpoint
@@ -447,8 +446,6 @@ def _build_into(
     _set_provider_resource(glob.provider, resource)
     if config.multiproc_dir:
         _enable_multiprocess(config.multiproc_dir)
-    elif "prometheus" in config.metrics_exporter:
-        _warn_if_one_of_several_workers()
     # Metrics stay when the SDK is disabled (OTEL_SDK_DISABLED turns the OpenTelemetry signals
     # off), so their scrape port and the runtime metrics do too.
     if config.metrics_port is not None and "prometheus" in config.metrics_exporter:
@@ -618,12 +615,20 @@ def _warn_if_one_of_several_workers() -> None:
 
 
 def _summary(config: Config) -> None:
+    # Warnings about the set-up, given here -- once JSON logging is on -- rather than while it is
+    # built: they are lines of the service's log like any other.
     for variable in unknown_variables():
         _selfmetrics.warn_once(
             f"unknown_variable:{variable}",
             "obskit: %s is set but is not a variable obskit reads; it is ignored",
             variable,
         )
+    if not config.multiproc_dir and "prometheus" in config.metrics_exporter:
+        _warn_if_one_of_several_workers()
+    if config.traces_exporter == "jsonl" and not config.disabled:
+        from obskit.exporters.jsonl import warn_if_unwritable
+
+        warn_if_unwritable(config.traces_file)  # now, not at the first export
     if config.disabled:
         logger.info("obskit: disabled by OTEL_SDK_DISABLED; no spans are recorded")
         return
