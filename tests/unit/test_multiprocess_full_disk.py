@@ -19,17 +19,40 @@ import pytest
 from tests.child_process import child_env
 
 CHILD = """
+import os, sys
+import obskit
+obskit.configure(service_name="full", multiproc_dir=sys.argv[1], traces_exporter="none")
+jobs = obskit.counter("jobs", "Jobs.")  # no labels: its value is made with the metric
+jobs.inc()
+orders = obskit.counter("orders_completed", "Orders.", ["payment_method"])
+orders.labels("card").inc()
+child = os.fork()  # a gunicorn --preload worker: every value is made again for its pid
+if child == 0:
+    jobs.inc()
+    orders.labels("card").inc()
+    os._exit(0 if jobs._metric._value.get() == 1.0 else 3)
+assert 0 == os.waitpid(child, 0)[1]
+print("survived", jobs._metric._value.get())
+"""
+
+#: The directory fills up while the process runs: room for the first values, not for all.
+FILLING = """
 import sys
 import obskit
 obskit.configure(service_name="full", multiproc_dir=sys.argv[1], traces_exporter="none")
-orders = obskit.counter("orders_completed", "Orders.", ["payment_method"])
-orders.labels("card").inc()
-print("survived")
+orders = obskit.counter("orders_completed", "Orders.", ["payment_method"], limit=5000)
+for n in range(3000):
+    orders.labels(f"method-{n}").inc(n)
+print("survived", orders.labels("method-7")._value.get(),
+      orders.labels("method-2999")._value.get())
 """
 
 
-def _in_full_tmpfs(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` with a multi-process directory on a 256 KiB tmpfs that is already full."""
+def _in_full_tmpfs(
+    tmp_path: Path, script: str, filler_blocks: int = 1000
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with a multi-process directory on a 256 KiB tmpfs that a filler of
+    ``filler_blocks`` 4 KiB blocks fills (all of it by default)."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1) to mount a tmpfs of the test's own")
     mount = tmp_path / "tmpfs"
@@ -37,7 +60,7 @@ def _in_full_tmpfs(tmp_path: Path, script: str) -> subprocess.CompletedProcess[s
     (tmp_path / "child.py").write_text(script)
     shell = (
         f"mount -t tmpfs -o size=256k tmpfs {mount} || exit 77; "
-        f"dd if=/dev/zero of={mount}/filler bs=4k count=1000 2>/dev/null; "
+        f"dd if=/dev/zero of={mount}/filler bs=4k count={filler_blocks} 2>/dev/null; "
         f"mkdir {mount}/prom && exec {sys.executable} {tmp_path}/child.py {mount}/prom"
     )
     done = subprocess.run(
@@ -57,7 +80,18 @@ def _in_full_tmpfs(tmp_path: Path, script: str) -> subprocess.CompletedProcess[s
 # (exit 135) at its first metric; under gunicorn every worker died at boot, endlessly
 def test_a_full_multiprocess_directory_leaves_the_process_alive(tmp_path: Path) -> None:
     done = _in_full_tmpfs(tmp_path, CHILD)
-    assert (0, "survived\n") == (done.returncode, done.stdout), done.stderr[-2000:]
+    # The values go on in the process's memory, in a forked child too.
+    assert (0, "survived 1.0\n") == (done.returncode, done.stdout), done.stderr[-2000:]
+    assert "No space left on device" in done.stderr
+
+
+def test_a_multiprocess_directory_that_fills_up_leaves_the_values_counting(
+    tmp_path: Path,
+) -> None:
+    """Values written to the file before it could not grow keep theirs; later ones count in
+    memory; nothing is raised."""
+    done = _in_full_tmpfs(tmp_path, FILLING, filler_blocks=40)
+    assert (0, "survived 7.0 2999.0\n") == (done.returncode, done.stdout), done.stderr[-2000:]
     assert "No space left on device" in done.stderr
 
 
