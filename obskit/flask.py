@@ -30,6 +30,7 @@ from obskit.http._pipeline import (
     Request,
     ensure_configured,
     nested_request,
+    untag,
 )
 from obskit.wsgi import ENVIRON_KEY, ObskitMiddleware
 
@@ -94,6 +95,8 @@ def _record_exception(sender: Any, exception: BaseException, **extra: Any) -> No
     request = _current()
     if request is not None:
         request.handled = exception
+    else:  # an excluded path: Flask's "Exception on ..." line names no request
+        untag(exception)
 
 
 class Obskit:

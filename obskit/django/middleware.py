@@ -77,6 +77,8 @@ def _exception_raised(sender: Any, request: HttpRequest | None = None, **kwargs:
         obs: Request | NestedRequest | None = getattr(request, _ATTR, None) or nested_request()
         if exc is not None and obs is not None and obs.handled is None:
             obs.handled = exc
+        elif exc is not None and obs is None:  # an excluded path: its line names no request
+            untag(exc)
     except Exception:  # a signal receiver must not turn Django's 500 into another error
         pass
 

@@ -40,6 +40,7 @@ from obskit._version import __version__
 from obskit.config import Config, load_config
 from obskit.http import _semconv as sc
 from obskit.metrics._direct import Cell, Cells, Observer, adder, taking
+from obskit.metrics.cardinality import DETACHED
 from obskit.metrics.instruments import counter, gauge, histogram
 from obskit.tracing import _fastctx as _ctx
 from obskit.tracing.propagation import Getter, extract
@@ -417,9 +418,13 @@ class _RouteSeries:
         self.generation = _state.generation
         duration = telemetry.duration.labels(*key)
         in_flight = telemetry.in_flight.labels(*key)
-        # An overflow child is counted per observation by its guard: never cached.
+        # An overflow child is counted per observation by its guard: never cached; nor is one
+        # that could not be made (DETACHED: the next request tries again).
         self.cacheable = not (
-            telemetry.duration.folded(duration) or telemetry.in_flight.folded(in_flight)
+            telemetry.duration.folded(duration)
+            or telemetry.in_flight.folded(in_flight)
+            or duration is DETACHED
+            or in_flight is DETACHED
         )
         self._statuses: dict[int | None, Callable[[float], None]] = {}
         self._slots: dict[int | None, int] = {}
@@ -467,7 +472,7 @@ class _RouteSeries:
         if add is None:
             requests = self._telemetry.requests
             child = requests.labels(*self.key, sc.status_label(code))
-            if requests.folded(child) or len(self._statuses) >= 64:
+            if requests.folded(child) or child is DETACHED or len(self._statuses) >= 64:
                 adder(child)(1)
                 return
             if self._cells is not None:
@@ -671,11 +676,12 @@ def untag(exc: BaseException) -> None:
 
 def _set_tag(exc: BaseException, ended: EndedRequest | None) -> None:
     try:
-        tags = exc.__dict__.get("_obskit_ended")
-        ident = _get_ident()
+        # setdefault: two threads tagging a fresh object at once share one dict (an assignment
+        # of each its own would lose one thread's tag, and the other's would stand in for it).
+        tags = exc.__dict__.setdefault("_obskit_ended", {})
         if tags.__class__ is not dict:
-            exc._obskit_ended = {ident: ended}  # type: ignore[attr-defined]
             return
+        ident = _get_ident()
         tags.pop(ident, None)
         tags[ident] = ended  # the newest last: the oldest go first, never this thread's own
         for _ in range(len(tags) - _MAX_TAGS):

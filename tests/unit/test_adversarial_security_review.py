@@ -415,3 +415,85 @@ def test_a_threads_own_tag_survives_many_threads_tagging_at_once() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert [] == missing
+
+
+# A bug this test found, since fixed (a third review): two threads tagging a fresh exception
+# object at once each assigned a dict of their own, the second replacing the first; the first
+# thread's line then fell back to the one tag left: the other thread's request
+def test_two_threads_tagging_a_fresh_exception_at_once_keep_both_tags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import types
+
+    from obskit.http import _pipeline
+
+    real = _pipeline._get_ident
+    local = threading.local()
+
+    def slow_ident() -> int:  # a thread switch inside the first tagging, on both threads
+        if not getattr(local, "done", False):
+            local.done = True
+            time.sleep(0.05)
+        return real()
+
+    monkeypatch.setattr(_pipeline, "_get_ident", slow_ident)
+
+    class Span:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def get_span_context(self) -> tuple[int, int, bool, int, None, bool]:
+            return (self.n, 7, False, 1, None, True)
+
+    shared = RuntimeError("shared")
+    named: dict[int, str | None] = {}
+
+    def serve(n: int) -> None:
+        request = types.SimpleNamespace(span=Span(n), method="GET", route="/r", request_id=str(n))
+        _pipeline._tag(shared, request)  # type: ignore[arg-type]
+        time.sleep(0.1)  # the server logs the exception a moment later
+        ended = _pipeline.ended_request(shared, time.time())
+        named[n] = None if ended is None else ended.request_id
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert {1: "1", 2: "2"} == named
+
+
+# A bug this test found, since fixed (a third review): Flask logs "Exception on /readyz [GET]"
+# itself, inside the app, and obskit's got_request_exception receiver only noted the exception
+# of a traced request: an excluded path's line named the earlier request's trace
+def test_flasks_line_for_an_excluded_path_raising_a_shared_exception_names_no_request() -> None:
+    import flask
+
+    from obskit.flask import Obskit
+    from obskit.testing import capture
+
+    shared = RuntimeError("the cached failure")
+    app = flask.Flask("shared")
+
+    @app.get("/api/<int:n>")
+    def api(n: int) -> str:
+        raise shared
+
+    @app.get("/readyz")
+    def ready() -> str:
+        raise shared
+
+    with capture(service_name="sec"):
+        Obskit(app)
+        buffer, _ = _lines()
+        client = app.test_client()
+        headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319a-b7ad6b7169203331-01"}
+        for path, sent in (("/api/1", headers), ("/readyz", {})):
+            with client.get(path, headers=sent) as response:  # closed: the request ends
+                assert 500 == response.status_code
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    api_line, ready_line = [line for line in lines if line["message"].startswith("Exception on")]
+    assert "0af7651916cd43dd8448eb211c80319a" == api_line["trace_id"]
+    assert "/readyz" in ready_line["message"]
+    assert "trace_id" not in ready_line
