@@ -355,7 +355,8 @@ def start_server_span(
         holder: Any = (parent if parent is not None else _get_current()).get(_fastctx.SPAN_KEY)
         parent_ctx = None if holder is None else holder.get_span_context()
     else:  # pragma: no cover - another runtime context
-        parent_ctx = current_span(parent).get_span_context()
+        holder = current_span(parent)
+        parent_ctx = holder.get_span_context()
     if parent_ctx is not None and parent_ctx[5]:
         trace_id = parent_ctx[0]
         random_id = parent_ctx[3] & _RANDOM
@@ -386,6 +387,11 @@ def start_server_span(
     if not sampled:
         return trace_api.NonRecordingSpan(context)
     span = ServerSpan(name, context, parent_ctx, kind, processor, scope)
+    if holder.__class__ is ServerSpan:
+        # A local parent of obskit's: its clock, so that a step of the wall clock between the
+        # two starts puts neither span outside the other (the Java SDK shares its anchored
+        # clock down a local trace the same way).
+        span.start_time = holder.start_time + span._perf - holder._perf
     if attributes:
         span.set_attributes(attributes)
     return span

@@ -182,6 +182,7 @@ def test_a_wall_clock_step_during_a_request_leaves_its_span_duration_true(
     ends after it starts, by what the request took; its exception event lies between."""
     import time
 
+    import obskit
     from obskit.testing import capture
     from obskit.tracing import server_span
     from obskit.wsgi import ObskitMiddleware
@@ -192,17 +193,24 @@ def test_a_wall_clock_step_during_a_request_leaves_its_span_duration_true(
     def wall_clock() -> int:
         return time.time_ns() - stepped["by"]
 
+    @obskit.red(trace=True)
+    def work() -> None:
+        time.sleep(0.001)
+
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         stepped["by"] = 60 * 10**9  # the clock steps back a minute while the request runs
         time.sleep(0.01)
+        work()  # a child span started after the step: inside its parent all the same
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server_span, "_time_ns", wall_clock)
     with capture(service_name="clock") as cap:
         with pytest.raises(RuntimeError):
             ObskitMiddleware(app)(environ("/x"), lambda *a: None)
-        (span,) = cap.spans()
+        child, span = cap.spans()
     duration = span.end_time_unix_nano - span.start_time_unix_nano
     assert 10**7 <= duration < 10**9
     (event,) = span.events
     assert span.start_time_unix_nano <= event.time_unix_nano <= span.end_time_unix_nano
+    assert span.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano
+    assert child.end_time_unix_nano <= span.end_time_unix_nano
