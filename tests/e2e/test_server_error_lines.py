@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +91,25 @@ SERVERS = {
 def error_lines(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
     name = request.param
     source, argv, logger = SERVERS[name]
-    (tmp_path / "boom_app.py").write_text(textwrap.dedent(source))
     port = free_port()
     bind = [str(port)] if name == "uvicorn" else [f"127.0.0.1:{port}"]
+    with _serving(tmp_path, source, [*argv, *bind]) as lines:
+        status = _get(port, "/boom/7", {"traceparent": TRACEPARENT, "X-Request-ID": "req-7"})
+        untraced = _get(port, "/boom/8", {})
+        late = _get(port, "/late/9", {"traceparent": f"00-{LATE_TRACE_ID}-00f067aa0ba902b7-01"})
+    return name, (status, untraced, late, [line for line in lines if line.get("logger") == logger])
+
+
+@contextmanager
+def _serving(tmp_path: Path, source: str, argv: list[str]) -> Iterator[list[dict[str, Any]]]:
+    """The server ``argv`` running ``source`` as ``app:app``; on exit it is stopped and the
+    list yielded holds its JSON lines."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(source))
     output = tmp_path / "server.log"
+    lines: list[dict[str, Any]] = []
     with output.open("wb") as sink:
         server = subprocess.Popen(
-            [sys.executable, *argv, *bind, "boom_app:app"],
+            [sys.executable, *argv, "app:app"],
             cwd=tmp_path,
             env=child_env(PYTHONPATH=f"{tmp_path}:{child_env()['PYTHONPATH']}"),
             stdout=sink,
@@ -103,14 +117,12 @@ def error_lines(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, An
             stdin=subprocess.DEVNULL,
         )
         try:
-            status = _get(port, "/boom/7", {"traceparent": TRACEPARENT, "X-Request-ID": "req-7"})
-            untraced = _get(port, "/boom/8", {})
-            late = _get(port, "/late/9", {"traceparent": f"00-{LATE_TRACE_ID}-00f067aa0ba902b7-01"})
+            yield lines
         finally:
             server.terminate()
             server.wait(15)
-    lines = [json.loads(line) for line in output.read_text().splitlines() if line.startswith("{")]
-    return name, (status, untraced, late, [line for line in lines if line.get("logger") == logger])
+    text = output.read_text().splitlines()
+    lines.extend(json.loads(line) for line in text if line.startswith("{"))
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> int:
@@ -183,35 +195,20 @@ def test_lines_of_an_exception_shared_by_concurrent_requests_name_each_request(
 ) -> None:
     import concurrent.futures
 
-    (tmp_path / "shared_app.py").write_text(textwrap.dedent(SHARED_APP))
     port = free_port()
-    output = tmp_path / "server.log"
     argv = ["-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "8", "--access-logfile", "-"]
-    argv += ["--logger-class", "obskit.gunicorn.Logger"]
+    argv += ["--logger-class", "obskit.gunicorn.Logger", "-b", f"127.0.0.1:{port}"]
     requests = 160
-    with output.open("wb") as sink:
-        server = subprocess.Popen(
-            [sys.executable, *argv, "-b", f"127.0.0.1:{port}", "shared_app:app"],
-            cwd=tmp_path,
-            env=child_env(PYTHONPATH=f"{tmp_path}:{child_env()['PYTHONPATH']}"),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            _get(port, "/warm/0", {"Connection": "close"})
+    with _serving(tmp_path, SHARED_APP, argv) as lines:
+        _get(port, "/warm/0", {"Connection": "close"})
 
-            def one(n: int) -> int:
-                headers = {"traceparent": f"00-{n:032x}-00f067aa0ba902b7-01", "Connection": "close"}
-                return _get(port, f"/shared/{n}", headers)
+        def one(n: int) -> int:
+            headers = {"traceparent": f"00-{n:032x}-00f067aa0ba902b7-01", "Connection": "close"}
+            return _get(port, f"/shared/{n}", headers)
 
-            with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                statuses = list(pool.map(one, range(1, requests + 1)))
-        finally:
-            server.terminate()
-            server.wait(15)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(1, requests + 1)))
     assert {500} == set(statuses)
-    lines = [json.loads(line) for line in output.read_text().splitlines() if line.startswith("{")]
     errors = [line for line in lines if line.get("logger") == "gunicorn.error"]
     access = [line for line in lines if line.get("logger") == "gunicorn.access"]
     # Each request's lines name its own trace: the error line's and the access line's path name
