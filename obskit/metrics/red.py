@@ -138,10 +138,14 @@ class _Recorder:
                 parent = current.get_span_context()
                 if parent.is_valid:
                     if not parent.is_remote:
-                        return None
-                    decide = _install_global().sampler.fast
-                    if decide is not None and not decide(parent, parent.trace_id):
-                        return None
+                        if not parent.trace_flags & 1:
+                            return None
+                        # A sampled local parent that has ended (background work after the
+                        # request answered): the sampler follows its flag, as the SDK's does.
+                    else:
+                        decide = _install_global().sampler.fast
+                        if decide is not None and not decide(parent, parent.trace_id):
+                            return None
             # On obskit's own pipeline: the lean span the HTTP pipeline uses for SERVER spans.
             span = start_lean_span(self.span_name, SpanKind.INTERNAL, _SCOPE)
             if span is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 import obskit
@@ -1423,3 +1424,22 @@ def test_calls_folded_into_the_overflow_series_are_counted_each_time(
     assert (
         get_sample_value("obskit_cardinality_overflow_total", {"metric": "function_calls"}) >= 3.0
     )
+
+
+# A bug this test found, since fixed (a review of 2026-11-25): a traced call whose local parent
+# had ended -- background work that runs after the request answered -- was taken for one in an
+# unsampled trace and made no span, uncounted; an SDK span in the same place was exported
+def test_traced_call_under_an_ended_sampled_parent_is_its_child() -> None:
+    work = make("function", trace=True)
+    with capture(sampler="always_on") as cap:
+        with tracer().start_as_current_span("request") as request:
+            pass  # the request has answered; the background step runs in its context
+        assert not request.is_recording()
+        token = otel_context.attach(trace.set_span_in_context(request))
+        try:
+            work.call(None)
+        finally:
+            otel_context.detach(token)
+        spans = {s.name: s for s in cap.spans()}
+    step = spans[f"{MODULE}.{work.label}"]
+    assert spans["request"].span_id == step.parent_span_id
