@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import mmap_dict, values
 
-__all__ = ["allocate_before_mapping"]
+__all__ = ["allocate_before_mapping", "one_child"]
 
 #: What a filesystem that cannot allocate ahead answers: its files are used as before.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -36,15 +38,18 @@ def _allocate(fd: int, offset: int, length: int) -> None:
 class AllocatedMmapedDict(mmap_dict.MmapedDict):
     """prometheus_client's ``MmapedDict``, the blocks it is about to write through the map
     allocated first -- only those: the file keeps its holes (a tmpfs charges written pages
-    only, and dead workers' files stay in the directory). When they cannot be, the values go on
-    in memory."""
+    only, and dead workers' files stay in the directory). Once a new value cannot be given room
+    in the file, new values are kept in memory; those in the file go on there."""
 
-    _detached = False
+    #: New values go to memory: the file could not be made, or could not grow.
+    _full = False
     #: A descriptor of the file without O_APPEND: glibc's fallback for filesystems that cannot
     #: allocate ahead (NFSv3, FUSE) writes zeros through it, and refuses an O_APPEND one.
     _alloc_fd = -1
 
     def __init__(self, filename: str, read_mode: bool = False) -> None:
+        self._side = bytearray()
+        self._side_positions: dict[str, int] = {}
         if read_mode:
             super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
             return
@@ -57,68 +62,78 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
             _allocate(self._alloc_fd, 0, 8)
             super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
         except OSError as exc:
+            file = self.__dict__.get("_f")
+            if file is not None:
+                file.close()
+            self._close_alloc_fd()
             self._fname = filename
-            self._capacity = mmap_dict._INITIAL_MMAP_SIZE
-            self._used = 0
+            self._f = None  # type: ignore[assignment]
             self._positions: dict[str, int] = {}
-            self._detach(exc)
+            self._fill_up(exc)
 
     def _init_value(self, key: str) -> Any:
-        if not self._detached:
+        if not self._full:
             # The entry as prometheus_client packs it at the end of what is used: its length,
             # the key padded to 8 bytes, two doubles.
             encoded = len(key.encode("utf-8"))
+            used = self._used
             try:
-                _allocate(self._alloc_fd, self._used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
+                _allocate(self._alloc_fd, used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
             except OSError as exc:
-                self._detach(exc)
+                self._fill_up(exc)
             else:
+                made = _making.__dict__.get("made")
+                if made is not None:  # a child being made: these keys stand or fall together
+                    made.setdefault(self, used)
                 return super()._init_value(key)  # type: ignore[no-untyped-call]
-        # In memory, packed as prometheus_client packs it into the file.
-        encoded_key = key.encode("utf-8")
-        padded = encoded_key + (b" " * (8 - (len(encoded_key) + 4) % 8))
-        value = struct.pack(f"i{len(padded)}sdd".encode(), len(encoded_key), padded, 0.0, 0.0)
-        data: Any = self._m
-        while self._used + len(value) > len(data):
-            data.extend(bytes(len(data)))
-        self._capacity = len(data)
-        data[self._used : self._used + len(value)] = value
-        self._used += len(value)
-        mmap_dict._pack_integer(data, 0, self._used)  # type: ignore[no-untyped-call]
-        self._positions[key] = self._used - 16
+        self._side_positions[key] = len(self._side)
+        self._side.extend(bytes(16))
         return None
 
-    def _detach(self, exc: OSError) -> None:
-        """Go on in memory from what the file holds: a full disk, or a file that cannot be
-        made. The file keeps the values written so far; the scrapes show those."""
-        mapped = self.__dict__.get("_m")
-        data = bytearray(self._capacity)
-        if mapped is not None:
-            data[: self._used] = mapped[: self._used]
-            try:
-                mapped.close()
-            except Exception:  # pragma: no cover - a map still exported to a memoryview
-                pass
-        file = self.__dict__.get("_f")
-        if file is not None:
-            file.close()
-        self._f = None  # type: ignore[assignment]
-        self._close_alloc_fd()
-        if self._used < 8:
-            self._used = 8
-        mmap_dict._pack_integer(data, 0, self._used)  # type: ignore[no-untyped-call]
-        self._m = data  # type: ignore[assignment]
-        self._detached = True
+    def read_value(self, key: str) -> Any:
+        if key not in self._positions and key not in self._side_positions:
+            self._init_value(key)
+        pos = self._positions.get(key)
+        if pos is not None:
+            return mmap_dict._unpack_two_doubles(self._m, pos)
+        return mmap_dict._unpack_two_doubles(self._side, self._side_positions[key])
+
+    def write_value(self, key: str, value: float, timestamp: float) -> None:
+        if key not in self._positions and key not in self._side_positions:
+            self._init_value(key)
+        pos = self._positions.get(key)
+        if pos is not None:
+            mmap_dict._pack_two_doubles(self._m, pos, value, timestamp)  # type: ignore[no-untyped-call]
+        else:
+            data, pos = self._side, self._side_positions[key]
+            mmap_dict._pack_two_doubles(data, pos, value, timestamp)  # type: ignore[no-untyped-call]
+
+    def _fill_up(self, exc: OSError) -> None:
+        self._full = True
+        if "made" in _making.__dict__:
+            _making.failed = True
         from obskit import _selfmetrics
 
         _selfmetrics.warn_once(
             f"multiprocess_memory:{os.path.dirname(self._fname)}",
-            "obskit: a multi-process metrics file cannot be written (%s: %s); this process's "
-            "new values of it are kept in memory, where scrapes of the directory do not see them, "
-            "until it restarts",
+            "obskit: a multi-process metrics file cannot take new values (%s: %s); values this "
+            "process makes from now on are kept in its memory, where no scrape sees them, and "
+            "lost when it exits (free space, or restart the worker)",
             self._fname,
             exc.strerror or exc,
         )
+
+    def _to_memory(self, used: int) -> None:
+        """Move the values written from ``used`` on from the file to memory: the rest of their
+        child could not be written there (a histogram without its ``+Inf`` bucket would spoil
+        every scrape)."""
+        # Every key from ``used`` on: another thread's child may have come in between.
+        for key, pos in [(k, p) for k, p in self._positions.items() if p >= used]:
+            del self._positions[key]
+            self._side_positions[key] = len(self._side)
+            self._side.extend(self._m[pos : pos + 16])
+        self._used = used
+        mmap_dict._pack_integer(self._m, 0, used)  # type: ignore[no-untyped-call]
 
     def _close_alloc_fd(self) -> None:
         if self._alloc_fd >= 0:
@@ -129,10 +144,34 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
 
     def close(self) -> None:
         self._close_alloc_fd()
-        if self._detached:
-            self._m = None  # type: ignore[assignment]
-            return
         super().close()  # type: ignore[no-untyped-call]
+
+
+#: The child being made on this thread (see :func:`one_child`).
+_making = threading.local()
+
+
+@contextmanager
+def one_child() -> Iterator[None]:
+    """Make a metric's child (its values) as one: if any of its values cannot be given room in
+    a multi-process file, those already written there move to memory with the rest."""
+    state = _making.__dict__
+    if "made" in state:  # inside another child's making: that one decides
+        yield
+        return
+    made: dict[AllocatedMmapedDict, int] = {}  # each file: where this child's values begin
+    state["made"] = made
+    state["failed"] = False
+    try:
+        yield
+    finally:
+        del state["made"]
+        if state.pop("failed"):
+            for values_file, used in made.items():
+                try:
+                    values_file._to_memory(used)
+                except Exception:  # pragma: no cover - a file closed meanwhile (a fork)
+                    pass
 
 
 def allocate_before_mapping() -> None:
@@ -141,6 +180,8 @@ def allocate_before_mapping() -> None:
     known = (
         isinstance(getattr(mmap_dict, "_INITIAL_MMAP_SIZE", None), int)
         and callable(getattr(mmap_dict, "_pack_integer", None))
+        and callable(getattr(mmap_dict, "_pack_two_doubles", None))
+        and callable(getattr(mmap_dict, "_unpack_two_doubles", None))
         and callable(getattr(mmap_dict.MmapedDict, "_init_value", None))
     )
     # values.MultiProcessValue looks the class up in its module each time it opens a file.

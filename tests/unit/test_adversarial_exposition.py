@@ -803,7 +803,7 @@ except Exception as exc:
     out["red"] = f"raised {type(exc).__name__}"
 out["warnings"] = [
     w for w in warnings
-    if "obskit_* metrics could not be made" in w or "metrics file cannot be written" in w
+    if "obskit_* metrics could not be made" in w or "multi-process metrics file cannot" in w
 ]
 print(json.dumps(out))
 """

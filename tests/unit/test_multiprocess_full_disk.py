@@ -48,6 +48,29 @@ print("survived", orders.labels("method-7")._value.get(),
 """
 
 
+#: What a scrape shows once the directory is full: a live gauge made before still moves, and
+#: a histogram child made after is whole or absent, never without its +Inf bucket.
+SCRAPED = """
+import sys
+import obskit
+from obskit.metrics.exposition import render
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+obskit.configure(service_name="full", multiproc_dir=sys.argv[1], traces_exporter="none")
+busy = obskit.gauge("busy", "In flight.", ["route"], multiprocess_mode="livesum")
+busy.labels("/slow").inc()
+orders = obskit.counter("orders_completed", "Orders.", ["payment_method"], limit=5000)
+latency = obskit.histogram("lat_seconds", "Latency.", ["route"], limit=5000)
+for n in range(3000):  # the disk fills up on the way, between two values of a child or not
+    orders.labels(f"method-{n}").inc()
+    latency.labels(f"/r{n}").observe(0.1)
+busy.labels("/slow").dec()
+body, kind = render("application/openmetrics-text")
+families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+(slow,) = [s.value for s in families["busy"].samples if s.labels.get("route") == "/slow"]
+print("parsed", slow)
+"""
+
+
 def _in_full_tmpfs(
     tmp_path: Path, script: str, filler_blocks: int = 1000
 ) -> subprocess.CompletedProcess[str]:
@@ -112,3 +135,13 @@ def test_the_files_keep_their_holes(tmp_path: Path) -> None:
     (counters,) = directory.glob("counter_*.db")
     assert 65536 == counters.stat().st_size
     assert counters.stat().st_blocks * 512 <= 16384
+
+
+# Two bugs this test found, since fixed (a review of the fix above): the first version moved a
+# whole file to memory once it was full -- its in-flight gauge stayed at 1 in every scrape --
+# and a histogram child cut off between two values left buckets without +Inf in the file, which
+# the OpenMetrics parser (and histogram_quantile) refuse
+def test_a_full_directory_leaves_the_scrape_true_and_parseable(tmp_path: Path) -> None:
+    done = _in_full_tmpfs(tmp_path, SCRAPED, filler_blocks=40)
+    assert (0, "parsed 0.0\n") == (done.returncode, done.stdout), done.stderr[-2000:]
+    assert "No space left on device" in done.stderr
