@@ -13,15 +13,17 @@ with one warning -- never an error into the application's call.
 from __future__ import annotations
 
 import errno
+import json
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import struct
 from typing import Any
 
 from prometheus_client import mmap_dict, values
 
-__all__ = ["allocate_before_mapping", "one_child"]
+__all__ = ["allocate_before_mapping"]
+
+_pack_two_doubles = struct.Struct(b"dd").pack  # the file's layout for a value: value, timestamp
+_unpack_two_doubles = struct.Struct(b"dd").unpack_from
 
 #: What a filesystem that cannot allocate ahead answers: its files are used as before.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -35,11 +37,33 @@ def _allocate(fd: int, offset: int, length: int) -> None:
             raise
 
 
+def _series(key: str) -> tuple[str, str]:
+    """The series a value's key belongs to: its metric and labels, ``le`` left out (a
+    histogram's buckets, sum and count are one series)."""
+    try:
+        metric, _, labels, _ = json.loads(key)
+        labels.pop("le", None)
+        return metric, json.dumps(labels, sort_keys=True)
+    except Exception:  # not as prometheus_client writes keys: a series of its own
+        return key, ""
+
+
+def _entry_start(key: str, pos: int) -> int:
+    """Where the entry whose value is at ``pos`` begins: its length, its padded key."""
+    encoded = len(key.encode("utf-8"))
+    return pos - 4 - encoded - (8 - (encoded + 4) % 8)
+
+
 class AllocatedMmapedDict(mmap_dict.MmapedDict):
     """prometheus_client's ``MmapedDict``, the blocks it is about to write through the map
     allocated first -- only those: the file keeps its holes (a tmpfs charges written pages
-    only, and dead workers' files stay in the directory). Once a new value cannot be given room
-    in the file, new values are kept in memory; those in the file go on there."""
+    only, and dead workers' files stay in the directory).
+
+    Once a new value cannot be given room in the file, new values are kept in memory, where no
+    scrape sees them; those in the file go on there -- but a series is never left half in the
+    file (a histogram without its ``+Inf`` bucket spoils every scrape): the file's entries from
+    that series' first one on move to memory with it, and from any series they cut in two.
+    """
 
     #: New values go to memory: the file could not be made, or could not grow.
     _full = False
@@ -50,6 +74,8 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
     def __init__(self, filename: str, read_mode: bool = False) -> None:
         self._side = bytearray()
         self._side_positions: dict[str, int] = {}
+        #: The series with values in the file, once it is full (see _to_memory).
+        self._file_series: set[tuple[str, str]] = set()
         if read_mode:
             super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
             return
@@ -62,9 +88,10 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
             _allocate(self._alloc_fd, 0, 8)
             super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
         except OSError as exc:
-            file = self.__dict__.get("_f")
-            if file is not None:
-                file.close()
+            for name in ("_m", "_f"):
+                opened = self.__dict__.get(name)
+                if opened is not None:
+                    opened.close()
             self._close_alloc_fd()
             self._fname = filename
             self._f = None  # type: ignore[assignment]
@@ -76,42 +103,46 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
             # The entry as prometheus_client packs it at the end of what is used: its length,
             # the key padded to 8 bytes, two doubles.
             encoded = len(key.encode("utf-8"))
-            used = self._used
             try:
-                _allocate(self._alloc_fd, used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
+                _allocate(self._alloc_fd, self._used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
             except OSError as exc:
                 self._fill_up(exc)
+                self._file_series = {_series(k) for k in self._positions}
             else:
-                made = _making.__dict__.get("made")
-                if made is not None:  # a child being made: these keys stand or fall together
-                    made.setdefault(self, used)
                 return super()._init_value(key)  # type: ignore[no-untyped-call]
+        series = _series(key)
+        if series in self._file_series:
+            try:
+                self._to_memory(series)
+            except Exception:  # pragma: no cover - keys unlike prometheus_client's
+                self._file_series.discard(series)
         self._side_positions[key] = len(self._side)
         self._side.extend(bytes(16))
         return None
 
     def read_value(self, key: str) -> Any:
-        if key not in self._positions and key not in self._side_positions:
-            self._init_value(key)
         pos = self._positions.get(key)
         if pos is not None:
-            return mmap_dict._unpack_two_doubles(self._m, pos)
-        return mmap_dict._unpack_two_doubles(self._side, self._side_positions[key])
+            return _unpack_two_doubles(self._m, pos)
+        if key not in self._side_positions:
+            self._init_value(key)
+            return self.read_value(key)
+        return _unpack_two_doubles(self._side, self._side_positions[key])
 
     def write_value(self, key: str, value: float, timestamp: float) -> None:
-        if key not in self._positions and key not in self._side_positions:
-            self._init_value(key)
         pos = self._positions.get(key)
         if pos is not None:
-            mmap_dict._pack_two_doubles(self._m, pos, value, timestamp)  # type: ignore[no-untyped-call]
-        else:
-            data, pos = self._side, self._side_positions[key]
-            mmap_dict._pack_two_doubles(data, pos, value, timestamp)  # type: ignore[no-untyped-call]
+            self._m[pos : pos + 16] = _pack_two_doubles(value, timestamp)
+            return
+        if key not in self._side_positions:
+            self._init_value(key)
+            self.write_value(key, value, timestamp)
+            return
+        pos = self._side_positions[key]
+        self._side[pos : pos + 16] = _pack_two_doubles(value, timestamp)
 
     def _fill_up(self, exc: OSError) -> None:
         self._full = True
-        if "made" in _making.__dict__:
-            _making.failed = True
         from obskit import _selfmetrics
 
         _selfmetrics.warn_once(
@@ -123,17 +154,27 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
             exc.strerror or exc,
         )
 
-    def _to_memory(self, used: int) -> None:
-        """Move the values written from ``used`` on from the file to memory: the rest of their
-        child could not be written there (a histogram without its ``+Inf`` bucket would spoil
-        every scrape)."""
-        # Every key from ``used`` on: another thread's child may have come in between.
-        for key, pos in [(k, p) for k, p in self._positions.items() if p >= used]:
-            del self._positions[key]
-            self._side_positions[key] = len(self._side)
-            self._side.extend(self._m[pos : pos + 16])
-        self._used = used
-        mmap_dict._pack_integer(self._m, 0, used)  # type: ignore[no-untyped-call]
+    def _to_memory(self, series: tuple[str, str]) -> None:
+        """Move ``series``'s values in the file to memory, with every entry after its first
+        one, and so on for each series those entries belong to (their values come in any order:
+        several threads make series at once, a forked worker makes them all again): then every
+        series is wholly in the file or wholly in memory."""
+        starts = {k: (_entry_start(k, p), _series(k)) for k, p in self._positions.items()}
+        first = min(start for start, of in starts.values() if of == series)
+        while True:
+            moved = {of for start, of in starts.values() if start >= first}
+            earliest = min(start for start, of in starts.values() if of in moved)
+            if earliest >= first:
+                break
+            first = earliest
+        for key, (start, of) in starts.items():
+            if start >= first:
+                pos = self._positions.pop(key)
+                self._side_positions[key] = len(self._side)
+                self._side.extend(self._m[pos : pos + 16])
+                self._file_series.discard(of)
+        self._used = first
+        mmap_dict._pack_integer(self._m, 0, first)  # type: ignore[no-untyped-call]
 
     def _close_alloc_fd(self) -> None:
         if self._alloc_fd >= 0:
@@ -147,41 +188,13 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
         super().close()  # type: ignore[no-untyped-call]
 
 
-#: The child being made on this thread (see :func:`one_child`).
-_making = threading.local()
-
-
-@contextmanager
-def one_child() -> Iterator[None]:
-    """Make a metric's child (its values) as one: if any of its values cannot be given room in
-    a multi-process file, those already written there move to memory with the rest."""
-    state = _making.__dict__
-    if "made" in state:  # inside another child's making: that one decides
-        yield
-        return
-    made: dict[AllocatedMmapedDict, int] = {}  # each file: where this child's values begin
-    state["made"] = made
-    state["failed"] = False
-    try:
-        yield
-    finally:
-        del state["made"]
-        if state.pop("failed"):
-            for values_file, used in made.items():
-                try:
-                    values_file._to_memory(used)
-                except Exception:  # pragma: no cover - a file closed meanwhile (a fork)
-                    pass
-
-
 def allocate_before_mapping() -> None:
     """Make prometheus_client's multi-process values use :class:`AllocatedMmapedDict`, where
     its internals are as this module knows them."""
     known = (
         isinstance(getattr(mmap_dict, "_INITIAL_MMAP_SIZE", None), int)
         and callable(getattr(mmap_dict, "_pack_integer", None))
-        and callable(getattr(mmap_dict, "_pack_two_doubles", None))
-        and callable(getattr(mmap_dict, "_unpack_two_doubles", None))
+        and getattr(mmap_dict, "_pack_two_doubles_func", None) is not None
         and callable(getattr(mmap_dict.MmapedDict, "_init_value", None))
     )
     # values.MultiProcessValue looks the class up in its module each time it opens a file.

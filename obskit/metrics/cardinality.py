@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from obskit import _selfmetrics
-from obskit.metrics._mmap import one_child
 from obskit.metrics._shared import SharedLabelSets
 
 __all__ = [
@@ -309,8 +308,7 @@ class Guard(Generic[C]):
                 child = self._fold(count, failure)
             else:
                 try:
-                    with one_child():
-                        child = self.make_child(key)
+                    child = self.make_child(key)
                 except Exception as exc:  # the multi-process directory removed under the app
                     failure.append(exc)
                     child = DETACHED  # not kept: the next use tries again

@@ -23,7 +23,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from obskit import _selfmetrics, _state
-from obskit.metrics._mmap import one_child
 from obskit.metrics.cardinality import Guard, LabelRule, check_label_names, check_metric_name
 
 __all__ = ["Instrument", "counter", "counting", "gauge", "histogram", "instruments"]
@@ -70,10 +69,9 @@ class Instrument(Generic[M]):
 
     def _bind(self) -> None:
         """(Re)create the prometheus metric in obskit's current registry."""
-        with one_child():  # a metric without labels makes its values here
-            self._metric: M = self.kind(
-                self.name, labelnames=self.label_names, registry=_state.registry, **self._kwargs
-            )
+        self._metric: M = self.kind(
+            self.name, labelnames=self.label_names, registry=_state.registry, **self._kwargs
+        )
         metric = self._metric
         if self.label_names:
             self._guard: Guard[M] | None = Guard(

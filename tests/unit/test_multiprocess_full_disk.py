@@ -71,8 +71,48 @@ print("parsed", slow)
 """
 
 
+#: A ``gunicorn --preload`` worker forked when the directory is all but full: its first write
+#: makes every value again in files of its own pid, where the disk fills half-way through.
+FORKED = """
+import os, sys
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.openmetrics.exposition import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+import obskit
+directory, free_pages = sys.argv[1], int(sys.argv[2])
+obskit.configure(service_name="full", multiproc_dir=directory, traces_exporter="none")
+jobs = [obskit.histogram(f"job{n}_seconds", "Job time.") for n in range(12)]
+for job in jobs:
+    job.observe(0.2)
+ticks = obskit.counter("ticks", "Ticks.")
+filler = os.path.join(os.path.dirname(directory), "more")
+fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    pass
+os.close(fd)
+os.truncate(filler, os.path.getsize(filler) - free_pages * 4096)
+child = os.fork()
+if child == 0:
+    ticks.inc()
+    for job in jobs:
+        job.observe(0.2)
+    os._exit(0)
+assert 0 == os.waitpid(child, 0)[1]
+for name in os.listdir(directory):  # the worker's files alone: the parent's have every series
+    if name.endswith(f"_{os.getpid()}.db"):
+        os.remove(os.path.join(directory, name))
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry, directory)
+list(text_string_to_metric_families(generate_latest(registry).decode()))
+print("parsed")
+"""
+
+
 def _in_full_tmpfs(
-    tmp_path: Path, script: str, filler_blocks: int = 1000
+    tmp_path: Path, script: str, filler_blocks: int = 1000, arguments: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with a multi-process directory on a 256 KiB tmpfs that a filler of
     ``filler_blocks`` 4 KiB blocks fills (all of it by default)."""
@@ -84,7 +124,8 @@ def _in_full_tmpfs(
     shell = (
         f"mount -t tmpfs -o size=256k tmpfs {mount} || exit 77; "
         f"dd if=/dev/zero of={mount}/filler bs=4k count={filler_blocks} 2>/dev/null; "
-        f"mkdir {mount}/prom && exec {sys.executable} {tmp_path}/child.py {mount}/prom"
+        f"mkdir {mount}/prom && exec {sys.executable} {tmp_path}/child.py {mount}/prom "
+        + " ".join(arguments)
     )
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c", shell],
@@ -145,3 +186,14 @@ def test_a_full_directory_leaves_the_scrape_true_and_parseable(tmp_path: Path) -
     done = _in_full_tmpfs(tmp_path, SCRAPED, filler_blocks=40)
     assert (0, "parsed 0.0\n") == (done.returncode, done.stdout), done.stderr[-2000:]
     assert "No space left on device" in done.stderr
+
+
+# A bug this test found, since fixed (a review of the fix above): the values a forked worker
+# makes again for its own pid were not made as one series at a time: a histogram cut off by the
+# full disk left buckets without +Inf in the file
+@pytest.mark.parametrize("free_pages", [1, 2, 3])
+def test_a_worker_forked_onto_a_full_directory_leaves_every_series_whole(
+    tmp_path: Path, free_pages: int
+) -> None:
+    done = _in_full_tmpfs(tmp_path, FORKED, filler_blocks=0, arguments=(str(free_pages),))
+    assert (0, "parsed\n") == (done.returncode, done.stdout), done.stderr[-2000:]
