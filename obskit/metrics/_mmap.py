@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import struct
+import threading
 from typing import Any
 
 from prometheus_client import mmap_dict, values
@@ -41,8 +42,9 @@ def _series(key: str) -> tuple[str, str]:
     """The series a value's key belongs to: its metric and labels, ``le`` left out (a
     histogram's buckets, sum and count are one series)."""
     try:
-        metric, _, labels, _ = json.loads(key)
-        labels.pop("le", None)
+        metric, sample, labels, _ = json.loads(key)
+        if sample == metric + "_bucket":  # a counter's own label may be called le too
+            labels.pop("le", None)
         return metric, json.dumps(labels, sort_keys=True)
     except Exception:  # not as prometheus_client writes keys: a series of its own
         return key, ""
@@ -52,6 +54,19 @@ def _entry_start(key: str, pos: int) -> int:
     """Where the entry whose value is at ``pos`` begins: its length, its padded key."""
     encoded = len(key.encode("utf-8"))
     return pos - 4 - encoded - (8 - (encoded + 4) % 8)
+
+
+def _warn_full(filename: str, why: str) -> None:
+    from obskit import _selfmetrics
+
+    _selfmetrics.warn_once(
+        f"multiprocess_memory:{os.path.dirname(filename)}",
+        "obskit: a multi-process metrics file cannot take new values (%s: %s); values this "
+        "process makes from now on are kept in its memory, where no scrape sees them, and "
+        "lost when it exits (free space, or restart the worker)",
+        filename,
+        why,
+    )
 
 
 class AllocatedMmapedDict(mmap_dict.MmapedDict):
@@ -76,6 +91,7 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
         self._side_positions: dict[str, int] = {}
         #: The series with values in the file, once it is full (see _to_memory).
         self._file_series: set[tuple[str, str]] = set()
+        self._starts: dict[str, tuple[int, tuple[str, str]]] = {}
         if read_mode:
             super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
             return
@@ -107,7 +123,11 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
                 _allocate(self._alloc_fd, self._used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
             except OSError as exc:
                 self._fill_up(exc)
-                self._file_series = {_series(k) for k in self._positions}
+                # Parsed once: where each entry of the file begins, and its series.
+                self._starts = {
+                    k: (_entry_start(k, p), _series(k)) for k, p in self._positions.items()
+                }
+                self._file_series = {of for _, of in self._starts.values()}
             else:
                 return super()._init_value(key)  # type: ignore[no-untyped-call]
         series = _series(key)
@@ -143,23 +163,21 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
 
     def _fill_up(self, exc: OSError) -> None:
         self._full = True
-        from obskit import _selfmetrics
-
-        _selfmetrics.warn_once(
-            f"multiprocess_memory:{os.path.dirname(self._fname)}",
-            "obskit: a multi-process metrics file cannot take new values (%s: %s); values this "
-            "process makes from now on are kept in its memory, where no scrape sees them, and "
-            "lost when it exits (free space, or restart the worker)",
-            self._fname,
-            exc.strerror or exc,
-        )
+        # Not logged here: prometheus_client holds its values' lock (not reentrant) around
+        # every call of this class, and a log handler that counts its records in a metric would
+        # wait for it forever. A thread of its own logs it as soon as the lock is free.
+        threading.Thread(
+            target=_warn_full,
+            args=(self._fname, exc.strerror or str(exc)),
+            name="obskit-multiprocess-warning",
+        ).start()
 
     def _to_memory(self, series: tuple[str, str]) -> None:
         """Move ``series``'s values in the file to memory, with every entry after its first
         one, and so on for each series those entries belong to (their values come in any order:
         several threads make series at once, a forked worker makes them all again): then every
         series is wholly in the file or wholly in memory."""
-        starts = {k: (_entry_start(k, p), _series(k)) for k, p in self._positions.items()}
+        starts = self._starts
         first = min(start for start, of in starts.values() if of == series)
         while True:
             moved = {of for start, of in starts.values() if start >= first}
@@ -167,8 +185,9 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
             if earliest >= first:
                 break
             first = earliest
-        for key, (start, of) in starts.items():
+        for key, (start, of) in list(starts.items()):
             if start >= first:
+                del starts[key]
                 pos = self._positions.pop(key)
                 self._side_positions[key] = len(self._side)
                 self._side.extend(self._m[pos : pos + 16])

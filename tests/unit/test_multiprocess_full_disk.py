@@ -111,6 +111,52 @@ print("parsed")
 """
 
 
+#: A log handler of the application's that counts its records in a metric, while the disk
+#: fills up: the warning about it must not be logged under prometheus_client's lock.
+COUNTING_HANDLER = """
+import faulthandler, logging, sys
+faulthandler.dump_traceback_later(30, exit=True)
+import obskit
+obskit.configure(service_name="full", multiproc_dir=sys.argv[1], traces_exporter="none")
+records = obskit.counter("log_records", "Records.")
+
+class Counting(logging.Handler):
+    def emit(self, record):
+        records.inc()
+
+logging.getLogger().addHandler(Counting())
+latency = obskit.histogram("lat_seconds", "Latency.", ["route"], limit=5000)
+for n in range(3000):
+    latency.labels(f"/r{n}").observe(0.1)
+print("done")
+"""
+
+#: A counter whose own label is called ``le``: not a histogram bucket's.
+LE_LABEL = """
+import os, sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+import obskit
+directory = sys.argv[1]
+obskit.configure(service_name="full", multiproc_dir=directory, traces_exporter="none")
+hits = obskit.counter("cache_hits", "Hits.", ["le"])
+hits.labels("small").inc()
+orders = obskit.counter("orders", "Orders.", ["kind"])
+orders.labels("web").inc(7)
+fd = os.open(os.path.join(os.path.dirname(directory), "more"), os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    pass
+for n in range(200):  # series of their own, in memory once the page is full: the rest stays
+    hits.labels(f"large-{n}").inc()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry, directory)
+print(sorted(line for line in generate_latest(registry).decode().splitlines()
+             if line.startswith(("cache_hits_total", "orders_total"))))
+"""
+
+
 def _in_full_tmpfs(
     tmp_path: Path, script: str, filler_blocks: int = 1000, arguments: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
@@ -197,3 +243,22 @@ def test_a_worker_forked_onto_a_full_directory_leaves_every_series_whole(
 ) -> None:
     done = _in_full_tmpfs(tmp_path, FORKED, filler_blocks=0, arguments=(str(free_pages),))
     assert (0, "parsed\n") == (done.returncode, done.stdout), done.stderr[-2000:]
+
+
+# Two bugs this test found, since fixed (a review of the fix above): the warning was logged under
+# prometheus_client's lock, so a handler counting its records in a metric hung the process; and
+# a counter's own label called le was taken for a histogram bucket's, which moved its other
+# series (and everything after them) out of the scrape
+def test_a_log_handler_that_counts_in_a_metric_does_not_hang_on_a_full_directory(
+    tmp_path: Path,
+) -> None:
+    done = _in_full_tmpfs(tmp_path, COUNTING_HANDLER, filler_blocks=40)
+    assert (0, "done\n") == (done.returncode, done.stdout), done.stderr[-2000:]
+
+
+def test_a_counters_own_le_label_is_not_a_bucket(tmp_path: Path) -> None:
+    done = _in_full_tmpfs(tmp_path, LE_LABEL, filler_blocks=0)
+    assert 0 == done.returncode, done.stderr[-2000:]
+    # le="large" is in the file when its entry fits the page already allocated, else in memory.
+    assert 'cache_hits_total{le="small"} 1.0' in done.stdout
+    assert 'orders_total{kind="web"} 7.0' in done.stdout
