@@ -50,10 +50,16 @@ def _series(key: str) -> tuple[str, str]:
         return key, ""
 
 
-def _entry_start(key: str, pos: int) -> int:
-    """Where the entry whose value is at ``pos`` begins: its length, its padded key."""
+def _key_bytes(key: str) -> int:
+    """The bytes of an entry before its value, as prometheus_client packs it: the key's length,
+    the key padded to 8 bytes."""
     encoded = len(key.encode("utf-8"))
-    return pos - 4 - encoded - (8 - (encoded + 4) % 8)
+    return 4 + encoded + (8 - (encoded + 4) % 8)
+
+
+def _entry_start(key: str, pos: int) -> int:
+    """Where the entry whose value is at ``pos`` begins."""
+    return pos - _key_bytes(key)
 
 
 def _warn_full(filename: str, why: str) -> None:
@@ -116,11 +122,8 @@ class AllocatedMmapedDict(mmap_dict.MmapedDict):
 
     def _init_value(self, key: str) -> Any:
         if not self._full:
-            # The entry as prometheus_client packs it at the end of what is used: its length,
-            # the key padded to 8 bytes, two doubles.
-            encoded = len(key.encode("utf-8"))
-            try:
-                _allocate(self._alloc_fd, self._used, 4 + encoded + (8 - (encoded + 4) % 8) + 16)
+            try:  # the entry, at the end of what is used: its key, then two doubles
+                _allocate(self._alloc_fd, self._used, _key_bytes(key) + 16)
             except OSError as exc:
                 self._fill_up(exc)
                 # Parsed once: where each entry of the file begins, and its series.
@@ -213,7 +216,6 @@ def allocate_before_mapping() -> None:
     known = (
         isinstance(getattr(mmap_dict, "_INITIAL_MMAP_SIZE", None), int)
         and callable(getattr(mmap_dict, "_pack_integer", None))
-        and getattr(mmap_dict, "_pack_two_doubles_func", None) is not None
         and callable(getattr(mmap_dict.MmapedDict, "_init_value", None))
     )
     # values.MultiProcessValue looks the class up in its module each time it opens a file.
